@@ -1,0 +1,5 @@
+"""`python -m gitqueue` runs the command line."""
+
+from gitqueue.cli.main import main
+
+main()

@@ -1,0 +1,58 @@
+"""Administrative changes: create a queue and load its dependency graph."""
+
+import os
+
+from . import records
+from .errors import GitqueueError
+from .gitstore import init_bare, is_local_path
+from .names import record_path
+from .queue import Change, trailers
+from .schema import FORMAT_VERSION
+
+ADMIN = "gitqueue-admin <admin@gitqueue>"
+
+
+def init_queue(queue, name: str, arch: str = "", os_release: str = "", pkgsrc_branch: str = "",
+               lease_ttl: int = 3600) -> dict:
+    """Create the queue (and, for a local path, the bare repository); return its settings."""
+    from .lease import utc
+
+    if lease_ttl < 1:
+        raise GitqueueError(f"--lease-ttl must be at least 1 second, not {lease_ttl}")
+    if is_local_path(queue.url):
+        path = queue.url[7:] if queue.url.startswith("file://") else queue.url
+        if not os.path.exists(os.path.join(path, "objects")):
+            if os.path.exists(path) and os.listdir(path):
+                raise GitqueueError(f"{path}: exists and is not a git repository")
+            init_bare(path, queue.branch).close()
+    settings = {"format_version": FORMAT_VERSION, "name": name, "lease_ttl": int(lease_ttl),
+                "created": utc(queue.clock())}
+    for key, value in (("arch", arch), ("os_release", os_release), ("pkgsrc_branch", pkgsrc_branch)):
+        if value:
+            settings[key] = value
+    records.validate("queue", settings)
+    queue.create(settings, ADMIN)
+    return settings
+
+
+def import_jobs(queue, jobs: list[dict], source: str) -> dict:
+    """Write one job record per job in one commit; refuse if the queue already has jobs.
+
+    `jobs` must already be checked (see importers.load_graph). Returns counts.
+    """
+    files = {record_path("jobs", job["name"]): records.dumps("job", job) for job in jobs}
+    prefailed = sum(1 for job in jobs if job.get("prefailed"))
+    edges = sum(len(job["deps"]) for job in jobs)
+
+    def decide(tip, reader):
+        queue.settings(reader)
+        if reader.tree_id_of("jobs") is not None:
+            raise GitqueueError(f"{queue.url}: the queue already has jobs; one queue holds one build")
+        message = f"import {len(jobs)} jobs from {os.path.basename(source)}\n\n" + trailers(
+            {"Action": "import", "Jobs": len(jobs), "Edges": edges, "Prefailed": prefailed,
+             "Source": os.path.basename(source)}
+        )
+        return Change(files, message)
+
+    queue.transact(decide, ADMIN, use_index=False)
+    return {"jobs": len(jobs), "edges": edges, "prefailed": prefailed}

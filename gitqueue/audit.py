@@ -1,0 +1,86 @@
+"""Replay a queue's history and check the protocol's invariants commit by commit."""
+
+from dataclasses import dataclass, field
+
+from . import records
+from .names import name_from_path
+
+
+@dataclass
+class Audit:
+    """What a replay of the history found."""
+
+    commits: int = 0
+    claims: int = 0
+    results: int = 0
+    reclaims: int = 0
+    late: int = 0
+    violations: list = field(default_factory=list)
+
+
+def replay(remote, tip: bytes) -> Audit:
+    """Walk the branch from its first commit to `tip` and check every state change.
+
+    Checked: history is one chain (no merges), a job never has two live leases, a result is
+    never written twice nor rewritten, and every commit changes something.
+    """
+    from dulwich.diff_tree import tree_changes
+
+    store = remote.object_store
+    chain = []
+    sha = tip
+    while sha is not None:
+        commit = store[sha]
+        chain.append(commit)
+        if len(commit.parents) > 1:
+            return Audit(violations=[f"{sha.decode()[:12]}: merge commit"])
+        sha = commit.parents[0] if commit.parents else None
+    chain.reverse()
+    audit = Audit(commits=len(chain))
+    leases: dict[str, str] = {}
+    results: set[str] = set()
+    previous_tree = None
+    for commit in chain:
+        short = commit.id.decode()[:12]
+        changed = False
+        for change in tree_changes(store, previous_tree, commit.tree):
+            changed = True
+            old = change.old if change.old is not None and change.old.path else None
+            new = change.new if change.new is not None and change.new.path else None
+            path = (new or old).path.decode()
+            kind = path.split("/", 1)[0]
+            if kind not in ("leases", "results"):
+                continue
+            _, job = name_from_path(path)
+            if kind == "leases":
+                if new is not None:
+                    rec = records.loads("lease", store[new.sha].as_raw_string(), path)
+                    if old is not None and leases.get(job) != rec["token"]:
+                        audit.violations.append(f"{short}: lease on {job} replaced while live")
+                    if old is None:
+                        if job in leases:
+                            audit.violations.append(f"{short}: second live lease on {job}")
+                        if job in results:
+                            audit.violations.append(f"{short}: lease on {job}, which has a result")
+                        audit.claims += 1
+                    leases[job] = rec["token"]
+                else:
+                    leases.pop(job, None)
+                    if b"Gitqueue-Action: reclaim" in commit.message:
+                        audit.reclaims += 1
+            else:
+                if old is not None:
+                    audit.violations.append(f"{short}: result of {job} rewritten or removed")
+                    continue
+                rec = records.loads("result", store[new.sha].as_raw_string(), path)
+                if job in results:
+                    audit.violations.append(f"{short}: second result for {job}")
+                if job in leases and leases[job] != rec["token"]:
+                    audit.violations.append(f"{short}: result for {job} while another worker holds it")
+                results.add(job)
+                audit.results += 1
+                audit.late += bool(rec.get("late"))
+        if not changed:
+            audit.violations.append(f"{short}: commit changes nothing")
+        previous_tree = commit.tree
+    return audit

@@ -1,0 +1,227 @@
+"""The queue and worker commands."""
+
+import sys
+
+import click
+
+from .main import cli, context, emit, json_option, queue_option, worker_option
+
+
+@cli.command("init")
+@click.argument("url")
+@click.option("--name", help="Name of this build (default: the repository's name).")
+@click.option("--arch", default="", help="Machine architecture every worker must have (uname -m).")
+@click.option("--os-release", default="", help="OS release every worker must run.")
+@click.option("--pkgsrc-branch", default="", help="pkgsrc branch every worker must build from.")
+@click.option("--lease-ttl", type=int, default=3600, show_default=True,
+              help="Seconds without a word from a worker before its leases may be reclaimed.")
+@json_option
+def init_cmd(url, name, arch, os_release, pkgsrc_branch, lease_ttl, as_json):
+    """Create a queue at URL (a local bare repository is created if missing).
+
+    Example: gitqueue init /srv/queues/2026Q4-m68k --arch m68k --pkgsrc-branch pkgsrc-2026Q4
+    """
+    import os
+
+    from ..admin import init_queue
+
+    with context().open(url) as queue:
+        name = name or os.path.basename(queue.url.rstrip("/")).removesuffix(".git") or "queue"
+        settings = init_queue(queue, name, arch, os_release, pkgsrc_branch, lease_ttl)
+        emit(settings, as_json, f"created queue {settings['name']} at {queue.url}")
+
+
+@cli.command("import")
+@click.argument("url")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["presolve", "jsonl"]),
+              help="Input format (default: jsonl for *.jsonl/*.json, else presolve; .xz is decompressed).")
+@json_option
+def import_cmd(url, file, fmt, as_json):
+    """Load a dependency graph into the queue at URL, all or nothing.
+
+    Example: gitqueue import /srv/queues/2026Q4-m68k /var/bulk/presolve
+    """
+    from ..admin import import_jobs
+    from ..importers import load_graph
+
+    jobs = load_graph(file, fmt)
+    with context().open(url) as queue:
+        counts = import_jobs(queue, jobs, file)
+    emit(counts, as_json,
+         f"imported {counts['jobs']} jobs ({counts['edges']} dependencies, {counts['prefailed']} prefailed)")
+
+
+@cli.command("claim")
+@queue_option
+@worker_option
+@json_option
+def claim_cmd(queue_url, worker, as_json):
+    """Lease the best ready job and print it.
+
+    Exit 0: claimed; 3: nothing ready now, retry later; 4: queue finished.
+
+    Example: gitqueue claim --queue ssh://master/srv/queues/q --worker hp300-1 --json
+    """
+    from ..lease import claim
+
+    ctx = context(queue_url, worker)
+    with ctx.open() as queue:
+        job = claim(queue, ctx.worker(), ctx.host)
+    emit(job, as_json, lambda: f"{job['job']}\t{job['pkgpath'] or '-'}\t{job['lease']}")
+
+
+@cli.command("heartbeat")
+@queue_option
+@worker_option
+@json_option
+def heartbeat_cmd(queue_url, worker, as_json):
+    """Tell the queue this worker is alive and still building its jobs.
+
+    Exit 5 if a job this host claimed for the worker was reclaimed meanwhile.
+
+    Example: gitqueue heartbeat --worker hp300-1
+    """
+    from ..lease import heartbeat
+
+    ctx = context(queue_url, worker)
+    with ctx.open() as queue:
+        out = heartbeat(queue, ctx.worker())
+    emit(out, as_json, lambda: "\n".join([f"held\t{j}" for j in out["held"]] + [f"lost\t{j}" for j in out["lost"]])
+         or "alive, no jobs held")
+    if out["lost"]:
+        sys.exit(5)
+
+
+@cli.command("report")
+@click.argument("job")
+@click.option("--status", type=click.Choice(["success", "failure"]), required=True)
+@click.option("--log", "log_file", type=click.Path(exists=True, dir_okay=False), help="Build log to record.")
+@click.option("--duration", type=float, help="Build time in seconds.")
+@click.option("--lease", "token", help="Lease token printed by claim (default: the one this host holds).")
+@queue_option
+@worker_option
+@json_option
+def report_cmd(job, status, log_file, duration, token, queue_url, worker, as_json):
+    """Record the result of JOB and end its lease.
+
+    Exit 5 if the job is not (or no longer) held by this worker; nothing is recorded then.
+
+    Example: gitqueue report gmake-4.4.1 --status success --log build.log --duration 312
+    """
+    from ..lease import report
+    from ..worker import describe_log
+
+    ctx = context(queue_url, worker)
+    log, tail = describe_log(log_file) if log_file else (None, None)
+    with ctx.open() as queue:
+        result = report(queue, ctx.worker(), job, status, token, duration, log,
+                        tail if status == "failure" else None)
+    emit(result, as_json, f"{job}: {status}{' (late)' if result.get('late') else ''}")
+
+
+@cli.command("release")
+@click.argument("job")
+@click.option("--reason", default="released", help="Why (recorded in the history).")
+@click.option("--lease", "token", help="Lease token (default: the one this host holds).")
+@queue_option
+@worker_option
+def release_cmd(job, reason, token, queue_url, worker):
+    """Give JOB back: other workers get it, this one is not offered it again.
+
+    Example: gitqueue release gmake-4.4.1 --reason "my pkgsrc has gmake-4.3, not 4.4.1"
+    """
+    from ..lease import release
+
+    ctx = context(queue_url, worker)
+    with ctx.open() as queue:
+        release(queue, ctx.worker(), job, reason, token)
+    click.echo(f"released {job}")
+
+
+@cli.command("reclaim")
+@queue_option
+@click.option("--ttl", type=int, help="Override the queue's lease TTL (seconds).")
+@json_option
+def reclaim_cmd(queue_url, ttl, as_json):
+    """Release the leases of workers not heard from for longer than the lease TTL (for cron).
+
+    Expiry is measured on this machine's clock from when this machine first saw the worker's
+    latest heartbeat record; run it from one host, every few minutes.
+
+    Example: */5 * * * * gitqueue reclaim --queue /srv/queues/2026Q4-m68k
+    """
+    from ..lease import reclaim
+
+    with context(queue_url).open() as queue:
+        done = reclaim(queue)
+    emit(done, as_json, lambda: "\n".join(
+        f"reclaimed {r['job']} from {r['worker']} (silent {r['silent_for']} s)" for r in done) or "nothing to reclaim")
+
+
+@cli.command("status")
+@queue_option
+@json_option
+def status_cmd(queue_url, as_json):
+    """Show counts per state, active leases and progress.
+
+    Example: gitqueue status --queue /srv/queues/2026Q4-m68k --json
+    """
+    from ..report import status
+
+    with context(queue_url).open() as queue:
+        data = status(queue)
+    emit(data, as_json, lambda: _status_text(data))
+
+
+def _status_text(data):
+    c = data["counts"]
+    lines = [f"queue {data['queue']}: {data['done']}/{data['total']} done ({data['progress']:.1%})"
+             + (" - finished" if data["finished"] else "")]
+    lines.append("  ".join(f"{state} {n}" for state, n in c.items()))
+    if data["leases"]:
+        lines.append("leases:")
+        for lease in data["leases"]:
+            age = f"{lease['age']} s" if lease["age"] is not None else "?"
+            lines.append(f"  {lease['job']:40} {lease['worker']:20} {age}")
+    return "\n".join(lines)
+
+
+@cli.command("work", context_settings={"ignore_unknown_options": True})
+@queue_option
+@worker_option
+@click.option("--once", is_flag=True, help="Build one job, then stop.")
+@click.option("--heartbeat", "heartbeat_every", type=float, help="Seconds between heartbeats (default: TTL/4).")
+@click.option("--max-wait", type=float, default=60, show_default=True,
+              help="Longest pause between claims while nothing is ready.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def work_cmd(queue_url, worker, once, heartbeat_every, max_wait, command):
+    """Claim, build with COMMAND, report; repeat until the queue is finished.
+
+    COMMAND runs with GITQUEUE_JOB, GITQUEUE_VERSION, GITQUEUE_PKGPATH, GITQUEUE_LEASE,
+    GITQUEUE_DEPS and MULTI_VERSION variables in its environment; exit 0 means success.
+
+    Example: gitqueue work --worker hp300-1 -- sh -c 'cd /usr/pkgsrc/$GITQUEUE_PKGPATH && bmake package'
+    """
+    from ..worker import Worker
+
+    ctx = context(queue_url, worker)
+    with ctx.open() as queue:
+        w = Worker(queue, ctx.worker(), list(command), host=ctx.host, heartbeat_every=heartbeat_every,
+                   max_wait=max_wait, out=lambda line: click.echo(line, err=True))
+        code = w.run(once=once)
+    sys.exit(code)
+
+
+@cli.command("demo")
+@click.argument("directory", default="gitqueue-demo", type=click.Path(file_okay=False))
+@click.option("--workers", type=int, default=4, show_default=True)
+@click.option("--speed", type=float, default=1.0, show_default=True, help="Build time multiplier.")
+def demo_cmd(directory, workers, speed):
+    """Run a local demonstration bulk build of 279 pkgsrc packages into DIRECTORY.
+
+    Example: gitqueue demo /tmp/gq-demo && git -C /tmp/gq-demo/queue.git log --oneline | head
+    """
+    from ..demo import run_demo
+
+    sys.exit(run_demo(directory, workers, speed, out=click.echo))

@@ -1,0 +1,153 @@
+"""The `gitqueue` command: thin click wrappers over the library.
+
+Exit statuses: 0 done; 1 error (one `Error:` line); 2 usage error; 3 nothing ready now, retry
+later (claim); 4 queue finished, nothing left to do (claim); 5 the job is not (or no longer)
+held by this worker (report, release, heartbeat).
+"""
+
+import json
+import os
+import sys
+
+import click
+
+from ..errors import GitqueueError
+
+CONFIG_KEYS = ("queue", "worker", "cache_dir", "ssh_command", "branch", "host")
+
+
+def _config_path() -> str:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.environ.get("GITQUEUE_CONFIG") or os.path.join(base, "gitqueue", "config.toml")
+
+
+def _load_config() -> dict:
+    path = _config_path()
+    try:
+        with open(path, "rb") as f:
+            import tomllib
+
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise click.ClickException(f"{path}: {e}")
+    unknown = set(data) - set(CONFIG_KEYS)
+    if unknown:
+        raise click.ClickException(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}")
+    return data
+
+
+class Context:
+    """Shared options, resolved from the command line, the environment and the config file."""
+
+    def __init__(self, queue_url, worker, cache_dir, branch, ssh_command):
+        self._config = None
+        self.queue_url = queue_url or os.environ.get("GITQUEUE_QUEUE") or self.config.get("queue")
+        self.worker_name = worker or os.environ.get("GITQUEUE_WORKER") or self.config.get("worker")
+        cache_base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        self.cache_dir = (cache_dir or os.environ.get("GITQUEUE_CACHE") or self.config.get("cache_dir")
+                          or os.path.join(cache_base, "gitqueue"))
+        self.branch = branch or self.config.get("branch") or "main"
+        self.ssh_command = (ssh_command or os.environ.get("GITQUEUE_SSH_COMMAND")
+                            or self.config.get("ssh_command"))
+        self.host = self.config.get("host") or os.uname().nodename
+
+    @property
+    def config(self):
+        if self._config is None:
+            self._config = _load_config()
+        return self._config
+
+    def open(self, url=None):
+        """Open the queue at `url` (default: the --queue option)."""
+        from ..queue import Queue
+
+        url = url or self.queue_url
+        if not url:
+            raise click.UsageError("no queue given: pass --queue URL, set GITQUEUE_QUEUE or 'queue' in "
+                                   + _config_path())
+        if "://" not in url and not url.startswith("/") and ":" not in url.split("/")[0]:
+            url = os.path.abspath(url)
+        return Queue(url, self.cache_dir, self.branch, _ssh_command(self.ssh_command, self.cache_dir))
+
+    def worker(self):
+        if not self.worker_name:
+            raise click.UsageError("no worker name given: pass --worker NAME, set GITQUEUE_WORKER or "
+                                   "'worker' in " + _config_path())
+        return self.worker_name
+
+
+def _ssh_command(command, cache_dir):
+    """ssh with OpenSSH connection reuse: one handshake serves many fetches and pushes."""
+    base = command or "ssh"
+    if "ControlMaster" in base or os.environ.get("GITQUEUE_SSH_REUSE") == "0":
+        return base
+    os.makedirs(cache_dir, exist_ok=True)
+    path = os.path.join(cache_dir, "ssh-%C")
+    return f"{base} -o ControlMaster=auto -o ControlPath={path} -o ControlPersist=60"
+
+
+def queue_option(f):
+    return click.option("--queue", "queue_url", metavar="URL",
+                        help="Queue repository: a path, ssh://host/path or git://host/path [env GITQUEUE_QUEUE].")(f)
+
+
+def worker_option(f):
+    return click.option("--worker", metavar="NAME", help="This worker's name [env GITQUEUE_WORKER].")(f)
+
+
+def json_option(f):
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(f)
+
+
+def emit(data, as_json, text):
+    """Print `data` as JSON, or the human text `text` (a string or a callable returning one)."""
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=False))
+    else:
+        click.echo(text() if callable(text) else text)
+
+
+class Group(click.Group):
+    """Turns library errors into one `Error:` line and their documented exit status."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except GitqueueError as e:
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(e.exit_code)
+        except OSError as e:
+            # A file the user named (log, graph) or the cache: say which, in one line.
+            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+            click.echo(f"Error: {where}{e.strerror or e}", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=Group)
+@click.option("--cache-dir", metavar="DIR", help="Where this host keeps its queue caches [env GITQUEUE_CACHE].")
+@click.option("--branch", metavar="NAME", help="Queue branch (default main).")
+@click.option("--ssh-command", metavar="CMD", help="ssh program and options for ssh:// queues [env GITQUEUE_SSH_COMMAND].")
+@click.version_option(package_name="gitqueue")
+@click.pass_context
+def cli(ctx, cache_dir, branch, ssh_command):
+    """Distributed bulk package builds coordinated through a shared git repository.
+
+    Every command takes --queue URL (or GITQUEUE_QUEUE); worker commands take --worker NAME
+    (or GITQUEUE_WORKER). Both may be set in ~/.config/gitqueue/config.toml.
+    """
+    ctx.obj = {"cache_dir": cache_dir, "branch": branch, "ssh_command": ssh_command}
+
+
+def context(queue_url=None, worker=None) -> Context:
+    obj = click.get_current_context().find_root().obj or {}
+    return Context(queue_url, worker, obj.get("cache_dir"), obj.get("branch"), obj.get("ssh_command"))
+
+
+from . import commands  # noqa: E402,F401  (registers the commands)
+
+
+def main():
+    cli(prog_name="gitqueue")
+

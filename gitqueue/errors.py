@@ -1,0 +1,59 @@
+"""Errors raised by the gitqueue library; the CLI turns each into one `Error:` line."""
+
+# Exit statuses shared by the library and the CLI (documented in README.md).
+EXIT_ERROR = 1
+EXIT_NOTHING_READY = 3
+EXIT_FINISHED = 4
+EXIT_LEASE_LOST = 5
+
+
+class GitqueueError(Exception):
+    """Base class: a failure a user can act on, described in one line."""
+
+    exit_code = EXIT_ERROR
+
+
+class InvalidName(GitqueueError):
+    """A job or worker name that could escape the repository layout."""
+
+
+class RecordInvalid(GitqueueError):
+    """A record that does not match its schema."""
+
+
+class ImportRefused(GitqueueError):
+    """A dependency graph that cannot be imported (cycle, unknown dependency, bad line)."""
+
+
+class QueueNotFound(GitqueueError):
+    """The URL does not hold a queue (or the repository is unreachable)."""
+
+
+class RemoteError(GitqueueError):
+    """Talking to the queue repository failed (network, refused push, lock)."""
+
+
+class PushRejected(RemoteError):
+    """The remote branch moved since we read it: refetch and retry."""
+
+
+class NothingReady(GitqueueError):
+    """No job is ready now; retry later."""
+
+    exit_code = EXIT_NOTHING_READY
+
+
+class QueueFinished(GitqueueError):
+    """Every job has a final state: nothing is left to do."""
+
+    exit_code = EXIT_FINISHED
+
+
+class LeaseLost(GitqueueError):
+    """The job is not held by this worker (never was, reclaimed, or reported already)."""
+
+    exit_code = EXIT_LEASE_LOST
+
+
+class UnknownJob(GitqueueError):
+    """A job name that the queue does not have."""

@@ -1,0 +1,396 @@
+"""Plumbing: read trees, build commits from a few changed paths, fetch and push the queue branch.
+
+No retries and no policy here (that is `sync`). Two ways to reach a queue:
+
+- `LocalRemote`: the queue is a bare repository on this file system. Objects are written into it
+  directly and the branch moves with a compare-and-swap on the ref (dulwich's lock file), the
+  fastest and simplest path, and no history walk (dulwich's local transport negotiates over the
+  whole history: seconds per fetch on a long build).
+- `CachedRemote`: ssh:// or git:// (or file://). A bare cache repository per queue holds the
+  objects; fetches offer only the cached tip as "have" and pushes send exactly the new objects.
+"""
+
+import os
+import stat
+import time
+
+from dulwich.errors import HangupException, GitProtocolError, NotGitRepository
+from dulwich.objects import Blob, Commit, Tree
+from dulwich.repo import Repo
+
+from .errors import PushRejected, QueueNotFound, RemoteError
+
+ZERO_SHA = b"0" * 40
+_DIR = stat.S_IFDIR
+_FILE = 0o100644
+
+
+def _split(path: str) -> list[bytes]:
+    return [p.encode() for p in path.split("/")]
+
+
+class TreeReader:
+    """Read files and directories of one tree in an object store."""
+
+    def __init__(self, object_store, tree_id: bytes | None):
+        self.store = object_store
+        self.tree_id = tree_id
+
+    def _lookup(self, path: str):
+        sha = self.tree_id
+        if sha is None:
+            return None, None
+        mode = _DIR
+        if path == "":
+            return mode, sha
+        for part in _split(path):
+            if not stat.S_ISDIR(mode):
+                return None, None
+            tree = self.store[sha]
+            try:
+                mode, sha = tree[part]
+            except KeyError:
+                return None, None
+        return mode, sha
+
+    def read(self, path: str) -> bytes | None:
+        """Contents of the file at `path`, or None if there is none."""
+        mode, sha = self._lookup(path)
+        if sha is None or stat.S_ISDIR(mode):
+            return None
+        return self.store[sha].as_raw_string()
+
+    def blob_id(self, path: str) -> bytes | None:
+        """Object id of the file at `path`, or None."""
+        mode, sha = self._lookup(path)
+        if sha is None or stat.S_ISDIR(mode):
+            return None
+        return sha
+
+    def tree_id_of(self, path: str) -> bytes | None:
+        """Object id of the directory at `path`, or None."""
+        mode, sha = self._lookup(path)
+        if sha is None or not stat.S_ISDIR(mode):
+            return None
+        return sha
+
+    def entries(self, path: str) -> list[tuple[str, int, bytes]]:
+        """(name, mode, sha) of each entry of the directory at `path`; [] if absent."""
+        sha = self.tree_id_of(path)
+        if sha is None:
+            return []
+        return [(e.path.decode(), e.mode, e.sha) for e in self.store[sha].iteritems()]
+
+    def walk_files(self, path: str):
+        """Yield (relative path, blob id) of every file below directory `path`."""
+        sha = self.tree_id_of(path)
+        if sha is None:
+            return
+        stack = [(path, sha)]
+        while stack:
+            prefix, tree_sha = stack.pop()
+            for e in self.store[tree_sha].iteritems():
+                sub = f"{prefix}/{e.path.decode()}" if prefix else e.path.decode()
+                if stat.S_ISDIR(e.mode):
+                    stack.append((sub, e.sha))
+                else:
+                    yield sub, e.sha
+
+
+def build_tree(object_store, base_tree_id: bytes | None, changes: dict[str, bytes | None]):
+    """Apply `changes` ({path: new contents, or None to delete}) to a tree.
+
+    Returns (new root tree id, new objects); only the rewritten trees and new blobs are made,
+    and nothing is written to the store.
+    """
+    new_objects = {}
+
+    nested: dict[bytes, dict] = {}
+    for path, data in changes.items():
+        node = nested
+        parts = _split(path)
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"path {path!r} runs through a file")
+        node[parts[-1]] = data
+
+    def rebuild(tree_id, spec) -> bytes | None:
+        if tree_id is not None:
+            tree = object_store[tree_id]
+            tree = Tree.from_raw_string(Tree.type_num, tree.as_raw_string())
+        else:
+            tree = Tree()
+        for name, sub in spec.items():
+            if isinstance(sub, dict):
+                try:
+                    mode, old = tree[name]
+                    old = old if stat.S_ISDIR(mode) else None
+                except KeyError:
+                    old = None
+                new = rebuild(old, sub)
+                if new is None:
+                    if name in tree:
+                        del tree[name]
+                else:
+                    tree[name] = (_DIR, new)
+            elif sub is None:
+                if name in tree:
+                    del tree[name]
+            else:
+                blob = Blob.from_string(sub)
+                new_objects[blob.id] = blob
+                tree[name] = (_FILE, blob.id)
+        if len(tree) == 0:
+            return None
+        new_objects[tree.id] = tree
+        return tree.id
+
+    root = rebuild(base_tree_id, nested)
+    if root is None:
+        empty = Tree()
+        new_objects[empty.id] = empty
+        root = empty.id
+    return root, list(new_objects.values())
+
+
+def make_commit(tree_id: bytes, parent: bytes | None, message: str, identity: str, now: float | None = None) -> Commit:
+    """A commit object (not stored) with `identity` ("Name <email>") as author and committer."""
+    c = Commit()
+    c.tree = tree_id
+    c.parents = [parent] if parent else []
+    c.author = c.committer = identity.encode()
+    c.author_time = c.commit_time = int(now if now is not None else time.time())
+    c.author_timezone = c.commit_timezone = 0
+    c.encoding = b"UTF-8"
+    c.message = message.encode()
+    return c
+
+
+def _add_objects(object_store, objects):
+    """Write objects into a store: loose for a few, one pack for many."""
+    from dulwich.file import FileLocked
+
+    if len(objects) > 64:
+        object_store.add_objects([(o, None) for o in objects])
+        return
+    for o in objects:
+        try:
+            object_store.add_object(o)
+        except FileLocked:
+            # Another process is writing the same loose object: its content is identical.
+            pass
+
+
+class Remote:
+    """The queue repository as seen by this process; subclasses say how it is reached."""
+
+    ref: bytes
+    object_store = None
+
+    def fetch(self) -> bytes | None:
+        """Bring the branch tip's objects within reach; return its commit id (None: no branch)."""
+        raise NotImplementedError
+
+    def push(self, old: bytes | None, commit: Commit, objects: list) -> None:
+        """Move the branch from `old` to `commit` if it is still at `old`, else PushRejected."""
+        raise NotImplementedError
+
+    def reader(self, commit_id: bytes | None) -> TreeReader:
+        """A TreeReader over the tree of `commit_id`."""
+        if commit_id is None:
+            return TreeReader(self.object_store, None)
+        return TreeReader(self.object_store, self.object_store[commit_id].tree)
+
+    def commit(self, commit_id: bytes) -> Commit:
+        return self.object_store[commit_id]
+
+    def close(self) -> None:
+        pass
+
+
+class LocalRemote(Remote):
+    """A bare repository on this file system, written directly with a ref compare-and-swap."""
+
+    def __init__(self, path: str, branch: str = "main"):
+        self.path = path
+        self.ref = b"refs/heads/" + branch.encode()
+        try:
+            self.repo = Repo(path)
+        except NotGitRepository:
+            raise QueueNotFound(f"{path}: not a git repository") from None
+        self.object_store = self.repo.object_store
+
+    def fetch(self) -> bytes | None:
+        try:
+            return self.repo.refs[self.ref]
+        except KeyError:
+            return None
+
+    def push(self, old, commit, objects):
+        from dulwich.file import FileLocked
+
+        _add_objects(self.object_store, objects + [commit])
+        lock = os.path.join(self.repo.controldir(), self.ref.decode() + ".lock")
+        try:
+            ok = self.repo.refs.set_if_equals(self.ref, old or ZERO_SHA, commit.id)
+        except FileLocked:
+            try:
+                age = time.time() - os.stat(lock).st_mtime
+            except OSError:
+                age = 0
+            if age > 60:
+                raise RemoteError(
+                    f"{lock} is {age:.0f} s old: a process died while moving the branch; "
+                    "remove the file if no gitqueue or git process is running"
+                ) from None
+            raise PushRejected("branch is being updated by another process") from None
+        if not ok:
+            raise PushRejected("branch moved")
+
+    def close(self):
+        self.repo.close()
+
+
+class _TipWalker:
+    """Offer only our tip as common ground: the queue branch only ever fast-forwards."""
+
+    def __init__(self, tip, shallow):
+        self.heads = [tip] if tip else []
+        self.shallow = shallow
+
+    def ack(self, sha):
+        self.heads = []
+
+    def nak(self):
+        pass
+
+    def next(self):
+        return self.heads.pop() if self.heads else None
+
+    __next__ = next
+
+
+class CachedRemote(Remote):
+    """A remote repository (ssh://, git://, file://) mirrored into a bare cache repository."""
+
+    def __init__(self, url: str, cache_path: str, branch: str = "main", ssh_command: str | None = None):
+        from dulwich.client import get_transport_and_path
+
+        self.url = url
+        self.ref = b"refs/heads/" + branch.encode()
+        kwargs = {"ssh_command": ssh_command} if ssh_command else {}
+        try:
+            self.client, self.remote_path = get_transport_and_path(url, **kwargs)
+        except ValueError as e:
+            raise QueueNotFound(f"{url}: {e}") from None
+        if os.path.isdir(os.path.join(cache_path, "objects")):
+            self.repo = Repo(cache_path)
+        else:
+            os.makedirs(cache_path, exist_ok=True)
+            self.repo = Repo.init_bare(cache_path)
+        self.object_store = self.repo.object_store
+
+    def _local_tip(self):
+        try:
+            return self.repo.refs[self.ref]
+        except KeyError:
+            return None
+
+    def fetch(self) -> bytes | None:
+        seen = {}
+        local = self._local_tip()
+
+        def determine_wants(refs, depth=None):
+            tip = refs.get(self.ref)
+            seen["tip"] = tip
+            if tip is None or tip == local or tip in self.object_store:
+                return []
+            return [tip]
+
+        walker = _TipWalker(local, self.repo.get_shallow())
+        chunks = []
+        try:
+            result = self.client.fetch_pack(
+                self.remote_path,
+                determine_wants,
+                walker,
+                chunks.append,
+                depth=None if local else 1,
+            )
+        except (HangupException, GitProtocolError, OSError) as e:
+            raise RemoteError(f"{self.url}: fetch failed: {_one_line(e)}") from None
+        if chunks:
+            from io import BytesIO
+
+            data = b"".join(chunks)
+            self.object_store.add_thin_pack(BytesIO(data).read, None)
+        if result.new_shallow or result.new_unshallow:
+            self.repo.update_shallow(result.new_shallow, result.new_unshallow)
+        tip = seen.get("tip")
+        if tip is None:
+            return None
+        # dulwich re-reads refs after the transfer; trust only the tip we asked for.
+        if tip != local:
+            self.repo.refs[self.ref] = tip
+        return tip
+
+    def push(self, old, commit, objects):
+        from dulwich.pack import pack_objects_to_data
+
+        new = commit.id
+        outcome = {}
+
+        def update_refs(refs):
+            current = refs.get(self.ref)
+            outcome["remote"] = current
+            if (current or None) != (old or None) and not (current == ZERO_SHA and old is None):
+                raise _Moved()
+            return {self.ref: new}
+
+        def generate_pack_data(have, want, ofs_delta=False, progress=None):
+            return pack_objects_to_data(objects + [commit], ofs_delta=False)
+
+        try:
+            result = self.client.send_pack(self.remote_path, update_refs, generate_pack_data)
+        except _Moved:
+            raise PushRejected("branch moved") from None
+        except (HangupException, GitProtocolError, OSError) as e:
+            raise RemoteError(f"{self.url}: push failed: {_one_line(e)}") from None
+        status = (result.ref_status or {}).get(self.ref)
+        if status is not None:
+            if "non-fast-forward" in status or "fetch first" in status or "stale" in status:
+                raise PushRejected(status)
+            raise RemoteError(f"{self.url}: push refused: {_one_line(status)}")
+        # Keep what we sent, so the next operation need not fetch it back.
+        _add_objects(self.object_store, objects + [commit])
+        self.repo.refs[self.ref] = new
+
+    def close(self):
+        self.repo.close()
+
+
+class _Moved(Exception):
+    pass
+
+
+def _one_line(e) -> str:
+    text = str(e).strip() or type(e).__name__
+    return " ".join(text.split())
+
+
+def is_local_path(url: str) -> bool:
+    """True when `url` names a directory on this machine rather than a network location."""
+    return "://" not in url and not (":" in url.split("/")[0] and not url.startswith("/"))
+
+
+def init_bare(path: str, branch: str = "main") -> Repo:
+    """Create a bare repository whose HEAD names `branch`, refusing non-fast-forward pushes."""
+    os.makedirs(path, exist_ok=True)
+    repo = Repo.init_bare(path)
+    repo.refs.set_symbolic_ref(b"HEAD", b"refs/heads/" + branch.encode())
+    config = repo.get_config()
+    config.set((b"receive",), b"denyNonFastForwards", True)
+    config.set((b"receive",), b"denyDeletes", True)
+    config.write_to_path()
+    return repo

@@ -1,0 +1,145 @@
+"""Parser of pbulk presolve output (pkgsrc mk/pbulk/pbulk-index.mk, resolved by pbulk).
+
+A record starts at PKGNAME= and runs to the next one; DEPENDS= holds the resolved PKGNAMEs.
+"""
+
+import re
+from collections.abc import Iterable
+
+from ..errors import ImportRefused
+from . import check_name, quote, show, validated_job
+
+# Keys we read; everything else (ALL_DEPENDS, SCAN_DEPENDS: most of the bytes) is skipped
+# without being decoded.
+_WANTED = frozenset(
+    (
+        b"PKG_LOCATION",
+        b"PKG_SKIP_REASON",
+        b"PKG_FAIL_REASON",
+        b"NO_BIN_ON_FTP",
+        b"RESTRICTED",
+        b"CATEGORIES",
+        b"MAINTAINER",
+        b"MULTI_VERSION",
+        b"DEPENDS",
+        b"PBULK_WEIGHT",
+    )
+)
+_KNOWN = frozenset(
+    (b"ALL_DEPENDS", b"SCAN_DEPENDS", b"USE_DESTDIR", b"BOOTSTRAP_PKG", b"USERGROUP_PHASE")
+)
+_VARIABLE = re.compile(rb"[A-Za-z_][A-Za-z0-9_.]*")
+_WEIGHT = re.compile(r"[0-9]{1,18}")
+_QUOTED = re.compile(r'\s*"((?:[^"\\]|\\.)*)"\s*')
+_OPTIONAL_TEXT = (
+    (b"CATEGORIES", "categories"),
+    (b"MAINTAINER", "maintainer"),
+    (b"NO_BIN_ON_FTP", "no_bin_on_ftp"),
+    (b"RESTRICTED", "restricted"),
+)
+
+
+def parse(lines: Iterable[bytes], source: str) -> list[dict]:
+    """Parse presolve `lines` (bytes, as read from `source`) into validated jobs, in file order."""
+    jobs = []
+    record = None  # key -> (text, line number) of the record being read
+    for lineno, line in enumerate(lines, 1):
+        eq = line.find(b"=")
+        if eq < 0:
+            raise ImportRefused(f"{source}:{lineno}: not a KEY=value line: {show(line)}")
+        key = line[:eq]
+        if key == b"PKGNAME":
+            if record is not None:
+                jobs.append(_job(record, source))
+            record = {}
+        elif record is None:
+            raise ImportRefused(
+                f"{source}:{lineno}: expected PKGNAME= to start a record, got {show(line)}"
+            )
+        elif key not in _WANTED:
+            if key not in _KNOWN and not _VARIABLE.fullmatch(key):
+                raise ImportRefused(f"{source}:{lineno}: not a KEY=value line: {show(line)}")
+            continue
+        elif key in record:
+            name = record[b"PKGNAME"][0]
+            raise ImportRefused(f"{source}:{lineno}: second {key.decode()}= in the record of {name}")
+        try:
+            value = line[eq + 1 :].decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise ImportRefused(f"{source}:{lineno}: not UTF-8 text: {show(line)}") from None
+        if key == b"PKGNAME":
+            check_name(value, f"{source}:{lineno}")
+        record[key] = (value, lineno)
+    if record is not None:
+        jobs.append(_job(record, source))
+    return jobs
+
+
+def _job(record: dict, source: str) -> dict:
+    """Turn one record's fields into a validated job dict."""
+    name, start = record[b"PKGNAME"]
+    where = f"{source}:{start}"
+    base, dash, version = name.rpartition("-")
+    if not (dash and base and version):
+        raise ImportRefused(f"{where}: PKGNAME {quote(name)} has no version (expected NAME-VERSION)")
+    job = {"name": name, "version": version, "deps": []}
+
+    value, lineno = record.get(b"DEPENDS", ("", 0))
+    if value:
+        deps = value.split()
+        for dep in deps:
+            check_name(dep, f"{source}:{lineno}")
+        job["deps"] = list(dict.fromkeys(deps))
+
+    value = record.get(b"PKG_LOCATION", ("", 0))[0]
+    if value:
+        job["pkgpath"] = value
+
+    reasons = []
+    for key, label in ((b"PKG_SKIP_REASON", "skip"), (b"PKG_FAIL_REASON", "fail")):
+        value = record.get(key, ("", 0))[0]
+        if value:
+            reasons.append(f"{label}: {_unquote(value)}")
+    if reasons:
+        job["prefailed"] = "; ".join(reasons)
+
+    value, lineno = record.get(b"MULTI_VERSION", ("", 0))
+    if value:
+        variables = {}
+        for pair in value.split():
+            var, eq, setting = pair.partition("=")
+            if not (eq and var):
+                raise ImportRefused(
+                    f"{source}:{lineno}: MULTI_VERSION entry {quote(pair)} is not VAR=value"
+                )
+            variables[var] = setting
+        job["multi_version"] = variables
+
+    value, lineno = record.get(b"PBULK_WEIGHT", ("", 0))
+    if value:
+        if not _WEIGHT.fullmatch(value):
+            raise ImportRefused(f"{source}:{lineno}: PBULK_WEIGHT {quote(value)} is not a whole number")
+        job["weight"] = int(value)
+
+    for key, field in _OPTIONAL_TEXT:
+        value = record.get(key, ("", 0))[0]
+        if value:
+            job[field] = value
+    return validated_job(job, where)
+
+
+def _unquote(reason: str) -> str:
+    """pkgsrc writes reasons as "quoted" "strings"; return their text, else `reason` as is."""
+    parts, pos = [], 0
+    while pos < len(reason):
+        m = _QUOTED.match(reason, pos)
+        if m is None:
+            break
+        parts.append(re.sub(r"\\(.)", r"\1", m.group(1)))
+        pos = m.end()
+    if parts and pos == len(reason):
+        return " ".join(parts)
+    # pbulk-resolve writes "could not resolve dependency "pattern"" without escaping.
+    if len(reason) >= 2 and reason[0] == reason[-1] == '"':
+        return reason[1:-1]
+    return reason

@@ -1,0 +1,302 @@
+"""The protocol: claim, heartbeat, report, release and reclaim leases on jobs.
+
+Every state change is one commit on the queue branch, decided against the freshest tip inside a
+`Queue.transact`, so the remote's compare-and-swap on the branch is the mutual exclusion.
+"""
+
+import json
+import math
+import os
+import random
+import secrets
+import time
+from datetime import datetime, timezone
+
+from . import records
+from .errors import GitqueueError, LeaseLost, NothingReady, QueueFinished, UnknownJob
+from .names import check_job_name, check_worker_name, heartbeat_path, record_path
+from .queue import Change, trailers
+
+# How many of the best ready jobs a worker considers; each worker tries them in its own random
+# order so that workers claiming at the same moment rarely race for the same job.
+CANDIDATES = 4
+
+
+def utc(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def identity(worker: str) -> str:
+    return f"{worker} <{worker}@gitqueue>"
+
+
+def _read(reader, kind, name):
+    path = record_path(kind, name)
+    data = reader.read(path)
+    return None if data is None else records.loads(kind[:-1], data, path)
+
+
+def _heartbeat_change(queue, reader, worker, host=None) -> tuple[str, bytes]:
+    path = heartbeat_path(worker)
+    data = reader.read(path)
+    seq = 0
+    if data is not None:
+        seq = records.loads("heartbeat", data, path)["seq"] + 1
+    rec = {"worker": worker, "seq": seq, "at": utc(queue.clock())}
+    if host:
+        rec["host"] = host
+    return path, records.dumps("heartbeat", rec)
+
+
+def _describe(job: dict) -> str:
+    return f"{job['name']} ({job['pkgpath']})" if job.get("pkgpath") else job["name"]
+
+
+def claim(queue, worker: str, host: str | None = None) -> dict:
+    """Lease the best ready job for `worker`.
+
+    Returns {"job", "version", "pkgpath", "lease", "deps", "multi_version"}.
+    Raises NothingReady when nothing is ready now, QueueFinished when nothing is left.
+    """
+    check_worker_name(worker)
+    rng = random.Random()
+    chosen = {}
+
+    def decide(tip, reader):
+        index = queue.index
+        candidates = index.ready(worker, CANDIDATES)
+        rng.shuffle(candidates)
+        for name in candidates:
+            job = _read(reader, "jobs", name)
+            if job is None or reader.blob_id(record_path("leases", name)) or reader.blob_id(
+                record_path("results", name)
+            ):
+                continue  # the index is behind the tree: trust the tree
+            if not all(_status(reader, d) == "success" for d in job["deps"]):
+                continue
+            token = secrets.token_hex(16)
+            lease = {"job": name, "worker": worker, "token": token, "claimed_at": utc(queue.clock())}
+            if host:
+                lease["host"] = host
+            hb_path, hb = _heartbeat_change(queue, reader, worker, host)
+            chosen.clear()
+            chosen.update(job=job, token=token)
+            message = f"claim {_describe(job)} by {worker}\n\n" + trailers(
+                {"Action": "claim", "Job": name, "Version": job["version"], "Pkgpath": job.get("pkgpath"),
+                 "Worker": worker, "Lease": token}
+            )
+            return Change({record_path("leases", name): records.dumps("lease", lease), hb_path: hb}, message)
+        counts = index.counts()
+        if counts["ready"] or counts["leased"] or counts["waiting"]:
+            raise NothingReady(
+                f"nothing ready for {worker} now ({counts['leased']} leased, {counts['waiting']} waiting)"
+            )
+        raise QueueFinished("queue finished: every job has a final state")
+
+    queue.transact(decide, identity(worker))
+    job, token = chosen["job"], chosen["token"]
+    queue.index.remember_claim(job["name"], worker, token)
+    return {
+        "job": job["name"],
+        "version": job["version"],
+        "pkgpath": job.get("pkgpath"),
+        "lease": token,
+        "deps": job["deps"],
+        "multi_version": job.get("multi_version", {}),
+    }
+
+
+def _status(reader, name):
+    rec = _read(reader, "results", name)
+    return rec["status"] if rec else None
+
+
+def report(queue, worker: str, job: str, status: str, token: str | None = None,
+           duration: float | None = None, log: dict | None = None, log_tail: str | None = None) -> dict:
+    """Record the result of `job` and end the lease.
+
+    Fencing: the lease in the tree must carry this worker's token. If the lease was reclaimed
+    and nobody holds the job, a late success is kept (marked late); anything else raises LeaseLost
+    and writes nothing.
+    """
+    check_worker_name(worker)
+    check_job_name(job)
+    if status not in ("success", "failure"):
+        raise GitqueueError(f"status must be success or failure, not {status!r}")
+    result = {}
+
+    def decide(tip, reader):
+        tok = token or queue.index.my_claims(worker).get(job)
+        job_rec = _read(reader, "jobs", job)
+        if job_rec is None:
+            raise UnknownJob(f"unknown job {job}")
+        existing = _read(reader, "results", job)
+        if existing is not None:
+            raise LeaseLost(
+                f"{job} already has a result ({existing['status']} by {existing['worker']}); nothing recorded"
+            )
+        lease = _read(reader, "leases", job)
+        late = False
+        if lease is None:
+            if tok is None:
+                raise LeaseLost(f"{job} is not leased by {worker}")
+            if status != "success":
+                raise LeaseLost(f"{job}: the lease of {worker} was reclaimed; a late failure is not recorded")
+            late = True
+        elif lease["worker"] != worker or (tok is not None and lease["token"] != tok):
+            raise LeaseLost(f"{job} is leased by {lease['worker']}, not by this lease of {worker}")
+        else:
+            tok = lease["token"]
+        rec = {"job": job, "version": job_rec["version"], "status": status, "worker": worker, "token": tok,
+               "finished_at": utc(queue.clock())}
+        if duration is not None:
+            rec["duration"] = round(float(duration), 3)
+        if late:
+            rec["late"] = True
+        if log:
+            rec["log"] = log
+        if log_tail:
+            rec["log_tail"] = log_tail[-4000:]
+        hb_path, hb = _heartbeat_change(queue, reader, worker)
+        files = {record_path("results", job): records.dumps("result", rec), hb_path: hb}
+        if lease is not None:
+            files[record_path("leases", job)] = None
+        took = f" in {duration:.0f} s" if duration is not None else ""
+        message = f"report {_describe(job_rec)}: {status} by {worker}{took}{' (late)' if late else ''}\n\n" + trailers(
+            {"Action": "report", "Job": job, "Version": job_rec["version"], "Pkgpath": job_rec.get("pkgpath"),
+             "Worker": worker, "Status": status, "Lease": tok, "Duration": rec.get("duration"),
+             "Late": "true" if late else None}
+        )
+        result.update(rec)
+        return Change(files, message)
+
+    queue.transact(decide, identity(worker))
+    queue.index.forget_claim(job)
+    return result
+
+
+def release(queue, worker: str, job: str, reason: str = "released", token: str | None = None,
+            decline: bool = True) -> None:
+    """Give `job` back; it is offered to other workers and (with `decline`) never again to `worker`."""
+    check_worker_name(worker)
+    check_job_name(job)
+    reason = " ".join(reason.split())[:1000] or "released"
+
+    def decide(tip, reader):
+        tok = token or queue.index.my_claims(worker).get(job)
+        job_rec = _read(reader, "jobs", job)
+        if job_rec is None:
+            raise UnknownJob(f"unknown job {job}")
+        lease = _read(reader, "leases", job)
+        if lease is None or lease["worker"] != worker or (tok is not None and lease["token"] != tok):
+            holder = f"leased by {lease['worker']}" if lease else "not leased"
+            raise LeaseLost(f"{job} is {holder}, not by {worker}; nothing released")
+        files = {record_path("leases", job): None}
+        if decline:
+            declines = _read(reader, "declines", job) or {"job": job, "declined": []}
+            declines["declined"].append({"worker": worker, "reason": reason, "at": utc(queue.clock())})
+            files[record_path("declines", job)] = records.dumps("decline", declines)
+        hb_path, hb = _heartbeat_change(queue, reader, worker)
+        files[hb_path] = hb
+        message = f"release {_describe(job_rec)} by {worker}: {reason}\n\n" + trailers(
+            {"Action": "release", "Job": job, "Version": job_rec["version"], "Worker": worker,
+             "Lease": lease["token"], "Reason": reason, "Declined": "true" if decline else "false"}
+        )
+        return Change(files, message)
+
+    queue.transact(decide, identity(worker))
+    queue.index.forget_claim(job)
+
+
+def heartbeat(queue, worker: str) -> dict:
+    """Tell the queue that `worker` is alive; return {"held": [...], "lost": [...]} of its leases.
+
+    A heartbeat never recreates a lease: jobs reclaimed from this worker are reported as lost.
+    """
+    check_worker_name(worker)
+    out = {}
+
+    def decide(tip, reader):
+        mine = queue.index.my_claims(worker)
+        held, lost = [], []
+        for job, tok in sorted(mine.items()):
+            lease = _read(reader, "leases", job)
+            (held if lease and lease["worker"] == worker and lease["token"] == tok else lost).append(job)
+        out.update(held=held, lost=lost)
+        hb_path, hb = _heartbeat_change(queue, reader, worker)
+        message = f"heartbeat {worker} ({len(held)} held)\n\n" + trailers(
+            {"Action": "heartbeat", "Worker": worker, "Held": " ".join(held) or None}
+        )
+        return Change({hb_path: hb}, message)
+
+    queue.transact(decide, identity(worker))
+    for job in out.get("lost", []):
+        queue.index.forget_claim(job)
+    return out
+
+
+def reclaim(queue, operator: str = "reclaim", now: float | None = None, ttl: int | None = None) -> list[dict]:
+    """Release every lease whose worker has not been heard from for longer than the lease TTL.
+
+    Expiry is decided on this machine's clock only. Each run records, in this cache, the
+    heartbeat record of every worker that holds a lease and when this machine first saw that
+    exact record; a lease expires once its worker's record has stayed unchanged for more than
+    the TTL as measured here. Times written by workers are never compared with this clock.
+    Returns the reclaimed leases as {"job", "worker", "silent_for"}.
+    """
+    clock = queue.clock if now is None else (lambda: now)
+    state_path = os.path.join(queue.cache_dir, "reclaim-observed.json")
+    try:
+        with open(state_path) as f:
+            observed = json.load(f)
+    except (FileNotFoundError, ValueError):
+        observed = {}
+    reclaimed = []
+    with queue.lock():
+        tip, reader = queue.sync()
+    settings = queue.settings(reader)
+    lease_ttl = ttl if ttl is not None else settings["lease_ttl"]
+    t = clock()
+    fresh = {}
+    expired = []
+    for path, sha in reader.walk_files("leases"):
+        lease = records.loads("lease", queue.remote.object_store[sha].as_raw_string(), path)
+        worker = lease["worker"]
+        hb = reader.blob_id(heartbeat_path(worker)) or sha
+        key = hb.decode()
+        seen = observed.get(worker)
+        first = seen[1] if seen and seen[0] == key else t
+        fresh[worker] = [key, first]
+        if t - first > lease_ttl:
+            expired.append((lease, t - first))
+    _write_json(state_path, fresh)
+
+    for lease, silent in expired:
+        job = lease["job"]
+
+        def decide(tip, reader, lease=lease, silent=silent):
+            current = _read(reader, "leases", job)
+            if current is None or current["token"] != lease["token"]:
+                return None
+            hb = reader.blob_id(heartbeat_path(lease["worker"]))
+            if hb is not None and hb.decode() != fresh[lease["worker"]][0]:
+                return None  # heard from since we looked
+            job_rec = _read(reader, "jobs", job) or {"name": job}
+            why = f"not heard from for {math.ceil(silent)} s (ttl {lease_ttl} s)"
+            message = f"reclaim {_describe(job_rec)} from {lease['worker']}: {why}\n\n" + trailers(
+                {"Action": "reclaim", "Job": job, "Worker": lease["worker"], "Lease": lease["token"],
+                 "Reason": why, "By": operator}
+            )
+            return Change({record_path("leases", job): None}, message)
+
+        commit, change = queue.transact(decide, identity(operator))
+        if commit is not None:
+            reclaimed.append({"job": job, "worker": lease["worker"], "silent_for": math.ceil(silent)})
+    return reclaimed
+
+
+def _write_json(path, data):
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)

@@ -1,0 +1,181 @@
+"""A queue as one process sees it: the repository, the local cache and index, and transactions.
+
+A transaction is the porcelain of the protocol: fetch the tip, bring the index forward, let the
+caller decide on changes from the fresh tree, commit and push; when the push is rejected because
+another worker moved the branch first, back off with jitter and do it all again from the new tip.
+"""
+
+import hashlib
+import os
+import random
+import re
+import time
+from dataclasses import dataclass
+
+from . import records
+from .errors import GitqueueError, PushRejected, QueueNotFound, RemoteError
+from .gitstore import CachedRemote, LocalRemote, is_local_path, make_commit, build_tree
+
+SETTINGS_PATH = "queue.toml"
+
+
+@dataclass
+class Change:
+    """What one transaction writes: files to set (bytes) or delete (None), and the message."""
+
+    files: dict
+    message: str
+
+
+class Queue:
+    """One queue repository, with this host's cache directory for it."""
+
+    def __init__(self, url: str, cache_root: str, branch: str = "main", ssh_command: str | None = None,
+                 clock=time.time):
+        if not url:
+            raise QueueNotFound("no queue given (use --queue URL or GITQUEUE_QUEUE)")
+        self.url = url
+        self.branch = branch
+        self.clock = clock
+        self.cache_dir = os.path.join(cache_root, _cache_name(url, branch))
+        os.makedirs(self.cache_dir, exist_ok=True)
+        self._ssh_command = ssh_command
+        self._remote = None
+        self._index = None
+        self._lock = None
+        self.stats = {"pushes": 0, "rejected": 0}
+
+    # -- resources -------------------------------------------------------------------------
+
+    @property
+    def remote(self):
+        if self._remote is None:
+            if is_local_path(self.url):
+                path = self.url[7:] if self.url.startswith("file://") else self.url
+                if not os.path.isdir(path):
+                    raise QueueNotFound(f"{self.url}: no such repository")
+                self._remote = LocalRemote(path, self.branch)
+            else:
+                self._remote = CachedRemote(
+                    self.url, os.path.join(self.cache_dir, "repo.git"), self.branch, self._ssh_command
+                )
+        return self._remote
+
+    @property
+    def index(self):
+        if self._index is None:
+            from .index import Index
+
+            self._index = Index(os.path.join(self.cache_dir, "index.sqlite"))
+        return self._index
+
+    def lock(self):
+        """The file lock that serializes this host's processes on this queue's cache."""
+        if self._lock is None:
+            from filelock import FileLock
+
+            self._lock = FileLock(os.path.join(self.cache_dir, "lock"))
+        return self._lock
+
+    def close(self):
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+        if self._remote is not None:
+            self._remote.close()
+            self._remote = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def fetch(self):
+        """Fetch the tip; return (commit id, TreeReader). Raises QueueNotFound when empty."""
+        tip = self.remote.fetch()
+        if tip is None:
+            raise QueueNotFound(f"{self.url}: no queue on branch {self.branch} (run gitqueue init)")
+        return tip, self.remote.reader(tip)
+
+    def settings(self, reader) -> dict:
+        data = reader.read(SETTINGS_PATH)
+        if data is None:
+            raise QueueNotFound(f"{self.url}: {SETTINGS_PATH} is missing on branch {self.branch}")
+        return records.loads("queue", data, SETTINGS_PATH)
+
+    def sync(self):
+        """Fetch and bring the index to the tip (caller holds the lock); return (tip, reader)."""
+        tip, reader = self.fetch()
+        self.index.update(self.remote, tip)
+        return tip, reader
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def transact(self, decide, identity: str, attempts: int = 200, use_index: bool = True):
+        """Run `decide(tip, reader)` -> Change | None against the freshest tip and push it.
+
+        `decide` may raise GitqueueError to stop. Returns (new commit id, the Change) or
+        (None, None) when `decide` had nothing to do. Retries with jittered backoff on a
+        rejected push; gives up with RemoteError after `attempts` tries.
+        """
+        delay = 0.005
+        with self.lock():
+            for _ in range(attempts):
+                if use_index:
+                    tip, reader = self.sync()
+                else:
+                    tip, reader = self.fetch()
+                change = decide(tip, reader)
+                if change is None:
+                    return None, None
+                tree, objects = build_tree(self.remote.object_store, reader.tree_id, change.files)
+                commit = make_commit(tree, tip, change.message, identity, self.clock())
+                self.stats["pushes"] += 1
+                try:
+                    self.remote.push(tip, commit, objects)
+                except PushRejected:
+                    self.stats["rejected"] += 1
+                    time.sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, 1.0)
+                    continue
+                if use_index:
+                    self.index.update(self.remote, commit.id)
+                return commit.id, change
+        raise RemoteError(f"{self.url}: gave up after {attempts} rejected pushes")
+
+    def create(self, settings: dict, identity: str):
+        """Write the first commit (queue.toml) of a new queue; refuse if the branch exists."""
+        data = records.dumps("queue", settings)
+        with self.lock():
+            if self.remote.fetch() is not None:
+                raise GitqueueError(f"{self.url}: a queue already exists on branch {self.branch}")
+            tree, objects = build_tree(self.remote.object_store, None, {SETTINGS_PATH: data})
+            message = f"init queue {settings['name']}\n\n" + trailers(
+                {"Action": "init", "Queue": settings["name"], "Format-Version": settings["format_version"]}
+            )
+            commit = make_commit(tree, None, message, identity, self.clock())
+            try:
+                self.remote.push(None, commit, objects)
+            except PushRejected:
+                raise GitqueueError(f"{self.url}: a queue already exists on branch {self.branch}") from None
+            return commit.id
+
+
+def trailers(facts: dict) -> str:
+    """git trailer lines ("Gitqueue-Job: x") for a commit message."""
+    lines = []
+    for key, value in facts.items():
+        if value is None or value == "":
+            continue
+        text = " ".join(str(value).split())  # one line each, whatever the value held
+        lines.append(f"Gitqueue-{key}: {text}")
+    return "\n".join(lines) + "\n"
+
+
+def _cache_name(url: str, branch: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", url.rstrip("/").rsplit("/", 1)[-1])[:40] or "queue"
+    digest = hashlib.sha256(f"{url}\0{branch}".encode()).hexdigest()[:12]
+    return f"{slug}-{digest}"

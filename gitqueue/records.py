@@ -1,0 +1,87 @@
+"""Queue records: TOML text to dicts and back, each validated against its JSON Schema."""
+
+import re
+import tomllib
+
+from .errors import RecordInvalid
+from .schema import SCHEMAS
+
+_TYPES = {
+    "object": dict,
+    "array": list,
+    "string": str,
+    "boolean": bool,
+}
+_pattern_cache: dict[str, re.Pattern] = {}
+
+
+def _check(value, schema, where):
+    """Validate `value` against the subset of JSON Schema that gitqueue's schemas use."""
+    t = schema.get("type")
+    if t == "integer":
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise RecordInvalid(f"{where}: expected an integer, got {value!r}")
+    elif t == "number":
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+            raise RecordInvalid(f"{where}: expected a number, got {value!r}")
+    elif t is not None and not isinstance(value, _TYPES[t]):
+        raise RecordInvalid(f"{where}: expected {t}, got {type(value).__name__}")
+    if "const" in schema and value != schema["const"]:
+        raise RecordInvalid(f"{where}: must be {schema['const']!r}, got {value!r}")
+    if "enum" in schema and value not in schema["enum"]:
+        raise RecordInvalid(f"{where}: must be one of {', '.join(schema['enum'])}, got {value!r}")
+    if "minimum" in schema and value < schema["minimum"]:
+        raise RecordInvalid(f"{where}: must be at least {schema['minimum']}, got {value!r}")
+    if t == "string":
+        if "maxLength" in schema and len(value) > schema["maxLength"]:
+            raise RecordInvalid(f"{where}: longer than {schema['maxLength']} characters")
+        pattern = schema.get("pattern")
+        if pattern is not None:
+            rx = _pattern_cache.get(pattern)
+            if rx is None:
+                rx = _pattern_cache[pattern] = re.compile(pattern)
+            if not rx.search(value) or "\n" in value:
+                raise RecordInvalid(f"{where}: {value!r} is not a valid value")
+    elif t == "array":
+        items = schema.get("items")
+        if items is not None:
+            for i, item in enumerate(value):
+                _check(item, items, f"{where}[{i}]")
+    elif t == "object":
+        props = schema.get("properties", {})
+        for key in schema.get("required", ()):
+            if key not in value:
+                raise RecordInvalid(f"{where}: missing required key {key!r}")
+        extra = schema.get("additionalProperties", True)
+        for key, item in value.items():
+            sub = props.get(key)
+            if sub is None:
+                if extra is False:
+                    raise RecordInvalid(f"{where}: unknown key {key!r}")
+                if isinstance(extra, dict):
+                    _check(item, extra, f"{where}.{key}")
+            else:
+                _check(item, sub, f"{where}.{key}" if where else key)
+
+
+def validate(kind: str, record: dict, where: str = "") -> dict:
+    """Check `record` against the schema of `kind`; return it or raise RecordInvalid."""
+    _check(record, SCHEMAS[kind], where or kind)
+    return record
+
+
+def loads(kind: str, data: bytes, where: str) -> dict:
+    """Parse and validate one TOML record; `where` names it in errors (e.g. its path)."""
+    try:
+        record = tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise RecordInvalid(f"{where}: malformed TOML: {e}") from None
+    return validate(kind, record, where)
+
+
+def dumps(kind: str, record: dict) -> bytes:
+    """Validate and serialize one record as TOML."""
+    import tomli_w  # only writers pay for it
+
+    validate(kind, record)
+    return tomli_w.dumps(record).encode("utf-8")

@@ -1,0 +1,180 @@
+"""The worker loop: claim a job, run the build command, heartbeat while it runs, report, repeat.
+
+One process, one thread: dulwich repositories and clients are not thread-safe, so heartbeats
+happen between waits on the build command rather than in a background thread.
+"""
+
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import time
+
+from .errors import GitqueueError, LeaseLost, NothingReady, QueueFinished, RemoteError
+from .lease import claim, heartbeat, release, report
+
+LOG_TAIL = 4000
+
+
+def describe_log(path: str):
+    """({"name", "size", "sha256"}, last few KB as text) of a build log."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 16), b""):
+            h.update(chunk)
+            size += len(chunk)
+        f.seek(max(0, size - LOG_TAIL))
+        tail = f.read().decode("utf-8", "replace")
+    return {"name": os.path.basename(path), "size": size, "sha256": h.hexdigest()}, tail
+
+
+def job_environment(job: dict, base: dict | None = None) -> dict:
+    """The environment a build command sees for `job`."""
+    env = dict(os.environ if base is None else base)
+    env.update(
+        GITQUEUE_JOB=job["job"],
+        GITQUEUE_VERSION=job["version"],
+        GITQUEUE_PKGPATH=job.get("pkgpath") or "",
+        GITQUEUE_LEASE=job["lease"],
+        GITQUEUE_DEPS=" ".join(job.get("deps", [])),
+    )
+    for key, value in (job.get("multi_version") or {}).items():
+        env[key] = value
+    return env
+
+
+class Worker:
+    """Runs `command` for one job after another until the queue is finished or told to stop."""
+
+    def __init__(self, queue, name: str, command: list[str], host: str | None = None,
+                 heartbeat_every: float | None = None, max_wait: float = 60.0, out=print):
+        self.queue = queue
+        self.name = name
+        self.command = command
+        self.host = host
+        self.heartbeat_every = heartbeat_every
+        self.max_wait = max_wait
+        self.out = out
+        self.stop_signal = None
+        self.child = None
+        self.log_dir = os.path.join(queue.cache_dir, "logs")
+        self.done = 0
+
+    def _on_signal(self, signum, frame):
+        self.stop_signal = signum
+        if self.child is not None and self.child.poll() is None:
+            try:
+                os.killpg(self.child.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def run(self, once: bool = False) -> int:
+        """The loop. Returns the exit status: 0 finished (or one job done with once), 128+signal."""
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return self._loop(once)
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+
+    def _loop(self, once):
+        _, reader = self.queue.fetch()
+        ttl = self.queue.settings(reader)["lease_ttl"]
+        every = self.heartbeat_every or max(ttl / 4, 0.5)
+        wait = 0.2
+        while self.stop_signal is None:
+            try:
+                job = claim(self.queue, self.name, self.host)
+            except NothingReady:
+                time.sleep(wait * (0.5 + random.random()))
+                wait = min(wait * 2, self.max_wait)
+                continue
+            except QueueFinished:
+                self.out(f"{self.name}: queue finished ({self.done} jobs built here)")
+                return 0
+            except RemoteError as e:
+                self.out(f"{self.name}: {e}; retrying")
+                time.sleep(wait * (0.5 + random.random()))
+                wait = min(wait * 2, self.max_wait)
+                continue
+            wait = 0.2
+            self.out(f"{self.name}: building {job['job']}")
+            outcome = self._build(job, every)
+            if outcome is None:
+                continue  # lease lost while building; already said so
+            if self.stop_signal is not None:
+                self._give_back(job, f"worker stopped by signal {self.stop_signal}")
+                break
+            self._report(job, *outcome)
+            self.done += 1
+            if once:
+                return 0
+        return 128 + (self.stop_signal or 0)
+
+    def _build(self, job, every):
+        os.makedirs(self.log_dir, exist_ok=True)
+        log_path = os.path.join(self.log_dir, f"{job['job']}-{job['lease'][:8]}.log")
+        start = time.monotonic()
+        with open(log_path, "wb") as log:
+            try:
+                self.child = subprocess.Popen(
+                    self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    env=job_environment(job), start_new_session=True,
+                )
+            except OSError as e:
+                log.write(f"gitqueue: cannot run {self.command[0]}: {e}\n".encode())
+                return "failure", time.monotonic() - start, log_path
+            try:
+                while True:
+                    try:
+                        code = self.child.wait(timeout=every)
+                        break
+                    except subprocess.TimeoutExpired:
+                        if self.stop_signal is not None:
+                            continue
+                        if not self._still_held(job):
+                            os.killpg(self.child.pid, signal.SIGKILL)
+                            self.child.wait()
+                            return None
+            finally:
+                self.child = None
+        status = "success" if code == 0 else "failure"
+        return status, time.monotonic() - start, log_path
+
+    def _still_held(self, job) -> bool:
+        try:
+            beat = heartbeat(self.queue, self.name)
+        except RemoteError as e:
+            self.out(f"{self.name}: heartbeat failed ({e}); still building")
+            return True
+        if job["job"] in beat["lost"]:
+            self.out(f"{self.name}: lease on {job['job']} was reclaimed; stopping its build")
+            return False
+        return True
+
+    def _report(self, job, status, duration, log_path):
+        log, tail = describe_log(log_path)
+        delay = 1.0
+        for attempt in range(8):
+            try:
+                report(self.queue, self.name, job["job"], status, job["lease"], duration, log,
+                       tail if status == "failure" else None)
+                self.out(f"{self.name}: {job['job']} {status} ({duration:.1f} s)")
+                return
+            except LeaseLost as e:
+                self.out(f"{self.name}: {e}")
+                return
+            except RemoteError as e:
+                self.out(f"{self.name}: report of {job['job']} failed ({e}); retrying")
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 30)
+        raise GitqueueError(f"could not report {job['job']} after 8 attempts; its lease will expire")
+
+    def _give_back(self, job, reason):
+        try:
+            release(self.queue, self.name, job["job"], reason, job["lease"], decline=False)
+            self.out(f"{self.name}: released {job['job']}")
+        except GitqueueError as e:
+            self.out(f"{self.name}: could not release {job['job']}: {e}")

@@ -1,0 +1,54 @@
+"""Small builders shared by the tests: real bare repositories, real queues."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from gitqueue.admin import import_jobs, init_queue
+from gitqueue.queue import Queue
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+SUBSET = REPO / "gitqueue" / "data" / "pkgsrc-subset.presolve"
+
+
+def job(name, deps=(), version="1.0", **extra):
+    return {"name": name, "version": version, "deps": list(deps), **extra}
+
+
+def make_queue(tmp_path, jobs, ttl=3600, name="q.git"):
+    """A local bare queue with `jobs` imported; returns its URL (a path)."""
+    url = str(tmp_path / name)
+    with Queue(url, str(tmp_path / "cache-admin")) as q:
+        init_queue(q, "test", lease_ttl=ttl)
+        if jobs:
+            import_jobs(q, jobs, "test.jsonl")
+    return url
+
+
+def open_queue(url, tmp_path, host="h1", clock=None, ssh_command=None):
+    kwargs = {"clock": clock} if clock else {}
+    return Queue(url, str(tmp_path / f"cache-{host}"), ssh_command=ssh_command, **kwargs)
+
+
+def write_jsonl(path, jobs):
+    with open(path, "w") as f:
+        for j in jobs:
+            f.write(json.dumps(j) + "\n")
+    return str(path)
+
+
+def gitqueue(*args, env=None, check=False, timeout=120):
+    """Run the real command line in a new process."""
+    proc = subprocess.run([sys.executable, "-m", "gitqueue", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"gitqueue {' '.join(map(str, args))} exited {proc.returncode}: {proc.stderr}")
+    return proc
+
+
+def git_log(url, fmt="%s"):
+    return subprocess.run(["git", "-C", url, "log", f"--format={fmt}"], capture_output=True, text=True,
+                          check=True).stdout
