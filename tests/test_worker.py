@@ -1,0 +1,96 @@
+"""The worker loop as a real process: signals, lost leases, the build environment."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from gitqueue import lease
+from gitqueue.audit import replay
+
+from helpers import git_log, job, make_queue, open_queue
+
+
+def wait_for(path, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def work(url, tmp_path, name, script, *extra):
+    env = {**os.environ, "GITQUEUE_CACHE": str(tmp_path / f"cache-{name}")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "gitqueue", "work", "--queue", url, "--worker", name, *extra, "--",
+         "sh", "-c", script],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def test_sigterm_stops_the_build_and_gives_the_job_back(tmp_path):
+    url = make_queue(tmp_path, [job("gmake-4.4.1", pkgpath="devel/gmake")])
+    started = tmp_path / "started"
+    proc = work(url, tmp_path, "w1", f"echo $GITQUEUE_PKGPATH > {started}; sleep 60; touch {tmp_path}/done")
+    wait_for(started)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert started.read_text() == "devel/gmake\n"
+    assert not (tmp_path / "done").exists()
+    assert git_log(url).splitlines()[0] == "release gmake-4.4.1 (devel/gmake) by w1: worker stopped by signal 15"
+    # Stopping is not declining: the same worker may take it again.
+    with open_queue(url, tmp_path, host="again") as q:
+        assert lease.claim(q, "w1")["job"] == "gmake-4.4.1"
+
+
+def test_a_reclaimed_lease_stops_the_build(tmp_path):
+    url = make_queue(tmp_path, [job("slow-1")], ttl=1)
+    started = tmp_path / "started"
+    proc = work(url, tmp_path, "w1", f"touch {started}; sleep 30; touch {tmp_path}/finished", "--heartbeat", "0.3",
+                "--max-wait", "0.5")
+    wait_for(started)
+    # The worker's machine freezes (or its network goes): no heartbeats.
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        with open_queue(url, tmp_path, host="cron") as cron, open_queue(url, tmp_path, host="h2") as other:
+            lease.reclaim(cron)
+            time.sleep(1.3)
+            assert [r["job"] for r in lease.reclaim(cron)] == ["slow-1"]
+            token = lease.claim(other, "w2")["lease"]
+            proc.send_signal(signal.SIGCONT)
+            # The old holder hears of it at its next heartbeat, kills its build, and never reports.
+            deadline = time.monotonic() + 20
+            while not git_log(url).startswith("heartbeat w1 (0 held)") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            lease.report(other, "w2", "slow-1", "success", token=token)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "lease on slow-1 was reclaimed; stopping its build" in out
+    assert "queue finished" in out
+    assert not (tmp_path / "finished").exists()
+    log = git_log(url)
+    assert "report slow-1: success by w2" in log and "by w1" not in log.split("reclaim")[0]
+    with open_queue(url, tmp_path, host="audit") as q:
+        audit = replay(q.remote, q.remote.fetch())
+    assert audit.violations == [] and audit.results == 1 and audit.reclaims == 1
+
+
+def test_build_log_and_environment(tmp_path):
+    url = make_queue(tmp_path, [job("py311-foo-1.0", version="1.0", pkgpath="devel/py-foo",
+                                    multi_version={"PYTHON_VERSION_REQD": "311"})])
+    proc = work(url, tmp_path, "w1",
+                'echo "$GITQUEUE_JOB $GITQUEUE_VERSION $GITQUEUE_PKGPATH $PYTHON_VERSION_REQD"; exit 2', "--once")
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    trailers = git_log(url, "%(trailers:key=Gitqueue-Status,valueonly)").split()
+    assert trailers[0] == "failure"
+    with open_queue(url, tmp_path, host="reader") as q:
+        tip, reader = q.fetch()
+        from gitqueue import records
+        from gitqueue.names import record_path
+        result = records.loads("result", reader.read(record_path("results", "py311-foo-1.0")), "r")
+    assert result["log_tail"] == "py311-foo-1.0 1.0 devel/py-foo 311\n"
+    assert result["log"]["size"] == len(result["log_tail"])
