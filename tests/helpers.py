@@ -49,6 +49,6 @@ def gitqueue(*args, env=None, check=False, timeout=120):
     return proc
 
 
-def git_log(url, fmt="%s"):
-    return subprocess.run(["git", "-C", url, "log", f"--format={fmt}"], capture_output=True, text=True,
+def git_log(url, fmt="%s", ref="main"):
+    return subprocess.run(["git", "-C", url, "log", f"--format={fmt}", ref], capture_output=True, text=True,
                           check=True).stdout

@@ -115,3 +115,54 @@ def test_not_a_queue(tmp_path):
     with open_queue(str(empty), tmp_path) as q:
         with pytest.raises(QueueNotFound, match="no queue on branch main"):
             lease.claim(q, "w1")
+
+
+@pytest.mark.ssh
+def test_init_and_import_over_ssh_into_an_empty_bare_repository(tmp_path, sshd):
+    path = str(tmp_path / "remote.git")
+    subprocess.run(["git", "init", "--bare", "-q", path], check=True)
+    env = {"GITQUEUE_CACHE": str(tmp_path / "cache"), "GITQUEUE_SSH_COMMAND": sshd.ssh_command}
+    url = sshd.url(path)
+    graph = tmp_path / "g.jsonl"
+    graph.write_text('{"name": "a-1", "version": "1", "deps": []}\n{"name": "b-1", "version": "1", "deps": ["a-1"]}\n')
+    assert gitqueue("init", url, "--name", "remote", "--lease-ttl", "60", env=env).returncode == 0
+    assert gitqueue("init", url, env=env).stderr.startswith("Error: ")
+    proc = gitqueue("import", url, graph, env=env)
+    assert proc.returncode == 0, proc.stderr
+    proc = gitqueue("claim", "--queue", url, "--worker", "w1", env=env)
+    assert proc.returncode == 0 and proc.stdout.startswith("a-1\t"), proc.stderr
+    assert git_log(path).splitlines() == ["claim a-1 by w1", "import 2 jobs from g.jsonl", "init queue remote"]
+    fsck(path)
+
+
+def test_git_daemon_transport(tmp_path):
+    import socket
+    import time
+
+    path = make_queue(tmp_path / "srv", JOBS) if (tmp_path / "srv").mkdir() is None else None
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    daemon = subprocess.Popen(
+        ["git", "daemon", "--reuseaddr", "--listen=127.0.0.1", f"--port={port}", "--export-all",
+         "--enable=receive-pack", f"--base-path={tmp_path / 'srv'}", str(tmp_path / "srv")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "git daemon did not start"
+                time.sleep(0.05)
+        url = f"git://127.0.0.1:{port}/q.git"
+        with open_queue(url, tmp_path) as q:
+            got = lease.claim(q, "w1")
+            lease.report(q, "w1", got["job"], "success")
+            assert lease.claim(q, "w1")["job"] != got["job"]
+    finally:
+        daemon.terminate()
+        daemon.wait()
+    fsck(path)
+    assert len(git_log(path).splitlines()) == 5

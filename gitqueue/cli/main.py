@@ -83,8 +83,9 @@ def _ssh_command(command, cache_dir):
     base = command or "ssh"
     if "ControlMaster" in base or os.environ.get("GITQUEUE_SSH_REUSE") == "0":
         return base
-    # A unix socket path must stay under ~104 bytes; %C expands to 40.
-    directory = cache_dir if len(cache_dir) < 56 else os.path.join("/tmp", f"gitqueue-{os.getuid()}")
+    # A unix socket path must stay under ~104 bytes: "/ssh-" + %C (40) + ssh's temporary
+    # suffix (17) leave 40 for the directory.
+    directory = cache_dir if len(cache_dir) <= 40 else os.path.join("/tmp", f"gitqueue-{os.getuid()}")
     os.makedirs(directory, mode=0o700, exist_ok=True)
     if os.stat(directory).st_uid != os.getuid():
         return base  # someone else's directory: no shared sockets
