@@ -24,7 +24,7 @@ def replay(remote, tip: bytes) -> Audit:
     Checked: history is one chain (no merges), a job never has two live leases, a result is
     never written twice nor rewritten, and every commit changes something.
     """
-    from dulwich.diff_tree import tree_changes
+    from .gitstore import diff_trees
 
     store = remote.object_store
     chain = []
@@ -43,18 +43,15 @@ def replay(remote, tip: bytes) -> Audit:
     for commit in chain:
         short = commit.id.decode()[:12]
         changed = False
-        for change in tree_changes(store, previous_tree, commit.tree):
+        for path, old, new in diff_trees(store, previous_tree, commit.tree):
             changed = True
-            old = change.old if change.old is not None and change.old.path else None
-            new = change.new if change.new is not None and change.new.path else None
-            path = (new or old).path.decode()
             kind = path.split("/", 1)[0]
             if kind not in ("leases", "results"):
                 continue
             _, job = name_from_path(path)
             if kind == "leases":
                 if new is not None:
-                    rec = records.loads("lease", store[new.sha].as_raw_string(), path)
+                    rec = records.loads("lease", store[new].as_raw_string(), path)
                     if old is not None and leases.get(job) != rec["token"]:
                         audit.violations.append(f"{short}: lease on {job} replaced while live")
                     if old is None:
@@ -72,7 +69,7 @@ def replay(remote, tip: bytes) -> Audit:
                 if old is not None:
                     audit.violations.append(f"{short}: result of {job} rewritten or removed")
                     continue
-                rec = records.loads("result", store[new.sha].as_raw_string(), path)
+                rec = records.loads("result", store[new].as_raw_string(), path)
                 if job in results:
                     audit.violations.append(f"{short}: second result for {job}")
                 if job in leases and leases[job] != rec["token"]:

@@ -8,7 +8,6 @@ import json
 import math
 import os
 import random
-import secrets
 import time
 from datetime import datetime, timezone
 
@@ -74,7 +73,7 @@ def claim(queue, worker: str, host: str | None = None) -> dict:
                 continue  # the index is behind the tree: trust the tree
             if not all(_status(reader, d) == "success" for d in job["deps"]):
                 continue
-            token = secrets.token_hex(16)
+            token = os.urandom(16).hex()
             lease = {"job": name, "worker": worker, "token": token, "claimed_at": utc(queue.clock())}
             if host:
                 lease["host"] = host

@@ -72,7 +72,7 @@ class Queue:
     def lock(self):
         """The file lock that serializes this host's processes on this queue's cache."""
         if self._lock is None:
-            from filelock import FileLock
+            from .locking import FileLock
 
             self._lock = FileLock(os.path.join(self.cache_dir, "lock"))
         return self._lock
