@@ -150,7 +150,7 @@ def context(queue_url=None, worker=None) -> Context:
     return Context(queue_url, worker, obj.get("cache_dir"), obj.get("branch"), obj.get("ssh_command"))
 
 
-from . import commands  # noqa: E402,F401  (registers the commands)
+from . import commands, schedule  # noqa: E402,F401  (registers the commands)
 
 
 def main():
