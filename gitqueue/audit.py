@@ -51,7 +51,7 @@ def replay(remote, tip: bytes) -> Audit:
             _, job = name_from_path(path)
             if kind == "leases":
                 if new is not None:
-                    rec = records.loads("lease", store[new].as_raw_string(), path)
+                    rec = records.load_at("lease", store[new].as_raw_string(), path)
                     if old is not None and leases.get(job) != rec["token"]:
                         audit.violations.append(f"{short}: lease on {job} replaced while live")
                     if old is None:
@@ -69,7 +69,7 @@ def replay(remote, tip: bytes) -> Audit:
                 if old is not None:
                     audit.violations.append(f"{short}: result of {job} rewritten or removed")
                     continue
-                rec = records.loads("result", store[new].as_raw_string(), path)
+                rec = records.load_at("result", store[new].as_raw_string(), path)
                 if job in results:
                     audit.violations.append(f"{short}: second result for {job}")
                 if job in leases and leases[job] != rec["token"]:

@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 
+from .errors import GitqueueError
+
 DEMO_GRAPH = os.path.join(os.path.dirname(__file__), "data", "pkgsrc-subset.presolve")
 LEASE_TTL = 4
 # The stand-in build: sleeps a time derived from the package name; a few packages fail as
@@ -46,8 +48,7 @@ def run_demo(directory: str, workers: int = 4, speed: float = 1.0, out=print) ->
     directory = os.path.abspath(directory)
     url = os.path.join(directory, "queue.git")
     if os.path.exists(url):
-        out(f"Error: {url} exists already; give another directory or remove it")
-        return 1
+        raise GitqueueError(f"{url} exists already; give another directory or remove it")
     os.makedirs(directory, exist_ok=True)
     queue = Queue(url, os.path.join(directory, "cache-operator"))
     init_queue(queue, "demo", arch=os.uname().machine, lease_ttl=LEASE_TTL)

@@ -311,11 +311,17 @@ class CachedRemote(Remote):
             self.client, self.remote_path = get_transport_and_path(url, **kwargs)
         except ValueError as e:
             raise QueueNotFound(f"{url}: {e}") from None
-        if os.path.isdir(os.path.join(cache_path, "objects")):
-            self.repo = Repo(cache_path)
-        else:
-            os.makedirs(cache_path, exist_ok=True)
-            self.repo = Repo.init_bare(cache_path)
+        if not os.path.isdir(os.path.join(cache_path, "objects")):
+            # Made aside and renamed into place: another process may be doing the same.
+            tmp = f"{cache_path}.new-{os.getpid()}"
+            Repo.init_bare(tmp, mkdir=True).close()
+            try:
+                os.rename(tmp, cache_path)
+            except OSError:
+                import shutil
+
+                shutil.rmtree(tmp, ignore_errors=True)
+        self.repo = Repo(cache_path)
         self.object_store = self.repo.object_store
 
     def _local_tip(self):

@@ -13,7 +13,7 @@ from . import records
 from .errors import RecordInvalid
 from .names import name_from_path
 
-INDEX_VERSION = "1"
+INDEX_VERSION = "2"
 
 _SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT);
@@ -22,21 +22,41 @@ CREATE TABLE jobs(
     name TEXT UNIQUE NOT NULL,
     version TEXT NOT NULL,
     pkgpath TEXT,
-    prefailed TEXT,
+    skip TEXT,            -- why the job is never built: prefailed or no-way reason
+    skip_kind TEXT,       -- 'p' prefailed, 's' no way on this architecture
+    est REAL NOT NULL,
+    est_source TEXT NOT NULL,
     priority REAL NOT NULL DEFAULT 0,
     pending INTEGER NOT NULL DEFAULT 0,
     result TEXT,
     leased_by TEXT,
-    lease_token TEXT
+    lease_token TEXT,
+    lease_at REAL
 );
+CREATE INDEX jobs_pkgpath ON jobs(pkgpath);
 CREATE TABLE deps(job INTEGER NOT NULL, dep INTEGER NOT NULL);
 CREATE INDEX deps_dep ON deps(dep);
 CREATE INDEX deps_job ON deps(job);
 CREATE TABLE declines(job INTEGER NOT NULL, worker TEXT NOT NULL, PRIMARY KEY(job, worker));
+CREATE TABLE speeds(worker TEXT PRIMARY KEY, n INTEGER NOT NULL, total REAL NOT NULL);
 CREATE TABLE mine(job TEXT PRIMARY KEY, worker TEXT NOT NULL, token TEXT NOT NULL);
 CREATE INDEX ready ON jobs(priority DESC)
-    WHERE pending = 0 AND result IS NULL AND leased_by IS NULL AND prefailed IS NULL;
+    WHERE pending = 0 AND result IS NULL AND leased_by IS NULL AND skip IS NULL;
 """
+
+# Files whose change means recomputing everything rather than applying a diff.
+_REBUILD_PATHS = ("queue.toml", "priority.toml", "noway.toml")
+# Estimates a measured duration of a sibling (same package path) in this build improves on.
+_WEAK_SOURCES = ("default", "weight")
+
+
+def _epoch(stamp):
+    from datetime import datetime, timezone
+
+    try:
+        return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+    except (TypeError, ValueError):
+        return None
 
 
 class Index:
@@ -92,7 +112,7 @@ class Index:
         store = remote.object_store
         changes = []
         for path, old_sha, new_sha in diff_trees(store, store[old].tree, store[tip].tree):
-            if path.startswith("jobs/") or path == "queue.toml":
+            if path.startswith("jobs/") or path in _REBUILD_PATHS:
                 self.rebuild(remote, tip)
                 return
             changes.append((path, old_sha, new_sha))
@@ -112,25 +132,24 @@ class Index:
 
     def _apply(self, store, path, old_sha, new_sha):
         kind = path.split("/", 1)[0]
-        if kind == "heartbeats":
-            return
         if kind not in ("leases", "results", "declines"):
             return
         _, name = name_from_path(path)
-        row = self.db.execute("SELECT id, result FROM jobs WHERE name=?", (name,)).fetchone()
+        row = self.db.execute("SELECT id, est, pkgpath FROM jobs WHERE name=?", (name,)).fetchone()
         if row is None:
             raise _NeedsRebuild()
-        job_id, old_result = row
+        job_id, est, pkgpath = row
         record = None
         if new_sha is not None:
-            record = records.loads(kind[:-1], store[new_sha].as_raw_string(), path)
+            record = records.load_at(kind[:-1], store[new_sha].as_raw_string(), path)
         if kind == "leases":
             if record is None:
-                self.db.execute("UPDATE jobs SET leased_by=NULL, lease_token=NULL WHERE id=?", (job_id,))
+                self.db.execute("UPDATE jobs SET leased_by=NULL, lease_token=NULL, lease_at=NULL WHERE id=?",
+                                (job_id,))
             else:
                 self.db.execute(
-                    "UPDATE jobs SET leased_by=?, lease_token=? WHERE id=?",
-                    (record["worker"], record["token"], job_id),
+                    "UPDATE jobs SET leased_by=?, lease_token=?, lease_at=? WHERE id=?",
+                    (record["worker"], record["token"], _epoch(record.get("claimed_at")), job_id),
                 )
         elif kind == "results":
             if old_sha is not None or record is None:
@@ -141,6 +160,7 @@ class Index:
                     "UPDATE jobs SET pending = pending - 1 WHERE id IN (SELECT job FROM deps WHERE dep=?)",
                     (job_id,),
                 )
+                self._learn(record, est, pkgpath)
         else:
             self.db.execute("DELETE FROM declines WHERE job=?", (job_id,))
             if record is not None:
@@ -149,65 +169,96 @@ class Index:
                     [(job_id, d["worker"]) for d in record["declined"]],
                 )
 
+    def _learn(self, result, est, pkgpath):
+        """A measured success: refine the worker's speed and the estimates of its siblings."""
+        duration = result.get("duration")
+        if not duration or duration <= 0:
+            return
+        from .scheduler import Speeds
+
+        row = self.db.execute("SELECT n, total FROM speeds WHERE worker=?", (result["worker"],)).fetchone()
+        speeds = Speeds({result["worker"]: row} if row else {})
+        factor = speeds.factor(result["worker"]) if row else 1.0
+        speeds.observe(result["worker"], duration, est)
+        self.db.execute("INSERT OR REPLACE INTO speeds VALUES(?, ?, ?)", (result["worker"], *speeds.sums[result["worker"]]))
+        if pkgpath:
+            # Other MULTI_VERSION variants of this package build in about the same time.
+            self.db.execute(
+                f"UPDATE jobs SET est=?, est_source='this build' WHERE pkgpath=? AND result IS NULL "
+                f"AND est_source IN ({','.join('?' * len(_WEAK_SOURCES))})",
+                (duration / factor, pkgpath, *_WEAK_SOURCES),
+            )
+
     def rebuild(self, remote, tip: bytes | None) -> None:
         """Recompute everything from the tree of `tip`."""
+        from . import lists, scheduler
+
         reader = remote.reader(tip)
         store = remote.object_store
+        settings = {}
+        data = reader.read("queue.toml")
+        if data is not None:
+            settings = records.loads("queue", data, "queue.toml")
         jobs = []
         for path, sha in reader.walk_files("jobs"):
-            full = path
-            name_from_path(full)
-            jobs.append(records.loads("job", store[sha].as_raw_string(), full))
+            jobs.append(records.load_at("job", store[sha].as_raw_string(), path))
         ids = {job["name"]: i for i, job in enumerate(jobs, 1)}
         results = {}
         for path, sha in reader.walk_files("results"):
-            rec = records.loads("result", store[sha].as_raw_string(), path)
-            results[rec["job"]] = rec["status"]
+            rec = records.load_at("result", store[sha].as_raw_string(), path)
+            results[rec["job"]] = rec
         leases = {}
         for path, sha in reader.walk_files("leases"):
-            rec = records.loads("lease", store[sha].as_raw_string(), path)
-            leases[rec["job"]] = (rec["worker"], rec["token"])
+            rec = records.load_at("lease", store[sha].as_raw_string(), path)
+            leases[rec["job"]] = rec
         declines = []
         for path, sha in reader.walk_files("declines"):
-            rec = records.loads("decline", store[sha].as_raw_string(), path)
+            rec = records.load_at("decline", store[sha].as_raw_string(), path)
             if rec["job"] in ids:
                 declines.extend((ids[rec["job"]], d["worker"]) for d in rec["declined"])
-        priorities = dependents_counts(jobs)
+        boost_rx = lists.compile_patterns(lists.read_priority(reader))
+        noway = lists.noway_for(lists.read_noway(reader), settings.get("arch", ""))
+        estimates = {job["name"]: scheduler.estimate(job) for job in jobs}
+        est = {name: e[0] for name, e in estimates.items()}
+        boosted = {job["name"] for job in jobs if lists.matches(boost_rx, job)}
+        priority = scheduler.priorities(jobs, est, boosted)
+        speeds = scheduler.Speeds()
+        for rec in results.values():
+            if rec["status"] == "success" and rec.get("duration") and rec["job"] in est:
+                speeds.observe(rec["worker"], rec["duration"], est[rec["job"]])
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
-            for table in ("jobs", "deps", "declines"):
+            for table in ("jobs", "deps", "declines", "speeds"):
                 db.execute(f"DELETE FROM {table}")
             rows = []
             dep_rows = []
             for job in jobs:
-                jid = ids[job["name"]]
+                name = job["name"]
+                jid = ids[name]
                 pending = 0
                 for dep in job["deps"]:
                     dep_id = ids.get(dep)
                     if dep_id is None:
-                        raise RecordInvalid(f"jobs: {job['name']} depends on unknown job {dep}")
+                        raise RecordInvalid(f"jobs: {name} depends on unknown job {dep}")
                     dep_rows.append((jid, dep_id))
-                    if results.get(dep) != "success":
+                    if dep not in results or results[dep]["status"] != "success":
                         pending += 1
-                lease = leases.get(job["name"], (None, None))
-                rows.append(
-                    (
-                        jid,
-                        job["name"],
-                        job["version"],
-                        job.get("pkgpath"),
-                        job.get("prefailed"),
-                        job.get("priority", 0) * 1e9 + priorities[job["name"]],
-                        pending,
-                        results.get(job["name"]),
-                        lease[0],
-                        lease[1],
-                    )
-                )
-            db.executemany("INSERT INTO jobs VALUES(?,?,?,?,?,?,?,?,?,?)", rows)
+                skip, kind = job.get("prefailed"), "p"
+                if not skip:
+                    skip = next((f"no way on {e['arch'] or 'any arch'}: {e['reason']}" for e in noway
+                                 if lists.matches(lists.compile_patterns([e["pattern"]]), job)), None)
+                    kind = "s" if skip else None
+                lease = leases.get(name, {})
+                rows.append((
+                    jid, name, job["version"], job.get("pkgpath"), skip, kind, est[name], estimates[name][1],
+                    priority[name], pending, results[name]["status"] if name in results else None,
+                    lease.get("worker"), lease.get("token"), _epoch(lease.get("claimed_at")),
+                ))
+            db.executemany("INSERT INTO jobs VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
             db.executemany("INSERT INTO deps VALUES(?,?)", dep_rows)
             db.executemany("INSERT OR IGNORE INTO declines VALUES(?,?)", declines)
+            db.executemany("INSERT INTO speeds VALUES(?,?,?)", [(w, n, t) for w, (n, t) in speeds.sums.items()])
             db.execute(
                 "INSERT OR REPLACE INTO meta VALUES('commit', ?)", (tip.decode() if tip else "",)
             )
@@ -218,18 +269,40 @@ class Index:
 
     # -- questions ------------------------------------------------------------------------
 
-    def ready(self, worker: str, limit: int) -> list[str]:
-        """Names of up to `limit` ready jobs not declined by `worker`, best first."""
+    def ready(self, worker: str, limit: int):
+        """Up to `limit` ready jobs not declined by `worker`, best first, as scheduler Candidates."""
+        from .scheduler import Candidate
+
         return [
-            r[0]
+            Candidate(*r)
             for r in self.db.execute(
-                """SELECT name FROM jobs
-                   WHERE pending = 0 AND result IS NULL AND leased_by IS NULL AND prefailed IS NULL
+                """SELECT name, est, priority FROM jobs
+                   WHERE pending = 0 AND result IS NULL AND leased_by IS NULL AND skip IS NULL
                      AND id NOT IN (SELECT job FROM declines WHERE worker = ?)
-                   ORDER BY priority DESC, name LIMIT ?""",
+                   ORDER BY priority DESC LIMIT ?""",
                 (worker, limit),
             )
         ]
+
+    def speeds(self):
+        """The learned worker speeds (scheduler.Speeds)."""
+        from .scheduler import Speeds
+
+        return Speeds({w: (n, t) for w, n, t in self.db.execute("SELECT worker, n, total FROM speeds")})
+
+    def busy(self, speeds, now: float, exclude: str = ""):
+        """Workers holding leases (other than `exclude`) with when each should be free."""
+        from .scheduler import Busy
+
+        out = []
+        for worker, est, lease_at in self.db.execute(
+                "SELECT leased_by, est, lease_at FROM jobs WHERE leased_by IS NOT NULL AND leased_by != ?",
+                (exclude,)):
+            factor = speeds.factor(worker)
+            # lease_at comes from the worker's clock: it only shapes the schedule, never expiry.
+            start = min(lease_at, now) if lease_at is not None else now
+            out.append(Busy(worker, factor, start + est * factor))
+        return out
 
     def job(self, name: str):
         """(name, version, pkgpath, result, leased_by, lease_token) of a job, or None."""
@@ -243,8 +316,8 @@ class Index:
         rows = self.db.execute(
             """
             WITH RECURSIVE blocked(id, why) AS (
-                SELECT id, CASE WHEN prefailed IS NOT NULL THEN 'p' ELSE 'f' END FROM jobs
-                 WHERE prefailed IS NOT NULL OR result = 'failure'
+                SELECT id, CASE WHEN skip_kind IS NOT NULL THEN skip_kind ELSE 'f' END FROM jobs
+                 WHERE skip IS NOT NULL OR result = 'failure'
                 UNION
                 SELECT d.job, b.why FROM deps d JOIN blocked b ON d.dep = b.id
             ),
@@ -253,9 +326,11 @@ class Index:
               CASE
                 WHEN j.result = 'success' THEN 'success'
                 WHEN j.result = 'failure' THEN 'failed'
-                WHEN j.prefailed IS NOT NULL THEN 'prefailed'
+                WHEN j.skip_kind = 'p' THEN 'prefailed'
+                WHEN j.skip_kind = 's' THEN 'skipped'
                 WHEN w.why = 'f' THEN 'indirect-failed'
                 WHEN w.why = 'p' THEN 'indirect-prefailed'
+                WHEN w.why = 's' THEN 'indirect-skipped'
                 WHEN j.leased_by IS NOT NULL THEN 'leased'
                 WHEN j.pending = 0 THEN 'ready'
                 ELSE 'waiting'
@@ -267,6 +342,26 @@ class Index:
         counts = dict.fromkeys(STATES, 0)
         counts.update(rows)
         return counts
+
+    def remaining(self):
+        """(estimated seconds of work left, longest remaining chain) over the jobs still to build.
+
+        Jobs blocked by a failure, a prefailed or a skipped dependency are not counted.
+        """
+        from .scheduler import PRIORITY_BOOST
+
+        work, chain = self.db.execute(
+            """
+            WITH RECURSIVE blocked(id) AS (
+                SELECT id FROM jobs WHERE skip IS NOT NULL OR result = 'failure'
+                UNION
+                SELECT d.job FROM deps d JOIN blocked b ON d.dep = b.id
+            )
+            SELECT COALESCE(SUM(est), 0), COALESCE(MAX(priority), 0) FROM jobs
+             WHERE result IS NULL AND id NOT IN (SELECT id FROM blocked)
+            """
+        ).fetchone()
+        return work, chain % PRIORITY_BOOST
 
     def remember_claim(self, job: str, worker: str, token: str):
         self.db.execute("INSERT OR REPLACE INTO mine VALUES(?,?,?)", (job, worker, token))
@@ -288,46 +383,10 @@ STATES = (
     "indirect-failed",
     "prefailed",
     "indirect-prefailed",
+    "skipped",
+    "indirect-skipped",
 )
 
 
 class _NeedsRebuild(Exception):
     pass
-
-
-def dependents_counts(jobs: list[dict]) -> dict[str, int]:
-    """Number of jobs that depend on each job, directly or not (pbulk's ordering)."""
-    order = {job["name"]: i for i, job in enumerate(jobs)}
-    dependents: dict[str, list[str]] = {job["name"]: [] for job in jobs}
-    for job in jobs:
-        for dep in job["deps"]:
-            if dep in dependents:
-                dependents[dep].append(job["name"])
-    # Bit sets as Python ints: one OR per edge, in reverse topological order.
-    closure: dict[str, int] = {}
-    for name in reversed(_topological(jobs, order)):
-        bits = 0
-        for d in dependents[name]:
-            bits |= closure[d] | (1 << order[d])
-        closure[name] = bits
-    return {name: bits.bit_count() for name, bits in closure.items()}
-
-
-def _topological(jobs, order):
-    indegree = {job["name"]: 0 for job in jobs}
-    children: dict[str, list[str]] = {job["name"]: [] for job in jobs}
-    for job in jobs:
-        for dep in job["deps"]:
-            if dep in indegree:
-                indegree[job["name"]] += 1
-                children[dep].append(job["name"])
-    queue = [n for n, d in indegree.items() if d == 0]
-    out = []
-    while queue:
-        n = queue.pop()
-        out.append(n)
-        for c in children[n]:
-            indegree[c] -= 1
-            if indegree[c] == 0:
-                queue.append(c)
-    return out

@@ -7,7 +7,6 @@ Every state change is one commit on the queue branch, decided against the freshe
 import json
 import math
 import os
-import random
 import time
 from datetime import datetime, timezone
 
@@ -16,9 +15,6 @@ from .errors import GitqueueError, LeaseLost, NothingReady, QueueFinished, Unkno
 from .names import check_job_name, check_worker_name, heartbeat_path, record_path
 from .queue import Change, trailers
 
-# How many of the best ready jobs a worker considers; each worker tries them in its own random
-# order so that workers claiming at the same moment rarely race for the same job.
-CANDIDATES = 4
 
 
 def utc(t: float) -> str:
@@ -32,7 +28,7 @@ def identity(worker: str) -> str:
 def _read(reader, kind, name):
     path = record_path(kind, name)
     data = reader.read(path)
-    return None if data is None else records.loads(kind[:-1], data, path)
+    return None if data is None else records.load_at(kind[:-1], data, path)
 
 
 def _heartbeat_change(queue, reader, worker, host=None) -> tuple[str, bytes]:
@@ -40,7 +36,7 @@ def _heartbeat_change(queue, reader, worker, host=None) -> tuple[str, bytes]:
     data = reader.read(path)
     seq = 0
     if data is not None:
-        seq = records.loads("heartbeat", data, path)["seq"] + 1
+        seq = records.load_at("heartbeat", data, path)["seq"] + 1
     rec = {"worker": worker, "seq": seq, "at": utc(queue.clock())}
     if host:
         rec["host"] = host
@@ -58,14 +54,20 @@ def claim(queue, worker: str, host: str | None = None) -> dict:
     Raises NothingReady when nothing is ready now, QueueFinished when nothing is left.
     """
     check_worker_name(worker)
-    rng = random.Random()
+    from . import scheduler
+
     chosen = {}
 
     def decide(tip, reader):
         index = queue.index
-        candidates = index.ready(worker, CANDIDATES)
-        rng.shuffle(candidates)
-        for name in candidates:
+        now = queue.clock()
+        speeds = index.speeds()
+        factor = speeds.factor(worker)
+        busy = index.busy(speeds, now, exclude=worker)
+        candidates = index.ready(worker, scheduler.candidates_needed(factor, busy))
+        accepted = scheduler.choose(candidates, factor, busy, now)
+        for cand in accepted:
+            name = cand.name
             job = _read(reader, "jobs", name)
             if job is None or reader.blob_id(record_path("leases", name)) or reader.blob_id(
                 record_path("results", name)
@@ -85,10 +87,14 @@ def claim(queue, worker: str, host: str | None = None) -> dict:
                  "Worker": worker, "Lease": token}
             )
             return Change({record_path("leases", name): records.dumps("lease", lease), hb_path: hb}, message)
+        if candidates and not accepted:
+            raise NothingReady(f"nothing for {worker} now: faster workers will finish the "
+                               f"{len(candidates)} ready jobs sooner")
         counts = index.counts()
         if counts["ready"] or counts["leased"] or counts["waiting"]:
+            declined = f", {counts['ready']} ready but declined by {worker}" if counts["ready"] else ""
             raise NothingReady(
-                f"nothing ready for {worker} now ({counts['leased']} leased, {counts['waiting']} waiting)"
+                f"nothing ready for {worker} now ({counts['leased']} leased, {counts['waiting']} waiting{declined})"
             )
         raise QueueFinished("queue finished: every job has a final state")
 
@@ -143,7 +149,8 @@ def report(queue, worker: str, job: str, status: str, token: str | None = None,
                 raise LeaseLost(f"{job}: the lease of {worker} was reclaimed; a late failure is not recorded")
             late = True
         elif lease["worker"] != worker or (tok is not None and lease["token"] != tok):
-            raise LeaseLost(f"{job} is leased by {lease['worker']}, not by this lease of {worker}")
+            other = " under another token" if lease["worker"] == worker else f", not by {worker}"
+            raise LeaseLost(f"{job} is leased by {lease['worker']}{other}; nothing recorded")
         else:
             tok = lease["token"]
         rec = {"job": job, "version": job_rec["version"], "status": status, "worker": worker, "token": tok,
@@ -188,8 +195,10 @@ def release(queue, worker: str, job: str, reason: str = "released", token: str |
             raise UnknownJob(f"unknown job {job}")
         lease = _read(reader, "leases", job)
         if lease is None or lease["worker"] != worker or (tok is not None and lease["token"] != tok):
-            holder = f"leased by {lease['worker']}" if lease else "not leased"
-            raise LeaseLost(f"{job} is {holder}, not by {worker}; nothing released")
+            if lease is None:
+                raise LeaseLost(f"{job} is not leased; nothing released")
+            other = " under another token" if lease["worker"] == worker else f", not by {worker}"
+            raise LeaseLost(f"{job} is leased by {lease['worker']}{other}; nothing released")
         files = {record_path("leases", job): None}
         if decline:
             declines = _read(reader, "declines", job) or {"job": job, "declined": []}
@@ -259,7 +268,7 @@ def reclaim(queue, operator: str = "reclaim", now: float | None = None, ttl: int
     fresh = {}
     expired = []
     for path, sha in reader.walk_files("leases"):
-        lease = records.loads("lease", queue.remote.object_store[sha].as_raw_string(), path)
+        lease = records.load_at("lease", queue.remote.object_store[sha].as_raw_string(), path)
         worker = lease["worker"]
         hb = reader.blob_id(heartbeat_path(worker)) or sha
         key = hb.decode()

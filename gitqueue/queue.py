@@ -95,7 +95,8 @@ class Queue:
 
     def fetch(self):
         """Fetch the tip; return (commit id, TreeReader). Raises QueueNotFound when empty."""
-        tip = self.remote.fetch()
+        with self.lock():
+            tip = self.remote.fetch()
         if tip is None:
             raise QueueNotFound(f"{self.url}: no queue on branch {self.branch} (run gitqueue init)")
         return tip, self.remote.reader(tip)

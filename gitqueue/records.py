@@ -59,9 +59,18 @@ def _check(value, schema, where):
                 if extra is False:
                     raise RecordInvalid(f"{where}: unknown key {key!r}")
                 if isinstance(extra, dict):
-                    _check(item, extra, f"{where}.{key}")
+                    _check(item, extra, _join(where, key))
             else:
-                _check(item, sub, f"{where}.{key}" if where else key)
+                _check(item, sub, _join(where, key))
+
+
+def _join(where: str, key: str) -> str:
+    """'results/39/a-1.toml' + 'status' -> 'results/39/a-1.toml: status'; nested keys use dots."""
+    if not where:
+        return key
+    if where.endswith(".toml") or ":" not in where:
+        return f"{where}: {key}" if where.endswith(".toml") else f"{where}.{key}"
+    return f"{where}.{key}"
 
 
 def validate(kind: str, record: dict, where: str = "") -> dict:
@@ -77,6 +86,21 @@ def loads(kind: str, data: bytes, where: str) -> dict:
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise RecordInvalid(f"{where}: malformed TOML: {e}") from None
     return validate(kind, record, where)
+
+
+_IDENTITY = {"job": "name", "lease": "job", "result": "job", "decline": "job", "heartbeat": "worker"}
+
+
+def load_at(kind: str, data: bytes, path: str) -> dict:
+    """Parse and validate the record stored at `path`, which must name the same job or worker."""
+    from .names import name_from_path
+
+    record = loads(kind, data, path)
+    _, name = name_from_path(path)
+    key = _IDENTITY[kind]
+    if record[key] != name:
+        raise RecordInvalid(f"{path}: {key} {record[key]!r} does not match the file name")
+    return record
 
 
 def dumps(kind: str, record: dict) -> bytes:

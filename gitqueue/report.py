@@ -4,7 +4,7 @@ from datetime import datetime, timezone
 
 from . import records
 
-FINAL = ("success", "failed", "indirect-failed", "prefailed", "indirect-prefailed")
+FINAL = ("success", "failed", "indirect-failed", "prefailed", "indirect-prefailed", "skipped", "indirect-skipped")
 
 
 def _age(stamp: str | None, now: float) -> int | None:
@@ -21,13 +21,17 @@ def status(queue) -> dict:
     """Counts per state, the live leases (worker, age) and progress of a queue."""
     with queue.lock():
         tip, reader = queue.sync()
-        counts = queue.index.counts()
+        index = queue.index
+        counts = index.counts()
+        eta = estimate_completion(index)
+        skipped = [{"job": name, "reason": why} for name, why in
+                   index.db.execute("SELECT name, skip FROM jobs WHERE skip_kind = 's' ORDER BY name")]
     settings = queue.settings(reader)
     now = queue.clock()
     leases = []
     store = queue.remote.object_store
     for path, sha in reader.walk_files("leases"):
-        lease = records.loads("lease", store[sha].as_raw_string(), path)
+        lease = records.load_at("lease", store[sha].as_raw_string(), path)
         leases.append(
             {
                 "job": lease["job"],
@@ -50,5 +54,25 @@ def status(queue) -> dict:
         "done": done,
         "progress": round(done / total, 4) if total else 1.0,
         "finished": total > 0 and done == total,
+        "eta_seconds": eta,
         "leases": leases,
+        "skipped": skipped,
     }
+
+
+def estimate_completion(index) -> int | None:
+    """Seconds until the build should be finished, from the scheduler's estimates.
+
+    The larger of the longest remaining chain on the fastest active worker and the remaining
+    work spread over the active workers (those holding leases) at their learned speeds.
+    None when no worker is active.
+    """
+    work, chain = index.remaining()
+    if work == 0:
+        return 0
+    speeds = index.speeds()
+    workers = [w for (w,) in index.db.execute("SELECT DISTINCT leased_by FROM jobs WHERE leased_by IS NOT NULL")]
+    if not workers:
+        return None
+    factors = [speeds.factor(w) for w in workers]
+    return round(max(chain * min(factors), work / sum(1 / f for f in factors)))

@@ -34,14 +34,13 @@ SPEED_PRIOR = 0.5  # pseudo-observations of factor 1.0 mixed into a worker's own
 # Until its first result, a worker is assumed this much slower than the estimates: a machine of
 # unknown speed should not take a critical job that a measured one would finish sooner.
 UNKNOWN_FACTOR = 3.0
-# Jobs whose priority is this close to the best acceptable one are tried in a per-worker order,
-# so workers that ask at the same moment spread over them instead of racing for one.
-SPREAD = 0.0
 
 
 def estimate(job: dict, history: dict | None = None) -> tuple[float, str]:
     """(seconds, source) for a job: history by name, then by package path, est_seconds,
     PBULK_WEIGHT (100 = the default), then the default."""
+    if job.get("est_source") == "history":
+        return float(job["est_seconds"]), "history"
     if history:
         for key in (job["name"], job.get("pkgpath")):
             if key and key in history:
@@ -170,8 +169,7 @@ def candidates_needed(factor: float, busy: list[Busy], base: int = 8) -> int:
     return base + FASTER_LOOKAHEAD * sum(1 for b in busy if b.factor < factor * (1 - SPEED_MARGIN))
 
 
-def choose(candidates: list[Candidate], factor: float, busy: list[Busy], now: float,
-           spread_key: str = "") -> list[Candidate]:
+def choose(candidates: list[Candidate], factor: float, busy: list[Busy], now: float) -> list[Candidate]:
     """Jobs this worker should try, best first (see the module docstring for the rule).
 
     `candidates` are ranked by priority, best first; `factor` is this worker's speed factor.
@@ -190,16 +188,4 @@ def choose(candidates: list[Candidate], factor: float, busy: list[Busy], now: fl
             best[0] = best_t  # that worker would do this one next; later ones queue behind it
             continue
         accepted.append(c)
-    if spread_key and len(accepted) > 1:
-        top = accepted[0].priority
-        close = [c for c in accepted if c.priority >= top - abs(top) * SPREAD]
-        if len(close) > 1:
-            close.sort(key=lambda c: _spread_hash(spread_key, c.name))
-            accepted = close + accepted[len(close):]
     return accepted
-
-
-def _spread_hash(key: str, name: str) -> int:
-    import zlib
-
-    return zlib.crc32(f"{key}\0{name}".encode())

@@ -53,6 +53,8 @@ SCHEMAS = {
             "pkgpath": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._+-]*/[A-Za-z0-9][A-Za-z0-9._+-]*$"},
             "deps": {"type": "array", "items": _NAME},
             "est_seconds": {"type": "number", "minimum": 0},
+            "est_source": {"type": "string", "enum": ["history"],
+                           "description": "where est_seconds came from when not from the input graph"},
             "priority": {"type": "number"},
             "weight": {"type": "integer", "minimum": 0},
             "prefailed": _TEXT,
@@ -118,6 +120,35 @@ SCHEMAS = {
             },
         },
         ["job", "declined"],
+    ),
+    "priority": _record(
+        "priority",
+        "priority.toml: packages (patterns) built ahead of the rest, with everything they need.",
+        {"packages": {"type": "array", "items": {"type": "string", "pattern": "^[A-Za-z0-9*?\\[][A-Za-z0-9._+~*?\\[\\]/-]*$",
+                                                 "maxLength": 200}}},
+        ["packages"],
+    ),
+    "noway": _record(
+        "noway",
+        "noway.toml: packages (patterns) that must not be built on an architecture, and why.",
+        {
+            "entries": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "pattern": {"type": "string", "pattern": "^[A-Za-z0-9*?\\[][A-Za-z0-9._+~*?\\[\\]/-]*$",
+                                    "maxLength": 200},
+                        "arch": {"type": "string", "maxLength": 64,
+                                 "description": "architecture it applies to; empty means every one"},
+                        "reason": _TEXT,
+                    },
+                    "required": ["pattern", "arch", "reason"],
+                    "additionalProperties": False,
+                },
+            }
+        },
+        ["entries"],
     ),
     "heartbeat": _record(
         "heartbeat",

@@ -19,7 +19,7 @@ def test_claims_follow_dependency_order(tmp_path):
         assert got["job"] == "a-1" and len(got["lease"]) == 32
         with pytest.raises(NothingReady):
             lease.claim(q, "w2")
-        lease.report(q, "w1", "a-1", "success", duration=2)
+        lease.report(q, "w1", "a-1", "success")
         second = {lease.claim(q, "w1")["job"], lease.claim(q, "w2")["job"]}
         assert second == {"b-1", "d-1"}
         s = status(q)

@@ -19,6 +19,7 @@ from .main import cli, context, emit, json_option, queue_option, worker_option
 def init_cmd(url, name, arch, os_release, pkgsrc_branch, lease_ttl, as_json):
     """Create a queue at URL (a local bare repository is created if missing).
 
+    \b
     Example: gitqueue init /srv/queues/2026Q4-m68k --arch m68k --pkgsrc-branch pkgsrc-2026Q4
     """
     import os
@@ -36,20 +37,40 @@ def init_cmd(url, name, arch, os_release, pkgsrc_branch, lease_ttl, as_json):
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["presolve", "jsonl"]),
               help="Input format (default: jsonl for *.jsonl/*.json, else presolve; .xz is decompressed).")
+@click.option("--history", "histories", multiple=True, metavar="URL-OR-FILE",
+              help="Build times of an earlier build: a queue URL or a TSV with pkgpath and duration_s "
+                   "(repeatable; later ones win).")
 @json_option
-def import_cmd(url, file, fmt, as_json):
+def import_cmd(url, file, fmt, histories, as_json):
     """Load a dependency graph into the queue at URL, all or nothing.
 
+    Estimates of build time come from --history, else from the graph (est_seconds,
+    PBULK_WEIGHT), else a default; they order the build by its critical path.
+
+    \b
     Example: gitqueue import /srv/queues/2026Q4-m68k /var/bulk/presolve
     """
     from ..admin import import_jobs
     from ..importers import load_graph
 
     jobs = load_graph(file, fmt)
-    with context().open(url) as queue:
+    ctx = context()
+    times = {}
+    for source in histories:
+        from ..history import load_times
+
+        times.update(load_times(source, ctx.open))
+    with ctx.open(url) as queue:
+        if times:
+            from ..history import apply_times
+
+            matched = apply_times(jobs, times)
         counts = import_jobs(queue, jobs, file)
+    if times:
+        counts["estimated_from_history"] = matched
+    extra = f", {matched} timed by history" if times else ""
     emit(counts, as_json,
-         f"imported {counts['jobs']} jobs ({counts['edges']} dependencies, {counts['prefailed']} prefailed)")
+         f"imported {counts['jobs']} jobs ({counts['edges']} dependencies, {counts['prefailed']} prefailed{extra})")
 
 
 @cli.command("claim")
@@ -61,6 +82,7 @@ def claim_cmd(queue_url, worker, as_json):
 
     Exit 0: claimed; 3: nothing ready now, retry later; 4: queue finished.
 
+    \b
     Example: gitqueue claim --queue ssh://master/srv/queues/q --worker hp300-1 --json
     """
     from ..lease import claim
@@ -80,6 +102,7 @@ def heartbeat_cmd(queue_url, worker, as_json):
 
     Exit 5 if a job this host claimed for the worker was reclaimed meanwhile.
 
+    \b
     Example: gitqueue heartbeat --worker hp300-1
     """
     from ..lease import heartbeat
@@ -107,6 +130,7 @@ def report_cmd(job, status, log_file, duration, token, queue_url, worker, as_jso
 
     Exit 5 if the job is not (or no longer) held by this worker; nothing is recorded then.
 
+    \b
     Example: gitqueue report gmake-4.4.1 --status success --log build.log --duration 312
     """
     from ..lease import report
@@ -129,6 +153,7 @@ def report_cmd(job, status, log_file, duration, token, queue_url, worker, as_jso
 def release_cmd(job, reason, token, queue_url, worker):
     """Give JOB back: other workers get it, this one is not offered it again.
 
+    \b
     Example: gitqueue release gmake-4.4.1 --reason "my pkgsrc has gmake-4.3, not 4.4.1"
     """
     from ..lease import release
@@ -149,12 +174,13 @@ def reclaim_cmd(queue_url, ttl, as_json):
     Expiry is measured on this machine's clock from when this machine first saw the worker's
     latest heartbeat record; run it from one host, every few minutes.
 
+    \b
     Example: */5 * * * * gitqueue reclaim --queue /srv/queues/2026Q4-m68k
     """
     from ..lease import reclaim
 
     with context(queue_url).open() as queue:
-        done = reclaim(queue)
+        done = reclaim(queue, ttl=ttl)
     emit(done, as_json, lambda: "\n".join(
         f"reclaimed {r['job']} from {r['worker']} (silent {r['silent_for']} s)" for r in done) or "nothing to reclaim")
 
@@ -165,6 +191,7 @@ def reclaim_cmd(queue_url, ttl, as_json):
 def status_cmd(queue_url, as_json):
     """Show counts per state, active leases and progress.
 
+    \b
     Example: gitqueue status --queue /srv/queues/2026Q4-m68k --json
     """
     from ..report import status
@@ -174,16 +201,29 @@ def status_cmd(queue_url, as_json):
     emit(data, as_json, lambda: _status_text(data))
 
 
+def _duration(seconds):
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def _status_text(data):
     c = data["counts"]
+    eta = data.get("eta_seconds")
     lines = [f"queue {data['queue']}: {data['done']}/{data['total']} done ({data['progress']:.1%})"
-             + (" - finished" if data["finished"] else "")]
+             + (" - finished" if data["finished"] else "")
+             + (f", about {_duration(eta)} to go" if eta and not data["finished"] else "")]
     lines.append("  ".join(f"{state} {n}" for state, n in c.items()))
     if data["leases"]:
         lines.append("leases:")
         for lease in data["leases"]:
             age = f"{lease['age']} s" if lease["age"] is not None else "?"
             lines.append(f"  {lease['job']:40} {lease['worker']:20} {age}")
+    if data.get("skipped"):
+        lines.append("skipped (no way on this architecture):")
+        lines.extend(f"  {s['job']:40} {s['reason']}" for s in data["skipped"])
     return "\n".join(lines)
 
 
@@ -201,6 +241,7 @@ def work_cmd(queue_url, worker, once, heartbeat_every, max_wait, command):
     COMMAND runs with GITQUEUE_JOB, GITQUEUE_VERSION, GITQUEUE_PKGPATH, GITQUEUE_LEASE,
     GITQUEUE_DEPS and MULTI_VERSION variables in its environment; exit 0 means success.
 
+    \b
     Example: gitqueue work --worker hp300-1 -- sh -c 'cd /usr/pkgsrc/$GITQUEUE_PKGPATH && bmake package'
     """
     from ..worker import Worker
@@ -220,6 +261,7 @@ def work_cmd(queue_url, worker, once, heartbeat_every, max_wait, command):
 def demo_cmd(directory, workers, speed):
     """Run a local demonstration bulk build of 279 pkgsrc packages into DIRECTORY.
 
+    \b
     Example: gitqueue demo /tmp/gq-demo && git -C /tmp/gq-demo/queue.git log --oneline | head
     """
     from ..demo import run_demo

@@ -35,6 +35,13 @@ def _load_config() -> dict:
     unknown = set(data) - set(CONFIG_KEYS)
     if unknown:
         raise click.ClickException(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}")
+    for key, value in data.items():
+        if not isinstance(value, str):
+            raise click.ClickException(f"{path}: {key} must be a string")
+    queue = data.get("queue")
+    if queue and "://" not in queue and not os.path.isabs(queue) and ":" not in queue.split("/")[0]:
+        # A relative queue path means relative to the config file, not to where a worker starts.
+        data["queue"] = os.path.join(os.path.dirname(os.path.abspath(path)), queue)
     return data
 
 

@@ -1,8 +1,8 @@
-"""Scheduling commands: simulate (and the priority and no-way lists)."""
+"""Scheduling commands: simulate, the priority list and the no-way lists."""
 
 import click
 
-from .main import cli, emit, json_option
+from .main import cli, context, emit, json_option, queue_option
 
 
 def _floats(text):
@@ -33,6 +33,7 @@ def simulate_cmd(graph, fmt, workers, slowness, estimate_error, seed, policy, as
     JSONL est_seconds are the true durations. Prints per policy the makespan, the lower bound
     max(critical path x fastest multiplier, total work / sum of 1/multiplier) and their ratio.
 
+    \b
     Example: gitqueue simulate bulk.jsonl --workers 8 --slowness 1,4 --estimate-error 0.5
     """
     from ..importers import load_graph
@@ -46,3 +47,153 @@ def simulate_cmd(graph, fmt, workers, slowness, estimate_error, seed, policy, as
         [f"{'policy':14} {'workers':>7} {'makespan s':>12} {'lower bound s':>14} {'ratio':>7}"]
         + [f"{r['policy']:14} {r['workers']:7} {r['makespan']:12.0f} {r['lower_bound']:14.0f} {r['ratio']:7.3f}"
            for r in rows]))
+
+
+@cli.group("priority")
+def priority_group():
+    """The priority list: packages (and all they need) built ahead of the rest.
+
+    \b
+    Example: gitqueue priority add 'firefox*' lang/perl5 --queue /srv/queues/q.git
+    """
+
+
+@priority_group.command("add")
+@click.argument("patterns", nargs=-1, required=True)
+@queue_option
+@json_option
+def priority_add(patterns, queue_url, as_json):
+    """Put PATTERNS (PKGNAME, base name or PKGPATH; * and ? allowed) on the priority list.
+
+    \b
+    Example: gitqueue priority add 'firefox*' lang/perl5 --queue /srv/queues/q.git
+    """
+    _priority(queue_url, as_json, add=patterns)
+
+
+@priority_group.command("remove")
+@click.argument("patterns", nargs=-1, required=True)
+@queue_option
+@json_option
+def priority_remove(patterns, queue_url, as_json):
+    """Take PATTERNS off the priority list.
+
+    \b
+    Example: gitqueue priority remove 'firefox*' --queue /srv/queues/q.git
+    """
+    _priority(queue_url, as_json, remove=patterns)
+
+
+@priority_group.command("list")
+@queue_option
+@json_option
+def priority_list(queue_url, as_json):
+    """Show the priority list.
+
+    \b
+    Example: gitqueue priority list --queue /srv/queues/q.git
+    """
+    from ..lists import read_priority
+
+    with context(queue_url).open() as queue:
+        _, reader = queue.fetch()
+        packages = read_priority(reader)
+    emit(packages, as_json, lambda: "\n".join(packages) or "the priority list is empty")
+
+
+def _priority(queue_url, as_json, add=(), remove=()):
+    from ..lists import change_priority
+
+    _check_patterns(add + remove)
+    with context(queue_url).open() as queue:
+        packages = change_priority(queue, list(add), list(remove))
+    emit(packages, as_json, lambda: "\n".join(packages) or "the priority list is empty")
+
+
+def _check_patterns(patterns):
+    from .. import records
+    from ..errors import RecordInvalid
+
+    for p in patterns:
+        try:
+            records.validate("priority", {"packages": [p]})
+        except RecordInvalid:
+            raise click.BadParameter(f"{p!r} is not a package pattern") from None
+
+
+@cli.group("noway")
+def noway_group():
+    """Packages that must not be built on an architecture ("no way" lists).
+
+    \b
+    Example: gitqueue noway add 'icu-*' --reason "panics m68k hosts" --queue /srv/queues/q.git
+    """
+
+
+@noway_group.command("add")
+@click.argument("patterns", nargs=-1, required=True)
+@click.option("--reason", required=True, help="Why (shown in status and reports).")
+@click.option("--arch", default=None, help="Architecture (default: the queue's; '' for all).")
+@queue_option
+@json_option
+def noway_add(patterns, reason, arch, queue_url, as_json):
+    """Never build PATTERNS on ARCH; their dependents become indirect-skipped.
+
+    \b
+    Example: gitqueue noway add 'icu-*' 'clisp-*' --reason "panics m68k hosts" --queue /srv/queues/q.git
+    """
+    from ..lists import change_noway
+
+    _check_patterns(patterns)
+    with context(queue_url).open() as queue:
+        arch = _arch(queue, arch)
+        entries = change_noway(queue, add=[{"pattern": p, "arch": arch, "reason": " ".join(reason.split())}
+                                           for p in patterns])
+    emit(entries, as_json, lambda: _noway_text(entries))
+
+
+@noway_group.command("remove")
+@click.argument("patterns", nargs=-1, required=True)
+@click.option("--arch", default=None, help="Architecture (default: the queue's; '' for all).")
+@queue_option
+@json_option
+def noway_remove(patterns, arch, queue_url, as_json):
+    """Allow PATTERNS on ARCH again.
+
+    \b
+    Example: gitqueue noway remove 'icu-*' --queue /srv/queues/q.git
+    """
+    from ..lists import change_noway
+
+    with context(queue_url).open() as queue:
+        arch = _arch(queue, arch)
+        entries = change_noway(queue, remove=[(p, arch) for p in patterns])
+    emit(entries, as_json, lambda: _noway_text(entries))
+
+
+@noway_group.command("list")
+@queue_option
+@json_option
+def noway_list(queue_url, as_json):
+    """Show the no-way lists of every architecture.
+
+    \b
+    Example: gitqueue noway list --queue /srv/queues/q.git
+    """
+    from ..lists import read_noway
+
+    with context(queue_url).open() as queue:
+        _, reader = queue.fetch()
+        entries = read_noway(reader)
+    emit(entries, as_json, lambda: _noway_text(entries))
+
+
+def _arch(queue, arch):
+    if arch is not None:
+        return arch
+    _, reader = queue.fetch()
+    return queue.settings(reader).get("arch", "")
+
+
+def _noway_text(entries):
+    return "\n".join(f"{e['pattern']}\t{e['arch'] or '*'}\t{e['reason']}" for e in entries) or "no entries"

@@ -1,0 +1,137 @@
+"""Priority and no-way lists, build-time history, and the scheduler inside claim."""
+
+import pytest
+
+from gitqueue import lease, lists
+from gitqueue.errors import GitqueueError, QueueFinished
+from gitqueue.history import apply_times, load_times
+from gitqueue.report import status
+
+from helpers import SHARED, git_log, gitqueue, job, make_queue, open_queue
+
+GRAPH = [job("base-1"), job("icu-78.1", ["base-1"], pkgpath="textproc/icu"),
+         job("needs-icu-1", ["icu-78.1"]), job("gmake-4.4.1", ["base-1"], pkgpath="devel/gmake"),
+         job("other-1", ["base-1"])]
+
+
+def settings_arch(tmp_path, arch="m68k"):
+    from gitqueue.admin import import_jobs, init_queue
+    from gitqueue.queue import Queue
+
+    url = str(tmp_path / "q.git")
+    with Queue(url, str(tmp_path / "cache-admin")) as q:
+        init_queue(q, "t", arch=arch)
+        import_jobs(q, GRAPH, "g.jsonl")
+    return url
+
+
+def test_noway_jobs_are_never_offered_and_their_dependents_are_skipped(tmp_path):
+    url = settings_arch(tmp_path, "m68k")
+    with open_queue(url, tmp_path) as q:
+        lists.change_noway(q, add=[{"pattern": "textproc/icu", "arch": "m68k", "reason": "panics m68k hosts"},
+                                   {"pattern": "other-*", "arch": "vax", "reason": "not on vax"}])
+        built = []
+        while True:
+            try:
+                got = lease.claim(q, "w1")
+            except QueueFinished:
+                break
+            built.append(got["job"])
+            lease.report(q, "w1", got["job"], "success")
+        s = status(q)
+    assert sorted(built) == ["base-1", "gmake-4.4.1", "other-1"]
+    assert (s["counts"]["skipped"], s["counts"]["indirect-skipped"]) == (1, 1) and s["finished"]
+    assert s["skipped"] == [{"job": "icu-78.1", "reason": "no way on m68k: panics m68k hosts"}]
+    assert "no way: textproc/icu on m68k: panics m68k hosts; other-* on vax: not on vax" in git_log(url)
+
+
+def test_priority_list_puts_packages_and_their_needs_first(tmp_path):
+    url = settings_arch(tmp_path)
+    with open_queue(url, tmp_path) as q:
+        assert lists.change_priority(q, add=["needs-icu"]) == ["needs-icu"]
+        order = []
+        for _ in range(3):
+            got = lease.claim(q, "w1")
+            order.append(got["job"])
+            lease.report(q, "w1", got["job"], "success")
+        assert order == ["base-1", "icu-78.1", "needs-icu-1"]
+        with pytest.raises(GitqueueError, match="not on the priority list: zz"):
+            lists.change_priority(q, remove=["zz"])
+        assert lists.change_priority(q, remove=["needs-icu"]) == []
+
+
+def test_list_commands(tmp_path):
+    url = settings_arch(tmp_path)
+    env = {"GITQUEUE_CACHE": str(tmp_path / "c")}
+    p = gitqueue("noway", "add", "icu-*", "--reason", "panics", "--queue", url, env=env)
+    assert p.returncode == 0 and p.stdout == "icu-*\tm68k\tpanics\n", p.stderr
+    assert gitqueue("noway", "list", "--queue", url, env=env).stdout == "icu-*\tm68k\tpanics\n"
+    p = gitqueue("noway", "remove", "zz", "--queue", url, env=env)
+    assert (p.returncode, p.stderr) == (1, "Error: not on the no-way list: zz (m68k)\n")
+    p = gitqueue("priority", "add", "../etc", "--queue", url, env=env)
+    assert p.returncode == 2 and "'../etc' is not a package pattern" in p.stderr
+    assert gitqueue("priority", "add", "gmake*", "--queue", url, "--json", env=env).stdout.split() == \
+        ["[", '"gmake*"', "]"]
+
+
+def test_history_from_a_tsv_and_from_an_earlier_queue(tmp_path):
+    tsv = tmp_path / "times.tsv"
+    tsv.write_text("pkgpath\thistory_pkgname\toutcome\tduration_s\n"
+                   "devel/gmake\tgmake-4.4\tsuccess\t312.5\ntextproc/icu\ticu-77\tfailure\t10\n")
+    times = load_times(str(tsv))
+    assert times == {"gmake-4.4": 312.5, "devel/gmake": 312.5}
+    jobs = [dict(j) for j in GRAPH]
+    assert apply_times(jobs, times) == 1
+    assert jobs[3]["est_seconds"] == 312.5 and jobs[3]["est_source"] == "history"
+    # An earlier queue's results are history too.
+    old = make_queue(tmp_path, [job("gmake-4.4.1", pkgpath="devel/gmake")], name="old.git")
+    with open_queue(old, tmp_path) as q:
+        lease.claim(q, "w1")
+        lease.report(q, "w1", "gmake-4.4.1", "success", duration=200)
+    with open_queue(old, tmp_path, host="reader") as q:
+        from gitqueue.history import _from_queue
+        assert _from_queue(q) == {"gmake-4.4.1": 200, "devel/gmake": 200}
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("a\tb\n1\t2\n")
+    from gitqueue.errors import ImportRefused
+    with pytest.raises(ImportRefused, match="needs columns pkgpath and duration_s"):
+        load_times(str(bad))
+
+
+@pytest.mark.skipif(not (SHARED / "pkgsrc-build-times.tsv").exists(), reason="shared build times absent")
+def test_import_with_real_build_times(tmp_path):
+    url = str(tmp_path / "q.git")
+    env = {"GITQUEUE_CACHE": str(tmp_path / "c")}
+    assert gitqueue("init", url, env=env).returncode == 0
+    p = gitqueue("import", url, SHARED.parent.parent / "main" / "gitqueue" / "data" / "pkgsrc-subset.presolve",
+                 "--history", SHARED / "pkgsrc-build-times.tsv", "--json", env=env)
+    assert p.returncode == 0, p.stderr
+    assert '"estimated_from_history": 254' in p.stdout
+
+
+def test_claim_leaves_long_jobs_to_a_faster_worker_about_to_free_up(tmp_path):
+    url = make_queue(tmp_path, [
+        job("c1-1", est_seconds=100), job("c2-1", ["c1-1"], est_seconds=100),
+        job("crit-1", ["c2-1"], est_seconds=200), job("tail-1", ["crit-1"], est_seconds=5000),
+        job("long-1", ["c2-1"], est_seconds=1000), job("small-1", ["c2-1"], est_seconds=10)])
+
+    class Clock:
+        t = 1_000_000.0
+
+        def __call__(self):
+            return self.t
+
+    clock = Clock()
+    with open_queue(url, tmp_path, host="fast", clock=clock) as fast, \
+            open_queue(url, tmp_path, host="slow", clock=clock) as slow:
+        assert lease.claim(fast, "fast")["job"] == "c1-1"
+        lease.report(fast, "fast", "c1-1", "success", duration=100)  # measured: as estimated
+        assert lease.claim(slow, "slow")["job"] == "c2-1"
+        lease.report(slow, "slow", "c2-1", "success", duration=800)  # measured: about 4x slower
+        assert lease.claim(fast, "fast")["job"] == "crit-1"
+        clock.t += 10
+        # Plain critical path would give long-1 to the slow machine (1000 s there: ~4000 s);
+        # the fast one frees up in 190 s and would finish it at +1200 s, so slow takes small-1.
+        assert lease.claim(slow, "slow")["job"] == "small-1"
+        s = status(slow)
+    assert s["eta_seconds"] > 0
