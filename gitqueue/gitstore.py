@@ -209,11 +209,44 @@ def _add_objects(object_store, objects):
             pass
 
 
+class CachingStore:
+    """An object store wrapper that remembers parsed objects and reads loose objects first.
+
+    Objects are immutable by id, so the cache is always right. dulwich looks in every pack
+    first and rescans the pack directory on a miss, for each read; a queue's recent objects are
+    loose, so asking the loose store first saves a directory scan per read.
+    """
+
+    def __init__(self, store, size: int = 4096):
+        self._store = store
+        self._cache: dict = {}
+        self._size = size
+        self._loose = getattr(store, "_get_loose_object", None)
+
+    def __getitem__(self, sha):
+        obj = self._cache.get(sha)
+        if obj is None:
+            obj = self._loose(sha) if self._loose is not None and len(sha) == 40 else None
+            if obj is None:
+                obj = self._store[sha]
+            if len(self._cache) >= self._size:
+                self._cache.clear()
+            self._cache[sha] = obj
+        return obj
+
+    def __contains__(self, sha):
+        return sha in self._cache or sha in self._store
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
 class Remote:
     """The queue repository as seen by this process; subclasses say how it is reached."""
 
     ref: bytes
     object_store = None
+    serialized_writers = False  # True when writer_lock() really serializes this host's writers
 
     def fetch(self) -> bytes | None:
         """Bring the branch tip's objects within reach; return its commit id (None: no branch)."""
@@ -222,6 +255,12 @@ class Remote:
     def push(self, old: bytes | None, commit: Commit, objects: list) -> None:
         """Move the branch from `old` to `commit` if it is still at `old`, else PushRejected."""
         raise NotImplementedError
+
+    def writer_lock(self):
+        """A lock that writers on this host take around fetch-decide-push (may do nothing)."""
+        from contextlib import nullcontext
+
+        return nullcontext()
 
     def reader(self, commit_id: bytes | None) -> TreeReader:
         """A TreeReader over the tree of `commit_id`."""
@@ -239,6 +278,8 @@ class Remote:
 class LocalRemote(Remote):
     """A bare repository on this file system, written directly with a ref compare-and-swap."""
 
+    serialized_writers = True
+
     def __init__(self, path: str, branch: str = "main"):
         self.path = path
         self.ref = b"refs/heads/" + branch.encode()
@@ -246,13 +287,20 @@ class LocalRemote(Remote):
             self.repo = Repo(path)
         except NotGitRepository:
             raise QueueNotFound(f"{path}: not a git repository") from None
-        self.object_store = self.repo.object_store
+        self.object_store = CachingStore(self.repo.object_store)
 
     def fetch(self) -> bytes | None:
         try:
             return self.repo.refs[self.ref]
         except KeyError:
             return None
+
+    def writer_lock(self):
+        # Every writer of a local queue is on this host: queueing on a lock beats racing to the
+        # ref and redoing the work after a rejection. The compare-and-swap still decides.
+        from .locking import FileLock
+
+        return FileLock(os.path.join(self.repo.controldir(), "gitqueue.lock"))
 
     def push(self, old, commit, objects):
         from dulwich.file import FileLocked
@@ -322,7 +370,7 @@ class CachedRemote(Remote):
 
                 shutil.rmtree(tmp, ignore_errors=True)
         self.repo = Repo(cache_path)
-        self.object_store = self.repo.object_store
+        self.object_store = CachingStore(self.repo.object_store)
 
     def _local_tip(self):
         try:

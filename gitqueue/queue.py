@@ -125,20 +125,27 @@ class Queue:
         delay = 0.005
         with self.lock():
             for _ in range(attempts):
-                if use_index:
-                    tip, reader = self.sync()
-                else:
-                    tip, reader = self.fetch()
-                change = decide(tip, reader)
-                if change is None:
-                    return None, None
-                tree, objects = build_tree(self.remote.object_store, reader.tree_id, change.files)
-                commit = make_commit(tree, tip, change.message, identity, self.clock())
-                self.stats["pushes"] += 1
-                try:
-                    self.remote.push(tip, commit, objects)
-                except PushRejected:
-                    self.stats["rejected"] += 1
+                if use_index and self.remote.serialized_writers:
+                    # Catch up with other writers before queueing for the writer lock, so that
+                    # the time spent holding it covers only what landed meanwhile.
+                    self.sync()
+                with self.remote.writer_lock():
+                    if use_index:
+                        tip, reader = self.sync()
+                    else:
+                        tip, reader = self.fetch()
+                    change = decide(tip, reader)
+                    if change is None:
+                        return None, None
+                    tree, objects = build_tree(self.remote.object_store, reader.tree_id, change.files)
+                    commit = make_commit(tree, tip, change.message, identity, self.clock())
+                    self.stats["pushes"] += 1
+                    try:
+                        self.remote.push(tip, commit, objects)
+                    except PushRejected:
+                        self.stats["rejected"] += 1
+                        commit = None
+                if commit is None:
                     time.sleep(delay * (0.5 + random.random()))
                     delay = min(delay * 2, 1.0)
                     continue

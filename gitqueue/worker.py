@@ -92,7 +92,9 @@ class Worker:
                 wait = min(wait * 2, self.max_wait)
                 continue
             except QueueFinished:
-                self.out(f"{self.name}: queue finished ({self.done} jobs built here)")
+                st = self.queue.stats
+                self.out(f"{self.name}: queue finished ({self.done} jobs built here; "
+                         f"{st['pushes']} pushes, {st['rejected']} rejected)")
                 return 0
             except RemoteError as e:
                 self.out(f"{self.name}: {e}; retrying")
