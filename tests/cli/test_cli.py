@@ -625,7 +625,7 @@ def test_work_build_command_sees_the_job(gq, tmp_path):
 def test_work_when_the_queue_is_finished(gq, tmp_path):
     url = make_queue(tmp_path, [job("a-1", prefailed="skip: broken")])
     result = gq("work", "--queue", url, "--worker", "w1", "--", "true")
-    assert "w1: queue finished (0 jobs built here)" in result.stderr
+    assert "w1: queue finished (0 jobs built here; 0 pushes, 0 rejected)" in result.stderr
     assert git_log(url).splitlines()[0].startswith("import")
 
 
