@@ -196,17 +196,42 @@ def make_commit(tree_id: bytes, parent: bytes | None, message: str, identity: st
 
 def _add_objects(object_store, objects):
     """Write objects into a store: loose for a few, one pack for many."""
-    from dulwich.file import FileLocked
-
     if len(objects) > 64:
         object_store.add_objects([(o, None) for o in objects])
         return
+    root = getattr(object_store, "path", None)
     for o in objects:
-        try:
+        if root is None:
             object_store.add_object(o)
-        except FileLocked:
-            # Another process is writing the same loose object: its content is identical.
-            pass
+        else:
+            _write_loose(root, o)
+
+
+def _write_loose(root: str, obj) -> None:
+    """Write one loose object as git does: a private temporary file renamed into place.
+
+    Cheaper than dulwich's add_object (a lock file per object): on this machine's ext4 each
+    created file costs ~0.15 ms, and a claim writes about seven objects.
+    """
+    hexsha = obj.id.decode()
+    directory = os.path.join(root, hexsha[:2])
+    path = os.path.join(directory, hexsha[2:])
+    if os.path.exists(path):
+        return  # content-addressed: whoever wrote it wrote the same bytes
+    tmp = os.path.join(directory, f"tmp_obj_{os.getpid()}_{hexsha[2:10]}")
+    data = obj.as_legacy_object()
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444)
+    except FileNotFoundError:
+        os.makedirs(directory, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
 
 
 class CachingStore:
@@ -279,6 +304,7 @@ class LocalRemote(Remote):
     """A bare repository on this file system, written directly with a ref compare-and-swap."""
 
     serialized_writers = True
+    _writer_lock = None
 
     def __init__(self, path: str, branch: str = "main"):
         self.path = path
@@ -298,9 +324,11 @@ class LocalRemote(Remote):
     def writer_lock(self):
         # Every writer of a local queue is on this host: queueing on a lock beats racing to the
         # ref and redoing the work after a rejection. The compare-and-swap still decides.
-        from .locking import FileLock
+        if self._writer_lock is None:
+            from .locking import FileLock
 
-        return FileLock(os.path.join(self.repo.controldir(), "gitqueue.lock"))
+            self._writer_lock = FileLock(os.path.join(self.repo.controldir(), "gitqueue.lock"))
+        return self._writer_lock
 
     def push(self, old, commit, objects):
         from dulwich.file import FileLocked

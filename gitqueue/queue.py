@@ -115,6 +115,15 @@ class Queue:
 
     # -- writing ---------------------------------------------------------------------------
 
+    def batch(self):
+        """Hold this host's locks across several transactions (each still its own commit)."""
+        from contextlib import ExitStack
+
+        stack = ExitStack()
+        stack.enter_context(self.lock())
+        stack.enter_context(self.remote.writer_lock())
+        return stack
+
     def transact(self, decide, identity: str, attempts: int = 200, use_index: bool = True):
         """Run `decide(tip, reader)` -> Change | None against the freshest tip and push it.
 
