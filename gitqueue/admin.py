@@ -13,7 +13,7 @@ ADMIN = "gitqueue-admin <admin@gitqueue>"
 
 
 def init_queue(queue, name: str, arch: str = "", os_release: str = "", pkgsrc_branch: str = "",
-               lease_ttl: int = 3600) -> dict:
+               lease_ttl: int = 3600, packages_url: str = "", pkgsrc_revision: str = "") -> dict:
     """Create the queue (and, for a local path, the bare repository); return its settings."""
     from .lease import utc
 
@@ -29,7 +29,8 @@ def init_queue(queue, name: str, arch: str = "", os_release: str = "", pkgsrc_br
             _point_head_at(path, queue.branch)
     settings = {"format_version": FORMAT_VERSION, "name": name, "lease_ttl": int(lease_ttl),
                 "created": utc(queue.clock())}
-    for key, value in (("arch", arch), ("os_release", os_release), ("pkgsrc_branch", pkgsrc_branch)):
+    for key, value in (("arch", arch), ("os_release", os_release), ("pkgsrc_branch", pkgsrc_branch),
+                       ("packages_url", packages_url), ("pkgsrc_revision", pkgsrc_revision)):
         if value:
             settings[key] = value
     records.validate("queue", settings)

@@ -47,9 +47,12 @@ def _describe(job: dict) -> str:
     return f"{job['name']} ({job['pkgpath']})" if job.get("pkgpath") else job["name"]
 
 
-def claim(queue, worker: str, host: str | None = None) -> dict:
+def claim(queue, worker: str, host: str | None = None, platform: dict | None = None) -> dict:
     """Lease the best ready job for `worker`.
 
+    With `platform` (see platform.describe), refuses with PinMismatch a queue whose pins
+    (architecture, OS release, pkgsrc branch and revision) this worker does not meet, and
+    records the description in the lease.
     Returns {"job", "version", "pkgpath", "lease", "deps", "multi_version"}.
     Raises NothingReady when nothing is ready now, QueueFinished when nothing is left.
     """
@@ -59,6 +62,10 @@ def claim(queue, worker: str, host: str | None = None) -> dict:
     chosen = {}
 
     def decide(tip, reader):
+        if platform is not None:
+            from .platform import check
+
+            check(queue.settings(reader), platform)
         index = queue.index
         now = queue.clock()
         speeds = index.speeds()
@@ -79,6 +86,8 @@ def claim(queue, worker: str, host: str | None = None) -> dict:
             lease = {"job": name, "worker": worker, "token": token, "claimed_at": utc(queue.clock())}
             if host:
                 lease["host"] = host
+            if platform:
+                lease["platform"] = platform
             hb_path, hb = _heartbeat_change(queue, reader, worker, host)
             chosen.clear()
             chosen.update(job=job, token=token)
@@ -117,7 +126,8 @@ def _status(reader, name):
 
 
 def report(queue, worker: str, job: str, status: str, token: str | None = None,
-           duration: float | None = None, log: dict | None = None, log_tail: str | None = None) -> dict:
+           duration: float | None = None, log: dict | None = None, log_tail: str | None = None,
+           packages: list[dict] | None = None, platform: dict | None = None) -> dict:
     """Record the result of `job` and end the lease.
 
     Fencing: the lease in the tree must carry this worker's token. If the lease was reclaimed
@@ -163,6 +173,10 @@ def report(queue, worker: str, job: str, status: str, token: str | None = None,
             rec["log"] = log
         if log_tail:
             rec["log_tail"] = log_tail[-4000:]
+        if packages:
+            rec["packages"] = packages
+        if platform:
+            rec["platform"] = platform
         hb_path, hb = _heartbeat_change(queue, reader, worker)
         files = {record_path("results", job): records.dumps("result", rec), hb_path: hb}
         if lease is not None:

@@ -16,6 +16,19 @@ _TEXT = {"type": "string", "maxLength": 4096}
 _SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 
 
+_PLATFORM = {
+    "type": "object",
+    "description": "the worker as it described itself: detected, or set in its config file",
+    "properties": {
+        "arch": {"type": "string", "maxLength": 64},
+        "os_release": {"type": "string", "maxLength": 200},
+        "pkgsrc_branch": {"type": "string", "maxLength": 200},
+        "pkgsrc_revision": {"type": "string", "maxLength": 200},
+    },
+    "additionalProperties": False,
+}
+
+
 def _record(title, description, properties, required):
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -40,6 +53,9 @@ SCHEMAS = {
             "os_release": {"type": "string", "maxLength": 200},
             "pkgsrc_branch": {"type": "string", "maxLength": 200},
             "lease_ttl": {"type": "integer", "minimum": 1},
+            "packages_url": {"type": "string", "maxLength": 1000,
+                             "description": "the shared package tree: a path or an rsync target host:/path"},
+            "pkgsrc_revision": {"type": "string", "maxLength": 200},
             "created": _TIME,
         },
         ["format_version", "name", "lease_ttl"],
@@ -75,6 +91,7 @@ SCHEMAS = {
             "token": _TOKEN,
             "claimed_at": _TIME,
             "host": {"type": "string", "maxLength": 200},
+            "platform": _PLATFORM,
         },
         ["job", "worker", "token"],
     ),
@@ -90,6 +107,7 @@ SCHEMAS = {
             "duration": {"type": "number", "minimum": 0},
             "finished_at": _TIME,
             "late": {"type": "boolean"},
+            "platform": _PLATFORM,
             "log": {
                 "type": "object",
                 "properties": {
@@ -101,6 +119,20 @@ SCHEMAS = {
                 "additionalProperties": False,
             },
             "log_tail": _TEXT,
+            "packages": {
+                "type": "array",
+                "description": "binary packages uploaded to incoming/TOKEN/ of the package tree",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._+~-]*$", "maxLength": 250},
+                        "size": {"type": "integer", "minimum": 0},
+                        "sha256": _SHA256,
+                    },
+                    "required": ["name", "size", "sha256"],
+                    "additionalProperties": False,
+                },
+            },
         },
         ["job", "status", "worker", "token"],
     ),

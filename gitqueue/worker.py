@@ -15,6 +15,7 @@ from .errors import GitqueueError, LeaseLost, NothingReady, QueueFinished, Remot
 from .lease import claim, heartbeat, release, report
 
 LOG_TAIL = 4000
+DEFAULT_PKGNAME_COMMAND = "bmake show-var VARNAME=PKGNAME"
 
 
 def describe_log(path: str):
@@ -49,11 +50,20 @@ class Worker:
     """Runs `command` for one job after another until the queue is finished or told to stop."""
 
     def __init__(self, queue, name: str, command: list[str], host: str | None = None,
-                 heartbeat_every: float | None = None, max_wait: float = 60.0, out=print):
+                 heartbeat_every: float | None = None, max_wait: float = 60.0, out=print,
+                 platform: dict | None = None, pkgsrc_dir: str | None = None, pkgname_command: str | None = None,
+                 packages_dir: str | None = None, rsync_rsh: str | None = None):
         self.queue = queue
         self.name = name
         self.command = command
         self.host = host
+        self.platform = platform
+        self.pkgsrc_dir = pkgsrc_dir
+        # Asked in the job's directory, with its MULTI_VERSION variables, for the PKGNAME that
+        # the local tree would build now (pkgsrc: bmake show-var VARNAME=PKGNAME).
+        self.pkgname_command = pkgname_command or (DEFAULT_PKGNAME_COMMAND if pkgsrc_dir else None)
+        self.packages_dir = packages_dir or os.path.join(queue.cache_dir, "packages")
+        self.rsync_rsh = rsync_rsh
         self.heartbeat_every = heartbeat_every
         self.max_wait = max_wait
         self.out = out
@@ -70,16 +80,16 @@ class Worker:
             except ProcessLookupError:
                 pass
 
-    def run(self, once: bool = False) -> int:
-        """The loop. Returns the exit status: 0 finished (or one job done with once), 128+signal."""
+    def run(self, max_jobs: int | None = None) -> int:
+        """The loop. Returns the exit status: 0 finished (or max_jobs built), 128+signal."""
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            return self._loop(once)
+            return self._loop(max_jobs)
         finally:
             for s, handler in old.items():
                 signal.signal(s, handler)
 
-    def _loop(self, once):
+    def _loop(self, max_jobs):
         _, reader = self.queue.fetch()
         ttl = self.queue.settings(reader)["lease_ttl"]
         every = self.heartbeat_every or max(ttl / 4, 0.5)
@@ -95,6 +105,11 @@ class Worker:
                     wait = min(wait * 2, self.max_wait)
                     continue
             wait = 0.2
+            skew = self._version_skew(job)
+            if skew:
+                self._give_back(job, skew, decline=True)
+                job = None
+                continue
             self.out(f"{self.name}: building {job['job']}")
             outcome = self._build(job, every)
             if outcome is None:
@@ -108,7 +123,7 @@ class Worker:
             with self.queue.batch():
                 self._report(job, *outcome)
                 self.done += 1
-                if once:
+                if max_jobs is not None and self.done >= max_jobs:
                     return 0
                 job, finished = self._claim_next()
             if finished:
@@ -118,7 +133,7 @@ class Worker:
     def _claim_next(self):
         """(job or None, finished?): None when nothing is ready or the remote failed."""
         try:
-            return claim(self.queue, self.name, self.host), False
+            return claim(self.queue, self.name, self.host, self.platform), False
         except NothingReady:
             return None, False
         except QueueFinished:
@@ -177,7 +192,7 @@ class Worker:
         for attempt in range(8):
             try:
                 report(self.queue, self.name, job["job"], status, job["lease"], duration, log,
-                       tail if status == "failure" else None)
+                       tail if status == "failure" else None, platform=self.platform)
                 self.out(f"{self.name}: {job['job']} {status} ({duration:.1f} s)")
                 return
             except LeaseLost as e:
@@ -189,9 +204,31 @@ class Worker:
                 delay = min(delay * 2, 30)
         raise GitqueueError(f"could not report {job['job']} after 8 attempts; its lease will expire")
 
-    def _give_back(self, job, reason):
+    def _version_skew(self, job) -> str | None:
+        """Why this worker's tree cannot build `job` as the queue has it, or None."""
+        if not self.pkgname_command or not job.get("pkgpath") or not self.pkgsrc_dir:
+            return None
+        import shlex
+
+        directory = os.path.join(self.pkgsrc_dir, job["pkgpath"])
+        if not os.path.isdir(directory):
+            return f"sorry, my pkgsrc has no {job['pkgpath']} (yet)"
         try:
-            release(self.queue, self.name, job["job"], reason, job["lease"], decline=False)
+            proc = subprocess.run(shlex.split(self.pkgname_command), cwd=directory, env=job_environment(job),
+                                  stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return f"cannot ask my pkgsrc for the PKGNAME of {job['pkgpath']}: {e}"
+        found = proc.stdout.strip()
+        if proc.returncode != 0 or not found:
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            return f"cannot ask my pkgsrc for the PKGNAME of {job['pkgpath']}: {last}"
+        if found != job["job"]:
+            return f"sorry, my pkgsrc has {found}, not {job['job']} (yet)"
+        return None
+
+    def _give_back(self, job, reason, decline=False):
+        try:
+            release(self.queue, self.name, job["job"], reason, job["lease"], decline=decline)
             self.out(f"{self.name}: released {job['job']}")
         except GitqueueError as e:
             self.out(f"{self.name}: could not release {job['job']}: {e}")

@@ -129,18 +129,21 @@ def test_schemas_are_well_formed(kind):
 
 
 # Every record kind with every key the schema allows.
+PLATFORM = {"arch": "m68k", "os_release": "10.1", "pkgsrc_branch": "pkgsrc-2026Q4", "pkgsrc_revision": "2026Q4-r1"}
 FULL = {
     "queue": {"format_version": 1, "name": "2026Q4-m68k", "arch": "m68k", "os_release": "10.1",
-              "pkgsrc_branch": "pkgsrc-2026Q4", "lease_ttl": 7200, "created": "2026-10-01T00:00:00Z"},
+              "pkgsrc_branch": "pkgsrc-2026Q4", "lease_ttl": 7200, "created": "2026-10-01T00:00:00Z",
+              "packages_url": "master:/srv/pkgsrc/packages/m68k", "pkgsrc_revision": "2026Q4-r1"},
     "job": {"name": "py311-gtk3+-3.24.51", "version": "3.24.51", "pkgpath": "x11/py-gtk3", "deps": ["glib2-2.84.1"],
             "est_seconds": 312.5, "est_source": "history", "priority": 2, "weight": 7, "prefailed": "skip: \"broken\" on m68k",
             "multi_version": {"PYTHON_VERSION_REQD": "311"}, "maintainer": "pkgsrc-users@NetBSD.org",
             "categories": "x11 python", "no_bin_on_ftp": "license", "restricted": "license"},
     "lease": {"job": "gmake-4.4.1", "worker": "hp300-1", "token": "3f0c2d" + "0" * 26,
-              "claimed_at": "2026-10-01T00:00:00Z", "host": "hp300.example.org"},
+              "claimed_at": "2026-10-01T00:00:00Z", "host": "hp300.example.org", "platform": PLATFORM},
     "result": {"job": "gmake-4.4.1", "version": "4.4.1", "status": "failure", "worker": "hp300-1",
                "token": "3f0c2d" + "0" * 26, "duration": 312.0, "finished_at": "2026-10-01T00:05:12Z", "late": True,
-               "log": {"name": "gmake.log", "size": 1234, "sha256": "ab" * 32}, "log_tail": "*** Error code 1\n"},
+               "log": {"name": "gmake.log", "size": 1234, "sha256": "ab" * 32}, "log_tail": "*** Error code 1\n",
+               "packages": [{"name": "gmake-4.4.1.tgz", "size": 512, "sha256": "cd" * 32}], "platform": PLATFORM},
     "decline": {"job": "gmake-4.4.1",
                 "declined": [{"worker": "hp300-1", "reason": "my pkgsrc has gmake-4.3", "at": "2026-10-01T00:00:00Z"}]},
     "heartbeat": {"worker": "hp300-1", "seq": 41, "at": "2026-10-01T00:00:00Z", "host": "hp300.example.org"},
@@ -148,7 +151,8 @@ FULL = {
     "noway": {"entries": [{"pattern": "firefox*", "arch": "m68k", "reason": "needs rust"}]},
 }
 NESTED = {("result", "log"): FULL["result"]["log"], ("decline", "declined"): FULL["decline"]["declined"][0],
-          ("noway", "entries"): FULL["noway"]["entries"][0]}
+          ("noway", "entries"): FULL["noway"]["entries"][0], ("result", "packages"): FULL["result"]["packages"][0],
+          ("lease", "platform"): PLATFORM, ("result", "platform"): PLATFORM}
 
 
 def _properties(kind, key=None):
@@ -241,6 +245,11 @@ def _written_keys(url):
                     seen.setdefault(kind, set()).update(record)
                     if kind == "result" and "log" in record:
                         seen.setdefault(("result", "log"), set()).update(record["log"])
+                    if kind == "result":
+                        for package in record.get("packages", ()):
+                            seen.setdefault(("result", "packages"), set()).update(package)
+                    if kind in ("lease", "result") and "platform" in record:
+                        seen.setdefault((kind, "platform"), set()).update(record["platform"])
                     if kind == "decline":
                         for d in record["declined"]:
                             seen.setdefault(("decline", "declined"), set()).update(d)
@@ -265,11 +274,12 @@ def test_every_schema_key_is_written_by_the_code(tmp_path):
     log = tmp_path / "build.log"
     log.write_text("*** Error code 1\n")
     with Queue(url, str(tmp_path / "cache-admin")) as admin:
-        init_queue(admin, "layout", arch="m68k", os_release="10.1", pkgsrc_branch="pkgsrc-2026Q4", lease_ttl=10)
+        init_queue(admin, "layout", arch="m68k", os_release="10.1", pkgsrc_branch="pkgsrc-2026Q4", lease_ttl=10,
+                   packages_url="master:/srv/packages/m68k", pkgsrc_revision="2026Q4-r1")
         import_jobs(admin, jobs, str(presolve))
     with Queue(url, str(tmp_path / "cache-w"), clock=Clock()) as w, \
             Queue(url, str(tmp_path / "cache-cron"), clock=Clock()) as cron:
-        failed = lease.claim(w, "w1", host="h1")
+        failed = lease.claim(w, "w1", host="h1", platform=PLATFORM)
         described, tail = describe_log(str(log))
         lease.report(w, "w1", failed["job"], "failure", duration=3, log=described, log_tail=tail)
         given_back = lease.claim(w, "w1", host="h1")
@@ -278,7 +288,8 @@ def test_every_schema_key_is_written_by_the_code(tmp_path):
         lease.reclaim(cron)
         cron.clock.t += 11
         assert [r["job"] for r in lease.reclaim(cron)] == [slow["job"]]
-        late = lease.report(w, "w2", slow["job"], "success", token=slow["lease"], duration=1)
+        late = lease.report(w, "w2", slow["job"], "success", token=slow["lease"], duration=1,
+                            packages=[{"name": "x-1.tgz", "size": 3, "sha256": "0" * 64}], platform=PLATFORM)
         assert late["late"] is True
         lease.heartbeat(w, "w1")
     seen = _written_keys(url)

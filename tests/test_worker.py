@@ -94,3 +94,38 @@ def test_build_log_and_environment(tmp_path):
         result = records.loads("result", reader.read(record_path("results", "py311-foo-1.0")), "r")
     assert result["log_tail"] == "py311-foo-1.0 1.0 devel/py-foo 311\n"
     assert result["log"]["size"] == len(result["log_tail"])
+
+
+def test_version_skew_gives_the_job_back_and_pins_are_checked(tmp_path):
+    url = make_queue(tmp_path, [job("gmake-4.4.1", pkgpath="devel/gmake", version="4.4.1"),
+                                job("py311-foo-1.0", pkgpath="devel/py-foo", multi_version={"PYTHON_VERSION_REQD": "311"})])
+    tree = tmp_path / "pkgsrc"
+    for d in ("devel/gmake", "devel/py-foo"):
+        (tree / d).mkdir(parents=True)
+    # A stand-in for 'bmake show-var VARNAME=PKGNAME': this tree has gmake 4.3.
+    show = tmp_path / "show-pkgname"
+    show.write_text('#!/bin/sh\ncase "$PWD" in\n  */devel/gmake) echo gmake-4.3 ;;\n'
+                    '  *) echo "py${PYTHON_VERSION_REQD}-foo-1.0" ;;\nesac\n')
+    show.chmod(0o755)
+    config = tmp_path / "config.toml"
+    config.write_text(f'pkgsrc_dir = "{tree}"\npkgname_command = "{show}"\n')
+    env = {**os.environ, "GITQUEUE_CACHE": str(tmp_path / "cache"), "GITQUEUE_CONFIG": str(config)}
+    proc = subprocess.run([sys.executable, "-m", "gitqueue", "work", "--queue", url, "--worker", "w1",
+                           "--max-wait", "0.2", "--max-jobs", "1", "--", "true"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    log = git_log(url)
+    assert "release gmake-4.4.1 (devel/gmake) by w1: sorry, my pkgsrc has gmake-4.3, not gmake-4.4.1 (yet)" in log
+    assert "report py311-foo-1.0 (devel/py-foo): success by w1" in log
+    # The platform is recorded; a queue pinned to another architecture is refused with the reason.
+    pinned = tmp_path / "pinned.git"
+    from gitqueue.admin import init_queue
+    from gitqueue.queue import Queue
+    with Queue(str(pinned), str(tmp_path / "cache-admin")) as q:
+        init_queue(q, "pinned", arch="m68k", pkgsrc_branch="pkgsrc-2026Q4")
+    proc = subprocess.run([sys.executable, "-m", "gitqueue", "claim", "--queue", str(pinned), "--worker", "w1"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr == (f"Error: this worker does not meet the queue's pins: arch is {os.uname().machine}, the "
+                           "queue needs m68k; pkgsrc_branch is unknown, the queue needs pkgsrc-2026Q4 (set them in "
+                           "the worker's config file if detection is wrong)\n")

@@ -13,10 +13,13 @@ from .main import cli, context, emit, json_option, queue_option, worker_option
 @click.option("--arch", default="", help="Machine architecture every worker must have (uname -m).")
 @click.option("--os-release", default="", help="OS release every worker must run.")
 @click.option("--pkgsrc-branch", default="", help="pkgsrc branch every worker must build from.")
+@click.option("--pkgsrc-revision", default="", help="pkgsrc tree revision every worker must build from.")
 @click.option("--lease-ttl", type=int, default=3600, show_default=True,
               help="Seconds without a word from a worker before its leases may be reclaimed.")
+@click.option("--packages-url", default="", metavar="URL",
+              help="The shared package tree: a path or host:/path reached with rsync over ssh.")
 @json_option
-def init_cmd(url, name, arch, os_release, pkgsrc_branch, lease_ttl, as_json):
+def init_cmd(url, name, arch, os_release, pkgsrc_branch, pkgsrc_revision, lease_ttl, packages_url, as_json):
     """Create a queue at URL (a local bare repository is created if missing).
 
     \b
@@ -28,7 +31,8 @@ def init_cmd(url, name, arch, os_release, pkgsrc_branch, lease_ttl, as_json):
 
     with context().open(url) as queue:
         name = name or os.path.basename(queue.url.rstrip("/")).removesuffix(".git") or "queue"
-        settings = init_queue(queue, name, arch, os_release, pkgsrc_branch, lease_ttl)
+        settings = init_queue(queue, name, arch, os_release, pkgsrc_branch, lease_ttl, packages_url,
+                              pkgsrc_revision)
         emit(settings, as_json, f"created queue {settings['name']} at {queue.url}")
 
 
@@ -89,7 +93,7 @@ def claim_cmd(queue_url, worker, as_json):
 
     ctx = context(queue_url, worker)
     with ctx.open() as queue:
-        job = claim(queue, ctx.worker(), ctx.host)
+        job = claim(queue, ctx.worker(), ctx.host, ctx.platform())
     emit(job, as_json, lambda: f"{job['job']}\t{job['pkgpath'] or '-'}\t{job['lease']}")
 
 
@@ -231,11 +235,12 @@ def _status_text(data):
 @queue_option
 @worker_option
 @click.option("--once", is_flag=True, help="Build one job, then stop.")
+@click.option("--max-jobs", type=click.IntRange(min=1), help="Build at most this many jobs, then stop.")
 @click.option("--heartbeat", "heartbeat_every", type=float, help="Seconds between heartbeats (default: TTL/4).")
 @click.option("--max-wait", type=float, default=60, show_default=True,
               help="Longest pause between claims while nothing is ready.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def work_cmd(queue_url, worker, once, heartbeat_every, max_wait, command):
+def work_cmd(queue_url, worker, once, max_jobs, heartbeat_every, max_wait, command):
     """Claim, build with COMMAND, report; repeat until the queue is finished.
 
     COMMAND runs with GITQUEUE_JOB, GITQUEUE_VERSION, GITQUEUE_PKGPATH, GITQUEUE_LEASE,
@@ -248,9 +253,12 @@ def work_cmd(queue_url, worker, once, heartbeat_every, max_wait, command):
 
     ctx = context(queue_url, worker)
     with ctx.open() as queue:
+        cfg = ctx.config
         w = Worker(queue, ctx.worker(), list(command), host=ctx.host, heartbeat_every=heartbeat_every,
-                   max_wait=max_wait, out=lambda line: click.echo(line, err=True))
-        code = w.run(once=once)
+                   max_wait=max_wait, out=lambda line: click.echo(line, err=True), platform=ctx.platform(),
+                   pkgsrc_dir=cfg.get("pkgsrc_dir"), pkgname_command=cfg.get("pkgname_command"),
+                   packages_dir=cfg.get("packages_dir"), rsync_rsh=cfg.get("rsync_rsh") or ctx.ssh_command)
+        code = w.run(max_jobs=1 if once else max_jobs)
     sys.exit(code)
 
 

@@ -13,7 +13,12 @@ import click
 
 from ..errors import GitqueueError
 
-CONFIG_KEYS = ("queue", "worker", "cache_dir", "ssh_command", "branch", "host")
+CONFIG_KEYS = ("queue", "worker", "cache_dir", "ssh_command", "branch", "host",
+               # what the worker is, when detection is wrong or impossible
+               "arch", "os_release", "pkgsrc_branch", "pkgsrc_revision",
+               # building pkgsrc: the tree, the command that names a directory's PKGNAME, where
+               # binary packages of dependencies go, and rsync's ssh for the package tree
+               "pkgsrc_dir", "pkgname_command", "packages_dir", "rsync_rsh")
 
 
 def _config_path() -> str:
@@ -77,6 +82,12 @@ class Context:
         if "://" not in url and not url.startswith("/") and ":" not in url.split("/")[0]:
             url = os.path.abspath(url)
         return Queue(url, self.cache_dir, self.branch, _ssh_command(self.ssh_command, self.cache_dir))
+
+    def platform(self):
+        """This worker's description (detected, overridden by the config file)."""
+        from ..platform import describe
+
+        return describe(self.config, self.config.get("pkgsrc_dir"))
 
     def worker(self):
         if not self.worker_name:

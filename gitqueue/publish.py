@@ -1,0 +1,503 @@
+"""Publishing: verified uploads from incoming/ into All/ of the shared package tree.
+
+The package tree is a directory on the master:
+
+    All/                     published binary packages, All/pkg_summary.gz and All/SHA512
+    incoming/TOKEN/          what a worker uploaded for one lease (packages, build log)
+    logs/JOB/FILE            published build logs
+
+`publish` copies into All/ exactly the files that success results name, only after checking
+their size and SHA-256 against the result, never a restricted package (NO_BIN_ON_FTP or
+RESTRICTED), never over an existing file with other contents. Every file appears under its
+final name by rename(2) of a fsync'ed temporary file in the same directory, so a crash at any
+point leaves All/ holding whole files only; a temporary file a crash left behind is removed by
+the next run. Then All/pkg_summary.gz (pkg_summary(5), as `pkg_info -X` writes it) and
+All/SHA512 (digest(1) lines, as pbulk writes them) are regenerated from the published files.
+Nothing is removed from incoming/.
+
+Hashing every package on every run would read the whole tree each time, so the digests and
+package metadata of All/ files are remembered in `.publish-cache.json` at the top of the tree,
+keyed by (size, mtime, inode): a file replaced or rewritten in place gets new values and is read
+again. Runs are serialized by a lock on `.publish.lock` there.
+"""
+
+import gzip
+import hashlib
+import json
+import os
+import re
+import secrets
+import stat
+import tarfile
+
+from . import records
+from .locking import FileLock
+from .names import record_path
+
+ALL = "All"
+INCOMING = "incoming"
+LOGS = "logs"
+SUMMARY = "pkg_summary.gz"
+DIGESTS = "SHA512"
+CACHE = ".publish-cache.json"
+LOCK = ".publish.lock"
+TMP_PREFIX = ".publish-tmp-"  # package names start with a letter or digit: never a clash
+
+# What a file name in All/ or logs/JOB/ may be (the result schema's package name pattern).
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]*")
+_MAX_FILE_NAME = 250
+_JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]*")
+_TOKEN = re.compile(r"[0-9a-f]{16,64}")
+# Names publish writes itself (and pbulk's siblings of them): a package may not take them.
+RESERVED = {SUMMARY, DIGESTS, "pkg_summary.bz2", "pkg_summary.xz", "pkg_summary.zst", "SHA512.bz2"}
+
+# +BUILD_INFO variables that pkg_info -X copies into pkg_summary, in the order it lists them
+# (pkgtools/pkg_install/files/info/show.c, show_summary); lines are copied in file order.
+BUILD_INFO_VARS = ("PKGPATH", "CATEGORIES", "PROVIDES", "REQUIRES", "PKG_OPTIONS", "OPSYS", "OS_VERSION",
+                   "MACHINE_ARCH", "LICENSE", "HOMEPAGE", "PKGTOOLS_VERSION", "BUILD_DATE", "PREV_PKGPATH",
+                   "SUPERSEDES")
+_META_FILES = ("+CONTENTS", "+COMMENT", "+DESC", "+BUILD_INFO", "+SIZE_PKG")
+_MAX_META = 64 << 20  # bytes read of one + file (a huge +CONTENTS is cut; @name, @pkgdep come first)
+_CHUNK = 1 << 20
+
+
+# -- digests and atomic files -----------------------------------------------------------------------
+
+
+def sha256_file(path: str) -> str:
+    """Hex SHA-256 of the file at `path`."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _hash_both(path: str) -> tuple[str, str]:
+    """(sha256, sha512) of a file in one read."""
+    h256, h512 = hashlib.sha256(), hashlib.sha512()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h256.update(chunk)
+            h512.update(chunk)
+    return h256.hexdigest(), h512.hexdigest()
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _open_temp(directory: str):
+    """(fd, path) of a new private temporary file in `directory`."""
+    path = os.path.join(directory, f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}")
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), path
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _write_atomic(path: str, data: bytes, temp_dir: str | None = None) -> None:
+    """Replace `path` with `data`: a temporary file, fsync, rename, fsync of the directory."""
+    directory = os.path.dirname(path)
+    fd, tmp = _open_temp(temp_dir or directory)
+    installed = False
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+        installed = True
+        _fsync_dir(directory)
+    finally:
+        if not installed:
+            _unlink(tmp)
+
+
+def _copy_verified(src_fd: int, final: str, size: int, sha256: str, temp_dir: str) -> str | None:
+    """Copy the open file `src_fd` to `final` if its bytes have `size` and `sha256`.
+
+    The digest is taken of the bytes copied, so what lands in All/ is what was checked, even if
+    the upload changes meanwhile. Returns the SHA-512 of the file, or None (nothing written) when
+    the contents differ.
+    """
+    h256, h512 = hashlib.sha256(), hashlib.sha512()
+    copied = 0
+    fd, tmp = _open_temp(temp_dir)
+    installed = False
+    try:
+        with os.fdopen(fd, "wb") as out, os.fdopen(src_fd, "rb", closefd=False) as src:
+            for chunk in iter(lambda: src.read(_CHUNK), b""):
+                copied += len(chunk)
+                if copied > size:
+                    return None
+                h256.update(chunk)
+                h512.update(chunk)
+                out.write(chunk)
+            if copied != size or h256.hexdigest() != sha256:
+                return None
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, final)
+        installed = True
+        _fsync_dir(os.path.dirname(final))
+        return h512.hexdigest()
+    finally:
+        if not installed:
+            _unlink(tmp)
+
+
+def _open_upload(tree: str, token: str, name: str) -> int | None:
+    """A read descriptor of incoming/TOKEN/NAME if it is a regular file (no symlink), else None."""
+    directory = os.path.join(tree, INCOMING, token)
+    try:
+        if not stat.S_ISDIR(os.lstat(directory).st_mode):
+            return None
+        fd = os.open(os.path.join(directory, name), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
+
+
+def _safe_file_name(name) -> bool:
+    return (isinstance(name, str) and 0 < len(name) <= _MAX_FILE_NAME and "/" not in name
+            and _FILE_NAME.fullmatch(name) is not None)
+
+
+# -- pkg_summary(5) ---------------------------------------------------------------------------------
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
+
+
+def _read_members(tf, wanted) -> dict:
+    """The + files at the head of a package (a signed package's inner one when wrapped)."""
+    found = {}
+    for member in tf:
+        name = member.name[2:] if member.name.startswith("./") else member.name
+        if not name.startswith("+"):
+            if "+PKG_HASH" in found and "+CONTENTS" not in found and member.isfile():
+                # A signed package: +PKG_HASH and a signature, then the package itself.
+                inner = tf.extractfile(member)
+                with tarfile.open(fileobj=inner, mode="r|*") as nested:
+                    return _read_members(nested, wanted)
+            break
+        if member.isfile() and (name in wanted or name == "+PKG_HASH"):
+            f = tf.extractfile(member)
+            found[name] = f.read(_MAX_META) if f is not None else b""
+    return found
+
+
+def read_package(path: str) -> dict | None:
+    """The pkg_summary facts a binary package states about itself, or None if it is unreadable.
+
+    {"plist": [[KEY, value], ...] (PKGNAME, DEPENDS, CONFLICTS in +CONTENTS order),
+     "comment", "size_pkg", "description" (text or None), "build_info": [[KEY, value], ...]}
+    """
+    try:
+        with tarfile.open(path, mode="r|*") as tf:
+            files = _read_members(tf, _META_FILES)
+    except Exception:  # noqa: BLE001 - any damage (truncated, not a tar, bad compression) means unreadable
+        return None
+    if not any(name in files for name in _META_FILES):
+        return None
+    plist = []
+    for line in _text(files.get("+CONTENTS", b"")).splitlines():
+        for directive, key in (("@name ", "PKGNAME"), ("@pkgdep ", "DEPENDS"), ("@pkgcfl ", "CONFLICTS")):
+            if line.startswith(directive) and line[len(directive):].strip():
+                plist.append([key, line[len(directive):].strip()])
+    build_info = []
+    for line in _text(files.get("+BUILD_INFO", b"")).splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key in BUILD_INFO_VARS:
+            build_info.append([key, value])
+
+    def text_of(name):
+        return _text(files[name]) if name in files else None
+
+    return {"plist": plist, "comment": text_of("+COMMENT"), "size_pkg": text_of("+SIZE_PKG"),
+            "description": text_of("+DESC"), "build_info": build_info}
+
+
+def _as_var(key: str, value: str) -> list[str]:
+    """pkg_info's print_string_as_var: one KEY=line per line of `value`, no trailing empty line."""
+    lines = value.replace("\r", "").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [f"{key}={line}" for line in lines]
+
+
+def _format_entry(meta: dict | None, job: dict | None, file_name: str, file_size: int,
+                  sha256: str | None) -> str:
+    """One pkg_summary entry (its lines, each ending in a newline; no blank separator line)."""
+    job = job or {}
+    lines = []
+    plist = meta["plist"] if meta else []
+    if not any(key == "PKGNAME" for key, _ in plist) and job.get("name"):
+        lines.append(f"PKGNAME={job['name']}")
+    lines.extend(f"{key}={value}" for key, value in plist)
+    if meta and meta["comment"] is not None:
+        lines.extend(_as_var("COMMENT", meta["comment"]))
+    if meta and meta["size_pkg"] is not None:
+        lines.extend(_as_var("SIZE_PKG", meta["size_pkg"]))
+    build_info = meta["build_info"] if meta else []
+    lines.extend(f"{key}={value}" for key, value in build_info)
+    stated = {key for key, _ in build_info}
+    # What +BUILD_INFO lacks and the queue knows (always the case for an unreadable package).
+    if "PKGPATH" not in stated and job.get("pkgpath"):
+        lines.append(f"PKGPATH={job['pkgpath']}")
+    if "CATEGORIES" not in stated and job.get("categories"):
+        lines.append(f"CATEGORIES={' '.join(job['categories'].split())}")
+    lines.append(f"FILE_NAME={file_name}")
+    lines.append(f"FILE_SIZE={file_size}")
+    if sha256:
+        lines.append(f"FILE_CKSUM=SHA256 {sha256}")
+    if meta and meta["description"] is not None:
+        lines.extend(_as_var("DESCRIPTION", meta["description"]))
+    return "".join(line + "\n" for line in lines)
+
+
+def summary_entry(path: str, job_record: dict | None, sha256: str | None = None) -> str:
+    """The pkg_summary(5) entry of the package file at `path` built for `job_record`.
+
+    Fields and order follow `pkg_info -X`: PKGNAME, DEPENDS and CONFLICTS (from +CONTENTS),
+    COMMENT, SIZE_PKG, the +BUILD_INFO variables (PKGPATH, CATEGORIES, PROVIDES, REQUIRES,
+    PKG_OPTIONS, OPSYS, OS_VERSION, MACHINE_ARCH, LICENSE, HOMEPAGE, PKGTOOLS_VERSION,
+    BUILD_DATE, PREV_PKGPATH, SUPERSEDES), FILE_NAME, FILE_SIZE, then DESCRIPTION (+DESC).
+    PKGNAME, PKGPATH and CATEGORIES come from the job when the package does not state them;
+    FILE_CKSUM (pkg_summary(5): "a checksum type supported by digest(1) and checksum") is added.
+    An unreadable package gets what is known: PKGNAME, PKGPATH, CATEGORIES, FILE_*.
+    The entry ends with a newline; entries are separated by one empty line.
+    """
+    return _format_entry(read_package(path), job_record, os.path.basename(path), os.path.getsize(path),
+                         sha256 if sha256 is not None else sha256_file(path))
+
+
+# -- the cache of All/ digests and metadata ----------------------------------------------------------
+
+
+def _load_cache(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return data.get("files", {}) if isinstance(data, dict) and data.get("version") == 1 else {}
+
+
+def _stat_key(st) -> list:
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+class _Known:
+    """Digests (and package metadata) of All/ files, remembered by their stat."""
+
+    def __init__(self, old: dict):
+        self.old = old
+        self.new = {}
+
+    def digests(self, path: str, name: str, st) -> dict:
+        key = _stat_key(st)
+        entry = self.new.get(name) or self.old.get(name)
+        if not (isinstance(entry, dict) and entry.get("stat") == key and "sha256" in entry and "sha512" in entry):
+            sha256, sha512 = _hash_both(path)
+            entry = {"stat": key, "sha256": sha256, "sha512": sha512}
+        self.new[name] = entry
+        return entry
+
+    def installed(self, path: str, name: str, sha256: str, sha512: str) -> None:
+        self.new[name] = {"stat": _stat_key(os.stat(path)), "sha256": sha256, "sha512": sha512}
+
+    def meta(self, path: str, name: str):
+        entry = self.new[name]
+        if "meta" not in entry:
+            entry["meta"] = read_package(path)
+        return entry["meta"]
+
+
+# -- publishing ------------------------------------------------------------------------------------
+
+
+def _sweep(directory: str) -> None:
+    """Remove the temporary files a crashed run left in `directory`."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if name.startswith(TMP_PREFIX):
+            _unlink(os.path.join(directory, name))
+
+
+def _publish_log(tree: str, job: str, token: str, log: dict, known: _Known, out: dict) -> None:
+    name = log.get("name")
+    if not (_safe_file_name(name) and _JOB_NAME.fullmatch(job) and _TOKEN.fullmatch(token)):
+        return
+    logs = os.path.join(tree, LOGS)
+    rel = f"{LOGS}/{job}/{name}"  # the cache's key: never a package name, those have no '/'
+    final = os.path.join(logs, job, name)
+    try:
+        st = os.stat(final)
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        if not (stat.S_ISREG(st.st_mode) and st.st_size == log["size"]
+                and known.digests(final, rel, st)["sha256"] == log["sha256"]):
+            out["conflict"].append(rel)
+        return
+    src = _open_upload(tree, token, name)
+    if src is None:
+        return  # logs are optional: not uploaded (yet)
+    try:
+        os.makedirs(os.path.join(logs, job), exist_ok=True)
+        sha512 = _copy_verified(src, final, log["size"], log["sha256"], logs)
+        if sha512 is None:
+            out["mismatch"].append(rel)
+        else:
+            known.installed(final, rel, log["sha256"], sha512)
+            out["logs"].append(rel)
+    finally:
+        os.close(src)
+
+
+def publish(tree: str, entries, cache: bool = True) -> dict:
+    """Publish the verified uploads of success results into TREE/All/ and refresh its indexes.
+
+    `entries` is an iterable of (job record, result record), typically `results_of(queue)`.
+    Returns {"published": [names copied now], "already": number already in All/ with the right
+    checksum, "missing": [not (yet) in incoming/TOKEN/], "mismatch": [size or checksum differs
+    from the result; left in incoming/], "restricted": [NO_BIN_ON_FTP or RESTRICTED, never
+    copied], "conflict": [All/ holds another file under that name; not overwritten],
+    "invalid": [names that are no safe file name], "logs": [build logs copied to logs/JOB/]}.
+    A build log that differs from its result is listed under mismatch or conflict as
+    "logs/JOB/NAME". Failures to write (disk full, ...) raise OSError after removing the
+    temporary file; what was renamed into place before stays, and is whole.
+    """
+    all_dir = os.path.join(tree, ALL)
+    os.makedirs(all_dir, exist_ok=True)
+    os.makedirs(os.path.join(tree, LOGS), exist_ok=True)
+    out = {"published": [], "already": 0, "missing": [], "mismatch": [], "restricted": [], "conflict": [],
+           "invalid": [], "logs": []}
+    with FileLock(os.path.join(tree, LOCK)):
+        for directory in (tree, all_dir, os.path.join(tree, LOGS)):
+            _sweep(directory)
+        cache_path = os.path.join(tree, CACHE)
+        known = _Known(_load_cache(cache_path) if cache else {})
+        listed: dict[str, dict | None] = {}  # name in All/ -> the job it was published for
+
+        for job, result in sorted(entries, key=lambda e: e[1]["job"]):
+            token = result.get("token", "")
+            if result.get("log"):
+                _publish_log(tree, result["job"], token, result["log"], known, out)
+            if result.get("status") != "success" or not result.get("packages"):
+                continue
+            restricted = job is None or bool(job.get("no_bin_on_ftp") or job.get("restricted"))
+            for package in result["packages"]:
+                name = package.get("name")
+                if not _safe_file_name(name) or name in RESERVED:
+                    out["invalid"].append(str(name))
+                    continue
+                final = os.path.join(all_dir, name)
+                try:
+                    st = os.stat(final)
+                except FileNotFoundError:
+                    st = None
+                if st is not None:
+                    if stat.S_ISREG(st.st_mode) and known.digests(final, name, st)["sha256"] == package["sha256"]:
+                        out["already"] += 1
+                        listed.setdefault(name, job)
+                    else:
+                        out["conflict"].append(name)
+                    continue
+                if restricted:
+                    out["restricted"].append(name)
+                    continue
+                src = _open_upload(tree, token, name) if _TOKEN.fullmatch(token) else None
+                if src is None:
+                    out["missing"].append(name)
+                    continue
+                try:
+                    if os.fstat(src).st_size != package["size"]:
+                        sha512 = None
+                    else:
+                        sha512 = _copy_verified(src, final, package["size"], package["sha256"], all_dir)
+                finally:
+                    os.close(src)
+                if sha512 is None:
+                    out["mismatch"].append(name)
+                    continue
+                known.installed(final, name, package["sha256"], sha512)
+                out["published"].append(name)
+                listed[name] = job
+
+        _write_indexes(all_dir, listed, known)
+        if cache:
+            data = json.dumps({"version": 1, "files": known.new}, sort_keys=True).encode()
+            try:
+                with open(cache_path, "rb") as f:
+                    unchanged = f.read() == data
+            except OSError:
+                unchanged = False
+            if not unchanged:
+                _write_atomic(cache_path, data)
+    out["published"].sort()
+    return out
+
+
+def _write_indexes(all_dir: str, listed: dict, known: _Known) -> None:
+    """Rewrite All/pkg_summary.gz, then All/SHA512, from the files in `listed` (when they changed)."""
+    text = []
+    digests = []
+    for name in sorted(listed):
+        path = os.path.join(all_dir, name)
+        entry = known.new[name]
+        text.append(_format_entry(known.meta(path, name), listed[name], name, entry["stat"][0], entry["sha256"]))
+        digests.append((f"{ALL}/{name}", entry["sha512"]))
+    summary = gzip.compress("\n".join(text).encode("utf-8") + (b"\n" if text else b""), compresslevel=9, mtime=0)
+    _replace_if_changed(os.path.join(all_dir, SUMMARY), summary)
+    # pbulk: `digest SHA512 All/pkg_summary.* All/*.tgz` from the top of the tree, sorted.
+    digests.append((f"{ALL}/{SUMMARY}", hashlib.sha512(summary).hexdigest()))
+    lines = "".join(f"SHA512 ({path}) = {hexdigest}\n" for path, hexdigest in sorted(digests))
+    _replace_if_changed(os.path.join(all_dir, DIGESTS), lines.encode("utf-8"))
+
+
+def _replace_if_changed(path: str, data: bytes) -> None:
+    try:
+        with open(path, "rb") as f:
+            if f.read() == data:
+                return
+    except OSError:
+        pass
+    _write_atomic(path, data)
+
+
+# -- reading the queue -----------------------------------------------------------------------------
+
+
+def results_of(queue) -> list[tuple[dict | None, dict]]:
+    """(job record, result record) of every result at the queue's tip, by job name.
+
+    The job record is None if the queue lacks it (publish then treats the job as restricted).
+    """
+    _, reader = queue.fetch()
+    pairs = []
+    for path, blob in reader.walk_files("results"):
+        result = records.load_at("result", reader.store[blob].as_raw_string(), path)
+        job_path = record_path("jobs", result["job"])
+        data = reader.read(job_path)
+        job = records.load_at("job", data, job_path) if data is not None else None
+        pairs.append((job, result))
+    pairs.sort(key=lambda pair: pair[1]["job"])
+    return pairs

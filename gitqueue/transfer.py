@@ -1,0 +1,425 @@
+"""Moving binary packages between a worker and the shared package tree, with rsync.
+
+The package tree on the master holds ``All/`` (published packages) and ``incoming/<lease-token>/``
+(what a worker uploaded under one lease). A tree location is a local directory or an
+rsync-over-ssh target: ``[user@]host:/path`` or ``ssh://[user@]host[:port]/path`` (the port
+becomes ``-p PORT`` in the ssh command). ``host::module`` and ``rsync://`` (rsync daemon) are
+refused, and so is a remote path with shell metacharacters. A local path whose first component
+holds a ':' must be written with a leading ``./``, as for rsync itself.
+
+Guarantees:
+
+* A file never appears under its final name until it is complete: rsync writes a temporary
+  ``.NAME.XXXXXX`` next to it and renames it at the end; an interrupted transfer is kept in
+  ``.rsync-partial/`` inside the destination directory and resumed by the next attempt. Readers
+  of ``incoming/<token>/`` and of a download directory must ignore dot-files.
+* :func:`upload` returns only after the uploaded copies were checked against what it described
+  (sha256 for a local tree; ``rsync --checksum --dry-run`` for a remote one).
+* :func:`download` returns only files whose sha256 is the expected one; a file that does not
+  match is deleted.
+* Failures are retried with exponential backoff (with jitter); the final error is one line
+  naming the tree and rsync's (or ssh's) most telling stderr line.
+
+Pass a :class:`TransferStats` as ``stats=`` to learn what went over the wire (rsync's
+``Total bytes sent/received``, i.e. the rsync stream inside ssh) and how long each run took.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import random
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from .errors import GitqueueError
+
+__all__ = [
+    "TransferError",
+    "TransferStats",
+    "Location",
+    "parse_tree",
+    "describe",
+    "upload",
+    "download",
+    "PARTIAL_DIR",
+]
+
+PARTIAL_DIR = ".rsync-partial"
+RSYNC = "rsync"
+DEFAULT_IO_TIMEOUT = 300  # seconds without any data before rsync gives up (--timeout)
+MAX_DELAY = 300.0
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]*")
+_SHA_RE = re.compile(r"[0-9a-f]{64}")
+_USER_RE = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]*")
+_HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*|\[[0-9A-Fa-f:.]+\]")
+# What a remote path may hold: the remote shell sees it (older rsync does not escape it).
+_REMOTE_PATH_RE = re.compile(r"[A-Za-z0-9._+~/=,@%-]+")
+_STAT_RE = re.compile(r"^Total bytes (sent|received):\s*([0-9][0-9,.']*)", re.M)
+# An --itemize-changes line for a regular file: YXcstpoguax NAME (Y: < > c h . *).
+_ITEM_FILE_RE = re.compile(r"^[<>ch.*]f\S{7,} ")
+# rsync exit statuses that another attempt cannot cure: usage, protocol, unsupported action.
+_PERMANENT = {1, 2, 4}
+
+
+class TransferError(GitqueueError):
+    """An upload or download that failed (after its retries), described in one line."""
+
+
+@dataclasses.dataclass
+class TransferStats:
+    """Accumulates what rsync reported; ``runs`` has one dict per rsync process."""
+
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    runs: list[dict] = dataclasses.field(default_factory=list)
+
+    @property
+    def bytes_on_wire(self) -> int:
+        return self.bytes_sent + self.bytes_received
+
+    def add(self, purpose: str, rc: int, seconds: float, sent: int, received: int) -> None:
+        self.bytes_sent += sent
+        self.bytes_received += received
+        self.runs.append({"purpose": purpose, "rc": rc, "seconds": seconds, "sent": sent, "received": received})
+
+
+@dataclasses.dataclass(frozen=True)
+class Location:
+    """A parsed tree: ``host`` is None for a local directory."""
+
+    path: str
+    host: str | None = None  # "[user@]host" as rsync wants it
+    port: int | None = None
+
+    def rsync_path(self, sub: str = "") -> str:
+        """The rsync argument for ``sub`` (a relative path, '' for the tree) inside the tree."""
+        path = self.path.rstrip("/") + "/" + sub if sub else self.path
+        return f"{self.host}:{path}" if self.host else path
+
+    def rsh(self, rsh: str | None) -> str | None:
+        if self.host is None:
+            return None
+        if self.port is not None:
+            return f"{rsh or 'ssh'} -p {self.port}"
+        return rsh
+
+
+# ------------------------------------------------------------------------------- validation
+
+def _check_name(name: object, what: str) -> str:
+    if not isinstance(name, str) or len(name) > 255 or not _NAME_RE.fullmatch(name):
+        raise TransferError(f"invalid {what} {name!r} (letters, digits and ._+~-, not starting with . - _ + ~)")
+    return name
+
+
+def parse_tree(tree: str) -> Location:
+    """Parse a tree location; raise TransferError for one that is malformed or unsupported."""
+    if not isinstance(tree, str) or not tree or "\n" in tree or "\0" in tree:
+        raise TransferError(f"invalid package tree {tree!r}")
+    if tree.startswith("ssh://"):
+        try:
+            u = urlsplit(tree)
+            port = u.port
+        except ValueError as e:
+            raise TransferError(f"invalid package tree {tree!r}: {e}") from None
+        host = u.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        if not _HOST_RE.fullmatch(host) or u.query or u.fragment or u.password is not None:
+            raise TransferError(f"invalid package tree {tree!r}")
+        user = u.username
+        if user is not None and not _USER_RE.fullmatch(user):
+            raise TransferError(f"invalid user in package tree {tree!r}")
+        return _remote(tree, f"{user}@{host}" if user else host, u.path, port)
+    first = tree.split("/", 1)[0]
+    if "://" in tree or ("::" in first and "[" not in first):
+        raise TransferError(f"unsupported package tree {tree!r} (a directory, [user@]host:/path or ssh://...)")
+    if ":" in first:  # rsync's own rule: a colon before the first slash means a remote host
+        userhost, path = _split_v6(tree) if "[" in first else tree.split(":", 1)
+        user, _, host = userhost.rpartition("@")
+        if not _HOST_RE.fullmatch(host) or (user and not _USER_RE.fullmatch(user)):
+            raise TransferError(f"invalid host in package tree {tree!r}")
+        return _remote(tree, userhost, path, None)
+    if tree.startswith("-"):
+        raise TransferError(f"invalid package tree {tree!r}")
+    return Location(os.path.abspath(tree))
+
+
+def _split_v6(tree: str) -> tuple[str, str]:
+    m = re.fullmatch(r"([^/\[]*\[[^\]]*\]):(.*)", tree, re.S)
+    if not m:
+        raise TransferError(f"invalid host in package tree {tree!r}")
+    return m.group(1), m.group(2)
+
+
+def _remote(tree: str, userhost: str, path: str, port: int | None) -> Location:
+    if not path or not _REMOTE_PATH_RE.fullmatch(path) or path.startswith("-"):
+        raise TransferError(f"invalid path in package tree {tree!r} (letters, digits and ._+~/=,@%- only)")
+    if any(part == ".." for part in path.split("/")):
+        raise TransferError(f"invalid path in package tree {tree!r} ('..')")
+    return Location(path, userhost, port)
+
+
+# ------------------------------------------------------------------------------- describe
+
+def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _describe(path: str) -> tuple[dict, tuple]:
+    try:
+        before = os.stat(path)
+        if not os.path.isfile(path):
+            raise TransferError(f"{path}: not a regular file")
+        digest = _sha256(path)
+        after = os.stat(path)
+    except OSError as e:
+        raise TransferError(f"{path}: {e.strerror or e}") from None
+    if _signature(before) != _signature(after):
+        raise TransferError(f"{path}: changed while being read")
+    return {"name": os.path.basename(path), "size": after.st_size, "sha256": digest}, _signature(after)
+
+
+def describe(path: str) -> dict:
+    """``{'name': basename, 'size': bytes, 'sha256': hex}`` of a local file."""
+    return _describe(path)[0]
+
+
+# ------------------------------------------------------------------------------- running rsync
+
+class _Failed(Exception):
+    def __init__(self, message: str, retry: bool = True) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry = retry
+
+
+# rsync's closing boilerplate and ssh chatter; then the lines that only say the connection broke.
+_NOISE = re.compile(r"^rsync error: |^\(see the rsync man ?page|^Warning: Permanently added ")
+_WEAK = re.compile(r"connection unexpectedly closed|write error: Broken pipe")
+
+
+def _summary(stderr: str, rc: int) -> str:
+    """The most telling stderr line: ssh's or rsync's complaint, not rsync's closing boilerplate."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not _NOISE.search(ln)]
+    strong = [ln for ln in useful if not _WEAK.search(ln)]
+    if strong:
+        line = strong[-1]
+    elif useful:
+        line = useful[0]
+    else:
+        line = lines[-1] if lines else f"rsync exited with status {rc}"
+    if len(line) > 300:
+        line = line[:297] + "..."
+    return f"{line} (rsync exit {rc})"
+
+
+def _stat_numbers(stdout: str) -> tuple[int, int]:
+    got = {k: int(re.sub(r"\D", "", v)) for k, v in _STAT_RE.findall(stdout)}
+    return got.get("sent", 0), got.get("received", 0)
+
+
+def _rsync(args: list[str], purpose: str, stats: TransferStats | None, input_text: str | None = None,
+           rsync: str = RSYNC) -> subprocess.CompletedProcess[str]:
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.run(
+            [rsync, *args],
+            input=input_text,
+            stdin=subprocess.DEVNULL if input_text is None else None,
+            capture_output=True,
+            text=True,
+            errors="replace",
+        )
+    except OSError as e:
+        raise _Failed(f"cannot run {rsync}: {e.strerror or e}", retry=False) from None
+    sent, received = _stat_numbers(proc.stdout)
+    if stats is not None:
+        stats.add(purpose, proc.returncode, time.monotonic() - t0, sent, received)
+    return proc
+
+
+def _common(loc: Location, rsh: str | None, io_timeout: int) -> list[str]:
+    args = [f"--timeout={int(io_timeout)}", "--no-human-readable"]
+    ssh = loc.rsh(rsh)
+    if ssh is not None:
+        args += ["--rsh", ssh]
+    return args
+
+
+def _delays(attempts: int, backoff: float) -> list[float]:
+    return [min(MAX_DELAY, backoff * (2 ** i) * random.uniform(1.0, 1.5)) for i in range(max(0, attempts - 1))]
+
+
+def _with_retries(once: Callable[[int], None], attempts: int, backoff: float, sleep: Callable[[float], object],
+                  what: str) -> None:
+    attempts = max(1, int(attempts))
+    delays = _delays(attempts, backoff)
+    for i in range(attempts):
+        try:
+            once(i)
+            return
+        except _Failed as e:
+            if not e.retry or i == attempts - 1:
+                n = f"{i + 1} attempt" + ("s" if i else "")
+                raise TransferError(f"{what} failed after {n}: {e.message}") from None
+        sleep(delays[i])
+
+
+# ------------------------------------------------------------------------------- upload
+
+def upload(files: list[str], tree: str, token: str, rsh: str | None = None, attempts: int = 5,
+           backoff: float = 1.0, sleep: Callable[[float], object] = time.sleep, *,
+           stats: TransferStats | None = None, io_timeout: int = DEFAULT_IO_TIMEOUT,
+           rsync: str = RSYNC) -> list[dict]:
+    """Copy ``files`` into ``<tree>/incoming/<token>/``; return their :func:`describe` dicts.
+
+    Creates ``incoming/<token>/`` as needed (no ``--mkpath``, no remote shell command: the files
+    are sent as ``incoming/<token>/NAME`` from a staging directory of symlinks). A file already
+    there with the same size and mtime is not sent again, but is still checked. Raises
+    TransferError (one line) for a bad token, name or tree, a file that changes while it is
+    uploaded, or a transfer that still fails after ``attempts`` tries.
+    """
+    loc = parse_tree(tree)
+    _check_name(token, "lease token")
+    described = []
+    for path in files:
+        desc, sig = _describe(os.fspath(path))
+        _check_name(desc["name"], "package file name")
+        described.append((os.path.abspath(path), desc, sig))
+    names = [d["name"] for _, d, _ in described]
+    if len(set(names)) != len(names):
+        raise TransferError(f"upload to {tree}: the same file name given twice")
+    if not described:
+        return []
+
+    stage = tempfile.mkdtemp(prefix="gitqueue-upload-")
+    try:
+        inner = os.path.join(stage, "incoming", token)
+        os.makedirs(inner)
+        for src, desc, _ in described:
+            os.symlink(src, os.path.join(inner, desc["name"]))
+        base = ["--recursive", "--copy-links", "--times", "--omit-dir-times", *_common(loc, rsh, io_timeout)]
+        source, dest = stage + "/", loc.rsync_path() + "/"
+        state = {"force": False}
+
+        def once(_attempt: int) -> None:
+            args = [*base, f"--partial-dir={PARTIAL_DIR}", "--stats"]
+            if state["force"]:
+                args.append("--ignore-times")  # a copy failed its check: resend whatever the quick check says
+            proc = _rsync([*args, source, dest], "upload", stats, rsync=rsync)
+            if proc.returncode != 0:
+                raise _Failed(_summary(proc.stderr, proc.returncode), proc.returncode not in _PERMANENT)
+            for src, desc, sig in described:
+                try:
+                    now = _signature(os.stat(src))
+                except OSError as e:
+                    raise _Failed(f"{src}: {e.strerror or e}", retry=False) from None
+                if now != sig:
+                    raise _Failed(f"{src} changed while it was being uploaded", retry=False)
+            if loc.host is None:
+                for _, desc, _ in described:
+                    got = os.path.join(loc.path, "incoming", token, desc["name"])
+                    try:
+                        ok = _sha256(got) == desc["sha256"]
+                    except OSError:
+                        ok = False
+                    if not ok:
+                        state["force"] = True
+                        raise _Failed(f"{got}: the uploaded copy does not match its sha256")
+                return
+            check = _rsync([*base, "--checksum", "--dry-run", "--itemize-changes", "--stats", source, dest],
+                           "verify", stats, rsync=rsync)
+            if check.returncode != 0:
+                raise _Failed(_summary(check.stderr, check.returncode), check.returncode not in _PERMANENT)
+            differ = [ln.split(" ", 1)[1] for ln in check.stdout.splitlines() if _ITEM_FILE_RE.match(ln)]
+            if differ:
+                state["force"] = True
+                raise _Failed(f"{differ[0]}: the uploaded copy does not match (rsync --checksum)")
+
+        _with_retries(once, attempts, backoff, sleep, f"upload to {tree}")
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return [desc for _, desc, _ in described]
+
+
+# ------------------------------------------------------------------------------- download
+
+def download(packages: list[dict], tree: str, dest_dir: str, rsh: str | None = None, attempts: int = 5,
+             backoff: float = 1.0, sleep: Callable[[float], object] = time.sleep, *,
+             stats: TransferStats | None = None, io_timeout: int = DEFAULT_IO_TIMEOUT,
+             rsync: str = RSYNC) -> list[str]:
+    """Fetch ``<tree>/All/<name>`` for each ``{'name', 'sha256'}`` into ``dest_dir``; return the paths.
+
+    Files already in ``dest_dir`` with the right sha256 are not fetched; a stale copy serves as
+    rsync's basis. Every fetched file is checked: one whose sha256 differs is deleted and raises
+    TransferError naming the package (not retried: the tree's copy is not the one expected).
+    """
+    loc = parse_tree(tree)
+    wanted: dict[str, str] = {}
+    order = []
+    for p in packages:
+        if not isinstance(p, dict):
+            raise TransferError(f"invalid package entry {p!r}")
+        name = _check_name(p.get("name"), "package name")
+        sha = p.get("sha256")
+        if not isinstance(sha, str) or not _SHA_RE.fullmatch(sha.lower()):
+            raise TransferError(f"{name}: invalid sha256 {sha!r}")
+        if wanted.setdefault(name, sha.lower()) != sha.lower():
+            raise TransferError(f"{name}: listed twice with different sha256")
+        order.append(name)
+    try:
+        os.makedirs(dest_dir, exist_ok=True)
+    except OSError as e:
+        raise TransferError(f"{dest_dir}: {e.strerror or e}") from None
+    dest_dir = os.path.abspath(dest_dir)
+
+    def good(name: str) -> bool:
+        try:
+            return _sha256(os.path.join(dest_dir, name)) == wanted[name]
+        except OSError:
+            return False
+
+    need = [n for n in wanted if not good(n)]
+    if need:
+        args = ["--copy-links", "--times", "--ignore-times", f"--partial-dir={PARTIAL_DIR}", "--stats",
+                "--files-from=-", *_common(loc, rsh, io_timeout), loc.rsync_path("All") + "/", dest_dir + "/"]
+
+        def once(_attempt: int) -> None:
+            proc = _rsync(args, "download", stats, input_text="".join(n + "\n" for n in need), rsync=rsync)
+            if proc.returncode != 0:
+                raise _Failed(_summary(proc.stderr, proc.returncode), proc.returncode not in _PERMANENT)
+
+        _with_retries(once, attempts, backoff, sleep, f"download from {tree}")
+        for name in need:
+            path = os.path.join(dest_dir, name)
+            try:
+                got = _sha256(path)
+            except OSError as e:
+                raise TransferError(f"{name}: not downloaded from {tree}: {e.strerror or e}") from None
+            if got != wanted[name]:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+                raise TransferError(
+                    f"{name}: sha256 mismatch in {tree} (expected {wanted[name][:12]}..., got {got[:12]}...); "
+                    "local copy removed")
+    return [os.path.join(dest_dir, n) for n in order]
