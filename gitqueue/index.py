@@ -13,7 +13,7 @@ from . import records
 from .errors import RecordInvalid
 from .names import name_from_path
 
-INDEX_VERSION = "2"
+INDEX_VERSION = "3"
 
 _SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT);
@@ -34,6 +34,7 @@ CREATE TABLE jobs(
     lease_at REAL
 );
 CREATE INDEX jobs_pkgpath ON jobs(pkgpath);
+CREATE INDEX jobs_leased ON jobs(leased_by) WHERE leased_by IS NOT NULL;
 CREATE TABLE deps(job INTEGER NOT NULL, dep INTEGER NOT NULL);
 CREATE INDEX deps_dep ON deps(dep);
 CREATE INDEX deps_job ON deps(job);

@@ -10,7 +10,6 @@ import os
 import random
 import re
 import time
-from dataclasses import dataclass
 
 from . import records
 from .errors import GitqueueError, PushRejected, QueueNotFound, RemoteError
@@ -19,12 +18,14 @@ from .gitstore import CachedRemote, LocalRemote, is_local_path, make_commit, bui
 SETTINGS_PATH = "queue.toml"
 
 
-@dataclass
 class Change:
     """What one transaction writes: files to set (bytes) or delete (None), and the message."""
 
-    files: dict
-    message: str
+    __slots__ = ("files", "message")
+
+    def __init__(self, files: dict, message: str):
+        self.files = files
+        self.message = message
 
 
 class Queue:

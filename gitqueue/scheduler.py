@@ -24,7 +24,6 @@ is not given to a 68030 while a RISC-V board is about to free up.
 """
 
 import math
-from dataclasses import dataclass
 
 DEFAULT_SECONDS = 60.0  # a build we know nothing about (real pkgsrc median: 34 s; mean higher)
 PRIORITY_BOOST = 1e12  # above any critical path: priority-list jobs come first
@@ -146,22 +145,22 @@ class Speeds:
         return math.exp(total / (n + SPEED_PRIOR))
 
 
-@dataclass
 class Candidate:
     """A ready job as the scheduler sees it."""
 
-    name: str
-    est: float
-    priority: float
+    __slots__ = ("name", "est", "priority")
+
+    def __init__(self, name: str, est: float, priority: float):
+        self.name, self.est, self.priority = name, est, priority
 
 
-@dataclass
 class Busy:
     """Another worker that holds a job: its speed factor and when it should be free."""
 
-    worker: str
-    factor: float
-    free_at: float
+    __slots__ = ("worker", "factor", "free_at")
+
+    def __init__(self, worker: str, factor: float, free_at: float):
+        self.worker, self.factor, self.free_at = worker, factor, free_at
 
 
 def candidates_needed(factor: float, busy: list[Busy], base: int = 8) -> int:

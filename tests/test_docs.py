@@ -11,7 +11,7 @@ from gitqueue.cli.main import cli
 from helpers import REPO
 
 README = (REPO / "README.md").read_text()
-COMMANDS = sorted(cli.commands)
+COMMANDS = sorted(cli.list_commands(None))
 
 
 def help_text(name: str) -> str:
@@ -22,7 +22,7 @@ def help_text(name: str) -> str:
 
 def example(name: str) -> str:
     """The command line after 'Example:' in the command's help text."""
-    text = cli.commands[name].help or ""
+    text = cli.get_command(None, name).help or ""
     assert "Example:" in text, f"gitqueue {name}: no 'Example:' in its help"
     return " ".join(text.split("Example:", 1)[1].split())
 

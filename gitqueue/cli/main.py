@@ -5,7 +5,6 @@ later (claim); 4 queue finished, nothing left to do (claim); 5 the job is not (o
 held by this worker (report, release, heartbeat).
 """
 
-import json
 import os
 import sys
 
@@ -127,13 +126,32 @@ def json_option(f):
 def emit(data, as_json, text):
     """Print `data` as JSON, or the human text `text` (a string or a callable returning one)."""
     if as_json:
+        import json
+
         click.echo(json.dumps(data, indent=2, sort_keys=False))
     else:
         click.echo(text() if callable(text) else text)
 
 
+# Which module defines each command: only that one is imported when the command runs.
+LAZY_COMMANDS = {
+    "simulate": "schedule", "priority": "schedule", "noway": "schedule",
+}
+
+
 class Group(click.Group):
     """Turns library errors into one `Error:` line and their documented exit status."""
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(LAZY_COMMANDS))
+
+    def get_command(self, ctx, name):
+        module = LAZY_COMMANDS.get(name)
+        if module is not None and name not in self.commands:
+            import importlib
+
+            importlib.import_module(f"{__package__}.{module}")
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx):
         try:
@@ -168,7 +186,7 @@ def context(queue_url=None, worker=None) -> Context:
     return Context(queue_url, worker, obj.get("cache_dir"), obj.get("branch"), obj.get("ssh_command"))
 
 
-from . import commands, schedule  # noqa: E402,F401  (registers the commands)
+from . import commands  # noqa: E402,F401  (registers the commands; see LAZY_COMMANDS for the rest)
 
 
 def main():

@@ -1,0 +1,38 @@
+"""Run every benchmark, one after the other, printing their figures.
+
+    python bench/run.py            # all (about 15 minutes on a 2-core machine)
+    python bench/run.py lean       # one or several by name
+
+Benchmarks: claim_cycle (claim+report as processes, local and ssh), lean (instructions, RSS,
+import), contention (many workers on one queue), transfer (a 10 MB package over ssh).
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ALL = ["claim_cycle", "lean", "contention", "transfer"]
+
+
+def main():
+    names = sys.argv[1:] or ALL
+    unknown = [n for n in names if n not in ALL]
+    if unknown:
+        raise SystemExit(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(ALL)}")
+    failed = []
+    for name in names:
+        script = HERE / f"{name}.py"
+        if not script.exists():
+            print(f"== {name}: not present, skipped\n", flush=True)
+            continue
+        print(f"== {name}", flush=True)
+        if subprocess.run([sys.executable, str(script)]).returncode != 0:
+            failed.append(name)
+        print(flush=True)
+    if failed:
+        raise SystemExit(f"failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()
