@@ -1,19 +1,21 @@
-"""Benchmark: moving one 10 MB package (random, incompressible bytes) with gitqueue.transfer.
+"""Benchmark: moving one 10 MiB package (random, incompressible bytes) with gitqueue.transfer.
 
 Uploads it into incoming/<token>/ (a fresh token each time, so every upload is a full one) and
-downloads it from All/ (into a fresh directory each time), over ssh to a throwaway sshd on
-127.0.0.1 (tests/sshd.py), the same with ssh connection reuse (ControlMaster), and to a local-path
-tree for comparison. Also times an upload of a
-file that is already there (rsync's quick check skips it; only the check runs). Prints medians
-of wall time and of the bytes rsync reports on the wire (its ``Total bytes sent + received``:
-the rsync stream inside ssh, without ssh's own framing).
+downloads it from All/ (into a fresh directory each time): over ssh to a throwaway sshd on
+127.0.0.1 (tests/sshd.py), the same with ssh connection reuse (ControlMaster), and to a
+local-path tree for comparison. Also times an upload of a file that is already there (rsync's
+quick check skips it; only the check runs). Prints medians of wall time and of the bytes rsync
+reports on the wire (its ``Total bytes sent + received``: the rsync stream inside ssh, without
+ssh's own framing). Run it with
 
     python bench/transfer.py [--runs N] [--size-mb M] [--no-ssh]
 """
 
 import argparse
 import os
+import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -88,7 +90,11 @@ def main():
                     reuse = f"{server.rsync_rsh} -o ControlMaster=auto -o ControlPath={tmp}/ssh-%C -o ControlPersist=60"
                     root = tmp / "reuse-tree"
                     tree = f"{server.user}@{server.host}:{root}"
-                    rows += bench_tree("reuse", tree, root, reuse, package, opts.runs, tmp)
+                    try:
+                        rows += bench_tree("reuse", tree, root, reuse, package, opts.runs, tmp)
+                    finally:  # end the shared connection now rather than ControlPersist seconds later
+                        subprocess.run([*shlex.split(reuse), "-O", "exit", f"{server.user}@{server.host}"],
+                                       stdin=subprocess.DEVNULL, capture_output=True)
             else:
                 print(f"note: no sshd ({reason}); skipping ssh")
     size = rows[0][5]

@@ -99,7 +99,7 @@ class Location:
     host: str | None = None  # "[user@]host" as rsync wants it
     port: int | None = None
 
-    def rsync_path(self, sub: str = "") -> str:
+    def arg(self, sub: str = "") -> str:
         """The rsync argument for ``sub`` (a relative path, '' for the tree) inside the tree."""
         path = self.path.rstrip("/") + "/" + sub if sub else self.path
         return f"{self.host}:{path}" if self.host else path
@@ -212,7 +212,7 @@ class _Failed(Exception):
 
 # rsync's closing boilerplate and ssh chatter; then the lines that only say the connection broke.
 _NOISE = re.compile(r"^rsync error: |^\(see the rsync man ?page|^Warning: Permanently added ")
-_WEAK = re.compile(r"connection unexpectedly closed|write error: Broken pipe")
+_WEAK = re.compile(r"connection unexpectedly closed|Broken pipe")
 
 
 def _summary(stderr: str, rc: int) -> str:
@@ -256,11 +256,13 @@ def _rsync(args: list[str], purpose: str, stats: TransferStats | None, input_tex
     return proc
 
 
-def _common(loc: Location, rsh: str | None, io_timeout: int) -> list[str]:
+def _common(loc: Location, rsh: str | None, io_timeout: int, rsync_path: str | None) -> list[str]:
     args = [f"--timeout={int(io_timeout)}", "--no-human-readable"]
     ssh = loc.rsh(rsh)
     if ssh is not None:
         args += ["--rsh", ssh]
+        if rsync_path:
+            args.append(f"--rsync-path={rsync_path}")
     return args
 
 
@@ -288,7 +290,7 @@ def _with_retries(once: Callable[[int], None], attempts: int, backoff: float, sl
 def upload(files: list[str], tree: str, token: str, rsh: str | None = None, attempts: int = 5,
            backoff: float = 1.0, sleep: Callable[[float], object] = time.sleep, *,
            stats: TransferStats | None = None, io_timeout: int = DEFAULT_IO_TIMEOUT,
-           rsync: str = RSYNC) -> list[dict]:
+           rsync: str = RSYNC, rsync_path: str | None = None) -> list[dict]:
     """Copy ``files`` into ``<tree>/incoming/<token>/``; return their :func:`describe` dicts.
 
     Creates ``incoming/<token>/`` as needed (no ``--mkpath``, no remote shell command: the files
@@ -296,6 +298,11 @@ def upload(files: list[str], tree: str, token: str, rsh: str | None = None, atte
     there with the same size and mtime is not sent again, but is still checked. Raises
     TransferError (one line) for a bad token, name or tree, a file that changes while it is
     uploaded, or a transfer that still fails after ``attempts`` tries.
+
+    Keyword-only: ``stats`` (a TransferStats to fill), ``io_timeout`` (rsync ``--timeout``:
+    seconds without data before an attempt fails), ``rsync`` (the local binary) and
+    ``rsync_path`` (the remote one, e.g. ``/usr/pkg/bin/rsync``, when it is not on the PATH of
+    a non-interactive ssh session).
     """
     loc = parse_tree(tree)
     _check_name(token, "lease token")
@@ -316,8 +323,9 @@ def upload(files: list[str], tree: str, token: str, rsh: str | None = None, atte
         os.makedirs(inner)
         for src, desc, _ in described:
             os.symlink(src, os.path.join(inner, desc["name"]))
-        base = ["--recursive", "--copy-links", "--times", "--omit-dir-times", *_common(loc, rsh, io_timeout)]
-        source, dest = stage + "/", loc.rsync_path() + "/"
+        base = ["--recursive", "--copy-links", "--times", "--omit-dir-times",
+                *_common(loc, rsh, io_timeout, rsync_path)]
+        source, dest = stage + "/", loc.arg() + "/"
         state = {"force": False}
 
         def once(_attempt: int) -> None:
@@ -365,14 +373,21 @@ def upload(files: list[str], tree: str, token: str, rsh: str | None = None, atte
 def download(packages: list[dict], tree: str, dest_dir: str, rsh: str | None = None, attempts: int = 5,
              backoff: float = 1.0, sleep: Callable[[float], object] = time.sleep, *,
              stats: TransferStats | None = None, io_timeout: int = DEFAULT_IO_TIMEOUT,
-             rsync: str = RSYNC) -> list[str]:
-    """Fetch ``<tree>/All/<name>`` for each ``{'name', 'sha256'}`` into ``dest_dir``; return the paths.
+             rsync: str = RSYNC, rsync_path: str | None = None, source: str = "All") -> list[str]:
+    """Fetch ``<tree>/<source>/<name>`` for each ``{'name', 'sha256'}`` into ``dest_dir``; return the paths.
+
+    ``source`` is ``All`` (published) or ``incoming/<token>`` (uploaded, not yet published).
 
     Files already in ``dest_dir`` with the right sha256 are not fetched; a stale copy serves as
     rsync's basis. Every fetched file is checked: one whose sha256 differs is deleted and raises
     TransferError naming the package (not retried: the tree's copy is not the one expected).
     """
     loc = parse_tree(tree)
+    parts = source.split("/")
+    if source != "All" and not (len(parts) == 2 and parts[0] == "incoming"):
+        raise TransferError(f"cannot download from {source!r}: only All or incoming/TOKEN")
+    if len(parts) == 2:
+        _check_name(parts[1], "token")
     wanted: dict[str, str] = {}
     order = []
     for p in packages:
@@ -400,7 +415,8 @@ def download(packages: list[dict], tree: str, dest_dir: str, rsh: str | None = N
     need = [n for n in wanted if not good(n)]
     if need:
         args = ["--copy-links", "--times", "--ignore-times", f"--partial-dir={PARTIAL_DIR}", "--stats",
-                "--files-from=-", *_common(loc, rsh, io_timeout), loc.rsync_path("All") + "/", dest_dir + "/"]
+                "--files-from=-", *_common(loc, rsh, io_timeout, rsync_path),
+                loc.arg(source) + "/", dest_dir + "/"]
 
         def once(_attempt: int) -> None:
             proc = _rsync(args, "download", stats, input_text="".join(n + "\n" for n in need), rsync=rsync)

@@ -52,7 +52,8 @@ class Worker:
     def __init__(self, queue, name: str, command: list[str], host: str | None = None,
                  heartbeat_every: float | None = None, max_wait: float = 60.0, out=print,
                  platform: dict | None = None, pkgsrc_dir: str | None = None, pkgname_command: str | None = None,
-                 packages_dir: str | None = None, rsync_rsh: str | None = None):
+                 packages_dir: str | None = None, rsync_rsh: str | None = None, transfer_attempts: int = 5,
+                 transfer_backoff: float = 1.0):
         self.queue = queue
         self.name = name
         self.command = command
@@ -64,6 +65,8 @@ class Worker:
         self.pkgname_command = pkgname_command or (DEFAULT_PKGNAME_COMMAND if pkgsrc_dir else None)
         self.packages_dir = packages_dir or os.path.join(queue.cache_dir, "packages")
         self.rsync_rsh = rsync_rsh
+        self.transfer = {"attempts": transfer_attempts, "backoff": transfer_backoff}
+        self.packages_url = None
         self.heartbeat_every = heartbeat_every
         self.max_wait = max_wait
         self.out = out
@@ -91,7 +94,9 @@ class Worker:
 
     def _loop(self, max_jobs):
         _, reader = self.queue.fetch()
-        ttl = self.queue.settings(reader)["lease_ttl"]
+        settings = self.queue.settings(reader)
+        ttl = settings["lease_ttl"]
+        self.packages_url = settings.get("packages_url")
         every = self.heartbeat_every or max(ttl / 4, 0.5)
         wait = 0.2
         job = None
@@ -110,6 +115,12 @@ class Worker:
                 self._give_back(job, skew, decline=True)
                 job = None
                 continue
+            missing = self._fetch_dependencies(job)
+            if missing:
+                self._give_back(job, missing)
+                job = None
+                time.sleep(wait * (0.5 + random.random()))
+                continue
             self.out(f"{self.name}: building {job['job']}")
             outcome = self._build(job, every)
             if outcome is None:
@@ -121,8 +132,8 @@ class Worker:
             # Report and claim the next job in one hold of the host's locks: one hand-over
             # between this host's workers per job instead of two.
             with self.queue.batch():
-                self._report(job, *outcome)
-                self.done += 1
+                if self._report(job, *outcome):
+                    self.done += 1
                 if max_jobs is not None and self.done >= max_jobs:
                     return 0
                 job, finished = self._claim_next()
@@ -145,15 +156,54 @@ class Worker:
             self.out(f"{self.name}: {e}; retrying")
             return None, False
 
+    def _fetch_dependencies(self, job) -> str | None:
+        """Download the binary packages of the job's dependencies; a reason to give it back, or None."""
+        if not self.packages_url or not job.get("deps"):
+            return None
+        from . import records
+        from .names import record_path
+        from .transfer import TransferError, download
+
+        _, reader = self.queue.fetch()
+        dest = os.path.join(self.packages_dir, "All")
+        for dep in job["deps"]:
+            data = reader.read(record_path("results", dep))
+            if data is None:
+                continue
+            result = records.load_at("result", data, record_path("results", dep))
+            if not result.get("packages"):
+                continue
+            # Published packages are in All/; until the master publishes them, in the upload area
+            # of the lease that built them. Either way the result's checksums decide.
+            try:
+                download(result["packages"], self.packages_url, dest, rsh=self.rsync_rsh, attempts=1)
+            except TransferError:
+                try:
+                    download(result["packages"], self.packages_url, dest, rsh=self.rsync_rsh,
+                         source=f"incoming/{result['token']}", **self.transfer)
+                except TransferError as e:
+                    return f"cannot fetch the packages of {dep}: {e}"
+        return None
+
+    def _output_dir(self, job):
+        return os.path.join(self.queue.cache_dir, "build", f"{job['job']}-{job['lease'][:8]}")
+
     def _build(self, job, every):
+        import shutil
+
         os.makedirs(self.log_dir, exist_ok=True)
         log_path = os.path.join(self.log_dir, f"{job['job']}-{job['lease'][:8]}.log")
+        output = self._output_dir(job)
+        shutil.rmtree(output, ignore_errors=True)
+        os.makedirs(output)
+        env = job_environment(job)
+        env.update(GITQUEUE_OUTPUT=output, GITQUEUE_PACKAGES=self.packages_dir)
         start = time.monotonic()
         with open(log_path, "wb") as log:
             try:
                 self.child = subprocess.Popen(
                     self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    env=job_environment(job), start_new_session=True,
+                    env=env, start_new_session=True,
                 )
             except OSError as e:
                 log.write(f"gitqueue: cannot run {self.command[0]}: {e}\n".encode())
@@ -186,18 +236,51 @@ class Worker:
             return False
         return True
 
+    def _upload(self, job, status, log_path):
+        """Upload the build's packages (success) and its log; returns (packages, log uploaded?).
+
+        Raises TransferError when the packages could not be uploaded after retries.
+        """
+        if not self.packages_url:
+            return None, False
+        from .transfer import TransferError, upload
+
+        packages = []
+        if status == "success":
+            output = self._output_dir(job)
+            files = sorted(os.path.join(d, f) for d, _, names in os.walk(output) for f in names
+                           if not f.startswith("."))
+            if files:
+                packages = upload(files, self.packages_url, job["lease"], rsh=self.rsync_rsh, **self.transfer)
+        try:
+            upload([log_path], self.packages_url, job["lease"], rsh=self.rsync_rsh, **self.transfer)
+            return packages, True
+        except TransferError as e:
+            self.out(f"{self.name}: the log of {job['job']} was not uploaded: {e}")
+            return packages, False
+
     def _report(self, job, status, duration, log_path):
+        from .transfer import TransferError
+
         log, tail = describe_log(log_path)
+        try:
+            packages, log_sent = self._upload(job, status, log_path)
+        except TransferError as e:
+            # A result never names a file that is not fully uploaded: give the job back.
+            self._give_back(job, f"upload failed: {e}")
+            return False
+        if self.packages_url and not log_sent:
+            log = None
         delay = 1.0
         for attempt in range(8):
             try:
                 report(self.queue, self.name, job["job"], status, job["lease"], duration, log,
-                       tail if status == "failure" else None, platform=self.platform)
+                       tail if status == "failure" else None, packages=packages, platform=self.platform)
                 self.out(f"{self.name}: {job['job']} {status} ({duration:.1f} s)")
-                return
+                return True
             except LeaseLost as e:
                 self.out(f"{self.name}: {e}")
-                return
+                return False
             except RemoteError as e:
                 self.out(f"{self.name}: report of {job['job']} failed ({e}); retrying")
                 time.sleep(delay * (0.5 + random.random()))

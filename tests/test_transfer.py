@@ -2,6 +2,7 @@
 
 import os
 import shlex
+import shutil
 import textwrap
 
 import pytest
@@ -160,7 +161,7 @@ def test_bad_trees_refused(tree):
 
 
 def test_tree_forms():
-    assert parse_tree("u@h:/srv/pk").rsync_path("All") == "u@h:/srv/pk/All"
+    assert parse_tree("u@h:/srv/pk").arg("All") == "u@h:/srv/pk/All"
     loc = parse_tree("ssh://u@h:2222/srv/pk")
     assert (loc.host, loc.port, loc.path) == ("u@h", 2222, "/srv/pk")
     assert loc.rsh("ssh -i k") == "ssh -i k -p 2222" and loc.rsh(None) == "ssh -p 2222"
@@ -240,6 +241,16 @@ def test_unreachable_port_fails_in_one_line(tmp_path, sshd):
                  rsh=sshd.ssh_command, attempts=2, sleep=sleep)
     assert "\n" not in str(e.value) and "Connection refused" in str(e.value), str(e.value)
     assert len(sleep.calls) == 1
+
+
+@pytest.mark.ssh
+def test_remote_rsync_path(tmp_path, sshd):
+    tree = sshd.url(tmp_path / "tree")
+    files = packages(tmp_path, sizes=(1000,))
+    with pytest.raises(TransferError) as e:
+        upload(files, tree, "tok", rsh=sshd.ssh_command, attempts=1, rsync_path="/nonexistent/rsync")
+    assert "\n" not in str(e.value) and "/nonexistent/rsync" in str(e.value), str(e.value)
+    assert upload(files, tree, "tok", rsh=sshd.ssh_command, rsync_path=shutil.which("rsync")) == [describe(files[0])]
 
 
 @pytest.mark.ssh

@@ -257,7 +257,8 @@ def work_cmd(queue_url, worker, once, max_jobs, heartbeat_every, max_wait, comma
         w = Worker(queue, ctx.worker(), list(command), host=ctx.host, heartbeat_every=heartbeat_every,
                    max_wait=max_wait, out=lambda line: click.echo(line, err=True), platform=ctx.platform(),
                    pkgsrc_dir=cfg.get("pkgsrc_dir"), pkgname_command=cfg.get("pkgname_command"),
-                   packages_dir=cfg.get("packages_dir"), rsync_rsh=cfg.get("rsync_rsh") or ctx.ssh_command)
+                   packages_dir=cfg.get("packages_dir"), rsync_rsh=cfg.get("rsync_rsh") or ctx.ssh_command,
+                   transfer_attempts=cfg.get("transfer_attempts", 5), transfer_backoff=cfg.get("transfer_backoff", 1.0))
         code = w.run(max_jobs=1 if once else max_jobs)
     sys.exit(code)
 
@@ -275,3 +276,35 @@ def demo_cmd(directory, workers, speed):
     from ..demo import run_demo
 
     sys.exit(run_demo(directory, workers, speed, out=click.echo))
+
+
+@cli.command("publish")
+@queue_option
+@click.option("--tree", type=click.Path(file_okay=False), help="The package tree (default: the queue's packages_url).")
+@json_option
+def publish_cmd(queue_url, tree, as_json):
+    """Move verified uploads into All/ and write pkg_summary.gz and SHA512 (on the master, cron).
+
+    Exit 1 when an upload does not match its result or would overwrite another package.
+
+    \b
+    Example: */10 * * * * gitqueue publish --queue /srv/queues/q.git --tree /srv/packages/m68k
+    """
+    from ..errors import GitqueueError
+    from ..publish import publish, results_of
+    from ..transfer import parse_tree
+
+    with context(queue_url).open() as queue:
+        if tree is None:
+            _, reader = queue.fetch()
+            tree = queue.settings(reader).get("packages_url")
+            if not tree or parse_tree(tree).host:
+                raise GitqueueError("give --tree: the queue's packages_url is not a directory on this machine")
+        out = publish(tree, results_of(queue))
+    emit(out, as_json, lambda: "\n".join(
+        [f"published {len(out['published'])}, already {out['already']}, missing {len(out['missing'])}, "
+         f"restricted {len(out['restricted'])}"] + [f"  published {n}" for n in out["published"]]))
+    bad = out["mismatch"] + out["conflict"]
+    if bad:
+        raise GitqueueError(f"{len(bad)} upload(s) refused: {', '.join(bad[:5])}"
+                            + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""))

@@ -17,7 +17,10 @@ CONFIG_KEYS = ("queue", "worker", "cache_dir", "ssh_command", "branch", "host",
                "arch", "os_release", "pkgsrc_branch", "pkgsrc_revision",
                # building pkgsrc: the tree, the command that names a directory's PKGNAME, where
                # binary packages of dependencies go, and rsync's ssh for the package tree
-               "pkgsrc_dir", "pkgname_command", "packages_dir", "rsync_rsh")
+               "pkgsrc_dir", "pkgname_command", "packages_dir", "rsync_rsh",
+               # how hard to retry rsync transfers before giving a job back
+               "transfer_attempts", "transfer_backoff")
+NUMERIC_KEYS = {"transfer_attempts": int, "transfer_backoff": (int, float)}
 
 
 def _config_path() -> str:
@@ -40,7 +43,11 @@ def _load_config() -> dict:
     if unknown:
         raise click.ClickException(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}")
     for key, value in data.items():
-        if not isinstance(value, str):
+        kind = NUMERIC_KEYS.get(key)
+        if kind is not None:
+            if isinstance(value, bool) or not isinstance(value, kind) or value < (1 if kind is int else 0):
+                raise click.ClickException(f"{path}: {key} must be a positive number")
+        elif not isinstance(value, str):
             raise click.ClickException(f"{path}: {key} must be a string")
     queue = data.get("queue")
     if queue and "://" not in queue and not os.path.isabs(queue) and ":" not in queue.split("/")[0]:

@@ -1,0 +1,121 @@
+"""Packages in, packages out: dependency download, build, upload, report, publish, pkg_summary.
+
+Real rsync over a real sshd on 127.0.0.1; the "packages" are tarballs made by a stand-in for
+`bmake package`.
+"""
+
+import gzip
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from gitqueue import records
+from gitqueue.admin import import_jobs, init_queue
+from gitqueue.names import record_path
+from gitqueue.queue import Queue
+
+from helpers import git_log, job
+
+STAND_IN = textwrap.dedent("""\
+    #!/bin/sh
+    # bmake package, as far as gitqueue can tell: needs its dependencies' packages, makes one.
+    set -e
+    for dep in $GITQUEUE_DEPS; do
+        test -f "$GITQUEUE_PACKAGES/All/$dep.tgz" || { echo "missing $dep.tgz"; exit 1; }
+    done
+    work=$(mktemp -d)
+    cd "$work"
+    { echo "@name $GITQUEUE_JOB"; for dep in $GITQUEUE_DEPS; do echo "@pkgdep $dep"; done; } > +CONTENTS
+    echo "stand-in for $GITQUEUE_PKGPATH" > +COMMENT
+    printf 'A package built by a test.\\nSecond line.\\n' > +DESC
+    printf 'MACHINE_ARCH=m68k\\nOPSYS=NetBSD\\nOS_VERSION=10.1\\nPKGPATH=%s\\n' "$GITQUEUE_PKGPATH" > +BUILD_INFO
+    head -c 100000 /dev/urandom > payload
+    mkdir -p "$GITQUEUE_OUTPUT/All"
+    tar -czf "$GITQUEUE_OUTPUT/All/$GITQUEUE_JOB.tgz" +CONTENTS +COMMENT +DESC +BUILD_INFO payload
+    echo "=> Creating binary package $GITQUEUE_JOB.tgz"
+    """)
+
+
+def run_work(url, name, env, tmp_path):
+    build = tmp_path / "stand-in-package"
+    build.write_text(STAND_IN)
+    build.chmod(0o755)
+    return subprocess.run([sys.executable, "-m", "gitqueue", "work", "--queue", url, "--worker", name,
+                           "--max-wait", "0.2", "--", str(build)], env=env, capture_output=True, text=True,
+                          timeout=180)
+
+
+@pytest.mark.ssh
+def test_packages_travel_over_ssh_and_get_published(tmp_path, sshd):
+    tree = tmp_path / "packages"
+    tree.mkdir()
+    url = str(tmp_path / "q.git")
+    with Queue(url, str(tmp_path / "cache-admin")) as q:
+        init_queue(q, "pkgs", packages_url=f"ssh://{sshd.user}@{sshd.host}:{sshd.port}{tree}")
+        import_jobs(q, [job("base-1.0", pkgpath="devel/base"), job("app-2.0", ["base-1.0"], pkgpath="misc/app"),
+                        job("secret-1", pkgpath="misc/secret", restricted="license")], "g.jsonl")
+    config = tmp_path / "worker.toml"
+    config.write_text(f'rsync_rsh = "{sshd.ssh_command}"\n')
+    env = {**os.environ, "GITQUEUE_CACHE": str(tmp_path / "cache-w"), "GITQUEUE_CONFIG": str(config)}
+    proc = run_work(url, "w1", env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "queue finished (3 jobs built here" in proc.stderr
+    # Each result names exactly what was uploaded to incoming/TOKEN/.
+    with Queue(url, str(tmp_path / "cache-check")) as q:
+        _, reader = q.fetch()
+        for name in ("base-1.0", "app-2.0"):
+            rec = records.load_at("result", reader.read(record_path("results", name)), record_path("results", name))
+            [pkg] = rec["packages"]
+            uploaded = tree / "incoming" / rec["token"] / pkg["name"]
+            assert pkg["name"] == f"{name}.tgz"
+            assert hashlib.sha256(uploaded.read_bytes()).hexdigest() == pkg["sha256"]
+            assert (tree / "incoming" / rec["token"] / rec["log"]["name"]).exists()
+    # The master publishes; the restricted package stays out.
+    admin = {**os.environ, "GITQUEUE_CACHE": str(tmp_path / "cache-master")}
+    pub = subprocess.run([sys.executable, "-m", "gitqueue", "publish", "--queue", url, "--tree", str(tree)],
+                         env=admin, capture_output=True, text=True, timeout=60)
+    assert pub.returncode == 0, pub.stderr
+    assert pub.stdout.splitlines()[0] == "published 2, already 0, missing 0, restricted 1"
+    assert sorted(os.listdir(tree / "All")) == ["SHA512", "app-2.0.tgz", "base-1.0.tgz", "pkg_summary.gz"]
+    summary = gzip.decompress((tree / "All" / "pkg_summary.gz").read_bytes()).decode()
+    entries = [e for e in summary.split("\n\n") if e.strip()]
+    assert [next(line for line in e.splitlines() if line.startswith("PKGNAME=")) for e in entries] == \
+        ["PKGNAME=app-2.0", "PKGNAME=base-1.0"]
+    assert "DEPENDS=base-1.0" in entries[0] and "COMMENT=stand-in for misc/app" in entries[0]
+    check = subprocess.run(["sha512sum", "-c", "All/SHA512"], cwd=tree, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    again = subprocess.run([sys.executable, "-m", "gitqueue", "publish", "--queue", url, "--tree", str(tree)],
+                           env=admin, capture_output=True, text=True, timeout=60)
+    assert again.stdout.splitlines()[0] == "published 0, already 2, missing 0, restricted 1"
+    assert "report app-2.0 (misc/app): success by w1" in git_log(url)
+
+
+def test_a_failed_upload_gives_the_job_back(tmp_path):
+    url = str(tmp_path / "q.git")
+    with Queue(url, str(tmp_path / "cache-admin")) as q:
+        # A package tree on a host that does not answer.
+        init_queue(q, "pkgs", packages_url="ssh://nobody@127.0.0.1:1/srv/packages")
+        import_jobs(q, [job("base-1.0", pkgpath="devel/base")], "g.jsonl")
+    config = tmp_path / "worker.toml"
+    config.write_text('rsync_rsh = "ssh -o BatchMode=yes -o ConnectTimeout=2"\ntransfer_attempts = 2\n'
+                      'transfer_backoff = 0.1\n')
+    env = {**os.environ, "GITQUEUE_CACHE": str(tmp_path / "cache-w"), "GITQUEUE_CONFIG": str(config)}
+    build = tmp_path / "stand-in-package"
+    build.write_text(STAND_IN)
+    build.chmod(0o755)
+    proc = subprocess.Popen([sys.executable, "-m", "gitqueue", "work", "--queue", url, "--worker", "w1",
+                             "--max-wait", "0.2", "--", str(build)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    import time
+    deadline = time.monotonic() + 120
+    while "release base-1.0" not in git_log(url) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    proc.terminate()
+    proc.communicate(timeout=60)
+    log = git_log(url)
+    assert "release base-1.0 (devel/base) by w1: upload failed: upload to" in log
+    assert "report base-1.0" not in log
