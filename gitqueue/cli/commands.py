@@ -4,7 +4,7 @@ import sys
 
 import click
 
-from .main import cli, context, emit, json_option, queue_option, worker_option
+from .main import _ssh_command, cli, context, emit, json_option, queue_option, worker_option
 
 
 @cli.command("init")
@@ -257,7 +257,8 @@ def work_cmd(queue_url, worker, once, max_jobs, heartbeat_every, max_wait, comma
         w = Worker(queue, ctx.worker(), list(command), host=ctx.host, heartbeat_every=heartbeat_every,
                    max_wait=max_wait, out=lambda line: click.echo(line, err=True), platform=ctx.platform(),
                    pkgsrc_dir=cfg.get("pkgsrc_dir"), pkgname_command=cfg.get("pkgname_command"),
-                   packages_dir=cfg.get("packages_dir"), rsync_rsh=cfg.get("rsync_rsh") or ctx.ssh_command,
+                   packages_dir=cfg.get("packages_dir"),
+                   rsync_rsh=_ssh_command(cfg.get("rsync_rsh") or ctx.ssh_command, ctx.cache_dir),
                    transfer_attempts=cfg.get("transfer_attempts", 5), transfer_backoff=cfg.get("transfer_backoff", 1.0))
         code = w.run(max_jobs=1 if once else max_jobs)
     sys.exit(code)
