@@ -51,21 +51,29 @@ def estimate(job: dict, history: dict | None = None) -> tuple[float, str]:
     return DEFAULT_SECONDS, "default"
 
 
-def topological(jobs: list[dict]) -> list[str]:
-    """Names in an order where every job comes after its dependencies."""
-    indegree = {job["name"]: 0 for job in jobs}
-    children: dict[str, list[str]] = {name: [] for name in indegree}
+def dependents_of(jobs: list[dict]) -> dict[str, list[str]]:
+    """For each job, the jobs that depend on it directly (unknown names are ignored)."""
+    dependents: dict[str, list[str]] = {job["name"]: [] for job in jobs}
     for job in jobs:
         for dep in job["deps"]:
-            if dep in indegree:
-                indegree[job["name"]] += 1
-                children[dep].append(job["name"])
+            if dep in dependents:
+                dependents[dep].append(job["name"])
+    return dependents
+
+
+def topological(jobs: list[dict], dependents: dict[str, list[str]] | None = None) -> list[str]:
+    """Names in an order where every job comes after its dependencies."""
+    dependents = dependents if dependents is not None else dependents_of(jobs)
+    indegree = dict.fromkeys(dependents, 0)
+    for children in dependents.values():
+        for child in children:
+            indegree[child] += 1
     stack = [name for name, d in indegree.items() if d == 0]
     out = []
     while stack:
         name = stack.pop()
         out.append(name)
-        for child in children[name]:
+        for child in dependents[name]:
             indegree[child] -= 1
             if indegree[child] == 0:
                 stack.append(child)
@@ -74,13 +82,9 @@ def topological(jobs: list[dict]) -> list[str]:
 
 def critical_paths(jobs: list[dict], est: dict[str, float]) -> dict[str, float]:
     """For each job, the longest chain of estimated time from it to the end of the build."""
-    dependents: dict[str, list[str]] = {job["name"]: [] for job in jobs}
-    for job in jobs:
-        for dep in job["deps"]:
-            if dep in dependents:
-                dependents[dep].append(job["name"])
+    dependents = dependents_of(jobs)
     level: dict[str, float] = {}
-    for name in reversed(topological(jobs)):
+    for name in reversed(topological(jobs, dependents)):
         level[name] = est[name] + max((level[d] for d in dependents[name]), default=0.0)
     return level
 
@@ -88,14 +92,10 @@ def critical_paths(jobs: list[dict], est: dict[str, float]) -> dict[str, float]:
 def dependents_counts(jobs: list[dict]) -> dict[str, int]:
     """Number of jobs that depend on each job, directly or not (pbulk's ordering)."""
     order = {job["name"]: i for i, job in enumerate(jobs)}
-    dependents: dict[str, list[str]] = {job["name"]: [] for job in jobs}
-    for job in jobs:
-        for dep in job["deps"]:
-            if dep in dependents:
-                dependents[dep].append(job["name"])
+    dependents = dependents_of(jobs)
     closure: dict[str, int] = {}
     # Bit sets as Python ints: one OR per edge, in reverse topological order.
-    for name in reversed(topological(jobs)):
+    for name in reversed(topological(jobs, dependents)):
         bits = 0
         for d in dependents[name]:
             bits |= closure[d] | (1 << order[d])

@@ -52,12 +52,8 @@ def simulate(jobs: list[dict], workers: int, policy: str, slowness=(1.0,), estim
     else:
         rank = scheduler.priorities(jobs, seen)
 
-    dependents = {j["name"]: [] for j in jobs}
-    pending = {}
-    for j in jobs:
-        pending[j["name"]] = len(j["deps"])
-        for d in j["deps"]:
-            dependents[d].append(j["name"])
+    dependents = scheduler.dependents_of(jobs)
+    pending = {j["name"]: len(j["deps"]) for j in jobs}
     ready = []  # heap of (-rank, seq, name); fifo ranks by the moment a job became ready
     seq = 0
 

@@ -95,10 +95,14 @@ def priority_list(queue_url, as_json):
     """
     from ..lists import read_priority
 
+    packages = _read_list(queue_url, read_priority)
+    emit(packages, as_json, lambda: "\n".join(packages) or "the priority list is empty")
+
+
+def _read_list(queue_url, read):
     with context(queue_url).open() as queue:
         _, reader = queue.fetch()
-        packages = read_priority(reader)
-    emit(packages, as_json, lambda: "\n".join(packages) or "the priority list is empty")
+        return read(reader)
 
 
 def _priority(queue_url, as_json, add=(), remove=()):
@@ -182,9 +186,7 @@ def noway_list(queue_url, as_json):
     """
     from ..lists import read_noway
 
-    with context(queue_url).open() as queue:
-        _, reader = queue.fetch()
-        entries = read_noway(reader)
+    entries = _read_list(queue_url, read_noway)
     emit(entries, as_json, lambda: _noway_text(entries))
 
 
