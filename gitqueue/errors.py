@@ -38,9 +38,13 @@ class PushRejected(RemoteError):
 
 
 class NothingReady(GitqueueError):
-    """No job is ready now; retry later."""
+    """No job is ready now; retry later (after `retry_after` seconds, when known)."""
 
     exit_code = EXIT_NOTHING_READY
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class QueueFinished(GitqueueError):

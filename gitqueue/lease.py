@@ -72,7 +72,7 @@ def claim(queue, worker: str, host: str | None = None, platform: dict | None = N
         factor = speeds.factor(worker)
         busy = index.busy(speeds, now, exclude=worker)
         candidates = index.ready(worker, scheduler.candidates_needed(factor, busy))
-        accepted = scheduler.choose(candidates, factor, busy, now)
+        accepted = scheduler.choose(candidates, factor, busy, now, speeds.measured(worker))
         for cand in accepted:
             name = cand.name
             job = _read(reader, "jobs", name)
@@ -98,7 +98,8 @@ def claim(queue, worker: str, host: str | None = None, platform: dict | None = N
             return Change({record_path("leases", name): records.dumps("lease", lease), hb_path: hb}, message)
         if candidates and not accepted:
             raise NothingReady(f"nothing for {worker} now: faster workers will finish the "
-                               f"{len(candidates)} ready jobs sooner")
+                               f"{len(candidates)} ready jobs sooner",
+                               retry_after=scheduler.next_chance(factor, busy, now))
         counts = index.counts()
         if counts["ready"] or counts["leased"] or counts["waiting"]:
             declined = f", {counts['ready']} ready but declined by {worker}" if counts["ready"] else ""

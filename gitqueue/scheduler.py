@@ -17,7 +17,9 @@ The rule a worker follows when it asks for work (`choose`):
    time plus the job's estimate times its factor - than this worker would if it started now.
    The passed-over job is queued behind that faster worker's current one, so a fast worker can
    stand for several passed jobs. The first job not passed over is taken. If every candidate is
-   passed over, the worker waits (`claim` exits 3) and asks again later.
+   passed over, the worker waits (`claim` exits 3) and asks again when the first faster worker
+   should be free - unless it has never been measured: then it takes the least critical of the
+   candidates, so that it gets measured at little risk instead of waiting for ever.
 
 So a slow machine takes work that the fast ones could not finish sooner, and the longest chain
 is not given to a 68030 while a RISC-V board is about to free up.
@@ -137,6 +139,10 @@ class Speeds:
         n, total = self.sums.get(worker, (0, 0.0))
         self.sums[worker] = (n + 1, total + math.log(duration / estimate))
 
+    def measured(self, worker: str) -> bool:
+        """Whether `worker` has reported a measured result yet."""
+        return self.sums.get(worker, (0, 0.0))[0] > 0
+
     def factor(self, worker: str) -> float:
         """Measured duration / estimate for `worker` (UNKNOWN_FACTOR before its first result)."""
         n, total = self.sums.get(worker, (0, 0.0))
@@ -168,11 +174,13 @@ def candidates_needed(factor: float, busy: list[Busy], base: int = 8) -> int:
     return base + FASTER_LOOKAHEAD * sum(1 for b in busy if b.factor < factor * (1 - SPEED_MARGIN))
 
 
-def choose(candidates: list[Candidate], factor: float, busy: list[Busy], now: float) -> list[Candidate]:
+def choose(candidates: list[Candidate], factor: float, busy: list[Busy], now: float,
+           measured: bool = True) -> list[Candidate]:
     """Jobs this worker should try, best first (see the module docstring for the rule).
 
-    `candidates` are ranked by priority, best first; `factor` is this worker's speed factor.
-    An empty list means: wait, faster workers will do these sooner.
+    `candidates` are ranked by priority, best first; `factor` is this worker's speed factor;
+    `measured` says whether it comes from the worker's own results. An empty list means: wait,
+    faster workers will do these sooner.
     """
     faster = [[max(b.free_at, now), b.factor] for b in busy if b.factor < factor * (1 - SPEED_MARGIN)]
     accepted = []
@@ -187,4 +195,15 @@ def choose(candidates: list[Candidate], factor: float, busy: list[Busy], now: fl
             best[0] = best_t  # that worker would do this one next; later ones queue behind it
             continue
         accepted.append(c)
+    if not accepted and not measured and candidates:
+        # A worker never measured would wait for ever behind measured ones: let it take the
+        # least critical candidate, so it gets measured at little risk.
+        return [candidates[-1]]
     return accepted
+
+
+def next_chance(factor: float, busy: list[Busy], now: float) -> float:
+    """Seconds until the first faster busy worker should be free: when a worker that passed
+    over every candidate should ask again (at least 0.1 s)."""
+    times = [b.free_at - now for b in busy if b.factor < factor * (1 - SPEED_MARGIN)]
+    return max(0.1, min(times, default=0.1))

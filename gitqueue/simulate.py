@@ -94,7 +94,7 @@ def simulate(jobs: list[dict], workers: int, policy: str, slowness=(1.0,), estim
             k = scheduler.candidates_needed(factor, busy)
             top = heapq.nsmallest(k, ready)
             cands = [scheduler.Candidate(n, seen[n], -negr) for negr, _, n in top]
-            chosen = scheduler.choose(cands, factor, busy, now)
+            chosen = scheduler.choose(cands, factor, busy, now, speeds.measured(names[w]))
             if not chosen:
                 continue
             name = chosen[0].name

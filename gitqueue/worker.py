@@ -67,6 +67,7 @@ class Worker:
         self.rsync_rsh = rsync_rsh
         self.transfer = {"attempts": transfer_attempts, "backoff": transfer_backoff}
         self.packages_url = None
+        self.retry_after = None
         self.heartbeat_every = heartbeat_every
         self.max_wait = max_wait
         self.out = out
@@ -106,6 +107,10 @@ class Worker:
                 if finished:
                     return 0
                 if job is None:
+                    if self.retry_after is not None:
+                        # Left to a faster worker: ask again when it should be free.
+                        time.sleep(min(self.retry_after, self.max_wait) * (0.75 + random.random() / 2))
+                        continue
                     time.sleep(wait * (0.5 + random.random()))
                     wait = min(wait * 2, self.max_wait)
                     continue
@@ -143,9 +148,11 @@ class Worker:
 
     def _claim_next(self):
         """(job or None, finished?): None when nothing is ready or the remote failed."""
+        self.retry_after = None
         try:
             return claim(self.queue, self.name, self.host, self.platform), False
-        except NothingReady:
+        except NothingReady as e:
+            self.retry_after = e.retry_after
             return None, False
         except QueueFinished:
             st = self.queue.stats
