@@ -135,3 +135,17 @@ def test_claim_leaves_long_jobs_to_a_faster_worker_about_to_free_up(tmp_path):
         assert lease.claim(slow, "slow")["job"] == "small-1"
         s = status(slow)
     assert s["eta_seconds"] > 0
+
+
+def test_a_worker_never_measured_is_not_starved_by_a_fast_one(tmp_path):
+    # The demo's case: builds far shorter than the default estimate make the first worker to
+    # report look 100x fast; a new worker must still get work (and so get measured).
+    url = make_queue(tmp_path, [job(f"p{i}-1") for i in range(30)])
+    with open_queue(url, tmp_path, host="a") as a, open_queue(url, tmp_path, host="b") as b:
+        first = lease.claim(a, "fast")["job"]
+        lease.report(a, "fast", first, "success", duration=0.5)
+        lease.claim(a, "fast")
+        got = lease.claim(b, "new")
+        ranked = b.index.ready("new", 100)
+        # It takes one of the less critical candidates, not nothing.
+        assert got["job"] not in {c.name for c in ranked}
