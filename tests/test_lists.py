@@ -145,7 +145,6 @@ def test_a_worker_never_measured_is_not_starved_by_a_fast_one(tmp_path):
         first = lease.claim(a, "fast")["job"]
         lease.report(a, "fast", first, "success", duration=0.5)
         lease.claim(a, "fast")
+        # Without the rule this raised NothingReady ("faster workers will finish ... sooner").
         got = lease.claim(b, "new")
-        ranked = b.index.ready("new", 100)
-        # It takes one of the less critical candidates, not nothing.
-        assert got["job"] not in {c.name for c in ranked}
+        assert got["job"].startswith("p") and got["job"] != first
