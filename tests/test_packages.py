@@ -119,3 +119,32 @@ def test_a_failed_upload_gives_the_job_back(tmp_path):
     log = git_log(url)
     assert "release base-1.0 (devel/base) by w1: upload failed: upload to" in log
     assert "report base-1.0" not in log
+
+
+def test_report_uploads_packages_given_on_the_command_line(tmp_path):
+    tree = tmp_path / "packages"
+    url = str(tmp_path / "q.git")
+    with Queue(url, str(tmp_path / "cache-admin")) as q:
+        init_queue(q, "pkgs", packages_url=str(tree))
+        import_jobs(q, [job("gmake-4.4.1", pkgpath="devel/gmake")], "g.jsonl")
+    env = {**os.environ, "GITQUEUE_CACHE": str(tmp_path / "cache-w")}
+    gq = [sys.executable, "-m", "gitqueue"]
+    claim = subprocess.run(gq + ["claim", "--queue", url, "--worker", "w1"], env=env, capture_output=True, text=True)
+    assert claim.returncode == 0, claim.stderr
+    token = claim.stdout.split("\t")[2].strip()
+    package = tmp_path / "gmake-4.4.1.tgz"
+    package.write_bytes(os.urandom(5000))
+    log = tmp_path / "build.log"
+    log.write_text("=> Creating binary package\n")
+    rep = subprocess.run(gq + ["report", "gmake-4.4.1", "--queue", url, "--worker", "w1", "--status", "success",
+                               "--log", str(log), "--package", str(package), "--json"],
+                         env=env, capture_output=True, text=True)
+    assert rep.returncode == 0, rep.stderr
+    import json
+    result = json.loads(rep.stdout)
+    assert result["packages"] == [{"name": "gmake-4.4.1.tgz", "size": 5000,
+                                   "sha256": hashlib.sha256(package.read_bytes()).hexdigest()}]
+    assert (tree / "incoming" / token / "gmake-4.4.1.tgz").read_bytes() == package.read_bytes()
+    assert (tree / "incoming" / token / "build.log").exists()
+    pub = subprocess.run(gq + ["publish", "--queue", url], env=env, capture_output=True, text=True)
+    assert pub.returncode == 0 and pub.stdout.startswith("published 1,"), pub.stderr

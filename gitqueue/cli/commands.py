@@ -125,26 +125,44 @@ def heartbeat_cmd(queue_url, worker, as_json):
 @click.option("--status", type=click.Choice(["success", "failure"]), required=True)
 @click.option("--log", "log_file", type=click.Path(exists=True, dir_okay=False), help="Build log to record.")
 @click.option("--duration", type=float, help="Build time in seconds.")
+@click.option("--package", "package_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="A built package to upload to the queue's package tree first (repeatable).")
 @click.option("--lease", "token", help="Lease token printed by claim (default: the one this host holds).")
 @queue_option
 @worker_option
 @json_option
-def report_cmd(job, status, log_file, duration, token, queue_url, worker, as_json):
+def report_cmd(job, status, log_file, duration, package_files, token, queue_url, worker, as_json):
     """Record the result of JOB and end its lease.
 
-    Exit 5 if the job is not (or no longer) held by this worker; nothing is recorded then.
+    With --package (and --log), the files are uploaded to incoming/LEASE/ of the queue's
+    package tree and checked before the result names them. Exit 5 if the job is not (or no
+    longer) held by this worker; nothing is recorded then.
 
     \b
-    Example: gitqueue report gmake-4.4.1 --status success --log build.log --duration 312
+    Example: gitqueue report gmake-4.4.1 --status success --log build.log --package gmake-4.4.1.tgz
     """
+    from ..errors import GitqueueError
     from ..lease import report
     from ..worker import describe_log
 
     ctx = context(queue_url, worker)
     log, tail = describe_log(log_file) if log_file else (None, None)
     with ctx.open() as queue:
+        packages = None
+        if package_files:
+            from ..transfer import upload
+
+            _, reader = queue.fetch()
+            tree = queue.settings(reader).get("packages_url")
+            token = token or queue.index.my_claims(ctx.worker()).get(job)
+            if not tree or not token:
+                raise GitqueueError("--package needs the queue's packages_url and this lease's token (--lease)")
+            rsh = _ssh_command(ctx.config.get("rsync_rsh") or ctx.ssh_command, ctx.cache_dir)
+            packages = upload(list(package_files), tree, token, rsh=rsh)
+            if log_file:
+                upload([log_file], tree, token, rsh=rsh)
         result = report(queue, ctx.worker(), job, status, token, duration, log,
-                        tail if status == "failure" else None)
+                        tail if status == "failure" else None, packages=packages, platform=ctx.platform())
     emit(result, as_json, f"{job}: {status}{' (late)' if result.get('late') else ''}")
 
 
