@@ -181,7 +181,9 @@ class Index:
         speeds = Speeds({result["worker"]: row} if row else {})
         factor = speeds.factor(result["worker"]) if row else 1.0
         speeds.observe(result["worker"], duration, est)
-        self.db.execute("INSERT OR REPLACE INTO speeds VALUES(?, ?, ?)", (result["worker"], *speeds.sums[result["worker"]]))
+        if result["worker"] in speeds.sums:
+            self.db.execute("INSERT OR REPLACE INTO speeds VALUES(?, ?, ?)",
+                            (result["worker"], *speeds.sums[result["worker"]]))
         if pkgpath:
             # Other MULTI_VERSION variants of this package build in about the same time.
             self.db.execute(
