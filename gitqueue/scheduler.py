@@ -13,7 +13,7 @@ The rule a worker follows when it asks for work (`choose`):
    that has not reported yet counts as 3.0: unknown machines do not get the critical jobs while
    measured ones could finish them sooner.
 3. Walking the ranked jobs (the best 8, plus 2 for each faster worker), a worker passes over a
-   job when a worker at least twice as fast, busy now, would finish it earlier - its expected free
+   job when a worker at least 10% faster, busy now, would finish it earlier - its expected free
    time plus the job's estimate times its factor - than this worker would if it started now.
    The passed-over job is queued behind that faster worker's current one, so a fast worker can
    stand for several passed jobs. The first job not passed over is taken. If every candidate is
@@ -29,7 +29,7 @@ import math
 
 DEFAULT_SECONDS = 60.0  # a build we know nothing about (real pkgsrc median: 34 s; mean higher)
 PRIORITY_BOOST = 1e12  # above any critical path: priority-list jobs come first
-SPEED_MARGIN = 0.5  # "faster" means at least twice as fast: learned factors are noisy
+SPEED_MARGIN = 0.10  # "faster" means at least 10% faster
 MIN_MEASURED = 1.0  # seconds
 FASTER_LOOKAHEAD = 2
 SPEED_PRIOR = 0.5  # pseudo-observations of factor 1.0 mixed into a worker's own results
