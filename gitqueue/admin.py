@@ -15,7 +15,7 @@ ADMIN = "gitqueue-admin <admin@gitqueue>"
 def init_queue(queue, name: str, arch: str = "", os_release: str = "", pkgsrc_branch: str = "",
                lease_ttl: int = 3600, packages_url: str = "", pkgsrc_revision: str = "") -> dict:
     """Create the queue (and, for a local path, the bare repository); return its settings."""
-    from .lease import utc
+    from .records import utc
 
     if lease_ttl < 1:
         raise GitqueueError(f"--lease-ttl must be at least 1 second, not {lease_ttl}")

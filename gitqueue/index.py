@@ -51,15 +51,6 @@ _REBUILD_PATHS = ("queue.toml", "priority.toml", "noway.toml")
 _WEAK_SOURCES = ("default", "weight")
 
 
-def _epoch(stamp):
-    from datetime import datetime, timezone
-
-    try:
-        return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
-    except (TypeError, ValueError):
-        return None
-
-
 class Index:
     """Derived state of one queue, kept in SQLite in the worker's cache directory."""
 
@@ -150,7 +141,7 @@ class Index:
             else:
                 self.db.execute(
                     "UPDATE jobs SET leased_by=?, lease_token=?, lease_at=? WHERE id=?",
-                    (record["worker"], record["token"], _epoch(record.get("claimed_at")), job_id),
+                    (record["worker"], record["token"], records.epoch(record.get("claimed_at")), job_id),
                 )
         elif kind == "results":
             if old_sha is not None or record is None:
@@ -256,7 +247,7 @@ class Index:
                 rows.append((
                     jid, name, job["version"], job.get("pkgpath"), skip, kind, est[name], estimates[name][1],
                     priority[name], pending, results[name]["status"] if name in results else None,
-                    lease.get("worker"), lease.get("token"), _epoch(lease.get("claimed_at")),
+                    lease.get("worker"), lease.get("token"), records.epoch(lease.get("claimed_at")),
                 ))
             db.executemany("INSERT INTO jobs VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
             db.executemany("INSERT INTO deps VALUES(?,?)", dep_rows)
@@ -306,13 +297,6 @@ class Index:
             start = min(lease_at, now) if lease_at is not None else now
             out.append(Busy(worker, factor, start + est * factor))
         return out
-
-    def job(self, name: str):
-        """(name, version, pkgpath, result, leased_by, lease_token) of a job, or None."""
-        return self.db.execute(
-            "SELECT name, version, pkgpath, result, leased_by, lease_token FROM jobs WHERE name=?",
-            (name,),
-        ).fetchone()
 
     def counts(self) -> dict[str, int]:
         """Number of jobs in each state."""

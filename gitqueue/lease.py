@@ -8,17 +8,13 @@ import json
 import math
 import os
 import time
-from datetime import datetime, timezone
 
 from . import records
+from .records import utc
 from .errors import GitqueueError, LeaseLost, NothingReady, QueueFinished, UnknownJob
 from .names import check_job_name, check_worker_name, heartbeat_path, record_path
 from .queue import Change, trailers
 
-
-
-def utc(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def identity(worker: str) -> str:

@@ -88,6 +88,26 @@ def loads(kind: str, data: bytes, where: str) -> dict:
     return validate(kind, record, where)
 
 
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def utc(t: float) -> str:
+    """A record time (ISO 8601, UTC, seconds) for the epoch time `t`."""
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(t, timezone.utc).strftime(TIME_FORMAT)
+
+
+def epoch(stamp) -> float | None:
+    """The epoch time of a record time, or None when it is missing or malformed."""
+    from datetime import datetime, timezone
+
+    try:
+        return datetime.strptime(stamp, TIME_FORMAT).replace(tzinfo=timezone.utc).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
 _IDENTITY = {"job": "name", "lease": "job", "result": "job", "decline": "job", "heartbeat": "worker"}
 
 

@@ -1,20 +1,8 @@
 """Summaries of a queue as plain data; the CLI renders them."""
 
-from datetime import datetime, timezone
-
 from . import records
 
 FINAL = ("success", "failed", "indirect-failed", "prefailed", "indirect-prefailed", "skipped", "indirect-skipped")
-
-
-def _age(stamp: str | None, now: float) -> int | None:
-    if not stamp:
-        return None
-    try:
-        t = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
-    except ValueError:
-        return None
-    return int(now - t)
 
 
 def status(queue) -> dict:
@@ -32,6 +20,7 @@ def status(queue) -> dict:
     store = queue.remote.object_store
     for path, sha in reader.walk_files("leases"):
         lease = records.load_at("lease", store[sha].as_raw_string(), path)
+        claimed = records.epoch(lease.get("claimed_at"))
         leases.append(
             {
                 "job": lease["job"],
@@ -39,7 +28,7 @@ def status(queue) -> dict:
                 "lease": lease["token"],
                 "claimed_at": lease.get("claimed_at"),
                 # The worker's clock wrote claimed_at: an age is a hint, never used for expiry.
-                "age": _age(lease.get("claimed_at"), now),
+                "age": None if claimed is None else int(now - claimed),
             }
         )
     leases.sort(key=lambda item: (item["worker"], item["job"]))
