@@ -271,7 +271,6 @@ class Remote:
 
     ref: bytes
     object_store = None
-    serialized_writers = False  # True when writer_lock() really serializes this host's writers
 
     def fetch(self) -> bytes | None:
         """Bring the branch tip's objects within reach; return its commit id (None: no branch)."""
@@ -303,7 +302,6 @@ class Remote:
 class LocalRemote(Remote):
     """A bare repository on this file system, written directly with a ref compare-and-swap."""
 
-    serialized_writers = True
     _writer_lock = None
 
     def __init__(self, path: str, branch: str = "main"):

@@ -135,10 +135,6 @@ class Queue:
         delay = 0.005
         with self.lock():
             for _ in range(attempts):
-                if use_index and self.remote.serialized_writers:
-                    # Catch up with other writers before queueing for the writer lock, so that
-                    # the time spent holding it covers only what landed meanwhile.
-                    self.sync()
                 with self.remote.writer_lock():
                     if use_index:
                         tip, reader = self.sync()

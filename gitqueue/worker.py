@@ -101,11 +101,14 @@ class Worker:
         every = self.heartbeat_every or max(ttl / 4, 0.5)
         wait = 0.2
         job = None
+        asked = False  # whether job is the answer of a claim made at the end of the last round
         while self.stop_signal is None:
             if job is None:
-                job, finished = self._claim_next()
-                if finished:
-                    return 0
+                if not asked:
+                    job, finished = self._claim_next()
+                    if finished:
+                        return 0
+                asked = False
                 if job is None:
                     if self.retry_after is not None:
                         # Left to a faster worker: ask again when it should be free.
@@ -142,6 +145,7 @@ class Worker:
                 if max_jobs is not None and self.done >= max_jobs:
                     return 0
                 job, finished = self._claim_next()
+                asked = True
             if finished:
                 return 0
         return 128 + (self.stop_signal or 0)
