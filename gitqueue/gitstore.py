@@ -466,7 +466,10 @@ class CachedRemote(Remote):
             raise RemoteError(f"{self.url}: push failed: {_one_line(e)}") from None
         status = (result.ref_status or {}).get(self.ref)
         if status is not None:
-            if "non-fast-forward" in status or "fetch first" in status or "stale" in status:
+            # git's receive-pack says "failed to update ref" (or "failed to lock") when another
+            # push holds the ref's lock or moved it first: the compare-and-swap lost, retry.
+            if any(s in status for s in ("non-fast-forward", "fetch first", "stale", "failed to update ref",
+                                         "failed to lock")):
                 raise PushRejected(status)
             raise RemoteError(f"{self.url}: push refused: {_one_line(status)}")
         # Keep what we sent, so the next operation need not fetch it back.

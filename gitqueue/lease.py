@@ -43,6 +43,59 @@ def _describe(job: dict) -> str:
     return f"{job['name']} ({job['pkgpath']})" if job.get("pkgpath") else job["name"]
 
 
+class Overlay:
+    """A tree reader that sees the changes already decided in this commit on top of the tip."""
+
+    def __init__(self, reader):
+        self.base = reader
+        self.tree_id = reader.tree_id
+        self.files = {}
+
+    def read(self, path):
+        return self.files[path] if path in self.files else self.base.read(path)
+
+    def blob_id(self, path):
+        if path in self.files:
+            return None if self.files[path] is None else b"pending"
+        return self.base.blob_id(path)
+
+
+class Batch:
+    """Several claims and reports decided into one commit (see `settle`)."""
+
+    def __init__(self, reader):
+        self.reader = Overlay(reader)
+        self.subjects = []
+        self.trailers = []
+        self.claimed = []  # scheduler.Busy of the claims decided so far
+
+    def add(self, files: dict, subject: str, facts: dict):
+        self.reader.files.update(files)
+        self.subjects.append(subject)
+        self.trailers.append(trailers(facts))
+
+    def change(self):
+        """The Change: one subject line; with several actions, one body line per action."""
+        if not self.subjects:
+            return None
+        if len(self.subjects) == 1:
+            return Change(dict(self.reader.files), f"{self.subjects[0]}\n\n{self.trailers[0]}")
+        subject = "; ".join(self.subjects)
+        if len(subject) > 100:
+            subject = f"{len(self.subjects)} changes: " + ", ".join(
+                f"{n} {verb}{'s' if n > 1 else ''}" for verb, n in _tally(self.subjects))
+        body = "\n".join(self.subjects)
+        return Change(dict(self.reader.files), f"{subject}\n\n{body}\n\n" + "".join(self.trailers))
+
+
+def _tally(subjects):
+    counts = {}
+    for s in subjects:
+        verb = s.split(" ", 1)[0]
+        counts[verb] = counts.get(verb, 0) + 1
+    return counts.items()
+
+
 def claim(queue, worker: str, host: str | None = None, platform: dict | None = None) -> dict:
     """Lease the best ready job for `worker`.
 
@@ -53,60 +106,85 @@ def claim(queue, worker: str, host: str | None = None, platform: dict | None = N
     Raises NothingReady when nothing is ready now, QueueFinished when nothing is left.
     """
     check_worker_name(worker)
-    from . import scheduler
-
-    chosen = {}
+    chosen = []
 
     def decide(tip, reader):
-        if platform is not None:
-            from .platform import check
-
-            check(queue.settings(reader), platform)
-        index = queue.index
-        now = queue.clock()
-        speeds = index.speeds()
-        factor = speeds.factor(worker)
-        busy = index.busy(speeds, now, exclude=worker)
-        candidates = index.ready(worker, scheduler.candidates_needed(factor, busy))
-        accepted = scheduler.choose(candidates, factor, busy, now, speeds.measured(worker))
-        for cand in accepted:
-            name = cand.name
-            job = _read(reader, "jobs", name)
-            if job is None or reader.blob_id(record_path("leases", name)) or reader.blob_id(
-                record_path("results", name)
-            ):
-                continue  # the index is behind the tree: trust the tree
-            if not all(_status(reader, d) == "success" for d in job["deps"]):
-                continue
-            token = os.urandom(16).hex()
-            lease = {"job": name, "worker": worker, "token": token, "claimed_at": utc(queue.clock())}
-            if host:
-                lease["host"] = host
-            if platform:
-                lease["platform"] = platform
-            hb_path, hb = _heartbeat_change(queue, reader, worker, host)
-            chosen.clear()
-            chosen.update(job=job, token=token)
-            message = f"claim {_describe(job)} by {worker}\n\n" + trailers(
-                {"Action": "claim", "Job": name, "Version": job["version"], "Pkgpath": job.get("pkgpath"),
-                 "Worker": worker, "Lease": token}
-            )
-            return Change({record_path("leases", name): records.dumps("lease", lease), hb_path: hb}, message)
-        if candidates and not accepted:
-            raise NothingReady(f"nothing for {worker} now: faster workers will finish the "
-                               f"{len(candidates)} ready jobs sooner",
-                               retry_after=scheduler.next_chance(factor, busy, now))
-        counts = index.counts()
-        if counts["ready"] or counts["leased"] or counts["waiting"]:
-            declined = f", {counts['ready']} ready but declined by {worker}" if counts["ready"] else ""
-            raise NothingReady(
-                f"nothing ready for {worker} now ({counts['leased']} leased, {counts['waiting']} waiting{declined})"
-            )
-        raise QueueFinished("queue finished: every job has a final state")
+        batch = Batch(reader)
+        chosen[:] = [_claim_step(queue, batch, worker, host, platform)]
+        return batch.change()
 
     queue.transact(decide, identity(worker))
-    job, token = chosen["job"], chosen["token"]
-    queue.index.remember_claim(job["name"], worker, token)
+    queue.index.remember_claim(chosen[0]["job"], worker, chosen[0]["lease"])
+    return chosen[0]
+
+
+def _claim_step(queue, batch, worker, host, platform, request=None) -> dict:
+    """Decide the claim of the best ready job for `worker` into `batch`; return the job as claim does.
+
+    With `request` (an id), a lease already taken for that request is returned instead: a
+    request settled by a process that died before handing over the outcome is not claimed twice.
+    """
+    from . import scheduler
+
+    reader = batch.reader
+    if request is not None:
+        for (name,) in queue.index.db.execute("SELECT name FROM jobs WHERE leased_by = ?", (worker,)):
+            lease = _read(reader, "leases", name)
+            if lease is not None and lease.get("request") == request:
+                return _claimed(_read(reader, "jobs", name), token=lease["token"])
+    if platform is not None:
+        from .platform import check
+
+        check(queue.settings(reader), platform)
+    index = queue.index
+    now = queue.clock()
+    speeds = index.speeds()
+    factor = speeds.factor(worker)
+    busy = index.busy(speeds, now, exclude=worker) + [b for b in batch.claimed if b.worker != worker]
+    # Jobs claimed earlier in this commit still look ready to the index: look past them.
+    limit = scheduler.candidates_needed(factor, busy) + len(batch.claimed)
+    candidates = [c for c in index.ready(worker, limit) if not reader.blob_id(record_path("leases", c.name))]
+    accepted = scheduler.choose(candidates, factor, busy, now, speeds.measured(worker))
+    for cand in accepted:
+        name = cand.name
+        job = _read(reader, "jobs", name)
+        if job is None or reader.blob_id(record_path("leases", name)) or reader.blob_id(
+            record_path("results", name)
+        ):
+            continue  # the index is behind the tree: trust the tree
+        if not all(_status(reader, d) == "success" for d in job["deps"]):
+            continue
+        token = os.urandom(16).hex()
+        lease = {"job": name, "worker": worker, "token": token, "claimed_at": utc(queue.clock())}
+        if host:
+            lease["host"] = host
+        if platform:
+            lease["platform"] = platform
+        if request is not None:
+            lease["request"] = request
+        hb_path, hb = _heartbeat_change(queue, reader, worker, host)
+        batch.claimed.append(scheduler.Busy(worker, factor, now + cand.est * factor))
+        batch.add({record_path("leases", name): records.dumps("lease", lease), hb_path: hb},
+                  f"claim {_describe(job)} by {worker}",
+                  {"Action": "claim", "Job": name, "Version": job["version"], "Pkgpath": job.get("pkgpath"),
+                   "Worker": worker, "Lease": token})
+        return _claimed(job, token)
+    if candidates and not accepted:
+        raise NothingReady(f"nothing for {worker} now: faster workers will finish the "
+                           f"{len(candidates)} ready jobs sooner",
+                           retry_after=scheduler.next_chance(factor, busy, now))
+    counts = index.counts()
+    if counts["ready"] > len(batch.claimed) or counts["leased"] or counts["waiting"] or batch.claimed:
+        ready = max(0, counts["ready"] - len(batch.claimed))
+        declined = f", {ready} ready but declined by {worker}" if ready else ""
+        raise NothingReady(
+            f"nothing ready for {worker} now ({counts['leased'] + len(batch.claimed)} leased, "
+            f"{counts['waiting']} waiting{declined})"
+        )
+    raise QueueFinished("queue finished: every job has a final state")
+
+
+def _claimed(job, token) -> dict:
     return {
         "job": job["name"],
         "version": job["version"],
@@ -138,58 +216,122 @@ def report(queue, worker: str, job: str, status: str, token: str | None = None,
     result = {}
 
     def decide(tip, reader):
-        tok = token or queue.index.my_claims(worker).get(job)
-        job_rec = _read(reader, "jobs", job)
-        if job_rec is None:
-            raise UnknownJob(f"unknown job {job}")
-        existing = _read(reader, "results", job)
-        if existing is not None:
-            raise LeaseLost(
-                f"{job} already has a result ({existing['status']} by {existing['worker']}); nothing recorded"
-            )
-        lease = _read(reader, "leases", job)
-        late = False
-        if lease is None:
-            if tok is None:
-                raise LeaseLost(f"{job} is not leased by {worker}")
-            if status != "success":
-                raise LeaseLost(f"{job}: the lease of {worker} was reclaimed; a late failure is not recorded")
-            late = True
-        elif lease["worker"] != worker or (tok is not None and lease["token"] != tok):
-            other = " under another token" if lease["worker"] == worker else f", not by {worker}"
-            raise LeaseLost(f"{job} is leased by {lease['worker']}{other}; nothing recorded")
-        else:
-            tok = lease["token"]
-        rec = {"job": job, "version": job_rec["version"], "status": status, "worker": worker, "token": tok,
-               "finished_at": utc(queue.clock())}
-        if duration is not None:
-            rec["duration"] = round(float(duration), 3)
-        if late:
-            rec["late"] = True
-        if log:
-            rec["log"] = log
-        if log_tail:
-            rec["log_tail"] = log_tail[-4000:]
-        if packages:
-            rec["packages"] = packages
-        if platform:
-            rec["platform"] = platform
-        hb_path, hb = _heartbeat_change(queue, reader, worker)
-        files = {record_path("results", job): records.dumps("result", rec), hb_path: hb}
-        if lease is not None:
-            files[record_path("leases", job)] = None
-        took = f" in {duration:.0f} s" if duration is not None else ""
-        message = f"report {_describe(job_rec)}: {status} by {worker}{took}{' (late)' if late else ''}\n\n" + trailers(
-            {"Action": "report", "Job": job, "Version": job_rec["version"], "Pkgpath": job_rec.get("pkgpath"),
-             "Worker": worker, "Status": status, "Lease": tok, "Duration": rec.get("duration"),
-             "Late": "true" if late else None}
-        )
-        result.update(rec)
-        return Change(files, message)
+        batch = Batch(reader)
+        result.clear()
+        result.update(_report_step(queue, batch, worker, job, status, token, duration, log, log_tail,
+                                   packages, platform))
+        return batch.change()
 
     queue.transact(decide, identity(worker))
     queue.index.forget_claim(job)
     return result
+
+
+def _report_step(queue, batch, worker, job, status, token=None, duration=None, log=None, log_tail=None,
+                 packages=None, platform=None, retried=False) -> dict:
+    """Decide the result of `job` into `batch` (see report); return the result record.
+
+    With `retried`, a result this worker already recorded under `token` is returned as is: the
+    request may have been settled by a process that died before handing over the outcome.
+    """
+    reader = batch.reader
+    tok = token or queue.index.my_claims(worker).get(job)
+    job_rec = _read(reader, "jobs", job)
+    if job_rec is None:
+        raise UnknownJob(f"unknown job {job}")
+    existing = _read(reader, "results", job)
+    if retried and existing is not None and existing["token"] == token and existing["worker"] == worker:
+        return existing
+    if existing is not None:
+        raise LeaseLost(
+            f"{job} already has a result ({existing['status']} by {existing['worker']}); nothing recorded"
+        )
+    lease = _read(reader, "leases", job)
+    late = False
+    if lease is None:
+        if tok is None:
+            raise LeaseLost(f"{job} is not leased by {worker}")
+        if status != "success":
+            raise LeaseLost(f"{job}: the lease of {worker} was reclaimed; a late failure is not recorded")
+        late = True
+    elif lease["worker"] != worker or (tok is not None and lease["token"] != tok):
+        other = " under another token" if lease["worker"] == worker else f", not by {worker}"
+        raise LeaseLost(f"{job} is leased by {lease['worker']}{other}; nothing recorded")
+    else:
+        tok = lease["token"]
+    rec = {"job": job, "version": job_rec["version"], "status": status, "worker": worker, "token": tok,
+           "finished_at": utc(queue.clock())}
+    if duration is not None:
+        rec["duration"] = round(float(duration), 3)
+    if late:
+        rec["late"] = True
+    if log:
+        rec["log"] = log
+    if log_tail:
+        rec["log_tail"] = log_tail[-4000:]
+    if packages:
+        rec["packages"] = packages
+    if platform:
+        rec["platform"] = platform
+    hb_path, hb = _heartbeat_change(queue, reader, worker)
+    files = {record_path("results", job): records.dumps("result", rec), hb_path: hb}
+    if lease is not None:
+        files[record_path("leases", job)] = None
+    took = f" in {duration:.0f} s" if duration is not None else ""
+    batch.add(files, f"report {_describe(job_rec)}: {status} by {worker}{took}{' (late)' if late else ''}",
+              {"Action": "report", "Job": job, "Version": job_rec["version"], "Pkgpath": job_rec.get("pkgpath"),
+               "Worker": worker, "Status": status, "Lease": tok, "Duration": rec.get("duration"),
+               "Late": "true" if late else None})
+    return rec
+
+
+def settle(queue, requests: list[dict], identity_of: str) -> list[dict]:
+    """Decide several workers' reports and claims into one commit; one outcome per request.
+
+    A request is {"worker", "host"?, "platform"?, "report"?: {"job", "status", "token", "duration",
+    "log", "log_tail", "packages"}, "claim"?: bool}. An outcome is {"report": result record or
+    {"error": message}, "claim": job (as claim returns) or {"nothing": message, "retry_after"} or
+    {"finished": message}}. What one request cannot do (a lost lease, nothing ready) does not stop
+    the others. Errors of the whole commit (the remote) are raised.
+    """
+    outcomes = []
+
+    def decide(tip, reader):
+        batch = Batch(reader)
+        outcomes.clear()
+        for req in requests:
+            out = {}
+            rep = req.get("report")
+            if rep is not None:
+                try:
+                    out["report"] = _report_step(
+                        queue, batch, req["worker"], rep["job"], rep["status"], rep.get("token"),
+                        rep.get("duration"), rep.get("log"), rep.get("log_tail"), rep.get("packages"),
+                        req.get("platform"), retried=rep.get("token") is not None)
+                except (LeaseLost, UnknownJob) as e:
+                    out["report"] = {"error": str(e)}
+            if req.get("claim"):
+                try:
+                    out["claim"] = _claim_step(queue, batch, req["worker"], req.get("host"), req.get("platform"),
+                                               req.get("id"))
+                except NothingReady as e:
+                    out["claim"] = {"nothing": str(e), "retry_after": e.retry_after}
+                except QueueFinished as e:
+                    out["claim"] = {"finished": str(e)}
+                except GitqueueError as e:  # a pin mismatch: this worker's own problem
+                    out["claim"] = {"error": str(e), "exit_code": e.exit_code}
+            outcomes.append(out)
+        return batch.change()
+
+    queue.transact(decide, identity_of)
+    for req, out in zip(requests, outcomes):
+        rep = out.get("report")
+        if rep is not None and "error" not in rep:
+            queue.index.forget_claim(rep["job"])
+        job = out.get("claim")
+        if job is not None and "lease" in job:
+            queue.index.remember_claim(job["job"], req["worker"], job["lease"])
+    return outcomes
 
 
 def release(queue, worker: str, job: str, reason: str = "released", token: str | None = None,

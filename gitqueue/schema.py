@@ -92,6 +92,8 @@ SCHEMAS = {
             "claimed_at": _TIME,
             "host": {"type": "string", "maxLength": 200},
             "platform": _PLATFORM,
+            # the spool request this lease answers: a retried request finds its lease
+            "request": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
         },
         ["job", "worker", "token"],
     ),

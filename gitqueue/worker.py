@@ -75,6 +75,7 @@ class Worker:
         self.child = None
         self.log_dir = os.path.join(queue.cache_dir, "logs")
         self.done = 0
+        self.spool = None
 
     def _on_signal(self, signum, frame):
         self.stop_signal = signum
@@ -137,18 +138,61 @@ class Worker:
             if self.stop_signal is not None:
                 self._give_back(job, f"worker stopped by signal {self.stop_signal}")
                 break
-            # Report and claim the next job in one hold of the host's locks: one hand-over
-            # between this host's workers per job instead of two.
-            with self.queue.batch():
-                if self._report(job, *outcome):
-                    self.done += 1
-                if max_jobs is not None and self.done >= max_jobs:
-                    return 0
-                job, finished = self._claim_next()
-                asked = True
-            if finished:
+            # Report and ask for the next job in one request: with other workers of this host
+            # waiting, one commit settles them all (see spool.py).
+            report_req = self._prepare_report(job, *outcome)
+            more = max_jobs is None or self.done + (report_req is not None) < max_jobs
+            job, finished = self._settle(report_req, claim_next=more)
+            asked = True
+            if finished or not more:
                 return 0
         return 128 + (self.stop_signal or 0)
+
+    def _settle(self, report_req, claim_next: bool):
+        """Report (if `report_req`) and claim the next job through the host's spool; (job, finished?)."""
+        from .lease import identity
+        from .spool import Spool
+
+        self.retry_after = None
+        request = {"worker": self.name, "host": self.host, "platform": self.platform,
+                   "report": report_req, "claim": claim_next, "id": os.urandom(8).hex()}
+        if self.spool is None:
+            self.spool = Spool(self.queue)
+        delay = 1.0
+        for attempt in range(8):
+            try:
+                outcome = self.spool.submit(request, identity(self.name))
+                break
+            except RemoteError as e:
+                self.out(f"{self.name}: {e}; retrying")
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 30)
+        else:
+            what = f"report {report_req['job']}" if report_req else "claim"
+            raise GitqueueError(f"could not {what} after 8 attempts; the remote keeps failing")
+        rep = outcome.get("report")
+        if rep is not None:
+            if "error" in rep:
+                self.out(f"{self.name}: {rep['error']}")
+            else:
+                self.done += 1
+                self.out(f"{self.name}: {rep['job']} {rep['status']} ({report_req.get('duration') or 0:.1f} s)")
+        got = outcome.get("claim")
+        if got is None:
+            return None, False
+        if "lease" in got:
+            return got, False
+        if "finished" in got:
+            st = self.queue.stats
+            self.out(f"{self.name}: queue finished ({self.done} jobs built here; "
+                     f"{st['pushes']} pushes, {st['rejected']} rejected)")
+            return None, True
+        if "nothing" in got:
+            self.retry_after = got.get("retry_after")
+            return None, False
+        err = GitqueueError(got["error"])
+        err.exit_code = got.get("exit_code", 1)
+        raise err
 
     def _claim_next(self):
         """(job or None, finished?): None when nothing is ready or the remote failed."""
@@ -270,33 +314,24 @@ class Worker:
             self.out(f"{self.name}: the log of {job['job']} was not uploaded: {e}")
             return packages, False
 
-    def _report(self, job, status, duration, log_path):
+    def _prepare_report(self, job, status, duration, log_path):
+        """Upload the build's files and return the report part of a spool request, or None.
+
+        None when the upload failed and the job was given back: a result never names a file
+        that is not fully uploaded.
+        """
         from .transfer import TransferError
 
         log, tail = describe_log(log_path)
         try:
             packages, log_sent = self._upload(job, status, log_path)
         except TransferError as e:
-            # A result never names a file that is not fully uploaded: give the job back.
             self._give_back(job, f"upload failed: {e}")
-            return False
+            return None
         if self.packages_url and not log_sent:
             log = None
-        delay = 1.0
-        for attempt in range(8):
-            try:
-                report(self.queue, self.name, job["job"], status, job["lease"], duration, log,
-                       tail if status == "failure" else None, packages=packages, platform=self.platform)
-                self.out(f"{self.name}: {job['job']} {status} ({duration:.1f} s)")
-                return True
-            except LeaseLost as e:
-                self.out(f"{self.name}: {e}")
-                return False
-            except RemoteError as e:
-                self.out(f"{self.name}: report of {job['job']} failed ({e}); retrying")
-                time.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 30)
-        raise GitqueueError(f"could not report {job['job']} after 8 attempts; its lease will expire")
+        return {"job": job["job"], "status": status, "token": job["lease"], "duration": duration,
+                "log": log, "log_tail": tail if status == "failure" else None, "packages": packages}
 
     def _version_skew(self, job) -> str | None:
         """Why this worker's tree cannot build `job` as the queue has it, or None."""

@@ -113,6 +113,7 @@ class SshServer:
         self.config = self.dir / "sshd_config"
         self.pid_file = self.dir / "sshd.pid"
         self.log_file = self.dir / "sshd.log"
+        self.session_home = self.dir / "home"
         self.port: int = 0
         self.startup_seconds: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -246,6 +247,7 @@ class SshServer:
     # ------------------------------------------------------------ internals
 
     def _write_config(self) -> None:
+        self.session_home.mkdir(exist_ok=True)
         lines = [
             f"ListenAddress {self.host}",
             f"Port {self.port}",
@@ -264,6 +266,10 @@ class SshServer:
             "UseDNS no",
             "MaxStartups 100:30:200",
             "MaxSessions 100",
+            # Sessions get an empty home: bash run by sshd sources ~/.bashrc even for a
+            # command, and a developer's .bashrc (pyenv's rehash takes a lock with a 60 s
+            # timeout) made concurrent sessions stall for up to a minute.
+            f"SetEnv HOME={self.session_home}",
         ]
         if self.accept_env:
             lines.append("AcceptEnv " + " ".join(self.accept_env))

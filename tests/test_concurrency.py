@@ -49,7 +49,7 @@ def check_history(bare_path, jobs, outputs):
         for m in re.finditer(r"^(\S+): (\S+) (success|failure) \(", out, re.M):
             reported.add((m.group(1), m.group(2)))
     assert len(reported) == len(jobs)
-    in_history = set(re.findall(r"^report (\S+): success by (\S+)", git_log(bare_path), re.M))
+    in_history = set(re.findall(r"^report (\S+): success by (\S+)", git_log(bare_path, "%B"), re.M))
     assert {(w, j) for j, w in in_history} == reported
     return audit
 

@@ -139,7 +139,7 @@ FULL = {
             "multi_version": {"PYTHON_VERSION_REQD": "311"}, "maintainer": "pkgsrc-users@NetBSD.org",
             "categories": "x11 python", "no_bin_on_ftp": "license", "restricted": "license"},
     "lease": {"job": "gmake-4.4.1", "worker": "hp300-1", "token": "3f0c2d" + "0" * 26,
-              "claimed_at": "2026-10-01T00:00:00Z", "host": "hp300.example.org", "platform": PLATFORM},
+              "claimed_at": "2026-10-01T00:00:00Z", "host": "hp300.example.org", "platform": PLATFORM, "request": "9a" * 8},
     "result": {"job": "gmake-4.4.1", "version": "4.4.1", "status": "failure", "worker": "hp300-1",
                "token": "3f0c2d" + "0" * 26, "duration": 312.0, "finished_at": "2026-10-01T00:05:12Z", "late": True,
                "log": {"name": "gmake.log", "size": 1234, "sha256": "ab" * 32}, "log_tail": "*** Error code 1\n",
@@ -291,6 +291,8 @@ def test_every_schema_key_is_written_by_the_code(tmp_path):
         late = lease.report(w, "w2", slow["job"], "success", token=slow["lease"], duration=1,
                             packages=[{"name": "x-1.tgz", "size": 3, "sha256": "0" * 64}], platform=PLATFORM)
         assert late["late"] is True
+        [settled] = lease.settle(w, [{"worker": "w3", "claim": True, "id": "ab" * 8}], lease.identity("w3"))
+        assert "lease" in settled["claim"]
         lease.heartbeat(w, "w1")
     seen = _written_keys(url)
     for kind in PROTOCOL_KINDS:
