@@ -71,7 +71,8 @@ def status_text(data) -> str:
     if data["started"]:
         overall = f"{rate['overall']:g}" if rate["overall"] is not None else "-"
         lines.append(f"rate: {overall} packages/h overall, {rate['last_hour']} in the last hour; "
-                     f"started {data['started']} ({_duration(data['elapsed'])} ago)")
+                     f"started {data['started']}, "
+                     + ("finished in " if data["finished"] else "running for ") + _duration(data["elapsed"]))
     if data["workers"]:
         lines.append(f"workers:\n  {'worker':16} {'current job':32} {'for':>8} {'heard':>8} {'done':>5} "
                      f"{'failed':>6} {'speed':>6}")
