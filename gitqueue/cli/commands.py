@@ -207,48 +207,6 @@ def reclaim_cmd(queue_url, ttl, as_json):
         f"reclaimed {r['job']} from {r['worker']} (silent {r['silent_for']} s)" for r in done) or "nothing to reclaim")
 
 
-@cli.command("status")
-@queue_option
-@json_option
-def status_cmd(queue_url, as_json):
-    """Show counts per state, active leases and progress.
-
-    \b
-    Example: gitqueue status --queue /srv/queues/2026Q4-m68k --json
-    """
-    from ..report import status
-
-    with context(queue_url).open() as queue:
-        data = status(queue)
-    emit(data, as_json, lambda: _status_text(data))
-
-
-def _duration(seconds):
-    if seconds < 120:
-        return f"{seconds} s"
-    if seconds < 7200:
-        return f"{seconds // 60} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def _status_text(data):
-    c = data["counts"]
-    eta = data.get("eta_seconds")
-    lines = [f"queue {data['queue']}: {data['done']}/{data['total']} done ({data['progress']:.1%})"
-             + (" - finished" if data["finished"] else "")
-             + (f", about {_duration(eta)} to go" if eta and not data["finished"] else "")]
-    lines.append("  ".join(f"{state} {n}" for state, n in c.items()))
-    if data["leases"]:
-        lines.append("leases:")
-        for lease in data["leases"]:
-            age = f"{lease['age']} s" if lease["age"] is not None else "?"
-            lines.append(f"  {lease['job']:40} {lease['worker']:20} {age}")
-    if data.get("skipped"):
-        lines.append("skipped (no way on this architecture):")
-        lines.extend(f"  {s['job']:40} {s['reason']}" for s in data["skipped"])
-    return "\n".join(lines)
-
-
 @cli.command("work", context_settings={"ignore_unknown_options": True})
 @queue_option
 @worker_option

@@ -143,6 +143,7 @@ def emit(data, as_json, text):
 # Which module defines each command: only that one is imported when the command runs.
 LAZY_COMMANDS = {
     "simulate": "schedule", "priority": "schedule", "noway": "schedule",
+    "status": "view", "html": "view", "history": "view", "diff": "view",
 }
 
 

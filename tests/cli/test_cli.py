@@ -421,8 +421,10 @@ def test_status_text_and_json(gq, tmp_path):
     assert text[0] == f"queue test: 2/4 done (50.0%), about {data['eta_seconds'] // 60} min to go"
     assert text[1] == "  ".join(f"{state} {n}" for state, n in counts.items())
     assert text[1].startswith("ready 0  waiting 1  leased 1  success 0  failed 0  indirect-failed 0  prefailed 1  ")
-    assert text[2] == "leases:"
-    assert text[3].split()[:2] == ["a-1", "w1"] and len(text) == 4
+    assert text[2] == "[" + "." * 40 + "] 0/2 buildable built (0.0%)"
+    assert text[3].startswith("rate: ") and "packages/h overall, 0 in the last hour; started " in text[3]
+    assert text[4] == "workers:" and text[6].split()[:2] == ["w1", "a-1"]
+    assert text[7].startswith("leases closest to expiry") and text[8].split()[:2] == ["a-1", "w1"] and len(text) == 9
 
 
 def test_status_of_an_empty_queue(gq, tmp_path):

@@ -1,0 +1,117 @@
+"""The live state of a build for people: progress, rates, workers, expiring leases, blockers."""
+
+from . import records, report, timeline
+from .outcome import NOT_BUILT, from_index
+
+HOUR = 3600
+
+
+def status(queue, top: int = 5) -> dict:
+    """Everything `gitqueue status` shows, as plain data.
+
+    Keys of report.status() (counts, total, done, progress, finished, eta_seconds, leases,
+    skipped, ...) plus: buildable and built (success, failed or indirect-failed among the jobs
+    not prefailed or skipped), started, rate {overall, last_hour} in packages per hour, workers
+    (current job and for how long, last heard, done, failed, speed factor), expiring (the
+    leases whose workers were heard from longest ago) and blockers (failed packages keeping the
+    most others from building). Times written by workers' clocks are hints only.
+    """
+    with queue.lock():
+        tip, reader = queue.sync()
+        index = queue.index
+        outcome = from_index(index)
+        eta = report.estimate_completion(index)
+        speeds = index.speeds()
+    settings = queue.settings(reader)
+    history = timeline.load(queue, tip)
+    now = queue.clock()
+    counts = outcome.counts()
+    total = sum(counts.values())
+    done = sum(counts[s] for s in report.FINAL)
+    buildable = total - sum(counts[s] for s in NOT_BUILT)
+    built = counts["success"] + counts["failed"] + counts["indirect-failed"]
+    store = queue.remote.object_store
+
+    leases = []
+    for path, sha in reader.walk_files("leases"):
+        lease = records.load_at("lease", store[sha].as_raw_string(), path)
+        claimed = records.epoch(lease.get("claimed_at"))
+        leases.append({"job": lease["job"], "worker": lease["worker"], "lease": lease["token"],
+                       "claimed_at": lease.get("claimed_at"),
+                       "age": None if claimed is None else max(0, int(now - claimed))})
+    leases.sort(key=lambda item: (item["worker"], item["job"]))
+    heard = {}
+    for path, sha in reader.walk_files("heartbeats"):
+        rec = records.load_at("heartbeat", store[sha].as_raw_string(), path)
+        at = records.epoch(rec.get("at"))
+        if at is not None:
+            heard[rec["worker"]] = at
+
+    reports = [e for e in history.events if e.action == "report"]
+    claims = [e for e in history.events if e.action == "claim"]
+    started = claims[0].t if claims else None
+    finished = total > 0 and done == total
+    end = reports[-1].t if finished and reports else now
+    hours = (end - started) / HOUR if started is not None and end > started else 0
+    rate = {"overall": round(len(reports) / hours, 1) if hours else None,
+            "last_hour": sum(1 for e in reports if e.t > now - HOUR)}
+
+    workers = {}
+
+    def worker(name):
+        return workers.setdefault(name, {"worker": name, "job": None, "for": None, "last_heard": None,
+                                         "done": 0, "failed": 0, "speed": None})
+
+    for e in reports:
+        w = worker(e.worker)
+        w["done"] += 1
+        w["failed"] += e.status == "failure"
+    for e in history.events:
+        if e.worker and e.action in ("claim", "heartbeat", "report", "release"):
+            heard.setdefault(e.worker, None)
+            if heard[e.worker] is None or e.t > heard[e.worker]:
+                heard[e.worker] = e.t
+    for name, at in heard.items():
+        worker(name)["last_heard"] = None if at is None else max(0, int(now - at))
+    for lease in leases:
+        w = worker(lease["worker"])
+        w["job"] = lease["job"] if w["job"] is None else f"{w['job']} +1"
+        w["for"] = lease["age"]
+    for name, w in workers.items():
+        if speeds.measured(name):
+            w["speed"] = round(speeds.factor(name), 2)
+    ttl = settings["lease_ttl"]
+    expiring = []
+    for lease in leases:
+        silent = workers[lease["worker"]]["last_heard"]
+        expiring.append({"job": lease["job"], "worker": lease["worker"], "silent": silent,
+                         "expires_in": None if silent is None else ttl - silent})
+    expiring.sort(key=lambda x: (x["expires_in"] is None, x["expires_in"] or 0, x["job"]))
+
+    blockers = []
+    for row in outcome.breakers(("failed",), limit=top):
+        job = outcome.jobs[row["job"]]
+        blockers.append({**row, "version": job["version"]})
+    return {
+        "queue": settings["name"],
+        "commit": tip.decode(),
+        "settings": settings,
+        "counts": counts,
+        "total": total,
+        "done": done,
+        "progress": round(done / total, 4) if total else 1.0,
+        "finished": finished,
+        "buildable": buildable,
+        "built": built,
+        "build_progress": round(built / buildable, 4) if buildable else 1.0,
+        "eta_seconds": eta,
+        "started": records.utc(started) if started is not None else None,
+        "elapsed": int(end - started) if started is not None else None,
+        "rate": rate,
+        "workers": sorted(workers.values(), key=lambda w: w["worker"]),
+        "leases": leases,
+        "expiring": expiring[:top],
+        "blockers": blockers,
+        "skipped": [{"job": j["name"], "reason": j["skip"]} for j in
+                    sorted(outcome.jobs.values(), key=lambda j: j["name"]) if j["state"] == "skipped"],
+    }

@@ -1,0 +1,133 @@
+"""What became of each package: its state, what blocked it, and who breaks the most others."""
+
+from . import records
+from .index import STATES
+from .names import record_path
+
+# The order in which blocking kinds win, as in Index.counts(): a failure over a prefailed
+# package over a no-way one.
+_KINDS = (("failed", "indirect-failed"), ("prefailed", "indirect-prefailed"), ("skipped", "indirect-skipped"))
+NOT_BUILT = {"prefailed", "indirect-prefailed", "skipped", "indirect-skipped"}
+UNSUCCESSFUL = ("failed", "indirect-failed", "prefailed", "indirect-prefailed", "skipped", "indirect-skipped")
+
+
+class Outcome:
+    """The state of every job of a queue at one commit.
+
+    `jobs` maps a name to {"name", "version", "pkgpath", "state", "cause", "skip", "worker"}:
+    `cause` is, for an indirect state, the failed (prefailed, skipped) package that keeps it from
+    building; `skip` the prefailed or no-way reason; `worker` who holds a leased job. `breaks`
+    maps each failed, prefailed or skipped job to how many jobs depend on it, directly or not.
+    """
+
+    def __init__(self, jobs: dict, breaks: dict):
+        self.jobs = jobs
+        self.breaks = breaks
+
+    def counts(self) -> dict[str, int]:
+        """Number of jobs in each state (the same as Index.counts())."""
+        counts = dict.fromkeys(STATES, 0)
+        for job in self.jobs.values():
+            counts[job["state"]] += 1
+        return counts
+
+    def breakers(self, states=("failed", "prefailed"), limit: int | None = None) -> list[dict]:
+        """Jobs in `states` ranked by how many jobs they keep from building (most first).
+
+        Each is {"job", "pkgpath", "state", "breaks"}; only jobs that break at least one other.
+        """
+        rows = [{"job": name, "pkgpath": self.jobs[name]["pkgpath"], "state": self.jobs[name]["state"],
+                 "breaks": n} for name, n in self.breaks.items() if n and self.jobs[name]["state"] in states]
+        rows.sort(key=lambda r: (-r["breaks"], r["job"]))
+        return rows if limit is None else rows[:limit]
+
+
+def from_index(index) -> Outcome:
+    """The Outcome described by a queue's index (brought up to date by the caller)."""
+    db = index.db
+    jobs = {}
+    by_id = {}
+    roots = {kind: [] for kind, _ in _KINDS}
+    for jid, name, version, pkgpath, skip, skip_kind, result, leased_by, pending in db.execute(
+            "SELECT id, name, version, pkgpath, skip, skip_kind, result, leased_by, pending FROM jobs"):
+        if result == "success":
+            state = "success"
+        elif result == "failure":
+            state = "failed"
+        elif skip_kind == "p":
+            state = "prefailed"
+        elif skip_kind == "s":
+            state = "skipped"
+        elif leased_by is not None:
+            state = "leased"
+        elif pending == 0:
+            state = "ready"
+        else:
+            state = "waiting"
+        job = {"name": name, "version": version, "pkgpath": pkgpath, "state": state, "cause": None,
+               "skip": skip, "worker": leased_by}
+        jobs[name] = job
+        by_id[jid] = job
+        if state in roots:
+            roots[state].append(jid)
+    dependents: dict[int, list[int]] = {}
+    for job_id, dep in db.execute("SELECT job, dep FROM deps"):
+        dependents.setdefault(dep, []).append(job_id)
+    breaks = {}
+    closures = {}
+    for kind, _ in _KINDS:
+        for root in roots[kind]:
+            seen = set()
+            stack = list(dependents.get(root, ()))
+            while stack:
+                j = stack.pop()
+                if j not in seen:
+                    seen.add(j)
+                    stack.extend(dependents.get(j, ()))
+            closures[root] = seen
+            breaks[by_id[root]["name"]] = len(seen)
+    # The biggest blocker of the strongest kind is named as the cause of each indirect state.
+    for kind, indirect in _KINDS:
+        for root in sorted(roots[kind], key=lambda r: (-len(closures[r]), by_id[r]["name"])):
+            name = by_id[root]["name"]
+            for j in closures[root]:
+                job = by_id[j]
+                if job["cause"] is None and job["state"] not in ("success", "failed", "prefailed", "skipped"):
+                    job["cause"] = name
+                    job["state"] = indirect
+    return Outcome(jobs, breaks)
+
+
+def details(reader, names) -> dict[str, dict]:
+    """{name: job record} of `names` read from the tree (for maintainers and categories)."""
+    out = {}
+    for name in names:
+        data = reader.read(record_path("jobs", name))
+        if data is not None:
+            out[name] = records.load_at("job", data, record_path("jobs", name))
+    return out
+
+
+def results(reader, names) -> dict[str, dict]:
+    """{name: result record} of those of `names` that have a result."""
+    out = {}
+    for name in names:
+        path = record_path("results", name)
+        data = reader.read(path)
+        if data is not None:
+            out[name] = records.load_at("result", data, path)
+    return out
+
+
+def reason(job: dict, result: dict | None) -> str:
+    """One line saying why a job was not built."""
+    state = job["state"]
+    if state == "failed":
+        tail = (result or {}).get("log_tail") or ""
+        lines = [line.strip() for line in tail.splitlines() if line.strip()]
+        return lines[-1][:300] if lines else "build failed"
+    if state in ("prefailed", "skipped"):
+        return job["skip"] or state
+    if job["cause"]:
+        return f"depends on {job['cause']} ({state.removeprefix('indirect-')})"
+    return state

@@ -1,0 +1,264 @@
+"""The history of a queue as events (claims, reports, releases, reclaims) and build attempts.
+
+Every state change is one commit whose trailers say what happened (see docs/layout.md), so the
+build's log is the first-parent chain of the branch. Reading 60,000 commits costs seconds, so
+the events read are kept in the cache (`timeline.json`) with the commit they reach, and later
+reads parse only the commits added since. Times are commit times, written by the worker's
+clock: they describe the build, nothing decides on them.
+"""
+
+import json
+import os
+
+from .errors import QueueNotFound
+
+CACHE_FILE = "timeline.json"
+CACHE_VERSION = 1
+# Commits that say something about the build; admin changes (priority, noway) are left out.
+ACTIONS = {"init", "import", "claim", "heartbeat", "report", "release", "reclaim"}
+
+
+class Event(tuple):
+    """One commit of the history: (t, action, job, worker, lease, status, duration, reason, late)."""
+
+    __slots__ = ()
+    t = property(lambda self: self[0])
+    action = property(lambda self: self[1])
+    job = property(lambda self: self[2])
+    worker = property(lambda self: self[3])
+    lease = property(lambda self: self[4])
+    status = property(lambda self: self[5])
+    duration = property(lambda self: self[6])
+    reason = property(lambda self: self[7])
+    late = property(lambda self: self[8])
+
+
+class Timeline:
+    """The events of a queue's history up to `commit`, oldest first."""
+
+    def __init__(self, commit: str | None, events: list[Event], truncated: bool = False):
+        self.commit = commit
+        self.events = events
+        self.truncated = truncated  # the history starts at a shallow boundary, not at init
+
+    def attempts(self) -> list[dict]:
+        """Each lease as one attempt, in the order claimed.
+
+        An attempt is {"job", "worker", "lease", "start", "end", "result", "duration", "reason",
+        "late"}; result is success, failure, released, reclaimed or building (still leased).
+        duration is the worker's measured build time when reported, else end - start.
+        """
+        out = []
+        by_lease = {}
+        for e in self.events:
+            if e.action == "claim":
+                a = {"job": e.job, "worker": e.worker, "lease": e.lease, "start": e.t, "end": None,
+                     "result": "building", "duration": None, "reason": None, "late": False}
+                out.append(a)
+                if e.lease:
+                    by_lease[e.lease] = a
+            elif e.action in ("report", "release", "reclaim"):
+                a = by_lease.get(e.lease)
+                if a is None:
+                    # Claimed before the history we hold begins (shallow) or never claimed.
+                    a = {"job": e.job, "worker": e.worker, "lease": e.lease, "start": None, "end": None,
+                         "result": "building", "duration": None, "reason": None, "late": False}
+                    out.append(a)
+                    if e.lease:
+                        by_lease[e.lease] = a
+                if e.action == "report":
+                    a["result"] = e.status or "success"
+                    a["late"] = bool(e.late)
+                    a["duration"] = e.duration
+                    if e.late and a["end"] is not None:
+                        continue  # reclaimed earlier; the build itself ended when it was reclaimed
+                    a["end"] = e.t
+                else:
+                    a["result"] = "released" if e.action == "release" else "reclaimed"
+                    a["reason"] = e.reason
+                    a["end"] = e.t
+        for a in out:
+            if a["duration"] is None and a["start"] is not None and a["end"] is not None:
+                a["duration"] = a["end"] - a["start"]
+        return out
+
+
+def load(queue, tip: bytes | None = None) -> Timeline:
+    """The timeline of `queue` up to its tip (or `tip`), reading only commits not cached yet.
+
+    A local queue is read where it is. For a remote queue the whole history of the branch is
+    fetched into `history.git` in the cache (a worker's own mirror holds only recent commits).
+    Raises QueueNotFound when the branch does not exist.
+    """
+    store, tip = _history(queue, tip)
+    path = os.path.join(queue.cache_dir, CACHE_FILE)
+    cached = _read_cache(path)
+    known = cached["commit"].encode() if cached and cached.get("commit") else None
+    new, reached, truncated = _walk(store, tip, known)
+    if reached:
+        events = [Event(e) for e in cached["events"]]
+        truncated = cached.get("truncated", False)
+    else:
+        events = []
+    events.extend(new)
+    timeline = Timeline(tip.decode(), events, truncated)
+    if new or not reached:
+        _write_cache(path, {"version": CACHE_VERSION, "commit": timeline.commit, "truncated": truncated,
+                            "events": events})
+    return timeline
+
+
+def _history(queue, tip):
+    """(object store holding the full history, tip commit id)."""
+    from .gitstore import LocalRemote
+
+    remote = queue.remote
+    if isinstance(remote, LocalRemote):
+        if tip is None:
+            tip = remote.fetch()
+        store = remote.repo.object_store
+    else:
+        with queue.lock():
+            store, tip = _fetch_history(queue, remote)
+    if tip is None:
+        raise QueueNotFound(f"{queue.url}: no queue on branch {queue.branch} (run gitqueue init)")
+    return store, tip
+
+
+class _Haves:
+    """The graph walker of a full fetch: offer our tip, the branch only fast-forwards."""
+
+    def __init__(self, tip):
+        self.heads = [tip] if tip else []
+        self.shallow = set()
+
+    def ack(self, sha):
+        self.heads = []
+
+    def nak(self):
+        pass
+
+    def next(self):
+        return self.heads.pop() if self.heads else None
+
+    __next__ = next
+
+
+def _fetch_history(queue, remote):
+    from io import BytesIO
+
+    from dulwich.errors import GitProtocolError, HangupException
+    from dulwich.repo import Repo
+
+    from .errors import RemoteError
+
+    path = os.path.join(queue.cache_dir, "history.git")
+    if not os.path.isdir(os.path.join(path, "objects")):
+        Repo.init_bare(path, mkdir=not os.path.isdir(path)).close()
+    repo = Repo(path)
+    try:
+        local = repo.refs[remote.ref] if remote.ref in repo.refs else None
+        seen = {}
+
+        def determine_wants(refs, depth=None):
+            seen["tip"] = refs.get(remote.ref)
+            tip = seen["tip"]
+            return [] if tip is None or tip == local or tip in repo.object_store else [tip]
+
+        chunks = []
+        try:
+            remote.client.fetch_pack(remote.remote_path, determine_wants, _Haves(local), chunks.append)
+        except (HangupException, GitProtocolError, OSError) as e:
+            raise RemoteError(f"{queue.url}: fetch failed: {' '.join(str(e).split())}") from None
+        if chunks:
+            repo.object_store.add_thin_pack(BytesIO(b"".join(chunks)).read, None)
+        tip = seen.get("tip")
+        if tip is not None and tip != local:
+            repo.refs[remote.ref] = tip
+        return repo.object_store, tip
+    finally:
+        repo.close()
+
+
+def _walk(store, tip: bytes, known: bytes | None):
+    """Events of the first-parent commits after `known` up to `tip`, oldest first.
+
+    Returns (events, reached known, stopped at a shallow boundary).
+    """
+    raw = []
+    sha = tip
+    reached = False
+    truncated = False
+    while sha is not None:
+        if sha == known:
+            reached = True
+            break
+        try:
+            _, data = store.get_raw(sha)
+        except KeyError:
+            truncated = True
+            break
+        parent, when, message = _parse_commit(data)
+        raw.append((when, message))
+        sha = parent
+    raw.reverse()
+    events = []
+    for when, message in raw:
+        event = _event(when, message)
+        if event is not None:
+            events.append(event)
+    return events, reached, truncated
+
+
+def _parse_commit(data: bytes):
+    """(first parent or None, committer time, message) of a raw commit object."""
+    head, _, message = data.partition(b"\n\n")
+    parent = None
+    when = 0
+    for line in head.split(b"\n"):
+        if line.startswith(b"parent ") and parent is None:
+            parent = line[7:47]
+        elif line.startswith(b"committer "):
+            parts = line.rsplit(b" ", 2)
+            try:
+                when = int(parts[-2])
+            except (ValueError, IndexError):
+                when = 0
+    return parent, when, message
+
+
+def _event(when: int, message: bytes) -> Event | None:
+    facts = {}
+    for line in message.split(b"\n"):
+        if line.startswith(b"Gitqueue-"):
+            key, _, value = line[9:].partition(b": ")
+            facts[key] = value.decode("utf-8", "replace").strip()
+    action = facts.get(b"Action")
+    if action not in ACTIONS:
+        return None
+    duration = facts.get(b"Duration")
+    try:
+        duration = float(duration) if duration else None
+    except ValueError:
+        duration = None
+    return Event((when, action, facts.get(b"Job"), facts.get(b"Worker"), facts.get(b"Lease"),
+                  facts.get(b"Status"), duration, facts.get(b"Reason"),
+                  facts.get(b"Late") == "true"))
+
+
+def _read_cache(path):
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
+        return None
+    return data
+
+
+def _write_cache(path, data):
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, separators=(",", ":"))
+    os.replace(tmp, path)

@@ -1,0 +1,113 @@
+"""The commands that show a build: status, html, history, diff (on the known build)."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from gitqueue.cli.main import cli
+
+from helpers import make_queue
+from known_build import COUNTS, make_known_build
+
+UNSET = ("GITQUEUE_QUEUE", "GITQUEUE_WORKER", "GITQUEUE_SSH_COMMAND", "GITQUEUE_BRANCH")
+
+
+@pytest.fixture
+def gq(tmp_path):
+    env = {"GITQUEUE_CACHE": str(tmp_path / "cache"), "GITQUEUE_CONFIG": str(tmp_path / "none.toml"),
+           **{name: None for name in UNSET}}
+
+    def run(*args, code=0):
+        result = CliRunner().invoke(cli, [str(a) for a in args], env=env, prog_name="gitqueue",
+                                    catch_exceptions=False)
+        assert result.exit_code == code, (result.stdout, result.stderr)
+        return result
+
+    return run
+
+
+@pytest.fixture
+def known(tmp_path):
+    return make_known_build(tmp_path)[0]
+
+
+def test_status(gq, known):
+    data = json.loads(gq("status", "--queue", known, "--json").stdout)
+    assert data["counts"] == COUNTS and data["finished"] and data["built"] == data["buildable"] == 7
+    assert {"rate", "workers", "expiring", "blockers", "eta_seconds", "leases", "started"} <= set(data)
+    text = gq("status", "--queue", known).stdout.splitlines()
+    assert text[0] == "queue test: 11/11 done (100.0%) - finished"
+    assert text[2] == "[" + "#" * 40 + "] 7/7 buildable built (100.0%)"
+    assert text[3] == "rate: 75 packages/h overall, 0 in the last hour; started 2026-01-01T00:00:00Z, finished in 4 min"
+    assert text[4] == "workers:" and text[5].split() == ["worker", "current", "job", "for", "heard", "done",
+                                                       "failed", "speed"]
+    # worker, job, for, then last heard (against this machine's clock: not compared), done, failed, speed
+    rows = [line.split() for line in text[6:9]]
+    assert [(r[0], r[1], r[2], r[-3], r[-2]) for r in rows] == [("w1", "-", "-", "3", "1"), ("w2", "-", "-", "2", "0"),
+                                                                ("w3", "-", "-", "0", "0")]
+    assert rows[2][-1] == "-" and rows[0][-1].endswith("x")
+    assert text[9] == "top blockers (failed packages keeping others from building):"
+    assert text[10].split() == ["c-3.0", "cat/c", "breaks", "2"]
+
+
+def test_status_watch_redraws_until_interrupted(gq, known, monkeypatch):
+    sleeps = []
+
+    def sleep(seconds):
+        sleeps.append(seconds)
+        if len(sleeps) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("time.sleep", sleep)
+    out = gq("status", "--queue", known, "--watch", "--interval", "2").stdout
+    assert sleeps == [2, 2] and out.count("queue test: 11/11 done") == 2
+
+
+def test_html(gq, known, tmp_path):
+    out = tmp_path / "site"
+    line = gq("html", out, "--queue", known).stdout
+    assert line == f"wrote {out}/index.html: 11 packages, 7 unsuccessful, 0 logs copied\n"
+    assert (out / "index.html").exists() and (out / "report.txt").exists()
+    text = gq("html", "--text", "--queue", known).stdout
+    assert text == (out / "report.txt").read_text().replace((out / "report.txt").read_text().splitlines()[-1],
+                                                             text.splitlines()[-1])
+    assert text.startswith("pkgsrc bulk build report: test (finished)\n")
+    data = json.loads(gq("html", "--json", "--queue", known).stdout)
+    assert data["counts"] == COUNTS and len(data["attempts"]) == 7
+
+
+def test_html_needs_somewhere_to_write(gq, known):
+    result = gq("html", "--queue", known, code=2)
+    assert "Error: give OUTDIR, or --text or --json to print the report" in result.stderr
+
+
+def test_history(gq, known):
+    lines = gq("history", "cat/f", "--queue", known).stdout.splitlines()
+    assert lines[0].split() == ["queue", "job", "worker", "started", "took", "result", "log"]
+    assert [line.split()[2] for line in lines[1:]] == ["w2", "w3", "w1"]
+    assert lines[1].split()[3:8] == ["2026-01-01", "00:00:10", "10", "s", "released"]
+    rows = json.loads(gq("history", "c-3.0", "--queue", known, "--json").stdout)
+    assert [(r["worker"], r["result"], r["log"]) for r in rows] == [("w1", "failure", "c-3.0.log")]
+
+
+def test_history_of_an_unknown_package(gq, known):
+    result = gq("history", "zz", "--queue", known, code=1)
+    assert result.stdout == ""
+    assert result.stderr == "Error: unknown package zz: no job has this PKGNAME, base name or package path\n"
+
+
+def test_diff(gq, known, tmp_path):
+    lines = gq("diff", known, known).stdout.splitlines()
+    assert lines[0] == "test -> test: 0 newly failing, 0 newly fixed, 1 still failing, 0 added, 0 removed"
+    assert lines[1] == "still failing:" and lines[2].split()[:2] == ["cat/c", "c-3.0"]
+    assert lines[3] == "largest build-time changes:"
+    data = json.loads(gq("diff", known, known, "--json", "--limit", "1").stdout)
+    assert len(data["time_changes"]) == 1 and data["time_changes"][0]["change"] == 0
+
+
+def test_diff_of_an_unknown_queue(gq, known, tmp_path):
+    result = gq("diff", tmp_path / "nowhere.git", known, code=1)
+    assert result.stderr == f"Error: {tmp_path / 'nowhere.git'}: no such repository\n"
+    empty = make_queue(tmp_path, [], name="empty.git")
+    assert gq("diff", empty, known).stdout.startswith("test -> test: 1 newly failing, 0 newly fixed")

@@ -1,0 +1,115 @@
+"""The report page, rendered by a real headless Chromium: it loads without errors or network,
+and its tables hold the numbers of a known build. The screenshot is kept as a test artifact
+(in $GITQUEUE_ARTIFACTS, default tests/artifacts/)."""
+
+import os
+
+import pytest
+
+import chromium
+from gitqueue import bulkreport, htmlreport
+
+from helpers import REPO, open_queue
+from known_build import LOG, make_known_build
+
+# Every table's cells as text, by table id.
+TABLES = """Object.fromEntries([...document.querySelectorAll('table')].map(t =>
+  [t.id, [...t.querySelectorAll('tbody tr')].map(r => [...r.cells].map(c => c.innerText.trim()))]))"""
+PAGE_FACTS = """({title: document.title, svgs: document.querySelectorAll('svg').length,
+  bars: document.querySelectorAll('svg rect').length, links: [...document.links].map(a => a.getAttribute('href')),
+  width: document.documentElement.scrollWidth, tables: %s})""" % TABLES
+
+
+def artifacts():
+    path = os.environ.get("GITQUEUE_ARTIFACTS") or str(REPO / "tests" / "artifacts")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def browser():
+    binary = chromium.find()
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium unavailable under CI (scripts/test installs it)", pytrace=False)
+        pytest.skip("chromium unavailable: apt-get install chromium (scripts/test does)")
+    return binary
+
+
+def write_site(tmp_path):
+    url, clock = make_known_build(tmp_path)
+    logs = tmp_path / "tree" / "logs" / "c-3.0"
+    logs.mkdir(parents=True)
+    (logs / LOG["name"]).write_text("cc -c main.c\n*** Error code 1\n")
+    with open_queue(url, tmp_path, host="viewer", clock=clock) as q:
+        data = bulkreport.build(q)
+    out = tmp_path / "site"
+    written = htmlreport.write(str(out), data, logs_dir=str(tmp_path / "tree" / "logs"))
+    return out, data, written
+
+
+def test_the_page_in_a_real_browser(tmp_path, browser):
+    out, data, _ = write_site(tmp_path)
+    page = chromium.load((out / "index.html").as_uri(), PAGE_FACTS, binary=browser)
+    with open(os.path.join(artifacts(), "report-known-build.png"), "wb") as f:
+        f.write(page.png)
+    assert page.errors == []
+    assert page.requests == [(out / "index.html").as_uri()], "the page must fetch nothing"
+    facts = page.values
+    assert facts["title"] == "Bulk build report: test" and facts["svgs"] == 2
+    assert facts["bars"] == 7  # one per attempt in the timeline
+    tables = facts["tables"]
+    assert tables["summary"][0] == ["Platform", "any platform"]
+    assert tables["summary"][2:] == [["Started", "2026-01-01 00:00:00 UTC"], ["Ended", "2026-01-01 00:04:00 UTC"],
+                                     ["Duration", "4 min"]]
+    assert tables["counts"] == [["Total", "11"], ["Successfully built", "4"], ["Failed to build", "1"],
+                                ["Depending on failed package", "2"], ["Explicitly broken or masked (prefailed)", "1"],
+                                ["Depending on masked package", "1"], ["Never built on this architecture (no way)", "1"],
+                                ["Depending on a no-way package", "1"]]
+    assert tables["breakage"] == [["cat/c", "c-3.0", "2", "failed", "carol@example.org"],
+                                  ["cat/p", "p-1.0", "1", "prefailed", "pat@example.org"]]
+    assert [row[:3] + row[4:] for row in tables["unsuccessful"]] == [
+        ["cat/c", "c-3.0", "failed", "2", "carol@example.org", "log"],
+        ["cat/d", "d-1.0", "indirect-failed", "", "", ""],
+        ["cat/e", "e-1.0", "indirect-failed", "", "", ""],
+        ["cat/p", "p-1.0", "prefailed", "1", "pat@example.org", ""],
+        ["cat/q", "q-1.0", "indirect-prefailed", "", "", ""],
+        ["cat/n", "n-1.0", "skipped", "1", "", ""],
+        ["cat/m", "m-1.0", "indirect-skipped", "", "", ""]]
+    assert tables["unsuccessful"][1][3] == "depends on c-3.0 (failed)"
+    assert [row[:6] for row in tables["workers"]] == [["w1", "2", "1", "0", "0", "0"], ["w2", "2", "0", "1", "0", "0"],
+                                                      ["w3", "0", "0", "0", "1", "0"]]
+    assert "logs/c-3.0/c-3.0.log" in facts["links"] and "report.txt" in facts["links"]
+    assert facts["width"] <= 1100, "the page should not scroll sideways"
+
+
+def test_the_checker_sees_errors_and_network(tmp_path, browser):
+    bad = tmp_path / "bad.html"
+    bad.write_text('<html><body><img src="missing.png"><script>undefined_function()</script>'
+                   '<link rel="stylesheet" href="https://fonts.example.invalid/x.css"></body></html>')
+    page = chromium.load(bad.as_uri(), "1 + 1", screenshot=False, binary=browser)
+    assert page.values == 2
+    assert any("undefined_function" in e for e in page.errors)
+    assert any("load failed" in e for e in page.errors)
+    assert "https://fonts.example.invalid/x.css" in page.requests
+
+
+def test_the_site_files(tmp_path):
+    out, data, written = write_site(tmp_path)
+    assert sorted(os.path.relpath(p, out) for p in written) == ["index.html", "logs/c-3.0/c-3.0.log", "report.txt"]
+    assert (out / "report.txt").read_text() == bulkreport.text(data)
+    html = (out / "index.html").read_text()
+    assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in html
+    # Regenerating copies no log again and leaves no temporary file behind.
+    again = htmlreport.write(str(out), data, logs_dir=str(tmp_path / "tree" / "logs"))
+    assert sorted(os.path.relpath(p, out) for p in again) == ["index.html", "report.txt"]
+    assert not [p for p in out.rglob("*.tmp")]
+
+
+def test_logs_elsewhere_are_linked_by_url(tmp_path):
+    url, clock = make_known_build(tmp_path)
+    with open_queue(url, tmp_path, host="viewer", clock=clock) as q:
+        data = bulkreport.build(q)
+    htmlreport.write(str(tmp_path / "site"), data, log_url="https://pkgs.example.org/m68k/logs/")
+    html = (tmp_path / "site" / "index.html").read_text()
+    assert '<a href="https://pkgs.example.org/m68k/logs/c-3.0/c-3.0.log">log</a>' in html
