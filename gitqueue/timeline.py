@@ -1,7 +1,7 @@
 """The history of a queue as events (claims, reports, releases, reclaims) and build attempts.
 
-Every state change is one commit whose trailers say what happened (see docs/layout.md), so the
-build's log is the first-parent chain of the branch. Reading 60,000 commits costs seconds, so
+Every commit's trailers say what happened, one group of keys per action (see docs/layout.md),
+so the build's log is the first-parent chain of the branch. Reading 60,000 commits costs seconds, so
 the events read are kept in the cache (`timeline.json`) with the commit they reach, and later
 reads parse only the commits added since. Times are commit times, written by the worker's
 clock: they describe the build, nothing decides on them.
@@ -13,7 +13,7 @@ import os
 from .errors import QueueNotFound
 
 CACHE_FILE = "timeline.json"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: several actions per commit
 # Commits that say something about the build; admin changes (priority, noway) are left out.
 ACTIONS = {"init", "import", "claim", "heartbeat", "report", "release", "reclaim"}
 
@@ -204,9 +204,7 @@ def _walk(store, tip: bytes, known: bytes | None):
     raw.reverse()
     events = []
     for when, message in raw:
-        event = _event(when, message)
-        if event is not None:
-            events.append(event)
+        events.extend(_events(when, message))
     return events, reached, truncated
 
 
@@ -227,12 +225,23 @@ def _parse_commit(data: bytes):
     return parent, when, message
 
 
-def _event(when: int, message: bytes) -> Event | None:
-    facts = {}
+def _events(when: int, message: bytes) -> list:
+    """The events of one commit: its trailer block, one group per `Gitqueue-Action` line.
+
+    A commit may carry several actions (a report and the next claim; the waiting workers of a
+    host settled together); each action's keys follow its own Action line.
+    """
+    groups = []
     for line in message.split(b"\n"):
         if line.startswith(b"Gitqueue-"):
             key, _, value = line[9:].partition(b": ")
-            facts[key] = value.decode("utf-8", "replace").strip()
+            if key == b"Action" or not groups:
+                groups.append({})
+            groups[-1][key] = value.decode("utf-8", "replace").strip()
+    return [e for e in (_event(when, facts) for facts in groups) if e is not None]
+
+
+def _event(when: int, facts: dict) -> Event | None:
     action = facts.get(b"Action")
     if action not in ACTIONS:
         return None
