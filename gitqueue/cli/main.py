@@ -92,8 +92,20 @@ class Context:
                                    + _config_path())
         if "://" not in url and not url.startswith("/") and ":" not in url.split("/")[0]:
             url = os.path.abspath(url)
+        kwargs = {}
+        offset = os.environ.get("GITQUEUE_CLOCK_OFFSET")
+        if offset:
+            # For tests of clock skew: this process's clock runs OFFSET seconds off. gitqueue
+            # never compares clocks of different machines, and this lets anyone check that.
+            import time
+
+            try:
+                seconds = float(offset)
+            except ValueError:
+                raise click.ClickException(f"GITQUEUE_CLOCK_OFFSET={offset!r}: expected seconds") from None
+            kwargs["clock"] = lambda: time.time() + seconds
         return Queue(url, self.cache_dir, self.branch, _ssh_command(self.ssh_command, self.cache_dir),
-                     signer=self.signer(), notice=lambda message: click.echo(message, err=True))
+                     signer=self.signer(), notice=lambda message: click.echo(message, err=True), **kwargs)
 
     def signer(self):
         """The signing.Signer of --signing-key (or its env and config), or None."""
@@ -134,7 +146,10 @@ def _ssh_command(command, cache_dir):
     if os.stat(directory).st_uid != os.getuid():
         return base  # someone else's directory: no shared sockets
     path = os.path.join(directory, "ssh-%C")
-    return f"{base} -o ControlMaster=auto -o ControlPath={path} -o ControlPersist=60"
+    # Keepalives: a worker behind NAT whose connection silently died gives up after about a
+    # minute and retries, instead of waiting on the dead connection forever.
+    return (f"{base} -o ControlMaster=auto -o ControlPath={path} -o ControlPersist=60"
+            " -o ServerAliveInterval=15 -o ServerAliveCountMax=4")
 
 
 def queue_option(f):
