@@ -384,8 +384,64 @@ class _TipWalker:
     __next__ = next
 
 
+class _Deadline:
+    """Raise RemoteError from a fetch or push that has not finished after `seconds`.
+
+    A connection can hang without dying (a NAT box that drops state, a stuck server process);
+    ssh keepalives catch only the first. SIGALRM interrupts the blocking read; dulwich then
+    closes the ssh process. Only in the main thread, where signals are delivered.
+    """
+
+    def __init__(self, seconds, what, client=None):
+        self.seconds = seconds
+        self.what = what
+        self.old = None
+        self.client = client
+
+    def _fire(self, signum, frame):
+        # Kill the transport first: dulwich would otherwise wait up to a minute for it to exit.
+        vendor = getattr(self.client, "ssh_vendor", None)
+        for proc in getattr(vendor, "procs", ()):
+            if proc.poll() is None:
+                proc.kill()
+        raise RemoteError(f"{self.what}: no answer for {self.seconds:g} s; gave up")
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if self.seconds and threading.current_thread() is threading.main_thread():
+            self.old = signal.signal(signal.SIGALRM, self._fire)
+            signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        return self
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            import signal
+
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self.old)
+
+
+def _TrackingVendor():
+    """dulwich's ssh vendor, remembering its processes so a deadline can kill them."""
+    from dulwich.client import SubprocessSSHVendor
+
+    class TrackingVendor(SubprocessSSHVendor):
+        procs: list = []
+
+        def run_command(self, *args, **kwargs):
+            con = super().run_command(*args, **kwargs)
+            self.procs = [p for p in self.procs if p.poll() is None] + [con.proc]
+            return con
+
+    return TrackingVendor()
+
+
 class CachedRemote(Remote):
     """A remote repository (ssh://, git://, file://) mirrored into a bare cache repository."""
+
+    timeout = 600.0  # seconds a fetch or push may take before it is abandoned
 
     def __init__(self, url: str, cache_path: str, branch: str = "main", ssh_command: str | None = None):
         from dulwich.client import get_transport_and_path
@@ -397,6 +453,8 @@ class CachedRemote(Remote):
             self.client, self.remote_path = get_transport_and_path(url, **kwargs)
         except ValueError as e:
             raise QueueNotFound(f"{url}: {e}") from None
+        if hasattr(self.client, "ssh_vendor"):
+            self.client.ssh_vendor = _TrackingVendor()
         if not os.path.isdir(os.path.join(cache_path, "objects")):
             # Made aside and renamed into place: another process may be doing the same.
             tmp = f"{cache_path}.new-{os.getpid()}"
@@ -430,13 +488,14 @@ class CachedRemote(Remote):
         walker = _TipWalker(local, self.repo.get_shallow())
         chunks = []
         try:
-            result = self.client.fetch_pack(
-                self.remote_path,
-                determine_wants,
-                walker,
-                chunks.append,
-                depth=None if local else 1,
-            )
+            with _Deadline(self.timeout, f"{self.url}: fetch", self.client):
+                result = self.client.fetch_pack(
+                    self.remote_path,
+                    determine_wants,
+                    walker,
+                    chunks.append,
+                    depth=None if local else 1,
+                )
         except (HangupException, GitProtocolError, OSError) as e:
             raise RemoteError(f"{self.url}: fetch failed: {_one_line(e)}") from None
         if chunks:
@@ -471,7 +530,8 @@ class CachedRemote(Remote):
             return pack_objects_to_data(objects + [commit], ofs_delta=False)
 
         try:
-            result = self.client.send_pack(self.remote_path, update_refs, generate_pack_data)
+            with _Deadline(self.timeout, f"{self.url}: push", self.client):
+                result = self.client.send_pack(self.remote_path, update_refs, generate_pack_data)
         except _Moved:
             raise PushRejected("branch moved") from None
         except (HangupException, GitProtocolError, OSError) as e:

@@ -32,7 +32,7 @@ class Queue:
     """One queue repository, with this host's cache directory for it."""
 
     def __init__(self, url: str, cache_root: str, branch: str = "main", ssh_command: str | None = None,
-                 clock=time.time, signer=None, notice=None):
+                 clock=time.time, signer=None, notice=None, network_timeout: float | None = None):
         if not url:
             raise QueueNotFound("no queue given (use --queue URL or GITQUEUE_QUEUE)")
         self.url = url
@@ -49,6 +49,7 @@ class Queue:
         self.signer = signer
         # Where to say what was repaired (the CLI: stderr); the library never prints.
         self.notice = notice or (lambda message: None)
+        self.network_timeout = network_timeout
         self._signed = (None, False)  # (blob id of queue.toml, whether it lists admins)
 
     # -- resources -------------------------------------------------------------------------
@@ -65,6 +66,8 @@ class Queue:
                 self._remote = CachedRemote(
                     self.url, os.path.join(self.cache_dir, "repo.git"), self.branch, self._ssh_command
                 )
+                if self.network_timeout:
+                    self._remote.timeout = self.network_timeout
         return self._remote
 
     @property

@@ -53,7 +53,7 @@ class Worker:
                  heartbeat_every: float | None = None, max_wait: float = 60.0, out=print,
                  platform: dict | None = None, pkgsrc_dir: str | None = None, pkgname_command: str | None = None,
                  packages_dir: str | None = None, rsync_rsh: str | None = None, transfer_attempts: int = 5,
-                 transfer_backoff: float = 1.0):
+                 transfer_backoff: float = 1.0, transfer_timeout: float | None = None):
         self.queue = queue
         self.name = name
         self.command = command
@@ -66,6 +66,8 @@ class Worker:
         self.packages_dir = packages_dir or os.path.join(queue.cache_dir, "packages")
         self.rsync_rsh = rsync_rsh
         self.transfer = {"attempts": transfer_attempts, "backoff": transfer_backoff}
+        if transfer_timeout:
+            self.transfer["io_timeout"] = max(1, int(transfer_timeout))
         self.packages_url = None
         self.retry_after = None
         self.heartbeat_every = heartbeat_every
@@ -233,7 +235,8 @@ class Worker:
             # Published packages are in All/; until the master publishes them, in the upload area
             # of the lease that built them. Either way the result's checksums decide.
             try:
-                download(result["packages"], self.packages_url, dest, rsh=self.rsync_rsh, attempts=1)
+                download(result["packages"], self.packages_url, dest, rsh=self.rsync_rsh, attempts=1,
+                         **{k: v for k, v in self.transfer.items() if k == "io_timeout"})
             except TransferError:
                 try:
                     download(result["packages"], self.packages_url, dest, rsh=self.rsync_rsh,

@@ -111,7 +111,8 @@ class Harness:
         self.build.write_text(STAND_IN)
         self.build.chmod(0o755)
         self.config = self.dir / "worker.toml"
-        self.config.write_text(f'rsync_rsh = "{sshd.ssh_command}"\ntransfer_attempts = 4\ntransfer_backoff = 0.2\n')
+        self.config.write_text(f'rsync_rsh = "{sshd.ssh_command}"\ntransfer_attempts = 4\ntransfer_backoff = 0.2\n'
+                               'network_timeout = 30\n')
         self.workers = {}
         for h in range(hosts):
             for p in range(per_host):

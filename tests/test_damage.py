@@ -89,3 +89,18 @@ def test_a_full_disk_during_the_first_fetch_is_one_error_and_nothing_is_lost(tmp
     again = subprocess.run([sys.executable, "-m", "gitqueue", "claim", "--queue", f"file://{path}", "--worker", "w1"],
                            env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
+
+
+def test_a_connection_that_hangs_is_abandoned_after_the_network_timeout(tmp_path):
+    """ssh that connects and then says nothing (a stuck server, a NAT box that dropped the state)."""
+    fake_ssh = tmp_path / "ssh"
+    fake_ssh.write_text("#!/bin/sh\nexec sleep 300\n")
+    fake_ssh.chmod(0o755)
+    config = tmp_path / "config.toml"
+    config.write_text("network_timeout = 2\n")
+    env = {"GITQUEUE_CONFIG": str(config), "GITQUEUE_CACHE": str(tmp_path / "c"), "GITQUEUE_SSH_COMMAND": str(fake_ssh)}
+    proc = gitqueue("claim", "--queue", "ssh://127.0.0.1/srv/q.git", "--worker", "w1", env=env, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "Error: ssh://127.0.0.1/srv/q.git: fetch: no answer for 2 s; gave up"
+    left = subprocess.run(["pgrep", "-f", f"{fake_ssh}"], capture_output=True, text=True).stdout.split()
+    assert left == [], "the hung ssh process was killed"

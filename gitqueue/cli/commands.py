@@ -253,7 +253,8 @@ def work_cmd(queue_url, worker, once, max_jobs, heartbeat_every, max_wait, comma
                    pkgsrc_dir=cfg.get("pkgsrc_dir"), pkgname_command=cfg.get("pkgname_command"),
                    packages_dir=cfg.get("packages_dir"),
                    rsync_rsh=_ssh_command(cfg.get("rsync_rsh") or ctx.ssh_command, ctx.cache_dir),
-                   transfer_attempts=cfg.get("transfer_attempts", 5), transfer_backoff=cfg.get("transfer_backoff", 1.0))
+                   transfer_attempts=cfg.get("transfer_attempts", 5), transfer_backoff=cfg.get("transfer_backoff", 1.0),
+                   transfer_timeout=cfg.get("network_timeout"))
         code = w.run(max_jobs=1 if once else max_jobs)
     sys.exit(code)
 

@@ -20,10 +20,12 @@ CONFIG_KEYS = ("queue", "worker", "cache_dir", "ssh_command", "branch", "host",
                "pkgsrc_dir", "pkgname_command", "packages_dir", "rsync_rsh",
                # how hard to retry rsync transfers before giving a job back
                "transfer_attempts", "transfer_backoff",
+               # seconds a fetch, push or rsync may go without progress before it is abandoned
+               "network_timeout",
                # the SSH key that signs this machine's commits: a private key file, or "agent"
                # ("agent:FINGERPRINT" to choose among the agent's keys)
                "signing_key")
-NUMERIC_KEYS = {"transfer_attempts": int, "transfer_backoff": (int, float)}
+NUMERIC_KEYS = {"transfer_attempts": int, "transfer_backoff": (int, float), "network_timeout": (int, float)}
 
 
 def _config_path() -> str:
@@ -104,6 +106,8 @@ class Context:
             except ValueError:
                 raise click.ClickException(f"GITQUEUE_CLOCK_OFFSET={offset!r}: expected seconds") from None
             kwargs["clock"] = lambda: time.time() + seconds
+        if self.config.get("network_timeout"):
+            kwargs["network_timeout"] = self.config["network_timeout"]
         return Queue(url, self.cache_dir, self.branch, _ssh_command(self.ssh_command, self.cache_dir),
                      signer=self.signer(), notice=lambda message: click.echo(message, err=True), **kwargs)
 
