@@ -504,3 +504,39 @@ def init_bare(path: str, branch: str = "main") -> Repo:
     config.set((b"receive",), b"denyDeletes", True)
     config.write_to_path()
     return repo
+
+
+def fetch_history(url: str, path: str, branch: str = "main", ssh_command: str | None = None) -> bytes | None:
+    """Fetch the whole history of `branch` at `url` into the bare repository `path` (made if
+    missing; never shallow, unlike a worker's cache); return the tip, None if there is no branch.
+
+    Raises:
+        QueueNotFound: a URL that dulwich cannot reach at all.
+        RemoteError: the fetch failed.
+    """
+    from dulwich.client import get_transport_and_path
+
+    ref = b"refs/heads/" + branch.encode()
+    kwargs = {"ssh_command": ssh_command} if ssh_command else {}
+    try:
+        client, remote_path = get_transport_and_path(url, **kwargs)
+    except ValueError as e:
+        raise QueueNotFound(f"{url}: {e}") from None
+    if not os.path.isdir(os.path.join(path, "objects")):
+        os.makedirs(path, exist_ok=True)
+        Repo.init_bare(path).close()
+    seen = {}
+    with Repo(path) as repo:
+        def determine_wants(refs, depth=None):
+            seen["tip"] = refs.get(ref)
+            tip = seen["tip"]
+            return [] if tip is None or tip in repo.object_store else [tip]
+
+        try:
+            client.fetch(remote_path, repo, determine_wants)
+        except (HangupException, GitProtocolError, OSError) as e:
+            raise RemoteError(f"{url}: fetch failed: {_one_line(e)}") from None
+        tip = seen.get("tip")
+        if tip is not None:
+            repo.refs[ref] = tip
+    return tip

@@ -144,6 +144,7 @@ def emit(data, as_json, text):
 LAZY_COMMANDS = {
     "simulate": "schedule", "priority": "schedule", "noway": "schedule",
     "status": "view", "html": "view", "history": "view", "diff": "view",
+    "hooks": "server", "verify": "server", "serve": "server",
 }
 
 
