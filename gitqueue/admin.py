@@ -13,8 +13,13 @@ ADMIN = "gitqueue-admin <admin@gitqueue>"
 
 
 def init_queue(queue, name: str, arch: str = "", os_release: str = "", pkgsrc_branch: str = "",
-               lease_ttl: int = 3600, packages_url: str = "", pkgsrc_revision: str = "") -> dict:
-    """Create the queue (and, for a local path, the bare repository); return its settings."""
+               lease_ttl: int = 3600, packages_url: str = "", pkgsrc_revision: str = "",
+               admins: list[dict] | None = None, max_record_bytes: int | None = None) -> dict:
+    """Create the queue (and, for a local path, the bare repository); return its settings.
+
+    With `admins` ([{"name", "key"}]) the queue is signed (docs/trust.md): the queue's signer
+    must be one of them.
+    """
     from .records import utc
 
     if lease_ttl < 1:
@@ -33,6 +38,13 @@ def init_queue(queue, name: str, arch: str = "", os_release: str = "", pkgsrc_br
                        ("packages_url", packages_url), ("pkgsrc_revision", pkgsrc_revision)):
         if value:
             settings[key] = value
+    if max_record_bytes is not None:
+        settings["max_record_bytes"] = int(max_record_bytes)
+    if admins:
+        settings["admins"] = admins
+        if queue.signer is None or queue.signer.public_key not in {a["key"] for a in admins}:
+            raise GitqueueError("a signed queue's first commit must be signed by one of its admins: "
+                                "give that admin's private key with --signing-key")
     records.validate("queue", settings)
     queue.create(settings, ADMIN)
     return settings

@@ -61,3 +61,7 @@ class LeaseLost(GitqueueError):
 
 class UnknownJob(GitqueueError):
     """A job name that the queue does not have."""
+
+
+class UnknownWorker(GitqueueError):
+    """A worker name that the queue's registry does not have."""

@@ -162,6 +162,8 @@ def _claim_step(queue, batch, worker, host, platform, request=None) -> dict:
             lease["platform"] = platform
         if request is not None:
             lease["request"] = request
+        if queue.signer is not None:
+            lease["signer"] = queue.signer.fingerprint
         hb_path, hb = _heartbeat_change(queue, reader, worker, host)
         batch.claimed.append(scheduler.Busy(worker, factor, now + cand.est * factor))
         batch.add({record_path("leases", name): records.dumps("lease", lease), hb_path: hb},
@@ -273,6 +275,8 @@ def _report_step(queue, batch, worker, job, status, token=None, duration=None, l
         rec["packages"] = packages
     if platform:
         rec["platform"] = platform
+    if queue.signer is not None:
+        rec["signer"] = queue.signer.fingerprint
     hb_path, hb = _heartbeat_change(queue, reader, worker)
     files = {record_path("results", job): records.dumps("result", rec), hb_path: hb}
     if lease is not None:

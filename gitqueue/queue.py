@@ -32,7 +32,7 @@ class Queue:
     """One queue repository, with this host's cache directory for it."""
 
     def __init__(self, url: str, cache_root: str, branch: str = "main", ssh_command: str | None = None,
-                 clock=time.time):
+                 clock=time.time, signer=None):
         if not url:
             raise QueueNotFound("no queue given (use --queue URL or GITQUEUE_QUEUE)")
         self.url = url
@@ -45,6 +45,9 @@ class Queue:
         self._index = None
         self._lock = None
         self.stats = {"pushes": 0, "rejected": 0}
+        # signing.Signer: every commit made through this queue is signed with it (docs/trust.md)
+        self.signer = signer
+        self._signed = (None, False)  # (blob id of queue.toml, whether it lists admins)
 
     # -- resources -------------------------------------------------------------------------
 
@@ -144,7 +147,7 @@ class Queue:
                     if change is None:
                         return None, None
                     tree, objects = build_tree(self.remote.object_store, reader.tree_id, change.files)
-                    commit = make_commit(tree, tip, change.message, identity, self.clock())
+                    commit = self._commit(tree, tip, change.message, identity, reader)
                     self.stats["pushes"] += 1
                     try:
                         self.remote.push(tip, commit, objects)
@@ -160,6 +163,29 @@ class Queue:
                 return commit.id, change
         raise RemoteError(f"{self.url}: gave up after {attempts} rejected pushes")
 
+    def _commit(self, tree, tip, message, identity, reader):
+        """The commit object, signed when this queue has a signer; refused unsigned on a signed queue."""
+        commit = make_commit(tree, tip, message, identity, self.clock())
+        if self.signer is not None:
+            from .signing import sign_commit
+
+            sign_commit(commit, self.signer)
+        elif self.is_signed(reader):
+            raise GitqueueError(f"{self.url}: this queue requires signed commits: give a signing key "
+                                "(--signing-key, GITQUEUE_SIGNING_KEY or signing_key in the config)")
+        return commit
+
+    def is_signed(self, reader) -> bool:
+        """Whether the queue at `reader`'s tree lists admins, so that every commit must be signed."""
+        blob = reader.blob_id(SETTINGS_PATH)
+        if blob != self._signed[0]:
+            self._signed = (blob, bool(blob and self.settings(reader).get("admins")))
+        return self._signed[1]
+
+    @property
+    def signer_fingerprint(self) -> str | None:
+        return None if self.signer is None else self.signer.fingerprint
+
     def create(self, settings: dict, identity: str):
         """Write the first commit (queue.toml) of a new queue; refuse if the branch exists."""
         data = records.dumps("queue", settings)
@@ -171,6 +197,13 @@ class Queue:
                 {"Action": "init", "Queue": settings["name"], "Format-Version": settings["format_version"]}
             )
             commit = make_commit(tree, None, message, identity, self.clock())
+            if self.signer is not None:
+                from .signing import sign_commit
+
+                sign_commit(commit, self.signer)
+            elif settings.get("admins"):
+                raise GitqueueError(f"{self.url}: a queue with admins is signed: give a signing key "
+                                    "(--signing-key, GITQUEUE_SIGNING_KEY or signing_key in the config)")
             try:
                 self.remote.push(None, commit, objects)
             except PushRejected:

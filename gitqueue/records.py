@@ -108,7 +108,7 @@ def epoch(stamp) -> float | None:
         return None
 
 
-_IDENTITY = {"job": "name", "lease": "job", "result": "job", "decline": "job", "heartbeat": "worker"}
+_IDENTITY = {"job": "name", "lease": "job", "result": "job", "decline": "job", "heartbeat": "worker", "worker": "name"}
 
 
 def load_at(kind: str, data: bytes, path: str) -> dict:

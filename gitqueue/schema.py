@@ -14,6 +14,11 @@ _TOKEN = {"type": "string", "pattern": "^[0-9a-f]{16,64}$"}
 _TIME = {"type": "string", "description": "ISO 8601 UTC time as the writer's clock saw it (informational)"}
 _TEXT = {"type": "string", "maxLength": 4096}
 _SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+_KEY = {"type": "string", "maxLength": 2000,
+        "pattern": "^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521) [A-Za-z0-9+/]+={0,2}$",
+        "description": "an OpenSSH public key line without comment: type and base64"}
+_FINGERPRINT = {"type": "string", "pattern": "^SHA256:[A-Za-z0-9+/]{43}$",
+                "description": "SHA256 fingerprint of the key that signed the commit writing this record"}
 
 
 _PLATFORM = {
@@ -57,6 +62,15 @@ SCHEMAS = {
                              "description": "the shared package tree: a path or an rsync target host:/path"},
             "pkgsrc_revision": {"type": "string", "maxLength": 200},
             "created": _TIME,
+            "admins": {
+                "type": "array",
+                "description": "who may sign administrative commits; a queue with admins is signed: "
+                               "every commit must carry a valid signature (docs/trust.md)",
+                "items": {"type": "object", "properties": {"name": _WORKER, "key": _KEY},
+                          "required": ["name", "key"], "additionalProperties": False},
+            },
+            "max_record_bytes": {"type": "integer", "minimum": 1024,
+                                 "description": "the largest file a commit may add (default 65536)"},
         },
         ["format_version", "name", "lease_ttl"],
     ),
@@ -94,6 +108,7 @@ SCHEMAS = {
             "platform": _PLATFORM,
             # the spool request this lease answers: a retried request finds its lease
             "request": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
+            "signer": _FINGERPRINT,
         },
         ["job", "worker", "token"],
     ),
@@ -135,6 +150,7 @@ SCHEMAS = {
                     "additionalProperties": False,
                 },
             },
+            "signer": _FINGERPRINT,
         },
         ["job", "status", "worker", "token"],
     ),
@@ -194,6 +210,21 @@ SCHEMAS = {
             "host": {"type": "string", "maxLength": 200},
         },
         ["worker", "seq"],
+    ),
+    "worker": _record(
+        "worker",
+        "workers/NAME.toml: a registered worker and the SSH key that signs its commits; several "
+        "workers (the processes of one host) may share a key. Revoked workers stay listed.",
+        {
+            "name": _WORKER,
+            "key": _KEY,
+            "owner": {"type": "string", "maxLength": 200},
+            "arch": {"type": "string", "maxLength": 64},
+            "added_at": _TIME,
+            "revoked_at": _TIME,
+            "revoked_reason": {"type": "string", "maxLength": 1000},
+        },
+        ["name", "key"],
     ),
 }
 

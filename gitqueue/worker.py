@@ -155,7 +155,9 @@ class Worker:
 
         self.retry_after = None
         request = {"worker": self.name, "host": self.host, "platform": self.platform,
-                   "report": report_req, "claim": claim_next, "id": os.urandom(8).hex()}
+                   "report": report_req, "claim": claim_next, "id": os.urandom(8).hex(),
+                   # one commit has one signature: only requests with the same key are settled together
+                   "signer": self.queue.signer_fingerprint}
         if self.spool is None:
             self.spool = Spool(self.queue)
         delay = 1.0

@@ -133,17 +133,24 @@ PLATFORM = {"arch": "m68k", "os_release": "10.1", "pkgsrc_branch": "pkgsrc-2026Q
 FULL = {
     "queue": {"format_version": 1, "name": "2026Q4-m68k", "arch": "m68k", "os_release": "10.1",
               "pkgsrc_branch": "pkgsrc-2026Q4", "lease_ttl": 7200, "created": "2026-10-01T00:00:00Z",
-              "packages_url": "master:/srv/pkgsrc/packages/m68k", "pkgsrc_revision": "2026Q4-r1"},
+              "packages_url": "master:/srv/pkgsrc/packages/m68k", "pkgsrc_revision": "2026Q4-r1",
+              "admins": [{"name": "alice", "key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKgQ7e"}],
+              "max_record_bytes": 65536},
+    "worker": {"name": "hp300-1", "key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKgQ7e", "owner": "Jane <jane@example.org>",
+               "arch": "m68k", "added_at": "2026-10-01T00:00:00Z", "revoked_at": "2026-10-02T00:00:00Z",
+               "revoked_reason": "disk stolen"},
     "job": {"name": "py311-gtk3+-3.24.51", "version": "3.24.51", "pkgpath": "x11/py-gtk3", "deps": ["glib2-2.84.1"],
             "est_seconds": 312.5, "est_source": "history", "priority": 2, "weight": 7, "prefailed": "skip: \"broken\" on m68k",
             "multi_version": {"PYTHON_VERSION_REQD": "311"}, "maintainer": "pkgsrc-users@NetBSD.org",
             "categories": "x11 python", "no_bin_on_ftp": "license", "restricted": "license"},
     "lease": {"job": "gmake-4.4.1", "worker": "hp300-1", "token": "3f0c2d" + "0" * 26,
-              "claimed_at": "2026-10-01T00:00:00Z", "host": "hp300.example.org", "platform": PLATFORM, "request": "9a" * 8},
+              "claimed_at": "2026-10-01T00:00:00Z", "host": "hp300.example.org", "platform": PLATFORM, "request": "9a" * 8,
+              "signer": "SHA256:" + "A" * 43},
     "result": {"job": "gmake-4.4.1", "version": "4.4.1", "status": "failure", "worker": "hp300-1",
                "token": "3f0c2d" + "0" * 26, "duration": 312.0, "finished_at": "2026-10-01T00:05:12Z", "late": True,
                "log": {"name": "gmake.log", "size": 1234, "sha256": "ab" * 32}, "log_tail": "*** Error code 1\n",
-               "packages": [{"name": "gmake-4.4.1.tgz", "size": 512, "sha256": "cd" * 32}], "platform": PLATFORM},
+               "packages": [{"name": "gmake-4.4.1.tgz", "size": 512, "sha256": "cd" * 32}], "platform": PLATFORM,
+               "signer": "SHA256:" + "A" * 43},
     "decline": {"job": "gmake-4.4.1",
                 "declined": [{"worker": "hp300-1", "reason": "my pkgsrc has gmake-4.3", "at": "2026-10-01T00:00:00Z"}]},
     "heartbeat": {"worker": "hp300-1", "seq": 41, "at": "2026-10-01T00:00:00Z", "host": "hp300.example.org"},
@@ -152,7 +159,8 @@ FULL = {
 }
 NESTED = {("result", "log"): FULL["result"]["log"], ("decline", "declined"): FULL["decline"]["declined"][0],
           ("noway", "entries"): FULL["noway"]["entries"][0], ("result", "packages"): FULL["result"]["packages"][0],
-          ("lease", "platform"): PLATFORM, ("result", "platform"): PLATFORM}
+          ("lease", "platform"): PLATFORM, ("result", "platform"): PLATFORM,
+          ("queue", "admins"): FULL["queue"]["admins"][0]}
 
 
 def _properties(kind, key=None):
@@ -226,7 +234,7 @@ PKG_FAIL_REASON="does not build on m68k"
 def _written_keys(url):
     """{kind or (kind, key): set of keys} over every record of every commit of the queue."""
     kinds = {"queue.toml": "queue", "jobs": "job", "leases": "lease", "results": "result", "declines": "decline",
-             "heartbeats": "heartbeat", "priority.toml": "priority", "noway.toml": "noway"}
+             "heartbeats": "heartbeat", "priority.toml": "priority", "noway.toml": "noway", "workers": "worker"}
     seen = {}
     repo = Repo(url)
     try:
@@ -250,6 +258,9 @@ def _written_keys(url):
                             seen.setdefault(("result", "packages"), set()).update(package)
                     if kind in ("lease", "result") and "platform" in record:
                         seen.setdefault((kind, "platform"), set()).update(record["platform"])
+                    if kind == "queue":
+                        for admin in record.get("admins", ()):
+                            seen.setdefault(("queue", "admins"), set()).update(admin)
                     if kind == "decline":
                         for d in record["declined"]:
                             seen.setdefault(("decline", "declined"), set()).update(d)
@@ -258,9 +269,33 @@ def _written_keys(url):
     return seen
 
 
+def _signed_run(tmp_path):
+    """A signed queue: admins, a registered and a revoked worker, a signed claim and report."""
+    import subprocess
+
+    from gitqueue.registry import add_worker, read_key, revoke_worker
+    from gitqueue.signing import Signer
+
+    keys = {}
+    for name in ("alice", "host"):
+        path = tmp_path / name
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+        keys[name] = (Signer.from_key_file(str(path)), read_key((tmp_path / f"{name}.pub").read_text(), name))
+    url = str(tmp_path / "signed.git")
+    with Queue(url, str(tmp_path / "cache-alice"), signer=keys["alice"][0]) as admin:
+        init_queue(admin, "signed", admins=[{"name": "alice", "key": keys["alice"][1]}], max_record_bytes=4096)
+        import_jobs(admin, [job("s-1")], "s.jsonl")
+        add_worker(admin, "h1", keys["host"][1], owner="Jane", arch="m68k")
+        with Queue(url, str(tmp_path / "cache-host"), signer=keys["host"][0]) as w:
+            took = lease.claim(w, "h1")
+            lease.report(w, "h1", took["job"], "success")
+        revoke_worker(admin, "h1", "disk stolen")
+    return url
+
+
 # The records the protocol writes (init, import, claim, report, release, reclaim, heartbeat); the
 # admin lists (priority, noway) are covered by the round trip above.
-PROTOCOL_KINDS = ("queue", "job", "lease", "result", "decline", "heartbeat")
+PROTOCOL_KINDS = ("queue", "job", "lease", "result", "decline", "heartbeat", "worker")
 
 
 def test_every_schema_key_is_written_by_the_code(tmp_path):
@@ -295,6 +330,8 @@ def test_every_schema_key_is_written_by_the_code(tmp_path):
         assert "lease" in settled["claim"]
         lease.heartbeat(w, "w1")
     seen = _written_keys(url)
+    for kind, keys in _written_keys(_signed_run(tmp_path)).items():
+        seen.setdefault(kind, set()).update(keys)
     for kind in PROTOCOL_KINDS:
         written, allowed = seen.get(kind, set()), _properties(kind)
         assert sorted(allowed - written) == [], f"{kind}: schema keys that no operation wrote"

@@ -18,9 +18,18 @@ from .main import _ssh_command, cli, context, emit, json_option, queue_option, w
               help="Seconds without a word from a worker before its leases may be reclaimed.")
 @click.option("--packages-url", default="", metavar="URL",
               help="The shared package tree: a path or host:/path reached with rsync over ssh.")
+@click.option("--admin", "admin_keys", multiple=True, metavar="NAME=FILE.pub",
+              help="An administrator and their SSH public key; makes the queue signed (docs/trust.md).")
+@click.option("--max-record-bytes", type=click.IntRange(min=1024), metavar="N",
+              help="The largest file a push may add, enforced by the server hook (default 65536).")
 @json_option
-def init_cmd(url, name, arch, os_release, pkgsrc_branch, pkgsrc_revision, lease_ttl, packages_url, as_json):
+def init_cmd(url, name, arch, os_release, pkgsrc_branch, pkgsrc_revision, lease_ttl, packages_url, admin_keys,
+             max_record_bytes, as_json):
     """Create a queue at URL (a local bare repository is created if missing).
+
+    With --admin NAME=FILE.pub the queue is signed: every commit must carry the SSH signature of
+    a registered worker or an admin, and this first one is signed with --signing-key (an admin's
+    private key).
 
     \b
     Example: gitqueue init /srv/queues/2026Q4-m68k --arch m68k --pkgsrc-branch pkgsrc-2026Q4
@@ -28,11 +37,20 @@ def init_cmd(url, name, arch, os_release, pkgsrc_branch, pkgsrc_revision, lease_
     import os
 
     from ..admin import init_queue
+    from ..registry import read_key
 
+    admins = []
+    for spec in admin_keys:
+        admin, sep, path = spec.partition("=")
+        if not sep or not admin or not path:
+            raise click.BadParameter(f"{spec!r}: expected NAME=FILE.pub", param_hint="--admin")
+        path = os.path.expanduser(path)
+        with open(path) as f:
+            admins.append({"name": admin, "key": read_key(f.read(), path)})
     with context().open(url) as queue:
         name = name or os.path.basename(queue.url.rstrip("/")).removesuffix(".git") or "queue"
         settings = init_queue(queue, name, arch, os_release, pkgsrc_branch, lease_ttl, packages_url,
-                              pkgsrc_revision)
+                              pkgsrc_revision, admins, max_record_bytes)
         emit(settings, as_json, f"created queue {settings['name']} at {queue.url}")
 
 

@@ -19,7 +19,10 @@ CONFIG_KEYS = ("queue", "worker", "cache_dir", "ssh_command", "branch", "host",
                # binary packages of dependencies go, and rsync's ssh for the package tree
                "pkgsrc_dir", "pkgname_command", "packages_dir", "rsync_rsh",
                # how hard to retry rsync transfers before giving a job back
-               "transfer_attempts", "transfer_backoff")
+               "transfer_attempts", "transfer_backoff",
+               # the SSH key that signs this machine's commits: a private key file, or "agent"
+               # ("agent:FINGERPRINT" to choose among the agent's keys)
+               "signing_key")
 NUMERIC_KEYS = {"transfer_attempts": int, "transfer_backoff": (int, float)}
 
 
@@ -59,8 +62,10 @@ def _load_config() -> dict:
 class Context:
     """Shared options, resolved from the command line, the environment and the config file."""
 
-    def __init__(self, queue_url, worker, cache_dir, branch, ssh_command):
+    def __init__(self, queue_url, worker, cache_dir, branch, ssh_command, signing_key=None):
         self._config = None
+        self.signing_key = (signing_key or os.environ.get("GITQUEUE_SIGNING_KEY")
+                            or self.config.get("signing_key"))
         self.queue_url = queue_url or os.environ.get("GITQUEUE_QUEUE") or self.config.get("queue")
         self.worker_name = worker or os.environ.get("GITQUEUE_WORKER") or self.config.get("worker")
         cache_base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -87,7 +92,22 @@ class Context:
                                    + _config_path())
         if "://" not in url and not url.startswith("/") and ":" not in url.split("/")[0]:
             url = os.path.abspath(url)
-        return Queue(url, self.cache_dir, self.branch, _ssh_command(self.ssh_command, self.cache_dir))
+        return Queue(url, self.cache_dir, self.branch, _ssh_command(self.ssh_command, self.cache_dir),
+                     signer=self.signer())
+
+    def signer(self):
+        """The signing.Signer of --signing-key (or its env and config), or None."""
+        spec = self.signing_key
+        if not spec:
+            return None
+        from ..signing import Signer
+
+        if spec == "agent" or spec.startswith("agent:"):
+            sock = os.environ.get("SSH_AUTH_SOCK")
+            if not sock:
+                raise click.ClickException(f"signing key {spec!r}: SSH_AUTH_SOCK is not set (no ssh-agent)")
+            return Signer.from_agent(spec[6:] or None, socket_path=sock)
+        return Signer.from_key_file(os.path.expanduser(spec))
 
     def platform(self):
         """This worker's description (detected, overridden by the config file)."""
@@ -144,6 +164,7 @@ def emit(data, as_json, text):
 LAZY_COMMANDS = {
     "simulate": "schedule", "priority": "schedule", "noway": "schedule",
     "status": "view", "html": "view", "history": "view", "diff": "view",
+    "worker": "registry",
     "hooks": "server", "verify": "server", "serve": "server",
 }
 
@@ -179,20 +200,23 @@ class Group(click.Group):
 @click.option("--cache-dir", metavar="DIR", help="Where this host keeps its queue caches [env GITQUEUE_CACHE].")
 @click.option("--branch", metavar="NAME", help="Queue branch (default main).")
 @click.option("--ssh-command", metavar="CMD", help="ssh program and options for ssh:// queues [env GITQUEUE_SSH_COMMAND].")
+@click.option("--signing-key", metavar="FILE|agent",
+              help="SSH private key that signs this machine's commits, or 'agent' [env GITQUEUE_SIGNING_KEY].")
 @click.version_option(package_name="gitqueue")
 @click.pass_context
-def cli(ctx, cache_dir, branch, ssh_command):
+def cli(ctx, cache_dir, branch, ssh_command, signing_key):
     """Distributed bulk package builds coordinated through a shared git repository.
 
     Every command takes --queue URL (or GITQUEUE_QUEUE); worker commands take --worker NAME
     (or GITQUEUE_WORKER). Both may be set in ~/.config/gitqueue/config.toml.
     """
-    ctx.obj = {"cache_dir": cache_dir, "branch": branch, "ssh_command": ssh_command}
+    ctx.obj = {"cache_dir": cache_dir, "branch": branch, "ssh_command": ssh_command, "signing_key": signing_key}
 
 
 def context(queue_url=None, worker=None) -> Context:
     obj = click.get_current_context().find_root().obj or {}
-    return Context(queue_url, worker, obj.get("cache_dir"), obj.get("branch"), obj.get("ssh_command"))
+    return Context(queue_url, worker, obj.get("cache_dir"), obj.get("branch"), obj.get("ssh_command"),
+                   obj.get("signing_key"))
 
 
 from . import commands  # noqa: E402,F401  (registers the commands; see LAZY_COMMANDS for the rest)
