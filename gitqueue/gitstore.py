@@ -458,8 +458,9 @@ class CachedRemote(Remote):
         def generate_pack_data(have, want, ofs_delta=False, progress=None):
             return pack_objects_to_data(objects + [commit], ofs_delta=False)
 
+        said = []  # what the server's hooks printed (git shows it as "remote: ...")
         try:
-            result = self.client.send_pack(self.remote_path, update_refs, generate_pack_data)
+            result = self.client.send_pack(self.remote_path, update_refs, generate_pack_data, progress=said.append)
         except _Moved:
             raise PushRejected("branch moved") from None
         except (HangupException, GitProtocolError, OSError) as e:
@@ -471,13 +472,22 @@ class CachedRemote(Remote):
             if any(s in status for s in ("non-fast-forward", "fetch first", "stale", "failed to update ref",
                                          "failed to lock")):
                 raise PushRejected(status)
-            raise RemoteError(f"{self.url}: push refused: {_one_line(status)}")
+            reason = _hook_reason(b"".join(said))
+            raise RemoteError(f"{self.url}: push refused: {_one_line(status)}{': ' + reason if reason else ''}")
         # Keep what we sent, so the next operation need not fetch it back.
         _add_objects(self.object_store, objects + [commit])
         self.repo.refs[self.ref] = new
 
     def close(self):
         self.repo.close()
+
+
+def _hook_reason(output: bytes) -> str:
+    """The first rule the server's gitqueue hook names in its output ('' if none)."""
+    lines = [ln.strip() for ln in output.decode("utf-8", "replace").replace("\r", "\n").splitlines()]
+    reasons = [ln[len("gitqueue: "):] for ln in lines
+               if ln.startswith("gitqueue: ") and not ln.startswith("gitqueue: push refused")]
+    return reasons[0] if reasons else ""
 
 
 class _Moved(Exception):

@@ -279,7 +279,7 @@ def _identify(commit, reg: Registry, backend: str):
     try:
         verify_commit(commit, {principal: [key_line]}, backend=backend)
     except SignatureError as e:
-        return None, f"bad signature: {e}"
+        return None, str(e) if str(e).startswith("bad signature") else f"bad signature: {e}"
     return Signer(fp, admin, frozenset(names)), None
 
 
