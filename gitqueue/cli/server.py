@@ -7,7 +7,7 @@ import sys
 import click
 
 from ..errors import QueueNotFound
-from .main import cli, context, json_option
+from .main import cli, context, json_option, queue_option
 
 
 @cli.group("hooks")
@@ -41,12 +41,13 @@ def hooks_install(repo, force, python):
 
 @cli.command("verify")
 @click.argument("url", required=False)
+@queue_option
 @click.option("--admin-key", metavar="KEY", help="Public key file or SHA256 fingerprint that must have signed "
                                                  "the first commit.")
 @click.option("--packages", "packages_dir", metavar="DIR", type=click.Path(file_okay=False),
               help="The package tree (All/, incoming/): check every success result's files against it.")
 @json_option
-def verify_cmd(url, admin_key, packages_dir, as_json):
+def verify_cmd(url, queue_url, admin_key, packages_dir, as_json):
     """Replay the whole history of a queue and check every signature and rule.
 
     Prints a summary and the first violation with the commit that made it; exits 1 on any.
@@ -59,7 +60,7 @@ def verify_cmd(url, admin_key, packages_dir, as_json):
 
     from ..gitstore import is_local_path
 
-    ctx = context(queue_url=url)
+    ctx = context(queue_url=url or queue_url)
     root_key = _fingerprint_of(admin_key) if admin_key else None
     if not ctx.queue_url:
         raise click.UsageError("no queue given: pass URL or --queue, or set GITQUEUE_QUEUE")
