@@ -65,3 +65,7 @@ class UnknownJob(GitqueueError):
 
 class UnknownWorker(GitqueueError):
     """A worker name that the queue's registry does not have."""
+
+
+class RepositoryDamaged(GitqueueError):
+    """An object that should be in a repository is missing or unreadable."""

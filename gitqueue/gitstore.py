@@ -18,7 +18,7 @@ from dulwich.errors import HangupException, GitProtocolError, NotGitRepository
 from dulwich.objects import Blob, Commit, Tree
 from dulwich.repo import Repo
 
-from .errors import PushRejected, QueueNotFound, RemoteError
+from .errors import GitqueueError, PushRejected, QueueNotFound, RemoteError, RepositoryDamaged
 
 ZERO_SHA = b"0" * 40
 _DIR = stat.S_IFDIR
@@ -251,9 +251,17 @@ class CachingStore:
     def __getitem__(self, sha):
         obj = self._cache.get(sha)
         if obj is None:
-            obj = self._loose(sha) if self._loose is not None and len(sha) == 40 else None
-            if obj is None:
-                obj = self._store[sha]
+            try:
+                obj = self._loose(sha) if self._loose is not None and len(sha) == 40 else None
+                if obj is None:
+                    obj = self._store[sha]
+            except KeyError:
+                raise RepositoryDamaged(f"{self._where()}: object {_hex(sha)} is missing") from None
+            except Exception as e:  # a truncated pack, a damaged loose object: zlib, checksum, format
+                if isinstance(e, GitqueueError):
+                    raise
+                raise RepositoryDamaged(f"{self._where()}: object {_hex(sha)} is unreadable "
+                                        f"({type(e).__name__}: {_one_line(e)})") from None
             if len(self._cache) >= self._size:
                 self._cache.clear()
             self._cache[sha] = obj
@@ -261,6 +269,10 @@ class CachingStore:
 
     def __contains__(self, sha):
         return sha in self._cache or sha in self._store
+
+    def _where(self):
+        path = getattr(self._store, "path", "")
+        return os.path.dirname(path) if path.endswith("objects") else path or "object store"
 
     def __getattr__(self, name):
         return getattr(self._store, name)
@@ -492,6 +504,10 @@ def _hook_reason(output: bytes) -> str:
 
 class _Moved(Exception):
     pass
+
+
+def _hex(sha) -> str:
+    return sha.decode() if isinstance(sha, bytes) and len(sha) == 40 else repr(sha)
 
 
 def _one_line(e) -> str:

@@ -53,6 +53,8 @@ def heartbeat_path(worker: str) -> str:
 def name_from_path(path: str) -> tuple[str, str]:
     """Split 'kind/xx/name.toml' into (kind, name); raise InvalidName if it is not one."""
     parts = path.split("/")
+    if not parts[0].isalpha():
+        raise InvalidName(f"{path}: not a record path of the queue layout")
     if len(parts) == 3 and parts[2].endswith(".toml"):
         name = parts[2][:-5]
         if parts[1] == shard(name):

@@ -12,7 +12,7 @@ import re
 import time
 
 from . import records
-from .errors import GitqueueError, PushRejected, QueueNotFound, RemoteError
+from .errors import GitqueueError, PushRejected, QueueNotFound, RemoteError, RepositoryDamaged
 from .gitstore import CachedRemote, LocalRemote, is_local_path, make_commit, build_tree
 
 SETTINGS_PATH = "queue.toml"
@@ -32,7 +32,7 @@ class Queue:
     """One queue repository, with this host's cache directory for it."""
 
     def __init__(self, url: str, cache_root: str, branch: str = "main", ssh_command: str | None = None,
-                 clock=time.time, signer=None):
+                 clock=time.time, signer=None, notice=None):
         if not url:
             raise QueueNotFound("no queue given (use --queue URL or GITQUEUE_QUEUE)")
         self.url = url
@@ -47,6 +47,8 @@ class Queue:
         self.stats = {"pushes": 0, "rejected": 0}
         # signing.Signer: every commit made through this queue is signed with it (docs/trust.md)
         self.signer = signer
+        # Where to say what was repaired (the CLI: stderr); the library never prints.
+        self.notice = notice or (lambda message: None)
         self._signed = (None, False)  # (blob id of queue.toml, whether it lists admins)
 
     # -- resources -------------------------------------------------------------------------
@@ -97,8 +99,46 @@ class Queue:
 
     # -- reading ---------------------------------------------------------------------------
 
+    def repairing(self, operation):
+        """Run `operation()`; if this host's cache of a remote queue turns out damaged, rebuild it
+        from the remote and run it once more. A damaged local-path queue is an error to report.
+        """
+        try:
+            return operation()
+        except RepositoryDamaged as e:
+            if is_local_path(self.url):
+                raise RepositoryDamaged(f"{e} (the queue repository itself: check it with git fsck)") from None
+            with self.lock():
+                self._discard_cache()
+            self.notice(f"gitqueue: {e}; the cache was rebuilt from {self.url}")
+            return operation()
+
+    def _discard_cache(self):
+        """Throw this host's copy of a remote queue away; the next fetch makes it anew (shallow)."""
+        import shutil
+
+        if self._remote is not None:
+            self._remote.close()
+            self._remote = None
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+        repo = os.path.join(self.cache_dir, "repo.git")
+        aside = f"{repo}.damaged-{os.getpid()}"
+        if os.path.isdir(repo):
+            os.rename(repo, aside)
+            shutil.rmtree(aside, ignore_errors=True)
+        for name in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm"):
+            try:
+                os.unlink(os.path.join(self.cache_dir, name))
+            except FileNotFoundError:
+                pass
+
     def fetch(self):
         """Fetch the tip; return (commit id, TreeReader). Raises QueueNotFound when empty."""
+        return self.repairing(self._fetch)
+
+    def _fetch(self):
         with self.lock():
             tip = self.remote.fetch()
         if tip is None:
@@ -113,9 +153,12 @@ class Queue:
 
     def sync(self):
         """Fetch and bring the index to the tip (caller holds the lock); return (tip, reader)."""
-        tip, reader = self.fetch()
-        self.index.update(self.remote, tip)
-        return tip, reader
+        def run():
+            tip, reader = self._fetch()
+            self.index.update(self.remote, tip)
+            return tip, reader
+
+        return self.repairing(run)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -135,14 +178,18 @@ class Queue:
         (None, None) when `decide` had nothing to do. Retries with jittered backoff on a
         rejected push; gives up with RemoteError after `attempts` tries.
         """
+        return self.repairing(lambda: self._transact(decide, identity, attempts, use_index))
+
+    def _transact(self, decide, identity, attempts, use_index):
         delay = 0.005
         with self.lock():
             for _ in range(attempts):
                 with self.remote.writer_lock():
                     if use_index:
-                        tip, reader = self.sync()
+                        tip, reader = self._fetch()
+                        self.index.update(self.remote, tip)
                     else:
-                        tip, reader = self.fetch()
+                        tip, reader = self._fetch()
                     change = decide(tip, reader)
                     if change is None:
                         return None, None

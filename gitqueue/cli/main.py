@@ -93,7 +93,7 @@ class Context:
         if "://" not in url and not url.startswith("/") and ":" not in url.split("/")[0]:
             url = os.path.abspath(url)
         return Queue(url, self.cache_dir, self.branch, _ssh_command(self.ssh_command, self.cache_dir),
-                     signer=self.signer())
+                     signer=self.signer(), notice=lambda message: click.echo(message, err=True))
 
     def signer(self):
         """The signing.Signer of --signing-key (or its env and config), or None."""

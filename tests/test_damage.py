@@ -1,0 +1,91 @@
+"""A damaged cache is rebuilt from the remote; a damaged queue or a full disk is one clear error."""
+
+import glob
+import os
+import resource
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from helpers import git_log, gitqueue, job, make_queue
+
+
+@pytest.fixture
+def remote_queue(tmp_path):
+    """A queue reached through a cache (file://), and a worker's environment with its own cache."""
+    path = make_queue(tmp_path, [job(f"p{i}-1.0") for i in range(40)])
+    env = {"GITQUEUE_CACHE": str(tmp_path / "wcache")}
+    first = gitqueue("claim", "--queue", f"file://{path}", "--worker", "w1", env=env, check=True)
+    assert first.returncode == 0
+    return path, env, tmp_path / "wcache"
+
+
+def cache_files(cache, pattern):
+    return glob.glob(str(cache / "*" / "repo.git" / "objects" / pattern))
+
+
+@pytest.mark.parametrize("damage", ["truncate the pack", "delete the pack", "garble a loose object"])
+def test_a_damaged_cache_is_rebuilt_from_the_remote(remote_queue, damage):
+    path, env, cache = remote_queue
+    # Make sure the cache holds loose objects too: a claim writes its commit's objects.
+    gitqueue("claim", "--queue", f"file://{path}", "--worker", "w2", env=env, check=True)
+    if damage == "truncate the pack":
+        for pack in cache_files(cache, "pack/*.pack"):
+            with open(pack, "r+b") as f:
+                f.truncate(100)
+    elif damage == "delete the pack":
+        for name in cache_files(cache, "pack/*"):
+            os.unlink(name)
+    else:
+        loose = [p for p in cache_files(cache, "??/*")]
+        assert loose
+        for name in loose:
+            os.chmod(name, 0o644)
+            with open(name, "wb") as f:
+                f.write(b"not zlib at all")
+    before = git_log(path)
+    proc = gitqueue("claim", "--queue", f"file://{path}", "--worker", "w3", env=env)
+    assert proc.returncode == 0, proc.stderr
+    notices = [line for line in proc.stderr.splitlines() if line.startswith("gitqueue: ")]
+    assert len(notices) == 1 and notices[0].endswith(f"the cache was rebuilt from file://{path}"), proc.stderr
+    assert git_log(path).count("claim ") == before.count("claim ") + 1
+    # ... and the rebuilt cache keeps working.
+    again = gitqueue("claim", "--queue", f"file://{path}", "--worker", "w4", env=env)
+    assert again.returncode == 0 and again.stderr == ""
+
+
+def test_a_damaged_queue_repository_is_one_error_naming_fsck(tmp_path):
+    path = make_queue(tmp_path, [job("a-1.0"), job("b-1.0")])
+    for name in glob.glob(os.path.join(path, "objects", "??", "*")):
+        os.unlink(name)
+    for name in glob.glob(os.path.join(path, "objects", "pack", "*")):
+        os.unlink(name)
+    proc = gitqueue("claim", "--queue", path, "--worker", "w1", env={"GITQUEUE_CACHE": str(tmp_path / "c")})
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: {path}: object ") and "git fsck" in lines[0]
+
+
+def _limit_file_size():
+    # A full disk, as far as this process can tell: writes past 64 KiB fail (EFBIG) instead of
+    # killing it with SIGXFSZ.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+
+def test_a_full_disk_during_the_first_fetch_is_one_error_and_nothing_is_lost(tmp_path):
+    path = make_queue(tmp_path, [job(f"p{i}-1.0", pkgpath=f"devel/p{i}") for i in range(1500)])
+    env = {**os.environ, "GITQUEUE_CACHE": str(tmp_path / "wcache")}
+    before = git_log(path)
+    proc = subprocess.run([sys.executable, "-m", "gitqueue", "claim", "--queue", f"file://{path}", "--worker", "w1"],
+                          env=env, capture_output=True, text=True, preexec_fn=_limit_file_size, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "File too large" in lines[0], proc.stderr
+    assert git_log(path) == before  # nothing was claimed
+    # With room again, the same cache works.
+    again = subprocess.run([sys.executable, "-m", "gitqueue", "claim", "--queue", f"file://{path}", "--worker", "w1"],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
