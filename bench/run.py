@@ -5,7 +5,8 @@
 
 Benchmarks: claim_cycle (claim+report as processes, local and ssh), lean (instructions, RSS,
 import), contention (many workers on one queue), transfer (a 10 MB package over ssh), view
-(`gitqueue status` and `gitqueue html` on the 29k queue with a history of 4,000 results).
+(`gitqueue status` and `gitqueue html` on the 29k queue with a history of 4,000 results), hook
+(what the pre-receive hook adds to a claim over ssh; verify's cost per commit).
 """
 
 import subprocess
@@ -13,7 +14,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ALL = ["claim_cycle", "lean", "contention", "transfer", "view"]
+ALL = ["claim_cycle", "lean", "contention", "transfer", "view", "hook"]
 
 
 def main():
