@@ -5,8 +5,9 @@
 
 Benchmarks: claim_cycle (claim+report as processes, local and ssh), lean (instructions, RSS,
 import), contention (many workers on one queue), transfer (a 10 MB package over ssh), view
-(`gitqueue status` and `gitqueue html` on the 29k queue with a history of 4,000 results), faults
-(the fault-injection build, long version).
+(`gitqueue status` and `gitqueue html` on the 29k queue with a history of 4,000 results), hook
+(what the pre-receive hook adds to a claim over ssh; verify's cost per commit), faults (the
+fault-injection build, long version).
 """
 
 import subprocess
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ALL = ["claim_cycle", "lean", "contention", "transfer", "view", "faults"]
+ALL = ["claim_cycle", "lean", "contention", "transfer", "view", "hook", "faults"]
 
 
 def main():

@@ -1,9 +1,10 @@
-"""Replay a queue's history and check the protocol's invariants commit by commit."""
+"""Replay a queue's whole history and check every rule commit by commit (`gitqueue verify`)."""
 
+import hashlib
+import os
 from dataclasses import dataclass, field
 
-from . import records
-from .names import name_from_path
+from .rules import Options, State, Violation, check_commit, job_path
 
 
 @dataclass
@@ -11,73 +12,91 @@ class Audit:
     """What a replay of the history found."""
 
     commits: int = 0
+    signed: dict = field(default_factory=dict)  # principal -> commits it signed
+    unsigned: int = 0
     claims: int = 0
     results: int = 0
     reclaims: int = 0
     late: int = 0
-    violations: list = field(default_factory=list)
+    packages_checked: int = 0
+    packages_unreachable: list = field(default_factory=list)  # "job: name"
+    violations: list = field(default_factory=list)  # Violation
+
+    def as_dict(self) -> dict:
+        return {"commits": self.commits, "signed": self.signed, "unsigned": self.unsigned,
+                "claims": self.claims, "results": self.results, "reclaims": self.reclaims, "late": self.late,
+                "packages_checked": self.packages_checked, "packages_unreachable": self.packages_unreachable,
+                "violations": [str(v) for v in self.violations],
+                "first_violation": _violation_dict(self.violations[0]) if self.violations else None}
 
 
-def replay(remote, tip: bytes) -> Audit:
-    """Walk the branch from its first commit to `tip` and check every state change.
+def _violation_dict(v: Violation) -> dict:
+    return {"commit": v.commit, "path": v.path, "rule": v.rule, "message": v.message}
 
-    Checked: history is one chain (no merges), a job never has two live leases, a result is
-    never written twice nor rewritten, and every commit changes something.
+
+def replay(remote, tip: bytes, options: Options | None = None, packages_dir: str | None = None,
+           stop_at_first: bool = False) -> Audit:
+    """Walk the branch from its first commit to `tip` and check every commit (see rules).
+
+    Args:
+        remote: anything with an `object_store` (a gitstore Remote), or an object store.
+        tip: the commit to end at.
+        options: rules.Options; `history` is turned on (tokens, late results).
+        packages_dir: the package tree (All/, incoming/TOKEN/); each success result's packages
+            are checked against it (size and SHA-256). Missing files are listed, not violations.
+        stop_at_first: stop after the first commit that breaks a rule.
+
+    Returns:
+        An Audit. A history that is not one line of commits is reported as a violation.
     """
-    from .gitstore import diff_trees
+    from .rules import first_parent_chain
 
-    store = remote.object_store
-    chain = []
-    sha = tip
-    while sha is not None:
-        commit = store[sha]
-        chain.append(commit)
-        if len(commit.parents) > 1:
-            return Audit(violations=[f"{sha.decode()[:12]}: merge commit"])
-        sha = commit.parents[0] if commit.parents else None
-    chain.reverse()
+    store = getattr(remote, "object_store", remote)
+    options = Options(**{**(options or Options()).__dict__, "history": True})
+    chain = first_parent_chain(store, None, tip)
     audit = Audit(commits=len(chain))
-    leases: dict[str, str] = {}
-    results: set[str] = set()
-    previous_tree = None
+    state = State(store, None)
     for commit in chain:
-        short = commit.id.decode()[:12]
-        changed = False
-        for path, old, new in diff_trees(store, previous_tree, commit.tree):
-            changed = True
-            kind = path.split("/", 1)[0]
-            if kind not in ("leases", "results"):
-                continue
-            _, job = name_from_path(path)
-            if kind == "leases":
-                if new is not None:
-                    rec = records.load_at("lease", store[new].as_raw_string(), path)
-                    if old is not None and leases.get(job) != rec["token"]:
-                        audit.violations.append(f"{short}: lease on {job} replaced while live")
-                    if old is None:
-                        if job in leases:
-                            audit.violations.append(f"{short}: second live lease on {job}")
-                        if job in results:
-                            audit.violations.append(f"{short}: lease on {job}, which has a result")
-                        audit.claims += 1
-                    leases[job] = rec["token"]
+        verdict = check_commit(store, state, commit, options)
+        if verdict.signer is not None:
+            audit.signed[verdict.signer.principal] = audit.signed.get(verdict.signer.principal, 0) + 1
+        elif not commit.gpgsig:
+            audit.unsigned += 1
+        audit.claims += verdict.claims
+        audit.results += verdict.results
+        audit.reclaims += verdict.reclaims
+        audit.late += verdict.late
+        audit.violations.extend(verdict.violations)
+        if packages_dir is not None:
+            for job, token, package in verdict.packages:
+                problem = _check_package(packages_dir, token, package)
+                if problem is None:
+                    audit.packages_checked += 1
+                elif problem == "unreachable":
+                    audit.packages_unreachable.append(f"{job}: {package['name']}")
                 else:
-                    leases.pop(job, None)
-                    if b"Gitqueue-Action: reclaim" in commit.message:
-                        audit.reclaims += 1
-            else:
-                if old is not None:
-                    audit.violations.append(f"{short}: result of {job} rewritten or removed")
-                    continue
-                rec = records.load_at("result", store[new].as_raw_string(), path)
-                if job in results:
-                    audit.violations.append(f"{short}: second result for {job}")
-                if job in leases and leases[job] != rec["token"]:
-                    audit.violations.append(f"{short}: result for {job} while another worker holds it")
-                results.add(job)
-                audit.results += 1
-                audit.late += bool(rec.get("late"))
-        if not changed:
-            audit.violations.append(f"{short}: commit changes nothing")
-        previous_tree = commit.tree
+                    audit.violations.append(Violation(commit.id.decode(), "package", f"{job}: {problem}",
+                                                      job_path("results", job)))
+        if stop_at_first and audit.violations:
+            break
+        state.advance(commit)
     return audit
+
+
+def _check_package(tree: str, token: str, package: dict) -> str | None:
+    """None when the published (or uploaded) file matches; "unreachable" or a mismatch message."""
+    for where in (os.path.join(tree, "All", package["name"]), os.path.join(tree, "incoming", token, package["name"])):
+        try:
+            size = os.path.getsize(where)
+        except OSError:
+            continue
+        if size != package["size"]:
+            return f"{where}: {size} bytes, the result says {package['size']}"
+        digest = hashlib.sha256()
+        with open(where, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        if digest.hexdigest() != package["sha256"]:
+            return f"{where}: sha256 {digest.hexdigest()[:12]}..., the result says {package['sha256'][:12]}..."
+        return None
+    return "unreachable"

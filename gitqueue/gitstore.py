@@ -529,9 +529,11 @@ class CachedRemote(Remote):
         def generate_pack_data(have, want, ofs_delta=False, progress=None):
             return pack_objects_to_data(objects + [commit], ofs_delta=False)
 
+        said = []  # what the server's hooks printed (git shows it as "remote: ...")
         try:
             with _Deadline(self.timeout, f"{self.url}: push", self.client):
-                result = self.client.send_pack(self.remote_path, update_refs, generate_pack_data)
+                result = self.client.send_pack(self.remote_path, update_refs, generate_pack_data,
+                                               progress=said.append)
         except _Moved:
             raise PushRejected("branch moved") from None
         except (HangupException, GitProtocolError, OSError) as e:
@@ -543,13 +545,22 @@ class CachedRemote(Remote):
             if any(s in status for s in ("non-fast-forward", "fetch first", "stale", "failed to update ref",
                                          "failed to lock")):
                 raise PushRejected(status)
-            raise RemoteError(f"{self.url}: push refused: {_one_line(status)}")
+            reason = _hook_reason(b"".join(said))
+            raise RemoteError(f"{self.url}: push refused: {_one_line(status)}{': ' + reason if reason else ''}")
         # Keep what we sent, so the next operation need not fetch it back.
         _add_objects(self.object_store, objects + [commit])
         self.repo.refs[self.ref] = new
 
     def close(self):
         self.repo.close()
+
+
+def _hook_reason(output: bytes) -> str:
+    """The first rule the server's gitqueue hook names in its output ('' if none)."""
+    lines = [ln.strip() for ln in output.decode("utf-8", "replace").replace("\r", "\n").splitlines()]
+    reasons = [ln[len("gitqueue: "):] for ln in lines
+               if ln.startswith("gitqueue: ") and not ln.startswith("gitqueue: push refused")]
+    return reasons[0] if reasons else ""
 
 
 class _Moved(Exception):
@@ -580,3 +591,39 @@ def init_bare(path: str, branch: str = "main") -> Repo:
     config.set((b"receive",), b"denyDeletes", True)
     config.write_to_path()
     return repo
+
+
+def fetch_history(url: str, path: str, branch: str = "main", ssh_command: str | None = None) -> bytes | None:
+    """Fetch the whole history of `branch` at `url` into the bare repository `path` (made if
+    missing; never shallow, unlike a worker's cache); return the tip, None if there is no branch.
+
+    Raises:
+        QueueNotFound: a URL that dulwich cannot reach at all.
+        RemoteError: the fetch failed.
+    """
+    from dulwich.client import get_transport_and_path
+
+    ref = b"refs/heads/" + branch.encode()
+    kwargs = {"ssh_command": ssh_command} if ssh_command else {}
+    try:
+        client, remote_path = get_transport_and_path(url, **kwargs)
+    except ValueError as e:
+        raise QueueNotFound(f"{url}: {e}") from None
+    if not os.path.isdir(os.path.join(path, "objects")):
+        os.makedirs(path, exist_ok=True)
+        Repo.init_bare(path).close()
+    seen = {}
+    with Repo(path) as repo:
+        def determine_wants(refs, depth=None):
+            seen["tip"] = refs.get(ref)
+            tip = seen["tip"]
+            return [] if tip is None or tip in repo.object_store else [tip]
+
+        try:
+            client.fetch(remote_path, repo, determine_wants)
+        except (HangupException, GitProtocolError, OSError) as e:
+            raise RemoteError(f"{url}: fetch failed: {_one_line(e)}") from None
+        tip = seen.get("tip")
+        if tip is not None:
+            repo.refs[ref] = tip
+    return tip

@@ -325,14 +325,20 @@ def upload(files: list[str], tree: str, token: str, rsh: str | None = None, atte
             os.symlink(src, os.path.join(inner, desc["name"]))
         base = ["--recursive", "--copy-links", "--times", "--omit-dir-times",
                 *_common(loc, rsh, io_timeout, rsync_path)]
-        source, dest = stage + "/", loc.arg() + "/"
-        state = {"force": False}
+        # Sent into incoming/ (not the tree's root), so that a server may confine uploads there
+        # (gitqueue serve runs rrsync write-only on incoming/).
+        # rsync makes only the last directory of the target: a tree without incoming/ yet is sent
+        # the whole staging directory once (as before incoming/ existed).
+        state = {"force": False, "target": (os.path.join(stage, "incoming") + "/", loc.arg("incoming") + "/")}
 
         def once(_attempt: int) -> None:
             args = [*base, f"--partial-dir={PARTIAL_DIR}", "--stats"]
             if state["force"]:
                 args.append("--ignore-times")  # a copy failed its check: resend whatever the quick check says
-            proc = _rsync([*args, source, dest], "upload", stats, rsync=rsync)
+            proc = _rsync([*args, *state["target"]], "upload", stats, rsync=rsync)
+            if proc.returncode != 0 and re.search(r'mkdir "[^"]*/incoming" failed', proc.stderr):
+                state["target"] = (stage + "/", loc.arg() + "/")
+                proc = _rsync([*args, *state["target"]], "upload", stats, rsync=rsync)
             if proc.returncode != 0:
                 raise _Failed(_summary(proc.stderr, proc.returncode), proc.returncode not in _PERMANENT)
             for src, desc, sig in described:
@@ -353,7 +359,7 @@ def upload(files: list[str], tree: str, token: str, rsh: str | None = None, atte
                         state["force"] = True
                         raise _Failed(f"{got}: the uploaded copy does not match its sha256")
                 return
-            check = _rsync([*base, "--checksum", "--dry-run", "--itemize-changes", "--stats", source, dest],
+            check = _rsync([*base, "--checksum", "--dry-run", "--itemize-changes", "--stats", *state["target"]],
                            "verify", stats, rsync=rsync)
             if check.returncode != 0:
                 raise _Failed(_summary(check.stderr, check.returncode), check.returncode not in _PERMANENT)

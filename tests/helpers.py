@@ -18,13 +18,21 @@ def job(name, deps=(), version="1.0", **extra):
     return {"name": name, "version": version, "deps": list(deps), **extra}
 
 
-def make_queue(tmp_path, jobs, ttl=3600, name="q.git"):
-    """A local bare queue with `jobs` imported; returns its URL (a path)."""
+def make_queue(tmp_path, jobs, ttl=3600, name="q.git", hook=True):
+    """A local bare queue with `jobs` imported; returns its URL (a path).
+
+    With `hook`, the server's pre-receive hook is installed, as on a real master: every test that
+    pushes over ssh:// or git:// then passes through it (local-path writes never run hooks).
+    """
     url = str(tmp_path / name)
     with Queue(url, str(tmp_path / "cache-admin")) as q:
         init_queue(q, "test", lease_ttl=ttl)
         if jobs:
             import_jobs(q, jobs, "test.jsonl")
+    if hook:
+        from gitqueue.hook import install
+
+        install(url, sys.executable, package_dir=str(REPO))
     return url
 
 

@@ -197,6 +197,7 @@ def test_corrupted_download_over_ssh(tmp_path, sshd):
 @pytest.mark.ssh
 def test_upload_retries_a_transient_failure(tmp_path, sshd):
     root = tmp_path / "tree"
+    root.mkdir()  # else the first upload into incoming/ is made again into the tree's root
     count = tmp_path / "count"
     count.write_text("0")
     rsh = wrapper(tmp_path, "flaky-ssh", f"""\

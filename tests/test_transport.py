@@ -12,7 +12,9 @@ from gitqueue import lease
 from gitqueue.audit import replay
 from gitqueue.errors import QueueNotFound, RemoteError
 
-from helpers import git_log, gitqueue, job, make_queue, open_queue
+from gitqueue.hook import install
+
+from helpers import REPO, git_log, gitqueue, job, make_queue, open_queue
 
 JOBS = [job("a-1"), job("b-1", ["a-1"]), job("c-1")]
 
@@ -121,6 +123,7 @@ def test_not_a_queue(tmp_path):
 def test_init_and_import_over_ssh_into_an_empty_bare_repository(tmp_path, sshd):
     path = str(tmp_path / "remote.git")
     subprocess.run(["git", "init", "--bare", "-q", path], check=True)
+    install(path, sys.executable, package_dir=str(REPO))  # the first push (init) passes the hook too
     env = {"GITQUEUE_CACHE": str(tmp_path / "cache"), "GITQUEUE_SSH_COMMAND": sshd.ssh_command}
     url = sshd.url(path)
     graph = tmp_path / "g.jsonl"

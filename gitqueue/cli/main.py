@@ -184,6 +184,7 @@ LAZY_COMMANDS = {
     "simulate": "schedule", "priority": "schedule", "noway": "schedule",
     "status": "view", "html": "view", "history": "view", "diff": "view",
     "worker": "registry",
+    "hooks": "server", "verify": "server", "serve": "server",
 }
 
 

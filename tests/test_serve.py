@@ -1,0 +1,133 @@
+"""gitqueue serve as the ssh forced command of each worker's key: identity for the hook, rrsync uploads."""
+
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from gitqueue import lease
+from gitqueue.hook import install
+from gitqueue.names import record_path
+from gitqueue.transfer import TransferError, upload
+
+from helpers import REPO, gitqueue
+from signed_queue import SignedQueue, heartbeat_record, push
+
+pytestmark = pytest.mark.ssh
+
+
+def serve_command(*args):
+    return f"env PYTHONPATH={REPO} {sys.executable} -m gitqueue serve " + " ".join(shlex.quote(str(a)) for a in args)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, sshd):
+    """A signed queue with the hook; ssh keys for w1 (forced command) and w1-ro (no downloads)."""
+    tmp = tmp_path_factory.mktemp("served")
+    sq = SignedQueue(tmp)
+    install(sq.path, sys.executable, package_dir=str(REPO))
+    sq.tree = tmp / "packages"
+    (sq.tree / "All").mkdir(parents=True)
+    (sq.tree / "All" / "public-1.tgz").write_bytes(b"public\n")
+    sq.url = sshd.url(sq.path)
+    sq.ssh = {}
+    for name, extra in (("w1", ()), ("w1-ro", ("--no-downloads",))):
+        command = serve_command("--worker", "w1", "--repo", sq.path, "--packages", sq.tree, *extra)
+        key = sshd.new_client_key(f"ssh-{name}-{os.getpid()}", f'command="{command}",restrict')
+        sq.ssh[name] = sshd.ssh_command.replace(str(sshd.client_key), str(key))
+    return sq
+
+
+def run_ssh(sq, sshd, who, *command):
+    argv = [*shlex.split(sq.ssh[who]), "-p", str(sshd.port), f"{sshd.user}@{sshd.host}", *command]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+
+def test_the_worker_claims_and_pushes_through_its_forced_command(served, sshd):
+    with served.queue("k1", served.url, served.ssh["w1"]) as q:
+        got = lease.claim(q, "w1")
+    assert served.read(record_path("leases", got["job"])) is not None
+
+
+def test_a_worker_pushing_another_workers_records_with_its_key_is_refused(served, sshd):
+    """w2's signing key is known to the pusher (a stolen or shared file), but the ssh key is w1's."""
+    before = served.tip()
+    sha = served.commit(dict([heartbeat_record("w2", 5)]), "k2", "heartbeat w2")
+    proc = push(served, served.url, sha, served.ssh["w1"])
+    assert proc.returncode != 0
+    assert (f"remote: gitqueue: {sha.decode()[:12]} pushed with the ssh key of w1 but signed by "
+            f"{served.signers['k2'].fingerprint} (w2) [pusher]") in proc.stderr
+    assert served.tip() == before
+
+
+def test_anything_else_is_refused_in_one_line(served, sshd):
+    proc = run_ssh(served, sshd, "w1", "ls", "/")
+    assert proc.returncode == 1
+    assert proc.stderr == "gitqueue serve: refused: ls: not allowed for this key (git for the queue, rsync " \
+                          "uploads into incoming/)\n"
+    proc = run_ssh(served, sshd, "w1", "git-receive-pack", "'/srv/other.git'")
+    assert proc.returncode == 1
+    assert proc.stderr == f"gitqueue serve: refused: git-receive-pack: only {served.path} is served to this key\n"
+    proc = run_ssh(served, sshd, "w1")
+    assert proc.returncode == 1 and "no interactive login" in proc.stderr
+
+
+def test_uploads_land_in_incoming_only(served, sshd, tmp_path):
+    package = tmp_path / "p-1.tgz"
+    package.write_bytes(b"package\n" * 100)
+    tree = f"{sshd.user}@{sshd.host}:{served.tree}"
+    rsh = f"{served.ssh['w1']} -p {sshd.port}"
+    got = upload([str(package)], tree, "ab" * 16, rsh=rsh, attempts=1)
+    assert (served.tree / "incoming" / ("ab" * 16) / "p-1.tgz").read_bytes() == package.read_bytes()
+    assert got[0]["name"] == "p-1.tgz"
+    # Writing anywhere else in the tree (All/), or outside it, is refused.
+    for dest in (f"{served.tree}/All/", "/tmp/"):
+        proc = subprocess.run(["rsync", "-e", rsh, str(package), f"{sshd.user}@{sshd.host}:{dest}"],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode != 0
+        assert f"gitqueue serve: refused: rsync: may upload only in {served.tree}/incoming/, not {dest}" \
+            in proc.stderr
+    assert sorted(os.listdir(served.tree / "All")) == ["public-1.tgz"]
+
+
+def test_reading_is_refused_outside_the_tree_and_for_upload_only_keys(served, sshd, tmp_path):
+    for who, src, expected in (
+        ("w1", "/etc/hostname", f"rsync: may read only in {served.tree}/, not /etc/hostname"),
+        ("w1-ro", f"{served.tree}/All/public-1.tgz", "rsync: reading the package tree is not allowed for this key"),
+    ):
+        rsh = f"{served.ssh[who]} -p {sshd.port}"
+        proc = subprocess.run(["rsync", "-e", rsh, f"{sshd.user}@{sshd.host}:{src}", str(tmp_path / "got")],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode != 0 and f"gitqueue serve: refused: {expected}" in proc.stderr, proc.stderr
+    assert not (tmp_path / "got").exists()
+    # Dependencies are downloaded read-only by workers with the default key.
+    rsh = f"{served.ssh['w1']} -p {sshd.port}"
+    proc = subprocess.run(["rsync", "-e", rsh, f"{sshd.user}@{sshd.host}:{served.tree}/All/public-1.tgz",
+                           str(tmp_path / "got")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "got").read_bytes() == b"public\n"
+
+
+def test_authorized_keys_lines_from_the_registry(served):
+    proc = gitqueue("serve", "--print-authorized-keys", "--repo", served.path, "--packages", served.tree,
+                    "--command", "/usr/local/bin/gitqueue")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert [line.rsplit(" ", 1)[1] for line in lines] == ["gitqueue-w1", "gitqueue-w2"]  # w3 is revoked
+    assert lines[0] == (f'command="/usr/local/bin/gitqueue serve --worker w1 --repo {served.path} '
+                        f'--packages {served.tree}",restrict {served.signers["k1"].public_key} gitqueue-w1')
+
+
+def test_serve_needs_a_worker(served):
+    proc = gitqueue("serve", "--repo", served.path, env={"SSH_ORIGINAL_COMMAND": "git-upload-pack 'x'"})
+    assert proc.returncode == 2 and "--worker NAME is required" in proc.stderr
+
+
+def test_upload_refused_is_a_transfer_error(served, sshd, tmp_path):
+    package = tmp_path / "q-1.tgz"
+    package.write_bytes(b"q\n")
+    with pytest.raises(TransferError, match="refused"):
+        upload([str(package)], f"{sshd.user}@{sshd.host}:/tmp/elsewhere", "cd" * 16,
+               rsh=f"{served.ssh['w1']} -p {sshd.port}", attempts=1)

@@ -1,0 +1,136 @@
+"""gitqueue verify replays a whole history; real workers over ssh with the hook leave one that passes."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from gitqueue import lease, records
+from gitqueue.gitstore import build_tree, make_commit
+from gitqueue.hook import install
+from gitqueue.names import record_path
+
+from helpers import REPO, git_log, gitqueue, job, make_queue, open_queue
+from signed_queue import SignedQueue
+
+
+@pytest.mark.ssh
+def test_real_workers_over_ssh_with_the_hook_then_verify_and_git_agree(tmp_path, sshd):
+    jobs = [job(f"p{i}-1", [f"p{i - 1}-1"] if i % 3 else []) for i in range(9)]
+    sq = SignedQueue(tmp_path, jobs)
+    install(sq.path, sys.executable, package_dir=str(REPO))
+    url = sshd.url(sq.path)
+    procs = []
+    for worker, key in (("w1", "k1"), ("w2", "k2")):
+        env = dict(os.environ, GITQUEUE_CACHE=str(tmp_path / f"cache-{worker}"),
+                   GITQUEUE_SSH_COMMAND=sshd.ssh_command, GITQUEUE_SIGNING_KEY=str(sq.keys[key]))
+        procs.append(subprocess.Popen([sys.executable, "-m", "gitqueue", "work", "--queue", url, "--worker", worker,
+                                       "--max-wait", "0.2", "--", "true"],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert git_log(sq.path, "%B").count("Gitqueue-Action: report") == len(jobs)
+
+    env = {"GITQUEUE_CACHE": str(tmp_path / "cache-verify"), "GITQUEUE_SSH_COMMAND": sshd.ssh_command}
+    proc = gitqueue("verify", url, "--admin-key", f"{sq.keys['alice']}.pub", env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].endswith(f"{len(jobs)} claims, {len(jobs)} results (0 late), 0 reclaims")
+    assert lines[1].startswith("signed commits: ") and "alice 6" in lines[1] and "; unsigned: 0" in lines[1]
+    assert lines[-1] == "violations: 0"
+
+    # Plain git agrees: every commit has a good signature.
+    signers = tmp_path / "allowed_signers"
+    gitqueue("worker", "allowed-signers", "-o", signers, "--queue", sq.path, env=env, check=True)
+    shown = subprocess.run(["git", "-C", sq.path, "-c", f"gpg.ssh.allowedSignersFile={signers}", "log",
+                            "--show-signature", "main"], capture_output=True, text=True, check=True).stdout
+    commits = shown.count("\ncommit ") + 1
+    assert shown.count('Good "git" signature for ') == commits, shown[:2000]
+
+    # Pinning another administrator key fails on the first commit.
+    proc = gitqueue("verify", sq.path, "--admin-key", f"{sq.keys['k1']}.pub", env=env)
+    assert proc.returncode == 1
+    root = subprocess.run(["git", "-C", sq.path, "rev-list", "--max-parents=0", "main"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert proc.stderr == (f"Error: commit {root}: the first commit is not signed by the pinned administrator "
+                           f"key {sq.signers['k1'].fingerprint} [signature]\n")
+
+
+def _local_commit(url, files, message="local writer", parent=None):
+    """What a writer with file system access can do: commit anything, bypassing the hook."""
+    with open_queue(url, __import__("pathlib").Path(url).parent, host="local-writer") as q:
+        remote = q.remote
+        tip = remote.fetch()
+        tree, objects = build_tree(remote.object_store, remote.commit(tip).tree, files)
+        commit = make_commit(tree, tip, message, "mallory <m@gitqueue>")
+        remote.push(tip, commit, objects)
+        return commit.id.decode()
+
+
+def test_verify_names_the_first_violation_and_its_commit(tmp_path):
+    url = make_queue(tmp_path, [job("a-1"), job("b-1")])
+    with open_queue(url, tmp_path) as q:
+        assert lease.claim(q, "w1")["job"] in ("a-1", "b-1")
+    with open_queue(url, tmp_path) as q:
+        held = next(iter(q.index.my_claims("w1")))
+    bad = _local_commit(url, {record_path("results", held): records.dumps(
+        "result", {"job": held, "version": "1.0", "status": "success", "worker": "w2", "token": "ef" * 16})})
+    _local_commit(url, {"junk.txt": b"x"})
+    proc = gitqueue("verify", url)
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines()[-1] == "violations: 2"
+    assert proc.stderr == (f"Error: commit {bad} {record_path('results', held)}: result for {held} by w2, "
+                           "but the lease is held by w1 [result]\n")
+    data = json.loads(gitqueue("verify", url, "--json").stdout)
+    assert data["first_violation"] == {"commit": bad, "path": record_path("results", held), "rule": "result",
+                                       "message": f"result for {held} by w2, but the lease is held by w1"}
+    assert data["violations"][1].endswith("junk.txt: outside the queue layout [layout]")
+
+
+def test_verify_finds_a_reused_lease_token(tmp_path):
+    url = make_queue(tmp_path, [job("a-1")])
+    with open_queue(url, tmp_path) as q:
+        token = lease.claim(q, "w1")["lease"]
+        lease.release(q, "w1", "a-1", decline=False)
+    again = _local_commit(url, {record_path("leases", "a-1"): records.dumps(
+        "lease", {"job": "a-1", "worker": "w1", "token": token})})
+    proc = gitqueue("verify", url)
+    assert proc.returncode == 1
+    assert proc.stderr == (f"Error: commit {again} {record_path('leases', 'a-1')}: lease token {token} was used "
+                           "before (by w1) [token]\n")
+
+
+def test_verify_checks_packages_against_the_tree(tmp_path):
+    url = make_queue(tmp_path, [job("a-1"), job("b-1")])
+    content = b"a package\n"
+    package = {"name": "a-1.tgz", "size": len(content), "sha256": hashlib.sha256(content).hexdigest()}
+    other = {"name": "b-1.tgz", "size": 3, "sha256": "0" * 64}
+    with open_queue(url, tmp_path) as q:
+        for _ in range(2):
+            got = lease.claim(q, "w1")
+            lease.report(q, "w1", got["job"], "success", packages=[package if got["job"] == "a-1" else other])
+    tree = tmp_path / "packages"
+    (tree / "All").mkdir(parents=True)
+    (tree / "All" / "a-1.tgz").write_bytes(content)
+    proc = gitqueue("verify", url, "--packages", tree)
+    assert proc.returncode == 0, proc.stderr
+    assert "packages: 1 match their results, 1 not reachable" in proc.stdout
+    (tree / "All" / "a-1.tgz").write_bytes(b"a package, changed\n")
+    proc = gitqueue("verify", url, "--packages", tree)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("Error: commit ") and "a-1: " in proc.stderr and "[package]" in proc.stderr
+    assert "bytes, the result says 10" in proc.stderr
+
+
+def test_an_unsigned_queue_verifies_without_signatures(tmp_path):
+    url = make_queue(tmp_path, [job("a-1")])
+    with open_queue(url, tmp_path) as q:
+        got = lease.claim(q, "w1")
+        lease.report(q, "w1", got["job"], "success")
+    proc = gitqueue("verify", "--queue", url)
+    assert proc.returncode == 0
+    assert proc.stdout == ("4 commits: 1 claims, 1 results (0 late), 0 reclaims\n"
+                           "unsigned queue: no signatures to check (4 unsigned commits)\nviolations: 0\n")
