@@ -12,7 +12,8 @@ random moments drawn from the printed seed the harness:
 - runs `gitqueue reclaim` with a short TTL, and `gitqueue publish` on the master;
 - gives some workers clocks hours off (GITQUEUE_CLOCK_OFFSET).
 
-At the end it checks every promise and returns the figures.
+The queue has the server's pre-receive hook installed. At the end it checks every promise
+(with `gitqueue verify` among others) and returns the figures.
 """
 
 import hashlib
@@ -107,6 +108,8 @@ class Harness:
             init_queue(q, "faults", lease_ttl=ttl,
                        packages_url=f"ssh://{sshd.user}@{sshd.host}:{sshd.port}{self.tree}")
             import_jobs(q, graph, "faults.presolve")
+        # The server's rules apply to every push, as on a real master.
+        subprocess.run(_gq("hooks", "install", self.queue_path), check=True, capture_output=True)
         self.build = self.dir / "build.sh"
         self.build.write_text(STAND_IN)
         self.build.chmod(0o755)
@@ -298,6 +301,11 @@ class Harness:
                 if not path.exists() or hashlib.sha256(path.read_bytes()).hexdigest() != pkg["sha256"]:
                     unpublished.append(pkg["name"])
         assert not unpublished, unpublished[:5]
+        # ... and anyone can check all of it from the history alone.
+        proc = subprocess.run(_gq("verify", self.queue_path, "--packages", self.tree),
+                              env={**os.environ, "GITQUEUE_CACHE": str(self.dir / "cache-verify")},
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
         # No worker's cache is left unusable.
         for h in {w["host"] for w in self.workers.values()}:
             env = {**os.environ, "GITQUEUE_CACHE": str(self.dir / f"cache-host{h}"),
