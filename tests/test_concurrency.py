@@ -26,13 +26,21 @@ def random_dag(n, seed):
     return jobs
 
 
-def start_worker(url, name, cache, extra_env=None, command=("true",)):
-    env = {**os.environ, "GITQUEUE_CACHE": str(cache), **(extra_env or {})}
-    return subprocess.Popen(
+def start_worker(url, name, cache, extra_env=None, command=("true",), log=None):
+    # network_timeout: a hung fetch or push is given up and retried instead of hanging the test.
+    config = cache.parent / "worker-config.toml"
+    config.write_text("network_timeout = 60\n")
+    env = {**os.environ, "GITQUEUE_CACHE": str(cache), "GITQUEUE_CONFIG": str(config), **(extra_env or {})}
+    # Output to a file, not a pipe: a pipe nobody reads yet would stop a chatty worker.
+    out = open(log, "w") if log else subprocess.PIPE
+    proc = subprocess.Popen(
         [sys.executable, "-m", "gitqueue", "work", "--queue", url, "--worker", name, "--max-wait", "0.5",
          "--", *command],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
     )
+    if log:
+        out.close()
+    return proc
 
 
 def check_history(bare_path, jobs, outputs):
@@ -59,12 +67,19 @@ def run_workers(url, tmp_path, hosts, per_host, extra_env=None):
     for h in range(hosts):
         for p in range(per_host):
             name = f"w{h}-{p}"
-            procs[name] = start_worker(url, name, tmp_path / f"cache-host{h}", extra_env)
+            procs[name] = start_worker(url, name, tmp_path / f"cache-host{h}", extra_env,
+                                       log=tmp_path / f"{name}.log")
     outputs = {}
     for name, proc in procs.items():
-        out, _ = proc.communicate(timeout=240)
-        assert proc.returncode == 0, out
-        outputs[name] = out
+        try:
+            proc.wait(timeout=240)
+        except subprocess.TimeoutExpired:
+            for p in procs.values():
+                p.kill()
+            raise AssertionError(f"{name} did not finish:\n" + "\n".join(
+                f"== {n}\n" + (tmp_path / f"{n}.log").read_text()[-3000:] for n in procs))
+        outputs[name] = (tmp_path / f"{name}.log").read_text()
+        assert proc.returncode == 0, outputs[name]
     return outputs
 
 
