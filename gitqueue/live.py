@@ -32,14 +32,7 @@ def status(queue, top: int = 5) -> dict:
     built = counts["success"] + counts["failed"] + counts["indirect-failed"]
     store = queue.remote.object_store
 
-    leases = []
-    for path, sha in reader.walk_files("leases"):
-        lease = records.load_at("lease", store[sha].as_raw_string(), path)
-        claimed = records.epoch(lease.get("claimed_at"))
-        leases.append({"job": lease["job"], "worker": lease["worker"], "lease": lease["token"],
-                       "claimed_at": lease.get("claimed_at"),
-                       "age": None if claimed is None else max(0, int(now - claimed))})
-    leases.sort(key=lambda item: (item["worker"], item["job"]))
+    leases = report.live_leases(queue, reader, now)
     heard = {}
     for path, sha in reader.walk_files("heartbeats"):
         rec = records.load_at("heartbeat", store[sha].as_raw_string(), path)

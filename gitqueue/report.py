@@ -16,22 +16,7 @@ def status(queue) -> dict:
                    index.db.execute("SELECT name, skip FROM jobs WHERE skip_kind = 's' ORDER BY name")]
     settings = queue.settings(reader)
     now = queue.clock()
-    leases = []
-    store = queue.remote.object_store
-    for path, sha in reader.walk_files("leases"):
-        lease = records.load_at("lease", store[sha].as_raw_string(), path)
-        claimed = records.epoch(lease.get("claimed_at"))
-        leases.append(
-            {
-                "job": lease["job"],
-                "worker": lease["worker"],
-                "lease": lease["token"],
-                "claimed_at": lease.get("claimed_at"),
-                # The worker's clock wrote claimed_at: an age is a hint, never used for expiry.
-                "age": None if claimed is None else int(now - claimed),
-            }
-        )
-    leases.sort(key=lambda item: (item["worker"], item["job"]))
+    leases = live_leases(queue, reader, now)
     total = sum(counts.values())
     done = sum(counts[s] for s in FINAL)
     return {
@@ -47,6 +32,21 @@ def status(queue) -> dict:
         "leases": leases,
         "skipped": skipped,
     }
+
+
+def live_leases(queue, reader, now: float) -> list[dict]:
+    """The leases in `reader`'s tree: job, worker, lease token, claimed_at and age, by worker."""
+    leases = []
+    store = queue.remote.object_store
+    for path, sha in reader.walk_files("leases"):
+        lease = records.load_at("lease", store[sha].as_raw_string(), path)
+        claimed = records.epoch(lease.get("claimed_at"))
+        # The worker's clock wrote claimed_at: an age is a hint, never used for expiry.
+        leases.append({"job": lease["job"], "worker": lease["worker"], "lease": lease["token"],
+                       "claimed_at": lease.get("claimed_at"),
+                       "age": None if claimed is None else max(0, int(now - claimed))})
+    leases.sort(key=lambda item: (item["worker"], item["job"]))
+    return leases
 
 
 def estimate_completion(index) -> int | None:
