@@ -365,7 +365,7 @@ class LocalRemote(Remote):
         self.repo.close()
 
 
-class _TipWalker:
+class TipWalker:
     """Offer only our tip as common ground: the queue branch only ever fast-forwards."""
 
     def __init__(self, tip, shallow):
@@ -485,7 +485,7 @@ class CachedRemote(Remote):
                 return []
             return [tip]
 
-        walker = _TipWalker(local, self.repo.get_shallow())
+        walker = TipWalker(local, self.repo.get_shallow())
         chunks = []
         try:
             with _Deadline(self.timeout, f"{self.url}: fetch", self.client):

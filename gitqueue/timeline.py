@@ -125,25 +125,6 @@ def _history(queue, tip):
     return store, tip
 
 
-class _Haves:
-    """The graph walker of a full fetch: offer our tip, the branch only fast-forwards."""
-
-    def __init__(self, tip):
-        self.heads = [tip] if tip else []
-        self.shallow = set()
-
-    def ack(self, sha):
-        self.heads = []
-
-    def nak(self):
-        pass
-
-    def next(self):
-        return self.heads.pop() if self.heads else None
-
-    __next__ = next
-
-
 def _fetch_history(queue, remote):
     from io import BytesIO
 
@@ -151,6 +132,7 @@ def _fetch_history(queue, remote):
     from dulwich.repo import Repo
 
     from .errors import RemoteError
+    from .gitstore import TipWalker
 
     path = os.path.join(queue.cache_dir, "history.git")
     if not os.path.isdir(os.path.join(path, "objects")):
@@ -167,7 +149,7 @@ def _fetch_history(queue, remote):
 
         chunks = []
         try:
-            remote.client.fetch_pack(remote.remote_path, determine_wants, _Haves(local), chunks.append)
+            remote.client.fetch_pack(remote.remote_path, determine_wants, TipWalker(local, set()), chunks.append)
         except (HangupException, GitProtocolError, OSError) as e:
             raise RemoteError(f"{queue.url}: fetch failed: {' '.join(str(e).split())}") from None
         if chunks:
