@@ -498,6 +498,9 @@ class _Check:
             if result is not None:
                 self.fail("lease", f"lease on {name}, which has a result", path)
                 return
+            if job.get("prefailed"):
+                self.fail("lease", f"lease on {name}, which is prefailed ({job['prefailed']})", path)
+                return
             self.deps_built(job, path, "lease")
             if self.options.history:
                 seen = self.state.tokens.get(new["token"])

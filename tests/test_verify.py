@@ -134,3 +134,13 @@ def test_an_unsigned_queue_verifies_without_signatures(tmp_path):
     assert proc.returncode == 0
     assert proc.stdout == ("4 commits: 1 claims, 1 results (0 late), 0 reclaims\n"
                            "unsigned queue: no signatures to check (4 unsigned commits)\nviolations: 0\n")
+
+
+def test_verify_refuses_a_lease_on_a_prefailed_job(tmp_path):
+    url = make_queue(tmp_path, [job("a-1"), job("broken-1", prefailed="broken: needs rust")])
+    bad = _local_commit(url, {record_path("leases", "broken-1"): records.dumps(
+        "lease", {"job": "broken-1", "worker": "w1", "token": "ab" * 16})})
+    proc = gitqueue("verify", url)
+    assert proc.returncode == 1
+    assert proc.stderr == (f"Error: commit {bad} {record_path('leases', 'broken-1')}: lease on broken-1, which is "
+                           "prefailed (broken: needs rust) [lease]\n")
