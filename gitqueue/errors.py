@@ -69,3 +69,7 @@ class UnknownWorker(GitqueueError):
 
 class RepositoryDamaged(GitqueueError):
     """An object that should be in a repository is missing or unreadable."""
+
+
+class PushRefused(RemoteError):
+    """The server refused a push on its merits (its hook), not because the branch moved."""

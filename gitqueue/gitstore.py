@@ -18,7 +18,7 @@ from dulwich.errors import HangupException, GitProtocolError, NotGitRepository
 from dulwich.objects import Blob, Commit, Tree
 from dulwich.repo import Repo
 
-from .errors import GitqueueError, PushRejected, QueueNotFound, RemoteError, RepositoryDamaged
+from .errors import GitqueueError, PushRefused, PushRejected, QueueNotFound, RemoteError, RepositoryDamaged
 
 ZERO_SHA = b"0" * 40
 _DIR = stat.S_IFDIR
@@ -546,7 +546,7 @@ class CachedRemote(Remote):
                                          "failed to lock")):
                 raise PushRejected(status)
             reason = _hook_reason(b"".join(said))
-            raise RemoteError(f"{self.url}: push refused: {_one_line(status)}{': ' + reason if reason else ''}")
+            raise PushRefused(f"{self.url}: push refused: {_one_line(status)}{': ' + reason if reason else ''}")
         # Keep what we sent, so the next operation need not fetch it back.
         _add_objects(self.object_store, objects + [commit])
         self.repo.refs[self.ref] = new

@@ -11,7 +11,9 @@ import signal
 import subprocess
 import time
 
-from .errors import GitqueueError, LeaseLost, NothingReady, QueueFinished, RemoteError
+from .errors import GitqueueError, LeaseLost, NothingReady, PushRefused, QueueFinished, RemoteError
+
+REFUSALS_TO_STOP = 3  # the server refusing this worker's pushes that many times in a row
 from .lease import claim, heartbeat, release, report
 
 LOG_TAIL = 4000
@@ -78,6 +80,7 @@ class Worker:
         self.log_dir = os.path.join(queue.cache_dir, "logs")
         self.done = 0
         self.spool = None
+        self.refusals = 0
 
     def _on_signal(self, signum, frame):
         self.stop_signal = signum
@@ -166,8 +169,10 @@ class Worker:
         for attempt in range(8):
             try:
                 outcome = self.spool.submit(request, identity(self.name))
+                self.refusals = 0
                 break
             except RemoteError as e:
+                self._refused(e)
                 self.out(f"{self.name}: {e}; retrying")
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 30)
@@ -202,7 +207,9 @@ class Worker:
         """(job or None, finished?): None when nothing is ready or the remote failed."""
         self.retry_after = None
         try:
-            return claim(self.queue, self.name, self.host, self.platform), False
+            job = claim(self.queue, self.name, self.host, self.platform)
+            self.refusals = 0
+            return job, False
         except NothingReady as e:
             self.retry_after = e.retry_after
             return None, False
@@ -212,8 +219,19 @@ class Worker:
                      f"{st['pushes']} pushes, {st['rejected']} rejected)")
             return None, True
         except RemoteError as e:
+            self._refused(e)
             self.out(f"{self.name}: {e}; retrying")
             return None, False
+
+    def _refused(self, error):
+        """Stop when the server keeps refusing this worker (revoked key, broken rules): retrying
+        the same decision would only be refused again."""
+        if not isinstance(error, PushRefused):
+            self.refusals = 0
+            return
+        self.refusals += 1
+        if self.refusals >= REFUSALS_TO_STOP:
+            raise GitqueueError(f"the queue refused {self.refusals} pushes in a row; stopping: {error}")
 
     def _fetch_dependencies(self, job) -> str | None:
         """Download the binary packages of the job's dependencies; a reason to give it back, or None."""

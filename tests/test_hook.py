@@ -316,3 +316,17 @@ def test_hooks_install_command(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr == (f"Error: {repo}/hooks/pre-receive exists and was not written by gitqueue; "
                            "move it away or pass --force\n")
+
+
+def test_a_revoked_worker_stops_instead_of_retrying_forever(tmp_path, sshd):
+    """gitqueue work whose pushes the server keeps refusing gives up with the server's reason."""
+    sq = SignedQueue(tmp_path)
+    install(sq.path, __import__("sys").executable, package_dir=str(REPO))
+    env = {"GITQUEUE_CACHE": str(tmp_path / "cache-w3"), "GITQUEUE_SIGNING_KEY": str(sq.keys["k3"]),
+           "GITQUEUE_SSH_COMMAND": sshd.ssh_command}
+    proc = gitqueue("work", "--queue", sshd.url(sq.path), "--worker", "w3", "--max-wait", "0.2", "--", "true",
+                    env=env, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: the queue refused 3 pushes in a row; stopping: ")
+    assert "the revoked key of w3 [signature]" in last
