@@ -220,11 +220,16 @@ def _write_loose(root: str, obj) -> None:
         return  # content-addressed: whoever wrote it wrote the same bytes
     tmp = os.path.join(directory, f"tmp_obj_{os.getpid()}_{hexsha[2:10]}")
     data = obj.as_legacy_object()
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444)
-    except FileNotFoundError:
-        os.makedirs(directory, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444)
+    for attempt in range(8):
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444)
+            break
+        except FileNotFoundError:
+            # A concurrent `git prune-packed` (gitqueue gc) removes fan-out directories it has
+            # emptied, possibly right after we made ours: make it again, as git does.
+            if attempt == 7:
+                raise
+            os.makedirs(directory, exist_ok=True)
     try:
         view = memoryview(data)
         while view:

@@ -165,6 +165,7 @@ LAZY_COMMANDS = {
     "simulate": "schedule", "priority": "schedule", "noway": "schedule",
     "status": "view", "html": "view", "history": "view", "diff": "view",
     "worker": "registry",
+    "gc": "maintenance",
 }
 
 
