@@ -507,5 +507,9 @@ def init_bare(path: str, branch: str = "main") -> Repo:
     config = repo.get_config()
     config.set((b"receive",), b"denyNonFastForwards", True)
     config.set((b"receive",), b"denyDeletes", True)
+    # No automatic `git gc` after a push: it packs refs, prunes, and writes bitmaps that dulwich
+    # readers trip over (see gitqueue.gc); `gitqueue gc` from cron does the packing instead.
+    config.set((b"receive",), b"autogc", False)
+    config.set((b"gc",), b"auto", b"0")
     config.write_to_path()
     return repo

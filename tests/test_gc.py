@@ -165,3 +165,12 @@ def test_gc_memory_stays_bounded(tmp_path):
     assert peak_mib < 60, f"gc of 64 MiB of loose objects peaked at {peak_mib:.0f} MiB"
     assert measure(url)["packs"] >= 4
     fsck(url)
+
+
+@needs_git
+def test_new_queues_leave_packing_to_gitqueue_gc(tmp_path):
+    # git receive-pack's automatic gc packs refs, prunes and writes bitmaps that dulwich trips over.
+    url = make_queue(tmp_path, [job("a-1.0")])
+    for key, value in (("receive.autogc", "false"), ("gc.auto", "0")):
+        got = subprocess.run(["git", "--git-dir", url, "config", "--get", key], capture_output=True, text=True)
+        assert got.stdout.strip() == value
