@@ -220,11 +220,16 @@ def _write_loose(root: str, obj) -> None:
         return  # content-addressed: whoever wrote it wrote the same bytes
     tmp = os.path.join(directory, f"tmp_obj_{os.getpid()}_{hexsha[2:10]}")
     data = obj.as_legacy_object()
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444)
-    except FileNotFoundError:
-        os.makedirs(directory, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444)
+    for attempt in range(8):
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444)
+            break
+        except FileNotFoundError:
+            # A concurrent `git prune-packed` (gitqueue gc) removes fan-out directories it has
+            # emptied, possibly right after we made ours: make it again, as git does.
+            if attempt == 7:
+                raise
+            os.makedirs(directory, exist_ok=True)
     try:
         view = memoryview(data)
         while view:
@@ -589,6 +594,10 @@ def init_bare(path: str, branch: str = "main") -> Repo:
     config = repo.get_config()
     config.set((b"receive",), b"denyNonFastForwards", True)
     config.set((b"receive",), b"denyDeletes", True)
+    # No automatic `git gc` after a push: it packs refs, prunes, and writes bitmaps that dulwich
+    # readers trip over (see gitqueue.gc); `gitqueue gc` from cron does the packing instead.
+    config.set((b"receive",), b"autogc", False)
+    config.set((b"gc",), b"auto", b"0")
     config.write_to_path()
     return repo
 

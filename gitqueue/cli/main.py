@@ -185,6 +185,7 @@ LAZY_COMMANDS = {
     "status": "view", "html": "view", "history": "view", "diff": "view",
     "worker": "registry",
     "hooks": "server", "verify": "server", "serve": "server",
+    "gc": "maintenance",
 }
 
 

@@ -1,0 +1,41 @@
+"""The maintenance command: gc."""
+
+import click
+
+from .main import cli, context, emit, json_option, queue_option
+
+
+@cli.command("gc")
+@click.argument("url", required=False)
+@queue_option
+@click.option("--cache", is_flag=True,
+              help="Trim this host's cache of an ssh:// or git:// queue to its tip instead.")
+@click.option("--no-git", is_flag=True, help="Pack without the git binary even if there is one.")
+@json_option
+def gc_cmd(url, queue_url, cache, no_git, as_json):
+    """Pack a local-path queue's loose objects, or trim a worker's cache (--cache).
+
+    On a local-path queue (the master) loose objects are packed with `git repack` when git is
+    installed, else by gitqueue itself in chunks of bounded memory; on a worker, --cache keeps
+    only the objects of the current tree in the host's cache of the queue. Safe while workers
+    run (run it from cron); refs are never rewritten. Exit status 1 when git fails or the
+    queue is not a repository of that kind.
+
+    \b
+    Example: gitqueue gc /srv/queues/2026Q4-m68k.git
+    """
+    from ..gc import gc_cache, gc_repository
+    from ..gitstore import is_local_path
+
+    ctx = context(queue_url)
+    with ctx.open(url) as queue:
+        if cache or not is_local_path(queue.url):
+            out = gc_cache(queue)
+        else:
+            path = queue.url[7:] if queue.url.startswith("file://") else queue.url
+            out = gc_repository(path, use_git=False if no_git else None)
+    b, a = out["before"], out["after"]
+    emit(out, as_json, lambda: (
+        f"{b['loose']} loose objects, {b['packs']} packs, {b['bytes'] / 1e6:.1f} MB -> "
+        f"{a['loose']} loose objects, {a['packs']} packs, {a['bytes'] / 1e6:.1f} MB "
+        f"in {out['seconds']:.1f} s"))

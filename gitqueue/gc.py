@@ -1,0 +1,403 @@
+"""Maintenance: pack a queue repository's loose objects and trim a worker's cache, in bounded memory.
+
+A queue gains a dozen loose objects per commit (a full pkgsrc build: about 30,000 commits and
+400,000 files). Two kinds of repository are kept small here:
+
+- a local-path queue (the master's bare repository): its loose objects are packed. With a git
+  binary, `git repack -d` (incremental, with deltas) does it; without one, a streaming pack
+  writer packs them in chunks, so memory stays flat whatever the history's size. Either way a
+  new pack is complete (fsynced, its index renamed into place last) before any loose object it
+  holds is removed, no reachable object ever disappears, and refs are never touched: it is safe
+  while workers claim and report.
+- a worker's cache (the shallow mirror of an ssh:// or git:// queue): workers need the current
+  tree only, so the objects reachable from the cached tip are written into one pack, the tip
+  becomes the shallow boundary, and every other pack and loose object is removed, under the
+  cache's lock, which every gitqueue process of the host takes around its transactions.
+"""
+
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+import time
+import zlib
+
+from .errors import GitqueueError
+
+# Objects per pack written by the git-less path: what bounds its memory (a few MB per 10k).
+CHUNK = 20_000
+# More packs than this and the git path merges them into one (see _git_repack).
+MAX_PACKS = 32
+_TYPES = {b"commit": 1, b"tree": 2, b"blob": 3, b"tag": 4}
+_NAMES = {v: k for k, v in _TYPES.items()}
+
+
+class GcError(GitqueueError):
+    """Maintenance could not be done (git failed, the repository is not a queue's)."""
+
+
+# -- what a repository holds --------------------------------------------------------------------
+
+def measure(path: str) -> dict:
+    """Loose objects, packs and their bytes in the bare repository at `path`.
+
+    Returns {"loose", "loose_bytes", "packs", "pack_bytes", "bytes"}: "loose_bytes" counts
+    the file system's blocks (what the objects cost on disk), "bytes" the whole objects/ tree.
+    """
+    objects = os.path.join(path, "objects")
+    loose = loose_bytes = packs = pack_bytes = 0
+    for name in _fanout(objects):
+        for entry in os.scandir(os.path.join(objects, name)):
+            if len(entry.name) == 38:
+                loose += 1
+                st = entry.stat()
+                loose_bytes += st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
+    packdir = os.path.join(objects, "pack")
+    for entry in _scandir(packdir):
+        if entry.name.endswith((".pack", ".idx")):
+            pack_bytes += entry.stat().st_size
+            packs += entry.name.endswith(".pack")
+    return {"loose": loose, "loose_bytes": loose_bytes, "packs": packs, "pack_bytes": pack_bytes,
+            "bytes": loose_bytes + pack_bytes}
+
+
+def _fanout(objects):
+    try:
+        names = os.listdir(objects)
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if len(n) == 2 and all(c in "0123456789abcdef" for c in n))
+
+
+def _scandir(path):
+    try:
+        return list(os.scandir(path))
+    except FileNotFoundError:
+        return []
+
+
+# -- a local-path queue -------------------------------------------------------------------------
+
+def gc_repository(path: str, use_git: bool | None = None, chunk: int = CHUNK, max_packs: int = MAX_PACKS,
+                  git: str = "git") -> dict:
+    """Pack the loose objects of the bare repository at `path` (a local-path queue).
+
+    Args:
+      path: the bare repository.
+      use_git: True to require the git binary, False never to use it, None to use it if found.
+      chunk: objects per pack on the git-less path (bounds its memory).
+      max_packs: on the git path, more packs than this are merged into one.
+      git: the git program.
+
+    Returns {"before", "after" (see measure), "method" ("git" or "dulwich"), "packed", "seconds"}.
+
+    Raises GcError when `path` is not a bare repository or git fails.
+    """
+    if not os.path.isdir(path):
+        raise GcError(f"{path}: no such repository")
+    if not os.path.isdir(os.path.join(path, "objects")) or not os.path.isdir(os.path.join(path, "refs")):
+        raise GcError(f"{path}: not a bare git repository")
+    t0 = time.monotonic()
+    before = measure(path)
+    found = shutil.which(git) if use_git is not False else None
+    if use_git and found is None:
+        raise GcError(f"{git}: not found")
+    if found:
+        _git_repack(path, found, before["packs"] >= max_packs)
+        method, packed = "git", None
+    else:
+        method, packed = "dulwich", pack_loose_objects(path, chunk)
+    after = measure(path)
+    if packed is None:
+        packed = max(0, before["loose"] - after["loose"])
+    return {"before": before, "after": after, "method": method, "packed": packed,
+            "seconds": round(time.monotonic() - t0, 3)}
+
+
+def _git_repack(path, git, merge):
+    """`git repack` with settings that keep it safe under concurrent dulwich readers and writers.
+
+    - No bitmaps: dulwich crashed on a bitmapped pack beside later packs, and nobody serves
+      these repositories with git's bitmap-using paths.
+    - Incremental by default: only loose reachable objects are packed and then pruned
+      (prune-packed removes a loose object only once a pack holds it); existing packs stay.
+    - Merging (-A -d) when packs pile up: reachable objects go into one pack, and objects of a
+      removed pack that nothing references yet (a writer's push in flight) become loose
+      instead of being dropped. Readers that still hold a removed pack rescan (dulwich
+      evicts a vanished pack and retries, as git does).
+    - Never `git gc`: it packs refs (moving the branch out of its loose ref file while workers
+      compare-and-swap it) and prunes unreferenced objects that an in-flight push still needs.
+    """
+    cmd = [git, "-c", "repack.writeBitmaps=false", "-c", "pack.writeBitmapHashCache=false",
+           "-c", "core.fsync=objects,derived-metadata", "-c", "gc.auto=0",
+           "--git-dir", path, "repack", "-d", "-q", "--no-write-bitmap-index"]
+    if merge:
+        cmd.insert(cmd.index("-d"), "-A")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        raise GcError(f"{path}: git repack failed: {last}")
+
+
+def pack_loose_objects(path: str, chunk: int = CHUNK) -> int:
+    """Pack every loose object of the repository at `path`, `chunk` objects per pack; no git needed.
+
+    Memory is bounded by `chunk`: objects are streamed from their files into the pack one at a
+    time, and only their names, offsets and checksums are kept. A chunk's loose files are
+    removed only after its pack and index are written, fsynced and renamed into place.
+    Objects are stored whole (no deltas): `git repack` makes much smaller packs.
+    Returns the number of objects packed.
+    """
+    objects = os.path.join(path, "objects")
+    packed = 0
+    batch = []
+    for name in _fanout(objects):
+        for entry in _scandir(os.path.join(objects, name)):
+            if len(entry.name) == 38:
+                batch.append(name + entry.name)
+                if len(batch) >= chunk:
+                    packed += _pack_loose_batch(objects, batch)
+                    batch = []
+    if batch:
+        packed += _pack_loose_batch(objects, batch)
+    return packed
+
+
+def _loose_path(objects, hexsha):
+    return os.path.join(objects, hexsha[:2], hexsha[2:])
+
+
+def _read_loose(objects, hexsha):
+    """(type number, raw data) of a loose object, or None if it vanished or is damaged."""
+    try:
+        with open(_loose_path(objects, hexsha), "rb") as f:
+            data = zlib.decompress(f.read())
+    except (FileNotFoundError, zlib.error):
+        return None
+    head, _, body = data.partition(b"\0")
+    kind, _, size = head.partition(b" ")
+    if kind not in _TYPES or not size.isdigit() or int(size) != len(body):
+        return None
+    if hashlib.sha1(data).hexdigest() != hexsha:
+        return None  # a damaged file is left alone, for git fsck to name
+    return _TYPES[kind], body
+
+
+def _pack_loose_batch(objects, names):
+    def read_all():
+        for hexsha in names:
+            got = _read_loose(objects, hexsha)
+            if got is not None:
+                yield hexsha, got[0], got[1]
+
+    written = write_pack(os.path.join(objects, "pack"), read_all())
+    for hexsha in written:
+        try:
+            os.unlink(_loose_path(objects, hexsha))
+        except FileNotFoundError:
+            pass
+    return len(written)
+
+
+# -- the pack writer ----------------------------------------------------------------------------
+
+def _header(type_num: int, size: int) -> bytes:
+    out = bytearray()
+    c = (type_num << 4) | (size & 0x0F)
+    size >>= 4
+    while size:
+        out.append(c | 0x80)
+        c = size & 0x7F
+        size >>= 7
+    out.append(c)
+    return bytes(out)
+
+
+class _HashingFile:
+    def __init__(self, f):
+        self.f = f
+        self.sha = hashlib.sha1()
+        self.offset = 0
+
+    def write(self, data):
+        self.f.write(data)
+        self.sha.update(data)
+        self.offset += len(data)
+
+
+def write_pack(packdir: str, objects, count: int | None = None) -> list[str]:
+    """Stream `objects` ((hex sha, type number, raw data) tuples) into a new pack in `packdir`.
+
+    The pack and its index are written under temporary names, fsynced, and renamed: the pack
+    first, its index last (git and dulwich only use a pack whose index exists). The pack's
+    object count is patched into its header once known, so `objects` may be a generator and
+    only (sha, offset, crc) per object stays in memory. Returns the hex shas written.
+    """
+    from dulwich.pack import write_pack_index
+
+    os.makedirs(packdir, exist_ok=True)
+    # No ".pack"/".idx" suffix while incomplete: dulwich takes any X.pack beside an X.idx for a pack.
+    tmp = os.path.join(packdir, f"tmp_gc_{os.getpid()}_{time.monotonic_ns()}")
+    tmp_pack, tmp_idx = tmp + "_pack", tmp + "_idx"
+    entries = []
+    try:
+        with open(tmp_pack, "w+b") as f:
+            # The header's count is patched afterwards, so the checksum is computed in a second
+            # pass over the file (read back in blocks: memory stays flat).
+            f.write(b"PACK" + (2).to_bytes(4, "big") + (0).to_bytes(4, "big"))
+            offset = 12
+            seen = set()
+            for hexsha, type_num, data in objects:
+                if hexsha in seen:
+                    continue
+                seen.add(hexsha)
+                record = _header(type_num, len(data)) + zlib.compress(data, 1 if len(data) > 1 << 20 else 6)
+                f.write(record)
+                entries.append((bytes.fromhex(hexsha), offset, zlib.crc32(record) & 0xFFFFFFFF))
+                offset += len(record)
+            f.seek(8)
+            f.write(len(entries).to_bytes(4, "big"))
+            f.flush()
+            f.seek(0)
+            sha = hashlib.sha1()
+            while True:
+                block = f.read(1 << 20)
+                if not block:
+                    break
+                sha.update(block)
+            checksum = sha.digest()
+            f.seek(0, os.SEEK_END)
+            f.write(checksum)
+            f.flush()
+            os.fsync(f.fileno())
+        if not entries:
+            os.unlink(tmp_pack)
+            return []
+        entries.sort()
+        with open(tmp_idx, "wb") as f:
+            write_pack_index(f, entries, checksum, version=2)
+            f.flush()
+            os.fsync(f.fileno())
+        name = "pack-" + hashlib.sha1(b"".join(e[0] for e in entries)).hexdigest()
+        base = os.path.join(packdir, name)
+        for name_ in (tmp_pack, tmp_idx):
+            os.chmod(name_, 0o444)
+        os.replace(tmp_pack, base + ".pack")
+        os.replace(tmp_idx, base + ".idx")
+        _fsync_dir(packdir)
+    finally:
+        for name_ in (tmp_pack, tmp_idx):
+            try:
+                os.unlink(name_)
+            except FileNotFoundError:
+                pass
+    return [e[0].hex() for e in entries]
+
+
+def _fsync_dir(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# -- a worker's cache ---------------------------------------------------------------------------
+
+def gc_cache(queue) -> dict:
+    """Reduce the cache repository of `queue` (ssh:// or git://) to its tip's commit and tree.
+
+    Holds the cache's lock throughout, so no gitqueue process of this host reads or writes the
+    cache meanwhile. Writes one pack with the objects reachable from the tip's tree, makes the
+    tip the shallow boundary, then removes every other pack and loose object. Refs are left as
+    they are. Returns {"before", "after" (see measure), "kept", "seconds"}; a local-path queue
+    has no cache repository (use gc_repository).
+    """
+    from .gitstore import CachedRemote
+
+    t0 = time.monotonic()
+    with queue.lock():
+        remote = queue.remote
+        if not isinstance(remote, CachedRemote):
+            raise GcError(f"{queue.url}: a local-path queue has no cache repository; "
+                          "gc the queue itself instead")
+        repo = remote.repo
+        path = repo.path
+        before = measure(path)
+        try:
+            tip = repo.refs[remote.ref]
+        except KeyError:
+            return {"before": before, "after": before, "kept": 0, "seconds": round(time.monotonic() - t0, 3)}
+        store = repo.object_store
+        names = _reachable(store, tip)
+        objects_dir = os.path.join(path, "objects")
+        packdir = os.path.join(objects_dir, "pack")
+
+        def read_all():
+            for hexsha in names:
+                type_num, data = store.get_raw(hexsha.encode())
+                yield hexsha, type_num, data
+
+        written = write_pack(packdir, read_all())
+        keep = "pack-" + hashlib.sha1(b"".join(sorted(bytes.fromhex(h) for h in written))).hexdigest()
+        # The new boundary before anything goes: a fetch must not offer a parent we drop.
+        _write_shallow(path, [tip])
+        for entry in _scandir(packdir):
+            stem = entry.name.rsplit(".", 1)[0]
+            if stem != keep and entry.name.startswith("pack-"):
+                _unlink(entry.path)
+        for name in _fanout(objects_dir):
+            sub = os.path.join(objects_dir, name)
+            for entry in _scandir(sub):
+                _unlink(entry.path)
+            try:
+                os.rmdir(sub)
+            except OSError:
+                pass
+        # This process's view of the packs: forget the removed ones.
+        store._update_pack_cache()
+        after = measure(path)
+    return {"before": before, "after": after, "kept": len(written), "seconds": round(time.monotonic() - t0, 3)}
+
+
+def _reachable(store, tip: bytes) -> list[str]:
+    """Hex shas of the tip commit, its tree and everything below it, in walk order."""
+    commit = store[tip]
+    out = [tip.decode()]
+    seen = set()
+    stack = [commit.tree]
+    while stack:
+        sha = stack.pop()
+        if sha in seen:
+            continue
+        seen.add(sha)
+        out.append(sha.decode())
+        for entry in store[sha].iteritems():
+            if stat.S_ISDIR(entry.mode):
+                stack.append(entry.sha)
+            elif entry.sha not in seen:
+                seen.add(entry.sha)
+                out.append(entry.sha.decode())
+    return out
+
+
+def _write_shallow(path, commits):
+    tmp = os.path.join(path, f"shallow.gc-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(b"".join(c + b"\n" for c in commits))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(path, "shallow"))
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,178 @@
+"""gc: loose objects become packs, caches shrink to the tip, and the queue keeps working throughout."""
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from gitqueue import lease
+from gitqueue.gc import gc_cache, gc_repository, measure
+
+from helpers import git_log, gitqueue, job, make_queue, open_queue
+from test_concurrency import check_history, random_dag, start_worker
+
+needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+
+
+def fsck(path):
+    proc = subprocess.run(["git", "--git-dir", str(path), "fsck", "--no-progress"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "missing" not in proc.stdout + proc.stderr
+
+
+def build(url, tmp_path, worker, n, host="h1"):
+    with open_queue(url, tmp_path, host=host) as q:
+        for _ in range(n):
+            got = lease.claim(q, worker)
+            lease.report(q, worker, got["job"], "success", duration=1)
+
+
+@pytest.mark.parametrize("use_git", [pytest.param(True, marks=needs_git), False], ids=["git", "dulwich"])
+def test_gc_packs_the_loose_objects_and_the_queue_still_works(tmp_path, use_git):
+    jobs = [job(f"p{i}-1.0") for i in range(30)]
+    url = make_queue(tmp_path, jobs)
+    build(url, tmp_path, "w1", 10)
+    before = measure(url)
+    assert before["loose"] > 100
+    log = git_log(url)
+
+    out = gc_repository(url, use_git=use_git, chunk=50)
+
+    assert out["method"] == ("git" if use_git else "dulwich")
+    assert out["after"]["loose"] == 0
+    assert out["after"]["packs"] > before["packs"]
+    assert out["after"]["bytes"] < before["bytes"]
+    assert git_log(url) == log
+    fsck(url)
+    build(url, tmp_path, "w2", 5, host="h2")  # a fresh cache, and the old one
+    build(url, tmp_path, "w1", 5)
+    fsck(url)
+    assert gc_repository(url, use_git=use_git)["after"]["loose"] == 0
+
+
+def test_gc_without_git_writes_packs_of_bounded_size(tmp_path):
+    url = make_queue(tmp_path, [job(f"p{i}-1.0") for i in range(20)])
+    build(url, tmp_path, "w1", 8)
+    loose = measure(url)["loose"]
+    out = gc_repository(url, use_git=False, chunk=10)
+    assert out["packed"] == loose
+    assert out["after"]["packs"] - out["before"]["packs"] == -(-loose // 10)
+    fsck(url)
+
+
+def test_concurrent_claims_during_gc_stay_correct(tmp_path):
+    jobs = random_dag(60, seed=7)
+    url = make_queue(tmp_path, jobs)
+    procs = {f"w{i}": start_worker(url, f"w{i}", tmp_path / f"cache-{i % 2}") for i in range(4)}
+    runs = {"n": 0}
+    stop = threading.Event()
+
+    def keep_collecting():
+        # Alternate the two paths (and merging packs) for as long as the workers run.
+        while not stop.is_set():
+            use_git = shutil.which("git") is not None and runs["n"] % 2 == 0
+            gc_repository(url, use_git=use_git, chunk=25, max_packs=3)
+            runs["n"] += 1
+
+    collector = threading.Thread(target=keep_collecting)
+    collector.start()
+    outputs = {}
+    try:
+        for name, proc in procs.items():
+            out, _ = proc.communicate(timeout=240)
+            assert proc.returncode == 0, out
+            outputs[name] = out
+    finally:
+        stop.set()
+        collector.join()
+    assert runs["n"] >= 2
+    check_history(url, jobs, outputs)
+    fsck(url)
+
+
+def test_gc_cache_keeps_only_the_tip_and_stays_usable(tmp_path):
+    jobs = [job(f"p{i}-1.0") for i in range(40)]
+    url = make_queue(tmp_path, jobs)
+    remote_url = f"file://{url}"
+    build(remote_url, tmp_path, "w1", 6, host="far")
+    build(url, tmp_path, "w2", 6)  # commits the cache has not seen yet: its next fetch brings them
+    with open_queue(remote_url, tmp_path, host="far") as q:
+        lease.claim(q, "w1")
+        cache_repo = os.path.join(q.cache_dir, "repo.git")
+        before = measure(cache_repo)
+        out = gc_cache(q)
+        tip = q.remote.repo.refs[q.remote.ref]
+        # Usable at once by the process that ran gc, whose pack list named the removed packs.
+        got = lease.claim(q, "w1")
+        lease.report(q, "w1", got["job"], "success", duration=1)
+    assert out["after"]["loose"] == 0 and out["after"]["packs"] == 1
+    assert out["after"]["bytes"] < before["bytes"]
+    assert out["kept"] == len(subprocess.run(["git", "--git-dir", url, "ls-tree", "-r", "-t", tip.decode()],
+                                             capture_output=True, text=True, check=True).stdout.splitlines()) + 2  # + commit, root
+    with open(os.path.join(cache_repo, "shallow"), "rb") as f:
+        assert f.read().split() == [tip]
+    fsck(cache_repo)
+    # Another process with the same cache, and the command line.
+    build(remote_url, tmp_path, "w3", 3, host="far")
+    proc = gitqueue("gc", "--cache", "--queue", remote_url, env={"GITQUEUE_CACHE": str(tmp_path / "cache-far")})
+    assert proc.returncode == 0, proc.stderr
+    assert "0 loose objects, 1 packs" in proc.stdout
+    build(remote_url, tmp_path, "w3", 3, host="far")
+    fsck(cache_repo)
+    fsck(url)
+
+
+def test_gc_cli_on_a_local_queue_and_its_errors(tmp_path):
+    url = make_queue(tmp_path, [job("a-1.0")])
+    env = {"GITQUEUE_CACHE": str(tmp_path / "cache-cli")}
+    proc = gitqueue("gc", url, "--no-git", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert " -> 0 loose objects, " in proc.stdout
+    proc = gitqueue("gc", url, "--cache", env=env)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (f"Error: {url}: a local-path queue has no cache repository; "
+                                   "gc the queue itself instead")
+    proc = gitqueue("gc", str(tmp_path / "nothing"), env=env)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == f"Error: {tmp_path / 'nothing'}: no such repository"
+
+
+def test_gc_memory_stays_bounded(tmp_path):
+    # 4,000 loose objects of 16 KiB (64 MiB of data): a gc that held them would grow by as much.
+    url = make_queue(tmp_path, [job("a-1.0")])
+    script = (
+        "import os, sys\n"
+        "from dulwich.objects import Blob\n"
+        "from gitqueue.gitstore import _write_loose\n"
+        "root = os.path.join(sys.argv[1], 'objects')\n"
+        "for i in range(4000):\n"
+        "    _write_loose(root, Blob.from_string(os.urandom(16384)))\n"
+    )
+    subprocess.run([sys.executable, "-c", script, url], check=True)
+    assert measure(url)["loose"] >= 4000
+    def peak_mib(gc: bool) -> float:
+        code = ("import resource, sys\n"
+                "from gitqueue.gc import gc_repository\n"
+                + ("out = gc_repository(sys.argv[1], use_git=False, chunk=1000)\n"
+                   "assert out['after']['loose'] == 0, out\n" if gc else "")
+                + "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+        out = subprocess.run([sys.executable, "-c", code, url], capture_output=True, text=True, check=True)
+        return int(out.stdout) / 1024
+
+    # Against the same interpreter doing nothing, in the same environment.
+    grew = peak_mib(gc=True) - peak_mib(gc=False)
+    assert grew < 24, f"gc of 64 MiB of loose objects grew the process by {grew:.0f} MiB"
+    assert measure(url)["packs"] >= 4
+    fsck(url)
+
+
+@needs_git
+def test_new_queues_leave_packing_to_gitqueue_gc(tmp_path):
+    # git receive-pack's automatic gc packs refs, prunes and writes bitmaps that dulwich trips over.
+    url = make_queue(tmp_path, [job("a-1.0")])
+    for key, value in (("receive.autogc", "false"), ("gc.auto", "0")):
+        got = subprocess.run(["git", "--git-dir", url, "config", "--get", key], capture_output=True, text=True)
+        assert got.stdout.strip() == value
