@@ -509,13 +509,13 @@ class CachedRemote(Remote):
             data = b"".join(chunks)
             self.object_store.add_thin_pack(BytesIO(data).read, None)
         if result.new_shallow or result.new_unshallow:
-            self.repo.update_shallow(result.new_shallow, result.new_unshallow)
+            _in_cache(lambda: self.repo.update_shallow(result.new_shallow, result.new_unshallow))
         tip = seen.get("tip")
         if tip is None:
             return None
         # dulwich re-reads refs after the transfer; trust only the tip we asked for.
         if tip != local:
-            self.repo.refs[self.ref] = tip
+            _in_cache(lambda: self.repo.refs.__setitem__(self.ref, tip))
         return tip
 
     def push(self, old, commit, objects):
@@ -554,7 +554,7 @@ class CachedRemote(Remote):
             raise PushRefused(f"{self.url}: push refused: {_one_line(status)}{': ' + reason if reason else ''}")
         # Keep what we sent, so the next operation need not fetch it back.
         _add_objects(self.object_store, objects + [commit])
-        self.repo.refs[self.ref] = new
+        _in_cache(lambda: self.repo.refs.__setitem__(self.ref, new))
 
     def close(self):
         self.repo.close()
@@ -566,6 +566,26 @@ def _hook_reason(output: bytes) -> str:
     reasons = [ln[len("gitqueue: "):] for ln in lines
                if ln.startswith("gitqueue: ") and not ln.startswith("gitqueue: push refused")]
     return reasons[0] if reasons else ""
+
+
+def _in_cache(write):
+    """Run a write to the cache repository (its ref, its shallow file), clearing a stale lock.
+
+    Every writer of a cache holds the host's lock on it (Queue.lock), so a `.lock` file found
+    there was left by a process that died mid-write: without this, one worker killed at that
+    moment stopped every later process on the host.
+    """
+    from dulwich.file import FileLocked
+
+    try:
+        write()
+    except FileLocked as e:
+        lock = e.lockfilename.decode() if isinstance(e.lockfilename, bytes) else e.lockfilename
+        try:
+            os.unlink(lock)
+        except FileNotFoundError:
+            pass
+        write()
 
 
 class _Moved(Exception):

@@ -104,3 +104,19 @@ def test_a_connection_that_hangs_is_abandoned_after_the_network_timeout(tmp_path
     assert proc.stderr.strip() == "Error: ssh://127.0.0.1/srv/q.git: fetch: no answer for 2 s; gave up"
     left = subprocess.run(["pgrep", "-f", f"{fake_ssh}"], capture_output=True, text=True).stdout.split()
     assert left == [], "the hung ssh process was killed"
+
+
+def test_a_lock_file_left_in_the_cache_by_a_killed_worker_is_cleared(remote_queue):
+    """Found by the fault harness: a worker SIGKILLed while moving its cache's ref left
+    refs/heads/main.lock behind, and every later process on that host died on it."""
+    path, env, cache = remote_queue
+    for name in ("refs/heads/main.lock", "shallow.lock"):
+        for repo in glob.glob(str(cache / "*" / "repo.git")):
+            with open(os.path.join(repo, name), "w") as f:
+                f.write("0" * 40 + "\n")
+    # A new commit on the remote, so that the cache's ref must move.
+    other = gitqueue("claim", "--queue", path, "--worker", "w9", env={"GITQUEUE_CACHE": str(cache.parent / "o")})
+    assert other.returncode == 0, other.stderr
+    proc = gitqueue("claim", "--queue", f"file://{path}", "--worker", "w2", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert not glob.glob(str(cache / "*" / "repo.git" / "refs" / "heads" / "main.lock"))
