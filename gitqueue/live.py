@@ -16,29 +16,30 @@ def status(queue, top: int = 5) -> dict:
     leases whose workers were heard from longest ago) and blockers (failed packages keeping the
     most others from building). Times written by workers' clocks are hints only.
     """
+    # The tree is read under the host's lock: `gitqueue gc --cache` may not remove a pack
+    # meanwhile. The history is not in the cache (timeline.py), so it is read after.
     with queue.lock():
         tip, reader = queue.sync()
         index = queue.index
         outcome = from_index(index)
         eta = report.estimate_completion(index)
         speeds = index.speeds()
-    settings = queue.settings(reader)
+        settings = queue.settings(reader)
+        now = queue.clock()
+        store = queue.remote.object_store
+        leases = report.live_leases(queue, reader, now)
+        heard = {}
+        for path, sha in reader.walk_files("heartbeats"):
+            rec = records.load_at("heartbeat", store[sha].as_raw_string(), path)
+            at = records.epoch(rec.get("at"))
+            if at is not None:
+                heard[rec["worker"]] = at
     history = timeline.load(queue, tip)
-    now = queue.clock()
     counts = outcome.counts()
     total = sum(counts.values())
     done = sum(counts[s] for s in report.FINAL)
     buildable = total - sum(counts[s] for s in NOT_BUILT)
     built = counts["success"] + counts["failed"] + counts["indirect-failed"]
-    store = queue.remote.object_store
-
-    leases = report.live_leases(queue, reader, now)
-    heard = {}
-    for path, sha in reader.walk_files("heartbeats"):
-        rec = records.load_at("heartbeat", store[sha].as_raw_string(), path)
-        at = records.epoch(rec.get("at"))
-        if at is not None:
-            heard[rec["worker"]] = at
 
     reports = [e for e in history.events if e.action == "report"]
     claims = [e for e in history.events if e.action == "claim"]

@@ -14,9 +14,10 @@ def status(queue) -> dict:
         eta = estimate_completion(index)
         skipped = [{"job": name, "reason": why} for name, why in
                    index.db.execute("SELECT name, skip FROM jobs WHERE skip_kind = 's' ORDER BY name")]
-    settings = queue.settings(reader)
-    now = queue.clock()
-    leases = live_leases(queue, reader, now)
+        # Still under the lock: `gitqueue gc --cache` may not remove a pack while this reads.
+        settings = queue.settings(reader)
+        now = queue.clock()
+        leases = live_leases(queue, reader, now)
     total = sum(counts.values())
     done = sum(counts[s] for s in FINAL)
     return {

@@ -241,13 +241,15 @@ class Worker:
         from .names import record_path
         from .transfer import TransferError, download
 
-        _, reader = self.queue.fetch()
+        results = []
+        with self.queue.lock():  # read under the lock: gc --cache may not remove a pack meanwhile
+            _, reader = self.queue.fetch()
+            for dep in job["deps"]:
+                data = reader.read(record_path("results", dep))
+                if data is not None:
+                    results.append((dep, records.load_at("result", data, record_path("results", dep))))
         dest = os.path.join(self.packages_dir, "All")
-        for dep in job["deps"]:
-            data = reader.read(record_path("results", dep))
-            if data is None:
-                continue
-            result = records.load_at("result", data, record_path("results", dep))
+        for dep, result in results:
             if not result.get("packages"):
                 continue
             # Published packages are in All/; until the master publishes them, in the upload area
