@@ -434,7 +434,7 @@ def reclaim(queue, operator: str = "reclaim", now: float | None = None, ttl: int
         fresh[worker] = [key, first]
         if t - first > lease_ttl:
             expired.append((lease, t - first))
-    _write_json(state_path, fresh)
+    records.write_json(state_path, fresh)
 
     for lease, silent in expired:
         job = lease["job"]
@@ -458,10 +458,3 @@ def reclaim(queue, operator: str = "reclaim", now: float | None = None, ttl: int
         if commit is not None:
             reclaimed.append({"job": job, "worker": lease["worker"], "silent_for": math.ceil(silent)})
     return reclaimed
-
-
-def _write_json(path, data):
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)

@@ -9,8 +9,8 @@ HOUR = 3600
 def status(queue, top: int = 5) -> dict:
     """Everything `gitqueue status` shows, as plain data.
 
-    Keys of report.status() (counts, total, done, progress, finished, eta_seconds, leases,
-    skipped, ...) plus: buildable and built (success, failed or indirect-failed among the jobs
+    Keys of report.progress() (queue, commit, settings, counts, total, done, progress, finished,
+    eta_seconds), leases and skipped, plus: buildable and built (success, failed or indirect-failed among the jobs
     not prefailed or skipped), started, rate {overall, last_hour} in packages per hour, workers
     (current job and for how long, last heard, done, failed, speed factor), expiring (the
     leases whose workers were heard from longest ago) and blockers (failed packages keeping the
@@ -36,15 +36,14 @@ def status(queue, top: int = 5) -> dict:
                 heard[rec["worker"]] = at
     history = timeline.load(queue, tip)
     counts = outcome.counts()
-    total = sum(counts.values())
-    done = sum(counts[s] for s in report.FINAL)
+    base = report.progress(settings, tip, counts, eta)
+    total, finished = base["total"], base["finished"]
     buildable = total - sum(counts[s] for s in NOT_BUILT)
     built = counts["success"] + counts["failed"] + counts["indirect-failed"]
 
     reports = [e for e in history.events if e.action == "report"]
     claims = [e for e in history.events if e.action == "claim"]
     started = claims[0].t if claims else None
-    finished = total > 0 and done == total
     end = reports[-1].t if finished and reports else now
     hours = (end - started) / HOUR if started is not None and end > started else 0
     rate = {"overall": round(len(reports) / hours, 1) if hours else None,
@@ -87,18 +86,10 @@ def status(queue, top: int = 5) -> dict:
         job = outcome.jobs[row["job"]]
         blockers.append({**row, "version": job["version"]})
     return {
-        "queue": settings["name"],
-        "commit": tip.decode(),
-        "settings": settings,
-        "counts": counts,
-        "total": total,
-        "done": done,
-        "progress": round(done / total, 4) if total else 1.0,
-        "finished": finished,
+        **base,
         "buildable": buildable,
         "built": built,
         "build_progress": round(built / buildable, 4) if buildable else 1.0,
-        "eta_seconds": eta,
         "started": records.utc(started) if started is not None else None,
         "elapsed": int(end - started) if started is not None else None,
         "rate": rate,

@@ -156,12 +156,12 @@ class Queue:
 
     def sync(self):
         """Fetch and bring the index to the tip (caller holds the lock); return (tip, reader)."""
-        def run():
-            tip, reader = self._fetch()
-            self.index.update(self.remote, tip)
-            return tip, reader
+        return self.repairing(self._sync)
 
-        return self.repairing(run)
+    def _sync(self):
+        tip, reader = self._fetch()
+        self.index.update(self.remote, tip)
+        return tip, reader
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -188,11 +188,7 @@ class Queue:
         with self.lock():
             for _ in range(attempts):
                 with self.remote.writer_lock():
-                    if use_index:
-                        tip, reader = self._fetch()
-                        self.index.update(self.remote, tip)
-                    else:
-                        tip, reader = self._fetch()
+                    tip, reader = self._sync() if use_index else self._fetch()
                     change = decide(tip, reader)
                     if change is None:
                         return None, None

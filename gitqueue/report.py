@@ -18,6 +18,12 @@ def status(queue) -> dict:
         settings = queue.settings(reader)
         now = queue.clock()
         leases = live_leases(queue, reader, now)
+    return {**progress(settings, tip, counts, eta), "leases": leases, "skipped": skipped}
+
+
+def progress(settings: dict, tip: bytes, counts: dict, eta) -> dict:
+    """The keys every status has: queue, commit, settings, counts, total, done, progress,
+    finished and eta_seconds."""
     total = sum(counts.values())
     done = sum(counts[s] for s in FINAL)
     return {
@@ -30,8 +36,6 @@ def status(queue) -> dict:
         "progress": round(done / total, 4) if total else 1.0,
         "finished": total > 0 and done == total,
         "eta_seconds": eta,
-        "leases": leases,
-        "skipped": skipped,
     }
 
 

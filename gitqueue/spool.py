@@ -17,6 +17,7 @@ import os
 import time
 
 from .errors import GitqueueError
+from .records import write_json
 
 STALE_AFTER = 3600.0  # a request this old was left by a process that died long ago
 
@@ -34,7 +35,7 @@ class Spool:
         stem = os.path.join(self.dir, f"{request['worker']}.{os.getpid()}")
         request = dict(request, pid=os.getpid(), at=time.time())
         request.setdefault("id", os.urandom(8).hex())
-        _write(stem + ".req", request)
+        write_json(stem + ".req", request)
         try:
             with self.queue.lock():
                 # Withdrawn before the lock is released: once settled, never settled again.
@@ -55,7 +56,7 @@ class Spool:
         others = self._waiting(stem, request.get("signer"))
         outcomes = settle(self.queue, [request] + [r for _, r in others], identity)
         for (path, req), outcome in zip(others, outcomes[1:]):
-            _write(path[:-4] + ".out", {"id": req["id"], "outcome": outcome})
+            write_json(path[:-4] + ".out", {"id": req["id"], "outcome": outcome})
             _unlink(path)
         return outcomes[0]
 
@@ -103,13 +104,6 @@ def _read(path):
         if path.endswith(".out"):
             raise GitqueueError(f"{path}: unreadable outcome ({e})") from None
         return None
-
-
-def _write(path, data):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
 
 
 def _unlink(path):

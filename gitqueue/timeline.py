@@ -10,6 +10,7 @@ clock: they describe the build, nothing decides on them.
 import json
 import os
 
+from . import records
 from .errors import QueueNotFound
 
 CACHE_FILE = "timeline.json"
@@ -103,8 +104,8 @@ def load(queue, tip: bytes | None = None) -> Timeline:
     events.extend(new)
     timeline = Timeline(tip.decode(), events, truncated)
     if new or not reached:
-        _write_cache(path, {"version": CACHE_VERSION, "commit": timeline.commit, "truncated": truncated,
-                            "events": events})
+        records.write_json(path, {"version": CACHE_VERSION, "commit": timeline.commit, "truncated": truncated,
+                            "events": events}, separators=(",", ":"))
     return timeline
 
 
@@ -246,10 +247,3 @@ def _read_cache(path):
     if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
         return None
     return data
-
-
-def _write_cache(path, data):
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, separators=(",", ":"))
-    os.replace(tmp, path)
