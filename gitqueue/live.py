@@ -11,10 +11,11 @@ def status(queue, top: int = 5) -> dict:
 
     Keys of report.progress() (queue, commit, settings, counts, total, done, progress, finished,
     eta_seconds), leases and skipped, plus: buildable and built (success, failed or
-    indirect-failed among the jobs not prefailed or skipped), started, rate {overall, last_hour} in packages per hour, workers
-    (current job and for how long, last heard, done, failed, speed factor), expiring (the
-    leases whose workers were heard from longest ago) and blockers (failed packages keeping the
-    most others from building). Times written by workers' clocks are hints only.
+    indirect-failed among the jobs not prefailed or skipped), started, rate {overall,
+    last_hour} in packages per hour, workers (current job and for how long, last heard, done,
+    failed, speed factor), expiring (the leases whose workers were heard from longest ago) and
+    blockers (failed packages keeping the most others from building). Times written by
+    workers' clocks are hints only.
     """
     # The tree is read under the host's lock: `gitqueue gc --cache` may not remove a pack
     # meanwhile. The history is not in the cache (timeline.py), so it is read after.
