@@ -309,7 +309,7 @@ def main():
         print(rows[-1], flush=True)
         size_row("end of the build, after gc (git)", end)
         wall, out, rss = gq(["gc", nogit, "--no-git"], env("gc"))
-        rows.append(("gitqueue gc --no-git (streaming packs, no deltas)", f"{wall:.1f} s, {rss:.0f} MiB peak RSS"))
+        rows.append(("gitqueue gc --no-git (gitqueue's own packer, with deltas)", f"{wall:.1f} s, {rss:.0f} MiB peak RSS"))
         print(rows[-1], flush=True)
         size_row("end of the build, after gc --no-git", nogit)
 

@@ -7,9 +7,11 @@ import sys
 import threading
 
 import pytest
+from dulwich.pack import apply_delta
+from hypothesis import given, strategies as st
 
 from gitqueue import lease
-from gitqueue.gc import gc_cache, gc_repository, measure
+from gitqueue.gc import gc_cache, gc_repository, measure, splice_delta
 
 from helpers import git_log, gitqueue, job, make_queue, open_queue
 from test_concurrency import check_history, random_dag, start_worker
@@ -176,3 +178,42 @@ def test_new_queues_leave_packing_to_gitqueue_gc(tmp_path):
     for key, value in (("receive.autogc", "false"), ("gc.auto", "0")):
         got = subprocess.run(["git", "--git-dir", url, "config", "--get", key], capture_output=True, text=True)
         assert got.stdout.strip() == value
+
+
+def test_gc_without_git_stores_versions_as_deltas(tmp_path):
+    # A queue's history is mostly new versions of the same directories (results/, leases/, the
+    # root): each should be a small delta against another version, not stored whole.
+    url = make_queue(tmp_path, [job(f"p{i}-1.0") for i in range(60)])
+    build(url, tmp_path, "w1", 40)
+    whole = tmp_path / "whole.git"
+    shutil.copytree(url, whole)
+    out = gc_repository(url, use_git=False)
+    gc_repository(str(whole), use_git=False, window=0)
+    assert out["after"]["loose"] == 0
+    assert out["after"]["pack_bytes"] < measure(str(whole))["pack_bytes"]
+    fsck(url)
+
+    def trees(repo):
+        """(size, size in the pack, is a delta) of the trees of 200 bytes or more."""
+        fmt = "%(objecttype) %(objectsize) %(objectsize:disk) %(deltabase)"
+        lines = subprocess.run(["git", "--git-dir", str(repo), "cat-file", "--batch-all-objects",
+                                f"--batch-check={fmt}"], capture_output=True, text=True, check=True).stdout
+        rows = [line.split() for line in lines.splitlines()]
+        return [(int(size), int(disk), base.strip("0") != "") for kind, size, disk, base in rows
+                if kind == "tree" and int(size) >= 200]
+
+    got = trees(tmp_path / "q.git")
+    assert len(got) >= 30
+    assert sum(delta for _, _, delta in got) >= 0.8 * len(got)
+    assert sum(packed for _, packed, _ in got) < 0.25 * sum(size for size, _, _ in got)
+    assert not any(delta for _, _, delta in trees(whole))
+    build(url, tmp_path, "w2", 5, host="h2")  # a fresh cache reads the deltified packs
+    fsck(url)
+
+
+@given(st.binary(max_size=600), st.integers(0, 600), st.integers(0, 600), st.binary(max_size=300))
+def test_splice_delta_turns_the_base_into_the_target(base, at, length, inserted):
+    target = base[:at] + inserted + base[at + length:]
+    for a, b in ((base, target), (target, base), (base, inserted)):
+        got = apply_delta(a, splice_delta(a, b))
+        assert (b"".join(got) if isinstance(got, list) else got) == b
