@@ -19,6 +19,7 @@ A queue gains a dozen loose objects per commit (a full pkgsrc build: about 30,00
 import collections
 import hashlib
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -40,6 +41,8 @@ MAX_DELTA_SIZE = 1 << 20
 OFS_DELTA = 6
 # More packs than this and the git path merges them into one (see _git_repack).
 MAX_PACKS = 32
+# Seconds a worker's cache keeps what gc --cache superseded (see gc_cache).
+GRACE = 3600
 _TYPES = {b"commit": 1, b"tree": 2, b"blob": 3, b"tag": 4}
 _NAMES = {v: k for k, v in _TYPES.items()}
 
@@ -510,14 +513,19 @@ def _fsync_dir(path):
 
 # -- a worker's cache ---------------------------------------------------------------------------
 
-def gc_cache(queue) -> dict:
+def gc_cache(queue, grace: float = GRACE) -> dict:
     """Reduce the cache repository of `queue` (ssh:// or git://) to its tip's commit and tree.
 
-    Holds the cache's lock throughout, so no gitqueue process of this host reads or writes the
-    cache meanwhile. Writes one pack with the objects reachable from the tip's tree, makes the
-    tip the shallow boundary, then removes every other pack and loose object. Refs are left as
-    they are. Returns {"before", "after" (see measure), "kept", "seconds"}; a local-path queue
-    has no cache repository (use gc_repository).
+    Holds the cache's lock throughout, so no gitqueue process of this host writes the cache
+    meanwhile. Writes one pack with the objects reachable from the tip's tree and makes the tip
+    the shallow boundary. Every other pack and loose object is then superseded: it is removed
+    by the first gc --cache `grace` seconds later (0: at once), so that a command of this host
+    still reading an older tip, outside the lock, finds its objects (git keeps unreachable
+    objects for a while for the same reason). Refs are left as they are.
+
+    Returns {"before", "after" (see measure; "after" counts what is kept), "kept" (objects),
+    "superseded" ({"files", "bytes"} waiting for removal), "removed" (files), "seconds"}. A
+    local-path queue has no cache repository (use gc_repository).
     """
     from .gitstore import CachedRemote
 
@@ -530,40 +538,119 @@ def gc_cache(queue) -> dict:
         repo = remote.repo
         path = repo.path
         before = measure(path)
+        now = time.time()
+        pending = _read_superseded(path)
+        removed = 0
+        for name, since in list(pending.items()):
+            if since <= now - grace:
+                removed += _unlink(os.path.join(path, "objects", name))
+                del pending[name]
         try:
             tip = repo.refs[remote.ref]
         except KeyError:
-            return {"before": before, "after": before, "kept": 0, "seconds": round(time.monotonic() - t0, 3)}
-        store = repo.object_store
-        names = _reachable(store, tip)
+            tip = None
+        kept = 0
         objects_dir = os.path.join(path, "objects")
-        packdir = os.path.join(objects_dir, "pack")
+        if tip is not None:
+            store = repo.object_store
+            names = _reachable(store, tip)
 
-        def read_all():
-            for hexsha in names:
-                type_num, data = store.get_raw(hexsha.encode())
-                yield hexsha, type_num, data
+            def read_all():
+                for hexsha in names:
+                    type_num, data = store.get_raw(hexsha.encode())
+                    yield hexsha, type_num, data
 
-        written = write_pack(packdir, read_all())
-        keep = "pack-" + hashlib.sha1(b"".join(sorted(bytes.fromhex(h) for h in written))).hexdigest()
-        # The new boundary before anything goes: a fetch must not offer a parent we drop.
-        _write_shallow(path, [tip])
-        for entry in _scandir(packdir):
-            stem = entry.name.rsplit(".", 1)[0]
-            if stem != keep and entry.name.startswith("pack-"):
-                _unlink(entry.path)
-        for name in _fanout(objects_dir):
-            sub = os.path.join(objects_dir, name)
-            for entry in _scandir(sub):
-                _unlink(entry.path)
+            written = write_pack(os.path.join(objects_dir, "pack"), read_all())
+            kept = len(written)
+            keep = "pack/pack-" + hashlib.sha1(b"".join(sorted(bytes.fromhex(h) for h in written))).hexdigest()
+            # The new boundary before anything goes: a fetch must not offer a parent we drop.
+            _write_shallow(path, [tip])
+            for name in _object_files(objects_dir):
+                if name.startswith(keep + "."):
+                    pending.pop(name, None)
+                else:
+                    pending.setdefault(name, now)
+            if not grace:
+                for name in list(pending):
+                    removed += _unlink(os.path.join(objects_dir, name))
+                    del pending[name]
+        for fan in _fanout(objects_dir):
             try:
-                os.rmdir(sub)
+                os.rmdir(os.path.join(objects_dir, fan))  # only the empty ones
             except OSError:
                 pass
+        _write_superseded(path, pending)
         # This process's view of the packs: forget the removed ones.
-        store._update_pack_cache()
-        after = measure(path)
-    return {"before": before, "after": after, "kept": len(written), "seconds": round(time.monotonic() - t0, 3)}
+        repo.object_store._update_pack_cache()
+        after, waiting = _measure_kept(path, pending)
+    return {"before": before, "after": after, "kept": kept, "superseded": waiting, "removed": removed,
+            "seconds": round(time.monotonic() - t0, 3)}
+
+
+def _object_files(objects_dir):
+    """Names, relative to objects/, of the loose objects and pack files."""
+    for fan in _fanout(objects_dir):
+        for entry in _scandir(os.path.join(objects_dir, fan)):
+            yield f"{fan}/{entry.name}"
+    for entry in _scandir(os.path.join(objects_dir, "pack")):
+        if entry.name.startswith("pack-"):
+            yield f"pack/{entry.name}"
+
+
+def _measure_kept(path, pending):
+    """(measure(path) without the superseded files, {"files", "bytes"} of those)."""
+    m = measure(path)
+    files = size = 0
+    for name in pending:
+        try:
+            st = os.stat(os.path.join(path, "objects", name))
+        except FileNotFoundError:
+            continue
+        files += 1
+        if name.startswith("pack/"):
+            m["packs"] -= name.endswith(".pack")
+            m["pack_bytes"] -= st.st_size
+            m["bytes"] -= st.st_size
+            size += st.st_size
+        else:
+            blocks = st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
+            m["loose"] -= 1
+            m["loose_bytes"] -= blocks
+            m["bytes"] -= blocks
+            size += blocks
+    return m, {"files": files, "bytes": size}
+
+
+SUPERSEDED = "gitqueue-superseded"  # in the cache repository: "SECONDS NAME" lines
+
+
+def _read_superseded(path) -> dict:
+    try:
+        with open(os.path.join(path, SUPERSEDED), encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return {}
+    pending = {}
+    for line in lines:
+        since, _, name = line.partition(" ")
+        # Only names of the shape written: a damaged list must not remove anything else.
+        if re.fullmatch(r"[0-9a-f]{2}/[0-9a-f]{38}|pack/pack-[0-9a-f]{40}\.[a-z]+", name):
+            try:
+                pending[name] = float(since)
+            except ValueError:
+                pass
+    return pending
+
+
+def _write_superseded(path, pending):
+    target = os.path.join(path, SUPERSEDED)
+    if not pending:
+        _unlink(target)
+        return
+    tmp = f"{target}.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("".join(f"{since:.0f} {name}\n" for name, since in sorted(pending.items())))
+    os.replace(tmp, target)
 
 
 def _reachable(store, tip: bytes) -> list[str]:
@@ -596,8 +683,9 @@ def _write_shallow(path, commits):
     os.replace(tmp, os.path.join(path, "shallow"))
 
 
-def _unlink(path):
+def _unlink(path) -> int:
     try:
         os.unlink(path)
+        return 1
     except FileNotFoundError:
-        pass
+        return 0

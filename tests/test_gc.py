@@ -11,6 +11,7 @@ from dulwich.pack import apply_delta
 from hypothesis import given, strategies as st
 
 from gitqueue import lease
+from gitqueue.errors import RepositoryDamaged
 from gitqueue.gc import gc_cache, gc_repository, measure, splice_delta
 
 from helpers import git_log, gitqueue, job, make_queue, open_queue
@@ -105,7 +106,7 @@ def test_gc_cache_keeps_only_the_tip_and_stays_usable(tmp_path):
         lease.claim(q, "w1")
         cache_repo = os.path.join(q.cache_dir, "repo.git")
         before = measure(cache_repo)
-        out = gc_cache(q)
+        out = gc_cache(q, grace=0)
         tip = q.remote.repo.refs[q.remote.ref]
         # Usable at once by the process that ran gc, whose pack list named the removed packs.
         got = lease.claim(q, "w1")
@@ -125,6 +126,41 @@ def test_gc_cache_keeps_only_the_tip_and_stays_usable(tmp_path):
     build(remote_url, tmp_path, "w3", 3, host="far")
     fsck(cache_repo)
     fsck(url)
+
+
+def test_gc_cache_keeps_what_it_supersedes_for_readers_of_an_older_tip(tmp_path):
+    url = make_queue(tmp_path, [job(f"p{i}-1.0") for i in range(10)])
+    remote_url = f"file://{url}"
+
+    def read_lease(tip):
+        """The lease files at `tip`, read as a command of the host that starts now would."""
+        with open_queue(remote_url, tmp_path, host="far") as other:
+            reader = other.remote.reader(tip)
+            return [reader.read(path) for path, _ in reader.walk_files("leases")]
+
+    with open_queue(remote_url, tmp_path, host="far") as q:
+        got = lease.claim(q, "w1")
+        old_tip, _ = q.fetch()  # what a command of the host read before gc, outside the lock
+        lease.report(q, "w1", got["job"], "success", duration=1)
+        q.fetch()
+        cache_repo = os.path.join(q.cache_dir, "repo.git")
+        packs_before = measure(cache_repo)["packs"]
+
+        out = gc_cache(q, grace=3600)
+        assert out["after"]["packs"] == 1 and out["after"]["loose"] == 0
+        assert out["superseded"]["files"] >= 2 * packs_before and out["removed"] == 0
+        # The old tip's lease, which the new tip no longer has, is still there to read.
+        leases = read_lease(old_tip)
+        assert len(leases) == 1 and b"w1" in leases[0]
+        # A second run within the grace period keeps it; one after it (grace 0 here) removes it.
+        assert gc_cache(q, grace=3600)["removed"] == 0
+        out = gc_cache(q, grace=0)
+        assert out["removed"] >= 2 * packs_before and out["superseded"]["files"] == 0
+        assert measure(cache_repo) == out["after"] and out["after"]["packs"] == 1
+        with pytest.raises(RepositoryDamaged):
+            read_lease(old_tip)  # what the grace period protected
+        lease.claim(q, "w1")  # and the cache is still usable
+    fsck(cache_repo)
 
 
 def test_gc_cli_on_a_local_queue_and_its_errors(tmp_path):

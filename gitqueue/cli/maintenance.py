@@ -11,15 +11,20 @@ from .main import cli, context, emit, json_option, queue_option
 @click.option("--cache", is_flag=True,
               help="Trim this host's cache of an ssh:// or git:// queue to its tip instead.")
 @click.option("--no-git", is_flag=True, help="Pack without the git binary even if there is one.")
+@click.option("--grace", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="With --cache: remove what an earlier run superseded this long ago "
+                   "(default 3600; 0: remove at once).")
 @json_option
-def gc_cmd(url, queue_url, cache, no_git, as_json):
+def gc_cmd(url, queue_url, cache, no_git, grace, as_json):
     """Pack a local-path queue's loose objects, or trim a worker's cache (--cache).
 
     On a local-path queue (the master) loose objects are packed with `git repack` when git is
     installed, else by gitqueue itself in chunks of bounded memory; on a worker, --cache keeps
-    only the objects of the current tree in the host's cache of the queue. Safe while workers
-    run (run it from cron); refs are never rewritten. Exit status 1 when git fails or the
-    queue is not a repository of that kind.
+    only the objects of the current tree in the host's cache of the queue; what that
+    supersedes is removed by a later run, --grace seconds on, so that commands reading an
+    older tip meanwhile still find it. Safe while workers run (run it from cron); refs are
+    never rewritten. Exit status 1 when git fails or the queue is not a repository of that
+    kind.
 
     \b
     Example: gitqueue gc /srv/queues/2026Q4-m68k.git
@@ -30,12 +35,15 @@ def gc_cmd(url, queue_url, cache, no_git, as_json):
     ctx = context(queue_url)
     with ctx.open(url) as queue:
         if cache or not is_local_path(queue.url):
-            out = gc_cache(queue)
+            out = gc_cache(queue) if grace is None else gc_cache(queue, grace)
         else:
             path = queue.url[7:] if queue.url.startswith("file://") else queue.url
             out = gc_repository(path, use_git=False if no_git else None)
     b, a = out["before"], out["after"]
+    waiting = out.get("superseded", {}).get("files")
     emit(out, as_json, lambda: (
         f"{b['loose']} loose objects, {b['packs']} packs, {b['bytes'] / 1e6:.1f} MB -> "
         f"{a['loose']} loose objects, {a['packs']} packs, {a['bytes'] / 1e6:.1f} MB "
-        f"in {out['seconds']:.1f} s"))
+        f"in {out['seconds']:.1f} s"
+        + (f"; {waiting} superseded files ({out['superseded']['bytes'] / 1e6:.1f} MB) "
+           "wait for a later gc --cache" if waiting else "")))
