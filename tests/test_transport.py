@@ -31,13 +31,28 @@ def test_claim_and_report_over_ssh(tmp_path, sshd):
         lease.report(q, "w1", got["job"], "success", duration=1.5)
     # A second host with a fresh (shallow) cache sees the new state.
     with open_queue(sshd.url(path), tmp_path, host="h2", ssh_command=sshd.ssh_command) as q:
-        assert os.path.exists(os.path.join(q.cache_dir, "repo.git", "shallow")) or True
         second = lease.claim(q, "w2")
+        assert os.path.exists(os.path.join(q.cache_dir, "repo.git", "shallow"))  # its first fetch was
         assert second["job"] != got["job"]
         assert q.remote.fetch() == subprocess.run(["git", "-C", path, "rev-parse", "main"], capture_output=True,
                                                   text=True).stdout.strip().encode()
     fsck(path)
     assert git_log(path).splitlines()[1] == f"report {got['job']}: success by w1 in 2 s"
+
+
+@pytest.mark.ssh
+def test_a_cache_directory_with_spaces_works_over_ssh(tmp_path, sshd):
+    # ssh's connection-sharing socket lives in the cache directory when the path is short and
+    # plain; a path with a space must not reach ssh's -o ControlPath unquoted.
+    path = make_queue(tmp_path, JOBS)
+    env = {"GITQUEUE_CACHE": "/tmp/gq c", "GITQUEUE_SSH_COMMAND": sshd.ssh_command}
+    try:
+        proc = gitqueue("claim", "--queue", sshd.url(path), "--worker", "w1", env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert "claim" in git_log(path).splitlines()[0]
+    finally:
+        import shutil
+        shutil.rmtree("/tmp/gq c", ignore_errors=True)
 
 
 @pytest.mark.ssh

@@ -6,6 +6,7 @@ held by this worker (report, release, heartbeat).
 """
 
 import os
+import re
 import sys
 
 import click
@@ -144,8 +145,10 @@ def _ssh_command(command, cache_dir):
     if "ControlMaster" in base or os.environ.get("GITQUEUE_SSH_REUSE") == "0":
         return base
     # A unix socket path must stay under ~104 bytes: "/ssh-" + %C (40) + ssh's temporary
-    # suffix (17) leave 40 for the directory.
-    directory = cache_dir if len(cache_dir) <= 40 else os.path.join("/tmp", f"gitqueue-{os.getuid()}")
+    # suffix (17) leave 40 for the directory. And it goes through two word splittings (this
+    # command's, then ssh's own -o parsing), so a directory with spaces or quotes is not used.
+    plain = len(cache_dir) <= 40 and re.fullmatch(r"[A-Za-z0-9/._+-]+", cache_dir)
+    directory = cache_dir if plain else os.path.join("/tmp", f"gitqueue-{os.getuid()}")
     os.makedirs(directory, mode=0o700, exist_ok=True)
     if os.stat(directory).st_uid != os.getuid():
         return base  # someone else's directory: no shared sockets
