@@ -10,6 +10,8 @@ random moments drawn from the printed seed the harness:
 - freezes a worker (SIGSTOP) for longer than the lease TTL, so its lease is reclaimed and it
   comes back to report late;
 - runs `gitqueue reclaim` with a short TTL, and `gitqueue publish` on the master;
+- runs `gitqueue gc` on the master (with git and without, in turn) and `gitqueue gc --cache`
+  on the hosts' caches, with a grace of one second, while the workers push and read;
 - gives some workers clocks hours off (GITQUEUE_CLOCK_OFFSET).
 
 The queue has the server's pre-receive hook installed. At the end it checks every promise
@@ -123,7 +125,9 @@ class Harness:
                 offset = (3 * 3600 if h % 2 else -3 * 3600) if h < skewed_hosts else 0
                 self.workers[name] = {"host": h, "offset": offset, "proc": None, "log": self.dir / f"{name}.log"}
         self.figures = {"seed": seed, "jobs": len(self.jobs), "workers": len(self.workers), "workers killed": 0,
-                        "connections cut": 0, "workers frozen": 0, "reclaim runs": 0, "publish runs": 0}
+                        "connections cut": 0, "workers frozen": 0, "reclaim runs": 0, "publish runs": 0,
+                        "gc runs": 0, "cache gc runs": 0}
+        self.gc_errors = []
         self.frozen = {}  # name -> when to wake it
 
     def env(self, name):
@@ -211,12 +215,27 @@ class Harness:
                        env={**os.environ, "GITQUEUE_CACHE": str(self.dir / "cache-master")}, capture_output=True)
         self.figures["publish runs"] += 1
 
+    def gc(self):
+        """Pack the master (git repack or gitqueue's packer, in turn) and trim one host's cache."""
+        no_git = ["--no-git"] if self.figures["gc runs"] % 2 else []
+        runs = [(_gq("gc", self.queue_path, *no_git), self.dir / "cache-master", "gc runs")]
+        host = self.rng.choice(sorted({w["host"] for w in self.workers.values()}))
+        runs.append((_gq("gc", "--cache", "--grace", "1", "--queue", self.url), self.dir / f"cache-host{host}",
+                     "cache gc runs"))
+        for argv, cache, figure in runs:
+            proc = subprocess.run(argv, env={**os.environ, "GITQUEUE_CACHE": str(cache),
+                                             "GITQUEUE_SSH_COMMAND": self.sshd.ssh_command},
+                                  capture_output=True, text=True)
+            self.figures[figure] += 1
+            if proc.returncode != 0:
+                self.gc_errors.append(proc.stderr.strip()[-300:])
+
     def run(self, deadline: float, fault_every: float = 1.0, faults_for: float | None = None):
         """Build until every worker says the queue is finished; inject faults for `faults_for` s."""
         for name in self.workers:
             self.start(name)
         t0 = time.monotonic()
-        last_reclaim = last_publish = t0
+        last_reclaim = last_publish = last_gc = t0
         while True:
             now = time.monotonic()
             if now - t0 > deadline:
@@ -238,6 +257,9 @@ class Harness:
             if now - last_publish > 5:
                 self.publish()
                 last_publish = now
+            if now - last_gc > 4:
+                self.gc()
+                last_gc = now
             for name, w in self.workers.items():
                 code = w["proc"].poll()
                 if code not in (None, 0):
@@ -321,7 +343,10 @@ class Harness:
             "successes": len(results) - len(failed), "failures": len(failed), "indirect": len(blocked),
             "leases reclaimed": audit.reclaims, "late reports kept": audit.late,
             "duplicate results": audit.results - len(results), "lost jobs": len(lost),
+            # a worker that met a missing object took its cache for damaged and fetched it anew
+            "caches rebuilt": logs.count("the cache was rebuilt"),
         })
+        assert self.gc_errors == [], self.gc_errors[:3]
         return self.figures
 
     def stop(self):

@@ -23,5 +23,6 @@ def test_a_build_survives_kills_cuts_reclaims_and_skewed_clocks(tmp_path, sshd):
         harness.stop()
     print(figures)
     assert figures["workers killed"] > 0 and figures["connections cut"] > 0
+    assert figures["gc runs"] > 0 and figures["cache gc runs"] > 0
     assert figures["duplicate results"] == 0 and figures["lost jobs"] == 0
     assert figures["successes"] + figures["failures"] + figures["indirect"] == 60
