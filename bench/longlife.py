@@ -326,10 +326,15 @@ def main():
         e = {**env0, "GITQUEUE_CACHE": cache_root, **({"GITQUEUE_SSH_COMMAND": ssh} if ssh else {})}
         m = size_row(f"worker cache after {opts.cache_packs} fetches", cache)
         lat[f"{how} cache with {m['packs']} packs"] = claim_latency(far, e, opts.claims)
-        wall, out, rss = gq(["gc", "--cache", "--queue", far], e)
-        rows.append(("gitqueue gc --cache", f"{wall:.1f} s, {rss:.0f} MiB peak RSS"))
+        wall, out, rss = gq(["gc", "--cache", "--queue", far, "--json"], e)
+        kept = json.loads(out)
+        rows.append(("gitqueue gc --cache", f"{wall:.1f} s, {rss:.0f} MiB peak RSS; kept {kept['after']['packs']} "
+                     f"pack, {mb(kept['after']['bytes'])}; {kept['superseded']['files']} files "
+                     f"({mb(kept['superseded']['bytes'])}) superseded, left for the next run"))
         print(rows[-1], flush=True)
-        size_row("worker cache after gc --cache", cache)
+        wall, out, rss = gq(["gc", "--cache", "--grace", "0", "--queue", far], e)
+        rows.append(("gitqueue gc --cache --grace 0 (removes them)", f"{wall:.1f} s, {rss:.0f} MiB peak RSS"))
+        size_row("worker cache after gc --cache --grace 0", cache)
         lat[f"{how} cache after gc --cache"] = claim_latency(far, e, opts.claims)
     finally:
         if server is not None:

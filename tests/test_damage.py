@@ -3,11 +3,15 @@
 import glob
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
 
 import pytest
+
+from gitqueue.admin import import_jobs, init_queue
+from gitqueue.queue import Queue
 
 from helpers import git_log, gitqueue, job, make_queue
 
@@ -120,3 +124,40 @@ def test_a_lock_file_left_in_the_cache_by_a_killed_worker_is_cleared(remote_queu
     proc = gitqueue("claim", "--queue", f"file://{path}", "--worker", "w2", env=env)
     assert proc.returncode == 0, proc.stderr
     assert not glob.glob(str(cache / "*" / "repo.git" / "refs" / "heads" / "main.lock"))
+
+
+def test_a_full_disk_during_upload_is_one_error_and_the_lease_stays(tmp_path):
+    # The package tree's disk is full: rsync's receiver cannot write past 32 KiB (a wrapper
+    # first on the PATH sets the limit, then runs the real rsync).
+    tree = tmp_path / "packages"
+    url = str(tmp_path / "q.git")
+    with Queue(url, str(tmp_path / "cache-admin")) as q:
+        init_queue(q, "pkgs", packages_url=str(tree))
+        import_jobs(q, [job("gmake-4.4.1", pkgpath="devel/gmake")], "g.jsonl")
+    config = tmp_path / "worker.toml"
+    config.write_text("transfer_attempts = 2\ntransfer_backoff = 0.1\n")
+    env = {"GITQUEUE_CACHE": str(tmp_path / "cache-w"), "GITQUEUE_CONFIG": str(config)}
+    claim = gitqueue("claim", "--queue", url, "--worker", "w1", env=env)
+    assert claim.returncode == 0, claim.stderr
+    token = claim.stdout.split("\t")[2].strip()
+    package = tmp_path / "gmake-4.4.1.tgz"
+    package.write_bytes(os.urandom(200_000))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "rsync").write_text(f"#!/bin/sh\ntrap '' XFSZ\nulimit -f 64\nexec {shutil.which('rsync')} \"$@\"\n")
+    (bin_dir / "rsync").chmod(0o755)
+    before = git_log(url)
+    full = {**env, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    rep = gitqueue("report", "gmake-4.4.1", "--queue", url, "--worker", "w1", "--status", "success",
+                   "--package", str(package), env=full)
+    assert rep.returncode == 1
+    lines = rep.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: upload to ") and "after 2 attempts" in lines[0], rep.stderr
+    assert git_log(url) == before  # no result names a package that is not there
+    incoming = tree / "incoming" / token
+    assert not (incoming / package.name).exists()  # no partial file under the package's name
+    # The lease is still the worker's: with room again, the same report goes through.
+    rep = gitqueue("report", "gmake-4.4.1", "--queue", url, "--worker", "w1", "--status", "success",
+                   "--package", str(package), env=env)
+    assert rep.returncode == 0, rep.stderr
+    assert (incoming / package.name).read_bytes() == package.read_bytes()

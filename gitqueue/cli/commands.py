@@ -175,10 +175,16 @@ def report_cmd(job, status, log_file, duration, package_files, token, queue_url,
             token = token or queue.index.my_claims(ctx.worker()).get(job)
             if not tree or not token:
                 raise GitqueueError("--package needs the queue's packages_url and this lease's token (--lease)")
-            rsh = _ssh_command(ctx.config.get("rsync_rsh") or ctx.ssh_command, ctx.cache_dir)
-            packages = upload(list(package_files), tree, token, rsh=rsh)
+            cfg = ctx.config
+            rsh = _ssh_command(cfg.get("rsync_rsh") or ctx.ssh_command, ctx.cache_dir)
+            # The worker's transfer settings, as `gitqueue work` uses them.
+            how = {"rsh": rsh, "attempts": cfg.get("transfer_attempts", 5),
+                   "backoff": cfg.get("transfer_backoff", 1.0)}
+            if cfg.get("network_timeout"):
+                how["io_timeout"] = max(1, int(cfg["network_timeout"]))
+            packages = upload(list(package_files), tree, token, **how)
             if log_file:
-                upload([log_file], tree, token, rsh=rsh)
+                upload([log_file], tree, token, **how)
         result = report(queue, ctx.worker(), job, status, token, duration, log,
                         tail if status == "failure" else None, packages=packages, platform=ctx.platform())
     emit(result, as_json, f"{job}: {status}{' (late)' if result.get('late') else ''}")
