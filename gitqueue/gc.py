@@ -31,7 +31,7 @@ from dulwich.pack import create_delta as _delta_chunks
 
 from .errors import GitqueueError
 
-# Objects per pack written by the git-less path: what bounds its memory (a few MB per 10k).
+# Objects per pack written by the git-less path (a pack's index entries are held until it is written).
 CHUNK = 20_000
 # Objects a tree or blob is compared with for a delta, and the longest delta chain (as git's defaults).
 WINDOW = 10
@@ -163,8 +163,9 @@ def pack_loose_objects(path: str, chunk: int = CHUNK, window: int = WINDOW) -> i
     in a dict: 60 MB for the 288k loose objects of a whole 29k-job build). The second writes
     the objects sorted so that versions of one file or directory sit side by side, each
     stored as a delta against one of the `window` objects before it when that halves it (0:
-    no deltas). Only a window of objects is held at a time. A chunk's loose files are removed only after its pack and index
-    are written, fsynced and renamed into place. Returns the number of objects packed.
+    no deltas). Only a window of objects is held at a time. A chunk's loose files are removed
+    only after its pack and index are written, fsynced and renamed into place. Returns the
+    number of objects packed.
     """
     objects = os.path.join(path, "objects")
     info = _scan_loose(objects)
