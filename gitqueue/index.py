@@ -200,7 +200,9 @@ class Index:
         results = {}
         for path, sha in reader.walk_files("results"):
             rec = records.load_at("result", store[sha].as_raw_string(), path)
-            results[rec["job"]] = rec
+            # Only what the index needs: 27k whole results (packages, platform...) held at
+            # once were most of a first claim's memory on a full build.
+            results[rec["job"]] = {k: rec.get(k) for k in ("job", "status", "worker", "duration")}
         leases = {}
         for path, sha in reader.walk_files("leases"):
             rec = records.load_at("lease", store[sha].as_raw_string(), path)
