@@ -147,7 +147,14 @@ except SystemExit as e:
     code = e.code or 0
 else:
     code = 0
+# The peak of this process's own memory (VmHWM). Not ru_maxrss: Linux carries it across fork
+# and exec, so it would start at this benchmark's own (large) RSS at the fork.
 me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    with open("/proc/self/status") as f:
+        me = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+except (OSError, StopIteration):
+    pass
 kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 print(f"RSS {me} {kids}", file=sys.stderr)
 sys.exit(code)
