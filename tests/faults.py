@@ -128,6 +128,7 @@ class Harness:
                         "connections cut": 0, "workers frozen": 0, "reclaim runs": 0, "publish runs": 0,
                         "gc runs": 0, "cache gc runs": 0}
         self.gc_errors = []
+        self.gc_procs = {}  # figure -> the gc process of that kind still running
         self.frozen = {}  # name -> when to wake it
 
     def env(self, name):
@@ -216,19 +217,34 @@ class Harness:
         self.figures["publish runs"] += 1
 
     def gc(self):
-        """Pack the master (git repack or gitqueue's packer, in turn) and trim one host's cache."""
-        no_git = ["--no-git"] if self.figures["gc runs"] % 2 else []
-        runs = [(_gq("gc", self.queue_path, *no_git), self.dir / "cache-master", "gc runs")]
+        """Pack the master (git repack or gitqueue's packer, in turn) and trim one host's cache.
+
+        In the background: gc --cache waits for the host's lock, which a frozen worker may hold
+        until the harness thaws it. One run of each kind at a time.
+        """
+        self.collect_gc()
         host = self.rng.choice(sorted({w["host"] for w in self.workers.values()}))
-        runs.append((_gq("gc", "--cache", "--grace", "1", "--queue", self.url), self.dir / f"cache-host{host}",
-                     "cache gc runs"))
-        for argv, cache, figure in runs:
-            proc = subprocess.run(argv, env={**os.environ, "GITQUEUE_CACHE": str(cache),
-                                             "GITQUEUE_SSH_COMMAND": self.sshd.ssh_command},
-                                  capture_output=True, text=True)
-            self.figures[figure] += 1
-            if proc.returncode != 0:
-                self.gc_errors.append(proc.stderr.strip()[-300:])
+        runs = {
+            "gc runs": (_gq("gc", self.queue_path, *(["--no-git"] if self.figures["gc runs"] % 2 else [])),
+                        self.dir / "cache-master"),
+            "cache gc runs": (_gq("gc", "--cache", "--grace", "1", "--queue", self.url),
+                              self.dir / f"cache-host{host}"),
+        }
+        for figure, (argv, cache) in runs.items():
+            if figure not in self.gc_procs:
+                self.gc_procs[figure] = subprocess.Popen(
+                    argv, env={**os.environ, "GITQUEUE_CACHE": str(cache), "GITQUEUE_SSH_COMMAND": self.sshd.ssh_command},
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                self.figures[figure] += 1
+
+    def collect_gc(self, wait=False):
+        """Note the outcome of gc runs that have ended (with `wait`, of all of them)."""
+        for figure, proc in list(self.gc_procs.items()):
+            if wait or proc.poll() is not None:
+                _, err = proc.communicate(timeout=300 if wait else None)
+                if proc.returncode != 0:
+                    self.gc_errors.append(err.strip()[-300:])
+                del self.gc_procs[figure]
 
     def run(self, deadline: float, fault_every: float = 1.0, faults_for: float | None = None):
         """Build until every worker says the queue is finished; inject faults for `faults_for` s."""
@@ -268,6 +284,7 @@ class Harness:
                 break
             time.sleep(fault_every * (0.5 + self.rng.random()) if faulting else 0.5)
         self.figures["seconds"] = round(time.monotonic() - t0, 1)
+        self.collect_gc(wait=True)
         self.publish()
         return self.check()
 
@@ -351,6 +368,9 @@ class Harness:
 
     def stop(self):
         self.thaw(everyone=True)
+        for proc in self.gc_procs.values():
+            proc.kill()
+            proc.communicate()
         for w in self.workers.values():
             if w["proc"] and w["proc"].poll() is None:
                 os.killpg(w["proc"].pid, signal.SIGKILL)
