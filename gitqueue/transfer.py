@@ -287,6 +287,14 @@ def _with_retries(once: Callable[[int], None], attempts: int, backoff: float, sl
 
 # ------------------------------------------------------------------------------- upload
 
+def transfer_options(attempts: int = 5, backoff: float = 1.0, timeout: float | None = None) -> dict:
+    """upload()/download() keyword arguments from a worker's settings (network_timeout: seconds)."""
+    options = {"attempts": attempts, "backoff": backoff}
+    if timeout:
+        options["io_timeout"] = max(1, int(timeout))
+    return options
+
+
 def upload(files: list[str], tree: str, token: str, rsh: str | None = None, attempts: int = 5,
            backoff: float = 1.0, sleep: Callable[[float], object] = time.sleep, *,
            stats: TransferStats | None = None, io_timeout: int = DEFAULT_IO_TIMEOUT,

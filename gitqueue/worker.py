@@ -67,9 +67,9 @@ class Worker:
         self.pkgname_command = pkgname_command or (DEFAULT_PKGNAME_COMMAND if pkgsrc_dir else None)
         self.packages_dir = packages_dir or os.path.join(queue.cache_dir, "packages")
         self.rsync_rsh = rsync_rsh
-        self.transfer = {"attempts": transfer_attempts, "backoff": transfer_backoff}
-        if transfer_timeout:
-            self.transfer["io_timeout"] = max(1, int(transfer_timeout))
+        from .transfer import transfer_options
+
+        self.transfer = transfer_options(transfer_attempts, transfer_backoff, transfer_timeout)
         self.packages_url = None
         self.retry_after = None
         self.heartbeat_every = heartbeat_every

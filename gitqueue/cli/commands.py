@@ -168,7 +168,7 @@ def report_cmd(job, status, log_file, duration, package_files, token, queue_url,
     with ctx.open() as queue:
         packages = None
         if package_files:
-            from ..transfer import upload
+            from ..transfer import transfer_options, upload
 
             _, reader = queue.fetch()
             tree = queue.settings(reader).get("packages_url")
@@ -178,10 +178,7 @@ def report_cmd(job, status, log_file, duration, package_files, token, queue_url,
             cfg = ctx.config
             rsh = _ssh_command(cfg.get("rsync_rsh") or ctx.ssh_command, ctx.cache_dir)
             # The worker's transfer settings, as `gitqueue work` uses them.
-            how = {"rsh": rsh, "attempts": cfg.get("transfer_attempts", 5),
-                   "backoff": cfg.get("transfer_backoff", 1.0)}
-            if cfg.get("network_timeout"):
-                how["io_timeout"] = max(1, int(cfg["network_timeout"]))
+            how = {"rsh": rsh, **transfer_options(*_transfer_settings(cfg))}
             packages = upload(list(package_files), tree, token, **how)
             if log_file:
                 upload([log_file], tree, token, **how)
@@ -254,15 +251,20 @@ def work_cmd(queue_url, worker, once, max_jobs, heartbeat_every, max_wait, comma
     ctx = context(queue_url, worker)
     with ctx.open() as queue:
         cfg = ctx.config
+        attempts, backoff, timeout = _transfer_settings(cfg)
         w = Worker(queue, ctx.worker(), list(command), host=ctx.host, heartbeat_every=heartbeat_every,
                    max_wait=max_wait, out=lambda line: click.echo(line, err=True), platform=ctx.platform(),
                    pkgsrc_dir=cfg.get("pkgsrc_dir"), pkgname_command=cfg.get("pkgname_command"),
                    packages_dir=cfg.get("packages_dir"),
                    rsync_rsh=_ssh_command(cfg.get("rsync_rsh") or ctx.ssh_command, ctx.cache_dir),
-                   transfer_attempts=cfg.get("transfer_attempts", 5), transfer_backoff=cfg.get("transfer_backoff", 1.0),
-                   transfer_timeout=cfg.get("network_timeout"))
+                   transfer_attempts=attempts, transfer_backoff=backoff, transfer_timeout=timeout)
         code = w.run(max_jobs=1 if once else max_jobs)
     sys.exit(code)
+
+
+def _transfer_settings(cfg) -> tuple:
+    """(attempts, backoff, timeout) for uploads and downloads, from the worker's config file."""
+    return cfg.get("transfer_attempts", 5), cfg.get("transfer_backoff", 1.0), cfg.get("network_timeout")
 
 
 @cli.command("demo")
