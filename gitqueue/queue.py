@@ -120,12 +120,7 @@ class Queue:
         """Throw this host's copy of a remote queue away; the next fetch makes it anew (shallow)."""
         import shutil
 
-        if self._remote is not None:
-            self._remote.close()
-            self._remote = None
-        if self._index is not None:
-            self._index.close()
-            self._index = None
+        self.close()  # the next use opens the new cache and index
         repo = os.path.join(self.cache_dir, "repo.git")
         aside = f"{repo}.damaged-{os.getpid()}"
         if os.path.isdir(repo):

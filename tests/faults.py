@@ -148,12 +148,16 @@ class Harness:
             env=self.env(name), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
 
-    def kill_worker(self):
+    def _pick_running(self):
+        """A worker that runs and is not frozen, drawn from the seed; None if there is none."""
         alive = [n for n, w in self.workers.items()
                  if w["proc"] and w["proc"].poll() is None and n not in self.frozen]
-        if not alive:
+        return self.rng.choice(alive) if alive else None
+
+    def kill_worker(self):
+        name = self._pick_running()
+        if name is None:
             return
-        name = self.rng.choice(alive)
         proc = self.workers[name]["proc"]
         os.killpg(proc.pid, signal.SIGKILL)  # the worker, its build, its ssh and rsync
         proc.wait()
@@ -161,11 +165,9 @@ class Harness:
         self.start(name)
 
     def freeze(self):
-        alive = [n for n, w in self.workers.items()
-                 if w["proc"] and w["proc"].poll() is None and n not in self.frozen]
-        if not alive:
+        name = self._pick_running()
+        if name is None:
             return
-        name = self.rng.choice(alive)
         os.killpg(self.workers[name]["proc"].pid, signal.SIGSTOP)
         self.frozen[name] = time.monotonic() + self.ttl * 2 + 1
         self.figures["workers frozen"] += 1

@@ -36,6 +36,15 @@ def make_queue(tmp_path, jobs, ttl=3600, name="q.git", hook=True):
     return url
 
 
+def make_package_queue(tmp_path, packages_url, jobs):
+    """A local queue whose settings name the package tree `packages_url`; returns its path."""
+    url = str(tmp_path / "q.git")
+    with Queue(url, str(tmp_path / "cache-admin")) as q:
+        init_queue(q, "pkgs", packages_url=packages_url)
+        import_jobs(q, jobs, "g.jsonl")
+    return url
+
+
 def open_queue(url, tmp_path, host="h1", clock=None, ssh_command=None):
     kwargs = {"clock": clock} if clock else {}
     return Queue(url, str(tmp_path / f"cache-{host}"), ssh_command=ssh_command, **kwargs)

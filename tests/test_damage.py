@@ -10,10 +10,7 @@ import sys
 
 import pytest
 
-from gitqueue.admin import import_jobs, init_queue
-from gitqueue.queue import Queue
-
-from helpers import git_log, gitqueue, job, make_queue
+from helpers import git_log, gitqueue, job, make_package_queue, make_queue
 
 
 @pytest.fixture
@@ -130,10 +127,7 @@ def test_a_full_disk_during_upload_is_one_error_and_the_lease_stays(tmp_path):
     # The package tree's disk is full: rsync's receiver cannot write past 32 KiB (a wrapper
     # first on the PATH sets the limit, then runs the real rsync).
     tree = tmp_path / "packages"
-    url = str(tmp_path / "q.git")
-    with Queue(url, str(tmp_path / "cache-admin")) as q:
-        init_queue(q, "pkgs", packages_url=str(tree))
-        import_jobs(q, [job("gmake-4.4.1", pkgpath="devel/gmake")], "g.jsonl")
+    url = make_package_queue(tmp_path, str(tree), [job("gmake-4.4.1", pkgpath="devel/gmake")])
     config = tmp_path / "worker.toml"
     config.write_text("transfer_attempts = 2\ntransfer_backoff = 0.1\n")
     env = {"GITQUEUE_CACHE": str(tmp_path / "cache-w"), "GITQUEUE_CONFIG": str(config)}

@@ -14,11 +14,10 @@ import textwrap
 import pytest
 
 from gitqueue import records
-from gitqueue.admin import import_jobs, init_queue
 from gitqueue.names import record_path
 from gitqueue.queue import Queue
 
-from helpers import git_log, job
+from helpers import git_log, job, make_package_queue
 
 STAND_IN = textwrap.dedent("""\
     #!/bin/sh
@@ -53,11 +52,9 @@ def run_work(url, name, env, tmp_path):
 def test_packages_travel_over_ssh_and_get_published(tmp_path, sshd):
     tree = tmp_path / "packages"
     tree.mkdir()
-    url = str(tmp_path / "q.git")
-    with Queue(url, str(tmp_path / "cache-admin")) as q:
-        init_queue(q, "pkgs", packages_url=f"ssh://{sshd.user}@{sshd.host}:{sshd.port}{tree}")
-        import_jobs(q, [job("base-1.0", pkgpath="devel/base"), job("app-2.0", ["base-1.0"], pkgpath="misc/app"),
-                        job("secret-1", pkgpath="misc/secret", restricted="license")], "g.jsonl")
+    url = make_package_queue(tmp_path, f"ssh://{sshd.user}@{sshd.host}:{sshd.port}{tree}", [
+        job("base-1.0", pkgpath="devel/base"), job("app-2.0", ["base-1.0"], pkgpath="misc/app"),
+        job("secret-1", pkgpath="misc/secret", restricted="license")])
     config = tmp_path / "worker.toml"
     config.write_text(f'rsync_rsh = "{sshd.ssh_command}"\n')
     env = {**os.environ, "GITQUEUE_CACHE": str(tmp_path / "cache-w"), "GITQUEUE_CONFIG": str(config)}
@@ -95,11 +92,8 @@ def test_packages_travel_over_ssh_and_get_published(tmp_path, sshd):
 
 
 def test_a_failed_upload_gives_the_job_back(tmp_path):
-    url = str(tmp_path / "q.git")
-    with Queue(url, str(tmp_path / "cache-admin")) as q:
-        # A package tree on a host that does not answer.
-        init_queue(q, "pkgs", packages_url="ssh://nobody@127.0.0.1:1/srv/packages")
-        import_jobs(q, [job("base-1.0", pkgpath="devel/base")], "g.jsonl")
+    # A package tree on a host that does not answer.
+    url = make_package_queue(tmp_path, "ssh://nobody@127.0.0.1:1/srv/packages", [job("base-1.0", pkgpath="devel/base")])
     config = tmp_path / "worker.toml"
     config.write_text('rsync_rsh = "ssh -o BatchMode=yes -o ConnectTimeout=2"\ntransfer_attempts = 2\n'
                       'transfer_backoff = 0.1\n')
@@ -123,10 +117,7 @@ def test_a_failed_upload_gives_the_job_back(tmp_path):
 
 def test_report_uploads_packages_given_on_the_command_line(tmp_path):
     tree = tmp_path / "packages"
-    url = str(tmp_path / "q.git")
-    with Queue(url, str(tmp_path / "cache-admin")) as q:
-        init_queue(q, "pkgs", packages_url=str(tree))
-        import_jobs(q, [job("gmake-4.4.1", pkgpath="devel/gmake")], "g.jsonl")
+    url = make_package_queue(tmp_path, str(tree), [job("gmake-4.4.1", pkgpath="devel/gmake")])
     env = {**os.environ, "GITQUEUE_CACHE": str(tmp_path / "cache-w")}
     gq = [sys.executable, "-m", "gitqueue"]
     claim = subprocess.run(gq + ["claim", "--queue", url, "--worker", "w1"], env=env, capture_output=True, text=True)
