@@ -10,15 +10,19 @@ from .queue import Change, trailers
 from .schema import FORMAT_VERSION
 
 ADMIN = "gitqueue-admin <admin@gitqueue>"
+# Settings that bound what one worker may do (enforced by the server's hook and gitqueue serve).
+LIMITS = ("max_leases", "package_files", "upload_quota", "min_heartbeat_seconds")
 
 
 def init_queue(queue, name: str, arch: str = "", os_release: str = "", pkgsrc_branch: str = "",
                lease_ttl: int = 3600, packages_url: str = "", pkgsrc_revision: str = "",
-               admins: list[dict] | None = None, max_record_bytes: int | None = None) -> dict:
+               admins: list[dict] | None = None, max_record_bytes: int | None = None,
+               limits: dict | None = None) -> dict:
     """Create the queue (and, for a local path, the bare repository); return its settings.
 
     With `admins` ([{"name", "key"}]) the queue is signed (docs/trust.md): the queue's signer
-    must be one of them.
+    must be one of them. `limits` holds the settings that bound what a worker may do
+    (max_leases, package_files, upload_quota, min_heartbeat_seconds; see schema/queue.json).
     """
     from .records import utc
 
@@ -40,6 +44,11 @@ def init_queue(queue, name: str, arch: str = "", os_release: str = "", pkgsrc_br
             settings[key] = value
     if max_record_bytes is not None:
         settings["max_record_bytes"] = int(max_record_bytes)
+    for key, value in (limits or {}).items():
+        if key not in LIMITS:
+            raise GitqueueError(f"unknown queue setting {key!r} (one of {', '.join(LIMITS)})")
+        if value is not None:
+            settings[key] = value
     if admins:
         settings["admins"] = admins
         if queue.signer is None or queue.signer.public_key not in {a["key"] for a in admins}:

@@ -29,6 +29,168 @@ def _split(path: str) -> list[bytes]:
     return [p.encode() for p in path.split("/")]
 
 
+# -- objects as git stores them -----------------------------------------------------------------------
+
+TYPE_NAMES = {1: "commit", 2: "tree", 3: "blob", 4: "tag"}
+_OFS_DELTA, _REF_DELTA = 6, 7
+_MAX_DELTA_CHAIN = 64
+
+
+class ObjectFormatError(GitqueueError):
+    """An object that is not what git would store (malformed, unsorted or duplicate tree entries)."""
+
+
+def object_header(store, sha: bytes) -> tuple[str, int] | None:
+    """(type, size) of object `sha` read from its header only, never its contents; None if absent.
+
+    Loose objects give both in their first inflated bytes; packed ones in the entry header (a
+    delta's size in the first bytes of its delta). So a huge object costs nothing to refuse.
+    """
+    base = getattr(store, "_store", store)  # a CachingStore
+    stores = [base, *(getattr(base, "alternates", None) or [])]
+    for s in stores:
+        root = getattr(s, "path", None)
+        if isinstance(root, str):
+            hexsha = sha.decode("ascii")
+            try:
+                with open(os.path.join(root, hexsha[:2], hexsha[2:]), "rb") as f:
+                    return _loose_header(f, hexsha)
+            except FileNotFoundError:
+                pass
+        for pack in getattr(s, "packs", ()):
+            try:
+                offset = pack.index.object_offset(sha)
+            except KeyError:
+                continue
+            with open(pack.data.path, "rb") as f:
+                return _packed_header(f, offset, lambda ref: object_header(store, ref), 0)
+    if not stores or getattr(base, "path", None) is None:
+        # Not on disk (a memory store): the object itself is all there is to ask.
+        try:
+            obj = store[sha]
+        except KeyError:
+            return None
+        return obj.type_name.decode(), len(obj.as_raw_string())
+    return None
+
+
+def _loose_header(f, hexsha: str) -> tuple[str, int]:
+    import zlib
+
+    inflate = zlib.decompressobj()
+    head = b""
+    while b"\0" not in head and len(head) < 64:
+        chunk = f.read(256)
+        if not chunk:
+            break
+        head += inflate.decompress(chunk, 64 - len(head))
+    kind, _, rest = head.partition(b" ")
+    size = rest.split(b"\0", 1)[0]
+    if kind.decode("ascii", "replace") not in TYPE_NAMES.values() or not size.isdigit():
+        raise ObjectFormatError(f"object {hexsha}: malformed loose object header")
+    return kind.decode(), int(size)
+
+
+def _varint_delta_sizes(data: bytes) -> list[int]:
+    sizes, i = [], 0
+    for _ in range(2):
+        size = shift = 0
+        while True:
+            if i >= len(data):
+                return sizes
+            c = data[i]
+            i += 1
+            size |= (c & 0x7F) << shift
+            shift += 7
+            if not c & 0x80:
+                break
+        sizes.append(size)
+    return sizes
+
+
+def _packed_header(f, offset: int, lookup, depth: int) -> tuple[str, int]:
+    import zlib
+
+    if depth > _MAX_DELTA_CHAIN:
+        raise ObjectFormatError(f"pack entry at {offset}: delta chain longer than {_MAX_DELTA_CHAIN}")
+    f.seek(offset)
+    head = f.read(64)
+    if not head:
+        raise ObjectFormatError(f"pack entry at {offset}: beyond the end of the pack")
+    c = head[0]
+    type_num, size, shift, i = (c >> 4) & 7, c & 15, 4, 1
+    while c & 0x80 and i < len(head):
+        c = head[i]
+        size |= (c & 0x7F) << shift
+        shift += 7
+        i += 1
+    if type_num in TYPE_NAMES:
+        return TYPE_NAMES[type_num], size
+    if type_num == _OFS_DELTA:
+        c = head[i]
+        i += 1
+        distance = c & 0x7F
+        while c & 0x80:
+            c = head[i]
+            i += 1
+            distance = ((distance + 1) << 7) | (c & 0x7F)
+        base = _packed_header(f, offset - distance, lookup, depth + 1)
+    elif type_num == _REF_DELTA:
+        from binascii import hexlify
+
+        found = lookup(hexlify(head[i:i + 20]))
+        i += 20
+        if found is None:
+            raise ObjectFormatError(f"pack entry at {offset}: delta base missing")
+        base = found
+    else:
+        raise ObjectFormatError(f"pack entry at {offset}: unknown type {type_num}")
+    f.seek(offset + i)
+    inflate = zlib.decompressobj()
+    delta = b""
+    while len(delta) < 20:
+        chunk = f.read(256)
+        if not chunk:
+            break
+        delta += inflate.decompress(chunk, 32 - len(delta))
+        if inflate.eof:
+            break
+    sizes = _varint_delta_sizes(delta)
+    if len(sizes) < 2:
+        raise ObjectFormatError(f"pack entry at {offset}: malformed delta")
+    return base[0], sizes[1]
+
+
+def parse_tree_entries(raw: bytes) -> list[tuple[bytes, bytes, bytes]]:
+    """(mode, name, hex sha) of each entry of a tree object, exactly as git stores them.
+
+    Unlike dulwich's parser this keeps what a tree really says: a mode written "0100644" stays
+    that, and a name given twice is two entries (dulwich keeps the last). Raises
+    ObjectFormatError for a malformed tree, and for entries out of git's order (which is how
+    duplicates show).
+    """
+    from binascii import hexlify
+
+    entries = []
+    i, n = 0, len(raw)
+    previous = None
+    while i < n:
+        space = raw.find(b" ", i, i + 16)
+        nul = raw.find(b"\0", space + 1) if space >= 0 else -1
+        if space < 0 or nul < 0 or nul + 21 > n:
+            raise ObjectFormatError("malformed tree entry")
+        mode, name, sha = raw[i:space], raw[space + 1:nul], raw[nul + 1:nul + 21]
+        if not mode.isdigit() or not name:
+            raise ObjectFormatError(f"malformed tree entry {name[:60]!r}")
+        key = name + b"/" if mode == b"40000" else name
+        if previous is not None and key <= previous:
+            raise ObjectFormatError(f"tree entry {name[:60]!r} {'given twice' if key == previous else 'out of order'}")
+        previous = key
+        entries.append((mode, name, hexlify(sha)))
+        i = nul + 21
+    return entries
+
+
 class TreeReader:
     """Read files and directories of one tree in an object store."""
 

@@ -12,6 +12,7 @@ import time
 from . import records
 from .records import utc
 from .errors import GitqueueError, LeaseLost, NothingReady, QueueFinished, UnknownJob
+from .layout import JOB_DIRS
 from .names import check_job_name, check_worker_name, heartbeat_path, record_path
 from .queue import Change, trailers
 
@@ -21,10 +22,10 @@ def identity(worker: str) -> str:
     return f"{worker} <{worker}@gitqueue>"
 
 
-def _read(reader, kind, name):
-    path = record_path(kind, name)
+def _read(reader, kind_dir, name):
+    path = record_path(kind_dir, name)
     data = reader.read(path)
-    return None if data is None else records.load_at(kind[:-1], data, path)
+    return None if data is None else records.load_at(JOB_DIRS[kind_dir], data, path)
 
 
 def _heartbeat_change(queue, reader, worker, host=None) -> tuple[str, bytes]:
@@ -253,6 +254,10 @@ def _report_step(queue, batch, worker, job, status, token=None, duration=None, l
     if lease is None:
         if tok is None:
             raise LeaseLost(f"{job} is not leased by {worker}")
+        lapsed = _read(reader, "lapsed", job)
+        if not any(e["worker"] == worker and e["token"] == tok for e in (lapsed or {}).get("lapsed", ())):
+            raise LeaseLost(f"{job} is not leased by {worker} under token {tok} (nor was such a lease reclaimed); "
+                            "nothing recorded")
         if status != "success":
             raise LeaseLost(f"{job}: the lease of {worker} was reclaimed; a late failure is not recorded")
         late = True
@@ -452,7 +457,13 @@ def reclaim(queue, operator: str = "reclaim", now: float | None = None, ttl: int
                 {"Action": "reclaim", "Job": job, "Worker": lease["worker"], "Lease": lease["token"],
                  "Reason": why, "By": operator}
             )
-            return Change({record_path("leases", job): None}, message)
+            # The lapsed lease is kept on record: its worker may still report a late success under
+            # this token, and the server and publish accept a late result only for such a lease.
+            lapsed = _read(reader, "lapsed", job) or {"job": job, "lapsed": []}
+            lapsed["lapsed"].append({"worker": lease["worker"], "token": lease["token"], "at": utc(clock()),
+                                     "reason": why})
+            return Change({record_path("leases", job): None,
+                           record_path("lapsed", job): records.dumps("lapsed", lapsed)}, message)
 
         commit, change = queue.transact(decide, identity(operator))
         if commit is not None:

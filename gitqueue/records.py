@@ -40,14 +40,25 @@ def _check(value, schema, where):
             rx = _pattern_cache.get(pattern)
             if rx is None:
                 rx = _pattern_cache[pattern] = re.compile(pattern)
-            if not rx.search(value) or "\n" in value:
-                raise RecordInvalid(f"{where}: {value!r} is not a valid value")
+            # JSON Schema's (ECMA's) "$" is the end of the text; Python's also matches before a
+            # final newline, which would let "name\n" through.
+            m = rx.search(value)
+            if m is None or (pattern.endswith("$") and m.end() != len(value)):
+                raise RecordInvalid(f"{where}: {_shown(value)} is not a valid value")
     elif t == "array":
+        if "maxItems" in schema and len(value) > schema["maxItems"]:
+            raise RecordInvalid(f"{where}: more than {schema['maxItems']} items")
         items = schema.get("items")
         if items is not None:
             for i, item in enumerate(value):
                 _check(item, items, f"{where}[{i}]")
     elif t == "object":
+        if "maxProperties" in schema and len(value) > schema["maxProperties"]:
+            raise RecordInvalid(f"{where}: more than {schema['maxProperties']} keys")
+        names = schema.get("propertyNames")
+        if names is not None:
+            for key in value:
+                _check(key, names, f"{where} key")
         props = schema.get("properties", {})
         for key in schema.get("required", ()):
             if key not in value:
@@ -62,6 +73,12 @@ def _check(value, schema, where):
                     _check(item, extra, _join(where, key))
             else:
                 _check(item, sub, _join(where, key))
+
+
+def _shown(value: str) -> str:
+    """A bad value as an error message shows it: repr (no raw control characters), cut short."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _join(where: str, key: str) -> str:
@@ -108,7 +125,8 @@ def epoch(stamp) -> float | None:
         return None
 
 
-_IDENTITY = {"job": "name", "lease": "job", "result": "job", "decline": "job", "heartbeat": "worker", "worker": "name"}
+_IDENTITY = {"job": "name", "lease": "job", "result": "job", "decline": "job", "lapsed": "job", "heartbeat": "worker",
+             "worker": "name"}
 
 
 def load_at(kind: str, data: bytes, path: str) -> dict:

@@ -21,7 +21,7 @@ SETTINGS = "queue.toml"
 # Top-level files and what they hold; all administrative.
 TOP_FILES = {"queue.toml": "queue", "priority.toml": "priority", "noway.toml": "noway"}
 # Directories of per-job records (kind/XX/JOB.toml) and of per-worker records (kind/NAME.toml).
-JOB_DIRS = {"jobs": "job", "leases": "lease", "results": "result", "declines": "decline"}
+JOB_DIRS = {"jobs": "job", "leases": "lease", "results": "result", "declines": "decline", "lapsed": "lapsed"}
 WORKER_DIRS = {"heartbeats": "heartbeat", "workers": "worker"}
 ADMIN_KINDS = {"queue", "priority", "noway", "job", "worker"}
 FILE_MODE = 0o100644  # no executables, symlinks or submodules in a queue
@@ -546,6 +546,10 @@ class _Check:
             self.fail("result", f"result for {name} by {worker}, who does not hold it "
                                 "(without a lease only a success marked late = true is kept)", path)
             return
+        elif not self._lapsed_lease(name, worker, new["token"]):
+            self.fail("result", f"late result for {name} by {worker} under token {new['token']}, which is no "
+                                "lease of theirs that was reclaimed", path)
+            return
         else:
             self.verdict.late += 1
             if self.options.history and self.state.tokens.get(new["token"]) != worker:
@@ -557,6 +561,33 @@ class _Check:
         if new["status"] == "success":
             for package in new.get("packages", ()):
                 self.verdict.packages.append((name, new["token"], package))
+
+    def _lapsed_lease(self, name, worker, token) -> bool:
+        """Whether the parent's lapsed record of `name` lists `worker`'s lease under `token`."""
+        try:
+            lapsed = self.before.record("lapsed", job_path("lapsed", name))
+        except GitqueueError:
+            return False
+        return any(e["worker"] == worker and e["token"] == token for e in (lapsed or {}).get("lapsed", ()))
+
+    def _lapsed(self, path, name, old, new, had, has):
+        if not self._admin_only(path, had, has):
+            return
+        if not has:
+            self.fail("lapsed", f"lapsed leases of {name} removed: they are only ever appended to", path)
+            return
+        before = old["lapsed"] if old else []
+        added = new["lapsed"][len(before):]
+        if new["lapsed"][:len(before)] != before or len(added) != 1:
+            self.fail("lapsed", f"lapsed leases of {name} changed: one entry is appended per reclaim", path)
+            return
+        lease_path = job_path("leases", name)
+        removed = self.parsed.get(lease_path)
+        entry = added[0]
+        if (removed is None or removed[3] or removed[0] is None or removed[0]["worker"] != entry["worker"]
+                or removed[0]["token"] != entry["token"]):
+            self.fail("lapsed", f"lapsed lease of {entry['worker']} on {name} is not the lease this commit "
+                                "reclaims", path)
 
     def _decline(self, path, name, old, new, had, has):
         if not has:

@@ -8,12 +8,32 @@ import sys
 
 FORMAT_VERSION = 1
 
+# Every string a record holds is bounded, and none may hold control characters: records are
+# worker-written text that reaches terminals, mail and web pages (docs/trust.md). _LINE is one
+# line; _TEXT may also hold newlines and tabs (log tails).
+_NO_CONTROLS = "^[^\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029\\u202a-\\u202e\\u2066-\\u2069]*$"
+_NO_CONTROLS_BUT_NEWLINES = "^[^\\u0000-\\u0008\\u000b-\\u001f\\u007f-\\u009f\\u2028\\u2029\\u202a-\\u202e\\u2066-\\u2069]*$"
+
+
+def _line(max_length: int, **extra) -> dict:
+    return {"type": "string", "maxLength": max_length, "pattern": _NO_CONTROLS, **extra}
+
+
 _NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._+~-]*$", "maxLength": 200}
 _WORKER = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$", "maxLength": 64}
 _TOKEN = {"type": "string", "pattern": "^[0-9a-f]{16,64}$"}
-_TIME = {"type": "string", "description": "ISO 8601 UTC time as the writer's clock saw it (informational)"}
-_TEXT = {"type": "string", "maxLength": 4096}
+_TIME = {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$", "maxLength": 20,
+         "description": "UTC time (YYYY-MM-DDTHH:MM:SSZ) as the writer's clock saw it (informational)"}
+_TEXT = {"type": "string", "maxLength": 4096, "pattern": _NO_CONTROLS_BUT_NEWLINES}
+_REASON = _line(1000)
 _SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+# A file a worker uploads and names in a result: published under this name (All/NAME, logs/JOB/NAME)
+# and shown in reports, so it is one plain file name. Logs are text: .log or .txt only, so that no
+# web server serves one as a page (the report links them).
+FILE_NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._+~-]*$"
+LOG_NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._+~-]*[.](log|txt)$"
+_FILE = {"type": "string", "pattern": FILE_NAME_PATTERN, "maxLength": 250}
+_LOG_FILE = {"type": "string", "pattern": LOG_NAME_PATTERN, "maxLength": 128}
 _KEY = {"type": "string", "maxLength": 2000,
         "pattern": "^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521) [A-Za-z0-9+/]+={0,2}$",
         "description": "an OpenSSH public key line without comment: type and base64"}
@@ -25,10 +45,10 @@ _PLATFORM = {
     "type": "object",
     "description": "the worker as it described itself: detected, or set in its config file",
     "properties": {
-        "arch": {"type": "string", "maxLength": 64},
-        "os_release": {"type": "string", "maxLength": 200},
-        "pkgsrc_branch": {"type": "string", "maxLength": 200},
-        "pkgsrc_revision": {"type": "string", "maxLength": 200},
+        "arch": _line(64),
+        "os_release": _line(200),
+        "pkgsrc_branch": _line(200),
+        "pkgsrc_revision": _line(200),
     },
     "additionalProperties": False,
 }
@@ -47,23 +67,25 @@ def _record(title, description, properties, required):
     }
 
 
+_PATTERN = {"type": "string", "pattern": "^[A-Za-z0-9*?\\[][A-Za-z0-9._+~*?\\[\\]/-]*$", "maxLength": 200}
+
 SCHEMAS = {
     "queue": _record(
         "queue",
         "queue.toml: the settings of one queue (one bulk build).",
         {
             "format_version": {"type": "integer", "const": FORMAT_VERSION},
-            "name": {"type": "string", "maxLength": 200},
-            "arch": {"type": "string", "maxLength": 64},
-            "os_release": {"type": "string", "maxLength": 200},
-            "pkgsrc_branch": {"type": "string", "maxLength": 200},
+            "name": _line(200),
+            "arch": _line(64),
+            "os_release": _line(200),
+            "pkgsrc_branch": _line(200),
             "lease_ttl": {"type": "integer", "minimum": 1},
-            "packages_url": {"type": "string", "maxLength": 1000,
-                             "description": "the shared package tree: a path or an rsync target host:/path"},
-            "pkgsrc_revision": {"type": "string", "maxLength": 200},
+            "packages_url": _line(1000, description="the shared package tree: a path or an rsync target host:/path"),
+            "pkgsrc_revision": _line(200),
             "created": _TIME,
             "admins": {
                 "type": "array",
+                "maxItems": 64,
                 "description": "who may sign administrative commits; a queue with admins is signed: "
                                "every commit must carry a valid signature (docs/trust.md)",
                 "items": {"type": "object", "properties": {"name": _WORKER, "key": _KEY},
@@ -71,6 +93,23 @@ SCHEMAS = {
             },
             "max_record_bytes": {"type": "integer", "minimum": 1024,
                                  "description": "the largest file a commit may add (default 65536)"},
+            "max_leases": {"type": "integer", "minimum": 1,
+                           "description": "live leases one worker may hold at once (default 4)"},
+            "package_files": {
+                "type": "array",
+                "maxItems": 16,
+                "description": "the file names a success result may name for its job, as shell patterns where "
+                               "{name} is the job's name, {base} its name without the version and {version} "
+                               "its version (default [\"{name}.tgz\"])",
+                "items": {"type": "string", "maxLength": 200,
+                          "pattern": "^[A-Za-z0-9{][A-Za-z0-9{}*?\\[\\]._+~-]*$"},
+            },
+            "upload_quota": {"type": "integer", "minimum": 0,
+                             "description": "bytes one worker may hold in the upload areas of its live leases "
+                                            "(gitqueue serve; default 4 GiB)"},
+            "min_heartbeat_seconds": {"type": "number", "minimum": 0,
+                                      "description": "the least time between two heartbeats of one worker that the "
+                                                     "server accepts (default lease_ttl / 20, at most 60)"},
         },
         ["format_version", "name", "lease_ttl"],
     ),
@@ -79,8 +118,9 @@ SCHEMAS = {
         "jobs/XX/NAME.toml: one package to build and what it needs.",
         {
             "name": _NAME,
-            "version": {"type": "string", "maxLength": 200},
-            "pkgpath": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._+-]*/[A-Za-z0-9][A-Za-z0-9._+-]*$"},
+            "version": _line(200),
+            "pkgpath": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._+-]*/[A-Za-z0-9][A-Za-z0-9._+-]*$",
+                        "maxLength": 400},
             "deps": {"type": "array", "items": _NAME},
             "est_seconds": {"type": "number", "minimum": 0},
             "est_source": {"type": "string", "enum": ["history"],
@@ -88,9 +128,12 @@ SCHEMAS = {
             "priority": {"type": "number"},
             "weight": {"type": "integer", "minimum": 0},
             "prefailed": _TEXT,
-            "multi_version": {"type": "object", "additionalProperties": {"type": "string", "maxLength": 200}},
-            "maintainer": {"type": "string", "maxLength": 400},
-            "categories": {"type": "string", "maxLength": 400},
+            "multi_version": {"type": "object", "maxProperties": 16,
+                              "propertyNames": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$",
+                                                "maxLength": 64},
+                              "additionalProperties": _line(200)},
+            "maintainer": _line(400),
+            "categories": _line(400),
             "no_bin_on_ftp": _TEXT,
             "restricted": _TEXT,
         },
@@ -104,7 +147,7 @@ SCHEMAS = {
             "worker": _WORKER,
             "token": _TOKEN,
             "claimed_at": _TIME,
-            "host": {"type": "string", "maxLength": 200},
+            "host": _line(200),
             "platform": _PLATFORM,
             # the spool request this lease answers: a retried request finds its lease
             "request": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
@@ -117,7 +160,7 @@ SCHEMAS = {
         "results/XX/NAME.toml: the one final result of a job.",
         {
             "job": _NAME,
-            "version": {"type": "string", "maxLength": 200},
+            "version": _line(200),
             "status": {"type": "string", "enum": ["success", "failure"]},
             "worker": _WORKER,
             "token": _TOKEN,
@@ -127,8 +170,9 @@ SCHEMAS = {
             "platform": _PLATFORM,
             "log": {
                 "type": "object",
+                "description": "the build log, uploaded to incoming/TOKEN/NAME of the package tree",
                 "properties": {
-                    "name": {"type": "string", "maxLength": 400},
+                    "name": _LOG_FILE,
                     "size": {"type": "integer", "minimum": 0},
                     "sha256": _SHA256,
                 },
@@ -138,11 +182,13 @@ SCHEMAS = {
             "log_tail": _TEXT,
             "packages": {
                 "type": "array",
-                "description": "binary packages uploaded to incoming/TOKEN/ of the package tree",
+                "maxItems": 64,
+                "description": "binary packages uploaded to incoming/TOKEN/ of the package tree; only names "
+                               "the queue's package_files allow for this job",
                 "items": {
                     "type": "object",
                     "properties": {
-                        "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._+~-]*$", "maxLength": 250},
+                        "name": _FILE,
                         "size": {"type": "integer", "minimum": 0},
                         "sha256": _SHA256,
                     },
@@ -163,7 +209,7 @@ SCHEMAS = {
                 "type": "array",
                 "items": {
                     "type": "object",
-                    "properties": {"worker": _WORKER, "reason": _TEXT, "at": _TIME},
+                    "properties": {"worker": _WORKER, "reason": _REASON, "at": _TIME},
                     "required": ["worker", "reason"],
                     "additionalProperties": False,
                 },
@@ -171,11 +217,28 @@ SCHEMAS = {
         },
         ["job", "declined"],
     ),
+    "lapsed": _record(
+        "lapsed",
+        "lapsed/XX/NAME.toml: the leases on this job that were reclaimed from silent workers. Only such a "
+        "worker may still report a (late) success for the job, under the token listed here.",
+        {
+            "job": _NAME,
+            "lapsed": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"worker": _WORKER, "token": _TOKEN, "at": _TIME, "reason": _REASON},
+                    "required": ["worker", "token"],
+                    "additionalProperties": False,
+                },
+            },
+        },
+        ["job", "lapsed"],
+    ),
     "priority": _record(
         "priority",
         "priority.toml: packages (patterns) built ahead of the rest, with everything they need.",
-        {"packages": {"type": "array", "items": {"type": "string", "pattern": "^[A-Za-z0-9*?\\[][A-Za-z0-9._+~*?\\[\\]/-]*$",
-                                                 "maxLength": 200}}},
+        {"packages": {"type": "array", "items": _PATTERN}},
         ["packages"],
     ),
     "noway": _record(
@@ -187,10 +250,8 @@ SCHEMAS = {
                 "items": {
                     "type": "object",
                     "properties": {
-                        "pattern": {"type": "string", "pattern": "^[A-Za-z0-9*?\\[][A-Za-z0-9._+~*?\\[\\]/-]*$",
-                                    "maxLength": 200},
-                        "arch": {"type": "string", "maxLength": 64,
-                                 "description": "architecture it applies to; empty means every one"},
+                        "pattern": _PATTERN,
+                        "arch": _line(64, description="architecture it applies to; empty means every one"),
                         "reason": _TEXT,
                     },
                     "required": ["pattern", "arch", "reason"],
@@ -207,7 +268,7 @@ SCHEMAS = {
             "worker": _WORKER,
             "seq": {"type": "integer", "minimum": 0},
             "at": _TIME,
-            "host": {"type": "string", "maxLength": 200},
+            "host": _line(200),
         },
         ["worker", "seq"],
     ),
@@ -218,11 +279,11 @@ SCHEMAS = {
         {
             "name": _WORKER,
             "key": _KEY,
-            "owner": {"type": "string", "maxLength": 200},
-            "arch": {"type": "string", "maxLength": 64},
+            "owner": _line(200),
+            "arch": _line(64),
             "added_at": _TIME,
             "revoked_at": _TIME,
-            "revoked_reason": {"type": "string", "maxLength": 1000},
+            "revoked_reason": _REASON,
         },
         ["name", "key"],
     ),

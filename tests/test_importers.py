@@ -361,7 +361,8 @@ def dags(draw):
             "est_seconds": numbers.map(abs),
             "priority": numbers,
             "pkgpath": pkgpaths,
-            "prefailed": st.text(st.characters(codec="utf-8"), max_size=60),
+            "prefailed": st.text(st.characters(codec="utf-8"), max_size=60).filter(
+                lambda s: s.replace("\n", "").replace("\t", "").isprintable()),
         }
         for key, values in optional.items():
             if draw(st.booleans()):

@@ -135,7 +135,8 @@ FULL = {
               "pkgsrc_branch": "pkgsrc-2026Q4", "lease_ttl": 7200, "created": "2026-10-01T00:00:00Z",
               "packages_url": "master:/srv/pkgsrc/packages/m68k", "pkgsrc_revision": "2026Q4-r1",
               "admins": [{"name": "alice", "key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKgQ7e"}],
-              "max_record_bytes": 65536},
+              "max_record_bytes": 65536, "max_leases": 2, "package_files": ["{name}.tgz", "{base}-debug-{version}.tgz"],
+              "upload_quota": 1 << 30, "min_heartbeat_seconds": 30.0},
     "worker": {"name": "hp300-1", "key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKgQ7e", "owner": "Jane <jane@example.org>",
                "arch": "m68k", "added_at": "2026-10-01T00:00:00Z", "revoked_at": "2026-10-02T00:00:00Z",
                "revoked_reason": "disk stolen"},
@@ -153,6 +154,9 @@ FULL = {
                "signer": "SHA256:" + "A" * 43},
     "decline": {"job": "gmake-4.4.1",
                 "declined": [{"worker": "hp300-1", "reason": "my pkgsrc has gmake-4.3", "at": "2026-10-01T00:00:00Z"}]},
+    "lapsed": {"job": "gmake-4.4.1",
+               "lapsed": [{"worker": "hp300-1", "token": "3f0c2d" + "0" * 26, "at": "2026-10-01T02:00:00Z",
+                           "reason": "not heard from for 7300 s (ttl 7200 s)"}]},
     "heartbeat": {"worker": "hp300-1", "seq": 41, "at": "2026-10-01T00:00:00Z", "host": "hp300.example.org"},
     "priority": {"packages": ["gmake", "devel/gmake", "py3*-gtk3+-[0-9]*"]},
     "noway": {"entries": [{"pattern": "firefox*", "arch": "m68k", "reason": "needs rust"}]},
@@ -160,7 +164,7 @@ FULL = {
 NESTED = {("result", "log"): FULL["result"]["log"], ("decline", "declined"): FULL["decline"]["declined"][0],
           ("noway", "entries"): FULL["noway"]["entries"][0], ("result", "packages"): FULL["result"]["packages"][0],
           ("lease", "platform"): PLATFORM, ("result", "platform"): PLATFORM,
-          ("queue", "admins"): FULL["queue"]["admins"][0]}
+          ("queue", "admins"): FULL["queue"]["admins"][0], ("lapsed", "lapsed"): FULL["lapsed"]["lapsed"][0]}
 
 
 def _properties(kind, key=None):
@@ -234,7 +238,8 @@ PKG_FAIL_REASON="does not build on m68k"
 def _written_keys(url):
     """{kind or (kind, key): set of keys} over every record of every commit of the queue."""
     kinds = {"queue.toml": "queue", "jobs": "job", "leases": "lease", "results": "result", "declines": "decline",
-             "heartbeats": "heartbeat", "priority.toml": "priority", "noway.toml": "noway", "workers": "worker"}
+             "heartbeats": "heartbeat", "priority.toml": "priority", "noway.toml": "noway", "workers": "worker",
+             "lapsed": "lapsed"}
     seen = {}
     repo = Repo(url)
     try:
@@ -264,6 +269,9 @@ def _written_keys(url):
                     if kind == "decline":
                         for d in record["declined"]:
                             seen.setdefault(("decline", "declined"), set()).update(d)
+                    if kind == "lapsed":
+                        for d in record["lapsed"]:
+                            seen.setdefault(("lapsed", "lapsed"), set()).update(d)
     finally:
         repo.close()
     return seen
@@ -283,7 +291,9 @@ def _signed_run(tmp_path):
         keys[name] = (Signer.from_key_file(str(path)), read_key((tmp_path / f"{name}.pub").read_text(), name))
     url = str(tmp_path / "signed.git")
     with Queue(url, str(tmp_path / "cache-alice"), signer=keys["alice"][0]) as admin:
-        init_queue(admin, "signed", admins=[{"name": "alice", "key": keys["alice"][1]}], max_record_bytes=4096)
+        init_queue(admin, "signed", admins=[{"name": "alice", "key": keys["alice"][1]}], max_record_bytes=4096,
+                   limits={"max_leases": 2, "package_files": ["{name}.tgz"], "upload_quota": 1 << 30,
+                           "min_heartbeat_seconds": 0.5})
         import_jobs(admin, [job("s-1")], "s.jsonl")
         add_worker(admin, "h1", keys["host"][1], owner="Jane", arch="m68k")
         with Queue(url, str(tmp_path / "cache-host"), signer=keys["host"][0]) as w:
@@ -295,7 +305,7 @@ def _signed_run(tmp_path):
 
 # The records the protocol writes (init, import, claim, report, release, reclaim, heartbeat); the
 # admin lists (priority, noway) are covered by the round trip above.
-PROTOCOL_KINDS = ("queue", "job", "lease", "result", "decline", "heartbeat", "worker")
+PROTOCOL_KINDS = ("queue", "job", "lease", "result", "decline", "lapsed", "heartbeat", "worker")
 
 
 def test_every_schema_key_is_written_by_the_code(tmp_path):
@@ -324,7 +334,7 @@ def test_every_schema_key_is_written_by_the_code(tmp_path):
         cron.clock.t += 11
         assert [r["job"] for r in lease.reclaim(cron)] == [slow["job"]]
         late = lease.report(w, "w2", slow["job"], "success", token=slow["lease"], duration=1,
-                            packages=[{"name": "x-1.tgz", "size": 3, "sha256": "0" * 64}], platform=PLATFORM)
+                            packages=[{"name": f"{slow['job']}.tgz", "size": 3, "sha256": "0" * 64}], platform=PLATFORM)
         assert late["late"] is True
         [settled] = lease.settle(w, [{"worker": "w3", "claim": True, "id": "ab" * 8}], lease.identity("w3"))
         assert "lease" in settled["claim"]

@@ -22,9 +22,18 @@ from .main import _ssh_command, cli, context, emit, json_option, queue_option, w
               help="An administrator and their SSH public key; makes the queue signed (docs/trust.md).")
 @click.option("--max-record-bytes", type=click.IntRange(min=1024), metavar="N",
               help="The largest file a push may add, enforced by the server hook (default 65536).")
+@click.option("--max-leases", type=click.IntRange(min=1), metavar="N",
+              help="Live leases one worker may hold at once (default 4).")
+@click.option("--package-file", "package_files", multiple=True, metavar="PATTERN",
+              help="A file name a success may name for its job: {name}, {base} (name without version) and "
+                   "{version} are replaced, then matched as a shell pattern (repeatable; default {name}.tgz).")
+@click.option("--upload-quota", metavar="BYTES",
+              help="Bytes one worker may keep in the upload areas of its live leases (default 4G; K, M, G).")
+@click.option("--min-heartbeat-seconds", type=click.FloatRange(min=0), metavar="S",
+              help="Least time between two heartbeats of a worker the server accepts (default TTL/20, at most 60).")
 @json_option
 def init_cmd(url, name, arch, os_release, pkgsrc_branch, pkgsrc_revision, lease_ttl, packages_url, admin_keys,
-             max_record_bytes, as_json):
+             max_record_bytes, max_leases, package_files, upload_quota, min_heartbeat_seconds, as_json):
     """Create a queue at URL (a local bare repository is created if missing).
 
     With --admin NAME=FILE.pub the queue is signed: every commit must carry the SSH signature of
@@ -49,9 +58,23 @@ def init_cmd(url, name, arch, os_release, pkgsrc_branch, pkgsrc_revision, lease_
             admins.append({"name": admin, "key": read_key(f.read(), path)})
     with context().open(url) as queue:
         name = name or os.path.basename(queue.url.rstrip("/")).removesuffix(".git") or "queue"
+        limits = {"max_leases": max_leases, "package_files": list(package_files) or None,
+                  "upload_quota": _bytes(upload_quota, "--upload-quota") if upload_quota else None,
+                  "min_heartbeat_seconds": min_heartbeat_seconds}
         settings = init_queue(queue, name, arch, os_release, pkgsrc_branch, lease_ttl, packages_url,
-                              pkgsrc_revision, admins, max_record_bytes)
+                              pkgsrc_revision, admins, max_record_bytes, limits)
         emit(settings, as_json, f"created queue {settings['name']} at {queue.url}")
+
+
+def _bytes(text: str, option: str) -> int:
+    """'4G' -> 4294967296: a size with an optional K, M or G (powers of 1024)."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]+)\s*([KMG]?)B?\s*", text, re.I)
+    if not m:
+        raise click.BadParameter(f"{text!r}: expected a number of bytes, optionally with K, M or G",
+                                 param_hint=option)
+    return int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[m.group(2).upper()]
 
 
 @cli.command("import")

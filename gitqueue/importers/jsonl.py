@@ -88,7 +88,8 @@ def _text(obj: dict, key: str, where: str, printable: bool = True) -> str:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise ImportRefused(f"{where}: {key!r} holds an unpaired surrogate") from None
-    if printable and not value.isprintable():
+    # A reason may span lines; nothing may hold other control characters (records refuse them).
+    if not (value.isprintable() if printable else value.replace("\n", "").replace("\t", "").isprintable()):
         raise ImportRefused(f"{where}: {key!r} holds control characters: {quote(value)}")
     return value
 
