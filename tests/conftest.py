@@ -10,6 +10,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Every gitqueue the tests start (the CLI, workers, hooks) runs this checkout's code, whatever
+# the interpreter has installed.
+_CHECKOUT = str(Path(__file__).resolve().parents[1])
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_CHECKOUT, os.environ.get("PYTHONPATH")) if p)
 
 from sshd import SshServer, SshServerError, sshd_available  # noqa: E402
 
