@@ -41,3 +41,47 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def farm_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    """An sshd whose accounts each have their own authorized_keys (see tests/farm.py)."""
+    from farm import unavailable
+
+    reason = sshd_available() or unavailable()
+    if reason is not None:
+        _unavailable(reason)
+    import shutil
+    import tempfile
+
+    # sshd reads an account's authorized_keys as that account: the directory must be open to it.
+    directory = tempfile.mkdtemp(prefix="gq-farm-sshd-", dir="/tmp")
+    os.chmod(directory, 0o755)
+    server = SshServer(directory, per_user_keys=True)
+    try:
+        server.start()
+    except SshServerError as e:
+        server.stop()
+        _unavailable(str(e))
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def make_farm(farm_sshd, tmp_path_factory):
+    """make_farm(jobs, lease_ttl=60, limits=None) -> a deployed master (tests/farm.py Farm)."""
+    from farm import Farm
+
+    made = []
+
+    def make(jobs, **kwargs):
+        farm = Farm(farm_sshd, tmp_path_factory.mktemp("farm-keys"), jobs, **kwargs)
+        made.append(farm)
+        return farm
+
+    yield make
+    for farm in made:
+        farm.close()

@@ -102,6 +102,7 @@ class SshServer:
         directory: str | os.PathLike[str],
         startup_timeout: float = 10.0,
         accept_env: Iterable[str] = (),
+        per_user_keys: bool = False,
     ) -> None:
         self.dir = Path(directory).resolve()
         self.startup_timeout = startup_timeout
@@ -109,7 +110,10 @@ class SshServer:
         self.user = pwd.getpwuid(os.getuid()).pw_name
         self.host_key = self.dir / "ssh_host_ed25519_key"
         self.client_key = self.dir / "client_ed25519"
-        self.authorized_keys = self.dir / "authorized_keys"
+        # per_user_keys: each account has its own file (authorized_keys.USER), as on a real
+        # master where workers log in to the build account and nobody else's.
+        self.per_user_keys = per_user_keys
+        self.authorized_keys = self.dir / (f"authorized_keys.{self.user}" if per_user_keys else "authorized_keys")
         self.config = self.dir / "sshd_config"
         self.pid_file = self.dir / "sshd.pid"
         self.log_file = self.dir / "sshd.log"
@@ -177,6 +181,10 @@ class SshServer:
             line = f"{options} {line}"
         with open(self.authorized_keys, "a", encoding="utf-8") as f:
             f.write(line + "\n")
+
+    def authorized_keys_of(self, user: str) -> Path:
+        """The authorized_keys file sshd reads for `user` (per_user_keys servers)."""
+        return self.dir / f"authorized_keys.{user}"
 
     def new_client_key(self, name: str, options: str = "") -> Path:
         """Generate another client key, authorize it (with options), return its path."""
@@ -252,7 +260,7 @@ class SshServer:
             f"ListenAddress {self.host}",
             f"Port {self.port}",
             f"HostKey {self.host_key}",
-            f"AuthorizedKeysFile {self.authorized_keys}",
+            f"AuthorizedKeysFile {self.dir / 'authorized_keys.%u' if self.per_user_keys else self.authorized_keys}",
             "PubkeyAuthentication yes",
             "PasswordAuthentication no",
             "KbdInteractiveAuthentication no",
@@ -269,10 +277,14 @@ class SshServer:
             # Sessions get an empty home: bash run by sshd sources ~/.bashrc even for a
             # command, and a developer's .bashrc (pyenv's rehash takes a lock with a 60 s
             # timeout) made concurrent sessions stall for up to a minute.
-            f"SetEnv HOME={self.session_home}",
         ]
         if self.accept_env:
             lines.append("AcceptEnv " + " ".join(self.accept_env))
+        if self.per_user_keys:
+            # Other accounts keep their own home, as on a real master.
+            lines += [f"Match User {self.user}", f"    SetEnv HOME={self.session_home}"]
+        else:
+            lines.append(f"SetEnv HOME={self.session_home}")
         self.config.write_text("\n".join(lines) + "\n")
 
     def _launch(self) -> None:
