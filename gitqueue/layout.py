@@ -57,6 +57,7 @@ def worker_path(worker: str) -> str:
 # ("shard", DIR, XX) for jobs/XX/, ("workers", DIR) for heartbeats/ and workers/.
 
 ROOT = ("root",)
+OUTSIDE = "outside the queue layout"
 
 
 def entry_problem(place: tuple, name: bytes, mode: bytes) -> str | None:
@@ -69,27 +70,27 @@ def entry_problem(place: tuple, name: bytes, mode: bytes) -> str | None:
             return None if mode == FILE_MODE else f"mode {_mode(mode)}: {text} is a plain file (100644)"
         if text in JOB_DIRS or text in WORKER_DIRS:
             return None if mode == TREE_MODE else f"mode {_mode(mode)}: {text} is a directory (40000)"
-        return "not a name of the queue layout"
+        return OUTSIDE
     if kind == "kind":
         if mode != TREE_MODE:
             return f"mode {_mode(mode)}: only shard directories (40000) belong here"
-        return None if _SHARD.fullmatch(name) else "not a shard directory (two hex digits)"
+        return None if _SHARD.fullmatch(name) else f"{OUTSIDE}: not a shard directory (two hex digits)"
     if mode != FILE_MODE:
         return f"mode {_mode(mode)}: records are plain files (100644)"
     try:
         text = name.decode("ascii")
     except UnicodeDecodeError:
-        return "not a record name (letters, digits and ._+~- only)"
+        return f"{OUTSIDE}: not a record name"
     if not text.endswith(".toml"):
-        return "not a record name (NAME.toml)"
+        return f"{OUTSIDE}: not a record name (NAME.toml)"
     stem = text[:-5]
     try:
         if kind == "shard":
             check_job_name(stem)
-            return None if shard(stem) == place[2] else f"in the wrong shard directory (it belongs in {shard(stem)})"
+            return None if shard(stem) == place[2] else f"{OUTSIDE}: in the wrong shard directory"
         check_worker_name(stem)
     except InvalidName:
-        return "not a valid job or worker name"
+        return f"{OUTSIDE}: not a valid {'job' if kind == 'shard' else 'worker'} name"
     return None
 
 

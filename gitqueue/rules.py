@@ -5,26 +5,30 @@ workers say who may sign C, and P's records say what C may do. `check_commit` ap
 to one commit; a `State` carries what it needs from one commit to the next, so that a push (the
 pre-receive hook) or a whole history (`gitqueue verify`) is checked in one pass.
 
-Only the standard library and gitqueue's records are imported here; signatures are checked with
-`signing` (in process with `cryptography` when it is importable).
+Objects are judged as git stores them: every entry of every tree a commit brings is checked by
+name and mode in its place of the layout (`layout.entry_problem`), never through a map of path
+strings (a root entry literally named "results/63/x.toml" is not that record), and every object's
+type and size are read from its header before its contents.
+
+Only the standard library, dulwich's object store and gitqueue's records are used here;
+signatures are checked with `signing` (in process with `cryptography` when it is importable).
 """
 
-import stat
 from dataclasses import dataclass, field
 
-from . import records
+from . import layout, records
 from .errors import GitqueueError
-from .names import check_job_name, check_worker_name, shard
+from .gitstore import ObjectFormatError, TreeReader, object_header, parse_tree_entries
+from .layout import FILE_MODE, JOB_DIRS, ROOT, SETTINGS, TOP_FILES, TREE_MODE, WORKER_DIRS
 
 DEFAULT_MAX_RECORD_BYTES = 65536
-SETTINGS = "queue.toml"
-# Top-level files and what they hold; all administrative.
-TOP_FILES = {"queue.toml": "queue", "priority.toml": "priority", "noway.toml": "noway"}
-# Directories of per-job records (kind/XX/JOB.toml) and of per-worker records (kind/NAME.toml).
-JOB_DIRS = {"jobs": "job", "leases": "lease", "results": "result", "declines": "decline", "lapsed": "lapsed"}
-WORKER_DIRS = {"heartbeats": "heartbeat", "workers": "worker"}
-ADMIN_KINDS = {"queue", "priority", "noway", "job", "worker"}
-FILE_MODE = 0o100644  # no executables, symlinks or submodules in a queue
+MAX_TREE_BYTES = 1 << 20  # a shard of a queue of a million jobs is about 250 KB
+MAX_COMMIT_BYTES = 1 << 16  # a commit settling a host's 16 workers is about 10 KB
+MAX_READ_BYTES = 1 << 20  # any record read while judging (queue.toml of a root commit, ...)
+
+
+class ChainError(GitqueueError):
+    """A commit of a history that cannot be judged at all (missing, too large, not a commit)."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,7 @@ class Signer:
     fingerprint: str
     admin: str | None
     workers: frozenset
+    unregistered: bool = False  # a good signature on an unsigned queue: no rights, only a name
 
     @property
     def principal(self) -> str:
@@ -102,100 +107,194 @@ class Verdict:
     reclaims: int = 0
     late: int = 0
     packages: list = field(default_factory=list)  # (job, token, package) of each success result
+    lease_changes: list = field(default_factory=list)  # (job, worker or None when the lease ends)
+    objects: set = field(default_factory=set)  # ids of the new trees and files the commit reaches
+    heartbeat_only: str | None = None  # the worker, when the commit only rewrites its heartbeat
 
 
-class _Reader:
-    """Files of one tree by path (a small, dependency-free twin of gitstore.TreeReader)."""
-
-    def __init__(self, store, tree_id):
-        self.store = store
-        self.tree_id = tree_id
-
-    def blob_id(self, path: str):
-        sha = self.tree_id
-        mode = stat.S_IFDIR
-        if sha is None:
-            return None
-        for part in path.split("/"):
-            if not stat.S_ISDIR(mode):
-                return None
-            try:
-                mode, sha = self.store[sha][part.encode()]
-            except KeyError:
-                return None
-        return None if stat.S_ISDIR(mode) else sha
+class _Reader(TreeReader):
+    """Files of one tree by path, and its records read with their size checked first."""
 
     def tree_of(self, path: str):
-        sha = self.tree_id
-        if sha is None:
-            return None
-        for part in path.split("/"):
-            try:
-                mode, sha = self.store[sha][part.encode()]
-            except KeyError:
-                return None
-            if not stat.S_ISDIR(mode):
-                return None
-        return sha
+        return self.tree_id_of(path)
 
     def record(self, kind: str, path: str):
         """The parsed record at `path`, None if absent; raises GitqueueError if invalid."""
         sha = self.blob_id(path)
         if sha is None:
             return None
-        data = self.store[sha].as_raw_string()
+        data = read_blob(self.store, sha, MAX_READ_BYTES, path)
         return records.loads(kind, data, path) if kind in TOP_FILES.values() else records.load_at(kind, data, path)
 
 
+def read_blob(store, sha: bytes, limit: int, where: str) -> bytes:
+    """The contents of blob `sha`, after its header said it is a blob of at most `limit` bytes."""
+    header = object_header(store, sha)
+    if header is None:
+        raise GitqueueError(f"{where}: object {sha.decode()} is missing")
+    kind, size = header
+    if kind != "blob":
+        raise GitqueueError(f"{where}: a {kind} object where a file belongs")
+    if size > limit:
+        raise GitqueueError(f"{where}: {size} bytes, more than {limit}")
+    return store[sha].as_raw_string()
+
+
 def job_path(kind_dir: str, name: str) -> str:
-    return f"{kind_dir}/{shard(name)}/{name}.toml"
+    return layout.record_path(kind_dir, name)
 
 
-def classify(path: str) -> tuple[str, str | None] | None:
-    """(record kind, job or worker name) of a path of the layout, None for any other path."""
-    if path in TOP_FILES:
-        return TOP_FILES[path], None
-    parts = path.split("/")
-    if not parts[-1].endswith(".toml"):
-        return None
-    name = parts[-1][:-5]
-    try:
-        if len(parts) == 3 and parts[0] in JOB_DIRS and parts[1] == shard(name):
-            return JOB_DIRS[parts[0]], check_job_name(name)
-        if len(parts) == 2 and parts[0] in WORKER_DIRS:
-            return WORKER_DIRS[parts[0]], check_worker_name(name)
-    except GitqueueError:
-        return None
-    return None
+@dataclass
+class Change:
+    """One file a commit adds, rewrites or removes, judged allowed in its place (kind known), or
+    the removal of an entry that the layout does not allow (kind None: what a local writer left)."""
+
+    path: str
+    kind: str | None
+    name: str | None
+    old: tuple | None  # (mode, hex sha) before, None if added
+    new: tuple | None  # (mode, hex sha) after, None if removed
 
 
-def _changes(store, old, new, prefix=""):
-    """Yield (path, old (mode, sha) or None, new (mode, sha) or None) for each differing file.
+class TreeWalk:
+    """The files that differ between two trees, with every new tree and file checked on the way.
 
-    Unlike gitstore.diff_trees this keeps modes (a symlink or submodule is not a record) and
-    reports an empty directory as a path ending in "/".
+    Every entry of every tree the new side brings is checked, as git stores it, against the
+    layout (name and mode for its place); each object's type and size come from its header
+    before it is read. Unchanged subtrees are skipped by id, so the cost follows the change.
+    `objects` holds the ids of the new trees and files reached (the hook compares them with
+    what a push brought).
     """
-    if old == new:
-        return
-    a = {} if old is None else {e.path: (e.mode, e.sha) for e in store[old].iteritems()}
-    b = {} if new is None else {e.path: (e.mode, e.sha) for e in store[new].iteritems()}
-    if new is not None and not b and prefix:
-        yield prefix, None, (stat.S_IFDIR, new)
-    for name in sorted(a.keys() | b.keys()):
-        o, n = a.get(name), b.get(name)
-        if o == n:
-            continue
-        path = prefix + name.decode("utf-8", "replace")
-        o_dir = o is not None and stat.S_ISDIR(o[0])
-        n_dir = n is not None and stat.S_ISDIR(n[0])
-        if o_dir or n_dir:
-            yield from _changes(store, o[1] if o_dir else None, n[1] if n_dir else None, path + "/")
-        if not o_dir and not n_dir:
-            yield path, o, n
-        elif not o_dir and o is not None:
-            yield path, o, None
-        elif not n_dir and n is not None:
-            yield path, None, n
+
+    def __init__(self, store, max_record_bytes: int):
+        self.store = store
+        self.max_record_bytes = max_record_bytes
+        self.changes: list[Change] = []
+        self.problems: list[tuple[str, str, str]] = []  # (path, rule, message)
+        self.objects: set[bytes] = set()
+
+    def run(self, old_tree, new_tree) -> "TreeWalk":
+        self._walk(old_tree, new_tree, ROOT, "")
+        return self
+
+    def _fail(self, path, rule, message):
+        self.problems.append((path, rule, message))
+
+    def _new_entries(self, sha, path):
+        header = object_header(self.store, sha)
+        where = path.rstrip("/") or "the root tree"
+        if header is None:
+            self._fail(path, "object", f"{where}: tree object {sha.decode()} is missing")
+            return None
+        if header[0] != "tree":
+            self._fail(path, "layout", f"{where}: a {header[0]} object where a directory belongs")
+            return None
+        if header[1] > MAX_TREE_BYTES:
+            self._fail(path, "size", f"{where}: a tree of {header[1]} bytes, more than {MAX_TREE_BYTES}")
+            return None
+        try:
+            entries = parse_tree_entries(self.store.get_raw(sha)[1])
+        except ObjectFormatError as e:
+            self._fail(path, "layout", f"{where}: {e}")
+            return None
+        self.objects.add(sha)
+        return entries
+
+    def _old_entries(self, sha):
+        if sha is None:
+            return []
+        try:
+            return parse_tree_entries(self.store.get_raw(sha)[1])
+        except ObjectFormatError:  # a tree a local writer left: dulwich's reading of it will do
+            return [(b"%o" % e.mode, e.path, e.sha) for e in self.store[sha].iteritems()]
+
+    def _walk(self, old, new, place, prefix):
+        if old == new:
+            return
+        new_entries = [] if new is None else self._new_entries(new, prefix)
+        if new_entries is None:
+            return
+        if new is not None and not new_entries and place != ROOT:
+            self._fail(prefix, "layout", f"{prefix}: an empty directory")
+            return
+        before = {name: (mode, sha) for mode, name, sha in self._old_entries(old)}
+        after = {name: (mode, sha) for mode, name, sha in new_entries}
+        for name in sorted(before.keys() | after.keys()):
+            o, n = before.get(name), after.get(name)
+            if o == n:
+                continue
+            path = prefix + name.decode("utf-8", "replace")
+            if n is not None:
+                problem = layout.entry_problem(place, name, n[0])
+                if problem is not None:
+                    self._fail(path, "layout", f"{_shown(path)}: {problem}")
+                    continue
+            o_dir = o is not None and o[0] == TREE_MODE
+            if n is not None and n[0] == TREE_MODE:
+                self._walk(o[1] if o_dir else None, n[1], layout.child_place(place, name), path + "/")
+                if o is not None and not o_dir:
+                    self._removed(place, name, path, o)
+            elif n is not None:
+                if o_dir:
+                    self._removed_tree(o[1], path + "/")
+                self._file(place, name, path, None if o_dir else o, n)
+            elif o_dir:
+                self._removed_tree(o[1], path + "/")
+            else:
+                self._removed(place, name, path, o)
+
+    def _file(self, place, name, path, old, new):
+        header = object_header(self.store, new[1])
+        if header is None:
+            self._fail(path, "object", f"{path}: object {new[1].decode()} is missing")
+            return
+        if header[0] != "blob":
+            self._fail(path, "layout", f"{path}: a {header[0]} object where a file belongs")
+            return
+        if header[1] > self.max_record_bytes:
+            self._fail(path, "size", f"{path}: {header[1]} bytes, more than max_record_bytes ({self.max_record_bytes})")
+            return
+        self.objects.add(new[1])
+        kind, who = layout.kind_of(place, name)
+        self.changes.append(Change(path, kind, who, old, new))
+
+    def _removed(self, place, name, path, old):
+        if old[0] == FILE_MODE and place is not None and layout.entry_problem(place, name, old[0]) is None:
+            kind, who = layout.kind_of(place, name)
+            self.changes.append(Change(path, kind, who, old, None))
+        else:
+            self.changes.append(Change(path, None, None, old, None))
+
+    def _removed_tree(self, sha, prefix):
+        """Every file below an old directory that the new tree no longer has."""
+        stack = [(sha, prefix, 0)]
+        while stack:
+            tree, at, depth = stack.pop()
+            for mode, name, sub in self._old_entries(tree):
+                path = at + name.decode("utf-8", "replace")
+                if mode == TREE_MODE and depth < 8:
+                    stack.append((sub, path + "/", depth + 1))
+                else:
+                    self.changes.append(Change(path, *_classified(path, mode), (mode, sub), None))
+
+
+def _classified(path: str, mode: bytes) -> tuple[str | None, str | None]:
+    """(kind, name) of an old file at `path` (from a removed directory), (None, None) outside the layout."""
+    parts = path.split("/")
+    place = ROOT
+    for part in parts[:-1]:
+        if place is None or layout.entry_problem(place, part.encode(), TREE_MODE) is not None:
+            return None, None
+        place = layout.child_place(place, part.encode())
+    if place is None or layout.entry_problem(place, parts[-1].encode(), mode) is not None:
+        return None, None
+    return layout.kind_of(place, parts[-1].encode())
+
+
+def _shown(text: str) -> str:
+    """A worker-made name as a message shows it: printable, cut short."""
+    shown = text if text.isprintable() else repr(text)[1:-1]
+    return shown if len(shown) <= 120 else shown[:117] + "..."
 
 
 def load_registry(store, tree_id) -> Registry:
@@ -217,10 +316,10 @@ def load_registry(store, tree_id) -> Registry:
     if workers_tree is not None:
         for entry in store[workers_tree].iteritems():
             path = f"workers/{entry.path.decode('utf-8', 'replace')}"
-            if entry.mode != FILE_MODE or classify(path) is None:
+            if layout.entry_problem(("workers", "workers"), entry.path, b"%o" % entry.mode) is not None:
                 continue
             try:
-                rec = records.load_at("worker", store[entry.sha].as_raw_string(), path)
+                rec = records.load_at("worker", read_blob(store, entry.sha, MAX_READ_BYTES, path), path)
                 blob = key_blob(rec["key"])
             except GitqueueError:
                 continue
@@ -242,6 +341,19 @@ class State:
         self._registry = None
         self._registry_key = None
         self.tokens: dict[str, str] = {}
+        self._leases: dict[str, str] | None = None  # job -> worker of every live lease
+
+    def leases(self) -> dict[str, str]:
+        """{job: worker} of the live leases of the parent's tree (read once, then kept up to date)."""
+        if self._leases is None:
+            self._leases = {}
+            for path, sha in _Reader(self.store, self.tree).walk_files("leases"):
+                try:
+                    rec = records.load_at("lease", read_blob(self.store, sha, MAX_READ_BYTES, path), path)
+                except GitqueueError:
+                    continue
+                self._leases[rec["job"]] = rec["worker"]
+        return self._leases
 
     def registry(self, tree_id=None) -> Registry:
         tree_id = self.tree if tree_id is None else tree_id
@@ -252,8 +364,17 @@ class State:
             self._registry_key = key
         return self._registry
 
-    def advance(self, commit) -> None:
+    def advance(self, commit, verdict: "Verdict | None" = None) -> None:
+        """Move on to `commit` (judged by `verdict`: its lease changes keep the lease map)."""
         self.tree = commit.tree
+        if verdict is None or verdict.violations:
+            self._leases = None
+        elif self._leases is not None:
+            for job, worker in verdict.lease_changes:
+                if worker is None:
+                    self._leases.pop(job, None)
+                else:
+                    self._leases[job] = worker
 
 
 def _identify(commit, reg: Registry, backend: str):
@@ -324,25 +445,83 @@ def check_commit(store, state: State, commit, options: Options | None = None) ->
     if verdict.violations:
         return verdict
 
-    changes = {path: (o, n) for path, o, n in _changes(store, state.tree, commit.tree)}
-    if not changes:
+    problem = commit_text_problem(commit)
+    if problem:
+        fail("commit", problem)
+        return verdict
+    # Who signed, for records that name their signer: on an unsigned queue, whoever's key made a
+    # good signature (it gives no rights there).
+    named = signer if reg.signed else _self_signed(commit)
+
+    limit = reg.max_record_bytes if reg.settings else DEFAULT_MAX_RECORD_BYTES
+    walk = TreeWalk(store, limit).run(state.tree, commit.tree)
+    for path, rule, message in walk.problems:
+        fail(rule, message.removeprefix(f"{path}: ") if path else message, path or None)
+    verdict.objects = walk.objects
+    if verdict.violations:
+        return verdict
+    if not walk.changes:
         fail("empty", "commit changes nothing")
         return verdict
     before = _Reader(store, state.tree)
     after = _Reader(store, commit.tree)
-    _Check(store, state, reg, signer, changes, before, after, options, verdict, fail, commit.message).run()
+    _Check(store, state, reg, signer, named, walk.changes, before, after, options, verdict, fail,
+           commit.message).run()
+    kinds = {c.kind for c in walk.changes}
+    if kinds == {"heartbeat"} and len(walk.changes) == 1 and not verdict.violations:
+        verdict.heartbeat_only = walk.changes[0].name
     return verdict
+
+
+# Characters no commit message or identity may hold: they reach terminals through `git log`.
+_CONTROLS = {*range(0x00, 0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0), 0x2028, 0x2029,
+             *range(0x202A, 0x202F), *range(0x2066, 0x206A)}
+
+
+def commit_text_problem(commit) -> str | None:
+    """Why the commit's message or author and committer lines are not plain text, or None."""
+    if commit.encoding not in (None, b"UTF-8", b"utf-8"):
+        return f"commit encoding {commit.encoding[:20]!r}: messages are UTF-8"
+    for what, raw, allowed in (("message", commit.message, "\n\t"), ("author", commit.author, ""),
+                               ("committer", commit.committer, "")):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return f"commit {what} is not UTF-8"
+        bad = next((c for c in text if ord(c) in _CONTROLS and c not in allowed), None)
+        if bad is not None:
+            return f"commit {what} holds the control character U+{ord(bad):04X}"
+    return None
+
+
+def _self_signed(commit) -> "Signer | None":
+    """On an unsigned queue: the key whose signature a commit carries, if that signature is good.
+
+    Nobody is registered there, so a signature only proves which key made the commit; records
+    that name their signer are checked against it (docs/trust.md).
+    """
+    from .signing import SignatureError, fingerprint, parse_signature, verify_commit
+
+    if not commit.gpgsig:
+        return None
+    try:
+        key_line = parse_signature(commit.gpgsig)[0]
+        verify_commit(commit, {"self": [key_line]})
+    except SignatureError:
+        return None
+    return Signer(fingerprint(key_line), None, frozenset(), unregistered=True)
 
 
 class _Check:
     """The per-path rules of one commit (see check_commit)."""
 
-    def __init__(self, store, state, reg, signer, changes, before, after, options, verdict, fail, message):
+    def __init__(self, store, state, reg, signer, named, changes, before, after, options, verdict, fail, message):
         self.message = message
-        self.store, self.state, self.reg, self.signer = store, state, reg, signer
+        self.store, self.state, self.reg, self.signer, self.named = store, state, reg, signer, named
         self.changes, self.before, self.after = changes, before, after
         self.options, self.verdict, self.fail = options, verdict, fail
-        self.parsed = {}  # path -> (old record, new record)
+        self.parsed = {}  # path -> (old record, new record, had, has)
+        self.kinds = {}  # path -> (kind, name)
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -392,52 +571,62 @@ class _Check:
         return rec
 
     def check_signer_field(self, rec, path):
-        if "signer" in rec and (self.signer is None or rec["signer"] != self.signer.fingerprint):
-            by = self.signer.fingerprint if self.signer else "nobody (unsigned commit)"
+        if "signer" in rec and (self.named is None or rec["signer"] != self.named.fingerprint):
+            by = self.named.fingerprint if self.named else "nobody (no good signature)"
             self.fail("signer", f"records signer {rec['signer']} but the commit is signed by {by}", path)
 
     # -- the rules --------------------------------------------------------------------------------
 
     def run(self):
-        limit = self.reg.max_record_bytes if self.reg.settings else DEFAULT_MAX_RECORD_BYTES
         ok = True
-        for path, (old, new) in self.changes.items():
-            where = classify(path)
-            if where is None:
-                if new is None and self.is_admin():
+        for change in self.changes:
+            path, old, new = change.path, change.old, change.new
+            if change.kind is None:
+                if self.is_admin():
                     continue  # an administrator may clear away what a local writer left
                 self.fail("layout", "outside the queue layout", path)
                 ok = False
                 continue
-            kind, _ = where
+            kind = change.kind
             old_rec = new_rec = None
             if new is not None:
-                if new[0] != FILE_MODE:
-                    self.fail("layout", f"mode {new[0]:o}: records are plain files (100644)", path)
-                    ok = False
-                    continue
-                data = self.store[new[1]].as_raw_string()
-                if len(data) > limit:
-                    self.fail("size", f"{len(data)} bytes, more than max_record_bytes ({limit})", path)
-                    ok = False
-                    continue
                 try:
-                    new_rec = self._load(kind, data, path)
+                    new_rec = self._load(kind, self.store[new[1]].as_raw_string(), path)
                 except GitqueueError as e:
                     self.fail("schema", str(e).removeprefix(f"{path}: "), path)
                     ok = False
                     continue
             if old is not None:
                 try:
-                    old_rec = self._load(kind, self.store[old[1]].as_raw_string(), path)
+                    data = read_blob(self.store, old[1], MAX_READ_BYTES, path)
+                    old_rec = self._load(kind, data, path)
                 except GitqueueError:
                     old_rec = None  # what a local writer left; it is being replaced or removed
             self.parsed[path] = (old_rec, new_rec, old is not None, new is not None)
+            self.kinds[path] = (kind, change.name)
         if not ok:
             return
         for path, (old_rec, new_rec, had, has) in self.parsed.items():
-            kind, name = classify(path)
+            kind, name = self.kinds[path]
             getattr(self, f"_{kind}")(path, name, old_rec, new_rec, had, has)
+        self._lease_limit()
+
+    def _lease_limit(self):
+        """No worker holds more live leases than the queue's max_leases after this commit."""
+        gained = {w for _, w in self.verdict.lease_changes if w is not None}
+        if not gained:
+            return
+        live = dict(self.state.leases())
+        for job, worker in self.verdict.lease_changes:
+            if worker is None:
+                live.pop(job, None)
+            else:
+                live[job] = worker
+        cap = layout.max_leases(self.reg.settings)
+        for worker in sorted(gained):
+            held = sum(1 for w in live.values() if w == worker)
+            if held > cap:
+                self.fail("lease", f"{worker} would hold {held} live leases, more than max_leases ({cap})")
 
     def _load(self, kind, data, path):
         if kind in ("queue", "priority", "noway"):
@@ -502,6 +691,7 @@ class _Check:
                 self.fail("lease", f"lease on {name}, which is prefailed ({job['prefailed']})", path)
                 return
             self.deps_built(job, path, "lease")
+            self.verdict.lease_changes.append((name, new["worker"]))
             if self.options.history:
                 seen = self.state.tokens.get(new["token"])
                 if seen is not None:
@@ -509,6 +699,7 @@ class _Check:
                 self.state.tokens[new["token"]] = new["worker"]
             return
         # removed: by its worker (release, report) or by an administrator (reclaim)
+        self.verdict.lease_changes.append((name, None))
         if old is None:
             return  # not a valid lease: whoever may touch the path may clear it
         if job_path("results", name) not in self.parsed and b"Gitqueue-Action: reclaim" in self.message:
@@ -558,6 +749,11 @@ class _Check:
                 return
         if not self.deps_built(job, path, "result"):
             return
+        for package in new.get("packages", ()):
+            problem = layout.package_name_problem(package["name"], job, self.reg.settings)
+            if problem:
+                self.fail("result", problem, path)
+                return
         if new["status"] == "success":
             for package in new.get("packages", ()):
                 self.verdict.packages.append((name, new["token"], package))
@@ -615,15 +811,27 @@ class _Check:
 def first_parent_chain(store, old: bytes | None, new: bytes, limit: int | None = None):
     """The commits from just after `old` to `new` (oldest first) along first parents.
 
-    Returns None when `old` is not reached (not a fast-forward); with `old` None, the whole
-    chain down to the root commit.
+    Returns None when `old` is not reached (not a fast-forward, or more than `limit` commits);
+    with `old` None, the whole chain down to the root commit. Each commit's header is read
+    before the commit: ChainError for one that is missing, not a commit, or larger than
+    MAX_COMMIT_BYTES.
     """
     chain = []
     sha = new
     while sha != old:
         if sha is None or (limit is not None and len(chain) >= limit):
             return None
-        commit = store[sha]
+        header = object_header(store, sha)
+        if header is None:
+            raise ChainError(f"commit {sha.decode()} is missing")
+        if header[0] != "commit":
+            raise ChainError(f"{sha.decode()} is a {header[0]}, not a commit")
+        if header[1] > MAX_COMMIT_BYTES:
+            raise ChainError(f"commit {sha.decode()} has {header[1]} bytes, more than {MAX_COMMIT_BYTES}")
+        try:
+            commit = store[sha]
+        except Exception as e:  # noqa: BLE001 - dulwich's parse errors of a malformed commit are many
+            raise ChainError(f"commit {sha.decode()} is malformed ({type(e).__name__})") from None
         chain.append(commit)
         sha = commit.parents[0] if commit.parents else None
     chain.reverse()

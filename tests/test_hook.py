@@ -1,5 +1,6 @@
 """The pre-receive hook refuses hostile pushes over a real sshd, and lets the protocol through."""
 
+import contextlib
 import os
 import subprocess
 
@@ -165,6 +166,17 @@ def _nested(store, names, leaf_name, blob):
     return name, sha, objects
 
 
+@contextlib.contextmanager
+def fsck_off(sq):
+    """Let git's own object checks (receive.fsckObjects, set by hooks install) pass everything, so
+    that the hook alone judges the push."""
+    subprocess.run(["git", "-C", sq.path, "config", "receive.fsckObjects", "false"], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["git", "-C", sq.path, "config", "receive.fsckObjects", "true"], check=True)
+
+
 def test_path_traversal_in_a_job_name(hostile, sshd):
     path, data = lease_record("a-1", "w2")
 
@@ -177,19 +189,27 @@ def test_path_traversal_in_a_job_name(hostile, sshd):
         return root.id, objects + [jobs, root]
 
     sha = hostile.commit({}, "alice", raw_tree=raw_tree)
-    refused(hostile, sshd, sha, "jobs/xx/../../x: outside the queue layout [layout]")
+    # git itself refuses the '..' entry (receive.fsckObjects), and the hook does too.
+    before = hostile.tip()
+    proc = push(hostile, hostile.url, sha, sshd.ssh_command)
+    assert proc.returncode != 0 and "hasDotdot: contains '..'" in proc.stderr, proc.stderr
+    assert hostile.tip() == before
+    with fsck_off(hostile):
+        refused(hostile, sshd, sha, "jobs/xx: outside the queue layout: not a shard directory (two hex digits) "
+                                    "[layout]")
 
 
 def test_path_traversal_in_a_lease_name(hostile, sshd):
     bad = f"leases/{shard('.')}/..toml"
     sha = hostile.commit({bad: lease_record("a-1", "w2")[1]}, "k2")
-    refused(hostile, sshd, sha, f"{bad}: outside the queue layout [layout]")
+    refused(hostile, sshd, sha, f"{bad}: outside the queue layout: not a valid job name [layout]")
 
 
 def test_a_job_record_in_the_wrong_shard(hostile, sshd):
     sha = hostile.commit({"jobs/zz/b-1.toml": records.dumps("job", {"name": "b-1", "version": "1", "deps": []})},
                          "alice")
-    refused(hostile, sshd, sha, "jobs/zz/b-1.toml: outside the queue layout [layout]")
+    refused(hostile, sshd, sha, "jobs/zz: outside the queue layout: not a shard directory (two hex digits) "
+                                "[layout]")
 
 
 def test_an_executable_or_symlink_record(hostile, sshd):
@@ -228,7 +248,8 @@ def test_a_result_without_holding_the_lease(hostile, sshd):
 def test_a_result_whose_dependencies_are_not_built(hostile, sshd):
     path, data = result_record("c-1", "w2", late=True)
     sha = hostile.commit({path: data}, "k2")
-    refused(hostile, sshd, sha, "c-1 depends on a-1, which has no success result [result]")
+    refused(hostile, sshd, sha, "late result for c-1 by w2 under token " + "ab" * 16 + ", which is no lease of "
+                                "theirs that was reclaimed [result]")
     path, data = lease_record("c-1", "w2")
     sha = hostile.commit({path: data}, "k2")
     refused(hostile, sshd, sha, "c-1 depends on a-1, which has no success result [lease]")

@@ -23,10 +23,14 @@ def hooks_group():
 @click.argument("repo", type=click.Path(file_okay=False, exists=True))
 @click.option("--force", is_flag=True, help="Replace a pre-receive hook that gitqueue did not write.")
 @click.option("--python", "python", metavar="PATH", help="Interpreter for the hook (default: this one).")
-def hooks_install(repo, force, python):
+@click.option("--max-input-size", metavar="BYTES", default="32M", show_default=True,
+              help="The largest push git accepts (receive.maxInputSize; K, M, G).")
+def hooks_install(repo, force, python, max_input_size):
     """Install (or update) hooks/pre-receive in the bare repository REPO.
 
-    The hook refuses, over ssh:// and git://, every push that breaks the queue's rules.
+    The hook refuses, over ssh:// and git://, every push that breaks the queue's rules; the
+    repository's git checks every object a push brings (receive.fsckObjects) and refuses pushes
+    larger than --max-input-size.
 
     \b
     Example: gitqueue hooks install /srv/queues/2026Q4-m68k.git
@@ -34,8 +38,10 @@ def hooks_install(repo, force, python):
     from ..hook import install, main_module_dir
 
     obj = click.get_current_context().find_root().obj or {}
+    from .commands import _bytes
+
     path = install(os.path.abspath(repo), python or sys.executable, obj.get("branch") or "main",
-                   main_module_dir(), force)
+                   main_module_dir(), force, _bytes(max_input_size, "--max-input-size"))
     click.echo(f"installed {path}")
 
 
