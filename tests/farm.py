@@ -141,6 +141,11 @@ class Farm:
                                  f"{proc.stderr}")
         return proc
 
+    def as_bulk_git(self, *args) -> subprocess.CompletedProcess:
+        """Run `git -C REPO ARGS` as the build account."""
+        return subprocess.run(["runuser", "-u", BULK, "--", "git", "-C", str(self.repo), *args], check=True,
+                              capture_output=True, text=True)
+
     def authorize(self) -> str:
         """Write the build account's authorized_keys from the registry, as README says; return it."""
         proc = self.as_bulk("serve", "--print-authorized-keys", "--repo", self.repo, "--packages", self.tree,
