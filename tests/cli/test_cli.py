@@ -578,6 +578,29 @@ def test_a_config_value_of_the_wrong_type_is_one_error_line(gq, tmp_path):
     assert gq.error("status", env={"GITQUEUE_CONFIG": str(config)}).startswith(f"Error: {config}: ")
 
 
+# -- the workers registry -----------------------------------------------------------------------
+
+
+def test_the_registry_of_an_unsigned_queue_is_not_changed(gq, tmp_path):
+    """Without admins nothing checks signatures: a registry would only seem to protect the queue."""
+    url = tmp_path / "q.git"
+    gq("init", url)
+    key = tmp_path / "admin"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    before = history(url)
+    refused = (f"Error: {url} is unsigned (no administrators in queue.toml): a worker registry would not be "
+               "enforced; create a signed queue with gitqueue init --admin NAME=KEY.pub (docs/trust.md)")
+    # With a signing key too: the administrator who forgot --admin at init.
+    for signing in ((), ("--signing-key", key)):
+        assert gq.error(*signing, "worker", "add", "w1", "--key", f"{key}.pub", "--queue", url) == refused
+        assert gq.error(*signing, "worker", "revoke", "w1", "--queue", url) == refused
+    assert history(url) == before
+    # Reading the (empty) registry still works.
+    assert gq("worker", "list", "--queue", url).stdout == \
+        "no registered workers and no admins: this queue is not signed\n"
+    assert gq("worker", "allowed-signers", "--queue", url).stdout == "# gitqueue allowed signers: q\n"
+
+
 # -- the worker loop ----------------------------------------------------------------------------
 
 
