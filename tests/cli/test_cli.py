@@ -6,6 +6,7 @@ in tmp_path; the user's own configuration and environment are never read.
 """
 
 import json
+import os
 import subprocess
 import time
 import tomllib
@@ -465,6 +466,43 @@ def test_queue_that_does_not_exist(gq, tmp_path):
 def test_unreachable_git_url_fails_in_one_line(gq):
     line = gq.error("status", "--queue", "git://127.0.0.1:1/q.git")
     assert line.startswith("Error: git://127.0.0.1:1/q.git: fetch failed: ")
+
+
+def control_path(command, cache_dir) -> str:
+    """The ControlPath that gitqueue gives ssh for `command` with the cache root `cache_dir`."""
+    import shlex
+
+    from gitqueue.cli.main import _ssh_command
+
+    options = [word.partition("=") for word in shlex.split(_ssh_command(command, str(cache_dir)))]
+    return next(value for key, _, value in options if key == "ControlPath")
+
+
+def test_one_ssh_connection_per_identity(tmp_path, monkeypatch):
+    """ssh's %C names only user, host and port: what picks the key must name the socket too."""
+    monkeypatch.delenv("GITQUEUE_SSH_REUSE", raising=False)
+    monkeypatch.setenv("SSH_AUTH_SOCK", "/run/agent-1")
+    one = "ssh -F /dev/null -i /keys/w1 -o IdentitiesOnly=yes"
+    two = one.replace("/keys/w1", "/keys/w2")
+    assert control_path(one, tmp_path) == control_path(one, tmp_path)
+    assert control_path(one, tmp_path) != control_path(two, tmp_path)
+    assert control_path(one, tmp_path) != control_path(one + " -F /etc/other", tmp_path)
+    first = control_path(one, tmp_path)
+    monkeypatch.setenv("SSH_AUTH_SOCK", "/run/agent-2")  # another agent offers other keys
+    assert control_path(one, tmp_path) != first
+    import tempfile
+
+    short = tempfile.mkdtemp(prefix="gq", dir="/tmp")
+    try:
+        for cache in (tmp_path / ("c" * 200), tmp_path, short):
+            path = control_path(one, cache)
+            # %C becomes 40 hex digits; ssh binds "PATH.XXXXXXXXXXXXXXXX" first; sun_path holds 103 bytes
+            assert path.endswith("-%C") and len(path.replace("%C", "f" * 40)) + 17 <= 103, path
+            assert os.stat(os.path.dirname(path)).st_uid == os.getuid()
+        assert os.path.dirname(control_path(one, short)) == short  # short and plain: the cache itself
+    finally:
+        os.rmdir(short)
+    assert os.path.dirname(control_path(one, tmp_path / ("c" * 200))) == f"/tmp/gitqueue-{os.getuid()}"
 
 
 def test_config_file_supplies_queue_and_worker(gq, tmp_path):
