@@ -15,6 +15,7 @@ from .errors import GitqueueError, LeaseLost, NothingReady, PushRefused, QueueFi
 
 REFUSALS_TO_STOP = 3  # the server refusing this worker's pushes that many times in a row
 from .lease import claim, heartbeat, release, report
+from .text import printable
 
 LOG_TAIL = 4000
 DEFAULT_PKGNAME_COMMAND = "bmake show-var VARNAME=PKGNAME"
@@ -74,7 +75,8 @@ class Worker:
         self.retry_after = None
         self.heartbeat_every = heartbeat_every
         self.max_wait = max_wait
-        self.out = out
+        # Lines quote server replies, reasons and names that others wrote: no control gets through.
+        self.out = lambda line: out(printable(line))
         self.stop_signal = None
         self.child = None
         self.log_dir = os.path.join(queue.cache_dir, "logs")

@@ -12,6 +12,7 @@ import sys
 import click
 
 from ..errors import GitqueueError
+from ..text import printable
 
 CONFIG_KEYS = ("queue", "worker", "cache_dir", "ssh_command", "branch", "host",
                # what the worker is, when detection is wrong or impossible
@@ -110,7 +111,7 @@ class Context:
         if self.config.get("network_timeout"):
             kwargs["network_timeout"] = self.config["network_timeout"]
         return Queue(url, self.cache_dir, self.branch, _ssh_command(self.ssh_command, self.cache_dir),
-                     signer=self.signer(), notice=lambda message: click.echo(message, err=True), **kwargs)
+                     signer=self.signer(), notice=lambda message: click.echo(printable(message), err=True), **kwargs)
 
     def signer(self):
         """The signing.Signer of --signing-key (or its env and config), or None."""
@@ -193,13 +194,17 @@ def json_option(f):
 
 
 def emit(data, as_json, text):
-    """Print `data` as JSON, or the human text `text` (a string or a callable returning one)."""
+    """Print `data` as JSON, or the human text `text` (a string or a callable returning one).
+
+    JSON keeps the data exact (json.dumps escapes control characters); the text shows them as
+    escapes, whatever a record or commit message held.
+    """
     if as_json:
         import json
 
         click.echo(json.dumps(data, indent=2, sort_keys=False))
     else:
-        click.echo(text() if callable(text) else text)
+        click.echo(printable(text() if callable(text) else text, keep_newlines=True))
 
 
 # Which module defines each command: only that one is imported when the command runs.
@@ -230,12 +235,13 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except GitqueueError as e:
-            click.echo(f"Error: {e}", err=True)
+            # Messages quote paths, names and server replies that others wrote: one printable line.
+            click.echo(f"Error: {printable(str(e))}", err=True)
             ctx.exit(e.exit_code)
         except OSError as e:
             # A file the user named (log, graph) or the cache: say which, in one line.
             where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-            click.echo(f"Error: {where}{e.strerror or e}", err=True)
+            click.echo(f"Error: {printable(where + str(e.strerror or e))}", err=True)
             ctx.exit(1)
 
 

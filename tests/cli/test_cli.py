@@ -8,6 +8,8 @@ in tmp_path; the user's own configuration and environment are never read.
 import json
 import os
 import subprocess
+import sys
+import textwrap
 import time
 import tomllib
 
@@ -17,7 +19,7 @@ from click.testing import CliRunner
 from gitqueue.cli.main import cli
 from gitqueue.names import record_path
 
-from helpers import SUBSET, git_log, gitqueue, job, make_queue, write_jsonl
+from helpers import REPO, SUBSET, git_log, gitqueue, job, make_queue, write_jsonl
 
 CHAIN = [job("a-1", pkgpath="cat/a"), job("b-1", ["a-1"], pkgpath="cat/b")]
 # Settings a developer's shell may carry; the tests must not see them.
@@ -610,6 +612,28 @@ def test_a_record_whose_job_does_not_match_its_path_is_refused(gq, tmp_path):
     assert line.startswith(f"Error: {path}")
 
 
+def test_a_hostile_path_in_an_error_line_is_escaped(gq, tmp_path):
+    url = make_queue(tmp_path, CHAIN, hook=False)
+    commit_by_hand(url, tmp_path, "leases/ab/a\x1b]0;owned\x07\x1b[2J\r-1.toml", 'job = "a-1"\n')
+    line = gq.error("status", "--queue", url)
+    assert line == "Error: leases/ab/a\\x1b]0;owned\\x07\\x1b[2J\\x0d-1.toml: missing required key 'worker'"
+
+
+def test_every_commands_text_shows_controls_escaped_and_json_keeps_them():
+    """emit() is how commands print: whatever a field holds, no raw control reaches the terminal."""
+    import click
+
+    from gitqueue.cli.main import emit
+
+    @click.command()
+    @click.option("--json", "as_json", is_flag=True)
+    def show(as_json):
+        emit({"reason": "a\x1b[2J\tb\u202e"}, as_json, lambda: "reason: a\x1b[2J\tb\u202e\nnext")
+
+    assert CliRunner().invoke(show, []).stdout == "reason: a\\x1b[2J\tb\\u202e\nnext\n"
+    assert json.loads(CliRunner().invoke(show, ["--json"]).stdout) == {"reason": "a\x1b[2J\tb\u202e"}
+
+
 def test_a_config_value_of_the_wrong_type_is_one_error_line(gq, tmp_path):
     config = tmp_path / "config.toml"
     config.write_text("queue = 5\n")
@@ -690,6 +714,36 @@ def test_work_when_the_queue_is_finished(gq, tmp_path):
     result = gq("work", "--queue", url, "--worker", "w1", "--", "true")
     assert "w1: queue finished (0 jobs built here; 0 pushes, 0 rejected)" in result.stderr
     assert git_log(url).splitlines()[0].startswith("import")
+
+
+def test_work_shows_what_the_server_says_escaped(tmp_path):
+    """A server's (or anyone's) message in the worker's lines and its Error line: no raw control."""
+    url = make_queue(tmp_path, CHAIN, hook=False)
+    # An "ssh" that runs the git command here the first time, then fails with a hostile message.
+    ssh = tmp_path / "ssh"
+    ssh.write_text(textwrap.dedent("""\
+        #!/bin/sh
+        n=$(cat "$0.count" 2>/dev/null || echo 0); echo $((n + 1)) > "$0.count"
+        if [ "$n" -ge 1 ]; then printf 'busy \\033]0;owned\\007\\033[2J now\\n' >&2; exit 255; fi
+        for last; do :; done
+        exec sh -c "$last"
+        """))
+    ssh.chmod(0o755)
+    env = {**subprocess_env(tmp_path), "GITQUEUE_SSH_COMMAND": str(ssh), "GITQUEUE_SSH_REUSE": "0",
+           "PYTHONPATH": str(REPO)}
+    said = "fetch failed: busy \\x1b]0;owned\\x07\\x1b[2J now"
+    worker = subprocess.Popen([sys.executable, "-m", "gitqueue", "work", "--queue", f"ssh://localhost{url}",
+                               "--worker", "w1", "--", "true"], env={**os.environ, **env}, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        line = worker.stderr.readline()  # the first fetch worked; the claim's fetch failed
+    finally:
+        worker.terminate()
+        rest = worker.communicate(timeout=30)[1]
+    assert line == f"w1: ssh://localhost{url}: {said}; retrying\n", line + rest
+    assert "\x1b" not in rest and "\x07" not in rest
+    proc = gitqueue("claim", "--queue", f"ssh://localhost{url}", "--worker", "w1", env=env)
+    assert proc.returncode == 1 and proc.stderr == f"Error: ssh://localhost{url}: {said}\n"
 
 
 def test_end_to_end_in_real_processes(tmp_path):

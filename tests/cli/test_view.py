@@ -1,6 +1,7 @@
 """The commands that show a build: status, html, history, diff (on the known build)."""
 
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -111,3 +112,52 @@ def test_diff_of_an_unknown_queue(gq, known, tmp_path):
     assert result.stderr == f"Error: {tmp_path / 'nowhere.git'}: no such repository\n"
     empty = make_queue(tmp_path, [], name="empty.git")
     assert gq("diff", empty, known).stdout.startswith("test -> test: 1 newly failing, 0 newly fixed")
+
+
+# -- hostile text ------------------------------------------------------------------------------
+
+# What a terminal must never receive raw: C0 (but newlines), DEL, C1, line separators, bidi controls.
+RAW_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+EVIL_WORKER = "w\x1b]0;owned\x07"
+EVIL_REASON = "\x1b[2J\rall clear \u202eevil\u2069 \x9b31m\u2028end"
+
+
+def commit_message(url, message):
+    """Commit `message` on the queue's tip with the same tree, as a local writer or an old gitqueue could."""
+    from dulwich.repo import Repo
+
+    from gitqueue.gitstore import make_commit
+
+    with Repo(url) as repo:
+        tip = repo.refs[b"refs/heads/main"]
+        commit = make_commit(repo.object_store[tip].tree, tip, message, "mallory <m@example.org>")
+        repo.object_store.add_object(commit)
+        repo.refs[b"refs/heads/main"] = commit.id
+
+
+def test_worker_written_text_reaches_no_terminal_raw(gq, known, tmp_path):
+    """Trailers are read as the build's history: a hostile worker name and reason come out escaped."""
+    lease = "cd" * 16
+    commit_message(known, f"claim f-1.0\n\nGitqueue-Action: claim\nGitqueue-Job: f-1.0\n"
+                          f"Gitqueue-Worker: {EVIL_WORKER}\nGitqueue-Lease: {lease}\n")
+    commit_message(known, f"release f-1.0\n\nGitqueue-Action: release\nGitqueue-Job: f-1.0\n"
+                          f"Gitqueue-Worker: {EVIL_WORKER}\nGitqueue-Lease: {lease}\nGitqueue-Reason: {EVIL_REASON}\n")
+    site = tmp_path / "site"
+    gq("html", site, "--queue", known)
+    shown = {
+        "status": gq("status", "--queue", known).stdout,
+        "history": gq("history", "cat/f", "--queue", known).stdout,
+        "html --text": gq("html", "--text", "--queue", known).stdout,
+        "report.txt": (site / "report.txt").read_text(),
+        "diff": gq("diff", known, known).stdout,
+    }
+    for command, out in shown.items():
+        assert not RAW_CONTROL.search(out), (command, out)
+    for command in ("status", "history", "html --text", "report.txt"):
+        assert "w\\x1b]0;owned\\x07" in shown[command], (command, shown[command])
+    released = [line for line in shown["history"].splitlines() if "released" in line][-1]
+    assert released.endswith("released           \\x1b[2J\\x0dall clear \\u202eevil\\u2069 \\x9b31m\\u2028end")
+    # --json keeps the data exact; JSON escapes the controls itself.
+    raw = gq("history", "cat/f", "--queue", known, "--json").stdout
+    assert not RAW_CONTROL.search(raw)
+    assert (EVIL_WORKER, "released", EVIL_REASON) in [(r["worker"], r["result"], r["reason"]) for r in json.loads(raw)]
