@@ -161,3 +161,28 @@ def test_worker_written_text_reaches_no_terminal_raw(gq, known, tmp_path):
     raw = gq("history", "cat/f", "--queue", known, "--json").stdout
     assert not RAW_CONTROL.search(raw)
     assert (EVIL_WORKER, "released", EVIL_REASON) in [(r["worker"], r["result"], r["reason"]) for r in json.loads(raw)]
+
+
+def test_trailers_gitqueue_cannot_have_written_are_left_out(gq, known, tmp_path):
+    """A report with a made-up status, an action naming no worker, an infinite duration: no traceback."""
+    before = json.loads(gq("history", "cat/f", "--queue", known, "--json").stdout)
+    lease = "ef" * 16
+    for trailers in (f"Action: claim\nGitqueue-Job: f-1.0\nGitqueue-Lease: {lease}",  # whose claim?
+                     f"Action: report\nGitqueue-Job: f-1.0\nGitqueue-Worker: w1\nGitqueue-Lease: {lease}\n"
+                     f"Gitqueue-Status: \x1b[31mbogus",
+                     "Action: heartbeat\nGitqueue-Held: f-1.0",
+                     f"Action: report\nGitqueue-Worker: w1\nGitqueue-Lease: {lease}\nGitqueue-Status: success"):
+        commit_message(known, f"made up\n\nGitqueue-{trailers}\n")
+    assert json.loads(gq("history", "cat/f", "--queue", known, "--json").stdout) == before
+    commit_message(known, f"claim\n\nGitqueue-Action: claim\nGitqueue-Job: f-1.0\nGitqueue-Worker: w9\n"
+                          f"Gitqueue-Lease: {lease}\n")
+    commit_message(known, f"report\n\nGitqueue-Action: report\nGitqueue-Job: f-1.0\nGitqueue-Worker: w9\n"
+                          f"Gitqueue-Lease: {lease}\nGitqueue-Status: success\nGitqueue-Duration: inf\n")
+    rows = json.loads(gq("history", "cat/f", "--queue", known, "--json").stdout)
+    assert rows[:-1] == before and (rows[-1]["worker"], rows[-1]["result"]) == ("w9", "success")
+    assert 0 <= rows[-1]["duration"] < 60  # measured from the commit times, not "inf"
+    assert gq("history", "cat/f", "--queue", known).stdout.splitlines()[-1].split()[2] == "w9"
+    gq("status", "--queue", known)
+    gq("html", tmp_path / "site", "--queue", known)
+    workers = [w["worker"] for w in json.loads(gq("html", "--json", "--queue", known).stdout)["workers"]]
+    assert workers == ["w1", "w2", "w3", "w9"]
