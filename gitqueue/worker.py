@@ -22,7 +22,11 @@ DEFAULT_PKGNAME_COMMAND = "bmake show-var VARNAME=PKGNAME"
 
 
 def describe_log(path: str):
-    """({"name", "size", "sha256"}, last few KB as text) of a build log."""
+    """({"name", "size", "sha256"}, last few KB as text) of a build log.
+
+    The text has its control characters escaped (colours, carriage returns): a result record
+    refuses them. The log itself is uploaded as it is.
+    """
     h = hashlib.sha256()
     size = 0
     with open(path, "rb") as f:
@@ -31,7 +35,9 @@ def describe_log(path: str):
             size += len(chunk)
         f.seek(max(0, size - LOG_TAIL))
         tail = f.read().decode("utf-8", "replace")
-    return {"name": os.path.basename(path), "size": size, "sha256": h.hexdigest()}, tail
+    # Escapes make it longer: keep the end, which says why the build failed.
+    return {"name": os.path.basename(path), "size": size, "sha256": h.hexdigest()}, \
+        printable(tail, keep_newlines=True)[-LOG_TAIL:]
 
 
 def job_environment(job: dict, base: dict | None = None) -> dict:

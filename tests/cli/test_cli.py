@@ -392,6 +392,14 @@ def test_release_then_that_worker_is_not_offered_the_job_again(gq, tmp_path):
     assert claim(gq, url, "w2")["job"] == "a-1"
 
 
+def test_a_release_reason_with_controls_is_recorded_escaped(gq, tmp_path):
+    url = make_queue(tmp_path, CHAIN)
+    claim(gq, url)
+    gq("release", "a-1", "--queue", url, "--worker", "w1", "--reason", "bmake: \x1b[31mno such target\x1b[0m")
+    declines = show(url, record_path("declines", "a-1"))
+    assert declines["declined"][0]["reason"] == "bmake: \\x1b[31mno such target\\x1b[0m"
+
+
 def test_release_of_a_job_not_held_exits_5(gq, tmp_path):
     url = make_queue(tmp_path, CHAIN)
     claim(gq, url)
@@ -692,6 +700,24 @@ def test_work_once_reports_failure(tmp_path):
     # b-1 depended on a-1: nothing is left.
     proc = gitqueue("claim", "--queue", url, "--worker", "w1", env=subprocess_env(tmp_path))
     assert proc.returncode == 4 and proc.stderr == "Error: queue finished: every job has a final state\n"
+
+
+def test_a_failure_with_colours_in_its_log_is_reported(tmp_path):
+    """Build logs hold colours and carriage returns; results refuse controls: the tail is escaped."""
+    url = make_queue(tmp_path, CHAIN + [job("c-1")])
+    build = "printf 'cc main.c\\r\\n\\033[31merror:\\033[0m no\\n'; exit 1"
+    proc = gitqueue("work", "--once", "--queue", url, "--worker", "w1", "--", "sh", "-c", build,
+                    env=subprocess_env(tmp_path))
+    assert proc.returncode == 0 and "w1: a-1 failure" in proc.stderr, proc.stderr
+    result = show(url, record_path("results", "a-1"))
+    assert result["log_tail"] == "cc main.c\\x0d\n\\x1b[31merror:\\x1b[0m no\n"
+    assert result["log"]["size"] == len("cc main.c\r\n\x1b[31merror:\x1b[0m no\n")  # the log itself as it was
+    # A tail of nothing but controls grows fourfold when escaped: its end is kept, within the limit.
+    proc = gitqueue("work", "--once", "--queue", url, "--worker", "w1", "--", "sh", "-c",
+                    "head -c 5000 /dev/zero; echo the end; exit 1", env=subprocess_env(tmp_path))
+    assert proc.returncode == 0 and "w1: c-1 failure" in proc.stderr, proc.stderr
+    tail = show(url, record_path("results", "c-1"))["log_tail"]
+    assert tail.endswith("\\x00the end\n") and len(tail) <= 4096
 
 
 def test_work_build_command_sees_the_job(gq, tmp_path):
