@@ -2,6 +2,7 @@
 
 from . import records, timeline
 from .outcome import UNSUCCESSFUL, details, from_index, reason, results
+from .text import printable_lines
 
 BREAKAGE_ROWS = 100  # the HTML table; the text report shows fewer
 
@@ -152,7 +153,7 @@ def summary_rows(data: dict) -> list[tuple[str, int]]:
 
 
 def text(data: dict, breakage_rows: int = 20) -> str:
-    """The report as plain text for a mailing list."""
+    """The report as plain text for a mailing list, every control character escaped."""
     s = data["settings"]
     state = "finished" if data["finished"] else "in progress"
     lines = [f"pkgsrc bulk build report: {data['queue']} ({state})", "",
@@ -187,4 +188,5 @@ def text(data: dict, breakage_rows: int = 20) -> str:
             lines.append(f"{w['worker']:20} {w['success']:6} {w['failure']:6} {w['released']:8} {w['reclaimed']:9} "
                          f"{duration_text(w['busy']):>12} {speed:>6}")
     lines += ["", f"Queue commit {data['commit']}"]
-    return "\n".join(lines) + "\n"
+    # Reasons, worker names and maintainers were written by others: no control reaches the mail.
+    return printable_lines(lines) + "\n"

@@ -15,6 +15,7 @@ from .errors import GitqueueError, LeaseLost, NothingReady, QueueFinished, Unkno
 from .layout import JOB_DIRS
 from .names import check_job_name, check_worker_name, heartbeat_path, record_path
 from .queue import Change, trailers
+from .text import printable
 
 
 
@@ -348,7 +349,8 @@ def release(queue, worker: str, job: str, reason: str = "released", token: str |
     """Give `job` back; it is offered to other workers and (with `decline`) never again to `worker`."""
     check_worker_name(worker)
     check_job_name(job)
-    reason = " ".join(reason.split())[:1000] or "released"
+    # One line, its controls escaped (a tool's coloured message): a decline record refuses them.
+    reason = printable(" ".join(reason.split()))[:1000] or "released"
 
     def decide(tip, reader):
         tok = token or queue.index.my_claims(worker).get(job)

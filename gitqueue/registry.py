@@ -50,8 +50,25 @@ def admins(settings: dict) -> dict[str, str]:
     return {a["name"]: a["key"] for a in settings.get("admins", [])}
 
 
+def _require_signed(queue, reader) -> None:
+    """Refuse to change the registry of an unsigned queue (no administrators in queue.toml).
+
+    No signature is checked on an unsigned queue, so a registry would only seem to protect it:
+    workers would sign commits that nothing enforces, and `verify` would judge them later.
+    """
+    queue.settings(reader)  # QueueNotFound when queue.toml is missing
+    if not queue.is_signed(reader):
+        raise GitqueueError(f"{queue.url} is unsigned (no administrators in queue.toml): a worker registry would "
+                            "not be enforced; create a signed queue with gitqueue init --admin NAME=KEY.pub "
+                            "(docs/trust.md)")
+
+
 def add_worker(queue, name: str, key: str, owner: str = "", arch: str = "") -> dict:
-    """Register `name` with public key `key` in one administrative commit."""
+    """Register `name` with public key `key` in one administrative commit.
+
+    Raises:
+        GitqueueError: the queue is unsigned, or `name` is already registered (or was revoked).
+    """
     check_worker_name(name)
     rec = {"name": name, "key": key, "added_at": utc(queue.clock())}
     if owner:
@@ -61,7 +78,7 @@ def add_worker(queue, name: str, key: str, owner: str = "", arch: str = "") -> d
     records.validate("worker", rec)
 
     def decide(tip, reader):
-        queue.settings(reader)
+        _require_signed(queue, reader)
         existing = reader.read(worker_path(name))
         if existing is not None:
             old = records.load_at("worker", existing, worker_path(name))
@@ -76,11 +93,17 @@ def add_worker(queue, name: str, key: str, owner: str = "", arch: str = "") -> d
 
 
 def revoke_worker(queue, name: str, reason: str = "") -> dict:
-    """Revoke `name`: its key signs nothing new from this commit on."""
+    """Revoke `name`: its key signs nothing new from this commit on.
+
+    Raises:
+        GitqueueError: the queue is unsigned, or `name` was already revoked.
+        UnknownWorker: no worker `name` is registered.
+    """
     check_worker_name(name)
     out = {}
 
     def decide(tip, reader):
+        _require_signed(queue, reader)
         data = reader.read(worker_path(name))
         if data is None:
             raise UnknownWorker(f"no registered worker {name}")

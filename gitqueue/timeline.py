@@ -8,15 +8,17 @@ clock: they describe the build, nothing decides on them.
 """
 
 import json
+import math
 import os
 
 from . import records
 from .errors import QueueNotFound
 
 CACHE_FILE = "timeline.json"
-CACHE_VERSION = 2  # 2: several actions per commit
+CACHE_VERSION = 3  # 2: several actions per commit; 3: trailers gitqueue cannot have written left out
 # Commits that say something about the build; admin changes (priority, noway) are left out.
 ACTIONS = {"init", "import", "claim", "heartbeat", "report", "release", "reclaim"}
+JOB_ACTIONS = {"claim", "report", "release", "reclaim"}
 
 
 class Event(tuple):
@@ -225,16 +227,28 @@ def _events(when: int, message: bytes) -> list:
 
 
 def _event(when: int, facts: dict) -> Event | None:
+    """The event that one group of trailers describes, or None.
+
+    Anyone can write a commit message, and the hook checks only the tree: an action without the
+    worker (and job) it is about, or a report whose status is neither success nor failure, is
+    not one gitqueue wrote, and is left out rather than half understood.
+    """
     action = facts.get(b"Action")
     if action not in ACTIONS:
+        return None
+    job, worker, status = facts.get(b"Job"), facts.get(b"Worker"), facts.get(b"Status")
+    if action in JOB_ACTIONS and not (job and worker) or action == "heartbeat" and not worker:
+        return None
+    if action == "report" and status not in (None, "success", "failure"):
         return None
     duration = facts.get(b"Duration")
     try:
         duration = float(duration) if duration else None
     except ValueError:
         duration = None
-    return Event((when, action, facts.get(b"Job"), facts.get(b"Worker"), facts.get(b"Lease"),
-                  facts.get(b"Status"), duration, facts.get(b"Reason"),
+    if duration is not None and not (math.isfinite(duration) and duration >= 0):
+        duration = None  # "inf", "nan" or negative: no build took that
+    return Event((when, action, job, worker, facts.get(b"Lease"), status, duration, facts.get(b"Reason"),
                   facts.get(b"Late") == "true"))
 
 

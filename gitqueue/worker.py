@@ -15,13 +15,18 @@ from .errors import GitqueueError, LeaseLost, NothingReady, PushRefused, QueueFi
 
 REFUSALS_TO_STOP = 3  # the server refusing this worker's pushes that many times in a row
 from .lease import claim, heartbeat, release, report
+from .text import printable
 
 LOG_TAIL = 4000
 DEFAULT_PKGNAME_COMMAND = "bmake show-var VARNAME=PKGNAME"
 
 
 def describe_log(path: str):
-    """({"name", "size", "sha256"}, last few KB as text) of a build log."""
+    """({"name", "size", "sha256"}, last few KB as text) of a build log.
+
+    The text has its control characters escaped (colours, carriage returns): a result record
+    refuses them. The log itself is uploaded as it is.
+    """
     h = hashlib.sha256()
     size = 0
     with open(path, "rb") as f:
@@ -30,7 +35,9 @@ def describe_log(path: str):
             size += len(chunk)
         f.seek(max(0, size - LOG_TAIL))
         tail = f.read().decode("utf-8", "replace")
-    return {"name": os.path.basename(path), "size": size, "sha256": h.hexdigest()}, tail
+    # Escapes make it longer: keep the end, which says why the build failed.
+    return {"name": os.path.basename(path), "size": size, "sha256": h.hexdigest()}, \
+        printable(tail, keep_newlines=True)[-LOG_TAIL:]
 
 
 def job_environment(job: dict, base: dict | None = None) -> dict:
@@ -74,7 +81,8 @@ class Worker:
         self.retry_after = None
         self.heartbeat_every = heartbeat_every
         self.max_wait = max_wait
-        self.out = out
+        # Lines quote server replies, reasons and names that others wrote: no control gets through.
+        self.out = lambda line: out(printable(line))
         self.stop_signal = None
         self.child = None
         self.log_dir = os.path.join(queue.cache_dir, "logs")

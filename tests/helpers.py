@@ -58,9 +58,14 @@ def write_jsonl(path, jobs):
 
 
 def gitqueue(*args, env=None, check=False, timeout=120):
-    """Run the real command line in a new process."""
+    """Run the real command line in a new process, with this checkout's gitqueue.
+
+    PYTHONPATH names this checkout: the shared Python's installed gitqueue may be another one's.
+    """
+    base = {**os.environ, **(env or {})}
+    base["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), base.get("PYTHONPATH")) if p)
     proc = subprocess.run([sys.executable, "-m", "gitqueue", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
+                          env=base, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"gitqueue {' '.join(map(str, args))} exited {proc.returncode}: {proc.stderr}")
     return proc

@@ -30,7 +30,7 @@ def keypair(directory: Path, name: str) -> Path:
 
 
 class SignedQueue:
-    def __init__(self, tmp_path: Path, jobs=JOBS, max_record_bytes=None):
+    def __init__(self, tmp_path: Path, jobs=JOBS, max_record_bytes=None, packages_url=""):
         self.tmp = tmp_path
         keys = tmp_path / "keys"
         keys.mkdir(exist_ok=True)
@@ -40,7 +40,8 @@ class SignedQueue:
         subprocess.run(["git", "init", "-q", "--bare", "--initial-branch=main", self.path], check=True)
         alice = self.signers["alice"]
         with self.queue("alice") as q:
-            init_queue(q, "hostile", lease_ttl=60, admins=[{"name": "alice", "key": alice.public_key}],
+            init_queue(q, "hostile", lease_ttl=60, packages_url=packages_url,
+                       admins=[{"name": "alice", "key": alice.public_key}],
                        **({"max_record_bytes": max_record_bytes} if max_record_bytes else {}))
             import_jobs(q, jobs, "g.jsonl")
             for name, key in (("w1", "k1"), ("w2", "k2"), ("w3", "k3")):

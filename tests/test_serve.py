@@ -1,5 +1,6 @@
 """gitqueue serve as the ssh forced command of each worker's key: identity for the hook, rrsync uploads."""
 
+import json
 import os
 import shlex
 import subprocess
@@ -7,7 +8,7 @@ import sys
 
 import pytest
 
-from gitqueue import lease
+from gitqueue import lease, records
 from gitqueue.hook import install
 from gitqueue.names import record_path
 from gitqueue.transfer import TransferError, upload
@@ -131,3 +132,76 @@ def test_upload_refused_is_a_transfer_error(served, sshd, tmp_path):
     with pytest.raises(TransferError, match="refused"):
         upload([str(package)], f"{sshd.user}@{sshd.host}:/tmp/elsewhere", "cd" * 16,
                rsh=f"{served.ssh['w1']} -p {sshd.port}", attempts=1)
+
+
+# -- two identities on one machine -------------------------------------------------------------
+
+
+class Identities:
+    """Workers w1 and w2 of one machine: one cache root, ssh commands differing only in -i."""
+
+    def __init__(self, tmp_path, sshd):
+        self.sshd = sshd
+        self.tree = tmp_path / "packages"
+        self.tree.mkdir()
+        self.sq = SignedQueue(tmp_path, packages_url=f"ssh://{sshd.user}@{sshd.host}:{sshd.port}{self.tree}")
+        install(self.sq.path, sys.executable, package_dir=str(REPO))
+        self.cache = tmp_path / "cache"
+        self.env = {}
+        self.ssh = {}
+        # w1's key may not upload (no --packages): an upload through its connection is refused.
+        for name, signing, extra in (("w1", "k1", ()), ("w2", "k2", ("--packages", self.tree))):
+            command = serve_command("--worker", name, "--repo", self.sq.path, *extra)
+            key = sshd.new_client_key(f"id-{name}-{tmp_path.name}-{os.getpid()}", f'command="{command}",restrict')
+            self.ssh[name] = sshd.ssh_command.replace(str(sshd.client_key), str(key))
+            self.env[name] = {"GITQUEUE_CACHE": str(self.cache), "GITQUEUE_CONFIG": str(tmp_path / "none.toml"),
+                              "GITQUEUE_SSH_COMMAND": self.ssh[name], "GITQUEUE_SSH_REUSE": "",
+                              "GITQUEUE_SIGNING_KEY": str(self.sq.keys[signing]), "GITQUEUE_WORKER": name,
+                              "GITQUEUE_QUEUE": sshd.url(self.sq.path)}
+
+    def master(self, name, operation="check") -> int:
+        """`ssh -O check` (or exit) on the shared connection gitqueue gives `name`'s ssh command."""
+        from gitqueue.cli.main import _ssh_command
+
+        argv = [*shlex.split(_ssh_command(self.ssh[name], str(self.cache))), "-O", operation,
+                "-p", str(self.sshd.port), f"{self.sshd.user}@{self.sshd.host}"]
+        return subprocess.run(argv, capture_output=True, timeout=30).returncode
+
+
+@pytest.fixture
+def identities(tmp_path, sshd, monkeypatch):
+    monkeypatch.delenv("GITQUEUE_SSH_REUSE", raising=False)
+    ids = Identities(tmp_path, sshd)
+    yield ids
+    for name in ids.ssh:
+        ids.master(name, "exit")  # rather than lingering for ControlPersist's 60 s
+
+
+def test_two_identities_of_one_machine_push_through_their_own_connections(identities):
+    """ssh's %C names user, host and port only: w2 must not push through w1's authenticated connection."""
+    first = gitqueue("claim", "--json", env=identities.env["w1"])
+    assert first.returncode == 0, first.stderr
+    assert identities.master("w1") == 0  # w1's connection stays up for the next command
+    second = gitqueue("claim", "--json", env=identities.env["w2"])
+    # Through w1's connection the hook would see w1's ssh key: "pushed with the ssh key of w1" [pusher]
+    assert second.returncode == 0, second.stderr
+    got = json.loads(second.stdout)
+    lease_record = records.loads("lease", identities.sq.read(record_path("leases", got["job"])), "lease")
+    assert lease_record["worker"] == "w2" and lease_record["token"] == got["lease"]
+    assert identities.master("w2") == 0
+
+
+def test_uploads_go_through_the_uploading_identitys_own_connection(identities, tmp_path):
+    """rsync's ssh gets the same treatment: w2's upload is not refused by w1's forced command."""
+    w2 = identities.env["w2"]
+    got = json.loads(gitqueue("claim", "--json", env={**w2, "GITQUEUE_SSH_REUSE": "0"}, check=True).stdout)
+    gitqueue("status", env=identities.env["w1"], check=True)
+    assert identities.master("w1") == 0
+    package = tmp_path / f"{got['job']}.tgz"
+    package.write_bytes(b"built by w2\n")
+    proc = gitqueue("report", got["job"], "--status", "success", "--package", package, "--lease", got["lease"],
+                    env=w2)
+    assert proc.returncode == 0, proc.stderr
+    assert (identities.tree / "incoming" / got["lease"] / package.name).read_bytes() == b"built by w2\n"
+    result = records.loads("result", identities.sq.read(record_path("results", got["job"])), "result")
+    assert result["worker"] == "w2" and result["signer"] == identities.sq.signers["k2"].fingerprint

@@ -12,6 +12,7 @@ import sys
 import click
 
 from ..errors import GitqueueError
+from ..text import printable
 
 CONFIG_KEYS = ("queue", "worker", "cache_dir", "ssh_command", "branch", "host",
                # what the worker is, when detection is wrong or impossible
@@ -110,7 +111,7 @@ class Context:
         if self.config.get("network_timeout"):
             kwargs["network_timeout"] = self.config["network_timeout"]
         return Queue(url, self.cache_dir, self.branch, _ssh_command(self.ssh_command, self.cache_dir),
-                     signer=self.signer(), notice=lambda message: click.echo(message, err=True), **kwargs)
+                     signer=self.signer(), notice=lambda message: click.echo(printable(message), err=True), **kwargs)
 
     def signer(self):
         """The signing.Signer of --signing-key (or its env and config), or None."""
@@ -139,20 +140,40 @@ class Context:
         return self.worker_name
 
 
+# A unix socket's path holds at most 103 bytes (sun_path is 104 on the BSDs and macOS, 108 on
+# Linux, with the NUL). ssh first binds the socket under a temporary name: the path + "." + 16
+# random characters.
+SOCKET_PATH_MAX = 103
+SSH_TEMP_SUFFIX = 17
+
+
 def _ssh_command(command, cache_dir):
-    """ssh with OpenSSH connection reuse: one handshake serves many fetches and pushes."""
+    """ssh with OpenSSH connection reuse: one handshake serves many fetches and pushes.
+
+    A connection is shared only by commands that authenticate the same way: the same ssh command
+    (its -i KEY, -F CONFIG and -o options), the same agent, user, host and port.
+    """
     base = command or "ssh"
     if "ControlMaster" in base or os.environ.get("GITQUEUE_SSH_REUSE") == "0":
         return base
-    # A unix socket path must stay under ~104 bytes: "/ssh-" + %C (40) + ssh's temporary
-    # suffix (17) leave 40 for the directory. And it goes through two word splittings (this
-    # command's, then ssh's own -o parsing), so a directory with spaces or quotes is not used.
-    plain = len(cache_dir) <= 40 and re.fullmatch(r"[A-Za-z0-9/._+-]+", cache_dir)
+    # ssh's %C hashes this host and the remote user, host and port, not the key: a second
+    # identity of this machine (its own key, config or agent) would run through the first one's
+    # authenticated connection, under its forced command, and push as that worker. So the name
+    # also carries a hash of the whole command and of the agent socket that offers keys.
+    import hashlib
+
+    identity = hashlib.sha256(f"{base}\0{os.environ.get('SSH_AUTH_SOCK', '')}".encode()).hexdigest()[:12]
+    name = f"ssh-{identity}-%C"
+    # The path must stay under the limit with %C expanded (40 hex digits). And it goes through
+    # two word splittings (this command's, then ssh's own -o parsing), so a directory with
+    # spaces or quotes is not used.
+    longest = SOCKET_PATH_MAX - SSH_TEMP_SUFFIX - len(os.sep + name.replace("%C", "c" * 40))
+    plain = len(cache_dir) <= longest and re.fullmatch(r"[A-Za-z0-9/._+-]+", cache_dir)
     directory = cache_dir if plain else os.path.join("/tmp", f"gitqueue-{os.getuid()}")
     os.makedirs(directory, mode=0o700, exist_ok=True)
     if os.stat(directory).st_uid != os.getuid():
         return base  # someone else's directory: no shared sockets
-    path = os.path.join(directory, "ssh-%C")
+    path = os.path.join(directory, name)
     # Keepalives: a worker behind NAT whose connection silently died gives up after about a
     # minute and retries, instead of waiting on the dead connection forever.
     return (f"{base} -o ControlMaster=auto -o ControlPath={path} -o ControlPersist=60"
@@ -173,13 +194,17 @@ def json_option(f):
 
 
 def emit(data, as_json, text):
-    """Print `data` as JSON, or the human text `text` (a string or a callable returning one)."""
+    """Print `data` as JSON, or the human text `text` (a string or a callable returning one).
+
+    JSON keeps the data exact (json.dumps escapes control characters); the text shows them as
+    escapes, whatever a record or commit message held.
+    """
     if as_json:
         import json
 
         click.echo(json.dumps(data, indent=2, sort_keys=False))
     else:
-        click.echo(text() if callable(text) else text)
+        click.echo(printable(text() if callable(text) else text, keep_newlines=True))
 
 
 # Which module defines each command: only that one is imported when the command runs.
@@ -210,12 +235,13 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except GitqueueError as e:
-            click.echo(f"Error: {e}", err=True)
+            # Messages quote paths, names and server replies that others wrote: one printable line.
+            click.echo(f"Error: {printable(str(e))}", err=True)
             ctx.exit(e.exit_code)
         except OSError as e:
             # A file the user named (log, graph) or the cache: say which, in one line.
             where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-            click.echo(f"Error: {where}{e.strerror or e}", err=True)
+            click.echo(f"Error: {printable(where + str(e.strerror or e))}", err=True)
             ctx.exit(1)
 
 

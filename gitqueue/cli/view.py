@@ -4,6 +4,7 @@ import time
 
 import click
 
+from ..text import printable_lines
 from .main import cli, context, emit, json_option, queue_option
 
 
@@ -64,7 +65,7 @@ def status_text(data) -> str:
              + (f", about {_duration(eta)} to go" if eta and not data["finished"] else "")]
     lines.append("  ".join(f"{state} {n}" for state, n in c.items()))
     if not data["total"]:
-        return "\n".join(lines)
+        return printable_lines(lines)
     lines.append(f"{_bar(data['build_progress'])} {data['built']}/{data['buildable']} buildable built "
                  f"({data['build_progress']:.1%})")
     rate = data["rate"]
@@ -74,7 +75,8 @@ def status_text(data) -> str:
                      f"started {data['started']}, "
                      + ("finished in " if data["finished"] else "running for ") + _duration(data["elapsed"]))
     if data["workers"]:
-        lines.append(f"workers:\n  {'worker':16} {'current job':32} {'for':>8} {'heard':>8} {'done':>5} "
+        lines.append("workers:")
+        lines.append(f"  {'worker':16} {'current job':32} {'for':>8} {'heard':>8} {'done':>5} "
                      f"{'failed':>6} {'speed':>6}")
         for w in data["workers"]:
             speed = f"{w['speed']:.2f}x" if w["speed"] else "-"
@@ -93,7 +95,7 @@ def status_text(data) -> str:
     if data.get("skipped"):
         lines.append("skipped (no way on this architecture):")
         lines.extend(f"  {s['job']:40} {s['reason']}" for s in data["skipped"])
-    return "\n".join(lines)
+    return printable_lines(lines)
 
 
 @cli.command("html")
@@ -178,7 +180,7 @@ def history_text(rows) -> str:
         started = time_text(r["start"]).removesuffix(" UTC") if r["start"] is not None else "-"
         tail = r["log"] or (r["reason"] or "")
         lines.append(f"{r['queue']:16} {r['job']:32} {r['worker'] or '-':14} {started:20} {took:>8}  {result:18} {tail}")
-    return "\n".join(lines)
+    return printable_lines(lines)
 
 
 @cli.command("diff")
@@ -222,4 +224,4 @@ def diff_text(data) -> str:
             sign = "+" if c["change"] >= 0 else "-"
             lines.append(f"  {c['pkgpath'] or '-':30} {c['new']:32} {_duration(c['old_seconds']):>10} -> "
                          f"{_duration(c['new_seconds']):>10} ({sign}{_duration(abs(c['change']))})")
-    return "\n".join(lines)
+    return printable_lines(lines)

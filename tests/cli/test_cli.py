@@ -6,7 +6,10 @@ in tmp_path; the user's own configuration and environment are never read.
 """
 
 import json
+import os
 import subprocess
+import sys
+import textwrap
 import time
 import tomllib
 
@@ -16,7 +19,7 @@ from click.testing import CliRunner
 from gitqueue.cli.main import cli
 from gitqueue.names import record_path
 
-from helpers import SUBSET, git_log, gitqueue, job, make_queue, write_jsonl
+from helpers import REPO, SUBSET, git_log, gitqueue, job, make_queue, write_jsonl
 
 CHAIN = [job("a-1", pkgpath="cat/a"), job("b-1", ["a-1"], pkgpath="cat/b")]
 # Settings a developer's shell may carry; the tests must not see them.
@@ -389,6 +392,14 @@ def test_release_then_that_worker_is_not_offered_the_job_again(gq, tmp_path):
     assert claim(gq, url, "w2")["job"] == "a-1"
 
 
+def test_a_release_reason_with_controls_is_recorded_escaped(gq, tmp_path):
+    url = make_queue(tmp_path, CHAIN)
+    claim(gq, url)
+    gq("release", "a-1", "--queue", url, "--worker", "w1", "--reason", "bmake: \x1b[31mno such target\x1b[0m")
+    declines = show(url, record_path("declines", "a-1"))
+    assert declines["declined"][0]["reason"] == "bmake: \\x1b[31mno such target\\x1b[0m"
+
+
 def test_release_of_a_job_not_held_exits_5(gq, tmp_path):
     url = make_queue(tmp_path, CHAIN)
     claim(gq, url)
@@ -465,6 +476,43 @@ def test_queue_that_does_not_exist(gq, tmp_path):
 def test_unreachable_git_url_fails_in_one_line(gq):
     line = gq.error("status", "--queue", "git://127.0.0.1:1/q.git")
     assert line.startswith("Error: git://127.0.0.1:1/q.git: fetch failed: ")
+
+
+def control_path(command, cache_dir) -> str:
+    """The ControlPath that gitqueue gives ssh for `command` with the cache root `cache_dir`."""
+    import shlex
+
+    from gitqueue.cli.main import _ssh_command
+
+    options = [word.partition("=") for word in shlex.split(_ssh_command(command, str(cache_dir)))]
+    return next(value for key, _, value in options if key == "ControlPath")
+
+
+def test_one_ssh_connection_per_identity(tmp_path, monkeypatch):
+    """ssh's %C names only user, host and port: what picks the key must name the socket too."""
+    monkeypatch.delenv("GITQUEUE_SSH_REUSE", raising=False)
+    monkeypatch.setenv("SSH_AUTH_SOCK", "/run/agent-1")
+    one = "ssh -F /dev/null -i /keys/w1 -o IdentitiesOnly=yes"
+    two = one.replace("/keys/w1", "/keys/w2")
+    assert control_path(one, tmp_path) == control_path(one, tmp_path)
+    assert control_path(one, tmp_path) != control_path(two, tmp_path)
+    assert control_path(one, tmp_path) != control_path(one + " -F /etc/other", tmp_path)
+    first = control_path(one, tmp_path)
+    monkeypatch.setenv("SSH_AUTH_SOCK", "/run/agent-2")  # another agent offers other keys
+    assert control_path(one, tmp_path) != first
+    import tempfile
+
+    short = tempfile.mkdtemp(prefix="gq", dir="/tmp")
+    try:
+        for cache in (tmp_path / ("c" * 200), tmp_path, short):
+            path = control_path(one, cache)
+            # %C becomes 40 hex digits; ssh binds "PATH.XXXXXXXXXXXXXXXX" first; sun_path holds 103 bytes
+            assert path.endswith("-%C") and len(path.replace("%C", "f" * 40)) + 17 <= 103, path
+            assert os.stat(os.path.dirname(path)).st_uid == os.getuid()
+        assert os.path.dirname(control_path(one, short)) == short  # short and plain: the cache itself
+    finally:
+        os.rmdir(short)
+    assert os.path.dirname(control_path(one, tmp_path / ("c" * 200))) == f"/tmp/gitqueue-{os.getuid()}"
 
 
 def test_config_file_supplies_queue_and_worker(gq, tmp_path):
@@ -572,10 +620,55 @@ def test_a_record_whose_job_does_not_match_its_path_is_refused(gq, tmp_path):
     assert line.startswith(f"Error: {path}")
 
 
+def test_a_hostile_path_in_an_error_line_is_escaped(gq, tmp_path):
+    url = make_queue(tmp_path, CHAIN, hook=False)
+    commit_by_hand(url, tmp_path, "leases/ab/a\x1b]0;owned\x07\x1b[2J\r-1.toml", 'job = "a-1"\n')
+    line = gq.error("status", "--queue", url)
+    assert line == "Error: leases/ab/a\\x1b]0;owned\\x07\\x1b[2J\\x0d-1.toml: missing required key 'worker'"
+
+
+def test_every_commands_text_shows_controls_escaped_and_json_keeps_them():
+    """emit() is how commands print: whatever a field holds, no raw control reaches the terminal."""
+    import click
+
+    from gitqueue.cli.main import emit
+
+    @click.command()
+    @click.option("--json", "as_json", is_flag=True)
+    def show(as_json):
+        emit({"reason": "a\x1b[2J\tb\u202e"}, as_json, lambda: "reason: a\x1b[2J\tb\u202e\nnext")
+
+    assert CliRunner().invoke(show, []).stdout == "reason: a\\x1b[2J\tb\\u202e\nnext\n"
+    assert json.loads(CliRunner().invoke(show, ["--json"]).stdout) == {"reason": "a\x1b[2J\tb\u202e"}
+
+
 def test_a_config_value_of_the_wrong_type_is_one_error_line(gq, tmp_path):
     config = tmp_path / "config.toml"
     config.write_text("queue = 5\n")
     assert gq.error("status", env={"GITQUEUE_CONFIG": str(config)}).startswith(f"Error: {config}: ")
+
+
+# -- the workers registry -----------------------------------------------------------------------
+
+
+def test_the_registry_of_an_unsigned_queue_is_not_changed(gq, tmp_path):
+    """Without admins nothing checks signatures: a registry would only seem to protect the queue."""
+    url = tmp_path / "q.git"
+    gq("init", url)
+    key = tmp_path / "admin"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    before = history(url)
+    refused = (f"Error: {url} is unsigned (no administrators in queue.toml): a worker registry would not be "
+               "enforced; create a signed queue with gitqueue init --admin NAME=KEY.pub (docs/trust.md)")
+    # With a signing key too: the administrator who forgot --admin at init.
+    for signing in ((), ("--signing-key", key)):
+        assert gq.error(*signing, "worker", "add", "w1", "--key", f"{key}.pub", "--queue", url) == refused
+        assert gq.error(*signing, "worker", "revoke", "w1", "--queue", url) == refused
+    assert history(url) == before
+    # Reading the (empty) registry still works.
+    assert gq("worker", "list", "--queue", url).stdout == \
+        "no registered workers and no admins: this queue is not signed\n"
+    assert gq("worker", "allowed-signers", "--queue", url).stdout == "# gitqueue allowed signers: q\n"
 
 
 # -- the worker loop ----------------------------------------------------------------------------
@@ -609,6 +702,24 @@ def test_work_once_reports_failure(tmp_path):
     assert proc.returncode == 4 and proc.stderr == "Error: queue finished: every job has a final state\n"
 
 
+def test_a_failure_with_colours_in_its_log_is_reported(tmp_path):
+    """Build logs hold colours and carriage returns; results refuse controls: the tail is escaped."""
+    url = make_queue(tmp_path, CHAIN + [job("c-1")])
+    build = "printf 'cc main.c\\r\\n\\033[31merror:\\033[0m no\\n'; exit 1"
+    proc = gitqueue("work", "--once", "--queue", url, "--worker", "w1", "--", "sh", "-c", build,
+                    env=subprocess_env(tmp_path))
+    assert proc.returncode == 0 and "w1: a-1 failure" in proc.stderr, proc.stderr
+    result = show(url, record_path("results", "a-1"))
+    assert result["log_tail"] == "cc main.c\\x0d\n\\x1b[31merror:\\x1b[0m no\n"
+    assert result["log"]["size"] == len("cc main.c\r\n\x1b[31merror:\x1b[0m no\n")  # the log itself as it was
+    # A tail of nothing but controls grows fourfold when escaped: its end is kept, within the limit.
+    proc = gitqueue("work", "--once", "--queue", url, "--worker", "w1", "--", "sh", "-c",
+                    "head -c 5000 /dev/zero; echo the end; exit 1", env=subprocess_env(tmp_path))
+    assert proc.returncode == 0 and "w1: c-1 failure" in proc.stderr, proc.stderr
+    tail = show(url, record_path("results", "c-1"))["log_tail"]
+    assert tail.endswith("\\x00the end\n") and len(tail) <= 4096
+
+
 def test_work_build_command_sees_the_job(gq, tmp_path):
     url = make_queue(tmp_path, [job("a-1"), job("py311-b-2.5", ["a-1"], version="2.5", pkgpath="lang/py-b",
                                                 multi_version={"PYTHON_VERSION_REQD": "311"})])
@@ -629,6 +740,36 @@ def test_work_when_the_queue_is_finished(gq, tmp_path):
     result = gq("work", "--queue", url, "--worker", "w1", "--", "true")
     assert "w1: queue finished (0 jobs built here; 0 pushes, 0 rejected)" in result.stderr
     assert git_log(url).splitlines()[0].startswith("import")
+
+
+def test_work_shows_what_the_server_says_escaped(tmp_path):
+    """A server's (or anyone's) message in the worker's lines and its Error line: no raw control."""
+    url = make_queue(tmp_path, CHAIN, hook=False)
+    # An "ssh" that runs the git command here the first time, then fails with a hostile message.
+    ssh = tmp_path / "ssh"
+    ssh.write_text(textwrap.dedent("""\
+        #!/bin/sh
+        n=$(cat "$0.count" 2>/dev/null || echo 0); echo $((n + 1)) > "$0.count"
+        if [ "$n" -ge 1 ]; then printf 'busy \\033]0;owned\\007\\033[2J now\\n' >&2; exit 255; fi
+        for last; do :; done
+        exec sh -c "$last"
+        """))
+    ssh.chmod(0o755)
+    env = {**subprocess_env(tmp_path), "GITQUEUE_SSH_COMMAND": str(ssh), "GITQUEUE_SSH_REUSE": "0",
+           "PYTHONPATH": str(REPO)}
+    said = "fetch failed: busy \\x1b]0;owned\\x07\\x1b[2J now"
+    worker = subprocess.Popen([sys.executable, "-m", "gitqueue", "work", "--queue", f"ssh://localhost{url}",
+                               "--worker", "w1", "--", "true"], env={**os.environ, **env}, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        line = worker.stderr.readline()  # the first fetch worked; the claim's fetch failed
+    finally:
+        worker.terminate()
+        rest = worker.communicate(timeout=30)[1]
+    assert line == f"w1: ssh://localhost{url}: {said}; retrying\n", line + rest
+    assert "\x1b" not in rest and "\x07" not in rest
+    proc = gitqueue("claim", "--queue", f"ssh://localhost{url}", "--worker", "w1", env=env)
+    assert proc.returncode == 1 and proc.stderr == f"Error: ssh://localhost{url}: {said}\n"
 
 
 def test_end_to_end_in_real_processes(tmp_path):

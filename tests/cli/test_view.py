@@ -1,6 +1,7 @@
 """The commands that show a build: status, html, history, diff (on the known build)."""
 
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -111,3 +112,77 @@ def test_diff_of_an_unknown_queue(gq, known, tmp_path):
     assert result.stderr == f"Error: {tmp_path / 'nowhere.git'}: no such repository\n"
     empty = make_queue(tmp_path, [], name="empty.git")
     assert gq("diff", empty, known).stdout.startswith("test -> test: 1 newly failing, 0 newly fixed")
+
+
+# -- hostile text ------------------------------------------------------------------------------
+
+# What a terminal must never receive raw: C0 (but newlines), DEL, C1, line separators, bidi controls.
+RAW_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+EVIL_WORKER = "w\x1b]0;owned\x07"
+EVIL_REASON = "\x1b[2J\rall clear \u202eevil\u2069 \x9b31m\u2028end"
+
+
+def commit_message(url, message):
+    """Commit `message` on the queue's tip with the same tree, as a local writer or an old gitqueue could."""
+    from dulwich.repo import Repo
+
+    from gitqueue.gitstore import make_commit
+
+    with Repo(url) as repo:
+        tip = repo.refs[b"refs/heads/main"]
+        commit = make_commit(repo.object_store[tip].tree, tip, message, "mallory <m@example.org>")
+        repo.object_store.add_object(commit)
+        repo.refs[b"refs/heads/main"] = commit.id
+
+
+def test_worker_written_text_reaches_no_terminal_raw(gq, known, tmp_path):
+    """Trailers are read as the build's history: a hostile worker name and reason come out escaped."""
+    lease = "cd" * 16
+    commit_message(known, f"claim f-1.0\n\nGitqueue-Action: claim\nGitqueue-Job: f-1.0\n"
+                          f"Gitqueue-Worker: {EVIL_WORKER}\nGitqueue-Lease: {lease}\n")
+    commit_message(known, f"release f-1.0\n\nGitqueue-Action: release\nGitqueue-Job: f-1.0\n"
+                          f"Gitqueue-Worker: {EVIL_WORKER}\nGitqueue-Lease: {lease}\nGitqueue-Reason: {EVIL_REASON}\n")
+    site = tmp_path / "site"
+    gq("html", site, "--queue", known)
+    shown = {
+        "status": gq("status", "--queue", known).stdout,
+        "history": gq("history", "cat/f", "--queue", known).stdout,
+        "html --text": gq("html", "--text", "--queue", known).stdout,
+        "report.txt": (site / "report.txt").read_text(),
+        "diff": gq("diff", known, known).stdout,
+    }
+    for command, out in shown.items():
+        assert not RAW_CONTROL.search(out), (command, out)
+    for command in ("status", "history", "html --text", "report.txt"):
+        assert "w\\x1b]0;owned\\x07" in shown[command], (command, shown[command])
+    released = [line for line in shown["history"].splitlines() if "released" in line][-1]
+    assert released.endswith("released           \\x1b[2J\\x0dall clear \\u202eevil\\u2069 \\x9b31m\\u2028end")
+    # --json keeps the data exact; JSON escapes the controls itself.
+    raw = gq("history", "cat/f", "--queue", known, "--json").stdout
+    assert not RAW_CONTROL.search(raw)
+    assert (EVIL_WORKER, "released", EVIL_REASON) in [(r["worker"], r["result"], r["reason"]) for r in json.loads(raw)]
+
+
+def test_trailers_gitqueue_cannot_have_written_are_left_out(gq, known, tmp_path):
+    """A report with a made-up status, an action naming no worker, an infinite duration: no traceback."""
+    before = json.loads(gq("history", "cat/f", "--queue", known, "--json").stdout)
+    lease = "ef" * 16
+    for trailers in (f"Action: claim\nGitqueue-Job: f-1.0\nGitqueue-Lease: {lease}",  # whose claim?
+                     f"Action: report\nGitqueue-Job: f-1.0\nGitqueue-Worker: w1\nGitqueue-Lease: {lease}\n"
+                     f"Gitqueue-Status: \x1b[31mbogus",
+                     "Action: heartbeat\nGitqueue-Held: f-1.0",
+                     f"Action: report\nGitqueue-Worker: w1\nGitqueue-Lease: {lease}\nGitqueue-Status: success"):
+        commit_message(known, f"made up\n\nGitqueue-{trailers}\n")
+    assert json.loads(gq("history", "cat/f", "--queue", known, "--json").stdout) == before
+    commit_message(known, f"claim\n\nGitqueue-Action: claim\nGitqueue-Job: f-1.0\nGitqueue-Worker: w9\n"
+                          f"Gitqueue-Lease: {lease}\n")
+    commit_message(known, f"report\n\nGitqueue-Action: report\nGitqueue-Job: f-1.0\nGitqueue-Worker: w9\n"
+                          f"Gitqueue-Lease: {lease}\nGitqueue-Status: success\nGitqueue-Duration: inf\n")
+    rows = json.loads(gq("history", "cat/f", "--queue", known, "--json").stdout)
+    assert rows[:-1] == before and (rows[-1]["worker"], rows[-1]["result"]) == ("w9", "success")
+    assert 0 <= rows[-1]["duration"] < 60  # measured from the commit times, not "inf"
+    assert gq("history", "cat/f", "--queue", known).stdout.splitlines()[-1].split()[2] == "w9"
+    gq("status", "--queue", known)
+    gq("html", tmp_path / "site", "--queue", known)
+    workers = [w["worker"] for w in json.loads(gq("html", "--json", "--queue", known).stdout)["workers"]]
+    assert workers == ["w1", "w2", "w3", "w9"]
