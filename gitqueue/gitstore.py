@@ -40,21 +40,56 @@ class ObjectFormatError(GitqueueError):
     """An object that is not what git would store (malformed, unsorted or duplicate tree entries)."""
 
 
+def _stores(store) -> list:
+    base = getattr(store, "_store", store)  # a CachingStore
+    return [base, *(getattr(base, "alternates", None) or [])]
+
+
+def _loose_path(s, sha: bytes) -> str | None:
+    root = getattr(s, "path", None)
+    if not isinstance(root, str):
+        return None
+    hexsha = sha.decode("ascii")
+    return os.path.join(root, hexsha[:2], hexsha[2:])
+
+
+def read_raw(store, sha: bytes) -> tuple[str, bytes]:
+    """(type, contents) of object `sha` exactly as stored, never parsed (dulwich parses a loose
+    object as it reads it, and refuses, say, a tree with a malformed mode). Check its size with
+    `object_header` first. Raises KeyError when absent."""
+    import zlib
+
+    for s in _stores(store):
+        path = _loose_path(s, sha)
+        if path is None:
+            continue
+        try:
+            with open(path, "rb") as f:
+                data = zlib.decompress(f.read())
+        except FileNotFoundError:
+            continue
+        except zlib.error:
+            raise ObjectFormatError(f"object {sha.decode()}: damaged loose object") from None
+        head, _, body = data.partition(b"\0")
+        return head.split(b" ", 1)[0].decode("ascii", "replace"), body
+    type_num, raw = store.get_raw(sha)
+    return TYPE_NAMES.get(type_num, "object"), raw
+
+
 def object_header(store, sha: bytes) -> tuple[str, int] | None:
     """(type, size) of object `sha` read from its header only, never its contents; None if absent.
 
     Loose objects give both in their first inflated bytes; packed ones in the entry header (a
     delta's size in the first bytes of its delta). So a huge object costs nothing to refuse.
     """
-    base = getattr(store, "_store", store)  # a CachingStore
-    stores = [base, *(getattr(base, "alternates", None) or [])]
+    stores = _stores(store)
+    base = stores[0]
     for s in stores:
-        root = getattr(s, "path", None)
-        if isinstance(root, str):
-            hexsha = sha.decode("ascii")
+        path = _loose_path(s, sha)
+        if path is not None:
             try:
-                with open(os.path.join(root, hexsha[:2], hexsha[2:]), "rb") as f:
-                    return _loose_header(f, hexsha)
+                with open(path, "rb") as f:
+                    return _loose_header(f, sha.decode("ascii"))
             except FileNotFoundError:
                 pass
         for pack in getattr(s, "packs", ()):

@@ -13,6 +13,7 @@ hook: whoever can write the repository's files is trusted.
 import os
 import sys
 
+from .text import printable
 from .rules import ChainError, Options, State, Violation, check_commit, first_parent_chain
 
 ZERO = b"0" * 40
@@ -310,7 +311,7 @@ def run(git_dir: str, environ: dict, stdin, stderr, branch: str = "main") -> int
         return 0
     stderr.write(f"gitqueue: push refused, {len(found)} rule{'s' if len(found) > 1 else ''} broken:\n")
     for v in found[:MAX_LINES]:
-        stderr.write(f"gitqueue: {v}\n")
+        stderr.write(f"gitqueue: {printable(str(v))}\n")
     if len(found) > MAX_LINES:
         stderr.write(f"gitqueue: ... and {len(found) - MAX_LINES} more\n")
     stderr.flush()

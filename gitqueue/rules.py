@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from . import layout, records
 from .errors import GitqueueError
-from .gitstore import ObjectFormatError, TreeReader, object_header, parse_tree_entries
+from .gitstore import ObjectFormatError, TreeReader, object_header, parse_tree_entries, read_raw
 from .layout import FILE_MODE, JOB_DIRS, ROOT, SETTINGS, TOP_FILES, TREE_MODE, WORKER_DIRS
 
 DEFAULT_MAX_RECORD_BYTES = 65536
@@ -193,7 +193,7 @@ class TreeWalk:
             self._fail(path, "size", f"{where}: a tree of {header[1]} bytes, more than {MAX_TREE_BYTES}")
             return None
         try:
-            entries = parse_tree_entries(self.store.get_raw(sha)[1])
+            entries = parse_tree_entries(read_raw(self.store, sha)[1])
         except ObjectFormatError as e:
             self._fail(path, "layout", f"{where}: {e}")
             return None
@@ -204,7 +204,7 @@ class TreeWalk:
         if sha is None:
             return []
         try:
-            return parse_tree_entries(self.store.get_raw(sha)[1])
+            return parse_tree_entries(read_raw(self.store, sha)[1])
         except ObjectFormatError:  # a tree a local writer left: dulwich's reading of it will do
             return [(b"%o" % e.mode, e.path, e.sha) for e in self.store[sha].iteritems()]
 

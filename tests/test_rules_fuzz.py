@@ -125,3 +125,74 @@ def test_any_commit_gets_a_verdict(queues, which, spec, executable):
     if any(path in HOSTILE for path, v in spec.items() if v is not None) or executable and any(
             v is not None for v in spec.values()):
         assert verdict.violations, f"{sorted(spec)} passed"
+
+
+# -- trees as git stores them ------------------------------------------------------------------------
+
+MODES = [b"100644", b"0100644", b"40000", b"040000", b"100755", b"120000", b"160000", b"644", b"x"]
+NAMES = [b"w1.toml", b"w2.toml", b"w9.toml", b"results/63/a-1.toml", b"a-1.toml", b".", b"..", b".git", b".GIT",
+         b"w1.toml\x00x", b"w 1.toml", b"\xff.toml", b""]
+raw_entries = st.lists(st.tuples(st.sampled_from(MODES), st.one_of(st.sampled_from(NAMES), st.binary(max_size=10))),
+                       min_size=1, max_size=5)
+
+
+@FUZZ
+@given(which=st.sampled_from(["plain", "signed"]), entries=raw_entries, where=st.sampled_from(["heartbeats", "root"]))
+def test_any_raw_tree_gets_a_verdict(queues, which, entries, where):
+    """Entries with any mode and name bytes, in any order, duplicates included, in the heartbeats/
+    directory or the root: a verdict every time, and a refusal unless the tree is exactly what git
+    and the layout allow there."""
+    from gitqueue import layout
+
+    with Repo(queues[which]) as repo:
+        store = repo.object_store
+        tip = repo.refs[b"refs/heads/main"]
+        blob = Blob.from_string(b'worker = "w1"\nseq = 7\n')
+        store.add_object(blob)
+        raw = b"".join(b"%s %s\0" % (mode, name) + bytes.fromhex(blob.id.decode()) for mode, name in entries)
+        base = store[store[tip].tree]
+        if where == "heartbeats":
+            tree = _store_raw(queues[which], b"tree", raw)
+            root = Tree.from_raw_string(Tree.type_num, base.as_raw_string())
+            root.add(b"heartbeats", 0o40000, tree)
+            store.add_object(root)
+            root = root.id
+            place = ("workers", "heartbeats")
+        else:
+            root = _store_raw(queues[which], b"tree", base.as_raw_string() + raw)
+            entries = [(b"%o" % e.mode if e.mode != 0o40000 else b"40000", e.path) for e in base.iteritems()] + entries
+            place = layout.ROOT
+        c = Commit()
+        c.tree, c.parents = root, [tip]
+        c.author = c.committer = b"fuzz <fuzz@gitqueue>"
+        c.author_time = c.commit_time = 1_800_000_000
+        c.author_timezone = c.commit_timezone = 0
+        c.message = b"heartbeat w1"
+        store.add_object(c)
+        state = rules.State(store, base.id)
+        verdict = rules.check_commit(store, state, c)
+    keys = [name + (b"/" if mode == b"40000" else b"") for mode, name in entries]
+    canonical = keys == sorted(set(keys)) and all(
+        layout.entry_problem(place, name, mode) is None and b"\0" not in name and b" " not in mode
+        for mode, name in entries)
+    if not canonical:
+        assert verdict.violations, f"{entries!r} at {where} passed"
+    for v in verdict.violations:
+        assert "\n" not in str(v)
+
+
+def _store_raw(repo_path, kind: bytes, raw: bytes) -> bytes:
+    """Write an object of `kind` with exactly the bytes `raw` (no parser in the way); its id."""
+    import hashlib
+    import os
+    import zlib
+
+    data = kind + b" %d\0" % len(raw) + raw
+    sha = hashlib.sha1(data).hexdigest()
+    directory = os.path.join(repo_path, "objects", sha[:2])
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, sha[2:])
+    if not os.path.exists(path):
+        with open(path, "wb") as f:
+            f.write(zlib.compress(data))
+    return sha.encode()

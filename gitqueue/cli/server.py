@@ -78,15 +78,18 @@ def verify_cmd(url, queue_url, admin_key, packages_dir, as_json):
             audit = replay(queue.remote, tip, Options(root_key=root_key), packages_dir)
     else:
         audit = _replay_remote(ctx, Options(root_key=root_key), packages_dir)
+    from ..text import printable
+
     if as_json:
         import json
 
         click.echo(json.dumps(audit.as_dict(), indent=2))
     else:
-        click.echo(_summary(audit))
+        click.echo(printable(_summary(audit), keep_newlines=True))
     if audit.violations:
         v = audit.violations[0]
-        click.echo(f"Error: commit {v.commit}{' ' + v.path if v.path else ''}: {v.message} [{v.rule}]", err=True)
+        click.echo(printable(f"Error: commit {v.commit}{' ' + v.path if v.path else ''}: {v.message} [{v.rule}]"),
+                   err=True)
         sys.exit(1)
 
 
