@@ -10,6 +10,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Every process a test starts (`python -m gitqueue ...`, hooks, workers) imports this checkout's
+# gitqueue, whichever one the shared Python has installed and whatever the working directory.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(Path(__file__).resolve().parents[1])] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 
 from sshd import SshServer, SshServerError, sshd_available  # noqa: E402
 
