@@ -66,22 +66,35 @@ def _write_atomic(path, data):
     os.replace(tmp, path)
 
 
+class Markup(str):
+    """Text that is already HTML: a table cell shows it as it is (every other cell is escaped)."""
+
+
+def _cell(value) -> str:
+    return value if isinstance(value, Markup) else escape(str(value))
+
+
 def _table(table_id, headers, rows, numeric=()) -> str:
+    """A table; every header and cell is escaped unless it is Markup."""
     out = [f'<table id="{table_id}">']
     if headers:
         out.append("<thead><tr>")
-        out += [f'<th{" class=n" if i in numeric else ""}>{escape(h)}</th>' for i, h in enumerate(headers)]
+        out += [f'<th{" class=n" if i in numeric else ""}>{_cell(h)}</th>' for i, h in enumerate(headers)]
         out.append("</tr></thead>")
     out.append("<tbody>")
     for row in rows:
         out.append("<tr>" + "".join(
-            f'<td{" class=n" if i in numeric else ""}>{cell}</td>' for i, cell in enumerate(row)) + "</tr>")
+            f'<td{" class=n" if i in numeric else ""}>{_cell(cell)}</td>' for i, cell in enumerate(row)) + "</tr>")
     out.append("</tbody></table>")
     return "".join(out)
 
 
 def _pkg(row) -> str:
-    return escape(row.get("pkgpath") or row["job"])
+    return row.get("pkgpath") or row["job"]
+
+
+def _state(state: str) -> Markup:
+    return Markup(f'<span class="state-{escape(state)}">{escape(state)}</span>')
 
 
 def page(data: dict, links: dict | None = None) -> str:
@@ -99,27 +112,27 @@ def page(data: dict, links: dict | None = None) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{escape(title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{escape(title)}</h1>",
-        f'<p class="muted">Build {state}; queue commit <code>{data["commit"][:12]}</code>.</p>',
+        f'<p class="muted">Build {state}; queue commit <code>{escape(data["commit"][:12])}</code>.</p>',
         f'<p><span class="bar"><span style="width:{share * 100:.1f}%"></span></span> '
         f"{built} of {goal} buildable packages done ({share:.1%})</p>",
         "<h2>Summary</h2>",
         _table("summary", None, [
-            ["Platform", escape(platform_text(s))],
-            ["pkgsrc branch", escape(s.get("pkgsrc_branch") or "-")],
+            ["Platform", platform_text(s)],
+            ["pkgsrc branch", s.get("pkgsrc_branch") or "-"],
             ["Started", time_text(data["started"])],
             ["Ended", time_text(data["ended"]) if data["ended"] is not None else "still running"],
             ["Duration", duration_text(data["duration"])],
         ]),
         _table("counts", ["Packages", "Count"],
-               [["Total", data["total"]]] + [[escape(label), n] for label, n in summary_rows(data)], numeric=(1,)),
+               [["Total", data["total"]]] + [[label, n] for label, n in summary_rows(data)], numeric=(1,)),
     ]
     if data["truncated"]:
         parts.append('<p class="muted">The history read starts after the build began: times are partial.</p>')
     parts.append("<h2>Packages causing the most breakage</h2>")
     if data["breakage"]:
         parts.append(_table("breakage", ["Package", "Name", "Breaks", "State", "Maintainer"], [
-            [_pkg(r), escape(r["job"]), r["breaks"], f'<span class="state-{r["state"]}">{r["state"]}</span>',
-             escape(r["maintainer"] or "")] for r in data["breakage"]], numeric=(2,)))
+            [_pkg(r), r["job"], r["breaks"], _state(r["state"]), r["maintainer"] or ""]
+            for r in data["breakage"]], numeric=(2,)))
     else:
         parts.append("<p>No failed package keeps another from building.</p>")
     legend = "".join(f'<span style="background:{color}"></span>{name}' for name, color in svg.COLORS.items())
@@ -134,20 +147,20 @@ def page(data: dict, links: dict | None = None) -> str:
     ]
     parts.append(_table("workers", ["Worker", "Built", "Failed", "Released", "Reclaimed", "Building", "Busy",
                                     "Speed", "First seen", "Last seen"], [
-        [escape(w["worker"]), w["success"], w["failure"], w["released"], w["reclaimed"], w["building"],
+        [w["worker"], w["success"], w["failure"], w["released"], w["reclaimed"], w["building"],
          duration_text(w["busy"]), f'{w["speed"]:.2f}x' if w["speed"] else "-", time_text(w["first"]),
          time_text(w["last"])] for w in data["workers"]], numeric=(1, 2, 3, 4, 5, 6, 7)))
     parts.append('<p class="muted">Speed: measured build time divided by the estimate (lower is faster).</p>')
     parts.append(f"<h2>Unsuccessful packages ({len(data['unsuccessful'])})</h2>")
     rows = []
     for u in data["unsuccessful"]:
-        reason = escape(u["reason"])
+        reason = u["reason"]
         if u["state"] == "failed" and u.get("log_tail"):
-            reason = f"<details><summary>{reason}</summary><pre>{escape(u['log_tail'])}</pre></details>"
+            reason = Markup(f"<details><summary>{escape(reason)}</summary>"
+                            f"<pre>{escape(u['log_tail'])}</pre></details>")
         link = links.get(u["job"])
-        log = f'<a href="{escape(link)}">log</a>' if link else ""
-        rows.append([_pkg(u), escape(u["job"]), f'<span class="state-{u["state"]}">{u["state"]}</span>', reason,
-                     u["breaks"] or "", escape(u["maintainer"] or ""), log])
+        log = Markup(f'<a href="{escape(link)}">log</a>') if link else ""
+        rows.append([_pkg(u), u["job"], _state(u["state"]), reason, u["breaks"] or "", u["maintainer"] or "", log])
     parts.append(_table("unsuccessful", ["Package", "Name", "State", "Reason", "Breaks", "Maintainer", "Log"], rows,
                         numeric=(4,)))
     parts.append(f'<p class="muted">Generated by gitqueue at {time_text(data["generated"])}. '

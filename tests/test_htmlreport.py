@@ -3,6 +3,7 @@ and its tables hold the numbers of a known build. The screenshot is kept as a te
 (in $GITQUEUE_ARTIFACTS, default tests/artifacts/)."""
 
 import os
+from html import escape
 
 import pytest
 
@@ -113,3 +114,21 @@ def test_logs_elsewhere_are_linked_by_url(tmp_path):
     htmlreport.write(str(tmp_path / "site"), data, log_url="https://pkgs.example.org/m68k/logs/")
     html = (tmp_path / "site" / "index.html").read_text()
     assert '<a href="https://pkgs.example.org/m68k/logs/c-3.0/c-3.0.log">log</a>' in html
+
+
+def test_every_cell_is_escaped_unless_it_is_markup(tmp_path):
+    url, clock = make_known_build(tmp_path)
+    with open_queue(url, tmp_path, host="viewer", clock=clock) as q:
+        data = bulkreport.build(q)
+    hostile = '<img src=x onerror="alert(1)">'
+    data["settings"] = dict(data["settings"], arch=hostile, pkgsrc_branch=hostile)
+    data["workers"][0]["worker"] = hostile
+    data["breakage"][0] = dict(data["breakage"][0], maintainer=hostile, pkgpath=hostile)
+    data["unsuccessful"][0] = dict(data["unsuccessful"][0], reason=hostile, log_tail=hostile, maintainer=hostile)
+    data["unsuccessful"][1] = dict(data["unsuccessful"][1], reason=hostile, job=hostile)
+    html = htmlreport.page(data, links={"c-3.0": 'logs/c-3.0.txt"><script>'})
+    assert "<img" not in html and "<script>" not in html
+    assert escape(hostile) in html
+    assert '<a href="logs/c-3.0.txt&quot;&gt;&lt;script&gt;">log</a>' in html
+    # Markup is shown as it is: the page's own links and spans.
+    assert '<span class="state-failed">failed</span>' in html
