@@ -5,12 +5,14 @@ renamed into place, so the report can be regenerated (cron, a post-receive hook)
 server serves it.
 """
 
+import errno
 import os
-import shutil
+import stat
 from html import escape
 
-from . import svg
+from . import files, svg
 from .bulkreport import duration_text, platform_text, summary_rows, text, time_text
+from .layout import is_file_name, is_log_name
 
 CSS = """
 body{font:14px/1.4 sans-serif;margin:1.5em auto;max-width:1100px;padding:0 1em;color:#222}
@@ -26,44 +28,77 @@ details pre{white-space:pre-wrap;font-size:12px;background:#f6f6f6;padding:6px;m
 """
 
 
+# The most of one build log copied into the report: its end, where the error is, after a note.
+MAX_LOG_BYTES = 4 << 20
+
+
 def write(outdir: str, data: dict, logs_dir: str | None = None, log_url: str | None = None) -> list[str]:
     """Write the report site for `data` (bulkreport.build) into `outdir`; return the paths written.
 
-    Build logs of failed packages are linked: copied from `logs_dir` (the package tree's
-    logs/, laid out logs/JOB/NAME by `gitqueue publish`) into outdir/logs/ when there, else
-    linked under `log_url` when given.
+    The build log of each failed package is linked: copied from `logs_dir` (the package tree's
+    logs/, laid out logs/JOB/NAME by `gitqueue publish`) to outdir/logs/JOB.txt, so that a web
+    server serves it as text whatever its name, at most its last MAX_LOG_BYTES (after a note
+    saying what was left out); else linked as `log_url`/JOB/NAME. A log whose name is not a
+    plain .log or .txt file name (`layout.is_log_name`) is neither copied nor linked, and no file
+    is read through a symbolic link (files.open_file).
     """
     os.makedirs(outdir, exist_ok=True)
-    links = {}
-    written = []
-    for u in data["unsuccessful"]:
-        if not u["log"]:
-            continue
-        rel = f"logs/{u['job']}/{u['log']}"
-        source = os.path.join(logs_dir, u["job"], u["log"]) if logs_dir else None
-        if source and os.path.isfile(source):
-            target = os.path.join(outdir, rel)
-            if not os.path.isfile(target) or os.path.getsize(target) != os.path.getsize(source):
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                tmp = f"{target}.{os.getpid()}.tmp"
-                shutil.copyfile(source, tmp)
-                os.replace(tmp, target)
-                written.append(target)
-            links[u["job"]] = rel
-        elif log_url:
-            links[u["job"]] = f"{log_url.rstrip('/')}/{u['job']}/{u['log']}"
-    for name, content in (("index.html", page(data, links)), ("report.txt", text(data))):
-        path = os.path.join(outdir, name)
-        _write_atomic(path, content.encode("utf-8"))
-        written.append(path)
+    out_fd = os.open(outdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        links, written = _logs(out_fd, outdir, data["unsuccessful"], logs_dir, log_url)
+        for name, content in (("index.html", page(data, links)), ("report.txt", text(data))):
+            files.write_atomic(out_fd, name, content.encode("utf-8"))
+            written.append(os.path.join(outdir, name))
+    finally:
+        os.close(out_fd)
     return written
 
 
-def _write_atomic(path, data):
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+def _logs(out_fd: int, outdir: str, unsuccessful: list, logs_dir: str | None, log_url: str | None):
+    """({job: link}, [paths written]) of the build logs of `unsuccessful` (see write)."""
+    links, written = {}, []
+    logs_fd = None
+    try:
+        for u in unsuccessful:
+            job, name = u["job"], u["log"]
+            if not (name and is_file_name(job) and is_log_name(name)):
+                continue
+            source = files.open_file(logs_dir, job, name) if logs_dir else None
+            if source is not None:
+                if logs_fd is None:
+                    logs_fd = files.open_dir(out_fd, "logs", create=True)
+                    if logs_fd is None:
+                        raise OSError(errno.ELOOP, "not a directory (a link?)", os.path.join(outdir, "logs"))
+                target = f"{job}.txt"
+                try:
+                    if _copy_log(source, logs_fd, target):
+                        written.append(os.path.join(outdir, "logs", target))
+                finally:
+                    os.close(source)
+                links[job] = f"logs/{target}"
+            elif log_url:
+                links[job] = f"{log_url.rstrip('/')}/{job}/{name}"
+    finally:
+        if logs_fd is not None:
+            os.close(logs_fd)
+    return links, written
+
+
+def _copy_log(source: int, logs_fd: int, target: str) -> bool:
+    """Copy the log open as `source` to `target` in `logs_fd`, bounded; False when it is there already."""
+    st = os.fstat(source)
+    skipped = max(0, st.st_size - MAX_LOG_BYTES)
+    note = (f"[gitqueue: the first {skipped} of the log's {st.st_size} bytes are left out here; "
+            f"this is its last {MAX_LOG_BYTES} bytes]\n\n").encode() if skipped else b""
+    old = files.lstat(logs_fd, target)
+    if (old is not None and stat.S_ISREG(old.st_mode) and old.st_mtime_ns == st.st_mtime_ns
+            and old.st_size == len(note) + st.st_size - skipped):
+        return False
+    data = os.pread(source, MAX_LOG_BYTES, skipped)
+    files.write_atomic(logs_fd, target, note + data)
+    # The source's time marks the copy, so that the next run copies only a log that changed.
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=logs_fd, follow_symlinks=False)
+    return True
 
 
 class Markup(str):

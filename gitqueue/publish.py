@@ -486,6 +486,19 @@ def _replace_if_changed(path: str, data: bytes) -> None:
 # -- reading the queue -----------------------------------------------------------------------------
 
 
+def local_tree(settings: dict) -> str | None:
+    """The package tree's directory when the queue's packages_url is one on this machine, else None."""
+    from .errors import GitqueueError
+    from .transfer import parse_tree
+
+    url = settings.get("packages_url")
+    try:
+        where = parse_tree(url) if url else None
+    except GitqueueError:
+        return None  # not a tree this machine can use as a directory
+    return where.path if where is not None and not where.host else None
+
+
 def results_of(queue) -> list[tuple[dict | None, dict]]:
     """(job record, result record) of every result at the queue's tip, by job name.
 

@@ -318,14 +318,13 @@ def publish_cmd(queue_url, tree, as_json):
     Example: */10 * * * * gitqueue publish --queue /srv/queues/q.git --tree /srv/packages/m68k
     """
     from ..errors import GitqueueError
-    from ..publish import publish, results_of
-    from ..transfer import parse_tree
+    from ..publish import local_tree, publish, results_of
 
     with context(queue_url).open() as queue:
         if tree is None:
             _, reader = queue.fetch()
-            tree = queue.settings(reader).get("packages_url")
-            if not tree or parse_tree(tree).host:
+            tree = local_tree(queue.settings(reader))
+            if tree is None:
                 raise GitqueueError("give --tree: the queue's packages_url is not a directory on this machine")
         out = publish(tree, results_of(queue))
     emit(out, as_json, lambda: "\n".join(
