@@ -132,3 +132,33 @@ def test_verify_refuses_a_lease_on_a_prefailed_job(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr == (f"Error: commit {bad} {record_path('leases', 'broken-1')}: lease on broken-1, which is "
                            "prefailed (broken: needs rust) [lease]\n")
+
+
+def test_verify_packages_follows_no_link(tmp_path):
+    """A link where a package should be is not the package: not reachable, never read (a FIFO
+    behind it would hang verify, a file outside would be checked in its place)."""
+    url = make_queue(tmp_path, [job("a-1"), job("b-1")])
+    contents = {"a-1": b"package a\n", "b-1": b"package b\n"}
+    tokens = {}
+    with open_queue(url, tmp_path) as q:
+        for _ in range(2):
+            got = lease.claim(q, "w1")
+            data = contents[got["job"]]
+            tokens[got["job"]] = got["lease"]
+            lease.report(q, "w1", got["job"], "success", packages=[
+                {"name": f"{got['job']}.tgz", "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}])
+    tree = tmp_path / "packages"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for name, data in contents.items():
+        (outside / f"{name}.tgz").write_bytes(data)
+    (tree / "All").mkdir(parents=True)
+    (tree / "All" / "a-1.tgz").symlink_to(outside / "a-1.tgz")  # the right bytes, behind a link
+    (tree / "incoming").mkdir()
+    (tree / "incoming" / tokens["b-1"]).symlink_to(outside)  # the upload directory is a link
+    os.mkfifo(tree / "All" / "b-1.tgz")
+    proc = gitqueue("verify", url, "--packages", tree, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "packages: 0 match their results, 2 not reachable" in proc.stdout
+    data = json.loads(gitqueue("verify", url, "--packages", tree, "--json", timeout=60).stdout)
+    assert sorted(data["packages_unreachable"]) == ["a-1: a-1.tgz", "b-1: b-1.tgz"]
