@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from gitqueue import lease, records
-from gitqueue.publish import publish, results_of, sha256_file, summary_entry
+from gitqueue.pkgsummary import sha256_file, summary_entry
+from gitqueue.publish import publish, results_of
 
 from helpers import job, make_queue, open_queue
 
