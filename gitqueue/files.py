@@ -115,9 +115,10 @@ def temp_file(dir_fd: int, prefix: str = TMP_PREFIX) -> tuple[int, str]:
                    dir_fd=dir_fd), name
 
 
-def install(dir_fd: int, temp: str, name: str) -> None:
-    """Rename the (fsynced) file `temp` over `name` in `dir_fd`, then fsync the directory."""
-    os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+def install(dir_fd: int, temp: str, name: str, temp_dir_fd: int | None = None) -> None:
+    """Rename the (fsynced) file `temp` of `temp_dir_fd` (default `dir_fd`) over `name` in
+    `dir_fd`, then fsync the directory."""
+    os.replace(temp, name, src_dir_fd=dir_fd if temp_dir_fd is None else temp_dir_fd, dst_dir_fd=dir_fd)
     os.fsync(dir_fd)
 
 

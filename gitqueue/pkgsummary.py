@@ -45,14 +45,16 @@ def _read_members(tf, wanted) -> dict:
     return found
 
 
-def read_package(path: str) -> dict | None:
+def read_package(source) -> dict | None:
     """The pkg_summary facts a binary package states about itself, or None if it is unreadable.
 
+    `source` is a path or a binary file open at the package's start. Returns
     {"plist": [[KEY, value], ...] (PKGNAME, DEPENDS, CONFLICTS in +CONTENTS order),
      "comment", "size_pkg", "description" (text or None), "build_info": [[KEY, value], ...]}
     """
+    where = {"fileobj": source} if hasattr(source, "read") else {"name": source}
     try:
-        with tarfile.open(path, mode="r|*") as tf:
+        with tarfile.open(mode="r|*", **where) as tf:
             files = _read_members(tf, _META_FILES)
     except Exception:  # noqa: BLE001 - any damage (truncated, not a tar, bad compression) means unreadable
         return None

@@ -26,10 +26,10 @@ import hashlib
 import json
 import os
 import re
-import secrets
-import stat
 
-from . import records
+from . import files, records
+from .errors import GitqueueError
+from .layout import is_file_name, is_log_name
 from .locking import FileLock
 from .names import record_path
 from .pkgsummary import format_entry, read_package
@@ -43,10 +43,6 @@ CACHE = ".publish-cache.json"
 LOCK = ".publish.lock"
 TMP_PREFIX = ".publish-tmp-"  # package names start with a letter or digit: never a clash
 
-# What a file name in All/ or logs/JOB/ may be (the result schema's package name pattern).
-_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]*")
-_MAX_FILE_NAME = 250
-_JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]*")
 _TOKEN = re.compile(r"[0-9a-f]{16,64}")
 # Names publish writes itself (and pbulk's siblings of them): a package may not take them.
 RESERVED = {SUMMARY, DIGESTS, "pkg_summary.bz2", "pkg_summary.xz", "pkg_summary.zst", "SHA512.bz2"}
@@ -54,72 +50,37 @@ RESERVED = {SUMMARY, DIGESTS, "pkg_summary.bz2", "pkg_summary.xz", "pkg_summary.
 _CHUNK = 1 << 20
 
 
-# -- digests and atomic files -----------------------------------------------------------------------
+# -- digests and copies -----------------------------------------------------------------------------
 
 
-def _hash_both(path: str) -> tuple[str, str]:
-    """(sha256, sha512) of a file in one read."""
+def _hash_both(fd: int) -> tuple[str, str]:
+    """(sha256, sha512) of the open file `fd`, read from its start."""
     h256, h512 = hashlib.sha256(), hashlib.sha512()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h256.update(chunk)
-            h512.update(chunk)
+    offset = 0
+    while chunk := os.pread(fd, _CHUNK, offset):
+        offset += len(chunk)
+        h256.update(chunk)
+        h512.update(chunk)
     return h256.hexdigest(), h512.hexdigest()
 
 
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _copy_verified(src_fd: int, dir_fd: int, name: str, size: int, sha256: str,
+                   temp_dir_fd: int | None = None) -> str | None:
+    """Copy the open file `src_fd` to NAME in the directory `dir_fd` if its bytes have `size` and `sha256`.
 
-
-def _open_temp(directory: str):
-    """(fd, path) of a new private temporary file in `directory`."""
-    path = os.path.join(directory, f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}")
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), path
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _write_atomic(path: str, data: bytes, temp_dir: str | None = None) -> None:
-    """Replace `path` with `data`: a temporary file, fsync, rename, fsync of the directory."""
-    directory = os.path.dirname(path)
-    fd, tmp = _open_temp(temp_dir or directory)
-    installed = False
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-        installed = True
-        _fsync_dir(directory)
-    finally:
-        if not installed:
-            _unlink(tmp)
-
-
-def _copy_verified(src_fd: int, final: str, size: int, sha256: str, temp_dir: str) -> str | None:
-    """Copy the open file `src_fd` to `final` if its bytes have `size` and `sha256`.
-
-    The digest is taken of the bytes copied, so what lands in All/ is what was checked, even if
-    the upload changes meanwhile. Returns the SHA-512 of the file, or None (nothing written) when
-    the contents differ.
+    The digest is taken of the bytes copied, so what lands is what was checked, even if the
+    upload changes meanwhile. The copy is made in `temp_dir_fd` (default `dir_fd`), fsynced and
+    renamed into place. Returns the SHA-512 of the file, or None (nothing written) when the
+    contents differ.
     """
     h256, h512 = hashlib.sha256(), hashlib.sha512()
     copied = 0
-    fd, tmp = _open_temp(temp_dir)
+    temp_dir_fd = dir_fd if temp_dir_fd is None else temp_dir_fd
+    fd, temp = files.temp_file(temp_dir_fd, TMP_PREFIX)
     installed = False
     try:
-        with os.fdopen(fd, "wb") as out, os.fdopen(src_fd, "rb", closefd=False) as src:
-            for chunk in iter(lambda: src.read(_CHUNK), b""):
+        with os.fdopen(fd, "wb") as out:
+            while chunk := os.pread(src_fd, _CHUNK, copied):
                 copied += len(chunk)
                 if copied > size:
                     return None
@@ -130,33 +91,19 @@ def _copy_verified(src_fd: int, final: str, size: int, sha256: str, temp_dir: st
                 return None
             out.flush()
             os.fsync(out.fileno())
-        os.replace(tmp, final)
+        files.install(dir_fd, temp, name, temp_dir_fd)
         installed = True
-        _fsync_dir(os.path.dirname(final))
         return h512.hexdigest()
     finally:
         if not installed:
-            _unlink(tmp)
+            files.unlink(temp_dir_fd, temp)
 
 
-def _open_upload(tree: str, token: str, name: str) -> int | None:
-    """A read descriptor of incoming/TOKEN/NAME if it is a regular file (no symlink), else None."""
-    directory = os.path.join(tree, INCOMING, token)
-    try:
-        if not stat.S_ISDIR(os.lstat(directory).st_mode):
-            return None
-        fd = os.open(os.path.join(directory, name), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        return None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        return None
-    return fd
-
-
-def _safe_file_name(name) -> bool:
-    return (isinstance(name, str) and 0 < len(name) <= _MAX_FILE_NAME and "/" not in name
-            and _FILE_NAME.fullmatch(name) is not None)
+def _existing(dir_fd: int, name: str) -> tuple[bool, int | None]:
+    """(whether NAME is in the directory, a read descriptor when it is a regular file, else None)."""
+    if files.lstat(dir_fd, name) is None:
+        return False, None
+    return True, files.open_file(dir_fd, name)
 
 
 # -- the cache of All/ digests and metadata ----------------------------------------------------------
@@ -176,74 +123,115 @@ def _stat_key(st) -> list:
 
 
 class _Known:
-    """Digests (and package metadata) of All/ files, remembered by their stat."""
+    """Digests (and package metadata) of All/ files and published logs, remembered by their stat."""
 
     def __init__(self, old: dict):
         self.old = old
         self.new = {}
 
-    def digests(self, path: str, name: str, st) -> dict:
-        key = _stat_key(st)
+    def digests(self, fd: int, name: str) -> dict:
+        key = _stat_key(os.fstat(fd))
         entry = self.new.get(name) or self.old.get(name)
         if not (isinstance(entry, dict) and entry.get("stat") == key and "sha256" in entry and "sha512" in entry):
-            sha256, sha512 = _hash_both(path)
+            sha256, sha512 = _hash_both(fd)
             entry = {"stat": key, "sha256": sha256, "sha512": sha512}
         self.new[name] = entry
         return entry
 
-    def installed(self, path: str, name: str, sha256: str, sha512: str) -> None:
-        self.new[name] = {"stat": _stat_key(os.stat(path)), "sha256": sha256, "sha512": sha512}
+    def installed(self, dir_fd: int, name: str, key: str, sha256: str, sha512: str) -> None:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        self.new[key] = {"stat": _stat_key(st), "sha256": sha256, "sha512": sha512}
 
-    def meta(self, path: str, name: str):
+    def meta(self, dir_fd: int, name: str):
+        """The metadata of NAME in `dir_fd` (read_package), read only when not remembered."""
         entry = self.new[name]
         if "meta" not in entry:
-            entry["meta"] = read_package(path)
+            fd = files.open_file(dir_fd, name)
+            if fd is None:
+                raise GitqueueError(f"{ALL}/{name} went away while publish ran")
+            with os.fdopen(fd, "rb") as f:
+                entry["meta"] = read_package(f)
         return entry["meta"]
 
 
 # -- publishing ------------------------------------------------------------------------------------
 
 
-def _sweep(directory: str) -> None:
-    """Remove the temporary files a crashed run left in `directory`."""
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return
-    for name in names:
-        if name.startswith(TMP_PREFIX):
-            _unlink(os.path.join(directory, name))
+def _part(root_fd: int, tree: str, name: str, create: bool) -> int | None:
+    """A descriptor of the directory NAME (All, logs, incoming) of the tree; None when it is missing
+    and not created. A link there is refused: publish reads and writes only real directories."""
+    fd = files.open_dir(root_fd, name, create=create)
+    if fd is None and (create or files.lstat(root_fd, name) is not None):
+        raise GitqueueError(f"{os.path.join(tree, name)} is not a directory (a symbolic link?); publish "
+                            "reads and writes only real directories of the tree")
+    return fd
 
 
-def _publish_log(tree: str, job: str, token: str, log: dict, known: _Known, out: dict) -> None:
+def _publish_log(dirs, job: str, upload: int | None, log: dict, known: _Known, out: dict) -> None:
     name = log.get("name")
-    if not (_safe_file_name(name) and _JOB_NAME.fullmatch(job) and _TOKEN.fullmatch(token)):
+    if not (is_log_name(name) and is_file_name(job)):
         return
-    logs = os.path.join(tree, LOGS)
     rel = f"{LOGS}/{job}/{name}"  # the cache's key: never a package name, those have no '/'
-    final = os.path.join(logs, job, name)
-    try:
-        st = os.stat(final)
-    except FileNotFoundError:
-        st = None
-    if st is not None:
-        if not (stat.S_ISREG(st.st_mode) and st.st_size == log["size"]
-                and known.digests(final, rel, st)["sha256"] == log["sha256"]):
-            out["conflict"].append(rel)
+    there = files.lstat(dirs.logs, job) is not None
+    job_dir = files.open_dir(dirs.logs, job) if there else None
+    if there and job_dir is None:
+        out["conflict"].append(rel)  # logs/JOB is not a directory (a link?)
         return
-    src = _open_upload(tree, token, name)
-    if src is None:
-        return  # logs are optional: not uploaded (yet)
     try:
-        os.makedirs(os.path.join(logs, job), exist_ok=True)
-        sha512 = _copy_verified(src, final, log["size"], log["sha256"], logs)
-        if sha512 is None:
-            out["mismatch"].append(rel)
-        else:
-            known.installed(final, rel, log["sha256"], sha512)
-            out["logs"].append(rel)
+        if job_dir is not None:
+            present, fd = _existing(job_dir, name)
+            if present:
+                if fd is None:
+                    out["conflict"].append(rel)
+                    return
+                with os.fdopen(fd, "rb"):
+                    if not (os.fstat(fd).st_size == log["size"] and known.digests(fd, rel)["sha256"] == log["sha256"]):
+                        out["conflict"].append(rel)
+                return
+        src = files.open_file(upload, name) if upload is not None else None
+        if src is None:
+            return  # logs are optional: not uploaded (yet)
+        try:
+            if job_dir is None:
+                job_dir = _part(dirs.logs, os.path.join(dirs.tree, LOGS), job, create=True)
+            sha512 = _copy_verified(src, job_dir, name, log["size"], log["sha256"], dirs.logs)
+            if sha512 is None:
+                out["mismatch"].append(rel)
+            else:
+                known.installed(job_dir, name, rel, log["sha256"], sha512)
+                out["logs"].append(rel)
+        finally:
+            os.close(src)
     finally:
-        os.close(src)
+        if job_dir is not None:
+            os.close(job_dir)
+
+
+class _Dirs:
+    """Descriptors of the tree and of its All/, logs/ and incoming/ (None when there is none)."""
+
+    def __init__(self, tree: str):
+        self.tree = tree
+        self.root = os.open(tree, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.all = self.logs = self.incoming = None
+        try:
+            self.all = _part(self.root, tree, ALL, create=True)
+            self.logs = _part(self.root, tree, LOGS, create=True)
+            self.incoming = _part(self.root, tree, INCOMING, create=False)
+        except BaseException:
+            self.close()
+            raise
+
+    def upload(self, token) -> int | None:
+        """A descriptor of incoming/TOKEN/, or None when it is not a directory there."""
+        if self.incoming is None or not (isinstance(token, str) and _TOKEN.fullmatch(token)):
+            return None
+        return files.open_dir(self.incoming, token)
+
+    def close(self) -> None:
+        for fd in (self.root, self.all, self.logs, self.incoming):
+            if fd is not None:
+                os.close(fd)
 
 
 def publish(tree: str, entries, cache: bool = True) -> dict:
@@ -256,105 +244,112 @@ def publish(tree: str, entries, cache: bool = True) -> dict:
     copied], "conflict": [All/ holds another file under that name; not overwritten],
     "invalid": [names that are no safe file name], "logs": [build logs copied to logs/JOB/]}.
     A build log that differs from its result is listed under mismatch or conflict as
-    "logs/JOB/NAME". Failures to write (disk full, ...) raise OSError after removing the
-    temporary file; what was renamed into place before stays, and is whole.
+    "logs/JOB/NAME". No file is read or written through a symbolic link (files.py): a link
+    where an upload should be is not there; All/, logs/ and incoming/ must be real directories.
+    Failures to write (disk full, ...) raise OSError after removing the temporary file; what was
+    renamed into place before stays, and is whole.
     """
-    all_dir = os.path.join(tree, ALL)
-    os.makedirs(all_dir, exist_ok=True)
-    os.makedirs(os.path.join(tree, LOGS), exist_ok=True)
     out = {"published": [], "already": 0, "missing": [], "mismatch": [], "restricted": [], "conflict": [],
            "invalid": [], "logs": []}
     with FileLock(os.path.join(tree, LOCK)):
-        for directory in (tree, all_dir, os.path.join(tree, LOGS)):
-            _sweep(directory)
-        cache_path = os.path.join(tree, CACHE)
-        known = _Known(_load_cache(cache_path) if cache else {})
-        listed: dict[str, dict | None] = {}  # name in All/ -> the job it was published for
-
-        for job, result in sorted(entries, key=lambda e: e[1]["job"]):
-            token = result.get("token", "")
-            if result.get("log"):
-                _publish_log(tree, result["job"], token, result["log"], known, out)
-            if result.get("status") != "success" or not result.get("packages"):
-                continue
-            restricted = job is None or bool(job.get("no_bin_on_ftp") or job.get("restricted"))
-            for package in result["packages"]:
-                name = package.get("name")
-                if not _safe_file_name(name) or name in RESERVED:
-                    out["invalid"].append(str(name))
-                    continue
-                final = os.path.join(all_dir, name)
-                try:
-                    st = os.stat(final)
-                except FileNotFoundError:
-                    st = None
-                if st is not None:
-                    if stat.S_ISREG(st.st_mode) and known.digests(final, name, st)["sha256"] == package["sha256"]:
-                        out["already"] += 1
-                        listed.setdefault(name, job)
-                    else:
-                        out["conflict"].append(name)
-                    continue
-                if restricted:
-                    out["restricted"].append(name)
-                    continue
-                src = _open_upload(tree, token, name) if _TOKEN.fullmatch(token) else None
-                if src is None:
-                    out["missing"].append(name)
-                    continue
-                try:
-                    if os.fstat(src).st_size != package["size"]:
-                        sha512 = None
-                    else:
-                        sha512 = _copy_verified(src, final, package["size"], package["sha256"], all_dir)
-                finally:
-                    os.close(src)
-                if sha512 is None:
-                    out["mismatch"].append(name)
-                    continue
-                known.installed(final, name, package["sha256"], sha512)
-                out["published"].append(name)
-                listed[name] = job
-
-        _write_indexes(all_dir, listed, known)
-        if cache:
-            data = json.dumps({"version": 1, "files": known.new}, sort_keys=True).encode()
-            try:
-                with open(cache_path, "rb") as f:
-                    unchanged = f.read() == data
-            except OSError:
-                unchanged = False
-            if not unchanged:
-                _write_atomic(cache_path, data)
+        dirs = _Dirs(tree)
+        try:
+            _publish(dirs, entries, cache, out)
+        finally:
+            dirs.close()
     out["published"].sort()
     return out
 
 
-def _write_indexes(all_dir: str, listed: dict, known: _Known) -> None:
+def _publish(dirs: _Dirs, entries, cache: bool, out: dict) -> None:
+    for fd in (dirs.root, dirs.all, dirs.logs):
+        files.sweep(fd, TMP_PREFIX)
+    cache_path = os.path.join(dirs.tree, CACHE)
+    known = _Known(_load_cache(cache_path) if cache else {})
+    listed: dict[str, dict | None] = {}  # name in All/ -> the job it was published for
+
+    for job, result in sorted(entries, key=lambda e: e[1]["job"]):
+        upload = dirs.upload(result.get("token"))
+        try:
+            if result.get("log"):
+                _publish_log(dirs, result["job"], upload, result["log"], known, out)
+            if result.get("status") == "success":
+                restricted = job is None or bool(job.get("no_bin_on_ftp") or job.get("restricted"))
+                for package in result.get("packages") or ():
+                    _publish_package(dirs, upload, job, package, restricted, known, listed, out)
+        finally:
+            if upload is not None:
+                os.close(upload)
+
+    _write_indexes(dirs.all, listed, known)
+    if cache:
+        _replace_if_changed(dirs.root, CACHE, json.dumps({"version": 1, "files": known.new}, sort_keys=True).encode())
+
+
+def _publish_package(dirs: _Dirs, upload: int | None, job: dict | None, package: dict, restricted: bool,
+                     known: _Known, listed: dict, out: dict) -> None:
+    name = package.get("name")
+    if not is_file_name(name) or name in RESERVED:
+        out["invalid"].append(str(name))
+        return
+    present, fd = _existing(dirs.all, name)
+    if present:
+        if fd is None:
+            out["conflict"].append(name)  # a link or a directory: not a package
+            return
+        with os.fdopen(fd, "rb"):
+            if known.digests(fd, name)["sha256"] == package["sha256"]:
+                out["already"] += 1
+                listed.setdefault(name, job)
+            else:
+                out["conflict"].append(name)
+        return
+    if restricted:
+        out["restricted"].append(name)
+        return
+    src = files.open_file(upload, name) if upload is not None else None
+    if src is None:
+        out["missing"].append(name)
+        return
+    try:
+        if os.fstat(src).st_size != package["size"]:
+            sha512 = None
+        else:
+            sha512 = _copy_verified(src, dirs.all, name, package["size"], package["sha256"])
+    finally:
+        os.close(src)
+    if sha512 is None:
+        out["mismatch"].append(name)
+        return
+    known.installed(dirs.all, name, name, package["sha256"], sha512)
+    out["published"].append(name)
+    listed[name] = job
+
+
+def _write_indexes(all_fd: int, listed: dict, known: _Known) -> None:
     """Rewrite All/pkg_summary.gz, then All/SHA512, from the files in `listed` (when they changed)."""
     text = []
     digests = []
     for name in sorted(listed):
-        path = os.path.join(all_dir, name)
         entry = known.new[name]
-        text.append(format_entry(known.meta(path, name), listed[name], name, entry["stat"][0], entry["sha256"]))
+        text.append(format_entry(known.meta(all_fd, name), listed[name], name, entry["stat"][0], entry["sha256"]))
         digests.append((f"{ALL}/{name}", entry["sha512"]))
     summary = gzip.compress("\n".join(text).encode("utf-8") + (b"\n" if text else b""), compresslevel=9, mtime=0)
-    _replace_if_changed(os.path.join(all_dir, SUMMARY), summary)
+    _replace_if_changed(all_fd, SUMMARY, summary)
     # pbulk: `digest SHA512 All/pkg_summary.* All/*.tgz` from the top of the tree, sorted.
     digests.append((f"{ALL}/{SUMMARY}", hashlib.sha512(summary).hexdigest()))
     lines = "".join(f"SHA512 ({path}) = {hexdigest}\n" for path, hexdigest in sorted(digests))
-    _replace_if_changed(os.path.join(all_dir, DIGESTS), lines.encode("utf-8"))
+    _replace_if_changed(all_fd, DIGESTS, lines.encode("utf-8"))
 
 
-def _replace_if_changed(path: str, data: bytes) -> None:
+def _replace_if_changed(dir_fd: int, name: str, data: bytes) -> None:
     try:
-        with open(path, "rb") as f:
+        with open(name, "rb", opener=lambda path, flags: os.open(path, flags | os.O_NOFOLLOW, dir_fd=dir_fd)) as f:
             if f.read() == data:
                 return
     except OSError:
         pass
-    _write_atomic(path, data)
+    files.write_atomic(dir_fd, name, data, TMP_PREFIX)
 
 
 # -- reading the queue -----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gitqueue import lease, records
+from gitqueue.errors import GitqueueError
 from gitqueue.pkgsummary import sha256_file, summary_entry
 from gitqueue.publish import publish, results_of
 
@@ -235,11 +236,11 @@ def test_a_crash_leaves_all_consistent(tree, monkeypatch):
     def failing_after(n):
         calls = []
 
-        def replace(src, dst):
+        def replace(src, dst, **dir_fds):
             calls.append(dst)
             if len(calls) > n:
                 raise OSError(28, "No space left on device")
-            return real_replace(src, dst)
+            return real_replace(src, dst, **dir_fds)
         return replace
 
     # 1. The package's rename fails: no package, no temporary file, the old indexes.
@@ -346,3 +347,44 @@ def test_results_of_a_real_queue_and_publishing_them(tmp_path, tree):
     got = publish(str(tree), pairs)
     assert got["published"] == ["liba-1.0.tgz"]
     assert summary(tree)["liba-1.0"]["PKGPATH"] == ["devel/liba"]
+
+
+def test_publish_follows_no_link(tree, tmp_path):
+    """Links a worker (or anyone) left in the tree: an upload, a log, an upload directory, a log
+    directory, a name in All/. Nothing is read or written through them."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = os.urandom(16).hex().encode()
+    (outside / "secret").write_bytes(secret)
+    real = make_package(outside / "a-1.0.tgz", "a-1.0")
+    (tree / "incoming" / TOKEN_A).mkdir()
+    (tree / "incoming" / TOKEN_A / "a-1.0.tgz").symlink_to(outside / "a-1.0.tgz")  # the right bytes, linked
+    (tree / "incoming" / TOKEN_A / "x.log").symlink_to(outside / "secret")
+    b = make_package(outside / "b-1.0.tgz", "b-1.0")
+    (tree / "incoming" / TOKEN_B).symlink_to(outside)  # the whole upload directory
+    c = upload(tree, TOKEN_C, "c-1.0")
+    log = tree / "incoming" / TOKEN_C / "c.log"
+    log.write_text("c's log\n")
+    (tree / "logs").mkdir()
+    (tree / "logs" / "c-1.0").symlink_to(outside)  # publishing the log would write into outside/
+    secret_log = {"name": "x.log", "size": len(secret), "sha256": hashlib.sha256(secret).hexdigest()}
+    entries = [entry("a-1.0", TOKEN_A, [real]), entry("b-1.0", TOKEN_B, [b]), entry("c-1.0", TOKEN_C, [c])]
+    entries[0] = (entries[0][0], dict(entries[0][1], log=secret_log))
+    entries[2] = (entries[2][0], dict(entries[2][1], log=describe(log)))
+    got = publish(str(tree), entries)
+    assert got["published"] == ["c-1.0.tgz"] and got["missing"] == ["a-1.0.tgz", "b-1.0.tgz"]
+    assert got["logs"] == [] and got["conflict"] == ["logs/c-1.0/c.log"]
+    assert sorted(os.listdir(outside)) == ["a-1.0.tgz", "b-1.0.tgz", "secret"]
+    assert sorted(os.listdir(tree / "logs")) == ["c-1.0"]
+    for path in tree.rglob("*"):
+        assert path.is_symlink() or path.is_dir() or secret not in path.read_bytes(), path
+
+    # A link in All/ under a package's name is not that package.
+    (tree / "All" / "a-1.0.tgz").symlink_to(outside / "a-1.0.tgz")
+    assert publish(str(tree), entries)["conflict"] == ["a-1.0.tgz", "logs/c-1.0/c.log"]
+    assert sorted(summary(tree)) == ["c-1.0"]
+    # All/ itself must be a directory of the tree, not a link to one.
+    os.rename(tree / "All", tmp_path / "All")
+    (tree / "All").symlink_to(tmp_path / "All")
+    with pytest.raises(GitqueueError, match=r"/All is not a directory \(a symbolic link\?\)"):
+        publish(str(tree), entries)
