@@ -100,6 +100,12 @@ def open_file(root, *names: str) -> int | None:
     return fd
 
 
+def open_own(dir_fd: int, name: str):
+    """A binary file object reading NAME in `dir_fd`, a file this process writes (a temporary file,
+    a cache) whose name is not checked; a link is not followed."""
+    return open(name, "rb", opener=lambda path, flags: os.open(path, flags | os.O_NOFOLLOW, dir_fd=dir_fd))
+
+
 def lstat(dir_fd: int, name: str):
     """The lstat of NAME in the directory `dir_fd` (a link is not followed), or None when absent."""
     try:

@@ -10,7 +10,10 @@ BUILD_INFO_VARS = ("PKGPATH", "CATEGORIES", "PROVIDES", "REQUIRES", "PKG_OPTIONS
                    "MACHINE_ARCH", "LICENSE", "HOMEPAGE", "PKGTOOLS_VERSION", "BUILD_DATE", "PREV_PKGPATH",
                    "SUPERSEDES")
 _META_FILES = ("+CONTENTS", "+COMMENT", "+DESC", "+BUILD_INFO", "+SIZE_PKG")
-_MAX_META = 64 << 20  # bytes read of one + file (a huge +CONTENTS is cut; @name, @pkgdep come first)
+# Bytes read of each + file: a huge +CONTENTS is cut (@name, @pkgdep come first); the others are
+# a few lines in real packages and go into pkg_summary.gz, which every client downloads.
+_MAX_META = {"+CONTENTS": 64 << 20, "+COMMENT": 4 << 10, "+DESC": 64 << 10, "+BUILD_INFO": 1 << 20,
+             "+SIZE_PKG": 64, "+PKG_HASH": 64 << 10}
 _CHUNK = 1 << 20
 
 
@@ -41,7 +44,7 @@ def _read_members(tf, wanted) -> dict:
             break
         if member.isfile() and (name in wanted or name == "+PKG_HASH"):
             f = tf.extractfile(member)
-            found[name] = f.read(_MAX_META) if f is not None else b""
+            found[name] = f.read(_MAX_META[name]) if f is not None else b""
     return found
 
 
@@ -86,46 +89,67 @@ def _as_var(key: str, value: str) -> list[str]:
     return [f"{key}={line}" for line in lines]
 
 
-def format_entry(meta: dict | None, job: dict | None, file_name: str, file_size: int,
-                  sha256: str | None) -> str:
-    """One pkg_summary entry (its lines, each ending in a newline; no blank separator line)."""
-    job = job or {}
-    lines = []
-    plist = meta["plist"] if meta else []
-    if not any(key == "PKGNAME" for key, _ in plist) and job.get("name"):
-        lines.append(f"PKGNAME={job['name']}")
-    lines.extend(f"{key}={value}" for key, value in plist)
-    if meta and meta["comment"] is not None:
-        lines.extend(_as_var("COMMENT", meta["comment"]))
-    if meta and meta["size_pkg"] is not None:
-        lines.extend(_as_var("SIZE_PKG", meta["size_pkg"]))
-    build_info = meta["build_info"] if meta else []
-    lines.extend(f"{key}={value}" for key, value in build_info)
-    stated = {key for key, _ in build_info}
-    # What +BUILD_INFO lacks and the queue knows (always the case for an unreadable package).
-    if "PKGPATH" not in stated and job.get("pkgpath"):
-        lines.append(f"PKGPATH={job['pkgpath']}")
-    if "CATEGORIES" not in stated and job.get("categories"):
-        lines.append(f"CATEGORIES={' '.join(job['categories'].split())}")
+def identity_problem(meta: dict | None, job: dict) -> str | None:
+    """Why a package that states `meta` about itself is not a package of `job`, or None.
+
+    A package that names itself (+CONTENTS @name) must name the job. One that names nothing, or
+    cannot be read, is not refused here: its entry has only what the queue knows (format_entry).
+    """
+    wrong = [name for name in _names(meta) if name != job["name"]]
+    return f"the package names itself {wrong[0]!r}, not {job['name']}" if wrong else None
+
+
+def _names(meta: dict | None) -> list[str]:
+    """The names a package gives itself (+CONTENTS @name)."""
+    return [value for key, value in meta["plist"] if key == "PKGNAME"] if meta else []
+
+
+def format_entry(meta: dict | None, job: dict, file_name: str, file_size: int, sha256: str | None) -> str:
+    """One pkg_summary entry (its lines, each ending in a newline; no blank separator line).
+
+    The package's identity is the job's: PKGNAME, PKGPATH and CATEGORIES come from the job record,
+    never from the file a worker uploaded. What the package states about itself (`meta`: DEPENDS,
+    CONFLICTS, COMMENT, SIZE_PKG, the other +BUILD_INFO variables, DESCRIPTION) is used only when
+    its @name is the job's name.
+    """
+    names = _names(meta)
+    own = meta if names and all(name == job["name"] for name in names) else None
+    lines = [f"PKGNAME={job['name']}"]
+    if own:
+        lines.extend(f"{key}={value}" for key, value in own["plist"] if key != "PKGNAME")
+        if own["comment"] is not None:
+            lines.extend(_as_var("COMMENT", own["comment"]))
+        if own["size_pkg"] is not None:
+            lines.extend(_as_var("SIZE_PKG", own["size_pkg"]))
+    queue_knows = {"PKGPATH": job.get("pkgpath"),
+                   "CATEGORIES": " ".join(job["categories"].split()) if job.get("categories") else None}
+    for key, value in own["build_info"] if own else ():
+        if key in queue_knows:  # in the package's order, with the queue's value
+            value = queue_knows.pop(key)
+            if value is None:
+                continue
+        lines.append(f"{key}={value}")
+    lines.extend(f"{key}={value}" for key, value in queue_knows.items() if value)
     lines.append(f"FILE_NAME={file_name}")
     lines.append(f"FILE_SIZE={file_size}")
     if sha256:
         lines.append(f"FILE_CKSUM=SHA256 {sha256}")
-    if meta and meta["description"] is not None:
-        lines.extend(_as_var("DESCRIPTION", meta["description"]))
+    if own and own["description"] is not None:
+        lines.extend(_as_var("DESCRIPTION", own["description"]))
     return "".join(line + "\n" for line in lines)
 
 
-def summary_entry(path: str, job_record: dict | None, sha256: str | None = None) -> str:
+def summary_entry(path: str, job_record: dict, sha256: str | None = None) -> str:
     """The pkg_summary(5) entry of the package file at `path` built for `job_record`.
 
     Fields and order follow `pkg_info -X`: PKGNAME, DEPENDS and CONFLICTS (from +CONTENTS),
     COMMENT, SIZE_PKG, the +BUILD_INFO variables (PKGPATH, CATEGORIES, PROVIDES, REQUIRES,
     PKG_OPTIONS, OPSYS, OS_VERSION, MACHINE_ARCH, LICENSE, HOMEPAGE, PKGTOOLS_VERSION,
     BUILD_DATE, PREV_PKGPATH, SUPERSEDES), FILE_NAME, FILE_SIZE, then DESCRIPTION (+DESC).
-    PKGNAME, PKGPATH and CATEGORIES come from the job when the package does not state them;
-    FILE_CKSUM (pkg_summary(5): "a checksum type supported by digest(1) and checksum") is added.
-    An unreadable package gets what is known: PKGNAME, PKGPATH, CATEGORIES, FILE_*.
+    PKGNAME, PKGPATH and CATEGORIES always come from the job; the rest from the package, when it
+    names itself as the job (format_entry). FILE_CKSUM (pkg_summary(5): "a checksum type
+    supported by digest(1) and checksum") is added. A package that does not name itself, or is
+    unreadable, gets what is known: PKGNAME, PKGPATH, CATEGORIES, FILE_*.
     The entry ends with a newline; entries are separated by one empty line.
     """
     return format_entry(read_package(path), job_record, os.path.basename(path), os.path.getsize(path),

@@ -6,14 +6,21 @@ The package tree is a directory on the master:
     incoming/TOKEN/          what a worker uploaded for one lease (packages, build log)
     logs/JOB/FILE            published build logs
 
-`publish` copies into All/ exactly the files that success results name, only after checking
-their size and SHA-256 against the result, never a restricted package (NO_BIN_ON_FTP or
-RESTRICTED), never over an existing file with other contents. Every file appears under its
-final name by rename(2) of a fsync'ed temporary file in the same directory, so a crash at any
-point leaves All/ holding whole files only; a temporary file a crash left behind is removed by
-the next run. Then All/pkg_summary.gz (pkg_summary(5), as `pkg_info -X` writes it) and
-All/SHA512 (digest(1) lines, as pbulk writes them) are regenerated from the published files.
-Nothing is removed from incoming/.
+Everything a worker wrote (its records, the names in them, its uploads) is hostile input here:
+the server's hook refuses what breaks the rules, but local writers and histories from before the
+hook are not checked by it, so `publish` checks again. It copies into All/ exactly the package
+files that success results name, and only those of the result's own job (PKGNAME.tgz unless the
+queue's package_files say otherwise), after checking their size and SHA-256 against the result
+and that the package, if it names itself, names its job; never a restricted package
+(NO_BIN_ON_FTP or RESTRICTED), never over an existing file with other contents, never for a
+result whose lease token is not its own or a late result whose lease was not reclaimed from its
+worker (lapsed/). No file is read or written through a symbolic link (files.py). Every file
+appears under its final name by rename(2) of a fsync'ed temporary file in the same directory, so
+a crash at any point leaves All/ holding whole files only; a temporary file a crash left behind
+is removed by the next run. Then All/pkg_summary.gz (pkg_summary(5), as `pkg_info -X` writes
+it, with PKGNAME, PKGPATH and CATEGORIES from the job record) and All/SHA512 (digest(1) lines,
+as pbulk writes them) are regenerated from the published files. Nothing is removed from
+incoming/.
 
 Hashing every package on every run would read the whole tree each time, so the digests and
 package metadata of All/ files are remembered in `.publish-cache.json` at the top of the tree,
@@ -26,13 +33,15 @@ import hashlib
 import json
 import os
 import re
+from collections import Counter
+from dataclasses import dataclass, field
 
 from . import files, records
-from .errors import GitqueueError
-from .layout import is_file_name, is_log_name
+from .errors import GitqueueError, RecordInvalid
+from .layout import is_file_name, is_log_name, package_name_problem
 from .locking import FileLock
 from .names import record_path
-from .pkgsummary import format_entry, read_package
+from .pkgsummary import format_entry, identity_problem, read_package
 
 ALL = "All"
 INCOMING = "incoming"
@@ -64,14 +73,18 @@ def _hash_both(fd: int) -> tuple[str, str]:
     return h256.hexdigest(), h512.hexdigest()
 
 
-def _copy_verified(src_fd: int, dir_fd: int, name: str, size: int, sha256: str,
-                   temp_dir_fd: int | None = None) -> str | None:
+def _copy_verified(src_fd: int, dir_fd: int, name: str, size: int, sha256: str, temp_dir_fd: int | None = None,
+                   inspect=None) -> tuple[str | None, str | None]:
     """Copy the open file `src_fd` to NAME in the directory `dir_fd` if its bytes have `size` and `sha256`.
 
-    The digest is taken of the bytes copied, so what lands is what was checked, even if the
-    upload changes meanwhile. The copy is made in `temp_dir_fd` (default `dir_fd`), fsynced and
-    renamed into place. Returns the SHA-512 of the file, or None (nothing written) when the
-    contents differ.
+    The digest is taken of the bytes copied, and `inspect` (given the copy, open for reading)
+    reads the copy, so what lands is what was checked, even if the upload changes meanwhile. The
+    copy is made in `temp_dir_fd` (default `dir_fd`), fsynced and renamed into place.
+
+    Returns:
+        (SHA-512 of the file, None) once it is in place; (None, None) when the contents differ;
+        (None, why) when `inspect` returned why it may not be published. Nothing is left behind
+        unless it was put in place.
     """
     h256, h512 = hashlib.sha256(), hashlib.sha512()
     copied = 0
@@ -83,17 +96,22 @@ def _copy_verified(src_fd: int, dir_fd: int, name: str, size: int, sha256: str,
             while chunk := os.pread(src_fd, _CHUNK, copied):
                 copied += len(chunk)
                 if copied > size:
-                    return None
+                    return None, None
                 h256.update(chunk)
                 h512.update(chunk)
                 out.write(chunk)
             if copied != size or h256.hexdigest() != sha256:
-                return None
+                return None, None
             out.flush()
             os.fsync(out.fileno())
+        if inspect is not None:
+            with files.open_own(temp_dir_fd, temp) as copy:
+                why = inspect(copy)
+            if why is not None:
+                return None, why
         files.install(dir_fd, temp, name, temp_dir_fd)
         installed = True
-        return h512.hexdigest()
+        return h512.hexdigest(), None
     finally:
         if not installed:
             files.unlink(temp_dir_fd, temp)
@@ -138,9 +156,10 @@ class _Known:
         self.new[name] = entry
         return entry
 
-    def installed(self, dir_fd: int, name: str, key: str, sha256: str, sha512: str) -> None:
+    def installed(self, dir_fd: int, name: str, key: str, sha256: str, sha512: str, **meta) -> None:
+        """Remember NAME of `dir_fd` (as `key`), just put in place; `meta=` its metadata when read."""
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        self.new[key] = {"stat": _stat_key(st), "sha256": sha256, "sha512": sha512}
+        self.new[key] = {"stat": _stat_key(st), "sha256": sha256, "sha512": sha512, **meta}
 
     def meta(self, dir_fd: int, name: str):
         """The metadata of NAME in `dir_fd` (read_package), read only when not remembered."""
@@ -157,6 +176,52 @@ class _Known:
 # -- publishing ------------------------------------------------------------------------------------
 
 
+@dataclass
+class Snapshot:
+    """What publish decides from: the records at the queue's tip (read_queue), or made by hand."""
+
+    entries: list = field(default_factory=list)  # (job record or None, result record)
+    settings: dict = field(default_factory=dict)  # queue.toml: package_files
+    lapsed: dict = field(default_factory=dict)  # job -> the entries of its lapsed/ record
+    leases: dict = field(default_factory=dict)  # lease token -> job, of the live leases
+    unreadable: list = field(default_factory=list)  # "PATH: why" of result records failing their schema
+
+
+def publish(tree: str, snapshot: Snapshot, cache: bool = True) -> dict:
+    """Publish the verified uploads of the results in `snapshot` into TREE/All/ and refresh its indexes.
+
+    A success result's package files are published only when
+    - the result is proven: its lease token is no other result's nor a live lease's, and a late
+      result's lease was reclaimed from that worker under that token (lapsed/);
+    - the name is one of its own job's package files (`layout.package_name_problem`: PKGNAME.tgz
+      unless the queue's package_files say otherwise), and the package, if it names itself
+      (+CONTENTS @name), names its job;
+    - the job is not restricted (NO_BIN_ON_FTP or RESTRICTED, or no job record);
+    - size and SHA-256 match the result; no other file stands under that name in All/.
+    The pkg_summary entry's PKGNAME, PKGPATH and CATEGORIES come from the job record.
+
+    Returns {"published": [names copied now], "already": number already in All/ with the right
+    checksum, "missing": [not (yet) in incoming/TOKEN/], "mismatch": [size or checksum differs
+    from the result; left in incoming/], "restricted": [never copied], "conflict": [All/ holds
+    another file under that name; not overwritten], "invalid": ["JOB: why" of files that are
+    not the job's, and "PATH: why" of result records that fail their schema], "unproven":
+    ["JOB: why" of results published for nobody], "logs": [build logs copied to logs/JOB/]}. A
+    build log that differs from its result is listed under mismatch or conflict as
+    "logs/JOB/NAME". No file is read or written through a symbolic link (files.py): a link
+    where an upload should be is not there; All/, logs/ and incoming/ must be real directories.
+    Failures to write (disk full, ...) raise OSError after removing the temporary file; what was
+    renamed into place before stays, and is whole.
+    """
+    with FileLock(os.path.join(tree, LOCK)):
+        run = _Run(tree, snapshot, cache)
+        try:
+            run.publish()
+        finally:
+            run.close()
+    run.out["published"].sort()
+    return run.out
+
+
 def _part(root_fd: int, tree: str, name: str, create: bool) -> int | None:
     """A descriptor of the directory NAME (All, logs, incoming) of the tree; None when it is missing
     and not created. A link there is refused: publish reads and writes only real directories."""
@@ -167,51 +232,15 @@ def _part(root_fd: int, tree: str, name: str, create: bool) -> int | None:
     return fd
 
 
-def _publish_log(dirs, job: str, upload: int | None, log: dict, known: _Known, out: dict) -> None:
-    name = log.get("name")
-    if not (is_log_name(name) and is_file_name(job)):
-        return
-    rel = f"{LOGS}/{job}/{name}"  # the cache's key: never a package name, those have no '/'
-    there = files.lstat(dirs.logs, job) is not None
-    job_dir = files.open_dir(dirs.logs, job) if there else None
-    if there and job_dir is None:
-        out["conflict"].append(rel)  # logs/JOB is not a directory (a link?)
-        return
-    try:
-        if job_dir is not None:
-            present, fd = _existing(job_dir, name)
-            if present:
-                if fd is None:
-                    out["conflict"].append(rel)
-                    return
-                with os.fdopen(fd, "rb"):
-                    if not (os.fstat(fd).st_size == log["size"] and known.digests(fd, rel)["sha256"] == log["sha256"]):
-                        out["conflict"].append(rel)
-                return
-        src = files.open_file(upload, name) if upload is not None else None
-        if src is None:
-            return  # logs are optional: not uploaded (yet)
-        try:
-            if job_dir is None:
-                job_dir = _part(dirs.logs, os.path.join(dirs.tree, LOGS), job, create=True)
-            sha512 = _copy_verified(src, job_dir, name, log["size"], log["sha256"], dirs.logs)
-            if sha512 is None:
-                out["mismatch"].append(rel)
-            else:
-                known.installed(job_dir, name, rel, log["sha256"], sha512)
-                out["logs"].append(rel)
-        finally:
-            os.close(src)
-    finally:
-        if job_dir is not None:
-            os.close(job_dir)
+class _Run:
+    """One run of publish: the tree's directories (descriptors), what is known of All/, the outcome."""
 
-
-class _Dirs:
-    """Descriptors of the tree and of its All/, logs/ and incoming/ (None when there is none)."""
-
-    def __init__(self, tree: str):
-        self.tree = tree
+    def __init__(self, tree: str, snapshot: Snapshot, cache: bool):
+        self.tree, self.snapshot, self.cache = tree, snapshot, cache
+        self.out = {"published": [], "already": 0, "missing": [], "mismatch": [], "restricted": [],
+                    "conflict": [], "invalid": list(snapshot.unreadable), "unproven": [], "logs": []}
+        self.listed: dict[str, dict] = {}  # name in All/ -> the job it was published for
+        self.known = _Known(_load_cache(os.path.join(tree, CACHE)) if cache else {})
         self.root = os.open(tree, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.all = self.logs = self.incoming = None
         try:
@@ -222,108 +251,157 @@ class _Dirs:
             self.close()
             raise
 
-    def upload(self, token) -> int | None:
-        """A descriptor of incoming/TOKEN/, or None when it is not a directory there."""
-        if self.incoming is None or not (isinstance(token, str) and _TOKEN.fullmatch(token)):
-            return None
-        return files.open_dir(self.incoming, token)
-
     def close(self) -> None:
         for fd in (self.root, self.all, self.logs, self.incoming):
             if fd is not None:
                 os.close(fd)
 
+    def publish(self) -> None:
+        for fd in (self.root, self.all, self.logs):
+            files.sweep(fd, TMP_PREFIX)
+        uses = Counter(result.get("token") for _, result in self.snapshot.entries)
+        uses.update(list(self.snapshot.leases))  # the tokens
+        for job, result in sorted(self.snapshot.entries, key=lambda e: e[1]["job"]):
+            why = _unproven(result, self.snapshot, uses)
+            if why is not None:
+                self.out["unproven"].append(f"{result['job']}: {why}")
+                continue
+            upload = self._upload(result.get("token"))
+            try:
+                if result.get("log"):
+                    self._publish_log(result["job"], upload, result["log"])
+                if result.get("status") == "success":
+                    for package in result.get("packages") or ():
+                        self._publish_package(upload, job, result["job"], package)
+            finally:
+                if upload is not None:
+                    os.close(upload)
+        _write_indexes(self.all, self.listed, self.known)
+        if self.cache:
+            _replace_if_changed(self.root, CACHE,
+                                json.dumps({"version": 1, "files": self.known.new}, sort_keys=True).encode())
 
-def publish(tree: str, entries, cache: bool = True) -> dict:
-    """Publish the verified uploads of success results into TREE/All/ and refresh its indexes.
+    def _upload(self, token) -> int | None:
+        """A descriptor of incoming/TOKEN/, or None when it is not a directory there."""
+        if self.incoming is None or not (isinstance(token, str) and _TOKEN.fullmatch(token)):
+            return None
+        return files.open_dir(self.incoming, token)
 
-    `entries` is an iterable of (job record, result record), typically `results_of(queue)`.
-    Returns {"published": [names copied now], "already": number already in All/ with the right
-    checksum, "missing": [not (yet) in incoming/TOKEN/], "mismatch": [size or checksum differs
-    from the result; left in incoming/], "restricted": [NO_BIN_ON_FTP or RESTRICTED, never
-    copied], "conflict": [All/ holds another file under that name; not overwritten],
-    "invalid": [names that are no safe file name], "logs": [build logs copied to logs/JOB/]}.
-    A build log that differs from its result is listed under mismatch or conflict as
-    "logs/JOB/NAME". No file is read or written through a symbolic link (files.py): a link
-    where an upload should be is not there; All/, logs/ and incoming/ must be real directories.
-    Failures to write (disk full, ...) raise OSError after removing the temporary file; what was
-    renamed into place before stays, and is whole.
-    """
-    out = {"published": [], "already": 0, "missing": [], "mismatch": [], "restricted": [], "conflict": [],
-           "invalid": [], "logs": []}
-    with FileLock(os.path.join(tree, LOCK)):
-        dirs = _Dirs(tree)
-        try:
-            _publish(dirs, entries, cache, out)
-        finally:
-            dirs.close()
-    out["published"].sort()
-    return out
-
-
-def _publish(dirs: _Dirs, entries, cache: bool, out: dict) -> None:
-    for fd in (dirs.root, dirs.all, dirs.logs):
-        files.sweep(fd, TMP_PREFIX)
-    cache_path = os.path.join(dirs.tree, CACHE)
-    known = _Known(_load_cache(cache_path) if cache else {})
-    listed: dict[str, dict | None] = {}  # name in All/ -> the job it was published for
-
-    for job, result in sorted(entries, key=lambda e: e[1]["job"]):
-        upload = dirs.upload(result.get("token"))
-        try:
-            if result.get("log"):
-                _publish_log(dirs, result["job"], upload, result["log"], known, out)
-            if result.get("status") == "success":
-                restricted = job is None or bool(job.get("no_bin_on_ftp") or job.get("restricted"))
-                for package in result.get("packages") or ():
-                    _publish_package(dirs, upload, job, package, restricted, known, listed, out)
-        finally:
-            if upload is not None:
-                os.close(upload)
-
-    _write_indexes(dirs.all, listed, known)
-    if cache:
-        _replace_if_changed(dirs.root, CACHE, json.dumps({"version": 1, "files": known.new}, sort_keys=True).encode())
-
-
-def _publish_package(dirs: _Dirs, upload: int | None, job: dict | None, package: dict, restricted: bool,
-                     known: _Known, listed: dict, out: dict) -> None:
-    name = package.get("name")
-    if not is_file_name(name) or name in RESERVED:
-        out["invalid"].append(str(name))
-        return
-    present, fd = _existing(dirs.all, name)
-    if present:
-        if fd is None:
-            out["conflict"].append(name)  # a link or a directory: not a package
+    def _publish_package(self, upload: int | None, job: dict | None, job_name: str, package: dict) -> None:
+        out = self.out
+        name = package.get("name")
+        if not is_file_name(name) or name in RESERVED:
+            out["invalid"].append(f"{job_name}: {name!r} is not a package file name")
             return
-        with os.fdopen(fd, "rb"):
-            if known.digests(fd, name)["sha256"] == package["sha256"]:
-                out["already"] += 1
-                listed.setdefault(name, job)
-            else:
+        if job is None or job.get("no_bin_on_ftp") or job.get("restricted"):
+            out["restricted"].append(name)  # without its job record, nothing says it may be published
+            return
+        problem = package_name_problem(name, job, self.snapshot.settings)
+        if problem is not None:
+            out["invalid"].append(f"{job_name}: {problem}")
+            return
+        present, fd = _existing(self.all, name)
+        if present:
+            if fd is None:
+                out["conflict"].append(name)  # a link or a directory: not a package
+                return
+            with os.fdopen(fd, "rb"):
+                same = self.known.digests(fd, name)["sha256"] == package["sha256"]
+            if not same:
                 out["conflict"].append(name)
-        return
-    if restricted:
-        out["restricted"].append(name)
-        return
-    src = files.open_file(upload, name) if upload is not None else None
-    if src is None:
-        out["missing"].append(name)
-        return
-    try:
-        if os.fstat(src).st_size != package["size"]:
-            sha512 = None
+                return
+            problem = identity_problem(self.known.meta(self.all, name), job)
+            if problem is not None:  # published before publish looked inside
+                out["invalid"].append(f"{job_name}: {ALL}/{name}: {problem}")
+                return
+            out["already"] += 1
+            self.listed[name] = job
+            return
+        src = files.open_file(upload, name) if upload is not None else None
+        if src is None:
+            out["missing"].append(name)
+            return
+        meta = []
+
+        def inspect(copy):
+            meta.append(read_package(copy))
+            return identity_problem(meta[0], job)
+
+        try:
+            if os.fstat(src).st_size != package["size"]:
+                sha512, problem = None, None
+            else:
+                sha512, problem = _copy_verified(src, self.all, name, package["size"], package["sha256"],
+                                                 inspect=inspect)
+        finally:
+            os.close(src)
+        if problem is not None:
+            out["invalid"].append(f"{job_name}: {name}: {problem}")
+        elif sha512 is None:
+            out["mismatch"].append(name)
         else:
-            sha512 = _copy_verified(src, dirs.all, name, package["size"], package["sha256"])
-    finally:
-        os.close(src)
-    if sha512 is None:
-        out["mismatch"].append(name)
-        return
-    known.installed(dirs.all, name, name, package["sha256"], sha512)
-    out["published"].append(name)
-    listed[name] = job
+            self.known.installed(self.all, name, name, package["sha256"], sha512, meta=meta[0])
+            out["published"].append(name)
+            self.listed[name] = job
+
+    def _publish_log(self, job: str, upload: int | None, log: dict) -> None:
+        out, name = self.out, log.get("name")
+        if not (is_log_name(name) and is_file_name(job)):
+            out["invalid"].append(f"{job}: log {name!r} is not a plain .log or .txt file name")
+            return
+        rel = f"{LOGS}/{job}/{name}"  # the cache's key: never a package name, those have no '/'
+        there = files.lstat(self.logs, job) is not None
+        job_dir = files.open_dir(self.logs, job) if there else None
+        if there and job_dir is None:
+            out["conflict"].append(rel)  # logs/JOB is not a directory (a link?)
+            return
+        try:
+            if job_dir is not None:
+                present, fd = _existing(job_dir, name)
+                if present:
+                    if fd is None:
+                        out["conflict"].append(rel)
+                        return
+                    with os.fdopen(fd, "rb"):
+                        if not (os.fstat(fd).st_size == log["size"]
+                                and self.known.digests(fd, rel)["sha256"] == log["sha256"]):
+                            out["conflict"].append(rel)
+                    return
+            src = files.open_file(upload, name) if upload is not None else None
+            if src is None:
+                return  # logs are optional: not uploaded
+            try:
+                if job_dir is None:
+                    job_dir = _part(self.logs, os.path.join(self.tree, LOGS), job, create=True)
+                sha512, _ = _copy_verified(src, job_dir, name, log["size"], log["sha256"], temp_dir_fd=self.logs)
+                if sha512 is None:
+                    out["mismatch"].append(rel)
+                else:
+                    self.known.installed(job_dir, name, rel, log["sha256"], sha512)
+                    out["logs"].append(rel)
+            finally:
+                os.close(src)
+        finally:
+            if job_dir is not None:
+                os.close(job_dir)
+
+
+def _unproven(result: dict, snapshot: Snapshot, uses: Counter) -> str | None:
+    """Why nothing of `result` may be published, or None.
+
+    Its lease token must be its own (no other result's, no live lease's: the upload directory is
+    that lease's alone), and a late result must be for a lease reclaimed from that worker under
+    that token (lapsed/): the server's hook requires both, but a local writer or a history from
+    before the hook may not have.
+    """
+    token, worker, job = result.get("token"), result.get("worker"), result["job"]
+    if uses[token] > 1:
+        return f"its lease token {token} is another result's or a live lease's too; published for neither"
+    if result.get("late") and not any(entry.get("worker") == worker and entry.get("token") == token
+                                      for entry in snapshot.lapsed.get(job, ())):
+        return (f"a late result by {worker}, but no lease of {job} reclaimed from {worker} (lapsed/) "
+                f"has its token {token}")
+    return None
 
 
 def _write_indexes(all_fd: int, listed: dict, known: _Known) -> None:
@@ -344,7 +422,7 @@ def _write_indexes(all_fd: int, listed: dict, known: _Known) -> None:
 
 def _replace_if_changed(dir_fd: int, name: str, data: bytes) -> None:
     try:
-        with open(name, "rb", opener=lambda path, flags: os.open(path, flags | os.O_NOFOLLOW, dir_fd=dir_fd)) as f:
+        with files.open_own(dir_fd, name) as f:
             if f.read() == data:
                 return
     except OSError:
@@ -357,7 +435,6 @@ def _replace_if_changed(dir_fd: int, name: str, data: bytes) -> None:
 
 def local_tree(settings: dict) -> str | None:
     """The package tree's directory when the queue's packages_url is one on this machine, else None."""
-    from .errors import GitqueueError
     from .transfer import parse_tree
 
     url = settings.get("packages_url")
@@ -368,18 +445,31 @@ def local_tree(settings: dict) -> str | None:
     return where.path if where is not None and not where.host else None
 
 
-def results_of(queue) -> list[tuple[dict | None, dict]]:
-    """(job record, result record) of every result at the queue's tip, by job name.
+def read_queue(queue) -> Snapshot:
+    """The records publish decides from, at the queue's tip: settings, results with their jobs,
+    live leases and lapsed leases.
 
-    The job record is None if the queue lacks it (publish then treats the job as restricted).
+    A result record that fails its schema (a local writer's, or one written before the schema
+    refused it) is not published: it is listed in `unreadable`. A result whose job record is
+    missing gets None (publish then treats the job as restricted).
     """
     _, reader = queue.fetch()
-    pairs = []
-    for path, blob in reader.walk_files("results"):
-        result = records.load_at("result", reader.store[blob].as_raw_string(), path)
+    snap = Snapshot(settings=queue.settings(reader))
+
+    def each(kind_dir, kind):
+        for path, blob in reader.walk_files(kind_dir):
+            data = reader.store[blob].as_raw_string()
+            try:
+                yield records.load_at(kind, data, path)
+            except RecordInvalid as e:
+                if kind == "result":
+                    snap.unreadable.append(str(e))
+
+    for result in each("results", "result"):
         job_path = record_path("jobs", result["job"])
         data = reader.read(job_path)
-        job = records.load_at("job", data, job_path) if data is not None else None
-        pairs.append((job, result))
-    pairs.sort(key=lambda pair: pair[1]["job"])
-    return pairs
+        snap.entries.append((records.load_at("job", data, job_path) if data is not None else None, result))
+    snap.entries.sort(key=lambda pair: pair[1]["job"])
+    snap.leases = {lease["token"]: lease["job"] for lease in each("leases", "lease")}
+    snap.lapsed = {lapsed["job"]: lapsed["lapsed"] for lapsed in each("lapsed", "lapsed")}
+    return snap

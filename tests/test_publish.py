@@ -8,13 +8,16 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import tomli_w
 
 from gitqueue import lease, records
 from gitqueue.errors import GitqueueError
 from gitqueue.pkgsummary import sha256_file, summary_entry
-from gitqueue.publish import publish, results_of
+from gitqueue.publish import Snapshot, publish, read_queue
 
-from helpers import job, make_queue, open_queue
+from gitqueue.names import record_path
+
+from helpers import gitqueue, job, local_commit, make_package_queue, make_queue, open_queue
 
 TOKEN_A = "a" * 32
 TOKEN_B = "b" * 32
@@ -67,6 +70,11 @@ def entry(name, token, packages, status="success", **job_extra):
     return job_rec, result
 
 
+def publish_entries(tree, entries, **options):
+    """publish() of a tip that holds these (job, result) pairs and nothing else."""
+    return publish(str(tree), Snapshot(entries=list(entries)), **options)
+
+
 def summary(tree):
     """{PKGNAME: {KEY: [values]}} of All/pkg_summary.gz."""
     text = gzip.decompress((tree / "All" / "pkg_summary.gz").read_bytes()).decode()
@@ -97,12 +105,12 @@ def two_packages(tree):
     a = upload(tree, TOKEN_A, "liba-1.0", pkgpath="devel/liba")
     b = upload(tree, TOKEN_B, "tool-2.1", deps=["liba>=1.0"], pkgpath="devel/tool", categories="devel sysutils")
     return [entry("liba-1.0", TOKEN_A, [a], pkgpath="devel/liba"),
-            entry("tool-2.1", TOKEN_B, [b], pkgpath="devel/tool")], a, b
+            entry("tool-2.1", TOKEN_B, [b], pkgpath="devel/tool", categories="devel  sysutils")], a, b
 
 
 def test_publish_copies_verified_packages_and_indexes_them(tree):
     entries, a, b = two_packages(tree)
-    got = publish(str(tree), entries)
+    got = publish_entries(tree, entries)
     assert got["published"] == ["liba-1.0.tgz", "tool-2.1.tgz"]
     assert (got["already"], got["missing"], got["mismatch"], got["restricted"], got["conflict"]) == (0, [], [], [], [])
     assert all_files(tree) == ["SHA512", "liba-1.0.tgz", "pkg_summary.gz", "tool-2.1.tgz"]
@@ -137,15 +145,15 @@ def test_publish_copies_verified_packages_and_indexes_them(tree):
 
 def test_a_second_publish_changes_nothing(tree):
     entries, _, _ = two_packages(tree)
-    publish(str(tree), entries)
+    publish_entries(tree, entries)
     before = {n: os.stat(tree / "All" / n) for n in all_files(tree)}
-    got = publish(str(tree), entries)
+    got = publish_entries(tree, entries)
     assert got["published"] == [] and got["already"] == 2
     after = {n: os.stat(tree / "All" / n) for n in all_files(tree)}
     assert {n: (s.st_ino, s.st_mtime_ns) for n, s in before.items()} == \
         {n: (s.st_ino, s.st_mtime_ns) for n, s in after.items()}
     # Without the digest cache, the files are read again, with the same answer.
-    assert publish(str(tree), entries, cache=False)["already"] == 2
+    assert publish_entries(tree, entries, cache=False)["already"] == 2
 
 
 def test_a_corrupted_upload_is_refused_and_left_in_incoming(tree):
@@ -157,7 +165,7 @@ def test_a_corrupted_upload_is_refused_and_left_in_incoming(tree):
     short = upload(tree, TOKEN_C, "short-1.0")
     (tree / "incoming" / TOKEN_C / short["name"]).write_bytes(b"truncated")
     entries.append(entry("short-1.0", TOKEN_C, [short]))
-    got = publish(str(tree), entries)
+    got = publish_entries(tree, entries)
     assert got["published"] == ["liba-1.0.tgz"] and got["mismatch"] == ["short-1.0.tgz", "tool-2.1.tgz"]
     assert all_files(tree) == ["SHA512", "liba-1.0.tgz", "pkg_summary.gz"]
     assert path.exists() and sorted(summary(tree)) == ["liba-1.0"]
@@ -167,10 +175,10 @@ def test_a_missing_upload_is_reported_and_published_once_it_arrives(tree):
     entries, a, b = two_packages(tree)
     held = tree / "elsewhere.tgz"
     os.rename(tree / "incoming" / TOKEN_B / b["name"], held)
-    got = publish(str(tree), entries)
+    got = publish_entries(tree, entries)
     assert got["missing"] == ["tool-2.1.tgz"] and got["published"] == ["liba-1.0.tgz"]
     os.rename(held, tree / "incoming" / TOKEN_B / b["name"])
-    got = publish(str(tree), entries)
+    got = publish_entries(tree, entries)
     assert got["published"] == ["tool-2.1.tgz"] and got["already"] == 1 and got["missing"] == []
     assert sorted(summary(tree)) == ["liba-1.0", "tool-2.1"]
 
@@ -182,14 +190,14 @@ def test_restricted_packages_are_never_published(tree):
     entries = [entry("acroread-9.0", TOKEN_A, [ftp], no_bin_on_ftp="${RESTRICTED}"),
                entry("jdk-8.0", TOKEN_B, [lic], restricted="Redistribution not permitted"),
                entry("free-1.0", TOKEN_C, [ok], restricted="")]
-    got = publish(str(tree), entries)
+    got = publish_entries(tree, entries)
     assert got["restricted"] == ["acroread-9.0.tgz", "jdk-8.0.tgz"] and got["published"] == ["free-1.0.tgz"]
     assert all_files(tree) == ["SHA512", "free-1.0.tgz", "pkg_summary.gz"]
     assert sorted(summary(tree)) == ["free-1.0"]
     # A result without its job record: nothing says the package may be published, so it is not.
     job_rec, result = entry("free-1.0", TOKEN_C, [ok])
     os.unlink(tree / "All" / "free-1.0.tgz")
-    assert publish(str(tree), [(None, result)])["restricted"] == ["free-1.0.tgz"]
+    assert publish_entries(tree, [(None, result)])["restricted"] == ["free-1.0.tgz"]
 
 
 def test_only_files_named_by_success_results_are_published(tree):
@@ -203,9 +211,10 @@ def test_only_files_named_by_success_results_are_published(tree):
             {"name": "pkg_summary.gz", "size": 13, "sha256": sha256_file(fake)}]
     job_rec, result = entries[0]
     entries[0] = (job_rec, dict(result, packages=result["packages"] + evil))  # past the schema: re-checked
-    got = publish(str(tree), entries)
+    got = publish_entries(tree, entries)
     assert got["published"] == ["liba-1.0.tgz", "tool-2.1.tgz"]
-    assert got["invalid"] == ["../../escape.tgz", "pkg_summary.gz"]
+    assert got["invalid"] == ["liba-1.0: '../../escape.tgz' is not a package file name",
+                              "liba-1.0: 'pkg_summary.gz' is not a package file name"]
     assert stray["name"] not in all_files(tree) and failed["name"] not in all_files(tree)
     assert sorted(summary(tree)) == ["liba-1.0", "tool-2.1"]
     assert not (tree.parent / "escape.tgz").exists()
@@ -215,20 +224,20 @@ def test_another_file_under_the_same_name_is_a_conflict(tree):
     entries, a, b = two_packages(tree)
     (tree / "All").mkdir()
     (tree / "All" / b["name"]).write_bytes(b"someone else's tool-2.1")
-    got = publish(str(tree), entries)
+    got = publish_entries(tree, entries)
     assert got["conflict"] == ["tool-2.1.tgz"] and got["published"] == ["liba-1.0.tgz"]
     assert (tree / "All" / b["name"]).read_bytes() == b"someone else's tool-2.1"
     assert sorted(summary(tree)) == ["liba-1.0"]
     # Replaced behind publish's back after it remembered the digest: noticed all the same.
     os.unlink(tree / "All" / a["name"])
     (tree / "All" / a["name"]).write_bytes(b"x" * a["size"])
-    assert publish(str(tree), entries)["conflict"] == ["liba-1.0.tgz", "tool-2.1.tgz"]
+    assert publish_entries(tree, entries)["conflict"] == ["liba-1.0.tgz", "tool-2.1.tgz"]
     assert summary(tree) == {}
 
 
 def test_a_crash_leaves_all_consistent(tree, monkeypatch):
     entries, a, b = two_packages(tree)
-    publish(str(tree), entries[:1])
+    publish_entries(tree, entries[:1])
     old_summary = (tree / "All" / "pkg_summary.gz").read_bytes()
     old_digests = (tree / "All" / "SHA512").read_bytes()
     real_replace = os.replace
@@ -246,13 +255,13 @@ def test_a_crash_leaves_all_consistent(tree, monkeypatch):
     # 1. The package's rename fails: no package, no temporary file, the old indexes.
     monkeypatch.setattr(os, "replace", failing_after(0))
     with pytest.raises(OSError):
-        publish(str(tree), entries)
+        publish_entries(tree, entries)
     assert all_files(tree) == ["SHA512", "liba-1.0.tgz", "pkg_summary.gz"]
     assert (tree / "All" / "pkg_summary.gz").read_bytes() == old_summary
     # 2. The package lands whole, then writing pkg_summary.gz fails: the previous one stays.
     monkeypatch.setattr(os, "replace", failing_after(1))
     with pytest.raises(OSError):
-        publish(str(tree), entries)
+        publish_entries(tree, entries)
     assert all_files(tree) == ["SHA512", "liba-1.0.tgz", "pkg_summary.gz", "tool-2.1.tgz"]
     assert (tree / "All" / b["name"]).read_bytes() == (tree / "incoming" / TOKEN_B / b["name"]).read_bytes()
     assert (tree / "All" / "pkg_summary.gz").read_bytes() == old_summary
@@ -260,7 +269,7 @@ def test_a_crash_leaves_all_consistent(tree, monkeypatch):
     # 3. A temporary file of a process killed mid-copy is swept; the next run completes.
     (tree / "All" / ".publish-tmp-999-0123456789abcdef").write_bytes(b"half a package")
     monkeypatch.setattr(os, "replace", real_replace)
-    got = publish(str(tree), entries)
+    got = publish_entries(tree, entries)
     assert got["published"] == [] and got["already"] == 2
     assert all_files(tree) == ["SHA512", "liba-1.0.tgz", "pkg_summary.gz", "tool-2.1.tgz"]
     assert sorted(summary(tree)) == ["liba-1.0", "tool-2.1"]
@@ -271,18 +280,21 @@ def test_an_unreadable_package_gets_what_is_known(tree):
     directory.mkdir()
     (directory / "odd-1.0.tgz").write_bytes(b"\x1f\x8b\x08garbage, not a tarball")
     pkg = describe(directory / "odd-1.0.tgz")
-    got = publish(str(tree), [entry("odd-1.0", TOKEN_A, [pkg], categories="misc", pkgpath="misc/odd")])
+    got = publish_entries(tree, [entry("odd-1.0", TOKEN_A, [pkg], categories="misc", pkgpath="misc/odd")])
     assert got["published"] == ["odd-1.0.tgz"]
     assert summary(tree)["odd-1.0"] == {"PKGNAME": ["odd-1.0"], "PKGPATH": ["misc/odd"], "CATEGORIES": ["misc"],
                                         "FILE_NAME": ["odd-1.0.tgz"], "FILE_SIZE": [str(pkg["size"])],
                                         "FILE_CKSUM": [f"SHA256 {pkg['sha256']}"]}
 
 
-def test_summary_entry_falls_back_to_the_job_and_reads_signed_packages(tmp_path):
+def test_summary_entry_takes_the_identity_from_the_job_and_reads_signed_packages(tmp_path):
+    anon = job("anon-1.0", pkgpath="misc/anon", categories="misc")
     plain = tmp_path / "anon-1.0.tgz"
-    make_package(plain, "anon-1.0", name_line=False)
-    text = summary_entry(str(plain), {"name": "anon-1.0", "version": "1.0", "deps": []})
-    assert text.startswith("PKGNAME=anon-1.0\nCOMMENT=The anon-1.0 tool\n") and text.endswith("\n")
+    make_package(plain, "anon-1.0", name_line=False, pkgpath="devel/elsewhere", categories="devel")
+    text = summary_entry(str(plain), anon)
+    # A package that does not name itself is only what the queue knows of it.
+    assert text.startswith("PKGNAME=anon-1.0\nPKGPATH=misc/anon\nCATEGORIES=misc\nFILE_NAME=anon-1.0.tgz\n")
+    assert "COMMENT" not in text and "DESCRIPTION" not in text and text.endswith("\n")
     # A signed package wraps the package after +PKG_HASH and the signature.
     inner = tmp_path / "inner.tgz"
     make_package(inner, "signed-1.0", deps=["liba>=1"])
@@ -293,8 +305,14 @@ def test_summary_entry_falls_back_to_the_job_and_reads_signed_packages(tmp_path)
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
-    text = summary_entry(str(signed), None)
-    assert "PKGNAME=signed-1.0\nDEPENDS=liba>=1\n" in text and f"FILE_SIZE={signed.stat().st_size}\n" in text
+    text = summary_entry(str(signed), job("signed-1.0"))
+    assert "PKGNAME=signed-1.0\nDEPENDS=liba>=1\nCOMMENT=The signed-1.0 tool\n" in text
+    assert f"FILE_SIZE={signed.stat().st_size}\n" in text
+    # PKGPATH and CATEGORIES are the job's, in the package's place for them; without them in the
+    # job record, the package's are not used either.
+    assert "PKGPATH" not in text and "CATEGORIES" not in text
+    text = summary_entry(str(signed), job("signed-1.0", pkgpath="security/signed", categories="security"))
+    assert "\nCATEGORIES=security\nMACHINE_ARCH=m68k\n" in text and "\nPKGPATH=security/signed\n" in text
 
 
 def test_build_logs_are_published_beside_the_packages(tree):
@@ -306,47 +324,49 @@ def test_build_logs_are_published_beside_the_packages(tree):
                                              "sha256": sha256_file(log)}))
     job_rec, result = entries[1]
     entries[1] = (job_rec, dict(result, log={"name": "../../../etc/passwd", "size": 1, "sha256": "0" * 64}))
-    got = publish(str(tree), entries)
+    got = publish_entries(tree, entries)
     assert got["logs"] == ["logs/liba-1.0/liba-1.0-aaaaaaaa.log"]
     assert (tree / "logs" / "liba-1.0" / log.name).read_text() == "build output\n"
-    assert publish(str(tree), entries)["logs"] == []  # already there
+    assert publish_entries(tree, entries)["logs"] == []  # already there
     # A log that differs from its result is refused; one already published is never overwritten.
     log.write_text("other output\n")
     os.unlink(tree / "logs" / "liba-1.0" / log.name)
-    assert publish(str(tree), entries)["mismatch"] == ["logs/liba-1.0/liba-1.0-aaaaaaaa.log"]
+    assert publish_entries(tree, entries)["mismatch"] == ["logs/liba-1.0/liba-1.0-aaaaaaaa.log"]
     (tree / "logs" / "liba-1.0" / log.name).write_text("build output, edited\n")
-    assert publish(str(tree), entries)["conflict"] == ["logs/liba-1.0/liba-1.0-aaaaaaaa.log"]
+    assert publish_entries(tree, entries)["conflict"] == ["logs/liba-1.0/liba-1.0-aaaaaaaa.log"]
 
 
-def test_results_of_a_real_queue_and_publishing_them(tmp_path, tree):
+def test_read_queue_and_publishing_what_it_read(tmp_path, tree):
     url = make_queue(tmp_path, [job("liba-1.0", pkgpath="devel/liba", categories="devel"),
-                                job("tool-2.1", ["liba-1.0"], pkgpath="devel/tool", no_bin_on_ftp="not allowed")])
+                                job("tool-2.1", ["liba-1.0"], pkgpath="devel/tool", no_bin_on_ftp="not allowed"),
+                                job("other-1.0", ["liba-1.0"])])
     with open_queue(url, tmp_path) as q:
-        assert results_of(q) == []
+        snap = read_queue(q)
+        assert (snap.entries, snap.leases, snap.lapsed, snap.unreadable) == ([], {}, {}, [])
+        assert snap.settings["name"] == "test" and snap.settings["lease_ttl"] == 3600
         claimed = lease.claim(q, "w1")
         assert claimed["job"] == "liba-1.0"
         token = claimed["lease"]
         log = tree / "incoming" / token / "build.log"
         log.parent.mkdir(parents=True)
         log.write_text("ok\n")
-        lease.report(q, "w1", "liba-1.0", "success", log={"name": "build.log", "size": 3, "sha256": sha256_file(log)})
-        assert lease.claim(q, "w2")["job"] == "tool-2.1"
-        lease.report(q, "w2", "tool-2.1", "failure", log_tail="boom")
-        pairs = results_of(q)
-    assert [(j["name"], r["status"]) for j, r in pairs] == [("liba-1.0", "success"), ("tool-2.1", "failure")]
-    assert pairs[0][0]["pkgpath"] == "devel/liba" and pairs[0][1]["token"] == token
-    assert pairs[1][0]["no_bin_on_ftp"] == "not allowed"
+        pkg = upload(tree, token, "liba-1.0", pkgpath="devel/liba")
+        lease.report(q, "w1", "liba-1.0", "success", log=describe(log), packages=[pkg])
+        held = {}
+        for worker in ("w2", "w3"):
+            got = lease.claim(q, worker)
+            held[got["job"]] = (worker, got["lease"])
+        lease.report(q, held["tool-2.1"][0], "tool-2.1", "failure", log_tail="boom")
+        snap = read_queue(q)
+    assert [(j["name"], r["status"]) for j, r in snap.entries] == [("liba-1.0", "success"), ("tool-2.1", "failure")]
+    assert snap.entries[0][0]["pkgpath"] == "devel/liba" and snap.entries[0][1]["token"] == token
+    assert snap.entries[1][0]["no_bin_on_ftp"] == "not allowed"
+    assert snap.leases == {held["other-1.0"][1]: "other-1.0"}
 
-    got = publish(str(tree), pairs)  # no packages recorded yet: only the log
-    assert got["published"] == [] and got["logs"] == ["logs/liba-1.0/build.log"]
-    assert summary(tree) == {}
-    # The same result once reports carry packages (lease.report does not take them yet).
-    pkg = upload(tree, token, "liba-1.0", pkgpath="devel/liba")
-    job_rec, result = pairs[0]
-    pairs[0] = (job_rec, records.validate("result", dict(result, packages=[pkg])))
-    got = publish(str(tree), pairs)
-    assert got["published"] == ["liba-1.0.tgz"]
+    got = publish(str(tree), snap)
+    assert got["published"] == ["liba-1.0.tgz"] and got["logs"] == ["logs/liba-1.0/build.log"]
     assert summary(tree)["liba-1.0"]["PKGPATH"] == ["devel/liba"]
+    assert summary(tree)["liba-1.0"]["CATEGORIES"] == ["devel"]
 
 
 def test_publish_follows_no_link(tree, tmp_path):
@@ -371,7 +391,7 @@ def test_publish_follows_no_link(tree, tmp_path):
     entries = [entry("a-1.0", TOKEN_A, [real]), entry("b-1.0", TOKEN_B, [b]), entry("c-1.0", TOKEN_C, [c])]
     entries[0] = (entries[0][0], dict(entries[0][1], log=secret_log))
     entries[2] = (entries[2][0], dict(entries[2][1], log=describe(log)))
-    got = publish(str(tree), entries)
+    got = publish_entries(tree, entries)
     assert got["published"] == ["c-1.0.tgz"] and got["missing"] == ["a-1.0.tgz", "b-1.0.tgz"]
     assert got["logs"] == [] and got["conflict"] == ["logs/c-1.0/c.log"]
     assert sorted(os.listdir(outside)) == ["a-1.0.tgz", "b-1.0.tgz", "secret"]
@@ -381,10 +401,135 @@ def test_publish_follows_no_link(tree, tmp_path):
 
     # A link in All/ under a package's name is not that package.
     (tree / "All" / "a-1.0.tgz").symlink_to(outside / "a-1.0.tgz")
-    assert publish(str(tree), entries)["conflict"] == ["a-1.0.tgz", "logs/c-1.0/c.log"]
+    assert publish_entries(tree, entries)["conflict"] == ["a-1.0.tgz", "logs/c-1.0/c.log"]
     assert sorted(summary(tree)) == ["c-1.0"]
     # All/ itself must be a directory of the tree, not a link to one.
     os.rename(tree / "All", tmp_path / "All")
     (tree / "All").symlink_to(tmp_path / "All")
     with pytest.raises(GitqueueError, match=r"/All is not a directory \(a symbolic link\?\)"):
-        publish(str(tree), entries)
+        publish_entries(tree, entries)
+
+
+def package_queue(tmp_path, tree, jobs):
+    """A real queue whose packages_url is `tree`; returns its path."""
+    return make_package_queue(tmp_path, str(tree), jobs)
+
+
+def claim_as(q, worker, expected):
+    got = lease.claim(q, worker)
+    assert got["job"] == expected, got
+    return got["lease"]
+
+
+def test_a_package_is_published_only_under_its_own_job_s_name(tmp_path, tree):
+    """Squatting: x-1.0's worker uploads a trojan as gmake-4.4.1.tgz; y-1.0's uploads one that
+    calls itself gmake-4.4.1 in its metadata. Neither is published; the real gmake is, later."""
+    url = package_queue(tmp_path, tree, [  # claimed longest first: x, y, gmake
+        job("x-1.0", pkgpath="misc/x", est_seconds=300), job("y-1.0", pkgpath="misc/y", est_seconds=200),
+        job("gmake-4.4.1", pkgpath="devel/gmake", categories="devel", est_seconds=100)])
+    with open_queue(url, tmp_path) as q:
+        token_x = claim_as(q, "mallory", "x-1.0")
+        trojan = upload(tree, token_x, "gmake-4.4.1", comment="a trojan")
+        lease.report(q, "mallory", "x-1.0", "success", packages=[trojan])
+        token_y = claim_as(q, "mallory", "y-1.0")
+        (tree / "incoming" / token_y).mkdir()
+        liar = make_package(tree / "incoming" / token_y / "y-1.0.tgz", "gmake-4.4.1", comment="another trojan")
+        lease.report(q, "mallory", "y-1.0", "success", packages=[liar])
+        got = publish(str(tree), read_queue(q))
+        assert got["published"] == [] and got["conflict"] == []
+        assert got["invalid"] == [
+            "x-1.0: gmake-4.4.1.tgz is not a package file of x-1.0 (package_files allow x-1.0.tgz)",
+            "y-1.0: y-1.0.tgz: the package names itself 'gmake-4.4.1', not y-1.0"]
+        assert all_files(tree) == ["SHA512", "pkg_summary.gz"] and summary(tree) == {}
+        assert not [p for p in (tree / "All").iterdir() if p.name.startswith(".publish-tmp-")]
+
+        token = claim_as(q, "w1", "gmake-4.4.1")
+        real = upload(tree, token, "gmake-4.4.1", comment="GNU make", pkgpath="devel/not-gmake", categories="evil")
+        lease.report(q, "w1", "gmake-4.4.1", "success", packages=[real])
+        got = publish(str(tree), read_queue(q))
+    assert got["published"] == ["gmake-4.4.1.tgz"] and got["conflict"] == []
+    assert (tree / "All" / "gmake-4.4.1.tgz").read_bytes() == (tree / "incoming" / token / real["name"]).read_bytes()
+    gmake = summary(tree)["gmake-4.4.1"]
+    assert (gmake["COMMENT"], gmake["PKGPATH"], gmake["CATEGORIES"]) == (["GNU make"], ["devel/gmake"], ["devel"])
+    assert sorted(summary(tree)) == ["gmake-4.4.1"]
+
+
+def test_a_package_already_in_all_that_names_another_is_not_listed(tree):
+    """Published before publish looked inside (an older gitqueue): left in All/, not advertised."""
+    (tree / "All").mkdir()
+    liar = make_package(tree / "All" / "y-1.0.tgz", "gmake-4.4.1")
+    got = publish_entries(tree, [entry("y-1.0", TOKEN_A, [liar])])
+    assert got["already"] == 0
+    assert got["invalid"] == ["y-1.0: All/y-1.0.tgz: the package names itself 'gmake-4.4.1', not y-1.0"]
+    assert summary(tree) == {}
+
+
+def test_a_late_success_is_published_only_for_a_reclaimed_lease(tmp_path, tree):
+    url = package_queue(tmp_path, tree, [job("a-1.0"), job("b-1.0")])
+    with open_queue(url, tmp_path) as q:
+        token_a = claim_as(q, "w1", "a-1.0")
+        lease.reclaim(q, now=1000.0, ttl=1)
+        assert lease.reclaim(q, now=1002.0, ttl=1) == [{"job": "a-1.0", "worker": "w1", "silent_for": 2}]
+        pkg_a = upload(tree, token_a, "a-1.0")
+        assert lease.report(q, "w1", "a-1.0", "success", token=token_a, packages=[pkg_a])["late"] is True
+    # b-1.0: a late success that no reclaimed lease stands for, as a local writer can commit it.
+    token_b = "b" * 32
+    pkg_b = upload(tree, token_b, "b-1.0")
+    local_commit(url, {record_path("results", "b-1.0"): records.dumps("result", {
+        "job": "b-1.0", "version": "1.0", "status": "success", "worker": "w1", "token": token_b, "late": True,
+        "packages": [pkg_b]})})
+    with open_queue(url, tmp_path) as q:
+        snap = read_queue(q)
+    assert snap.lapsed["a-1.0"][0]["token"] == token_a
+    got = publish(str(tree), snap)
+    assert got["published"] == ["a-1.0.tgz"]
+    assert got["unproven"] == [f"b-1.0: a late result by w1, but no lease of b-1.0 reclaimed from w1 (lapsed/) "
+                               f"has its token {token_b}"]
+    assert sorted(summary(tree)) == ["a-1.0"]
+
+
+def test_a_result_under_another_s_lease_token_is_published_for_neither(tmp_path, tree):
+    url = package_queue(tmp_path, tree, [job("a-1.0"), job("b-1.0"), job("c-1.0")])
+    with open_queue(url, tmp_path) as q:
+        token = claim_as(q, "w1", "a-1.0")
+        pkg_a = upload(tree, token, "a-1.0")
+        lease.report(q, "w1", "a-1.0", "success", packages=[pkg_a])
+        live = claim_as(q, "w2", "b-1.0")
+    pkg_b = upload(tree, token, "b-1.0")
+    pkg_c = upload(tree, live, "c-1.0")
+    local_commit(url, {record_path("results", name): records.dumps("result", {
+        "job": name, "version": "1.0", "status": "success", "worker": "w1", "token": tok, "packages": [pkg]})
+        for name, tok, pkg in (("b-1.0", token, pkg_b), ("c-1.0", live, pkg_c))})
+    with open_queue(url, tmp_path) as q:
+        got = publish(str(tree), read_queue(q))
+    assert got["published"] == []
+    assert got["unproven"] == [
+        f"a-1.0: its lease token {token} is another result's or a live lease's too; published for neither",
+        f"b-1.0: its lease token {token} is another result's or a live lease's too; published for neither",
+        f"c-1.0: its lease token {live} is another result's or a live lease's too; published for neither"]
+
+
+def test_a_local_writer_s_hostile_record_is_listed_and_the_rest_published(tmp_path, tree):
+    """Records the schema refuses (a log named /etc/passwd, a package named ../../x): publish
+    reads nothing they name, says so, and publishes the other results."""
+    url = package_queue(tmp_path, tree, [job("a-1.0"), job("b-1.0"), job("c-1.0")])
+    with open_queue(url, tmp_path) as q:
+        token = claim_as(q, "w1", "a-1.0")
+        pkg = upload(tree, token, "a-1.0")
+        lease.report(q, "w1", "a-1.0", "success", packages=[pkg])
+    hostile = {"b-1.0": {"log": {"name": "/etc/passwd", "size": 1, "sha256": "0" * 64}},
+               "c-1.0": {"packages": [{"name": "../../x", "size": 1, "sha256": "0" * 64}]}}
+    local_commit(url, {record_path("results", name): tomli_w.dumps({
+        "job": name, "version": "1.0", "status": "failure" if "log" in extra else "success", "worker": "w1",
+        "token": "c" * 32, **extra}).encode() for name, extra in hostile.items()})
+    proc = gitqueue("publish", "--queue", url, env={"GITQUEUE_CACHE": str(tmp_path / "cache-cron")})
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines()[:4] == [
+        "published 1, already 0, missing 0, restricted 0", "  published a-1.0.tgz",
+        f"  invalid {record_path('results', 'b-1.0')}: log.name: '/etc/passwd' is not a valid value",
+        f"  invalid {record_path('results', 'c-1.0')}: packages[0].name: '../../x' is not a valid value"]
+    assert proc.stderr.startswith("Error: 2 upload(s) refused: ") and proc.stderr.count("\n") == 1
+    assert sorted(summary(tree)) == ["a-1.0"]
+    assert sorted(p.name for p in tree.iterdir()) == [".publish-cache.json", ".publish.lock", "All", "incoming",
+                                                      "logs"]
+    assert list((tree / "logs").iterdir()) == []
