@@ -19,8 +19,15 @@ appears under its final name by rename(2) of a fsync'ed temporary file in the sa
 a crash at any point leaves All/ holding whole files only; a temporary file a crash left behind
 is removed by the next run. Then All/pkg_summary.gz (pkg_summary(5), as `pkg_info -X` writes
 it, with PKGNAME, PKGPATH and CATEGORIES from the job record) and All/SHA512 (digest(1) lines,
-as pbulk writes them) are regenerated from the published files. Nothing is removed from
-incoming/.
+as pbulk writes them) are regenerated from the published files.
+
+Last, `publish` removes from incoming/ the upload of each result it published whole (every
+package in All/ with its checksum, the log in logs/JOB/ or never uploaded; a failure's log
+likewise), and the uploads that no lease or result will use: neither a live lease's nor a
+result's, nor a reclaimed lease's whose job has no result yet and that changed within
+lease_ttl (its worker may still report a late success). Removal comes after every copy is
+fsynced and renamed into place, so a crash leaves the upload, or the copies and part of the
+upload, never neither; it never follows a link (files.remove_tree).
 
 Hashing every package on every run would read the whole tree each time, so the digests and
 package metadata of All/ files are remembered in `.publish-cache.json` at the top of the tree,
@@ -33,6 +40,8 @@ import hashlib
 import json
 import os
 import re
+import stat
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -53,6 +62,8 @@ LOCK = ".publish.lock"
 TMP_PREFIX = ".publish-tmp-"  # package names start with a letter or digit: never a clash
 
 _TOKEN = re.compile(r"[0-9a-f]{16,64}")
+# A lease token as a record that fails its schema may still hold it (read_queue keeps its upload).
+_TOKEN_IN_TOML = re.compile(rb'\btoken\s*=\s*"([0-9a-f]{16,64})"')
 # Names publish writes itself (and pbulk's siblings of them): a package may not take them.
 RESERVED = {SUMMARY, DIGESTS, "pkg_summary.bz2", "pkg_summary.xz", "pkg_summary.zst", "SHA512.bz2"}
 
@@ -185,9 +196,11 @@ class Snapshot:
     lapsed: dict = field(default_factory=dict)  # job -> the entries of its lapsed/ record
     leases: dict = field(default_factory=dict)  # lease token -> job, of the live leases
     unreadable: list = field(default_factory=list)  # "PATH: why" of result records failing their schema
+    tokens: set = field(default_factory=set)  # lease tokens in records that fail their schema
+    read_at: float | None = None  # this machine's time just before the tip was read
 
 
-def publish(tree: str, snapshot: Snapshot, cache: bool = True) -> dict:
+def publish(tree: str, snapshot: Snapshot, cache: bool = True, clock=time.time) -> dict:
     """Publish the verified uploads of the results in `snapshot` into TREE/All/ and refresh its indexes.
 
     A success result's package files are published only when
@@ -205,15 +218,19 @@ def publish(tree: str, snapshot: Snapshot, cache: bool = True) -> dict:
     from the result; left in incoming/], "restricted": [never copied], "conflict": [All/ holds
     another file under that name; not overwritten], "invalid": ["JOB: why" of files that are
     not the job's, and "PATH: why" of result records that fail their schema], "unproven":
-    ["JOB: why" of results published for nobody], "logs": [build logs copied to logs/JOB/]}. A
-    build log that differs from its result is listed under mismatch or conflict as
-    "logs/JOB/NAME". No file is read or written through a symbolic link (files.py): a link
-    where an upload should be is not there; All/, logs/ and incoming/ must be real directories.
-    Failures to write (disk full, ...) raise OSError after removing the temporary file; what was
-    renamed into place before stays, and is whole.
+    ["JOB: why" of results published for nobody], "logs": [build logs copied to logs/JOB/],
+    "removed": number of upload directories removed once published, "abandoned": number of
+    upload directories removed that no lease or result will use}. A build log that differs from
+    its result is listed under mismatch or conflict as "logs/JOB/NAME". An upload directory
+    changed after `snapshot.read_at` may be a lease claimed since, and is kept (without
+    read_at, every unknown one is); `clock` is this machine's. No file is read or written
+    through a symbolic link (files.py): a link where an upload should be is not there; All/,
+    logs/ and incoming/ must be real directories. Failures to write (disk full, ...) raise
+    OSError after removing the temporary file; what was renamed into place before stays, and is
+    whole, and no upload is removed.
     """
     with FileLock(os.path.join(tree, LOCK)):
-        run = _Run(tree, snapshot, cache)
+        run = _Run(tree, snapshot, cache, clock)
         try:
             run.publish()
         finally:
@@ -235,10 +252,11 @@ def _part(root_fd: int, tree: str, name: str, create: bool) -> int | None:
 class _Run:
     """One run of publish: the tree's directories (descriptors), what is known of All/, the outcome."""
 
-    def __init__(self, tree: str, snapshot: Snapshot, cache: bool):
-        self.tree, self.snapshot, self.cache = tree, snapshot, cache
+    def __init__(self, tree: str, snapshot: Snapshot, cache: bool, clock):
+        self.tree, self.snapshot, self.cache, self.clock = tree, snapshot, cache, clock
         self.out = {"published": [], "already": 0, "missing": [], "mismatch": [], "restricted": [],
-                    "conflict": [], "invalid": list(snapshot.unreadable), "unproven": [], "logs": []}
+                    "conflict": [], "invalid": list(snapshot.unreadable), "unproven": [], "logs": [],
+                    "removed": 0, "abandoned": 0}
         self.listed: dict[str, dict] = {}  # name in All/ -> the job it was published for
         self.known = _Known(_load_cache(os.path.join(tree, CACHE)) if cache else {})
         self.root = os.open(tree, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -261,6 +279,7 @@ class _Run:
             files.sweep(fd, TMP_PREFIX)
         uses = Counter(result.get("token") for _, result in self.snapshot.entries)
         uses.update(list(self.snapshot.leases))  # the tokens
+        done = []  # lease tokens whose upload is published whole
         for job, result in sorted(self.snapshot.entries, key=lambda e: e[1]["job"]):
             why = _unproven(result, self.snapshot, uses)
             if why is not None:
@@ -268,18 +287,50 @@ class _Run:
                 continue
             upload = self._upload(result.get("token"))
             try:
-                if result.get("log"):
-                    self._publish_log(result["job"], upload, result["log"])
+                in_place = [self._publish_log(result["job"], upload, result["log"])] if result.get("log") else []
                 if result.get("status") == "success":
-                    for package in result.get("packages") or ():
-                        self._publish_package(upload, job, result["job"], package)
+                    in_place += [self._publish_package(upload, job, result["job"], package)
+                                 for package in result.get("packages") or ()]
             finally:
                 if upload is not None:
                     os.close(upload)
+            if all(in_place) and upload is not None:
+                done.append(result["token"])
         _write_indexes(self.all, self.listed, self.known)
         if self.cache:
             _replace_if_changed(self.root, CACHE,
                                 json.dumps({"version": 1, "files": self.known.new}, sort_keys=True).encode())
+        # Last, once every copy is fsynced and in place: a crash before this leaves the upload
+        # and the copies, one during it the copies and part of the upload, never neither.
+        if self.incoming is not None:
+            self.out["removed"] = sum(files.remove_tree(self.incoming, token) for token in done)
+            self.out["abandoned"] = self._remove_abandoned()
+
+    def _remove_abandoned(self) -> int:
+        """Remove the upload directories that no lease or result will ever use; return how many.
+
+        Kept: a live lease's, any result's (removed above once published), and a lease's that was
+        reclaimed from a worker that may still report a late success (its job has no result and
+        the directory changed within lease_ttl). A directory changed since the tip was read may
+        be a lease claimed after that, and is kept too; without `read_at`, all are kept.
+        """
+        snap = self.snapshot
+        if snap.read_at is None:
+            return 0
+        kept = set(snap.leases) | snap.tokens | {result.get("token") for _, result in snap.entries}
+        finished = {result["job"] for _, result in snap.entries}
+        late = {entry.get("token") for job, entries in snap.lapsed.items() if job not in finished
+                for entry in entries}
+        recent = self.clock() - (snap.settings.get("lease_ttl") or 0)
+        removed = 0
+        for name in os.listdir(self.incoming):
+            st = files.lstat(self.incoming, name) if _TOKEN.fullmatch(name) and name not in kept else None
+            if st is None or not stat.S_ISDIR(st.st_mode) or st.st_mtime >= snap.read_at:
+                continue
+            if name in late and st.st_mtime > recent:
+                continue
+            removed += files.remove_tree(self.incoming, name)
+        return removed
 
     def _upload(self, token) -> int | None:
         """A descriptor of incoming/TOKEN/, or None when it is not a directory there."""
@@ -287,40 +338,41 @@ class _Run:
             return None
         return files.open_dir(self.incoming, token)
 
-    def _publish_package(self, upload: int | None, job: dict | None, job_name: str, package: dict) -> None:
+    def _publish_package(self, upload: int | None, job: dict | None, job_name: str, package: dict) -> bool:
+        """Publish one package file of a success result; True once it is in All/ with its checksum."""
         out = self.out
         name = package.get("name")
         if not is_file_name(name) or name in RESERVED:
             out["invalid"].append(f"{job_name}: {name!r} is not a package file name")
-            return
+            return False
         if job is None or job.get("no_bin_on_ftp") or job.get("restricted"):
             out["restricted"].append(name)  # without its job record, nothing says it may be published
-            return
+            return False
         problem = package_name_problem(name, job, self.snapshot.settings)
         if problem is not None:
             out["invalid"].append(f"{job_name}: {problem}")
-            return
+            return False
         present, fd = _existing(self.all, name)
         if present:
             if fd is None:
                 out["conflict"].append(name)  # a link or a directory: not a package
-                return
+                return False
             with os.fdopen(fd, "rb"):
                 same = self.known.digests(fd, name)["sha256"] == package["sha256"]
             if not same:
                 out["conflict"].append(name)
-                return
+                return False
             problem = identity_problem(self.known.meta(self.all, name), job)
             if problem is not None:  # published before publish looked inside
                 out["invalid"].append(f"{job_name}: {ALL}/{name}: {problem}")
-                return
+                return False
             out["already"] += 1
             self.listed[name] = job
-            return
+            return True
         src = files.open_file(upload, name) if upload is not None else None
         if src is None:
             out["missing"].append(name)
-            return
+            return False
         meta = []
 
         def inspect(copy):
@@ -337,48 +389,53 @@ class _Run:
             os.close(src)
         if problem is not None:
             out["invalid"].append(f"{job_name}: {name}: {problem}")
-        elif sha512 is None:
+            return False
+        if sha512 is None:
             out["mismatch"].append(name)
-        else:
-            self.known.installed(self.all, name, name, package["sha256"], sha512, meta=meta[0])
-            out["published"].append(name)
-            self.listed[name] = job
+            return False
+        self.known.installed(self.all, name, name, package["sha256"], sha512, meta=meta[0])
+        out["published"].append(name)
+        self.listed[name] = job
+        return True
 
-    def _publish_log(self, job: str, upload: int | None, log: dict) -> None:
+    def _publish_log(self, job: str, upload: int | None, log: dict) -> bool:
+        """Publish a result's build log into logs/JOB/; True once it is there, or was not uploaded."""
         out, name = self.out, log.get("name")
         if not (is_log_name(name) and is_file_name(job)):
             out["invalid"].append(f"{job}: log {name!r} is not a plain .log or .txt file name")
-            return
+            return False
         rel = f"{LOGS}/{job}/{name}"  # the cache's key: never a package name, those have no '/'
         there = files.lstat(self.logs, job) is not None
         job_dir = files.open_dir(self.logs, job) if there else None
         if there and job_dir is None:
             out["conflict"].append(rel)  # logs/JOB is not a directory (a link?)
-            return
+            return False
         try:
             if job_dir is not None:
                 present, fd = _existing(job_dir, name)
                 if present:
                     if fd is None:
                         out["conflict"].append(rel)
-                        return
+                        return False
                     with os.fdopen(fd, "rb"):
-                        if not (os.fstat(fd).st_size == log["size"]
-                                and self.known.digests(fd, rel)["sha256"] == log["sha256"]):
-                            out["conflict"].append(rel)
-                    return
+                        same = (os.fstat(fd).st_size == log["size"]
+                                and self.known.digests(fd, rel)["sha256"] == log["sha256"])
+                    if not same:
+                        out["conflict"].append(rel)
+                    return same
             src = files.open_file(upload, name) if upload is not None else None
             if src is None:
-                return  # logs are optional: not uploaded
+                return True  # logs are optional: not uploaded (or not a regular file: not read)
             try:
                 if job_dir is None:
                     job_dir = _part(self.logs, os.path.join(self.tree, LOGS), job, create=True)
                 sha512, _ = _copy_verified(src, job_dir, name, log["size"], log["sha256"], temp_dir_fd=self.logs)
                 if sha512 is None:
                     out["mismatch"].append(rel)
-                else:
-                    self.known.installed(job_dir, name, rel, log["sha256"], sha512)
-                    out["logs"].append(rel)
+                    return False
+                self.known.installed(job_dir, name, rel, log["sha256"], sha512)
+                out["logs"].append(rel)
+                return True
             finally:
                 os.close(src)
         finally:
@@ -445,16 +502,19 @@ def local_tree(settings: dict) -> str | None:
     return where.path if where is not None and not where.host else None
 
 
-def read_queue(queue) -> Snapshot:
+def read_queue(queue, clock=time.time) -> Snapshot:
     """The records publish decides from, at the queue's tip: settings, results with their jobs,
     live leases and lapsed leases.
 
     A result record that fails its schema (a local writer's, or one written before the schema
-    refused it) is not published: it is listed in `unreadable`. A result whose job record is
-    missing gets None (publish then treats the job as restricted).
+    refused it) is not published: it is listed in `unreadable`, and the lease tokens of such
+    records are kept in `tokens` so that their upload directories are not taken for abandoned
+    ones. A result whose job record is missing gets None (publish then treats the job as
+    restricted). `clock` is this machine's (the package tree's) clock: `read_at`.
     """
+    read_at = clock()
     _, reader = queue.fetch()
-    snap = Snapshot(settings=queue.settings(reader))
+    snap = Snapshot(settings=queue.settings(reader), read_at=read_at)
 
     def each(kind_dir, kind):
         for path, blob in reader.walk_files(kind_dir):
@@ -464,6 +524,7 @@ def read_queue(queue) -> Snapshot:
             except RecordInvalid as e:
                 if kind == "result":
                     snap.unreadable.append(str(e))
+                snap.tokens.update(token.decode() for token in _TOKEN_IN_TOML.findall(data))
 
     for result in each("results", "result"):
         job_path = record_path("jobs", result["job"])

@@ -4,7 +4,9 @@ import gzip
 import hashlib
 import io
 import os
+import shutil
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -110,13 +112,16 @@ def two_packages(tree):
 
 def test_publish_copies_verified_packages_and_indexes_them(tree):
     entries, a, b = two_packages(tree)
+    uploaded = {pkg["name"]: (tree / "incoming" / token / pkg["name"]).read_bytes()
+                for pkg, token in ((a, TOKEN_A), (b, TOKEN_B))}
     got = publish_entries(tree, entries)
     assert got["published"] == ["liba-1.0.tgz", "tool-2.1.tgz"]
     assert (got["already"], got["missing"], got["mismatch"], got["restricted"], got["conflict"]) == (0, [], [], [], [])
     assert all_files(tree) == ["SHA512", "liba-1.0.tgz", "pkg_summary.gz", "tool-2.1.tgz"]
-    for pkg, token in ((a, TOKEN_A), (b, TOKEN_B)):
-        assert (tree / "All" / pkg["name"]).read_bytes() == (tree / "incoming" / token / pkg["name"]).read_bytes()
-        assert (tree / "incoming" / token / pkg["name"]).exists()  # incoming is left alone
+    for name, data in uploaded.items():
+        assert (tree / "All" / name).read_bytes() == data
+    # Published whole: the upload directories are gone.
+    assert got["removed"] == 2 and list((tree / "incoming").iterdir()) == []
 
     entries_ = summary(tree)
     assert sorted(entries_) == ["liba-1.0", "tool-2.1"]
@@ -266,13 +271,29 @@ def test_a_crash_leaves_all_consistent(tree, monkeypatch):
     assert (tree / "All" / b["name"]).read_bytes() == (tree / "incoming" / TOKEN_B / b["name"]).read_bytes()
     assert (tree / "All" / "pkg_summary.gz").read_bytes() == old_summary
     assert (tree / "All" / "SHA512").read_bytes() == old_digests
+    assert sorted(os.listdir(tree / "incoming")) == [TOKEN_B]  # removed only after the indexes
     # 3. A temporary file of a process killed mid-copy is swept; the next run completes.
     (tree / "All" / ".publish-tmp-999-0123456789abcdef").write_bytes(b"half a package")
     monkeypatch.setattr(os, "replace", real_replace)
+    # 4. ... but dies removing the upload, one file gone: the copy in All/ is whole, and the run
+    # after that removes the rest.
+    real_rmtree = shutil.rmtree
+
+    def dies_midway(name, dir_fd=None):
+        os.unlink(os.path.join(name, b["name"]), dir_fd=dir_fd)
+        raise OSError(5, "Input/output error")
+
+    dies_midway.avoids_symlink_attacks = True
+    monkeypatch.setattr(shutil, "rmtree", dies_midway)
+    with pytest.raises(OSError):
+        publish_entries(tree, entries)
+    assert os.listdir(tree / "incoming" / TOKEN_B) == []
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
     got = publish_entries(tree, entries)
-    assert got["published"] == [] and got["already"] == 2
+    assert got["published"] == [] and got["already"] == 2 and got["removed"] == 1
     assert all_files(tree) == ["SHA512", "liba-1.0.tgz", "pkg_summary.gz", "tool-2.1.tgz"]
     assert sorted(summary(tree)) == ["liba-1.0", "tool-2.1"]
+    assert os.listdir(tree / "incoming") == []
 
 
 def test_an_unreadable_package_gets_what_is_known(tree):
@@ -326,14 +347,20 @@ def test_build_logs_are_published_beside_the_packages(tree):
     entries[1] = (job_rec, dict(result, log={"name": "../../../etc/passwd", "size": 1, "sha256": "0" * 64}))
     got = publish_entries(tree, entries)
     assert got["logs"] == ["logs/liba-1.0/liba-1.0-aaaaaaaa.log"]
+    assert got["invalid"] == ["tool-2.1: log '../../../etc/passwd' is not a plain .log or .txt file name"]
     assert (tree / "logs" / "liba-1.0" / log.name).read_text() == "build output\n"
+    # liba-1.0's upload is published whole and removed; tool-2.1's stays, for someone to look at.
+    assert got["removed"] == 1 and sorted(os.listdir(tree / "incoming")) == [TOKEN_B]
     assert publish_entries(tree, entries)["logs"] == []  # already there
     # A log that differs from its result is refused; one already published is never overwritten.
+    log.parent.mkdir()
     log.write_text("other output\n")
     os.unlink(tree / "logs" / "liba-1.0" / log.name)
-    assert publish_entries(tree, entries)["mismatch"] == ["logs/liba-1.0/liba-1.0-aaaaaaaa.log"]
+    got = publish_entries(tree, entries)
+    assert got["mismatch"] == ["logs/liba-1.0/liba-1.0-aaaaaaaa.log"] and log.exists()
     (tree / "logs" / "liba-1.0" / log.name).write_text("build output, edited\n")
-    assert publish_entries(tree, entries)["conflict"] == ["logs/liba-1.0/liba-1.0-aaaaaaaa.log"]
+    got = publish_entries(tree, entries)
+    assert got["conflict"] == ["logs/liba-1.0/liba-1.0-aaaaaaaa.log"] and log.exists()
 
 
 def test_read_queue_and_publishing_what_it_read(tmp_path, tree):
@@ -446,9 +473,10 @@ def test_a_package_is_published_only_under_its_own_job_s_name(tmp_path, tree):
         token = claim_as(q, "w1", "gmake-4.4.1")
         real = upload(tree, token, "gmake-4.4.1", comment="GNU make", pkgpath="devel/not-gmake", categories="evil")
         lease.report(q, "w1", "gmake-4.4.1", "success", packages=[real])
+        uploaded = (tree / "incoming" / token / real["name"]).read_bytes()
         got = publish(str(tree), read_queue(q))
     assert got["published"] == ["gmake-4.4.1.tgz"] and got["conflict"] == []
-    assert (tree / "All" / "gmake-4.4.1.tgz").read_bytes() == (tree / "incoming" / token / real["name"]).read_bytes()
+    assert (tree / "All" / "gmake-4.4.1.tgz").read_bytes() == uploaded
     gmake = summary(tree)["gmake-4.4.1"]
     assert (gmake["COMMENT"], gmake["PKGPATH"], gmake["CATEGORIES"]) == (["GNU make"], ["devel/gmake"], ["devel"])
     assert sorted(summary(tree)) == ["gmake-4.4.1"]
@@ -522,10 +550,13 @@ def test_a_local_writer_s_hostile_record_is_listed_and_the_rest_published(tmp_pa
     local_commit(url, {record_path("results", name): tomli_w.dumps({
         "job": name, "version": "1.0", "status": "failure" if "log" in extra else "success", "worker": "w1",
         "token": "c" * 32, **extra}).encode() for name, extra in hostile.items()})
+    (tree / "incoming" / ("c" * 32)).mkdir()  # their upload: kept for someone to look at
+    os.utime(tree / "incoming" / ("c" * 32), (1, 1))
     proc = gitqueue("publish", "--queue", url, env={"GITQUEUE_CACHE": str(tmp_path / "cache-cron")})
     assert proc.returncode == 1
     assert proc.stdout.splitlines()[:4] == [
-        "published 1, already 0, missing 0, restricted 0", "  published a-1.0.tgz",
+        "published 1, already 0, missing 0, restricted 0; uploads removed: 1 published, 0 abandoned",
+        "  published a-1.0.tgz",
         f"  invalid {record_path('results', 'b-1.0')}: log.name: '/etc/passwd' is not a valid value",
         f"  invalid {record_path('results', 'c-1.0')}: packages[0].name: '../../x' is not a valid value"]
     assert proc.stderr.startswith("Error: 2 upload(s) refused: ") and proc.stderr.count("\n") == 1
@@ -533,3 +564,60 @@ def test_a_local_writer_s_hostile_record_is_listed_and_the_rest_published(tmp_pa
     assert sorted(p.name for p in tree.iterdir()) == [".publish-cache.json", ".publish.lock", "All", "incoming",
                                                       "logs"]
     assert list((tree / "logs").iterdir()) == []
+    assert os.listdir(tree / "incoming") == ["c" * 32]
+
+
+def test_uploads_are_removed_once_published_and_abandoned_ones_too(tmp_path, tree):
+    """Published: a success's and a failure's uploads go. Abandoned: a released lease's, a stray
+    one. Kept: a live lease's, a restricted package's, a reclaimed lease's (a late success may
+    come) until lease_ttl has passed, one made after the tip was read; links and other names."""
+    estimates = {"e-1.0": 700, "a-1.0": 600, "b-1.0": 500, "r-1.0": 400, "d-1.0": 300}  # the claims' order
+    url = package_queue(tmp_path, tree, [job(n, est_seconds=t, **({"restricted": "license"} if n == "r-1.0" else {}))
+                                         for n, t in estimates.items()])
+    tokens = {}
+
+    def claim_and_upload(q, worker, name):
+        token = claim_as(q, worker, name)
+        log = tree / "incoming" / token / f"{name}.log"
+        pkg = upload(tree, token, name)
+        log.write_text(f"building {name}\n")
+        return token, pkg, describe(log)
+
+    with open_queue(url, tmp_path) as q:
+        tokens["e-1.0 lapsed"], _, _ = claim_and_upload(q, "w0", "e-1.0")
+        lease.reclaim(q, now=1000.0, ttl=1)
+        assert [r["job"] for r in lease.reclaim(q, now=1002.0, ttl=1)] == ["e-1.0"]
+        tokens["e-1.0"], _, _ = claim_and_upload(q, "w1", "e-1.0")  # a live lease, uploading
+        for worker, name in (("w2", "a-1.0"), ("w3", "b-1.0"), ("w4", "r-1.0"), ("w5", "d-1.0")):
+            tokens[name], pkg, log = claim_and_upload(q, worker, name)
+            if name == "b-1.0":
+                lease.report(q, worker, name, "failure", log=log, log_tail="boom")
+            elif name == "d-1.0":
+                lease.release(q, worker, name, decline=False)
+            else:
+                lease.report(q, worker, name, "success", log=log, packages=[pkg])
+        now = time.time()
+        snap = read_queue(q, clock=lambda: now)
+    incoming = tree / "incoming"
+    outside = tmp_path / "outside"
+    (outside / "keep").mkdir(parents=True)
+    (incoming / ("f" * 16)).symlink_to(outside)
+    (incoming / "notes").mkdir()
+    (incoming / ("0" * 32)).mkdir()  # nobody's
+    for path in incoming.iterdir():
+        os.utime(path, (now - 100, now - 100), follow_symlinks=False)
+    (incoming / ("1" * 32)).mkdir()  # made after the tip was read: maybe a lease claimed since
+    os.utime(incoming / ("1" * 32), (now + 1, now + 1))
+
+    got = publish(str(tree), snap, clock=lambda: now)
+    assert got["published"] == ["a-1.0.tgz"] and got["restricted"] == ["r-1.0.tgz"]
+    assert got["logs"] == ["logs/a-1.0/a-1.0.log", "logs/b-1.0/b-1.0.log", "logs/r-1.0/r-1.0.log"]
+    assert (tree / "logs" / "b-1.0" / "b-1.0.log").read_text() == "building b-1.0\n"
+    assert (got["removed"], got["abandoned"]) == (2, 2)  # a's and b's; d's and nobody's
+    assert sorted(os.listdir(incoming)) == sorted([tokens["e-1.0 lapsed"], tokens["e-1.0"], tokens["r-1.0"],
+                                                   "f" * 16, "notes", "1" * 32])
+    assert os.listdir(outside) == ["keep"]
+    # Once lease_ttl has passed, e-1.0's reclaimed worker will not report: its upload goes too.
+    got = publish(str(tree), snap, clock=lambda: now + 3600)
+    assert (got["removed"], got["abandoned"]) == (0, 1)
+    assert tokens["e-1.0 lapsed"] not in os.listdir(incoming) and tokens["e-1.0"] in os.listdir(incoming)

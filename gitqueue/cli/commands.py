@@ -314,9 +314,10 @@ def publish_cmd(queue_url, tree, as_json):
 
     A package is published only for its own job (PKGNAME.tgz, or the queue's package_files),
     when it matches its result's checksum, does not name itself as another package, and its
-    result is proven (a late result only for a lease reclaimed from that worker). Exit 1 when an
-    upload is refused: it does not match its result, would overwrite another file, is not its
-    job's, or its result is unproven.
+    result is proven (a late result only for a lease reclaimed from that worker). Then removes
+    each upload published whole, and those no lease or result will use. Exit 1 when an upload
+    is refused: it does not match its result, would overwrite another file, is not its job's,
+    or its result is unproven.
 
     \b
     Example: */10 * * * * gitqueue publish --queue /srv/queues/q.git --tree /srv/packages/m68k
@@ -333,7 +334,8 @@ def publish_cmd(queue_url, tree, as_json):
         out = publish(tree, read_queue(queue))
     emit(out, as_json, lambda: "\n".join(
         [f"published {len(out['published'])}, already {out['already']}, missing {len(out['missing'])}, "
-         f"restricted {len(out['restricted'])}"]
+         f"restricted {len(out['restricted'])}; uploads removed: {out['removed']} published, "
+         f"{out['abandoned']} abandoned"]
         + [f"  {key} {item}" for key in ("published", "mismatch", "conflict", "invalid", "unproven")
            for item in out[key]]))
     bad = out["mismatch"] + out["conflict"] + out["invalid"] + out["unproven"]
