@@ -1,5 +1,6 @@
 """The commands that show a build: status, html, history, diff (on the known build)."""
 
+import hashlib
 import json
 import os
 
@@ -156,3 +157,26 @@ def test_html_refuses_a_result_with_a_path_for_a_log_name(gq, tmp_path):
     result = gq("html", out, "--queue", url, code=1)
     assert result.stderr == f"Error: {record_path('results', 'a-1')}: log.name: '/etc/passwd' is not a valid value\n"
     assert not out.exists()
+
+
+def test_a_linked_log_goes_neither_into_logs_nor_into_the_report(gq, tmp_path):
+    """A failure whose uploaded log is a link to a secret: publish leaves it unread (and removes
+    the upload), html has nothing to copy; the secret is nowhere in the tree's logs or the site."""
+    tree = tmp_path / "tree"
+    url = make_package_queue(tmp_path, str(tree), [job("a-1")])
+    secret = os.urandom(16).hex().encode()
+    (tmp_path / "secret").write_bytes(secret)
+    with open_queue(url, tmp_path) as q:
+        token = lease.claim(q, "w1")["lease"]
+        (tree / "incoming" / token).mkdir(parents=True)
+        (tree / "incoming" / token / "x.log").symlink_to(tmp_path / "secret")
+        lease.report(q, "w1", "a-1", "failure", log={"name": "x.log", "size": len(secret),
+                                                     "sha256": hashlib.sha256(secret).hexdigest()})
+    out = json.loads(gq("publish", "--queue", url, "--json").stdout)
+    assert (out["logs"], out["removed"], out["abandoned"]) == ([], 1, 0)
+    assert os.listdir(tree / "incoming") == [] and os.listdir(tree / "logs") == []
+    assert (tmp_path / "secret").read_bytes() == secret
+    site = tmp_path / "site"
+    assert gq("html", site, "--queue", url).stdout.endswith(", 0 logs copied\n")
+    for path in site.rglob("*"):
+        assert secret not in path.read_bytes(), path
