@@ -57,13 +57,14 @@ def write(outdir: str, data: dict, logs_dir: str | None = None, log_url: str | N
 def _logs(out_fd: int, outdir: str, unsuccessful: list, logs_dir: str | None, log_url: str | None):
     """({job: link}, [paths written]) of the build logs of `unsuccessful` (see write)."""
     links, written = {}, []
+    source_fd = _open_logs_dir(logs_dir)
     logs_fd = None
     try:
         for u in unsuccessful:
             job, name = u["job"], u["log"]
             if not (name and is_file_name(job) and is_log_name(name)):
                 continue
-            source = files.open_file(logs_dir, job, name) if logs_dir else None
+            source = files.open_file(source_fd, job, name) if source_fd is not None else None
             if source is not None:
                 if logs_fd is None:
                     logs_fd = files.open_dir(out_fd, "logs", create=True)
@@ -79,9 +80,20 @@ def _logs(out_fd: int, outdir: str, unsuccessful: list, logs_dir: str | None, lo
             elif log_url:
                 links[job] = f"{log_url.rstrip('/')}/{job}/{name}"
     finally:
-        if logs_fd is not None:
-            os.close(logs_fd)
+        for fd in (source_fd, logs_fd):
+            if fd is not None:
+                os.close(fd)
     return links, written
+
+
+def _open_logs_dir(logs_dir: str | None) -> int | None:
+    """A descriptor of the published logs' directory; None when there is none (yet)."""
+    if logs_dir is None:
+        return None
+    try:
+        return os.open(logs_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None  # no log published yet
 
 
 def _copy_log(source: int, logs_fd: int, target: str) -> bool:

@@ -195,3 +195,13 @@ def test_a_long_log_is_cut_to_its_end_with_a_note(tmp_path, monkeypatch):
     note, _, rest = copied.partition(b"\n\n")
     assert note == b"[gitqueue: the first 2000 of the log's 3000 bytes are left out here; this is its last 1000 bytes]"
     assert rest == body[-1000:] and rest.endswith(b"line 0299\n")
+
+
+def test_a_logs_directory_not_made_yet_is_no_log(tmp_path):
+    url, clock = make_known_build(tmp_path)
+    with open_queue(url, tmp_path, host="viewer", clock=clock) as q:
+        data = bulkreport.build(q)
+    written = htmlreport.write(str(tmp_path / "site"), data, logs_dir=str(tmp_path / "no-publish-yet" / "logs"),
+                               log_url="https://pkgs.example.org/logs")
+    assert sorted(os.path.relpath(p, tmp_path / "site") for p in written) == ["index.html", "report.txt"]
+    assert '<a href="https://pkgs.example.org/logs/c-3.0/c-3.0.log">log</a>' in (tmp_path / "site" / "index.html").read_text()
