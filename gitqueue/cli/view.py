@@ -132,8 +132,7 @@ def html_cmd(outdir, as_text, logs_dir, log_url, queue_url, as_json):
             from ..publish import LOGS, local_tree
 
             tree = local_tree(data["settings"])
-            if tree is not None and os.path.isdir(os.path.join(tree, LOGS)):
-                logs_dir = os.path.join(tree, LOGS)
+            logs_dir = os.path.join(tree, LOGS) if tree is not None else None
         written = write(outdir, data, logs_dir=logs_dir, log_url=log_url)
         if not (as_text or as_json):
             logs = sum(1 for p in written if os.sep + "logs" + os.sep in p)
