@@ -68,7 +68,7 @@ def bench_tree(name, tree, root: Path, rsh, package: Path, runs, work: Path):
 def publish_time(root: Path, package: Path, runs: int) -> float:
     """Median seconds for `gitqueue publish` to move the uploaded package of run i into All/ and
     write pkg_summary.gz and SHA512 (the tree is local to the master, as publish runs there)."""
-    from gitqueue.publish import publish
+    from gitqueue.publish import Snapshot, publish
     from gitqueue.transfer import describe
 
     desc = describe(str(package))
@@ -82,7 +82,7 @@ def publish_time(root: Path, package: Path, runs: int) -> float:
         os.link(root / "incoming" / f"reuse-{i}" / package.name, root / "incoming" / token / package.name)
         result = {"job": "bench-1.0", "status": "success", "worker": "w", "token": token, "packages": [desc]}
         t0 = time.perf_counter()
-        out = publish(str(root), [(job, result)])
+        out = publish(str(root), Snapshot(entries=[(job, result)]))
         walls.append(time.perf_counter() - t0)
         assert out["published"] == [package.name], out
     return statistics.median(walls)

@@ -4,6 +4,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 
+from . import files
 from .rules import Options, State, Violation, check_commit, job_path
 
 
@@ -43,16 +44,26 @@ def replay(remote, tip: bytes, options: Options | None = None, packages_dir: str
         tip: the commit to end at.
         options: rules.Options; `history` is turned on (tokens, late results).
         packages_dir: the package tree (All/, incoming/TOKEN/); each success result's packages
-            are checked against it (size and SHA-256). Missing files are listed, not violations.
+            are checked against it (size and SHA-256). Missing files are listed, not violations;
+            so are links and anything but regular files, which are never followed.
         stop_at_first: stop after the first commit that breaks a rule.
 
     Returns:
         An Audit. A history that is not one line of commits is reported as a violation.
     """
-    from .rules import first_parent_chain
-
     store = getattr(remote, "object_store", remote)
     options = Options(**{**(options or Options()).__dict__, "history": True})
+    tree_fd = os.open(packages_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if packages_dir is not None else None
+    try:
+        return _replay(store, tip, options, packages_dir, tree_fd, stop_at_first)
+    finally:
+        if tree_fd is not None:
+            os.close(tree_fd)
+
+
+def _replay(store, tip, options, packages_dir, tree_fd, stop_at_first) -> Audit:
+    from .rules import first_parent_chain
+
     chain = first_parent_chain(store, None, tip)
     audit = Audit(commits=len(chain))
     state = State(store, None)
@@ -69,7 +80,7 @@ def replay(remote, tip: bytes, options: Options | None = None, packages_dir: str
         audit.violations.extend(verdict.violations)
         if packages_dir is not None:
             for job, token, package in verdict.packages:
-                problem = _check_package(packages_dir, token, package)
+                problem = _check_package(packages_dir, tree_fd, token, package)
                 if problem is None:
                     audit.packages_checked += 1
                 elif problem == "unreachable":
@@ -83,17 +94,22 @@ def replay(remote, tip: bytes, options: Options | None = None, packages_dir: str
     return audit
 
 
-def _check_package(tree: str, token: str, package: dict) -> str | None:
-    """None when the published (or uploaded) file matches; "unreachable" or a mismatch message."""
-    for where in (os.path.join(tree, "All", package["name"]), os.path.join(tree, "incoming", token, package["name"])):
-        try:
-            size = os.path.getsize(where)
-        except OSError:
+def _check_package(tree: str, tree_fd: int, token: str, package: dict) -> str | None:
+    """None when the published (or uploaded) file matches; "unreachable" or a mismatch message.
+
+    The file is All/NAME or incoming/TOKEN/NAME of the tree, opened without following a link
+    (files.open_file): a link or anything but a regular file there is not reachable.
+    """
+    for parts in (("All", package["name"]), ("incoming", token, package["name"])):
+        fd = files.open_file(tree_fd, *parts)
+        if fd is None:
             continue
-        if size != package["size"]:
-            return f"{where}: {size} bytes, the result says {package['size']}"
-        digest = hashlib.sha256()
-        with open(where, "rb") as f:
+        where = os.path.join(tree, *parts)
+        with os.fdopen(fd, "rb") as f:
+            size = os.fstat(fd).st_size
+            if size != package["size"]:
+                return f"{where}: {size} bytes, the result says {package['size']}"
+            digest = hashlib.sha256()
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
         if digest.hexdigest() != package["sha256"]:

@@ -5,12 +5,14 @@ renamed into place, so the report can be regenerated (cron, a post-receive hook)
 server serves it.
 """
 
+import errno
 import os
-import shutil
+import stat
 from html import escape
 
-from . import svg
+from . import files, svg
 from .bulkreport import duration_text, platform_text, summary_rows, text, time_text
+from .layout import is_file_name, is_log_name
 
 CSS = """
 body{font:14px/1.4 sans-serif;margin:1.5em auto;max-width:1100px;padding:0 1em;color:#222}
@@ -26,62 +28,120 @@ details pre{white-space:pre-wrap;font-size:12px;background:#f6f6f6;padding:6px;m
 """
 
 
+# The most of one build log copied into the report: its end, where the error is, after a note.
+MAX_LOG_BYTES = 4 << 20
+
+
 def write(outdir: str, data: dict, logs_dir: str | None = None, log_url: str | None = None) -> list[str]:
     """Write the report site for `data` (bulkreport.build) into `outdir`; return the paths written.
 
-    Build logs of failed packages are linked: copied from `logs_dir` (the package tree's
-    logs/, laid out logs/JOB/NAME by `gitqueue publish`) into outdir/logs/ when there, else
-    linked under `log_url` when given.
+    The build log of each failed package is linked: copied from `logs_dir` (the package tree's
+    logs/, laid out logs/JOB/NAME by `gitqueue publish`) to outdir/logs/JOB.txt, so that a web
+    server serves it as text whatever its name, at most its last MAX_LOG_BYTES (after a note
+    saying what was left out); else linked as `log_url`/JOB/NAME. A log whose name is not a
+    plain .log or .txt file name (`layout.is_log_name`) is neither copied nor linked, and no file
+    is read through a symbolic link (files.open_file).
     """
     os.makedirs(outdir, exist_ok=True)
-    links = {}
-    written = []
-    for u in data["unsuccessful"]:
-        if not u["log"]:
-            continue
-        rel = f"logs/{u['job']}/{u['log']}"
-        source = os.path.join(logs_dir, u["job"], u["log"]) if logs_dir else None
-        if source and os.path.isfile(source):
-            target = os.path.join(outdir, rel)
-            if not os.path.isfile(target) or os.path.getsize(target) != os.path.getsize(source):
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                tmp = f"{target}.{os.getpid()}.tmp"
-                shutil.copyfile(source, tmp)
-                os.replace(tmp, target)
-                written.append(target)
-            links[u["job"]] = rel
-        elif log_url:
-            links[u["job"]] = f"{log_url.rstrip('/')}/{u['job']}/{u['log']}"
-    for name, content in (("index.html", page(data, links)), ("report.txt", text(data))):
-        path = os.path.join(outdir, name)
-        _write_atomic(path, content.encode("utf-8"))
-        written.append(path)
+    out_fd = os.open(outdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        links, written = _logs(out_fd, outdir, data["unsuccessful"], logs_dir, log_url)
+        for name, content in (("index.html", page(data, links)), ("report.txt", text(data))):
+            files.write_atomic(out_fd, name, content.encode("utf-8"))
+            written.append(os.path.join(outdir, name))
+    finally:
+        os.close(out_fd)
     return written
 
 
-def _write_atomic(path, data):
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+def _logs(out_fd: int, outdir: str, unsuccessful: list, logs_dir: str | None, log_url: str | None):
+    """({job: link}, [paths written]) of the build logs of `unsuccessful` (see write)."""
+    links, written = {}, []
+    source_fd = _open_logs_dir(logs_dir)
+    logs_fd = None
+    try:
+        for u in unsuccessful:
+            job, name = u["job"], u["log"]
+            if not (name and is_file_name(job) and is_log_name(name)):
+                continue
+            source = files.open_file(source_fd, job, name) if source_fd is not None else None
+            if source is not None:
+                if logs_fd is None:
+                    logs_fd = files.open_dir(out_fd, "logs", create=True)
+                    if logs_fd is None:
+                        raise OSError(errno.ELOOP, "not a directory (a link?)", os.path.join(outdir, "logs"))
+                target = f"{job}.txt"
+                try:
+                    if _copy_log(source, logs_fd, target):
+                        written.append(os.path.join(outdir, "logs", target))
+                finally:
+                    os.close(source)
+                links[job] = f"logs/{target}"
+            elif log_url:
+                links[job] = f"{log_url.rstrip('/')}/{job}/{name}"
+    finally:
+        for fd in (source_fd, logs_fd):
+            if fd is not None:
+                os.close(fd)
+    return links, written
+
+
+def _open_logs_dir(logs_dir: str | None) -> int | None:
+    """A descriptor of the published logs' directory; None when there is none (yet)."""
+    if logs_dir is None:
+        return None
+    try:
+        return os.open(logs_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None  # no log published yet
+
+
+def _copy_log(source: int, logs_fd: int, target: str) -> bool:
+    """Copy the log open as `source` to `target` in `logs_fd`, bounded; False when it is there already."""
+    st = os.fstat(source)
+    skipped = max(0, st.st_size - MAX_LOG_BYTES)
+    note = (f"[gitqueue: the first {skipped} of the log's {st.st_size} bytes are left out here; "
+            f"this is its last {MAX_LOG_BYTES} bytes]\n\n").encode() if skipped else b""
+    old = files.lstat(logs_fd, target)
+    if (old is not None and stat.S_ISREG(old.st_mode) and old.st_mtime_ns == st.st_mtime_ns
+            and old.st_size == len(note) + st.st_size - skipped):
+        return False
+    data = os.pread(source, MAX_LOG_BYTES, skipped)
+    files.write_atomic(logs_fd, target, note + data)
+    # The source's time marks the copy, so that the next run copies only a log that changed.
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=logs_fd, follow_symlinks=False)
+    return True
+
+
+class Markup(str):
+    """Text that is already HTML: a table cell shows it as it is (every other cell is escaped)."""
+
+
+def _cell(value) -> str:
+    return value if isinstance(value, Markup) else escape(str(value))
 
 
 def _table(table_id, headers, rows, numeric=()) -> str:
+    """A table; every header and cell is escaped unless it is Markup."""
     out = [f'<table id="{table_id}">']
     if headers:
         out.append("<thead><tr>")
-        out += [f'<th{" class=n" if i in numeric else ""}>{escape(h)}</th>' for i, h in enumerate(headers)]
+        out += [f'<th{" class=n" if i in numeric else ""}>{_cell(h)}</th>' for i, h in enumerate(headers)]
         out.append("</tr></thead>")
     out.append("<tbody>")
     for row in rows:
         out.append("<tr>" + "".join(
-            f'<td{" class=n" if i in numeric else ""}>{cell}</td>' for i, cell in enumerate(row)) + "</tr>")
+            f'<td{" class=n" if i in numeric else ""}>{_cell(cell)}</td>' for i, cell in enumerate(row)) + "</tr>")
     out.append("</tbody></table>")
     return "".join(out)
 
 
 def _pkg(row) -> str:
-    return escape(row.get("pkgpath") or row["job"])
+    return row.get("pkgpath") or row["job"]
+
+
+def _state(state: str) -> Markup:
+    return Markup(f'<span class="state-{escape(state)}">{escape(state)}</span>')
 
 
 def page(data: dict, links: dict | None = None) -> str:
@@ -99,27 +159,27 @@ def page(data: dict, links: dict | None = None) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{escape(title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{escape(title)}</h1>",
-        f'<p class="muted">Build {state}; queue commit <code>{data["commit"][:12]}</code>.</p>',
+        f'<p class="muted">Build {state}; queue commit <code>{escape(data["commit"][:12])}</code>.</p>',
         f'<p><span class="bar"><span style="width:{share * 100:.1f}%"></span></span> '
         f"{built} of {goal} buildable packages done ({share:.1%})</p>",
         "<h2>Summary</h2>",
         _table("summary", None, [
-            ["Platform", escape(platform_text(s))],
-            ["pkgsrc branch", escape(s.get("pkgsrc_branch") or "-")],
+            ["Platform", platform_text(s)],
+            ["pkgsrc branch", s.get("pkgsrc_branch") or "-"],
             ["Started", time_text(data["started"])],
             ["Ended", time_text(data["ended"]) if data["ended"] is not None else "still running"],
             ["Duration", duration_text(data["duration"])],
         ]),
         _table("counts", ["Packages", "Count"],
-               [["Total", data["total"]]] + [[escape(label), n] for label, n in summary_rows(data)], numeric=(1,)),
+               [["Total", data["total"]]] + [[label, n] for label, n in summary_rows(data)], numeric=(1,)),
     ]
     if data["truncated"]:
         parts.append('<p class="muted">The history read starts after the build began: times are partial.</p>')
     parts.append("<h2>Packages causing the most breakage</h2>")
     if data["breakage"]:
         parts.append(_table("breakage", ["Package", "Name", "Breaks", "State", "Maintainer"], [
-            [_pkg(r), escape(r["job"]), r["breaks"], f'<span class="state-{r["state"]}">{r["state"]}</span>',
-             escape(r["maintainer"] or "")] for r in data["breakage"]], numeric=(2,)))
+            [_pkg(r), r["job"], r["breaks"], _state(r["state"]), r["maintainer"] or ""]
+            for r in data["breakage"]], numeric=(2,)))
     else:
         parts.append("<p>No failed package keeps another from building.</p>")
     legend = "".join(f'<span style="background:{color}"></span>{name}' for name, color in svg.COLORS.items())
@@ -134,20 +194,20 @@ def page(data: dict, links: dict | None = None) -> str:
     ]
     parts.append(_table("workers", ["Worker", "Built", "Failed", "Released", "Reclaimed", "Building", "Busy",
                                     "Speed", "First seen", "Last seen"], [
-        [escape(w["worker"]), w["success"], w["failure"], w["released"], w["reclaimed"], w["building"],
+        [w["worker"], w["success"], w["failure"], w["released"], w["reclaimed"], w["building"],
          duration_text(w["busy"]), f'{w["speed"]:.2f}x' if w["speed"] else "-", time_text(w["first"]),
          time_text(w["last"])] for w in data["workers"]], numeric=(1, 2, 3, 4, 5, 6, 7)))
     parts.append('<p class="muted">Speed: measured build time divided by the estimate (lower is faster).</p>')
     parts.append(f"<h2>Unsuccessful packages ({len(data['unsuccessful'])})</h2>")
     rows = []
     for u in data["unsuccessful"]:
-        reason = escape(u["reason"])
+        reason = u["reason"]
         if u["state"] == "failed" and u.get("log_tail"):
-            reason = f"<details><summary>{reason}</summary><pre>{escape(u['log_tail'])}</pre></details>"
+            reason = Markup(f"<details><summary>{escape(reason)}</summary>"
+                            f"<pre>{escape(u['log_tail'])}</pre></details>")
         link = links.get(u["job"])
-        log = f'<a href="{escape(link)}">log</a>' if link else ""
-        rows.append([_pkg(u), escape(u["job"]), f'<span class="state-{u["state"]}">{u["state"]}</span>', reason,
-                     u["breaks"] or "", escape(u["maintainer"] or ""), log])
+        log = Markup(f'<a href="{escape(link)}">log</a>') if link else ""
+        rows.append([_pkg(u), u["job"], _state(u["state"]), reason, u["breaks"] or "", u["maintainer"] or "", log])
     parts.append(_table("unsuccessful", ["Package", "Name", "State", "Reason", "Breaks", "Maintainer", "Log"], rows,
                         numeric=(4,)))
     parts.append(f'<p class="muted">Generated by gitqueue at {time_text(data["generated"])}. '

@@ -6,14 +6,28 @@ The package tree is a directory on the master:
     incoming/TOKEN/          what a worker uploaded for one lease (packages, build log)
     logs/JOB/FILE            published build logs
 
-`publish` copies into All/ exactly the files that success results name, only after checking
-their size and SHA-256 against the result, never a restricted package (NO_BIN_ON_FTP or
-RESTRICTED), never over an existing file with other contents. Every file appears under its
-final name by rename(2) of a fsync'ed temporary file in the same directory, so a crash at any
-point leaves All/ holding whole files only; a temporary file a crash left behind is removed by
-the next run. Then All/pkg_summary.gz (pkg_summary(5), as `pkg_info -X` writes it) and
-All/SHA512 (digest(1) lines, as pbulk writes them) are regenerated from the published files.
-Nothing is removed from incoming/.
+Everything a worker wrote (its records, the names in them, its uploads) is hostile input here:
+the server's hook refuses what breaks the rules, but local writers and histories from before the
+hook are not checked by it, so `publish` checks again. It copies into All/ exactly the package
+files that success results name, and only those of the result's own job (PKGNAME.tgz unless the
+queue's package_files say otherwise), after checking their size and SHA-256 against the result
+and that the package, if it names itself, names its job; never a restricted package
+(NO_BIN_ON_FTP or RESTRICTED), never over an existing file with other contents, never for a
+result whose lease token is not its own or a late result whose lease was not reclaimed from its
+worker (lapsed/). No file is read or written through a symbolic link (files.py). Every file
+appears under its final name by rename(2) of a fsync'ed temporary file in the same directory, so
+a crash at any point leaves All/ holding whole files only; a temporary file a crash left behind
+is removed by the next run. Then All/pkg_summary.gz (pkg_summary(5), as `pkg_info -X` writes
+it, with PKGNAME, PKGPATH and CATEGORIES from the job record) and All/SHA512 (digest(1) lines,
+as pbulk writes them) are regenerated from the published files.
+
+Last, `publish` removes from incoming/ the upload of each result it published whole (every
+package in All/ with its checksum, the log in logs/JOB/ or never uploaded; a failure's log
+likewise), and the uploads that no lease or result will use: neither a live lease's nor a
+result's, nor a reclaimed lease's whose job has no result yet and that changed within
+lease_ttl (its worker may still report a late success). Removal comes after every copy is
+fsynced and renamed into place, so a crash leaves the upload, or the copies and part of the
+upload, never neither; it never follows a link (files.remove_tree).
 
 Hashing every package on every run would read the whole tree each time, so the digests and
 package metadata of All/ files are remembered in `.publish-cache.json` at the top of the tree,
@@ -26,13 +40,17 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import stat
-import tarfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
 
-from . import records
+from . import files, records
+from .errors import GitqueueError, RecordInvalid
+from .layout import is_file_name, is_log_name, package_name_problem
 from .locking import FileLock
 from .names import record_path
+from .pkgsummary import format_entry, identity_problem, read_package
 
 ALL = "All"
 INCOMING = "incoming"
@@ -43,246 +61,78 @@ CACHE = ".publish-cache.json"
 LOCK = ".publish.lock"
 TMP_PREFIX = ".publish-tmp-"  # package names start with a letter or digit: never a clash
 
-# What a file name in All/ or logs/JOB/ may be (the result schema's package name pattern).
-_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]*")
-_MAX_FILE_NAME = 250
-_JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]*")
 _TOKEN = re.compile(r"[0-9a-f]{16,64}")
+# A lease token as a record that fails its schema may still hold it (read_queue keeps its upload).
+_TOKEN_IN_TOML = re.compile(rb'\btoken\s*=\s*"([0-9a-f]{16,64})"')
 # Names publish writes itself (and pbulk's siblings of them): a package may not take them.
 RESERVED = {SUMMARY, DIGESTS, "pkg_summary.bz2", "pkg_summary.xz", "pkg_summary.zst", "SHA512.bz2"}
 
-# +BUILD_INFO variables that pkg_info -X copies into pkg_summary, in the order it lists them
-# (pkgtools/pkg_install/files/info/show.c, show_summary); lines are copied in file order.
-BUILD_INFO_VARS = ("PKGPATH", "CATEGORIES", "PROVIDES", "REQUIRES", "PKG_OPTIONS", "OPSYS", "OS_VERSION",
-                   "MACHINE_ARCH", "LICENSE", "HOMEPAGE", "PKGTOOLS_VERSION", "BUILD_DATE", "PREV_PKGPATH",
-                   "SUPERSEDES")
-_META_FILES = ("+CONTENTS", "+COMMENT", "+DESC", "+BUILD_INFO", "+SIZE_PKG")
-_MAX_META = 64 << 20  # bytes read of one + file (a huge +CONTENTS is cut; @name, @pkgdep come first)
 _CHUNK = 1 << 20
 
 
-# -- digests and atomic files -----------------------------------------------------------------------
+# -- digests and copies -----------------------------------------------------------------------------
 
 
-def sha256_file(path: str) -> str:
-    """Hex SHA-256 of the file at `path`."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _hash_both(path: str) -> tuple[str, str]:
-    """(sha256, sha512) of a file in one read."""
+def _hash_both(fd: int) -> tuple[str, str]:
+    """(sha256, sha512) of the open file `fd`, read from its start."""
     h256, h512 = hashlib.sha256(), hashlib.sha512()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h256.update(chunk)
-            h512.update(chunk)
+    offset = 0
+    while chunk := os.pread(fd, _CHUNK, offset):
+        offset += len(chunk)
+        h256.update(chunk)
+        h512.update(chunk)
     return h256.hexdigest(), h512.hexdigest()
 
 
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _copy_verified(src_fd: int, dir_fd: int, name: str, size: int, sha256: str, temp_dir_fd: int | None = None,
+                   inspect=None) -> tuple[str | None, str | None]:
+    """Copy the open file `src_fd` to NAME in the directory `dir_fd` if its bytes have `size` and `sha256`.
 
+    The digest is taken of the bytes copied, and `inspect` (given the copy, open for reading)
+    reads the copy, so what lands is what was checked, even if the upload changes meanwhile. The
+    copy is made in `temp_dir_fd` (default `dir_fd`), fsynced and renamed into place.
 
-def _open_temp(directory: str):
-    """(fd, path) of a new private temporary file in `directory`."""
-    path = os.path.join(directory, f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}")
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), path
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _write_atomic(path: str, data: bytes, temp_dir: str | None = None) -> None:
-    """Replace `path` with `data`: a temporary file, fsync, rename, fsync of the directory."""
-    directory = os.path.dirname(path)
-    fd, tmp = _open_temp(temp_dir or directory)
-    installed = False
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-        installed = True
-        _fsync_dir(directory)
-    finally:
-        if not installed:
-            _unlink(tmp)
-
-
-def _copy_verified(src_fd: int, final: str, size: int, sha256: str, temp_dir: str) -> str | None:
-    """Copy the open file `src_fd` to `final` if its bytes have `size` and `sha256`.
-
-    The digest is taken of the bytes copied, so what lands in All/ is what was checked, even if
-    the upload changes meanwhile. Returns the SHA-512 of the file, or None (nothing written) when
-    the contents differ.
+    Returns:
+        (SHA-512 of the file, None) once it is in place; (None, None) when the contents differ;
+        (None, why) when `inspect` returned why it may not be published. Nothing is left behind
+        unless it was put in place.
     """
     h256, h512 = hashlib.sha256(), hashlib.sha512()
     copied = 0
-    fd, tmp = _open_temp(temp_dir)
+    temp_dir_fd = dir_fd if temp_dir_fd is None else temp_dir_fd
+    fd, temp = files.temp_file(temp_dir_fd, TMP_PREFIX)
     installed = False
     try:
-        with os.fdopen(fd, "wb") as out, os.fdopen(src_fd, "rb", closefd=False) as src:
-            for chunk in iter(lambda: src.read(_CHUNK), b""):
+        with os.fdopen(fd, "wb") as out:
+            while chunk := os.pread(src_fd, _CHUNK, copied):
                 copied += len(chunk)
                 if copied > size:
-                    return None
+                    return None, None
                 h256.update(chunk)
                 h512.update(chunk)
                 out.write(chunk)
             if copied != size or h256.hexdigest() != sha256:
-                return None
+                return None, None
             out.flush()
             os.fsync(out.fileno())
-        os.replace(tmp, final)
+        if inspect is not None:
+            with files.open_own(temp_dir_fd, temp) as copy:
+                why = inspect(copy)
+            if why is not None:
+                return None, why
+        files.install(dir_fd, temp, name, temp_dir_fd)
         installed = True
-        _fsync_dir(os.path.dirname(final))
-        return h512.hexdigest()
+        return h512.hexdigest(), None
     finally:
         if not installed:
-            _unlink(tmp)
+            files.unlink(temp_dir_fd, temp)
 
 
-def _open_upload(tree: str, token: str, name: str) -> int | None:
-    """A read descriptor of incoming/TOKEN/NAME if it is a regular file (no symlink), else None."""
-    directory = os.path.join(tree, INCOMING, token)
-    try:
-        if not stat.S_ISDIR(os.lstat(directory).st_mode):
-            return None
-        fd = os.open(os.path.join(directory, name), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        return None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        return None
-    return fd
-
-
-def _safe_file_name(name) -> bool:
-    return (isinstance(name, str) and 0 < len(name) <= _MAX_FILE_NAME and "/" not in name
-            and _FILE_NAME.fullmatch(name) is not None)
-
-
-# -- pkg_summary(5) ---------------------------------------------------------------------------------
-
-
-def _text(data: bytes) -> str:
-    return data.decode("utf-8", "replace")
-
-
-def _read_members(tf, wanted) -> dict:
-    """The + files at the head of a package (a signed package's inner one when wrapped)."""
-    found = {}
-    for member in tf:
-        name = member.name[2:] if member.name.startswith("./") else member.name
-        if not name.startswith("+"):
-            if "+PKG_HASH" in found and "+CONTENTS" not in found and member.isfile():
-                # A signed package: +PKG_HASH and a signature, then the package itself.
-                inner = tf.extractfile(member)
-                with tarfile.open(fileobj=inner, mode="r|*") as nested:
-                    return _read_members(nested, wanted)
-            break
-        if member.isfile() and (name in wanted or name == "+PKG_HASH"):
-            f = tf.extractfile(member)
-            found[name] = f.read(_MAX_META) if f is not None else b""
-    return found
-
-
-def read_package(path: str) -> dict | None:
-    """The pkg_summary facts a binary package states about itself, or None if it is unreadable.
-
-    {"plist": [[KEY, value], ...] (PKGNAME, DEPENDS, CONFLICTS in +CONTENTS order),
-     "comment", "size_pkg", "description" (text or None), "build_info": [[KEY, value], ...]}
-    """
-    try:
-        with tarfile.open(path, mode="r|*") as tf:
-            files = _read_members(tf, _META_FILES)
-    except Exception:  # noqa: BLE001 - any damage (truncated, not a tar, bad compression) means unreadable
-        return None
-    if not any(name in files for name in _META_FILES):
-        return None
-    plist = []
-    for line in _text(files.get("+CONTENTS", b"")).splitlines():
-        for directive, key in (("@name ", "PKGNAME"), ("@pkgdep ", "DEPENDS"), ("@pkgcfl ", "CONFLICTS")):
-            if line.startswith(directive) and line[len(directive):].strip():
-                plist.append([key, line[len(directive):].strip()])
-    build_info = []
-    for line in _text(files.get("+BUILD_INFO", b"")).splitlines():
-        key, sep, value = line.partition("=")
-        if sep and key in BUILD_INFO_VARS:
-            build_info.append([key, value])
-
-    def text_of(name):
-        return _text(files[name]) if name in files else None
-
-    return {"plist": plist, "comment": text_of("+COMMENT"), "size_pkg": text_of("+SIZE_PKG"),
-            "description": text_of("+DESC"), "build_info": build_info}
-
-
-def _as_var(key: str, value: str) -> list[str]:
-    """pkg_info's print_string_as_var: one KEY=line per line of `value`, no trailing empty line."""
-    lines = value.replace("\r", "").split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [f"{key}={line}" for line in lines]
-
-
-def _format_entry(meta: dict | None, job: dict | None, file_name: str, file_size: int,
-                  sha256: str | None) -> str:
-    """One pkg_summary entry (its lines, each ending in a newline; no blank separator line)."""
-    job = job or {}
-    lines = []
-    plist = meta["plist"] if meta else []
-    if not any(key == "PKGNAME" for key, _ in plist) and job.get("name"):
-        lines.append(f"PKGNAME={job['name']}")
-    lines.extend(f"{key}={value}" for key, value in plist)
-    if meta and meta["comment"] is not None:
-        lines.extend(_as_var("COMMENT", meta["comment"]))
-    if meta and meta["size_pkg"] is not None:
-        lines.extend(_as_var("SIZE_PKG", meta["size_pkg"]))
-    build_info = meta["build_info"] if meta else []
-    lines.extend(f"{key}={value}" for key, value in build_info)
-    stated = {key for key, _ in build_info}
-    # What +BUILD_INFO lacks and the queue knows (always the case for an unreadable package).
-    if "PKGPATH" not in stated and job.get("pkgpath"):
-        lines.append(f"PKGPATH={job['pkgpath']}")
-    if "CATEGORIES" not in stated and job.get("categories"):
-        lines.append(f"CATEGORIES={' '.join(job['categories'].split())}")
-    lines.append(f"FILE_NAME={file_name}")
-    lines.append(f"FILE_SIZE={file_size}")
-    if sha256:
-        lines.append(f"FILE_CKSUM=SHA256 {sha256}")
-    if meta and meta["description"] is not None:
-        lines.extend(_as_var("DESCRIPTION", meta["description"]))
-    return "".join(line + "\n" for line in lines)
-
-
-def summary_entry(path: str, job_record: dict | None, sha256: str | None = None) -> str:
-    """The pkg_summary(5) entry of the package file at `path` built for `job_record`.
-
-    Fields and order follow `pkg_info -X`: PKGNAME, DEPENDS and CONFLICTS (from +CONTENTS),
-    COMMENT, SIZE_PKG, the +BUILD_INFO variables (PKGPATH, CATEGORIES, PROVIDES, REQUIRES,
-    PKG_OPTIONS, OPSYS, OS_VERSION, MACHINE_ARCH, LICENSE, HOMEPAGE, PKGTOOLS_VERSION,
-    BUILD_DATE, PREV_PKGPATH, SUPERSEDES), FILE_NAME, FILE_SIZE, then DESCRIPTION (+DESC).
-    PKGNAME, PKGPATH and CATEGORIES come from the job when the package does not state them;
-    FILE_CKSUM (pkg_summary(5): "a checksum type supported by digest(1) and checksum") is added.
-    An unreadable package gets what is known: PKGNAME, PKGPATH, CATEGORIES, FILE_*.
-    The entry ends with a newline; entries are separated by one empty line.
-    """
-    return _format_entry(read_package(path), job_record, os.path.basename(path), os.path.getsize(path),
-                         sha256 if sha256 is not None else sha256_file(path))
+def _existing(dir_fd: int, name: str) -> tuple[bool, int | None]:
+    """(whether NAME is in the directory, a read descriptor when it is a regular file, else None)."""
+    if files.lstat(dir_fd, name) is None:
+        return False, None
+    return True, files.open_file(dir_fd, name)
 
 
 # -- the cache of All/ digests and metadata ----------------------------------------------------------
@@ -302,202 +152,385 @@ def _stat_key(st) -> list:
 
 
 class _Known:
-    """Digests (and package metadata) of All/ files, remembered by their stat."""
+    """Digests (and package metadata) of All/ files and published logs, remembered by their stat."""
 
     def __init__(self, old: dict):
         self.old = old
         self.new = {}
 
-    def digests(self, path: str, name: str, st) -> dict:
-        key = _stat_key(st)
+    def digests(self, fd: int, name: str) -> dict:
+        key = _stat_key(os.fstat(fd))
         entry = self.new.get(name) or self.old.get(name)
         if not (isinstance(entry, dict) and entry.get("stat") == key and "sha256" in entry and "sha512" in entry):
-            sha256, sha512 = _hash_both(path)
+            sha256, sha512 = _hash_both(fd)
             entry = {"stat": key, "sha256": sha256, "sha512": sha512}
         self.new[name] = entry
         return entry
 
-    def installed(self, path: str, name: str, sha256: str, sha512: str) -> None:
-        self.new[name] = {"stat": _stat_key(os.stat(path)), "sha256": sha256, "sha512": sha512}
+    def installed(self, dir_fd: int, name: str, key: str, sha256: str, sha512: str, **meta) -> None:
+        """Remember NAME of `dir_fd` (as `key`), just put in place; `meta=` its metadata when read."""
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        self.new[key] = {"stat": _stat_key(st), "sha256": sha256, "sha512": sha512, **meta}
 
-    def meta(self, path: str, name: str):
+    def meta(self, dir_fd: int, name: str):
+        """The metadata of NAME in `dir_fd` (read_package), read only when not remembered."""
         entry = self.new[name]
         if "meta" not in entry:
-            entry["meta"] = read_package(path)
+            fd = files.open_file(dir_fd, name)
+            if fd is None:
+                raise GitqueueError(f"{ALL}/{name} went away while publish ran")
+            with os.fdopen(fd, "rb") as f:
+                entry["meta"] = read_package(f)
         return entry["meta"]
 
 
 # -- publishing ------------------------------------------------------------------------------------
 
 
-def _sweep(directory: str) -> None:
-    """Remove the temporary files a crashed run left in `directory`."""
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return
-    for name in names:
-        if name.startswith(TMP_PREFIX):
-            _unlink(os.path.join(directory, name))
+@dataclass
+class Snapshot:
+    """What publish decides from: the records at the queue's tip (read_queue), or made by hand."""
+
+    entries: list = field(default_factory=list)  # (job record or None, result record)
+    settings: dict = field(default_factory=dict)  # queue.toml: package_files
+    lapsed: dict = field(default_factory=dict)  # job -> the entries of its lapsed/ record
+    leases: dict = field(default_factory=dict)  # lease token -> job, of the live leases
+    unreadable: list = field(default_factory=list)  # "PATH: why" of result records failing their schema
+    tokens: set = field(default_factory=set)  # lease tokens in records that fail their schema
+    read_at: float | None = None  # this machine's time just before the tip was read
 
 
-def _publish_log(tree: str, job: str, token: str, log: dict, known: _Known, out: dict) -> None:
-    name = log.get("name")
-    if not (_safe_file_name(name) and _JOB_NAME.fullmatch(job) and _TOKEN.fullmatch(token)):
-        return
-    logs = os.path.join(tree, LOGS)
-    rel = f"{LOGS}/{job}/{name}"  # the cache's key: never a package name, those have no '/'
-    final = os.path.join(logs, job, name)
-    try:
-        st = os.stat(final)
-    except FileNotFoundError:
-        st = None
-    if st is not None:
-        if not (stat.S_ISREG(st.st_mode) and st.st_size == log["size"]
-                and known.digests(final, rel, st)["sha256"] == log["sha256"]):
-            out["conflict"].append(rel)
-        return
-    src = _open_upload(tree, token, name)
-    if src is None:
-        return  # logs are optional: not uploaded (yet)
-    try:
-        os.makedirs(os.path.join(logs, job), exist_ok=True)
-        sha512 = _copy_verified(src, final, log["size"], log["sha256"], logs)
-        if sha512 is None:
-            out["mismatch"].append(rel)
-        else:
-            known.installed(final, rel, log["sha256"], sha512)
-            out["logs"].append(rel)
-    finally:
-        os.close(src)
+def publish(tree: str, snapshot: Snapshot, cache: bool = True, clock=time.time) -> dict:
+    """Publish the verified uploads of the results in `snapshot` into TREE/All/ and refresh its indexes.
 
+    A success result's package files are published only when
+    - the result is proven: its lease token is no other result's nor a live lease's, and a late
+      result's lease was reclaimed from that worker under that token (lapsed/);
+    - the name is one of its own job's package files (`layout.package_name_problem`: PKGNAME.tgz
+      unless the queue's package_files say otherwise), and the package, if it names itself
+      (+CONTENTS @name), names its job;
+    - the job is not restricted (NO_BIN_ON_FTP or RESTRICTED, or no job record);
+    - size and SHA-256 match the result; no other file stands under that name in All/.
+    The pkg_summary entry's PKGNAME, PKGPATH and CATEGORIES come from the job record.
 
-def publish(tree: str, entries, cache: bool = True) -> dict:
-    """Publish the verified uploads of success results into TREE/All/ and refresh its indexes.
-
-    `entries` is an iterable of (job record, result record), typically `results_of(queue)`.
     Returns {"published": [names copied now], "already": number already in All/ with the right
     checksum, "missing": [not (yet) in incoming/TOKEN/], "mismatch": [size or checksum differs
-    from the result; left in incoming/], "restricted": [NO_BIN_ON_FTP or RESTRICTED, never
-    copied], "conflict": [All/ holds another file under that name; not overwritten],
-    "invalid": [names that are no safe file name], "logs": [build logs copied to logs/JOB/]}.
-    A build log that differs from its result is listed under mismatch or conflict as
-    "logs/JOB/NAME". Failures to write (disk full, ...) raise OSError after removing the
-    temporary file; what was renamed into place before stays, and is whole.
+    from the result; left in incoming/], "restricted": [never copied], "conflict": [All/ holds
+    another file under that name; not overwritten], "invalid": ["JOB: why" of files that are
+    not the job's, and "PATH: why" of result records that fail their schema], "unproven":
+    ["JOB: why" of results published for nobody], "logs": [build logs copied to logs/JOB/],
+    "removed": number of upload directories removed once published, "abandoned": number of
+    upload directories removed that no lease or result will use}. A build log that differs from
+    its result is listed under mismatch or conflict as "logs/JOB/NAME". An upload directory
+    changed after `snapshot.read_at` may be a lease claimed since, and is kept (without
+    read_at, every unknown one is); `clock` is this machine's. No file is read or written
+    through a symbolic link (files.py): a link where an upload should be is not there; All/,
+    logs/ and incoming/ must be real directories. Failures to write (disk full, ...) raise
+    OSError after removing the temporary file; what was renamed into place before stays, and is
+    whole, and no upload is removed.
     """
-    all_dir = os.path.join(tree, ALL)
-    os.makedirs(all_dir, exist_ok=True)
-    os.makedirs(os.path.join(tree, LOGS), exist_ok=True)
-    out = {"published": [], "already": 0, "missing": [], "mismatch": [], "restricted": [], "conflict": [],
-           "invalid": [], "logs": []}
     with FileLock(os.path.join(tree, LOCK)):
-        for directory in (tree, all_dir, os.path.join(tree, LOGS)):
-            _sweep(directory)
-        cache_path = os.path.join(tree, CACHE)
-        known = _Known(_load_cache(cache_path) if cache else {})
-        listed: dict[str, dict | None] = {}  # name in All/ -> the job it was published for
+        run = _Run(tree, snapshot, cache, clock)
+        try:
+            run.publish()
+        finally:
+            run.close()
+    run.out["published"].sort()
+    return run.out
 
-        for job, result in sorted(entries, key=lambda e: e[1]["job"]):
-            token = result.get("token", "")
-            if result.get("log"):
-                _publish_log(tree, result["job"], token, result["log"], known, out)
-            if result.get("status") != "success" or not result.get("packages"):
+
+def _part(root_fd: int, tree: str, name: str, create: bool) -> int | None:
+    """A descriptor of the directory NAME (All, logs, incoming) of the tree; None when it is missing
+    and not created. A link there is refused: publish reads and writes only real directories."""
+    fd = files.open_dir(root_fd, name, create=create)
+    if fd is None and (create or files.lstat(root_fd, name) is not None):
+        raise GitqueueError(f"{os.path.join(tree, name)} is not a directory (a symbolic link?); publish "
+                            "reads and writes only real directories of the tree")
+    return fd
+
+
+class _Run:
+    """One run of publish: the tree's directories (descriptors), what is known of All/, the outcome."""
+
+    def __init__(self, tree: str, snapshot: Snapshot, cache: bool, clock):
+        self.tree, self.snapshot, self.cache, self.clock = tree, snapshot, cache, clock
+        self.out = {"published": [], "already": 0, "missing": [], "mismatch": [], "restricted": [],
+                    "conflict": [], "invalid": list(snapshot.unreadable), "unproven": [], "logs": [],
+                    "removed": 0, "abandoned": 0}
+        self.listed: dict[str, dict] = {}  # name in All/ -> the job it was published for
+        self.known = _Known(_load_cache(os.path.join(tree, CACHE)) if cache else {})
+        self.root = os.open(tree, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.all = self.logs = self.incoming = None
+        try:
+            self.all = _part(self.root, tree, ALL, create=True)
+            self.logs = _part(self.root, tree, LOGS, create=True)
+            self.incoming = _part(self.root, tree, INCOMING, create=False)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for fd in (self.root, self.all, self.logs, self.incoming):
+            if fd is not None:
+                os.close(fd)
+
+    def publish(self) -> None:
+        for fd in (self.root, self.all, self.logs):
+            files.sweep(fd, TMP_PREFIX)
+        uses = Counter(result.get("token") for _, result in self.snapshot.entries)
+        uses.update(list(self.snapshot.leases))  # the tokens
+        done = []  # lease tokens whose upload is published whole
+        for job, result in sorted(self.snapshot.entries, key=lambda e: e[1]["job"]):
+            why = _unproven(result, self.snapshot, uses)
+            if why is not None:
+                self.out["unproven"].append(f"{result['job']}: {why}")
                 continue
-            restricted = job is None or bool(job.get("no_bin_on_ftp") or job.get("restricted"))
-            for package in result["packages"]:
-                name = package.get("name")
-                if not _safe_file_name(name) or name in RESERVED:
-                    out["invalid"].append(str(name))
-                    continue
-                final = os.path.join(all_dir, name)
-                try:
-                    st = os.stat(final)
-                except FileNotFoundError:
-                    st = None
-                if st is not None:
-                    if stat.S_ISREG(st.st_mode) and known.digests(final, name, st)["sha256"] == package["sha256"]:
-                        out["already"] += 1
-                        listed.setdefault(name, job)
-                    else:
-                        out["conflict"].append(name)
-                    continue
-                if restricted:
-                    out["restricted"].append(name)
-                    continue
-                src = _open_upload(tree, token, name) if _TOKEN.fullmatch(token) else None
-                if src is None:
-                    out["missing"].append(name)
-                    continue
-                try:
-                    if os.fstat(src).st_size != package["size"]:
-                        sha512 = None
-                    else:
-                        sha512 = _copy_verified(src, final, package["size"], package["sha256"], all_dir)
-                finally:
-                    os.close(src)
-                if sha512 is None:
-                    out["mismatch"].append(name)
-                    continue
-                known.installed(final, name, package["sha256"], sha512)
-                out["published"].append(name)
-                listed[name] = job
-
-        _write_indexes(all_dir, listed, known)
-        if cache:
-            data = json.dumps({"version": 1, "files": known.new}, sort_keys=True).encode()
+            upload = self._upload(result.get("token"))
             try:
-                with open(cache_path, "rb") as f:
-                    unchanged = f.read() == data
-            except OSError:
-                unchanged = False
-            if not unchanged:
-                _write_atomic(cache_path, data)
-    out["published"].sort()
-    return out
+                in_place = [self._publish_log(result["job"], upload, result["log"])] if result.get("log") else []
+                if result.get("status") == "success":
+                    in_place += [self._publish_package(upload, job, result["job"], package)
+                                 for package in result.get("packages") or ()]
+            finally:
+                if upload is not None:
+                    os.close(upload)
+            if all(in_place) and upload is not None:
+                done.append(result["token"])
+        _write_indexes(self.all, self.listed, self.known)
+        if self.cache:
+            _replace_if_changed(self.root, CACHE,
+                                json.dumps({"version": 1, "files": self.known.new}, sort_keys=True).encode())
+        # Last, once every copy is fsynced and in place: a crash before this leaves the upload
+        # and the copies, one during it the copies and part of the upload, never neither.
+        if self.incoming is not None:
+            self.out["removed"] = sum(files.remove_tree(self.incoming, token) for token in done)
+            self.out["abandoned"] = self._remove_abandoned()
+
+    def _remove_abandoned(self) -> int:
+        """Remove the upload directories that no lease or result will ever use; return how many.
+
+        Kept: a live lease's, any result's (removed above once published), and a lease's that was
+        reclaimed from a worker that may still report a late success (its job has no result and
+        the directory changed within lease_ttl). A directory changed since the tip was read may
+        be a lease claimed after that, and is kept too; without `read_at`, all are kept.
+        """
+        snap = self.snapshot
+        if snap.read_at is None:
+            return 0
+        kept = set(snap.leases) | snap.tokens | {result.get("token") for _, result in snap.entries}
+        finished = {result["job"] for _, result in snap.entries}
+        late = {entry.get("token") for job, entries in snap.lapsed.items() if job not in finished
+                for entry in entries}
+        recent = self.clock() - (snap.settings.get("lease_ttl") or 0)
+        removed = 0
+        for name in os.listdir(self.incoming):
+            st = files.lstat(self.incoming, name) if _TOKEN.fullmatch(name) and name not in kept else None
+            if st is None or not stat.S_ISDIR(st.st_mode) or st.st_mtime >= snap.read_at:
+                continue
+            if name in late and st.st_mtime > recent:
+                continue
+            removed += files.remove_tree(self.incoming, name)
+        return removed
+
+    def _upload(self, token) -> int | None:
+        """A descriptor of incoming/TOKEN/, or None when it is not a directory there."""
+        if self.incoming is None or not (isinstance(token, str) and _TOKEN.fullmatch(token)):
+            return None
+        return files.open_dir(self.incoming, token)
+
+    def _publish_package(self, upload: int | None, job: dict | None, job_name: str, package: dict) -> bool:
+        """Publish one package file of a success result; True once it is in All/ with its checksum."""
+        out = self.out
+        name = package.get("name")
+        if not is_file_name(name) or name in RESERVED:
+            out["invalid"].append(f"{job_name}: {name!r} is not a package file name")
+            return False
+        if job is None or job.get("no_bin_on_ftp") or job.get("restricted"):
+            out["restricted"].append(name)  # without its job record, nothing says it may be published
+            return False
+        problem = package_name_problem(name, job, self.snapshot.settings)
+        if problem is not None:
+            out["invalid"].append(f"{job_name}: {problem}")
+            return False
+        present, fd = _existing(self.all, name)
+        if present:
+            if fd is None:
+                out["conflict"].append(name)  # a link or a directory: not a package
+                return False
+            with os.fdopen(fd, "rb"):
+                same = self.known.digests(fd, name)["sha256"] == package["sha256"]
+            if not same:
+                out["conflict"].append(name)
+                return False
+            problem = identity_problem(self.known.meta(self.all, name), job)
+            if problem is not None:  # published before publish looked inside
+                out["invalid"].append(f"{job_name}: {ALL}/{name}: {problem}")
+                return False
+            out["already"] += 1
+            self.listed[name] = job
+            return True
+        src = files.open_file(upload, name) if upload is not None else None
+        if src is None:
+            out["missing"].append(name)
+            return False
+        meta = []
+
+        def inspect(copy):
+            meta.append(read_package(copy))
+            return identity_problem(meta[0], job)
+
+        try:
+            if os.fstat(src).st_size != package["size"]:
+                sha512, problem = None, None
+            else:
+                sha512, problem = _copy_verified(src, self.all, name, package["size"], package["sha256"],
+                                                 inspect=inspect)
+        finally:
+            os.close(src)
+        if problem is not None:
+            out["invalid"].append(f"{job_name}: {name}: {problem}")
+            return False
+        if sha512 is None:
+            out["mismatch"].append(name)
+            return False
+        self.known.installed(self.all, name, name, package["sha256"], sha512, meta=meta[0])
+        out["published"].append(name)
+        self.listed[name] = job
+        return True
+
+    def _publish_log(self, job: str, upload: int | None, log: dict) -> bool:
+        """Publish a result's build log into logs/JOB/; True once it is there, or was not uploaded."""
+        out, name = self.out, log.get("name")
+        if not (is_log_name(name) and is_file_name(job)):
+            out["invalid"].append(f"{job}: log {name!r} is not a plain .log or .txt file name")
+            return False
+        rel = f"{LOGS}/{job}/{name}"  # the cache's key: never a package name, those have no '/'
+        there = files.lstat(self.logs, job) is not None
+        job_dir = files.open_dir(self.logs, job) if there else None
+        if there and job_dir is None:
+            out["conflict"].append(rel)  # logs/JOB is not a directory (a link?)
+            return False
+        try:
+            if job_dir is not None:
+                present, fd = _existing(job_dir, name)
+                if present:
+                    if fd is None:
+                        out["conflict"].append(rel)
+                        return False
+                    with os.fdopen(fd, "rb"):
+                        same = (os.fstat(fd).st_size == log["size"]
+                                and self.known.digests(fd, rel)["sha256"] == log["sha256"])
+                    if not same:
+                        out["conflict"].append(rel)
+                    return same
+            src = files.open_file(upload, name) if upload is not None else None
+            if src is None:
+                return True  # logs are optional: not uploaded (or not a regular file: not read)
+            try:
+                if job_dir is None:
+                    job_dir = _part(self.logs, os.path.join(self.tree, LOGS), job, create=True)
+                sha512, _ = _copy_verified(src, job_dir, name, log["size"], log["sha256"], temp_dir_fd=self.logs)
+                if sha512 is None:
+                    out["mismatch"].append(rel)
+                    return False
+                self.known.installed(job_dir, name, rel, log["sha256"], sha512)
+                out["logs"].append(rel)
+                return True
+            finally:
+                os.close(src)
+        finally:
+            if job_dir is not None:
+                os.close(job_dir)
 
 
-def _write_indexes(all_dir: str, listed: dict, known: _Known) -> None:
+def _unproven(result: dict, snapshot: Snapshot, uses: Counter) -> str | None:
+    """Why nothing of `result` may be published, or None.
+
+    Its lease token must be its own (no other result's, no live lease's: the upload directory is
+    that lease's alone), and a late result must be for a lease reclaimed from that worker under
+    that token (lapsed/): the server's hook requires both, but a local writer or a history from
+    before the hook may not have.
+    """
+    token, worker, job = result.get("token"), result.get("worker"), result["job"]
+    if uses[token] > 1:
+        return f"its lease token {token} is another result's or a live lease's too; published for neither"
+    if result.get("late") and not any(entry.get("worker") == worker and entry.get("token") == token
+                                      for entry in snapshot.lapsed.get(job, ())):
+        return (f"a late result by {worker}, but no lease of {job} reclaimed from {worker} (lapsed/) "
+                f"has its token {token}")
+    return None
+
+
+def _write_indexes(all_fd: int, listed: dict, known: _Known) -> None:
     """Rewrite All/pkg_summary.gz, then All/SHA512, from the files in `listed` (when they changed)."""
     text = []
     digests = []
     for name in sorted(listed):
-        path = os.path.join(all_dir, name)
         entry = known.new[name]
-        text.append(_format_entry(known.meta(path, name), listed[name], name, entry["stat"][0], entry["sha256"]))
+        text.append(format_entry(known.meta(all_fd, name), listed[name], name, entry["stat"][0], entry["sha256"]))
         digests.append((f"{ALL}/{name}", entry["sha512"]))
     summary = gzip.compress("\n".join(text).encode("utf-8") + (b"\n" if text else b""), compresslevel=9, mtime=0)
-    _replace_if_changed(os.path.join(all_dir, SUMMARY), summary)
+    _replace_if_changed(all_fd, SUMMARY, summary)
     # pbulk: `digest SHA512 All/pkg_summary.* All/*.tgz` from the top of the tree, sorted.
     digests.append((f"{ALL}/{SUMMARY}", hashlib.sha512(summary).hexdigest()))
     lines = "".join(f"SHA512 ({path}) = {hexdigest}\n" for path, hexdigest in sorted(digests))
-    _replace_if_changed(os.path.join(all_dir, DIGESTS), lines.encode("utf-8"))
+    _replace_if_changed(all_fd, DIGESTS, lines.encode("utf-8"))
 
 
-def _replace_if_changed(path: str, data: bytes) -> None:
+def _replace_if_changed(dir_fd: int, name: str, data: bytes) -> None:
     try:
-        with open(path, "rb") as f:
+        with files.open_own(dir_fd, name) as f:
             if f.read() == data:
                 return
     except OSError:
         pass
-    _write_atomic(path, data)
+    files.write_atomic(dir_fd, name, data, TMP_PREFIX)
 
 
 # -- reading the queue -----------------------------------------------------------------------------
 
 
-def results_of(queue) -> list[tuple[dict | None, dict]]:
-    """(job record, result record) of every result at the queue's tip, by job name.
+def local_tree(settings: dict) -> str | None:
+    """The package tree's directory when the queue's packages_url is one on this machine, else None."""
+    from .transfer import parse_tree
 
-    The job record is None if the queue lacks it (publish then treats the job as restricted).
+    url = settings.get("packages_url")
+    try:
+        where = parse_tree(url) if url else None
+    except GitqueueError:
+        return None  # not a tree this machine can use as a directory
+    return where.path if where is not None and not where.host else None
+
+
+def read_queue(queue, clock=time.time) -> Snapshot:
+    """The records publish decides from, at the queue's tip: settings, results with their jobs,
+    live leases and lapsed leases.
+
+    A result record that fails its schema (a local writer's, or one written before the schema
+    refused it) is not published: it is listed in `unreadable`, and the lease tokens of such
+    records are kept in `tokens` so that their upload directories are not taken for abandoned
+    ones. A result whose job record is missing gets None (publish then treats the job as
+    restricted). `clock` is this machine's (the package tree's) clock: `read_at`.
     """
+    read_at = clock()
     _, reader = queue.fetch()
-    pairs = []
-    for path, blob in reader.walk_files("results"):
-        result = records.load_at("result", reader.store[blob].as_raw_string(), path)
+    snap = Snapshot(settings=queue.settings(reader), read_at=read_at)
+
+    def each(kind_dir, kind):
+        for path, blob in reader.walk_files(kind_dir):
+            data = reader.store[blob].as_raw_string()
+            try:
+                yield records.load_at(kind, data, path)
+            except RecordInvalid as e:
+                if kind == "result":
+                    snap.unreadable.append(str(e))
+                snap.tokens.update(token.decode() for token in _TOKEN_IN_TOML.findall(data))
+
+    for result in each("results", "result"):
         job_path = record_path("jobs", result["job"])
         data = reader.read(job_path)
-        job = records.load_at("job", data, job_path) if data is not None else None
-        pairs.append((job, result))
-    pairs.sort(key=lambda pair: pair[1]["job"])
-    return pairs
+        snap.entries.append((records.load_at("job", data, job_path) if data is not None else None, result))
+    snap.entries.sort(key=lambda pair: pair[1]["job"])
+    snap.leases = {lease["token"]: lease["job"] for lease in each("leases", "lease")}
+    snap.lapsed = {lapsed["job"]: lapsed["lapsed"] for lapsed in each("lapsed", "lapsed")}
+    return snap

@@ -3,11 +3,13 @@ and its tables hold the numbers of a known build. The screenshot is kept as a te
 (in $GITQUEUE_ARTIFACTS, default tests/artifacts/)."""
 
 import os
+import re
+from html import escape
 
 import pytest
 
 import chromium
-from gitqueue import bulkreport, htmlreport
+from gitqueue import bulkreport, files, htmlreport
 
 from helpers import REPO, open_queue
 from known_build import LOG, make_known_build
@@ -79,7 +81,7 @@ def test_the_page_in_a_real_browser(tmp_path, browser):
     assert tables["unsuccessful"][1][3] == "depends on c-3.0 (failed)"
     assert [row[:6] for row in tables["workers"]] == [["w1", "2", "1", "0", "0", "0"], ["w2", "2", "0", "1", "0", "0"],
                                                       ["w3", "0", "0", "0", "1", "0"]]
-    assert "logs/c-3.0/c-3.0.log" in facts["links"] and "report.txt" in facts["links"]
+    assert "logs/c-3.0.txt" in facts["links"] and "report.txt" in facts["links"]
     assert facts["width"] <= 1100, "the page should not scroll sideways"
 
 
@@ -96,14 +98,22 @@ def test_the_checker_sees_errors_and_network(tmp_path, browser):
 
 def test_the_site_files(tmp_path):
     out, data, written = write_site(tmp_path)
-    assert sorted(os.path.relpath(p, out) for p in written) == ["index.html", "logs/c-3.0/c-3.0.log", "report.txt"]
+    assert sorted(os.path.relpath(p, out) for p in written) == ["index.html", "logs/c-3.0.txt", "report.txt"]
+    assert (out / "logs" / "c-3.0.txt").read_text() == "cc -c main.c\n*** Error code 1\n"
     assert (out / "report.txt").read_text() == bulkreport.text(data)
     html = (out / "index.html").read_text()
     assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in html
     # Regenerating copies no log again and leaves no temporary file behind.
     again = htmlreport.write(str(out), data, logs_dir=str(tmp_path / "tree" / "logs"))
     assert sorted(os.path.relpath(p, out) for p in again) == ["index.html", "report.txt"]
-    assert not [p for p in out.rglob("*.tmp")]
+    assert not [p for p in out.rglob(f"{files.TMP_PREFIX}*")]
+    # A log that changed is copied again.
+    log = tmp_path / "tree" / "logs" / "c-3.0" / LOG["name"]
+    log.write_text("cc -c main.c\n*** Error code 2\n")
+    os.utime(log, ns=(0, 10**9))
+    again = htmlreport.write(str(out), data, logs_dir=str(tmp_path / "tree" / "logs"))
+    assert sorted(os.path.relpath(p, out) for p in again) == ["index.html", "logs/c-3.0.txt", "report.txt"]
+    assert (out / "logs" / "c-3.0.txt").read_text() == "cc -c main.c\n*** Error code 2\n"
 
 
 def test_logs_elsewhere_are_linked_by_url(tmp_path):
@@ -113,3 +123,85 @@ def test_logs_elsewhere_are_linked_by_url(tmp_path):
     htmlreport.write(str(tmp_path / "site"), data, log_url="https://pkgs.example.org/m68k/logs/")
     html = (tmp_path / "site" / "index.html").read_text()
     assert '<a href="https://pkgs.example.org/m68k/logs/c-3.0/c-3.0.log">log</a>' in html
+
+
+def test_every_cell_is_escaped_unless_it_is_markup(tmp_path):
+    url, clock = make_known_build(tmp_path)
+    with open_queue(url, tmp_path, host="viewer", clock=clock) as q:
+        data = bulkreport.build(q)
+    hostile = '<img src=x onerror="alert(1)">'
+    data["settings"] = dict(data["settings"], arch=hostile, pkgsrc_branch=hostile)
+    data["workers"][0]["worker"] = hostile
+    data["breakage"][0] = dict(data["breakage"][0], maintainer=hostile, pkgpath=hostile)
+    data["unsuccessful"][0] = dict(data["unsuccessful"][0], reason=hostile, log_tail=hostile, maintainer=hostile)
+    data["unsuccessful"][1] = dict(data["unsuccessful"][1], reason=hostile, job=hostile)
+    html = htmlreport.page(data, links={"c-3.0": 'logs/c-3.0.txt"><script>'})
+    assert "<img" not in html and "<script>" not in html
+    assert escape(hostile) in html
+    assert '<a href="logs/c-3.0.txt&quot;&gt;&lt;script&gt;">log</a>' in html
+    # Markup is shown as it is: the page's own links and spans.
+    assert '<span class="state-failed">failed</span>' in html
+
+
+def test_a_hostile_log_name_or_link_copies_nothing_from_outside(tmp_path):
+    """Log names from results made before the schema refused them, or by a local writer: an absolute
+    path, a way up, a page; a log that is a link, a job directory that is a link."""
+    url, clock = make_known_build(tmp_path)
+    with open_queue(url, tmp_path, host="viewer", clock=clock) as q:
+        data = bulkreport.build(q)
+    secret = os.urandom(16).hex().encode()
+    logs = tmp_path / "tree" / "logs"
+    for place in (tmp_path / "secret", tmp_path / "tree" / "secret", tmp_path / "elsewhere" / "x.log"):
+        place.parent.mkdir(parents=True, exist_ok=True)
+        place.write_bytes(secret)
+    for job in ("c-3.0", "d-1.0", "e-1.0", "p-1.0"):
+        (logs / job).mkdir(parents=True)
+    (logs / "c-3.0" / "c-3.0.log").write_text("the real log\n")
+    (logs / "e-1.0" / "build.html").write_text("<script>alert(document.cookie)</script>\n")
+    (logs / "p-1.0" / "x.log").symlink_to(tmp_path / "secret")
+    (logs / "q-1.0").symlink_to(tmp_path / "elsewhere")
+    names = {"c-3.0": "c-3.0.log", "d-1.0": str(tmp_path / "secret"), "e-1.0": "build.html",
+             "n-1.0": "../../secret", "p-1.0": "x.log", "q-1.0": "x.log"}
+    data["unsuccessful"] = [dict(u, log=names.get(u["job"])) for u in data["unsuccessful"]]
+
+    out = tmp_path / "site"
+    written = htmlreport.write(str(out), data, logs_dir=str(logs))
+    assert sorted(os.path.relpath(p, out) for p in written) == ["index.html", "logs/c-3.0.txt", "report.txt"]
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["index.html", "logs", "logs/c-3.0.txt",
+                                                                      "report.txt"]
+    for path in out.rglob("*"):
+        assert path.is_dir() or secret not in path.read_bytes(), path
+    html = (out / "index.html").read_text()
+    assert re.findall(r'<a href="([^"]*)">log</a>', html) == ["logs/c-3.0.txt"]
+
+    # Linked elsewhere: only plain .log and .txt names, under URL/JOB/.
+    htmlreport.write(str(tmp_path / "linked"), data, log_url="https://pkgs.example.org/logs")
+    html = (tmp_path / "linked" / "index.html").read_text()
+    assert re.findall(r'<a href="([^"]*)">log</a>', html) == [
+        "https://pkgs.example.org/logs/c-3.0/c-3.0.log", "https://pkgs.example.org/logs/p-1.0/x.log",
+        "https://pkgs.example.org/logs/q-1.0/x.log"]
+
+
+def test_a_long_log_is_cut_to_its_end_with_a_note(tmp_path, monkeypatch):
+    monkeypatch.setattr(htmlreport, "MAX_LOG_BYTES", 1000)
+    url, clock = make_known_build(tmp_path)
+    with open_queue(url, tmp_path, host="viewer", clock=clock) as q:
+        data = bulkreport.build(q)
+    (tmp_path / "logs" / "c-3.0").mkdir(parents=True)
+    body = b"".join(b"line %04d\n" % i for i in range(300))  # 3000 bytes
+    (tmp_path / "logs" / "c-3.0" / LOG["name"]).write_bytes(body)
+    htmlreport.write(str(tmp_path / "site"), data, logs_dir=str(tmp_path / "logs"))
+    copied = (tmp_path / "site" / "logs" / "c-3.0.txt").read_bytes()
+    note, _, rest = copied.partition(b"\n\n")
+    assert note == b"[gitqueue: the first 2000 of the log's 3000 bytes are left out here; this is its last 1000 bytes]"
+    assert rest == body[-1000:] and rest.endswith(b"line 0299\n")
+
+
+def test_a_logs_directory_not_made_yet_is_no_log(tmp_path):
+    url, clock = make_known_build(tmp_path)
+    with open_queue(url, tmp_path, host="viewer", clock=clock) as q:
+        data = bulkreport.build(q)
+    written = htmlreport.write(str(tmp_path / "site"), data, logs_dir=str(tmp_path / "no-publish-yet" / "logs"),
+                               log_url="https://pkgs.example.org/logs")
+    assert sorted(os.path.relpath(p, tmp_path / "site") for p in written) == ["index.html", "report.txt"]
+    assert '<a href="https://pkgs.example.org/logs/c-3.0/c-3.0.log">log</a>' in (tmp_path / "site" / "index.html").read_text()

@@ -76,8 +76,12 @@ def test_packages_travel_over_ssh_and_get_published(tmp_path, sshd):
     pub = subprocess.run([sys.executable, "-m", "gitqueue", "publish", "--queue", url, "--tree", str(tree)],
                          env=admin, capture_output=True, text=True, timeout=60)
     assert pub.returncode == 0, pub.stderr
-    assert pub.stdout.splitlines()[0] == "published 2, already 0, missing 0, restricted 1"
+    assert pub.stdout.splitlines()[0] == ("published 2, already 0, missing 0, restricted 1; "
+                                         "uploads removed: 2 published, 0 abandoned")
     assert sorted(os.listdir(tree / "All")) == ["SHA512", "app-2.0.tgz", "base-1.0.tgz", "pkg_summary.gz"]
+    # The published uploads are removed; the restricted package's stays where it was uploaded.
+    [kept] = os.listdir(tree / "incoming")
+    assert os.listdir(tree / "incoming" / kept)[0].startswith("secret-1")
     summary = gzip.decompress((tree / "All" / "pkg_summary.gz").read_bytes()).decode()
     entries = [e for e in summary.split("\n\n") if e.strip()]
     assert [next(line for line in e.splitlines() if line.startswith("PKGNAME=")) for e in entries] == \
@@ -87,7 +91,8 @@ def test_packages_travel_over_ssh_and_get_published(tmp_path, sshd):
     assert check.returncode == 0, check.stdout + check.stderr
     again = subprocess.run([sys.executable, "-m", "gitqueue", "publish", "--queue", url, "--tree", str(tree)],
                            env=admin, capture_output=True, text=True, timeout=60)
-    assert again.stdout.splitlines()[0] == "published 0, already 2, missing 0, restricted 1"
+    assert again.stdout.splitlines()[0] == ("published 0, already 2, missing 0, restricted 1; "
+                                           "uploads removed: 0 published, 0 abandoned")
     assert "report app-2.0 (misc/app): success by w1" in git_log(url)
 
 

@@ -4,15 +4,22 @@ import gzip
 import hashlib
 import io
 import os
+import shutil
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
+import tomli_w
 
 from gitqueue import lease, records
-from gitqueue.publish import publish, results_of, sha256_file, summary_entry
+from gitqueue.errors import GitqueueError
+from gitqueue.pkgsummary import sha256_file, summary_entry
+from gitqueue.publish import Snapshot, publish, read_queue
 
-from helpers import job, make_queue, open_queue
+from gitqueue.names import record_path
+
+from helpers import gitqueue, job, local_commit, make_package_queue, make_queue, open_queue
 
 TOKEN_A = "a" * 32
 TOKEN_B = "b" * 32
@@ -65,6 +72,11 @@ def entry(name, token, packages, status="success", **job_extra):
     return job_rec, result
 
 
+def publish_entries(tree, entries, **options):
+    """publish() of a tip that holds these (job, result) pairs and nothing else."""
+    return publish(str(tree), Snapshot(entries=list(entries)), **options)
+
+
 def summary(tree):
     """{PKGNAME: {KEY: [values]}} of All/pkg_summary.gz."""
     text = gzip.decompress((tree / "All" / "pkg_summary.gz").read_bytes()).decode()
@@ -95,18 +107,21 @@ def two_packages(tree):
     a = upload(tree, TOKEN_A, "liba-1.0", pkgpath="devel/liba")
     b = upload(tree, TOKEN_B, "tool-2.1", deps=["liba>=1.0"], pkgpath="devel/tool", categories="devel sysutils")
     return [entry("liba-1.0", TOKEN_A, [a], pkgpath="devel/liba"),
-            entry("tool-2.1", TOKEN_B, [b], pkgpath="devel/tool")], a, b
+            entry("tool-2.1", TOKEN_B, [b], pkgpath="devel/tool", categories="devel  sysutils")], a, b
 
 
 def test_publish_copies_verified_packages_and_indexes_them(tree):
     entries, a, b = two_packages(tree)
-    got = publish(str(tree), entries)
+    uploaded = {pkg["name"]: (tree / "incoming" / token / pkg["name"]).read_bytes()
+                for pkg, token in ((a, TOKEN_A), (b, TOKEN_B))}
+    got = publish_entries(tree, entries)
     assert got["published"] == ["liba-1.0.tgz", "tool-2.1.tgz"]
     assert (got["already"], got["missing"], got["mismatch"], got["restricted"], got["conflict"]) == (0, [], [], [], [])
     assert all_files(tree) == ["SHA512", "liba-1.0.tgz", "pkg_summary.gz", "tool-2.1.tgz"]
-    for pkg, token in ((a, TOKEN_A), (b, TOKEN_B)):
-        assert (tree / "All" / pkg["name"]).read_bytes() == (tree / "incoming" / token / pkg["name"]).read_bytes()
-        assert (tree / "incoming" / token / pkg["name"]).exists()  # incoming is left alone
+    for name, data in uploaded.items():
+        assert (tree / "All" / name).read_bytes() == data
+    # Published whole: the upload directories are gone.
+    assert got["removed"] == 2 and list((tree / "incoming").iterdir()) == []
 
     entries_ = summary(tree)
     assert sorted(entries_) == ["liba-1.0", "tool-2.1"]
@@ -135,15 +150,15 @@ def test_publish_copies_verified_packages_and_indexes_them(tree):
 
 def test_a_second_publish_changes_nothing(tree):
     entries, _, _ = two_packages(tree)
-    publish(str(tree), entries)
+    publish_entries(tree, entries)
     before = {n: os.stat(tree / "All" / n) for n in all_files(tree)}
-    got = publish(str(tree), entries)
+    got = publish_entries(tree, entries)
     assert got["published"] == [] and got["already"] == 2
     after = {n: os.stat(tree / "All" / n) for n in all_files(tree)}
     assert {n: (s.st_ino, s.st_mtime_ns) for n, s in before.items()} == \
         {n: (s.st_ino, s.st_mtime_ns) for n, s in after.items()}
     # Without the digest cache, the files are read again, with the same answer.
-    assert publish(str(tree), entries, cache=False)["already"] == 2
+    assert publish_entries(tree, entries, cache=False)["already"] == 2
 
 
 def test_a_corrupted_upload_is_refused_and_left_in_incoming(tree):
@@ -155,7 +170,7 @@ def test_a_corrupted_upload_is_refused_and_left_in_incoming(tree):
     short = upload(tree, TOKEN_C, "short-1.0")
     (tree / "incoming" / TOKEN_C / short["name"]).write_bytes(b"truncated")
     entries.append(entry("short-1.0", TOKEN_C, [short]))
-    got = publish(str(tree), entries)
+    got = publish_entries(tree, entries)
     assert got["published"] == ["liba-1.0.tgz"] and got["mismatch"] == ["short-1.0.tgz", "tool-2.1.tgz"]
     assert all_files(tree) == ["SHA512", "liba-1.0.tgz", "pkg_summary.gz"]
     assert path.exists() and sorted(summary(tree)) == ["liba-1.0"]
@@ -165,10 +180,10 @@ def test_a_missing_upload_is_reported_and_published_once_it_arrives(tree):
     entries, a, b = two_packages(tree)
     held = tree / "elsewhere.tgz"
     os.rename(tree / "incoming" / TOKEN_B / b["name"], held)
-    got = publish(str(tree), entries)
+    got = publish_entries(tree, entries)
     assert got["missing"] == ["tool-2.1.tgz"] and got["published"] == ["liba-1.0.tgz"]
     os.rename(held, tree / "incoming" / TOKEN_B / b["name"])
-    got = publish(str(tree), entries)
+    got = publish_entries(tree, entries)
     assert got["published"] == ["tool-2.1.tgz"] and got["already"] == 1 and got["missing"] == []
     assert sorted(summary(tree)) == ["liba-1.0", "tool-2.1"]
 
@@ -180,14 +195,14 @@ def test_restricted_packages_are_never_published(tree):
     entries = [entry("acroread-9.0", TOKEN_A, [ftp], no_bin_on_ftp="${RESTRICTED}"),
                entry("jdk-8.0", TOKEN_B, [lic], restricted="Redistribution not permitted"),
                entry("free-1.0", TOKEN_C, [ok], restricted="")]
-    got = publish(str(tree), entries)
+    got = publish_entries(tree, entries)
     assert got["restricted"] == ["acroread-9.0.tgz", "jdk-8.0.tgz"] and got["published"] == ["free-1.0.tgz"]
     assert all_files(tree) == ["SHA512", "free-1.0.tgz", "pkg_summary.gz"]
     assert sorted(summary(tree)) == ["free-1.0"]
     # A result without its job record: nothing says the package may be published, so it is not.
     job_rec, result = entry("free-1.0", TOKEN_C, [ok])
     os.unlink(tree / "All" / "free-1.0.tgz")
-    assert publish(str(tree), [(None, result)])["restricted"] == ["free-1.0.tgz"]
+    assert publish_entries(tree, [(None, result)])["restricted"] == ["free-1.0.tgz"]
 
 
 def test_only_files_named_by_success_results_are_published(tree):
@@ -201,9 +216,10 @@ def test_only_files_named_by_success_results_are_published(tree):
             {"name": "pkg_summary.gz", "size": 13, "sha256": sha256_file(fake)}]
     job_rec, result = entries[0]
     entries[0] = (job_rec, dict(result, packages=result["packages"] + evil))  # past the schema: re-checked
-    got = publish(str(tree), entries)
+    got = publish_entries(tree, entries)
     assert got["published"] == ["liba-1.0.tgz", "tool-2.1.tgz"]
-    assert got["invalid"] == ["../../escape.tgz", "pkg_summary.gz"]
+    assert got["invalid"] == ["liba-1.0: '../../escape.tgz' is not a package file name",
+                              "liba-1.0: 'pkg_summary.gz' is not a package file name"]
     assert stray["name"] not in all_files(tree) and failed["name"] not in all_files(tree)
     assert sorted(summary(tree)) == ["liba-1.0", "tool-2.1"]
     assert not (tree.parent / "escape.tgz").exists()
@@ -213,20 +229,20 @@ def test_another_file_under_the_same_name_is_a_conflict(tree):
     entries, a, b = two_packages(tree)
     (tree / "All").mkdir()
     (tree / "All" / b["name"]).write_bytes(b"someone else's tool-2.1")
-    got = publish(str(tree), entries)
+    got = publish_entries(tree, entries)
     assert got["conflict"] == ["tool-2.1.tgz"] and got["published"] == ["liba-1.0.tgz"]
     assert (tree / "All" / b["name"]).read_bytes() == b"someone else's tool-2.1"
     assert sorted(summary(tree)) == ["liba-1.0"]
     # Replaced behind publish's back after it remembered the digest: noticed all the same.
     os.unlink(tree / "All" / a["name"])
     (tree / "All" / a["name"]).write_bytes(b"x" * a["size"])
-    assert publish(str(tree), entries)["conflict"] == ["liba-1.0.tgz", "tool-2.1.tgz"]
+    assert publish_entries(tree, entries)["conflict"] == ["liba-1.0.tgz", "tool-2.1.tgz"]
     assert summary(tree) == {}
 
 
 def test_a_crash_leaves_all_consistent(tree, monkeypatch):
     entries, a, b = two_packages(tree)
-    publish(str(tree), entries[:1])
+    publish_entries(tree, entries[:1])
     old_summary = (tree / "All" / "pkg_summary.gz").read_bytes()
     old_digests = (tree / "All" / "SHA512").read_bytes()
     real_replace = os.replace
@@ -234,34 +250,50 @@ def test_a_crash_leaves_all_consistent(tree, monkeypatch):
     def failing_after(n):
         calls = []
 
-        def replace(src, dst):
+        def replace(src, dst, **dir_fds):
             calls.append(dst)
             if len(calls) > n:
                 raise OSError(28, "No space left on device")
-            return real_replace(src, dst)
+            return real_replace(src, dst, **dir_fds)
         return replace
 
     # 1. The package's rename fails: no package, no temporary file, the old indexes.
     monkeypatch.setattr(os, "replace", failing_after(0))
     with pytest.raises(OSError):
-        publish(str(tree), entries)
+        publish_entries(tree, entries)
     assert all_files(tree) == ["SHA512", "liba-1.0.tgz", "pkg_summary.gz"]
     assert (tree / "All" / "pkg_summary.gz").read_bytes() == old_summary
     # 2. The package lands whole, then writing pkg_summary.gz fails: the previous one stays.
     monkeypatch.setattr(os, "replace", failing_after(1))
     with pytest.raises(OSError):
-        publish(str(tree), entries)
+        publish_entries(tree, entries)
     assert all_files(tree) == ["SHA512", "liba-1.0.tgz", "pkg_summary.gz", "tool-2.1.tgz"]
     assert (tree / "All" / b["name"]).read_bytes() == (tree / "incoming" / TOKEN_B / b["name"]).read_bytes()
     assert (tree / "All" / "pkg_summary.gz").read_bytes() == old_summary
     assert (tree / "All" / "SHA512").read_bytes() == old_digests
+    assert sorted(os.listdir(tree / "incoming")) == [TOKEN_B]  # removed only after the indexes
     # 3. A temporary file of a process killed mid-copy is swept; the next run completes.
     (tree / "All" / ".publish-tmp-999-0123456789abcdef").write_bytes(b"half a package")
     monkeypatch.setattr(os, "replace", real_replace)
-    got = publish(str(tree), entries)
-    assert got["published"] == [] and got["already"] == 2
+    # 4. ... but dies removing the upload, one file gone: the copy in All/ is whole, and the run
+    # after that removes the rest.
+    real_rmtree = shutil.rmtree
+
+    def dies_midway(name, dir_fd=None):
+        os.unlink(os.path.join(name, b["name"]), dir_fd=dir_fd)
+        raise OSError(5, "Input/output error")
+
+    dies_midway.avoids_symlink_attacks = True
+    monkeypatch.setattr(shutil, "rmtree", dies_midway)
+    with pytest.raises(OSError):
+        publish_entries(tree, entries)
+    assert os.listdir(tree / "incoming" / TOKEN_B) == []
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    got = publish_entries(tree, entries)
+    assert got["published"] == [] and got["already"] == 2 and got["removed"] == 1
     assert all_files(tree) == ["SHA512", "liba-1.0.tgz", "pkg_summary.gz", "tool-2.1.tgz"]
     assert sorted(summary(tree)) == ["liba-1.0", "tool-2.1"]
+    assert os.listdir(tree / "incoming") == []
 
 
 def test_an_unreadable_package_gets_what_is_known(tree):
@@ -269,18 +301,21 @@ def test_an_unreadable_package_gets_what_is_known(tree):
     directory.mkdir()
     (directory / "odd-1.0.tgz").write_bytes(b"\x1f\x8b\x08garbage, not a tarball")
     pkg = describe(directory / "odd-1.0.tgz")
-    got = publish(str(tree), [entry("odd-1.0", TOKEN_A, [pkg], categories="misc", pkgpath="misc/odd")])
+    got = publish_entries(tree, [entry("odd-1.0", TOKEN_A, [pkg], categories="misc", pkgpath="misc/odd")])
     assert got["published"] == ["odd-1.0.tgz"]
     assert summary(tree)["odd-1.0"] == {"PKGNAME": ["odd-1.0"], "PKGPATH": ["misc/odd"], "CATEGORIES": ["misc"],
                                         "FILE_NAME": ["odd-1.0.tgz"], "FILE_SIZE": [str(pkg["size"])],
                                         "FILE_CKSUM": [f"SHA256 {pkg['sha256']}"]}
 
 
-def test_summary_entry_falls_back_to_the_job_and_reads_signed_packages(tmp_path):
+def test_summary_entry_takes_the_identity_from_the_job_and_reads_signed_packages(tmp_path):
+    anon = job("anon-1.0", pkgpath="misc/anon", categories="misc")
     plain = tmp_path / "anon-1.0.tgz"
-    make_package(plain, "anon-1.0", name_line=False)
-    text = summary_entry(str(plain), {"name": "anon-1.0", "version": "1.0", "deps": []})
-    assert text.startswith("PKGNAME=anon-1.0\nCOMMENT=The anon-1.0 tool\n") and text.endswith("\n")
+    make_package(plain, "anon-1.0", name_line=False, pkgpath="devel/elsewhere", categories="devel")
+    text = summary_entry(str(plain), anon)
+    # A package that does not name itself is only what the queue knows of it.
+    assert text.startswith("PKGNAME=anon-1.0\nPKGPATH=misc/anon\nCATEGORIES=misc\nFILE_NAME=anon-1.0.tgz\n")
+    assert "COMMENT" not in text and "DESCRIPTION" not in text and text.endswith("\n")
     # A signed package wraps the package after +PKG_HASH and the signature.
     inner = tmp_path / "inner.tgz"
     make_package(inner, "signed-1.0", deps=["liba>=1"])
@@ -291,8 +326,14 @@ def test_summary_entry_falls_back_to_the_job_and_reads_signed_packages(tmp_path)
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
-    text = summary_entry(str(signed), None)
-    assert "PKGNAME=signed-1.0\nDEPENDS=liba>=1\n" in text and f"FILE_SIZE={signed.stat().st_size}\n" in text
+    text = summary_entry(str(signed), job("signed-1.0"))
+    assert "PKGNAME=signed-1.0\nDEPENDS=liba>=1\nCOMMENT=The signed-1.0 tool\n" in text
+    assert f"FILE_SIZE={signed.stat().st_size}\n" in text
+    # PKGPATH and CATEGORIES are the job's, in the package's place for them; without them in the
+    # job record, the package's are not used either.
+    assert "PKGPATH" not in text and "CATEGORIES" not in text
+    text = summary_entry(str(signed), job("signed-1.0", pkgpath="security/signed", categories="security"))
+    assert "\nCATEGORIES=security\nMACHINE_ARCH=m68k\n" in text and "\nPKGPATH=security/signed\n" in text
 
 
 def test_build_logs_are_published_beside_the_packages(tree):
@@ -304,44 +345,279 @@ def test_build_logs_are_published_beside_the_packages(tree):
                                              "sha256": sha256_file(log)}))
     job_rec, result = entries[1]
     entries[1] = (job_rec, dict(result, log={"name": "../../../etc/passwd", "size": 1, "sha256": "0" * 64}))
-    got = publish(str(tree), entries)
+    got = publish_entries(tree, entries)
     assert got["logs"] == ["logs/liba-1.0/liba-1.0-aaaaaaaa.log"]
+    assert got["invalid"] == ["tool-2.1: log '../../../etc/passwd' is not a plain .log or .txt file name"]
     assert (tree / "logs" / "liba-1.0" / log.name).read_text() == "build output\n"
-    assert publish(str(tree), entries)["logs"] == []  # already there
+    # liba-1.0's upload is published whole and removed; tool-2.1's stays, for someone to look at.
+    assert got["removed"] == 1 and sorted(os.listdir(tree / "incoming")) == [TOKEN_B]
+    assert publish_entries(tree, entries)["logs"] == []  # already there
     # A log that differs from its result is refused; one already published is never overwritten.
+    log.parent.mkdir()
     log.write_text("other output\n")
     os.unlink(tree / "logs" / "liba-1.0" / log.name)
-    assert publish(str(tree), entries)["mismatch"] == ["logs/liba-1.0/liba-1.0-aaaaaaaa.log"]
+    got = publish_entries(tree, entries)
+    assert got["mismatch"] == ["logs/liba-1.0/liba-1.0-aaaaaaaa.log"] and log.exists()
     (tree / "logs" / "liba-1.0" / log.name).write_text("build output, edited\n")
-    assert publish(str(tree), entries)["conflict"] == ["logs/liba-1.0/liba-1.0-aaaaaaaa.log"]
+    got = publish_entries(tree, entries)
+    assert got["conflict"] == ["logs/liba-1.0/liba-1.0-aaaaaaaa.log"] and log.exists()
 
 
-def test_results_of_a_real_queue_and_publishing_them(tmp_path, tree):
+def test_read_queue_and_publishing_what_it_read(tmp_path, tree):
     url = make_queue(tmp_path, [job("liba-1.0", pkgpath="devel/liba", categories="devel"),
-                                job("tool-2.1", ["liba-1.0"], pkgpath="devel/tool", no_bin_on_ftp="not allowed")])
+                                job("tool-2.1", ["liba-1.0"], pkgpath="devel/tool", no_bin_on_ftp="not allowed"),
+                                job("other-1.0", ["liba-1.0"])])
     with open_queue(url, tmp_path) as q:
-        assert results_of(q) == []
+        snap = read_queue(q)
+        assert (snap.entries, snap.leases, snap.lapsed, snap.unreadable) == ([], {}, {}, [])
+        assert snap.settings["name"] == "test" and snap.settings["lease_ttl"] == 3600
         claimed = lease.claim(q, "w1")
         assert claimed["job"] == "liba-1.0"
         token = claimed["lease"]
         log = tree / "incoming" / token / "build.log"
         log.parent.mkdir(parents=True)
         log.write_text("ok\n")
-        lease.report(q, "w1", "liba-1.0", "success", log={"name": "build.log", "size": 3, "sha256": sha256_file(log)})
-        assert lease.claim(q, "w2")["job"] == "tool-2.1"
-        lease.report(q, "w2", "tool-2.1", "failure", log_tail="boom")
-        pairs = results_of(q)
-    assert [(j["name"], r["status"]) for j, r in pairs] == [("liba-1.0", "success"), ("tool-2.1", "failure")]
-    assert pairs[0][0]["pkgpath"] == "devel/liba" and pairs[0][1]["token"] == token
-    assert pairs[1][0]["no_bin_on_ftp"] == "not allowed"
+        pkg = upload(tree, token, "liba-1.0", pkgpath="devel/liba")
+        lease.report(q, "w1", "liba-1.0", "success", log=describe(log), packages=[pkg])
+        held = {}
+        for worker in ("w2", "w3"):
+            got = lease.claim(q, worker)
+            held[got["job"]] = (worker, got["lease"])
+        lease.report(q, held["tool-2.1"][0], "tool-2.1", "failure", log_tail="boom")
+        snap = read_queue(q)
+    assert [(j["name"], r["status"]) for j, r in snap.entries] == [("liba-1.0", "success"), ("tool-2.1", "failure")]
+    assert snap.entries[0][0]["pkgpath"] == "devel/liba" and snap.entries[0][1]["token"] == token
+    assert snap.entries[1][0]["no_bin_on_ftp"] == "not allowed"
+    assert snap.leases == {held["other-1.0"][1]: "other-1.0"}
 
-    got = publish(str(tree), pairs)  # no packages recorded yet: only the log
-    assert got["published"] == [] and got["logs"] == ["logs/liba-1.0/build.log"]
-    assert summary(tree) == {}
-    # The same result once reports carry packages (lease.report does not take them yet).
-    pkg = upload(tree, token, "liba-1.0", pkgpath="devel/liba")
-    job_rec, result = pairs[0]
-    pairs[0] = (job_rec, records.validate("result", dict(result, packages=[pkg])))
-    got = publish(str(tree), pairs)
-    assert got["published"] == ["liba-1.0.tgz"]
+    got = publish(str(tree), snap)
+    assert got["published"] == ["liba-1.0.tgz"] and got["logs"] == ["logs/liba-1.0/build.log"]
     assert summary(tree)["liba-1.0"]["PKGPATH"] == ["devel/liba"]
+    assert summary(tree)["liba-1.0"]["CATEGORIES"] == ["devel"]
+
+
+def test_publish_follows_no_link(tree, tmp_path):
+    """Links a worker (or anyone) left in the tree: an upload, a log, an upload directory, a log
+    directory, a name in All/. Nothing is read or written through them."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = os.urandom(16).hex().encode()
+    (outside / "secret").write_bytes(secret)
+    real = make_package(outside / "a-1.0.tgz", "a-1.0")
+    (tree / "incoming" / TOKEN_A).mkdir()
+    (tree / "incoming" / TOKEN_A / "a-1.0.tgz").symlink_to(outside / "a-1.0.tgz")  # the right bytes, linked
+    (tree / "incoming" / TOKEN_A / "x.log").symlink_to(outside / "secret")
+    b = make_package(outside / "b-1.0.tgz", "b-1.0")
+    (tree / "incoming" / TOKEN_B).symlink_to(outside)  # the whole upload directory
+    c = upload(tree, TOKEN_C, "c-1.0")
+    log = tree / "incoming" / TOKEN_C / "c.log"
+    log.write_text("c's log\n")
+    (tree / "logs").mkdir()
+    (tree / "logs" / "c-1.0").symlink_to(outside)  # publishing the log would write into outside/
+    secret_log = {"name": "x.log", "size": len(secret), "sha256": hashlib.sha256(secret).hexdigest()}
+    entries = [entry("a-1.0", TOKEN_A, [real]), entry("b-1.0", TOKEN_B, [b]), entry("c-1.0", TOKEN_C, [c])]
+    entries[0] = (entries[0][0], dict(entries[0][1], log=secret_log))
+    entries[2] = (entries[2][0], dict(entries[2][1], log=describe(log)))
+    got = publish_entries(tree, entries)
+    assert got["published"] == ["c-1.0.tgz"] and got["missing"] == ["a-1.0.tgz", "b-1.0.tgz"]
+    assert got["logs"] == [] and got["conflict"] == ["logs/c-1.0/c.log"]
+    assert sorted(os.listdir(outside)) == ["a-1.0.tgz", "b-1.0.tgz", "secret"]
+    assert sorted(os.listdir(tree / "logs")) == ["c-1.0"]
+    for path in tree.rglob("*"):
+        assert path.is_symlink() or path.is_dir() or secret not in path.read_bytes(), path
+
+    # A link in All/ under a package's name is not that package.
+    (tree / "All" / "a-1.0.tgz").symlink_to(outside / "a-1.0.tgz")
+    assert publish_entries(tree, entries)["conflict"] == ["a-1.0.tgz", "logs/c-1.0/c.log"]
+    assert sorted(summary(tree)) == ["c-1.0"]
+    # All/ itself must be a directory of the tree, not a link to one.
+    os.rename(tree / "All", tmp_path / "All")
+    (tree / "All").symlink_to(tmp_path / "All")
+    with pytest.raises(GitqueueError, match=r"/All is not a directory \(a symbolic link\?\)"):
+        publish_entries(tree, entries)
+
+
+def package_queue(tmp_path, tree, jobs):
+    """A real queue whose packages_url is `tree`; returns its path."""
+    return make_package_queue(tmp_path, str(tree), jobs)
+
+
+def claim_as(q, worker, expected):
+    got = lease.claim(q, worker)
+    assert got["job"] == expected, got
+    return got["lease"]
+
+
+def test_a_package_is_published_only_under_its_own_job_s_name(tmp_path, tree):
+    """Squatting: x-1.0's worker uploads a trojan as gmake-4.4.1.tgz; y-1.0's uploads one that
+    calls itself gmake-4.4.1 in its metadata. Neither is published; the real gmake is, later."""
+    url = package_queue(tmp_path, tree, [  # claimed longest first: x, y, gmake
+        job("x-1.0", pkgpath="misc/x", est_seconds=300), job("y-1.0", pkgpath="misc/y", est_seconds=200),
+        job("gmake-4.4.1", pkgpath="devel/gmake", categories="devel", est_seconds=100)])
+    with open_queue(url, tmp_path) as q:
+        token_x = claim_as(q, "mallory", "x-1.0")
+        trojan = upload(tree, token_x, "gmake-4.4.1", comment="a trojan")
+        lease.report(q, "mallory", "x-1.0", "success", packages=[trojan])
+        token_y = claim_as(q, "mallory", "y-1.0")
+        (tree / "incoming" / token_y).mkdir()
+        liar = make_package(tree / "incoming" / token_y / "y-1.0.tgz", "gmake-4.4.1", comment="another trojan")
+        lease.report(q, "mallory", "y-1.0", "success", packages=[liar])
+        got = publish(str(tree), read_queue(q))
+        assert got["published"] == [] and got["conflict"] == []
+        assert got["invalid"] == [
+            "x-1.0: gmake-4.4.1.tgz is not a package file of x-1.0 (package_files allow x-1.0.tgz)",
+            "y-1.0: y-1.0.tgz: the package names itself 'gmake-4.4.1', not y-1.0"]
+        assert all_files(tree) == ["SHA512", "pkg_summary.gz"] and summary(tree) == {}
+        assert not [p for p in (tree / "All").iterdir() if p.name.startswith(".publish-tmp-")]
+
+        token = claim_as(q, "w1", "gmake-4.4.1")
+        real = upload(tree, token, "gmake-4.4.1", comment="GNU make", pkgpath="devel/not-gmake", categories="evil")
+        lease.report(q, "w1", "gmake-4.4.1", "success", packages=[real])
+        uploaded = (tree / "incoming" / token / real["name"]).read_bytes()
+        got = publish(str(tree), read_queue(q))
+    assert got["published"] == ["gmake-4.4.1.tgz"] and got["conflict"] == []
+    assert (tree / "All" / "gmake-4.4.1.tgz").read_bytes() == uploaded
+    gmake = summary(tree)["gmake-4.4.1"]
+    assert (gmake["COMMENT"], gmake["PKGPATH"], gmake["CATEGORIES"]) == (["GNU make"], ["devel/gmake"], ["devel"])
+    assert sorted(summary(tree)) == ["gmake-4.4.1"]
+
+
+def test_a_package_already_in_all_that_names_another_is_not_listed(tree):
+    """Published before publish looked inside (an older gitqueue): left in All/, not advertised."""
+    (tree / "All").mkdir()
+    liar = make_package(tree / "All" / "y-1.0.tgz", "gmake-4.4.1")
+    got = publish_entries(tree, [entry("y-1.0", TOKEN_A, [liar])])
+    assert got["already"] == 0
+    assert got["invalid"] == ["y-1.0: All/y-1.0.tgz: the package names itself 'gmake-4.4.1', not y-1.0"]
+    assert summary(tree) == {}
+
+
+def test_a_late_success_is_published_only_for_a_reclaimed_lease(tmp_path, tree):
+    url = package_queue(tmp_path, tree, [job("a-1.0"), job("b-1.0")])
+    with open_queue(url, tmp_path) as q:
+        token_a = claim_as(q, "w1", "a-1.0")
+        lease.reclaim(q, now=1000.0, ttl=1)
+        assert lease.reclaim(q, now=1002.0, ttl=1) == [{"job": "a-1.0", "worker": "w1", "silent_for": 2}]
+        pkg_a = upload(tree, token_a, "a-1.0")
+        assert lease.report(q, "w1", "a-1.0", "success", token=token_a, packages=[pkg_a])["late"] is True
+    # b-1.0: a late success that no reclaimed lease stands for, as a local writer can commit it.
+    token_b = "b" * 32
+    pkg_b = upload(tree, token_b, "b-1.0")
+    local_commit(url, {record_path("results", "b-1.0"): records.dumps("result", {
+        "job": "b-1.0", "version": "1.0", "status": "success", "worker": "w1", "token": token_b, "late": True,
+        "packages": [pkg_b]})})
+    with open_queue(url, tmp_path) as q:
+        snap = read_queue(q)
+    assert snap.lapsed["a-1.0"][0]["token"] == token_a
+    got = publish(str(tree), snap)
+    assert got["published"] == ["a-1.0.tgz"]
+    assert got["unproven"] == [f"b-1.0: a late result by w1, but no lease of b-1.0 reclaimed from w1 (lapsed/) "
+                               f"has its token {token_b}"]
+    assert sorted(summary(tree)) == ["a-1.0"]
+
+
+def test_a_result_under_another_s_lease_token_is_published_for_neither(tmp_path, tree):
+    url = package_queue(tmp_path, tree, [job("a-1.0"), job("b-1.0"), job("c-1.0")])
+    with open_queue(url, tmp_path) as q:
+        token = claim_as(q, "w1", "a-1.0")
+        pkg_a = upload(tree, token, "a-1.0")
+        lease.report(q, "w1", "a-1.0", "success", packages=[pkg_a])
+        live = claim_as(q, "w2", "b-1.0")
+    pkg_b = upload(tree, token, "b-1.0")
+    pkg_c = upload(tree, live, "c-1.0")
+    local_commit(url, {record_path("results", name): records.dumps("result", {
+        "job": name, "version": "1.0", "status": "success", "worker": "w1", "token": tok, "packages": [pkg]})
+        for name, tok, pkg in (("b-1.0", token, pkg_b), ("c-1.0", live, pkg_c))})
+    with open_queue(url, tmp_path) as q:
+        got = publish(str(tree), read_queue(q))
+    assert got["published"] == []
+    assert got["unproven"] == [
+        f"a-1.0: its lease token {token} is another result's or a live lease's too; published for neither",
+        f"b-1.0: its lease token {token} is another result's or a live lease's too; published for neither",
+        f"c-1.0: its lease token {live} is another result's or a live lease's too; published for neither"]
+
+
+def test_a_local_writer_s_hostile_record_is_listed_and_the_rest_published(tmp_path, tree):
+    """Records the schema refuses (a log named /etc/passwd, a package named ../../x): publish
+    reads nothing they name, says so, and publishes the other results."""
+    url = package_queue(tmp_path, tree, [job("a-1.0"), job("b-1.0"), job("c-1.0")])
+    with open_queue(url, tmp_path) as q:
+        token = claim_as(q, "w1", "a-1.0")
+        pkg = upload(tree, token, "a-1.0")
+        lease.report(q, "w1", "a-1.0", "success", packages=[pkg])
+    hostile = {"b-1.0": {"log": {"name": "/etc/passwd", "size": 1, "sha256": "0" * 64}},
+               "c-1.0": {"packages": [{"name": "../../x", "size": 1, "sha256": "0" * 64}]}}
+    local_commit(url, {record_path("results", name): tomli_w.dumps({
+        "job": name, "version": "1.0", "status": "failure" if "log" in extra else "success", "worker": "w1",
+        "token": "c" * 32, **extra}).encode() for name, extra in hostile.items()})
+    (tree / "incoming" / ("c" * 32)).mkdir()  # their upload: kept for someone to look at
+    os.utime(tree / "incoming" / ("c" * 32), (1, 1))
+    proc = gitqueue("publish", "--queue", url, env={"GITQUEUE_CACHE": str(tmp_path / "cache-cron")})
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines()[:4] == [
+        "published 1, already 0, missing 0, restricted 0; uploads removed: 1 published, 0 abandoned",
+        "  published a-1.0.tgz",
+        f"  invalid {record_path('results', 'b-1.0')}: log.name: '/etc/passwd' is not a valid value",
+        f"  invalid {record_path('results', 'c-1.0')}: packages[0].name: '../../x' is not a valid value"]
+    assert proc.stderr.startswith("Error: 2 upload(s) refused: ") and proc.stderr.count("\n") == 1
+    assert sorted(summary(tree)) == ["a-1.0"]
+    assert sorted(p.name for p in tree.iterdir()) == [".publish-cache.json", ".publish.lock", "All", "incoming",
+                                                      "logs"]
+    assert list((tree / "logs").iterdir()) == []
+    assert os.listdir(tree / "incoming") == ["c" * 32]
+
+
+def test_uploads_are_removed_once_published_and_abandoned_ones_too(tmp_path, tree):
+    """Published: a success's and a failure's uploads go. Abandoned: a released lease's, a stray
+    one. Kept: a live lease's, a restricted package's, a reclaimed lease's (a late success may
+    come) until lease_ttl has passed, one made after the tip was read; links and other names."""
+    estimates = {"e-1.0": 700, "a-1.0": 600, "b-1.0": 500, "r-1.0": 400, "d-1.0": 300}  # the claims' order
+    url = package_queue(tmp_path, tree, [job(n, est_seconds=t, **({"restricted": "license"} if n == "r-1.0" else {}))
+                                         for n, t in estimates.items()])
+    tokens = {}
+
+    def claim_and_upload(q, worker, name):
+        token = claim_as(q, worker, name)
+        log = tree / "incoming" / token / f"{name}.log"
+        pkg = upload(tree, token, name)
+        log.write_text(f"building {name}\n")
+        return token, pkg, describe(log)
+
+    with open_queue(url, tmp_path) as q:
+        tokens["e-1.0 lapsed"], _, _ = claim_and_upload(q, "w0", "e-1.0")
+        lease.reclaim(q, now=1000.0, ttl=1)
+        assert [r["job"] for r in lease.reclaim(q, now=1002.0, ttl=1)] == ["e-1.0"]
+        tokens["e-1.0"], _, _ = claim_and_upload(q, "w1", "e-1.0")  # a live lease, uploading
+        for worker, name in (("w2", "a-1.0"), ("w3", "b-1.0"), ("w4", "r-1.0"), ("w5", "d-1.0")):
+            tokens[name], pkg, log = claim_and_upload(q, worker, name)
+            if name == "b-1.0":
+                lease.report(q, worker, name, "failure", log=log, log_tail="boom")
+            elif name == "d-1.0":
+                lease.release(q, worker, name, decline=False)
+            else:
+                lease.report(q, worker, name, "success", log=log, packages=[pkg])
+        now = time.time()
+        snap = read_queue(q, clock=lambda: now)
+    incoming = tree / "incoming"
+    outside = tmp_path / "outside"
+    (outside / "keep").mkdir(parents=True)
+    (incoming / ("f" * 16)).symlink_to(outside)
+    (incoming / "notes").mkdir()
+    (incoming / ("0" * 32)).mkdir()  # nobody's
+    for path in incoming.iterdir():
+        os.utime(path, (now - 100, now - 100), follow_symlinks=False)
+    (incoming / ("1" * 32)).mkdir()  # made after the tip was read: maybe a lease claimed since
+    os.utime(incoming / ("1" * 32), (now + 1, now + 1))
+
+    got = publish(str(tree), snap, clock=lambda: now)
+    assert got["published"] == ["a-1.0.tgz"] and got["restricted"] == ["r-1.0.tgz"]
+    assert got["logs"] == ["logs/a-1.0/a-1.0.log", "logs/b-1.0/b-1.0.log", "logs/r-1.0/r-1.0.log"]
+    assert (tree / "logs" / "b-1.0" / "b-1.0.log").read_text() == "building b-1.0\n"
+    assert (got["removed"], got["abandoned"]) == (2, 2)  # a's and b's; d's and nobody's
+    assert sorted(os.listdir(incoming)) == sorted([tokens["e-1.0 lapsed"], tokens["e-1.0"], tokens["r-1.0"],
+                                                   "f" * 16, "notes", "1" * 32])
+    assert os.listdir(outside) == ["keep"]
+    # Once lease_ttl has passed, e-1.0's reclaimed worker will not report: its upload goes too.
+    got = publish(str(tree), snap, clock=lambda: now + 3600)
+    assert (got["removed"], got["abandoned"]) == (0, 1)
+    assert tokens["e-1.0 lapsed"] not in os.listdir(incoming) and tokens["e-1.0"] in os.listdir(incoming)

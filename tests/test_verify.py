@@ -9,11 +9,10 @@ import sys
 import pytest
 
 from gitqueue import lease, records
-from gitqueue.gitstore import build_tree, make_commit
 from gitqueue.hook import install
 from gitqueue.names import record_path
 
-from helpers import REPO, git_log, gitqueue, job, make_queue, open_queue
+from helpers import REPO, git_log, gitqueue, job, local_commit, make_queue, open_queue
 from signed_queue import SignedQueue
 
 
@@ -59,26 +58,15 @@ def test_real_workers_over_ssh_with_the_hook_then_verify_and_git_agree(tmp_path,
                            f"key {sq.signers['k1'].fingerprint} [signature]\n")
 
 
-def _local_commit(url, files, message="local writer", parent=None):
-    """What a writer with file system access can do: commit anything, bypassing the hook."""
-    with open_queue(url, __import__("pathlib").Path(url).parent, host="local-writer") as q:
-        remote = q.remote
-        tip = remote.fetch()
-        tree, objects = build_tree(remote.object_store, remote.commit(tip).tree, files)
-        commit = make_commit(tree, tip, message, "mallory <m@gitqueue>")
-        remote.push(tip, commit, objects)
-        return commit.id.decode()
-
-
 def test_verify_names_the_first_violation_and_its_commit(tmp_path):
     url = make_queue(tmp_path, [job("a-1"), job("b-1")])
     with open_queue(url, tmp_path) as q:
         assert lease.claim(q, "w1")["job"] in ("a-1", "b-1")
     with open_queue(url, tmp_path) as q:
         held = next(iter(q.index.my_claims("w1")))
-    bad = _local_commit(url, {record_path("results", held): records.dumps(
+    bad = local_commit(url, {record_path("results", held): records.dumps(
         "result", {"job": held, "version": "1.0", "status": "success", "worker": "w2", "token": "ef" * 16})})
-    _local_commit(url, {"junk.txt": b"x"})
+    local_commit(url, {"junk.txt": b"x"})
     proc = gitqueue("verify", url)
     assert proc.returncode == 1
     assert proc.stdout.splitlines()[-1] == "violations: 2"
@@ -95,7 +83,7 @@ def test_verify_finds_a_reused_lease_token(tmp_path):
     with open_queue(url, tmp_path) as q:
         token = lease.claim(q, "w1")["lease"]
         lease.release(q, "w1", "a-1", decline=False)
-    again = _local_commit(url, {record_path("leases", "a-1"): records.dumps(
+    again = local_commit(url, {record_path("leases", "a-1"): records.dumps(
         "lease", {"job": "a-1", "worker": "w1", "token": token})})
     proc = gitqueue("verify", url)
     assert proc.returncode == 1
@@ -138,9 +126,39 @@ def test_an_unsigned_queue_verifies_without_signatures(tmp_path):
 
 def test_verify_refuses_a_lease_on_a_prefailed_job(tmp_path):
     url = make_queue(tmp_path, [job("a-1"), job("broken-1", prefailed="broken: needs rust")])
-    bad = _local_commit(url, {record_path("leases", "broken-1"): records.dumps(
+    bad = local_commit(url, {record_path("leases", "broken-1"): records.dumps(
         "lease", {"job": "broken-1", "worker": "w1", "token": "ab" * 16})})
     proc = gitqueue("verify", url)
     assert proc.returncode == 1
     assert proc.stderr == (f"Error: commit {bad} {record_path('leases', 'broken-1')}: lease on broken-1, which is "
                            "prefailed (broken: needs rust) [lease]\n")
+
+
+def test_verify_packages_follows_no_link(tmp_path):
+    """A link where a package should be is not the package: not reachable, never read (a FIFO
+    behind it would hang verify, a file outside would be checked in its place)."""
+    url = make_queue(tmp_path, [job("a-1"), job("b-1")])
+    contents = {"a-1": b"package a\n", "b-1": b"package b\n"}
+    tokens = {}
+    with open_queue(url, tmp_path) as q:
+        for _ in range(2):
+            got = lease.claim(q, "w1")
+            data = contents[got["job"]]
+            tokens[got["job"]] = got["lease"]
+            lease.report(q, "w1", got["job"], "success", packages=[
+                {"name": f"{got['job']}.tgz", "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}])
+    tree = tmp_path / "packages"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for name, data in contents.items():
+        (outside / f"{name}.tgz").write_bytes(data)
+    (tree / "All").mkdir(parents=True)
+    (tree / "All" / "a-1.tgz").symlink_to(outside / "a-1.tgz")  # the right bytes, behind a link
+    (tree / "incoming").mkdir()
+    (tree / "incoming" / tokens["b-1"]).symlink_to(outside)  # the upload directory is a link
+    os.mkfifo(tree / "All" / "b-1.tgz")
+    proc = gitqueue("verify", url, "--packages", tree, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "packages: 0 match their results, 2 not reachable" in proc.stdout
+    data = json.loads(gitqueue("verify", url, "--packages", tree, "--json", timeout=60).stdout)
+    assert sorted(data["packages_unreachable"]) == ["a-1: a-1.tgz", "b-1: b-1.tgz"]

@@ -310,28 +310,35 @@ def demo_cmd(directory, workers, speed):
 @click.option("--tree", type=click.Path(file_okay=False), help="The package tree (default: the queue's packages_url).")
 @json_option
 def publish_cmd(queue_url, tree, as_json):
-    """Move verified uploads into All/ and write pkg_summary.gz and SHA512 (on the master, cron).
+    """Publish verified uploads into All/ and write pkg_summary.gz and SHA512 (on the master, cron).
 
-    Exit 1 when an upload does not match its result or would overwrite another package.
+    A package is published only for its own job (PKGNAME.tgz, or the queue's package_files),
+    when it matches its result's checksum, does not name itself as another package, and its
+    result is proven (a late result only for a lease reclaimed from that worker). Then removes
+    each upload published whole, and those no lease or result will use. Exit 1 when an upload
+    is refused: it does not match its result, would overwrite another file, is not its job's,
+    or its result is unproven.
 
     \b
     Example: */10 * * * * gitqueue publish --queue /srv/queues/q.git --tree /srv/packages/m68k
     """
     from ..errors import GitqueueError
-    from ..publish import publish, results_of
-    from ..transfer import parse_tree
+    from ..publish import local_tree, publish, read_queue
 
     with context(queue_url).open() as queue:
         if tree is None:
             _, reader = queue.fetch()
-            tree = queue.settings(reader).get("packages_url")
-            if not tree or parse_tree(tree).host:
+            tree = local_tree(queue.settings(reader))
+            if tree is None:
                 raise GitqueueError("give --tree: the queue's packages_url is not a directory on this machine")
-        out = publish(tree, results_of(queue))
+        out = publish(tree, read_queue(queue))
     emit(out, as_json, lambda: "\n".join(
         [f"published {len(out['published'])}, already {out['already']}, missing {len(out['missing'])}, "
-         f"restricted {len(out['restricted'])}"] + [f"  published {n}" for n in out["published"]]))
-    bad = out["mismatch"] + out["conflict"]
+         f"restricted {len(out['restricted'])}; uploads removed: {out['removed']} published, "
+         f"{out['abandoned']} abandoned"]
+        + [f"  {key} {item}" for key in ("published", "mismatch", "conflict", "invalid", "unproven")
+           for item in out[key]]))
+    bad = out["mismatch"] + out["conflict"] + out["invalid"] + out["unproven"]
     if bad:
         raise GitqueueError(f"{len(bad)} upload(s) refused: {', '.join(bad[:5])}"
                             + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""))

@@ -102,17 +102,19 @@ def status_text(data) -> str:
 @click.argument("outdir", required=False, type=click.Path(file_okay=False))
 @click.option("--text", "as_text", is_flag=True, help="Print the plain-text report (for a mailing list) instead.")
 @click.option("--logs", "logs_dir", type=click.Path(file_okay=False),
-              help="Published build logs (JOB/NAME) to copy and link [default: logs/ of the queue's "
-                   "package tree when it is on this machine].")
+              help="Published build logs (JOB/NAME) to copy into OUTDIR/logs/JOB.txt and link [default: "
+                   "logs/ of the queue's package tree when it is on this machine].")
 @click.option("--log-url", metavar="URL", help="Link logs to URL/JOB/NAME when they are not copied.")
 @queue_option
 @json_option
 def html_cmd(outdir, as_text, logs_dir, log_url, queue_url, as_json):
     """Write the bulk build report to OUTDIR as a static site (index.html, report.txt).
 
-    The page needs no network: CSS and pictures (SVG) are inline. Regenerate it from cron or a
-    post-receive hook while the build runs; files are replaced atomically. Exit 0, 1 when the
-    queue cannot be read or OUTDIR written, 2 without OUTDIR (unless --text or --json).
+    The page needs no network: CSS and pictures (SVG) are inline. Failed builds' logs are copied
+    as text (OUTDIR/logs/JOB.txt, the last 4 MiB of each); only plain .log and .txt names are
+    copied or linked. Regenerate it from cron or a post-receive hook while the build runs; files
+    are replaced atomically. Exit 0, 1 when the queue cannot be read or OUTDIR written, 2 without
+    OUTDIR (unless --text or --json).
 
     \b
     Example: gitqueue html /var/www/bulk/2026Q4-m68k --queue /srv/queues/2026Q4-m68k.git
@@ -129,12 +131,10 @@ def html_cmd(outdir, as_text, logs_dir, log_url, queue_url, as_json):
         from ..htmlreport import write
 
         if logs_dir is None:
-            from ..transfer import parse_tree
+            from ..publish import LOGS, local_tree
 
-            tree = data["settings"].get("packages_url")
-            where = parse_tree(tree) if tree else None
-            if where is not None and not where.host and os.path.isdir(os.path.join(where.path, "logs")):
-                logs_dir = os.path.join(where.path, "logs")
+            tree = local_tree(data["settings"])
+            logs_dir = os.path.join(tree, LOGS) if tree is not None else None
         written = write(outdir, data, logs_dir=logs_dir, log_url=log_url)
         if not (as_text or as_json):
             logs = sum(1 for p in written if os.sep + "logs" + os.sep in p)

@@ -1,14 +1,19 @@
 """The commands that show a build: status, html, history, diff (on the known build)."""
 
+import hashlib
 import json
+import os
 import re
 
 import pytest
+import tomli_w
 from click.testing import CliRunner
 
+from gitqueue import lease
 from gitqueue.cli.main import cli
+from gitqueue.names import record_path
 
-from helpers import make_queue
+from helpers import job, local_commit, make_package_queue, make_queue, open_queue
 from known_build import COUNTS, make_known_build
 
 UNSET = ("GITQUEUE_QUEUE", "GITQUEUE_WORKER", "GITQUEUE_SSH_COMMAND", "GITQUEUE_BRANCH")
@@ -186,3 +191,65 @@ def test_trailers_gitqueue_cannot_have_written_are_left_out(gq, known, tmp_path)
     gq("html", tmp_path / "site", "--queue", known)
     workers = [w["worker"] for w in json.loads(gq("html", "--json", "--queue", known).stdout)["workers"]]
     assert workers == ["w1", "w2", "w3", "w9"]
+def test_html_copies_the_logs_of_a_local_package_tree_and_never_through_a_link(gq, tmp_path):
+    tree = tmp_path / "tree"
+    url = make_package_queue(tmp_path, str(tree), [job("a-1"), job("b-1")])
+    secret = os.urandom(16).hex().encode()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "x.log").write_bytes(secret)
+    with open_queue(url, tmp_path) as q:
+        for _ in range(2):
+            got = lease.claim(q, "w1")
+            lease.report(q, "w1", got["job"], "failure", log={"name": "x.log", "size": 1, "sha256": "0" * 64})
+    (tree / "logs" / "a-1").mkdir(parents=True)
+    (tree / "logs" / "a-1" / "x.log").symlink_to(tmp_path / "elsewhere" / "x.log")
+    (tree / "logs" / "b-1").symlink_to(tmp_path / "elsewhere")
+    out = tmp_path / "site"
+    assert gq("html", out, "--queue", url).stdout.endswith(", 0 logs copied\n")
+    assert sorted(p.name for p in out.iterdir()) == ["index.html", "report.txt"]
+    assert secret not in (out / "index.html").read_bytes() and "log</a>" not in (out / "index.html").read_text()
+    # Real files are copied, from logs/ of the queue's packages_url, as text.
+    (tree / "logs" / "a-1" / "x.log").unlink()
+    (tree / "logs" / "a-1" / "x.log").write_text("a-1 failed\n")
+    assert gq("html", out, "--queue", url).stdout.endswith(", 1 logs copied\n")
+    assert (out / "logs" / "a-1.txt").read_text() == "a-1 failed\n"
+    assert '<a href="logs/a-1.txt">log</a>' in (out / "index.html").read_text()
+
+
+def test_html_refuses_a_result_with_a_path_for_a_log_name(gq, tmp_path):
+    """A local writer's result naming /etc/passwd as its log: one line, nothing written."""
+    tree = tmp_path / "tree"
+    url = make_package_queue(tmp_path, str(tree), [job("a-1")])
+    with open_queue(url, tmp_path) as q:
+        token = lease.claim(q, "w1")["lease"]
+    (tree / "logs" / "a-1").mkdir(parents=True)
+    hostile = tomli_w.dumps({"job": "a-1", "version": "1.0", "status": "failure", "worker": "w1", "token": token,
+                             "log": {"name": "/etc/passwd", "size": 1, "sha256": "0" * 64}}).encode()
+    local_commit(url, {record_path("results", "a-1"): hostile, record_path("leases", "a-1"): None})
+    out = tmp_path / "site"
+    result = gq("html", out, "--queue", url, code=1)
+    assert result.stderr == f"Error: {record_path('results', 'a-1')}: log.name: '/etc/passwd' is not a valid value\n"
+    assert not out.exists()
+
+
+def test_a_linked_log_goes_neither_into_logs_nor_into_the_report(gq, tmp_path):
+    """A failure whose uploaded log is a link to a secret: publish leaves it unread (and removes
+    the upload), html has nothing to copy; the secret is nowhere in the tree's logs or the site."""
+    tree = tmp_path / "tree"
+    url = make_package_queue(tmp_path, str(tree), [job("a-1")])
+    secret = os.urandom(16).hex().encode()
+    (tmp_path / "secret").write_bytes(secret)
+    with open_queue(url, tmp_path) as q:
+        token = lease.claim(q, "w1")["lease"]
+        (tree / "incoming" / token).mkdir(parents=True)
+        (tree / "incoming" / token / "x.log").symlink_to(tmp_path / "secret")
+        lease.report(q, "w1", "a-1", "failure", log={"name": "x.log", "size": len(secret),
+                                                     "sha256": hashlib.sha256(secret).hexdigest()})
+    out = json.loads(gq("publish", "--queue", url, "--json").stdout)
+    assert (out["logs"], out["removed"], out["abandoned"]) == ([], 1, 0)
+    assert os.listdir(tree / "incoming") == [] and os.listdir(tree / "logs") == []
+    assert (tmp_path / "secret").read_bytes() == secret
+    site = tmp_path / "site"
+    assert gq("html", site, "--queue", url).stdout.endswith(", 0 logs copied\n")
+    for path in site.rglob("*"):
+        assert secret not in path.read_bytes(), path
