@@ -73,3 +73,7 @@ class RepositoryDamaged(GitqueueError):
 
 class PushRefused(RemoteError):
     """The server refused a push on its merits (its hook), not because the branch moved."""
+
+
+class TooManyLeases(GitqueueError):
+    """The worker already holds as many live leases as the queue allows (max_leases)."""

@@ -352,6 +352,10 @@ class Index:
         ).fetchone()
         return work, chain % PRIORITY_BOOST
 
+    def leases_held(self, worker: str) -> int:
+        """How many live leases `worker` holds at the indexed commit."""
+        return self.db.execute("SELECT COUNT(*) FROM jobs WHERE leased_by = ?", (worker,)).fetchone()[0]
+
     def remember_claim(self, job: str, worker: str, token: str):
         self.db.execute("INSERT OR REPLACE INTO mine VALUES(?,?,?)", (job, worker, token))
 

@@ -11,8 +11,8 @@ import time
 
 from . import records
 from .records import utc
-from .errors import GitqueueError, LeaseLost, NothingReady, QueueFinished, UnknownJob
-from .layout import JOB_DIRS
+from .errors import GitqueueError, LeaseLost, NothingReady, QueueFinished, TooManyLeases, UnknownJob
+from .layout import JOB_DIRS, max_leases
 from .names import check_job_name, check_worker_name, heartbeat_path, record_path
 from .queue import Change, trailers
 from .text import printable
@@ -70,6 +70,7 @@ class Batch:
         self.subjects = []
         self.trailers = []
         self.claimed = []  # scheduler.Busy of the claims decided so far
+        self.leases = {}  # worker -> live leases gained (claims) or lost (reports) in this commit
 
     def add(self, files: dict, subject: str, facts: dict):
         self.reader.files.update(files)
@@ -134,11 +135,17 @@ def _claim_step(queue, batch, worker, host, platform, request=None) -> dict:
             lease = _read(reader, "leases", name)
             if lease is not None and lease.get("request") == request:
                 return _claimed(_read(reader, "jobs", name), token=lease["token"])
+    settings = queue.settings(reader)
     if platform is not None:
         from .platform import check
 
-        check(queue.settings(reader), platform)
+        check(settings, platform)
     index = queue.index
+    held = index.leases_held(worker) + batch.leases.get(worker, 0)
+    cap = max_leases(settings)
+    if held >= cap:
+        raise TooManyLeases(f"{worker} already holds {held} live lease{'s' if held > 1 else ''}, the most this "
+                            f"queue allows (max_leases {cap}): report or release one first")
     now = queue.clock()
     speeds = index.speeds()
     factor = speeds.factor(worker)
@@ -168,6 +175,7 @@ def _claim_step(queue, batch, worker, host, platform, request=None) -> dict:
             lease["signer"] = queue.signer.fingerprint
         hb_path, hb = _heartbeat_change(queue, reader, worker, host)
         batch.claimed.append(scheduler.Busy(worker, factor, now + cand.est * factor))
+        batch.leases[worker] = batch.leases.get(worker, 0) + 1
         batch.add({record_path("leases", name): records.dumps("lease", lease), hb_path: hb},
                   f"claim {_describe(job)} by {worker}",
                   {"Action": "claim", "Job": name, "Version": job["version"], "Pkgpath": job.get("pkgpath"),
@@ -287,6 +295,7 @@ def _report_step(queue, batch, worker, job, status, token=None, duration=None, l
     files = {record_path("results", job): records.dumps("result", rec), hb_path: hb}
     if lease is not None:
         files[record_path("leases", job)] = None
+        batch.leases[worker] = batch.leases.get(worker, 0) - 1
     took = f" in {duration:.0f} s" if duration is not None else ""
     batch.add(files, f"report {_describe(job_rec)}: {status} by {worker}{took}{' (late)' if late else ''}",
               {"Action": "report", "Job": job, "Version": job_rec["version"], "Pkgpath": job_rec.get("pkgpath"),

@@ -15,6 +15,7 @@ from .errors import GitqueueError, LeaseLost, NothingReady, PushRefused, QueueFi
 
 REFUSALS_TO_STOP = 3  # the server refusing this worker's pushes that many times in a row
 from .lease import claim, heartbeat, release, report
+from .layout import min_heartbeat_seconds
 from .text import printable
 
 LOG_TAIL = 4000
@@ -112,7 +113,8 @@ class Worker:
         settings = self.queue.settings(reader)
         ttl = settings["lease_ttl"]
         self.packages_url = settings.get("packages_url")
-        every = self.heartbeat_every or max(ttl / 4, 0.5)
+        # Never faster than the server accepts heartbeats (min_heartbeat_seconds).
+        every = max(self.heartbeat_every or max(ttl / 4, 0.5), min_heartbeat_seconds(settings))
         wait = 0.2
         job = None
         asked = False  # whether job is the answer of a claim made at the end of the last round

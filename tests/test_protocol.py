@@ -162,3 +162,26 @@ def test_index_is_a_cache(tmp_path):
     os.unlink(index_path)
     with open_queue(url, tmp_path) as q:
         assert status(q)["counts"]["leased"] == 1
+
+
+def test_a_worker_holds_at_most_max_leases(tmp_path):
+    from gitqueue.admin import import_jobs, init_queue
+    from gitqueue.errors import TooManyLeases
+    from gitqueue.queue import Queue
+
+    url = str(tmp_path / "q.git")
+    with Queue(url, str(tmp_path / "cache-admin")) as q:
+        init_queue(q, "capped", limits={"max_leases": 2})
+        import_jobs(q, [job(f"p{i}-1") for i in range(4)], "g.jsonl")
+    with open_queue(url, tmp_path) as w:
+        first = lease.claim(w, "w1")
+        lease.claim(w, "w1")
+        with pytest.raises(TooManyLeases, match=r"^w1 already holds 2 live leases, the most this queue allows "
+                                                r"\(max_leases 2\): report or release one first$"):
+            lease.claim(w, "w1")
+        assert lease.claim(w, "w2")["job"]  # another worker is not held back
+        # Reporting and claiming the next job in one commit (gitqueue work) is fine at the cap.
+        [out] = lease.settle(w, [{"worker": "w1", "claim": True, "id": "ab" * 8,
+                                  "report": {"job": first["job"], "status": "success", "token": first["lease"]}}],
+                             lease.identity("w1"))
+        assert out["report"]["status"] == "success" and "lease" in out["claim"]
