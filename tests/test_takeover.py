@@ -453,3 +453,28 @@ def test_signed_records_on_an_unsigned_queue(tmp_path):
     assert proc.returncode == 1
     assert f"records signer {other.fingerprint} but the commit is signed by {signer.fingerprint} [signer]" \
         in proc.stderr
+
+
+def test_the_report_and_publish_copy_no_file_of_the_master(make_farm, tmp_path):
+    """The review's leak: a failure whose log name is the reclaim administrator's private key (written
+    by a local writer here: the hook refuses it, see above). The cron html and publish, run as the
+    build account that can read that key, must copy it nowhere."""
+    from helpers import local_commit
+
+    farm = make_farm([job("a-1")])
+    with farm.worker_queue("k1", tmp_path / "c1") as q:
+        got = lease.claim(q, "w1")
+    secret = farm.cron_key.read_bytes()
+    result = (f'job = "a-1"\nversion = "1.0"\nstatus = "failure"\nworker = "w1"\ntoken = "{got["lease"]}"\n'
+              f'[log]\nname = "{farm.cron_key}"\nsize = {len(secret)}\nsha256 = "{"ab" * 32}"\n').encode()
+    local_commit(str(farm.repo), {record_path("results", "a-1"): result, record_path("leases", "a-1"): None})
+    farm.give_back()
+    www = farm.srv / "www"
+    html = farm.as_bulk("html", www, "--queue", farm.repo)
+    publish = farm.as_bulk("publish", "--queue", farm.repo, "--tree", farm.tree)
+    assert html.returncode == 1 and len(html.stderr.splitlines()) == 1, html.stderr
+    assert html.stderr.startswith("Error: ") and "log.name" in html.stderr, html.stderr
+    assert publish.returncode == 1 and "log.name" in publish.stdout + publish.stderr, publish.stdout + publish.stderr
+    for place in (www, farm.tree):
+        leaked = [p for p, data in (farm.files(place) if place.exists() else {}).items() if secret in data]
+        assert leaked == [], leaked
