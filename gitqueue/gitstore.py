@@ -53,10 +53,12 @@ def _loose_path(s, sha: bytes) -> str | None:
     return os.path.join(root, hexsha[:2], hexsha[2:])
 
 
-def read_raw(store, sha: bytes) -> tuple[str, bytes]:
-    """(type, contents) of object `sha` exactly as stored, never parsed (dulwich parses a loose
-    object as it reads it, and refuses, say, a tree with a malformed mode). Check its size with
-    `object_header` first. Raises KeyError when absent."""
+def read_object(store, sha: bytes, kind: str, limit: int) -> bytes | str:
+    """The contents of object `sha` exactly as stored (never parsed: dulwich parses a loose object
+    as it loads it, and raises on, say, a tree with a malformed mode), if its header says it is a
+    `kind` of at most `limit` bytes; else a one-line reason (str). Reads nothing more than the
+    header of an object it refuses.
+    """
     import zlib
 
     for s in _stores(store):
@@ -64,16 +66,44 @@ def read_raw(store, sha: bytes) -> tuple[str, bytes]:
         if path is None:
             continue
         try:
-            with open(path, "rb") as f:
-                data = zlib.decompress(f.read())
+            f = open(path, "rb")
         except FileNotFoundError:
             continue
-        except zlib.error:
-            raise ObjectFormatError(f"object {sha.decode()}: damaged loose object") from None
-        head, _, body = data.partition(b"\0")
-        return head.split(b" ", 1)[0].decode("ascii", "replace"), body
-    type_num, raw = store.get_raw(sha)
-    return TYPE_NAMES.get(type_num, "object"), raw
+        with f:
+            inflate = zlib.decompressobj()
+            data = b""
+            try:
+                while b"\0" not in data and len(data) < 64:
+                    chunk = f.read(512)
+                    if not chunk:
+                        break
+                    data += inflate.decompress(chunk, 64 - len(data))
+                head, _, body = data.partition(b"\0")
+                found, _, size = head.partition(b" ")
+                if not size.isdigit():
+                    return f"object {sha.decode()}: malformed loose object header"
+                problem = _mismatch(found.decode("ascii", "replace"), int(size), kind, limit)
+                if problem:
+                    return problem
+                body += inflate.decompress(inflate.unconsumed_tail + f.read(), int(size) + 1 - len(body))
+            except zlib.error:
+                return f"object {sha.decode()}: damaged loose object"
+            return body
+    header = object_header(store, sha)
+    if header is None:
+        return f"object {sha.decode()} is missing"
+    problem = _mismatch(header[0], header[1], kind, limit)
+    if problem:
+        return problem
+    return store.get_raw(sha)[1]
+
+
+def _mismatch(found: str, size: int, kind: str, limit: int) -> str | None:
+    if found != kind:
+        return f"a {found} object where a {kind} belongs"
+    if size > limit:
+        return f"{size} bytes, more than {limit}"
+    return None
 
 
 def object_header(store, sha: bytes) -> tuple[str, int] | None:

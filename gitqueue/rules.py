@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from . import layout, records
 from .errors import GitqueueError
-from .gitstore import ObjectFormatError, TreeReader, object_header, parse_tree_entries, read_raw
+from .gitstore import ObjectFormatError, TreeReader, object_header, parse_tree_entries, read_object
 from .layout import FILE_MODE, JOB_DIRS, ROOT, SETTINGS, TOP_FILES, TREE_MODE, WORKER_DIRS
 
 DEFAULT_MAX_RECORD_BYTES = 65536
@@ -129,15 +129,10 @@ class _Reader(TreeReader):
 
 def read_blob(store, sha: bytes, limit: int, where: str) -> bytes:
     """The contents of blob `sha`, after its header said it is a blob of at most `limit` bytes."""
-    header = object_header(store, sha)
-    if header is None:
-        raise GitqueueError(f"{where}: object {sha.decode()} is missing")
-    kind, size = header
-    if kind != "blob":
-        raise GitqueueError(f"{where}: a {kind} object where a file belongs")
-    if size > limit:
-        raise GitqueueError(f"{where}: {size} bytes, more than {limit}")
-    return store[sha].as_raw_string()
+    data = read_object(store, sha, "blob", limit)
+    if isinstance(data, str):
+        raise GitqueueError(f"{where}: {data}")
+    return data
 
 
 def job_path(kind_dir: str, name: str) -> str:
@@ -154,6 +149,7 @@ class Change:
     name: str | None
     old: tuple | None  # (mode, hex sha) before, None if added
     new: tuple | None  # (mode, hex sha) after, None if removed
+    data: bytes | None = None  # the new contents, read once by the walk
 
 
 class TreeWalk:
@@ -181,19 +177,13 @@ class TreeWalk:
         self.problems.append((path, rule, message))
 
     def _new_entries(self, sha, path):
-        header = object_header(self.store, sha)
         where = path.rstrip("/") or "the root tree"
-        if header is None:
-            self._fail(path, "object", f"{where}: tree object {sha.decode()} is missing")
-            return None
-        if header[0] != "tree":
-            self._fail(path, "layout", f"{where}: a {header[0]} object where a directory belongs")
-            return None
-        if header[1] > MAX_TREE_BYTES:
-            self._fail(path, "size", f"{where}: a tree of {header[1]} bytes, more than {MAX_TREE_BYTES}")
+        raw = read_object(self.store, sha, "tree", MAX_TREE_BYTES)
+        if isinstance(raw, str):
+            self._fail(path, "size" if "bytes, more than" in raw else "layout", f"{where}: {raw}")
             return None
         try:
-            entries = parse_tree_entries(read_raw(self.store, sha)[1])
+            entries = parse_tree_entries(raw)
         except ObjectFormatError as e:
             self._fail(path, "layout", f"{where}: {e}")
             return None
@@ -203,8 +193,11 @@ class TreeWalk:
     def _old_entries(self, sha):
         if sha is None:
             return []
+        raw = read_object(self.store, sha, "tree", MAX_READ_BYTES << 4)
         try:
-            return parse_tree_entries(read_raw(self.store, sha)[1])
+            if isinstance(raw, str):
+                raise ObjectFormatError(raw)
+            return parse_tree_entries(raw)
         except ObjectFormatError:  # a tree a local writer left: dulwich's reading of it will do
             return [(b"%o" % e.mode, e.path, e.sha) for e in self.store[sha].iteritems()]
 
@@ -244,19 +237,18 @@ class TreeWalk:
                 self._removed(place, name, path, o)
 
     def _file(self, place, name, path, old, new):
-        header = object_header(self.store, new[1])
-        if header is None:
-            self._fail(path, "object", f"{path}: object {new[1].decode()} is missing")
-            return
-        if header[0] != "blob":
-            self._fail(path, "layout", f"{path}: a {header[0]} object where a file belongs")
-            return
-        if header[1] > self.max_record_bytes:
-            self._fail(path, "size", f"{path}: {header[1]} bytes, more than max_record_bytes ({self.max_record_bytes})")
+        data = read_object(self.store, new[1], "blob", self.max_record_bytes)
+        if isinstance(data, str):
+            if "bytes, more than" in data:
+                data = data.replace(f"more than {self.max_record_bytes}",
+                                    f"more than max_record_bytes ({self.max_record_bytes})")
+                self._fail(path, "size", f"{path}: {data}")
+            else:
+                self._fail(path, "layout", f"{path}: {data}")
             return
         self.objects.add(new[1])
         kind, who = layout.kind_of(place, name)
-        self.changes.append(Change(path, kind, who, old, new))
+        self.changes.append(Change(path, kind, who, old, new, data))
 
     def _removed(self, place, name, path, old):
         if old[0] == FILE_MODE and place is not None and layout.entry_problem(place, name, old[0]) is None:
@@ -591,7 +583,7 @@ class _Check:
             old_rec = new_rec = None
             if new is not None:
                 try:
-                    new_rec = self._load(kind, self.store[new[1]].as_raw_string(), path)
+                    new_rec = self._load(kind, change.data, path)
                 except GitqueueError as e:
                     self.fail("schema", str(e).removeprefix(f"{path}: "), path)
                     ok = False
