@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from . import layout, records
 from .errors import GitqueueError
 from .gitstore import ObjectFormatError, TreeReader, object_header, parse_tree_entries, read_object
-from .layout import FILE_MODE, JOB_DIRS, ROOT, SETTINGS, TOP_FILES, TREE_MODE, WORKER_DIRS
+from .layout import FILE_MODE, ROOT, SETTINGS, TOP_FILES, TREE_MODE
 
 DEFAULT_MAX_RECORD_BYTES = 65536
 MAX_TREE_BYTES = 1 << 20  # a shard of a queue of a million jobs is about 250 KB

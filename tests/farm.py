@@ -19,7 +19,6 @@ import pwd
 import shlex
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 

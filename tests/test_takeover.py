@@ -142,24 +142,21 @@ def _raw_tree(entries):
 
 
 def _decoy_and_real_change(store, base, farm):
-    """The attack of the review: rewrite w1's result of checkperms to a failure pointing at a trojan,
-    delete w2's... here: another worker's live result, hidden behind a root entry literally named
-    like the real record, holding the old contents."""
+    """The review's attack: w1's success of checkperms rewritten to point at a trojan's checksum,
+    hidden behind a root entry literally named like that record, holding its old contents."""
     path = record_path("results", "checkperms-1.12")
-    real = store[base]
-    old_blob = None
+    shard_name = path.split("/")[1].encode()
     tree = _tree(store, base)
     results = _tree(store, tree[b"results"][1])
-    shard = _tree(store, results[path.split("/")[1].encode()][1])
+    shard = _tree(store, results[shard_name][1])
     old_blob = shard[b"checkperms-1.12.toml"][1]
     forged = Blob.from_string(records.dumps("result", {
         "job": "checkperms-1.12", "version": "1.12", "status": "success", "worker": "w1", "token": "cd" * 16,
         "packages": [{"name": "checkperms-1.12.tgz", "size": 6, "sha256": "ee" * 32}]}))
     shard.add(b"checkperms-1.12.toml", 0o100644, forged.id)
-    results.add(path.split("/")[1].encode(), 0o40000, shard.id)
+    results.add(shard_name, 0o40000, shard.id)
     tree.add(b"results", 0o40000, results.id)
-    tree.add(path.encode(), 0o100644, old_blob)  # the decoy: a root entry named like the record
-    del real
+    tree.add(path.encode(), 0o100644, old_blob)  # the decoy
     return tree.id, [forged, shard, results, tree]
 
 
@@ -176,7 +173,7 @@ def test_a_tree_entry_named_like_a_path_is_no_decoy(farm, tmp_path):
                                   "symlink", "file where a directory belongs"])
 def test_every_tree_entry_is_checked_in_its_place(farm, tmp_path, case):
     """A heartbeat of w2 (allowed) wrapped in a tree that breaks the layout in one way."""
-    hb_path, hb = heartbeat_path("w2"), records.dumps("heartbeat", {"worker": "w2", "seq": 99})
+    hb = records.dumps("heartbeat", {"worker": "w2", "seq": 99})
 
     def raw_tree(store, base):
         root = _tree(store, base)
@@ -345,18 +342,13 @@ def _push_with_extra(farm, sha, extra):
     from dulwich.pack import pack_objects_to_data
 
     client, path = get_transport_and_path(farm.url, ssh_command=farm.ssh_command("k2"))
-    old = farm.tip()
     out = {}
 
     with Repo(farm.client) as repo:
         store = repo.object_store
         commit = store[sha]
-        new = [commit, store[commit.tree], extra]
-        # the trees and blobs the commit changed
-        tree, objects = None, []
-        base = store[store[old].tree]
-        hb_tree = store[store[commit.tree][b"heartbeats"][1]]
-        new += [hb_tree, store[hb_tree[b"w2.toml"][1]]]
+        beats = store[store[commit.tree][b"heartbeats"][1]]
+        new = [commit, store[commit.tree], beats, store[beats[b"w2.toml"][1]], extra]
 
         def update_refs(refs):
             return {b"refs/heads/main": sha}
@@ -373,7 +365,6 @@ def _push_with_extra(farm, sha, extra):
         except Exception as e:  # noqa: BLE001 - the server hung up: git's own refusal
             out["stderr"] = b"".join(said).decode(errors="replace") + f"\n{e}"
             out["rc"] = 1
-        del tree, objects, base
     return subprocess.CompletedProcess([], out["rc"], "", out["stderr"])
 
 
