@@ -1,0 +1,192 @@
+"""Attacks on a master deployed as README says: workers' keys run `gitqueue serve` as their forced
+command (rrsync for the package tree), the repository and the tree belong to the build account."""
+
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+from gitqueue import lease, registry
+from gitqueue.queue import Queue
+from gitqueue.transfer import TransferError, upload
+
+from farm import BULK
+from helpers import job
+
+pytestmark = pytest.mark.ssh
+
+JOBS = [job(f"j{i}-1") for i in range(1, 7)]
+
+
+@pytest.fixture(scope="module")
+def farm(make_farm):
+    """One master for the attacks that leave the registry alone (each test claims its own job)."""
+    return make_farm(JOBS)
+
+
+def claim(farm, key, worker, tmp_path):
+    """A job claimed by `worker` and signed with its key (written on the master, to save the time of
+    a claim over ssh): (job, token)."""
+    with Queue(str(farm.repo), str(tmp_path / f"cache-{worker}"), signer=farm.signers[key]) as q:
+        got = lease.claim(q, worker)
+    farm.give_back()
+    return got["job"], got["lease"]
+
+
+def send(farm, key, files, token, **kwargs):
+    """gitqueue's upload as the worker holding `key` does it."""
+    return upload([str(f) for f in files], farm.packages_url, token, rsh=farm.ssh_command(key), attempts=2,
+                  backoff=0.01, **kwargs)
+
+
+def package(path, size, fill=b"p"):
+    path.write_bytes(fill * size)
+    return path
+
+
+def refusals(stderr):
+    return [line for line in stderr.splitlines() if line.startswith("gitqueue serve: ")]
+
+
+def test_a_worker_cannot_write_into_another_workers_upload_directory(farm, tmp_path):
+    name, token = claim(farm, "k1", "w1", tmp_path)
+    mine = package(tmp_path / f"{name}.tgz", 5000)
+    send(farm, "k1", [mine], token)
+    before = farm.files()
+    assert farm.files(farm.tree / "incoming" / token) == {f"{name}.tgz": mine.read_bytes()}
+    # w2 knows the token (it is in the queue) and tries gitqueue's upload and plain rsync.
+    (tmp_path / "evil").mkdir()
+    evil = package(tmp_path / "evil" / f"{name}.tgz", 5000, b"e")
+    with pytest.raises(TransferError) as e:
+        send(farm, "k2", [evil], token)
+    assert str(e.value).endswith(f"failed after 1 attempt: gitqueue serve: refused: rsync: incoming/{token} is "
+                                 "not a lease of w2 (rsync exit 12)")
+    proc = farm.rsync("k2", str(evil), f"{{remote}}:{farm.tree}/incoming/{token}/")
+    assert proc.returncode != 0
+    assert refusals(proc.stderr) == [f"gitqueue serve: refused: rsync: incoming/{token} is not a lease of w2"]
+    assert farm.files() == before
+
+
+def test_an_uploaded_file_is_never_replaced(farm, tmp_path):
+    name, token = claim(farm, "k1", "w1", tmp_path)
+    first = package(tmp_path / f"{name}.tgz", 20_000)
+    described = send(farm, "k1", [first], token)
+    # Sent again (a retry after a cut connection): nothing to do, and checked.
+    assert send(farm, "k1", [first], token) == described
+    # Different bytes under the same name: the master keeps the first, and the worker learns it.
+    (tmp_path / "second").mkdir()
+    second = package(tmp_path / "second" / f"{name}.tgz", 20_000, b"q")
+    with pytest.raises(TransferError) as e:
+        send(farm, "k1", [second], token)
+    assert str(e.value) == (f"upload to {farm.packages_url} failed after 1 attempt: {name}.tgz: the package tree "
+                            "already holds another file under this name and keeps it (an upload never replaces "
+                            "a file)")
+    assert (farm.tree / "incoming" / token / f"{name}.tgz").read_bytes() == first.read_bytes()
+    # Plain rsync writing in place or keeping a backup gets no further.
+    for options in (["--inplace"], ["--backup", "--backup-dir=old"]):
+        proc = farm.rsync("k1", *options, "-r", f"{tmp_path / 'second'}/", f"{{remote}}:{farm.tree}/incoming/{token}/")
+        assert proc.returncode != 0, options
+    assert farm.files(farm.tree / "incoming" / token) == {f"{name}.tgz": first.read_bytes()}
+
+
+def test_uploads_into_incoming_itself_all_or_the_root_are_refused(farm, tmp_path):
+    name, token = claim(farm, "k1", "w1", tmp_path)
+    pkg = package(tmp_path / f"{name}.tgz", 100)
+    before = farm.files()
+    for dest in (f"{farm.tree}/incoming/", f"{farm.tree}/All/", f"{farm.tree}/incoming/{token}/x/", f"{farm.home}/"):
+        proc = farm.rsync("k1", str(pkg), f"{{remote}}:{dest}")
+        assert proc.returncode != 0
+        assert refusals(proc.stderr) == [f"gitqueue serve: refused: rsync: may upload only into incoming/TOKEN of "
+                                         f"a lease of w1, not {dest}"], dest
+    assert farm.files() == before
+    assert not (farm.tree / "All").exists()
+
+
+def test_symlinks_lead_no_write_or_read_outside(farm, tmp_path):
+    name, token = claim(farm, "k1", "w1", tmp_path)
+    outside = tempfile.mkdtemp(prefix="gq-outside-", dir="/tmp")
+    os.chmod(outside, 0o777)
+    try:
+        # An uploaded symlink is munged: it points nowhere, and nothing goes through it.
+        src = tmp_path / "src"
+        src.mkdir()
+        (src / "escape").symlink_to(outside)
+        proc = farm.rsync("k1", "-rl", f"{src}/", f"{{remote}}:{farm.tree}/incoming/{token}/")
+        assert proc.returncode == 0, proc.stderr
+        planted = farm.tree / "incoming" / token / "escape"
+        assert os.readlink(planted).startswith("/rsyncd-munged/")
+        shutil.rmtree(src)
+        (src / "escape").mkdir(parents=True)
+        (src / "escape" / "owned").write_text("x")
+        farm.rsync("k1", "-r", f"{src}/", f"{{remote}}:{farm.tree}/incoming/{token}/")
+        assert os.listdir(outside) == []
+        # A symlink at incoming/TOKEN itself (left by an older serve, say) is refused, not followed.
+        _, token2 = claim(farm, "k1", "w1", tmp_path)
+        os.symlink(outside, farm.tree / "incoming" / token2)
+        pkg = package(tmp_path / "p.tgz", 100)
+        proc = farm.rsync("k1", str(pkg), f"{{remote}}:{farm.tree}/incoming/{token2}/")
+        assert refusals(proc.stderr) == [f"gitqueue serve: refused: incoming/{token2} is not a directory"]
+        assert os.listdir(outside) == []
+        # Reading: a symlink in the tree is not followed out of it, nor is a path outside it read.
+        (farm.tree / "All").mkdir(exist_ok=True)
+        os.symlink("/etc", farm.tree / "All" / "etc")
+        os.symlink("/etc/hostname", farm.tree / "All" / "hostname-1.tgz")
+        farm.give_back()
+        got = tmp_path / "got"
+        for source in (f"{farm.tree}/All/etc/hostname", f"{farm.tree}/All/etc/", "/etc/hostname",
+                       f"{farm.tree}/../../../etc/hostname"):
+            proc = farm.rsync("k1", "-r", f"{{remote}}:{source}", str(got))
+            assert proc.returncode != 0 and not got.exists(), source
+        proc = farm.rsync("k1", "-rL", f"{{remote}}:{farm.tree}/All/", f"{got}/")
+        assert refusals(proc.stderr) == ["gitqueue serve: refused: rsync: option -L is not allowed"]
+        proc = farm.rsync("k1", "-r", f"{{remote}}:{farm.tree}/All/", f"{got}/")
+        assert proc.returncode == 0 and os.listdir(got) == []  # the symlinks are skipped, not followed
+    finally:
+        shutil.rmtree(outside, ignore_errors=True)
+
+
+def test_a_revoked_worker_is_refused_on_the_connection_it_keeps_open(make_farm, tmp_path):
+    farm = make_farm([job("r1-1")])
+    control = tempfile.mkdtemp(prefix="gqcm-", dir="/tmp")  # a socket path must stay short
+    reuse = ["-o", "ControlMaster=auto", "-o", f"ControlPath={control}/%C", "-o", "ControlPersist=120"]
+    base = [*shlex.split(farm.ssh_command("k2")), *reuse, "-p", str(farm.sshd.port)]
+    where = f"{BULK}@{farm.sshd.host}"
+
+    def fetch_refs():
+        return subprocess.run([*base, where, "git-upload-pack", f"'{farm.repo}'"], capture_output=True,
+                              timeout=60, stdin=subprocess.DEVNULL)
+
+    def master():
+        proc = subprocess.run([*base, "-O", "check", where], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stderr.strip()  # "Master running (pid=N)"
+
+    try:
+        assert b"refs/heads/main" in fetch_refs().stdout
+        running = master()
+        with farm.admin_queue() as q:
+            registry.revoke_worker(q, "w2", "stolen")
+        # Over the very same connection (authorized_keys still lists the key): refused at once.
+        proc = fetch_refs()
+        assert master() == running
+        assert proc.returncode == 1 and proc.stdout == b""
+        assert proc.stderr.decode().startswith("gitqueue serve: refused: w2 was revoked at ")
+        proc = subprocess.run(["rsync", "-e", shlex.join([*base]), f"{where}:{farm.tree}/", str(tmp_path / "got")],
+                              capture_output=True, text=True, timeout=60)
+        assert refusals(proc.stderr)[0].startswith("gitqueue serve: refused: w2 was revoked at "), proc.stderr
+    finally:
+        subprocess.run([*base, "-O", "exit", where], capture_output=True, timeout=60)
+        shutil.rmtree(control, ignore_errors=True)
+    # A key whose authorized_keys line names another worker (a stale or wrong line) acts for nobody:
+    # sshd tells serve which key the session logged in with (ExposeAuthInfo).
+    line = farm.authorize().splitlines()[0].replace(farm.signers["k1"].public_key, farm.signers["stranger"].public_key)
+    assert "--worker w1 " in line
+    with open(farm.sshd.authorized_keys_of(BULK), "a") as f:
+        f.write(line + "\n")
+    proc = farm.ssh("stranger", "git-upload-pack", f"'{farm.repo}'")
+    assert proc.returncode == 1
+    assert proc.stderr == "gitqueue serve: refused: this session's ssh key is not the registered key of w1\n"
+
