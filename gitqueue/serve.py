@@ -4,8 +4,8 @@
 queue, a read-only rrsync on the package tree, an upload into the directory of one of the
 worker's own leases, or a refusal. It reads the queue at the tip of its branch every time (through
 a `RepoState`), so that a revocation takes effect at the worker's next command, even over an ssh
-connection that was opened before (ControlPersist). `run_upload` runs an upload's rrsync in the
-directory it makes for it.
+connection that was opened before (ControlPersist). `run_upload` runs an upload's rrsync under the
+worker's upload quota and removes what a refused or killed upload left.
 
 An upload goes only to `DIR/incoming/TOKEN`, for a TOKEN that is a live lease of the worker, or a
 lapsed lease of the worker whose job has neither a result nor a live lease (a late success uploads
@@ -22,20 +22,29 @@ import os
 import posixpath
 import pwd
 import re
+import select
 import shlex
+import shutil
+import signal
+import stat
 import subprocess
+import time
 
 from . import layout, records
 from .errors import GitqueueError
 from .names import check_worker_name, record_path
 from .transfer import SERVE_REFUSAL
 
-__all__ = ["Decision", "Upload", "RepoState", "decide", "run_upload", "RRSYNC"]
+__all__ = ["Decision", "Upload", "RepoState", "decide", "run_upload", "usage", "ENTRY_COST", "RRSYNC"]
 
 RRSYNC = "rrsync"
 GIT_VERBS = {"git-upload-pack": "upload-pack", "git-receive-pack": "receive-pack"}
 MAX_COMMAND = 4096  # characters of SSH_ORIGINAL_COMMAND; rsync's and git's own are far shorter
 MAX_USER_AUTH = 65536
+# What each file, directory or symlink in an upload directory costs against the quota, on top of a
+# file's size: a block, so that a million empty files cannot fill the disk's inodes for free.
+ENTRY_COST = 4096
+POLL = 0.1  # seconds between two looks at the upload directories while rsync runs
 
 # Long options an rsync client sends to the server for gitqueue's transfers (and harmless others).
 # None takes a path: rrsync checks paths too, but a path it allows inside DIR (--temp-dir,
@@ -62,13 +71,14 @@ _RSYNC_CHARS = re.compile(r"[A-Za-z0-9 ._+=,@%/:-]+")
 
 @dataclasses.dataclass(frozen=True)
 class Upload:
-    """Where an allowed upload writes."""
+    """Where an allowed upload writes, and what counts against the worker's quota."""
 
     directory: str  # DIR/incoming/TOKEN
     incoming: str  # DIR/incoming
     token: str
     worker: str
-    tokens: frozenset  # every token the worker may upload under
+    tokens: frozenset  # every token whose directory counts against the worker's quota
+    quota: int  # bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +154,16 @@ class RepoState:
         path = layout.worker_path(name)
         return self._load("worker", path, reader.read(path))
 
+    def upload_quota(self) -> int:
+        from .queue import SETTINGS_PATH
+
+        data = self._tip_reader().read(SETTINGS_PATH)
+        try:
+            settings = records.loads("queue", data, SETTINGS_PATH) if data is not None else None
+        except GitqueueError:
+            settings = None
+        return layout.upload_quota(settings)
+
     def upload_tokens(self, worker: str) -> frozenset:
         """The tokens `worker` may upload under: its live leases, and its lapsed leases whose job has
         neither a result nor a live lease."""
@@ -180,7 +200,7 @@ def decide(original_command: str | None, worker: str, repo: str, packages: str |
         repo: the bare queue repository; git-upload-pack and git-receive-pack may run on it only.
         packages: the package tree (None: no rsync at all).
         downloads: whether the key may read the package tree (dependencies' packages).
-        state: a RepoState (or anything with its worker and upload_tokens).
+        state: a RepoState (or anything with its worker, upload_tokens and upload_quota).
         user_auth: what sshd's ExposeAuthInfo wrote (SSH_USER_AUTH's file), if it did: the key the
             session authenticated with must then be the worker's registered key.
         home: the account's home directory (paths in git commands may be relative to it).
@@ -310,7 +330,7 @@ def _rsync(command: str, worker: str, packages: str, downloads: bool, state) -> 
     rewritten = " ".join(["rsync", "--server", *options, ".", "."])
     return Decision(argv=(RRSYNC, "-wo", "-no-overwrite", "-no-del", "-munge", "-no-lock", directory),
                     env={"SSH_ORIGINAL_COMMAND": rewritten},
-                    upload=Upload(directory, incoming, token, worker, tokens))
+                    upload=Upload(directory, incoming, token, worker, tokens, state.upload_quota()))
 
 
 def _option_problem(option: str) -> str | None:
@@ -333,6 +353,73 @@ def _option_problem(option: str) -> str | None:
 
 
 # -- running an upload ---------------------------------------------------------------------------
+
+
+def usage(incoming: str, tokens) -> int:
+    """Bytes that the directories incoming/T (T in `tokens`) hold: each file's size, plus ENTRY_COST
+    for every file, directory and symlink. Symlinks are not followed."""
+    total = 0
+    for token in tokens:
+        total += _tree_usage(os.path.join(incoming, token))
+    return total
+
+
+def _tree_usage(path: str) -> int:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return 0
+    if not stat.S_ISDIR(st.st_mode):
+        return ENTRY_COST + (st.st_size if stat.S_ISREG(st.st_mode) else 0)
+    total = ENTRY_COST
+    for _, entry in _walk(path):
+        total += ENTRY_COST
+        try:
+            if entry.is_file(follow_symlinks=False):
+                total += entry.stat(follow_symlinks=False).st_size
+        except OSError:
+            continue  # removed meanwhile
+    return total
+
+
+def _walk(path: str):
+    """Yield (relative path, os.DirEntry) of everything below the directory `path`, following no
+    symlink."""
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        try:
+            with os.scandir(os.path.join(path, rel) if rel else path) as it:
+                entries = list(it)
+        except OSError:
+            continue  # removed meanwhile
+        for entry in entries:
+            sub = f"{rel}/{entry.name}" if rel else entry.name
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(sub)
+            except OSError:
+                pass
+            yield sub, entry
+
+
+def _entries(path: str) -> set:
+    """(relative path, inode) of everything below the directory `path`."""
+    return {(rel, entry.inode()) for rel, entry in _walk(path)}
+
+
+def _remove_new(path: str, before: set) -> None:
+    """Remove what appeared below `path` since `before` (an `_entries` snapshot), never following a
+    symlink."""
+    for rel, _ in sorted(_entries(path) - before, key=lambda e: e[0].count("/")):
+        full = os.path.join(path, rel)
+        try:
+            if stat.S_ISDIR(os.lstat(full).st_mode):
+                shutil.rmtree(full)
+            else:
+                os.unlink(full)
+        except FileNotFoundError:
+            continue  # inside a directory removed just before
 
 
 def _open_upload_dir(upload: Upload) -> tuple[int, bool]:
@@ -366,17 +453,29 @@ def _open_upload_dir(upload: Upload) -> tuple[int, bool]:
         os.close(parent)
 
 
-def run_upload(decision: Decision, environ: dict, err: int) -> int:
-    """Run an upload decision's rrsync in DIR/incoming/TOKEN (made if missing); return the exit status.
+def run_upload(decision: Decision, environ: dict, out: int, err: int, poll: float = POLL) -> int:
+    """Run an upload decision's rrsync bounded by the worker's upload quota; return the exit status.
 
+    The upload may use what is left of the quota: no file may grow beyond it (RLIMIT_FSIZE), and
+    the worker's upload directories are measured while rsync runs. When they exceed the quota, or
+    rsync fails on the limit, the transfer is stopped and everything this upload added is removed.
     A directory incoming/TOKEN made for an upload that failed is removed when empty.
 
     Args:
         decision: a Decision of `decide` with `upload` set.
         environ: the environment rrsync starts with (the decision's `env` is added).
-        err: the file descriptor of the session's standard error, for the one line of a refusal.
+        out: the file descriptor of the session's standard output, where rsync's goes.
+        err: the file descriptor of the session's standard error: it gets rrsync's as it comes,
+            and the one line of a refusal (written before the transfer is stopped, so that the
+            worker's rsync reads it before the connection closes).
+        poll: seconds between two measurements.
     """
     up = decision.upload
+    used = usage(up.incoming, up.tokens)
+    if used >= up.quota:
+        return _refused(err, f"upload quota of {up.quota} bytes used up: the upload directories of "
+                             f"{up.worker}'s leases hold {used} bytes")
+    left = up.quota - used
     try:
         fd, made = _open_upload_dir(up)
     except OSError as e:
@@ -389,14 +488,19 @@ def run_upload(decision: Decision, environ: dict, err: int) -> int:
         except OSError:
             _say(err, f"gitqueue serve: busy: another upload into incoming/{up.token} is running; try again\n")
             return 1
-        try:
-            code = subprocess.run(decision.argv, env={**environ, **decision.env}).returncode
-        except OSError as e:
-            _say(err, f"gitqueue serve: cannot run {decision.argv[0]}: {e.strerror}\n")
+        before = _entries(up.directory)
+        over = (f"upload quota of {up.quota} bytes used up: this upload would exceed it ({left} bytes were "
+                "left); nothing of it was kept")
+        code, stopped = _bounded_run(decision, environ, (out, err), up, left, poll, over)
+        if not stopped and usage(up.incoming, up.tokens) > up.quota:
+            stopped = True
+            _refused(err, over)
+        if stopped:
+            _remove_new(up.directory, before)
             code = 1
         if code != 0 and made:
             _rmdir_if_empty(up.directory)
-        return code if code >= 0 else 128 - code
+        return code
     finally:
         os.close(fd)
 
@@ -418,3 +522,93 @@ def _say(err: int, text: str) -> None:
         os.write(err, text.encode())
     except OSError:
         pass  # the session is gone
+
+
+def _bounded_run(decision, environ, session, up, left, poll, over) -> tuple[int, bool]:
+    """Run rrsync with RLIMIT_FSIZE `left`; (exit status, stopped for the quota?).
+
+    rsync's standard output (the protocol stream to the worker) and standard error pass through
+    this process: rsync writes why it failed to stderr before it tells the worker over stdout, so
+    reading stderr first lets the refusal reach the worker before rsync's own end of the story, and
+    nothing of rsync's output after it.
+    """
+    import resource
+
+    session_out, err = session
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (left, left))
+
+    env = {**environ, **decision.env}
+    try:
+        child = subprocess.Popen(decision.argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 preexec_fn=limit, start_new_session=True)
+    except OSError as e:
+        _say(err, f"gitqueue serve: cannot run {decision.argv[0]}: {e.strerror}\n")
+        return 1, False
+    out, errs = child.stdout.fileno(), child.stderr.fileno()
+    open_fds = {out, errs}
+    stopped = False
+    tail = b""
+
+    def stop():
+        nonlocal stopped
+        if not stopped:
+            stopped = True
+            _refused(err, over)
+            try:
+                os.killpg(child.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def relay_stderr(timeout):
+        nonlocal tail
+        while errs in open_fds and select.select([errs], [], [], timeout)[0]:
+            chunk = os.read(errs, 65536)
+            if not chunk:
+                open_fds.discard(errs)
+                return
+            tail = (tail + chunk)[-4096:]
+            if b"File too large" in tail:
+                stop()  # rsync met RLIMIT_FSIZE: a file larger than what is left of the quota
+            _say(err, chunk.decode("utf-8", "replace"))
+            timeout = 0
+
+    # The worker's end is written without blocking, so that the quota is watched even while a
+    # worker does not read (rsync's generator then stops asking it for more files).
+    blocking = os.get_blocking(session_out)
+    os.set_blocking(session_out, False)
+    pending = b""
+    gone = False
+    next_look = time.monotonic() + poll
+    try:
+        while open_fds or pending:
+            readable = [fd for fd in open_fds if fd == errs or not pending]
+            ready, writable, _ = select.select(readable, [session_out] if pending else [], [],
+                                               max(0.0, next_look - time.monotonic()))
+            relay_stderr(0)
+            if out in ready:
+                chunk = os.read(out, 65536)
+                if not chunk:
+                    open_fds.discard(out)
+                elif not (stopped or gone):
+                    pending = chunk
+            if writable:
+                try:
+                    pending = pending[os.write(session_out, pending):]
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    gone = True  # the worker is gone; rsync learns it from its own end
+            if stopped or gone:
+                pending = b""
+            if time.monotonic() >= next_look:
+                next_look = time.monotonic() + poll
+                if usage(up.incoming, up.tokens) > up.quota:
+                    stop()
+    finally:
+        os.set_blocking(session_out, blocking)
+    child.stdout.close()
+    child.stderr.close()
+    code = child.wait()
+    return (code if code >= 0 else 128 - code), stopped

@@ -11,7 +11,7 @@ from gitqueue import records, registry
 from gitqueue.admin import import_jobs, init_queue
 from gitqueue.names import record_path
 from gitqueue.queue import Change, Queue
-from gitqueue.serve import GIT_VERBS, RRSYNC, RepoState, decide
+from gitqueue.serve import ENTRY_COST, GIT_VERBS, RRSYNC, RepoState, decide, usage
 from gitqueue.signing import Signer
 
 from helpers import job
@@ -19,6 +19,7 @@ from signed_queue import keypair
 
 TOKENS = {name: f"{i:x}" * 32 for i, name in enumerate(
     ("live", "other", "lapsed", "taken", "done", "w2-lapsed"), start=10)}
+QUOTA = 123_456
 
 
 def _write(q, files):
@@ -35,7 +36,7 @@ def world(tmp_path_factory):
     tree = tmp / "packages"
     tree.mkdir()
     with Queue(repo, str(tmp / "cache")) as q:
-        init_queue(q, "decide", lease_ttl=60)
+        init_queue(q, "decide", lease_ttl=60, limits={"upload_quota": QUOTA})
         import_jobs(q, [job(n) for n in ("a-1", "b-1", "c-1", "d-1", "e-1", "f-1")], "g.jsonl")
         for name, key in (("w1", "k1"), ("w2", "k2"), ("w3", "k3")):
             registry.add_worker(q, name, keys[key].public_key)
@@ -81,7 +82,7 @@ def test_uploads_go_to_the_workers_own_leases_only(world):
             assert d.argv == (RRSYNC, "-wo", "-no-overwrite", "-no-del", "-munge", "-no-lock",
                               f"{tree}/incoming/{token}"), role
             assert d.env == {"SSH_ORIGINAL_COMMAND": "rsync --server -Otre.iLsfxCIvu --timeout=300 --stats . ."}
-            assert d.upload.directory == f"{tree}/incoming/{token}"
+            assert d.upload.directory == f"{tree}/incoming/{token}" and d.upload.quota == QUOTA
             assert d.upload.tokens == frozenset({TOKENS["live"], TOKENS["lapsed"]})
         else:
             assert d.refusal == f"rsync: incoming/{token} is not a lease of w1", role
@@ -142,6 +143,17 @@ def test_only_registered_unrevoked_workers_with_their_own_key(world):
     assert serve(world, f"git-receive-pack '/srv/other.git'").refusal == \
         f"git-receive-pack: only {world['repo']} is served to this key"
     assert serve(world, "").refusal == "this key runs only git and rsync for the queue: no interactive login"
+
+
+def test_usage_counts_every_entry_and_follows_no_symlink(tmp_path):
+    incoming = tmp_path / "incoming"
+    (incoming / "t1" / "sub").mkdir(parents=True)
+    (incoming / "t1" / "p.tgz").write_bytes(b"x" * 1000)
+    (incoming / "t1" / "sub" / "q").write_bytes(b"y" * 10)
+    (incoming / "t1" / "up").symlink_to(tmp_path)  # would count everything twice if followed
+    (incoming / "t2").symlink_to(incoming / "t1")
+    assert usage(str(incoming), ["t1"]) == 5 * ENTRY_COST + 1010
+    assert usage(str(incoming), ["t2", "missing"]) == ENTRY_COST
 
 
 # -- hostile commands -------------------------------------------------------------------------------

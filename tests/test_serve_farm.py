@@ -5,12 +5,14 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 
 import pytest
 
 from gitqueue import lease, registry
 from gitqueue.queue import Queue
+from gitqueue.serve import ENTRY_COST
 from gitqueue.transfer import TransferError, upload
 
 from farm import BULK
@@ -146,6 +148,46 @@ def test_symlinks_lead_no_write_or_read_outside(farm, tmp_path):
         assert proc.returncode == 0 and os.listdir(got) == []  # the symlinks are skipped, not followed
     finally:
         shutil.rmtree(outside, ignore_errors=True)
+
+
+def test_uploads_stop_at_the_workers_upload_quota(make_farm, tmp_path):
+    quota = 1 << 20
+    farm = make_farm([job("q1-1"), job("q2-1")], limits={"upload_quota": quota})
+    name, token = claim(farm, "k1", "w1", tmp_path)
+    incoming = farm.tree / "incoming"
+    first = package(tmp_path / f"{name}.tgz", 600_000)
+    send(farm, "k1", [first], token)
+    left = quota - (600_000 + 2 * ENTRY_COST)  # the file and its directory
+    refused = (f"upload to {farm.packages_url} failed after 1 attempt: gitqueue serve: refused: upload quota of "
+               f"{quota} bytes used up: this upload would exceed it ({left} bytes were left); nothing of it was kept "
+               "(rsync exit ")
+    # Two files, each below what is left, together above it: nothing of them stays.
+    more = [package(tmp_path / f"{n}.tgz", 300_000) for n in ("a", "b")]
+    with pytest.raises(TransferError) as e:
+        send(farm, "k1", more, token)
+    assert str(e.value).startswith(refused), str(e.value)
+    assert farm.files(incoming) == {f"{token}/{name}.tgz": first.read_bytes()}
+    # One file larger than what is left, under another lease of the same worker: the same.
+    _, token2 = claim(farm, "k1", "w1", tmp_path)
+    big = package(tmp_path / "big.tgz", left + 1)
+    with pytest.raises(TransferError) as e:
+        send(farm, "k1", [big], token2)
+    assert str(e.value).startswith(refused), str(e.value)
+    assert sorted(os.listdir(incoming)) == [token]
+    # The quota used up: refused before anything is sent, in one line on the worker's side.
+    (incoming / token / ".left-by-a-cut-upload").write_bytes(b"x" * (left - ENTRY_COST))
+    farm.give_back()
+    small = package(tmp_path / f"{name}.log", 10)
+    env = {**os.environ, **farm.worker_env("k1", tmp_path / "cache-report"), "GITQUEUE_WORKER": "w1"}
+    proc = subprocess.run([sys.executable, "-m", "gitqueue", "report", name, "--status", "success", "--lease", token,
+                           "--package", str(first), "--log", str(small)], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr == (f"Error: upload to {farm.packages_url} failed after 1 attempt: gitqueue serve: refused: "
+                           f"upload quota of {quota} bytes used up: the upload directories of w1's leases hold "
+                           f"{quota} bytes (rsync exit 12)\n")
+    assert farm.files(incoming) == {f"{token}/{name}.tgz": first.read_bytes(),
+                                    f"{token}/.left-by-a-cut-upload": b"x" * (left - ENTRY_COST)}
 
 
 def test_a_revoked_worker_is_refused_on_the_connection_it_keeps_open(make_farm, tmp_path):

@@ -148,8 +148,8 @@ def serve_cmd(worker, repo, packages_dir, no_downloads, print_keys, serve_comman
 
     Reads SSH_ORIGINAL_COMMAND; runs git-upload-pack or git-receive-pack on --repo (telling the
     pre-receive hook who pushes), rrsync read-only on DIR, or rrsync write-only into
-    DIR/incoming/TOKEN of one of the worker's leases; refuses anything else, and everything once
-    the worker is revoked. Exit 1 on a refusal (one line).
+    DIR/incoming/TOKEN of one of the worker's leases, within the queue's upload quota; refuses
+    anything else, and everything once the worker is revoked. Exit 1 on a refusal (one line).
 
     \b
     Example: gitqueue serve --print-authorized-keys --repo /srv/queues/2026Q4-m68k.git --packages /srv/packages/m68k
@@ -171,7 +171,7 @@ def serve_cmd(worker, repo, packages_dir, no_downloads, print_keys, serve_comman
     if decision.refused:
         _refuse(decision.refusal)
     if decision.upload is not None:
-        sys.exit(run_upload(decision, dict(os.environ), err=sys.stderr.fileno()))
+        sys.exit(run_upload(decision, dict(os.environ), out=sys.stdout.fileno(), err=sys.stderr.fileno()))
     try:
         os.execvpe(decision.argv[0], list(decision.argv), {**os.environ, **decision.env})
     except OSError as e:
