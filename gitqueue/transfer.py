@@ -472,7 +472,9 @@ def download(packages: list[dict], tree: str, dest_dir: str, rsh: str | None = N
 
     need = [n for n in wanted if not good(n)]
     if need:
-        args = ["--copy-links", "--times", "--ignore-times", f"--partial-dir={PARTIAL_DIR}", "--stats",
+        # No --copy-links: rrsync (gitqueue serve) refuses -L; a symlink in the tree is not sent,
+        # and the check below says so.
+        args = ["--times", "--ignore-times", f"--partial-dir={PARTIAL_DIR}", "--stats",
                 "--files-from=-", *_common(loc, rsh, io_timeout, rsync_path),
                 loc.arg(source) + "/", dest_dir + "/"]
 
@@ -486,6 +488,9 @@ def download(packages: list[dict], tree: str, dest_dir: str, rsh: str | None = N
             path = os.path.join(dest_dir, name)
             try:
                 got = _sha256(path)
+            except FileNotFoundError:
+                # rsync succeeded without it: the tree holds no regular file by that name (a symlink)
+                raise TransferError(f"{name}: not downloaded from {tree}: not a regular file there") from None
             except OSError as e:
                 raise TransferError(f"{name}: not downloaded from {tree}: {e.strerror or e}") from None
             if got != wanted[name]:

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -146,6 +147,13 @@ def test_symlinks_lead_no_write_or_read_outside(farm, tmp_path):
         assert refusals(proc.stderr) == ["gitqueue serve: refused: rsync: option -L is not allowed"]
         proc = farm.rsync("k1", "-r", f"{{remote}}:{farm.tree}/All/", f"{got}/")
         assert proc.returncode == 0 and os.listdir(got) == []  # the symlinks are skipped, not followed
+        # gitqueue's download of a "package" that is a symlink fails with a clear line.
+        from gitqueue.transfer import download
+
+        with pytest.raises(TransferError) as e:
+            download([{"name": "hostname-1.tgz", "sha256": "0" * 64}], farm.packages_url, str(tmp_path / "dl"),
+                     rsh=farm.ssh_command("k1"), attempts=1)
+        assert str(e.value) == f"hostname-1.tgz: not downloaded from {farm.packages_url}: not a regular file there"
     finally:
         shutil.rmtree(outside, ignore_errors=True)
 
@@ -232,3 +240,70 @@ def test_a_revoked_worker_is_refused_on_the_connection_it_keeps_open(make_farm, 
     assert proc.returncode == 1
     assert proc.stderr == "gitqueue serve: refused: this session's ssh key is not the registered key of w1\n"
 
+
+def test_dependencies_are_downloaded_through_the_forced_command(make_farm, tmp_path):
+    """Issue 13: rrsync refuses -L, and a worker that downloaded with --copy-links never built a job
+    with dependencies. b-1 gets a-1's package from incoming/TOKEN (not yet published), c-1 from All/."""
+    from test_packages import STAND_IN
+
+    farm = make_farm([job("a-1", pkgpath="cat/a"), job("b-1", ["a-1"], pkgpath="cat/b"),
+                      job("c-1", ["a-1"], pkgpath="cat/c")])
+    build = tmp_path / "stand-in-package"
+    build.write_text(STAND_IN)
+    build.chmod(0o755)
+
+    caches = []
+
+    def work(key, worker, max_jobs):
+        # One ssh connection for the many sessions of a job (ControlMaster), its socket in the
+        # worker's own cache directory (short enough for a socket path: else ssh's sockets of
+        # both workers would share /tmp/gitqueue-UID, and w2 would ride on w1's connection).
+        cache = tempfile.mkdtemp(prefix=f"gq-{worker}-", dir="/tmp")
+        caches.append(cache)
+        env = {**os.environ, **farm.worker_env(key, Path(cache)), "GITQUEUE_WORKER": worker, "GITQUEUE_SSH_REUSE": "1"}
+        return subprocess.run([sys.executable, "-m", "gitqueue", "work", "--max-jobs", str(max_jobs), "--max-wait",
+                               "0.2", "--", str(build)], env=env, capture_output=True, text=True, timeout=120)
+
+    try:
+        _build_all_three(farm, work)
+    finally:
+        for cache in caches:
+            for socket in Path(cache).glob("ssh-*"):
+                subprocess.run(["ssh", "-o", f"ControlPath={socket}", "-O", "exit", "master"], capture_output=True)
+            shutil.rmtree(cache, ignore_errors=True)
+
+
+def _build_all_three(farm, work):
+    proc = work("k1", "w1", 2)
+    assert proc.returncode == 0, proc.stderr
+    assert "released" not in proc.stderr and "missing" not in proc.stderr, proc.stderr
+    results = farm_results(farm)
+    [second] = set(results) - {"a-1"}
+    assert {results["a-1"]["status"], results[second]["status"]} == {"success"}
+    assert not (farm.tree / "All").exists()  # so a-1.tgz came from incoming/TOKEN
+    # Published by the build account's cron; what incoming/ held is gone.
+    pub = farm.as_bulk("publish", "--queue", farm.repo, "--tree", farm.tree)
+    assert pub.returncode == 0, pub.stderr
+    assert (farm.tree / "All" / "a-1.tgz").exists()
+    shutil.rmtree(farm.tree / "incoming")
+    proc = work("k2", "w2", 1)
+    assert proc.returncode == 0, proc.stderr
+    results = farm_results(farm)
+    assert all(r["status"] == "success" for r in results.values()) and len(results) == 3
+    [(name, rec)] = [(n, r) for n, r in results.items() if r["worker"] == "w2"]
+    assert rec["packages"][0]["name"] == f"{name}.tgz"
+    assert (farm.tree / "incoming" / rec["token"] / f"{name}.tgz").exists()
+
+
+def farm_results(farm):
+    from gitqueue import records
+    from gitqueue.names import record_path
+
+    out = {}
+    with Queue(str(farm.repo), str(farm.keys_dir / "cache-results")) as q:
+        _, reader = q.fetch()
+        for name in ("a-1", "b-1", "c-1"):
+            data = reader.read(record_path("results", name))
+            if data is not None:
+                out[name] = records.load_at("result", data, record_path("results", name))
+    return out
