@@ -10,15 +10,21 @@ holds a ':' must be written with a leading ``./``, as for rsync itself.
 Guarantees:
 
 * A file never appears under its final name until it is complete: rsync writes a temporary
-  ``.NAME.XXXXXX`` next to it and renames it at the end; an interrupted transfer is kept in
-  ``.rsync-partial/`` inside the destination directory and resumed by the next attempt. Readers
-  of ``incoming/<token>/`` and of a download directory must ignore dot-files.
+  ``.NAME.XXXXXX`` next to it and renames it at the end. An interrupted download is kept in
+  ``.rsync-partial/`` inside the destination directory and resumed by the next attempt; an
+  interrupted upload is not (a master running ``gitqueue serve`` refuses ``--partial-dir``, whose
+  files it would have to overwrite): the next attempt sends the file again. Readers of
+  ``incoming/<token>/`` and of a download directory must ignore dot-files.
+* An upload never relies on replacing a file: behind ``gitqueue serve`` the tree keeps the first
+  file uploaded under a name, and a different file under that name fails the check below.
 * :func:`upload` returns only after the uploaded copies were checked against what it described
-  (sha256 for a local tree; ``rsync --checksum --dry-run`` for a remote one).
+  (sha256 for a local tree; ``rsync --checksum --dry-run`` for a remote one, which needs rsync
+  3.2.4 or later on both ends: ``--info=skip2`` says whether a file the tree kept matches).
 * :func:`download` returns only files whose sha256 is the expected one; a file that does not
   match is deleted.
 * Failures are retried with exponential backoff (with jitter); the final error is one line
-  naming the tree and rsync's (or ssh's) most telling stderr line.
+  naming the tree and rsync's (or ssh's, or the master's ``gitqueue serve``) most telling stderr
+  line. What ``gitqueue serve`` refuses is not retried.
 
 Pass a :class:`TransferStats` as ``stats=`` to learn what went over the wire (rsync's
 ``Total bytes sent/received``, i.e. the rsync stream inside ssh) and how long each run took.
@@ -65,6 +71,12 @@ _REMOTE_PATH_RE = re.compile(r"[A-Za-z0-9._+~/=,@%-]+")
 _STAT_RE = re.compile(r"^Total bytes (sent|received):\s*([0-9][0-9,.']*)", re.M)
 # An --itemize-changes line for a regular file: YXcstpoguax NAME (Y: < > c h . *).
 _ITEM_FILE_RE = re.compile(r"^[<>ch.*]f\S{7,} ")
+# --info=skip2: a file the receiver kept (--ignore-existing) and how it compares.
+_EXISTS_RE = re.compile(r"^(.*) exists(?: \(([a-z ]+)\))?$")
+_SAME = {"uptodate", "attr change"}
+# How the line starts that gitqueue serve on the master refuses with: another attempt gets the same
+# answer.
+SERVE_REFUSAL = "gitqueue serve: refused: "
 # rsync exit statuses that another attempt cannot cure: usage, protocol, unsupported action.
 _PERMANENT = {1, 2, 4}
 
@@ -216,11 +228,15 @@ _WEAK = re.compile(r"connection unexpectedly closed|Broken pipe")
 
 
 def _summary(stderr: str, rc: int) -> str:
-    """The most telling stderr line: ssh's or rsync's complaint, not rsync's closing boilerplate."""
+    """The most telling stderr line: the master's refusal, ssh's or rsync's complaint, not rsync's
+    closing boilerplate."""
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
     useful = [ln for ln in lines if not _NOISE.search(ln)]
     strong = [ln for ln in useful if not _WEAK.search(ln)]
-    if strong:
+    refused = [ln for ln in lines if ln.startswith(SERVE_REFUSAL)]
+    if refused:
+        line = refused[-1]
+    elif strong:
         line = strong[-1]
     elif useful:
         line = useful[0]
@@ -234,6 +250,12 @@ def _summary(stderr: str, rc: int) -> str:
 def _stat_numbers(stdout: str) -> tuple[int, int]:
     got = {k: int(re.sub(r"\D", "", v)) for k, v in _STAT_RE.findall(stdout)}
     return got.get("sent", 0), got.get("received", 0)
+
+
+def _failed(proc: subprocess.CompletedProcess[str]) -> _Failed:
+    """The failure of an rsync run; retried unless another attempt cannot change the answer."""
+    permanent = proc.returncode in _PERMANENT or SERVE_REFUSAL in proc.stderr
+    return _Failed(_summary(proc.stderr, proc.returncode), not permanent)
 
 
 def _rsync(args: list[str], purpose: str, stats: TransferStats | None, input_text: str | None = None,
@@ -298,29 +320,37 @@ def transfer_options(attempts: int = 5, backoff: float = 1.0, timeout: float | N
 def upload(files: list[str], tree: str, token: str, rsh: str | None = None, attempts: int = 5,
            backoff: float = 1.0, sleep: Callable[[float], object] = time.sleep, *,
            stats: TransferStats | None = None, io_timeout: int = DEFAULT_IO_TIMEOUT,
-           rsync: str = RSYNC, rsync_path: str | None = None) -> list[dict]:
+           rsync: str = RSYNC, rsync_path: str | None = None, names: list[str] | None = None) -> list[dict]:
     """Copy ``files`` into ``<tree>/incoming/<token>/``; return their :func:`describe` dicts.
 
-    Creates ``incoming/<token>/`` as needed (no ``--mkpath``, no remote shell command: the files
-    are sent as ``incoming/<token>/NAME`` from a staging directory of symlinks). A file already
-    there with the same size and mtime is not sent again, but is still checked. Raises
-    TransferError (one line) for a bad token, name or tree, a file that changes while it is
-    uploaded, or a transfer that still fails after ``attempts`` tries.
+    Sends the files to ``incoming/<token>/`` (no ``--mkpath``, no remote shell command: the
+    master's ``gitqueue serve`` makes the directory; a tree without ``incoming/`` yet is sent
+    ``incoming/<token>/NAME`` from the staging directory once). A file already there with the
+    same size and mtime is not sent again, but is still checked; a different file already there
+    under the same name fails the check when the tree keeps it (``gitqueue serve``), and is sent
+    again otherwise. Raises TransferError (one line) for a bad token, name or tree, a file that
+    changes while it is uploaded, a refusal of the master, or a transfer that still fails after
+    ``attempts`` tries.
 
     Keyword-only: ``stats`` (a TransferStats to fill), ``io_timeout`` (rsync ``--timeout``:
-    seconds without data before an attempt fails), ``rsync`` (the local binary) and
+    seconds without data before an attempt fails), ``rsync`` (the local binary),
     ``rsync_path`` (the remote one, e.g. ``/usr/pkg/bin/rsync``, when it is not on the PATH of
-    a non-interactive ssh session).
+    a non-interactive ssh session) and ``names`` (the name each file gets in the tree, instead
+    of its own).
     """
     loc = parse_tree(tree)
     _check_name(token, "lease token")
+    if names is not None and len(names) != len(files):
+        raise TransferError(f"upload to {tree}: {len(files)} files but {len(names)} names")
     described = []
-    for path in files:
+    for i, path in enumerate(files):
         desc, sig = _describe(os.fspath(path))
+        if names is not None:
+            desc["name"] = names[i]
         _check_name(desc["name"], "package file name")
         described.append((os.path.abspath(path), desc, sig))
-    names = [d["name"] for _, d, _ in described]
-    if len(set(names)) != len(names):
+    chosen = [d["name"] for _, d, _ in described]
+    if len(set(chosen)) != len(chosen):
         raise TransferError(f"upload to {tree}: the same file name given twice")
     if not described:
         return []
@@ -333,22 +363,21 @@ def upload(files: list[str], tree: str, token: str, rsh: str | None = None, atte
             os.symlink(src, os.path.join(inner, desc["name"]))
         base = ["--recursive", "--copy-links", "--times", "--omit-dir-times",
                 *_common(loc, rsh, io_timeout, rsync_path)]
-        # Sent into incoming/ (not the tree's root), so that a server may confine uploads there
-        # (gitqueue serve runs rrsync write-only on incoming/).
-        # rsync makes only the last directory of the target: a tree without incoming/ yet is sent
-        # the whole staging directory once (as before incoming/ existed).
-        state = {"force": False, "target": (os.path.join(stage, "incoming") + "/", loc.arg("incoming") + "/")}
+        # Sent into incoming/TOKEN/ itself, the one directory gitqueue serve lets this lease's
+        # worker write. rsync makes only the last directory of the target: a tree without
+        # incoming/ yet (a plain account) is sent the whole staging directory once.
+        state = {"force": False, "target": (inner + "/", loc.arg(f"incoming/{token}") + "/")}
 
         def once(_attempt: int) -> None:
-            args = [*base, f"--partial-dir={PARTIAL_DIR}", "--stats"]
+            args = [*base, "--stats"]
             if state["force"]:
                 args.append("--ignore-times")  # a copy failed its check: resend whatever the quick check says
             proc = _rsync([*args, *state["target"]], "upload", stats, rsync=rsync)
-            if proc.returncode != 0 and re.search(r'mkdir "[^"]*/incoming" failed', proc.stderr):
+            if proc.returncode != 0 and re.search(r'mkdir "[^"]*/incoming/[^"/]*" failed', proc.stderr):
                 state["target"] = (stage + "/", loc.arg() + "/")
                 proc = _rsync([*args, *state["target"]], "upload", stats, rsync=rsync)
             if proc.returncode != 0:
-                raise _Failed(_summary(proc.stderr, proc.returncode), proc.returncode not in _PERMANENT)
+                raise _failed(proc)
             for src, desc, sig in described:
                 try:
                     now = _signature(os.stat(src))
@@ -367,19 +396,34 @@ def upload(files: list[str], tree: str, token: str, rsh: str | None = None, atte
                         state["force"] = True
                         raise _Failed(f"{got}: the uploaded copy does not match its sha256")
                 return
-            check = _rsync([*base, "--checksum", "--dry-run", "--itemize-changes", "--stats", *state["target"]],
-                           "verify", stats, rsync=rsync)
-            if check.returncode != 0:
-                raise _Failed(_summary(check.stderr, check.returncode), check.returncode not in _PERMANENT)
-            differ = [ln.split(" ", 1)[1] for ln in check.stdout.splitlines() if _ITEM_FILE_RE.match(ln)]
-            if differ:
-                state["force"] = True
-                raise _Failed(f"{differ[0]}: the uploaded copy does not match (rsync --checksum)")
+            _check_upload(base, state, stats, rsync)
 
         _with_retries(once, attempts, backoff, sleep, f"upload to {tree}")
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return [desc for _, desc, _ in described]
+
+
+def _check_upload(base: list[str], state: dict, stats: TransferStats | None, rsync: str) -> None:
+    """Compare the uploaded copies with the files by checksum (a dry run of the same transfer)."""
+    # --info=skip2: behind gitqueue serve the master keeps files that exist (--ignore-existing),
+    # so a differing file is not itemized but reported as "NAME exists (sum change)".
+    check = _rsync([*base, "--checksum", "--dry-run", "--itemize-changes", "--info=skip2", "--stats",
+                    *state["target"]], "verify", stats, rsync=rsync)
+    if check.returncode != 0:
+        raise _failed(check)
+    differ = []
+    for line in check.stdout.splitlines():
+        if _ITEM_FILE_RE.match(line):
+            differ.append(line.split(" ", 1)[1])
+            continue
+        kept = _EXISTS_RE.match(line)
+        if kept and kept.group(2) not in _SAME:
+            raise _Failed(f"{kept.group(1)}: the package tree already holds another file under this name "
+                          "and keeps it (an upload never replaces a file)", retry=False)
+    if differ:
+        state["force"] = True
+        raise _Failed(f"{differ[0]}: the uploaded copy does not match (rsync --checksum)")
 
 
 # ------------------------------------------------------------------------------- download
@@ -428,20 +472,25 @@ def download(packages: list[dict], tree: str, dest_dir: str, rsh: str | None = N
 
     need = [n for n in wanted if not good(n)]
     if need:
-        args = ["--copy-links", "--times", "--ignore-times", f"--partial-dir={PARTIAL_DIR}", "--stats",
+        # No --copy-links: rrsync (gitqueue serve) refuses -L; a symlink in the tree is not sent,
+        # and the check below says so.
+        args = ["--times", "--ignore-times", f"--partial-dir={PARTIAL_DIR}", "--stats",
                 "--files-from=-", *_common(loc, rsh, io_timeout, rsync_path),
                 loc.arg(source) + "/", dest_dir + "/"]
 
         def once(_attempt: int) -> None:
             proc = _rsync(args, "download", stats, input_text="".join(n + "\n" for n in need), rsync=rsync)
             if proc.returncode != 0:
-                raise _Failed(_summary(proc.stderr, proc.returncode), proc.returncode not in _PERMANENT)
+                raise _failed(proc)
 
         _with_retries(once, attempts, backoff, sleep, f"download from {tree}")
         for name in need:
             path = os.path.join(dest_dir, name)
             try:
                 got = _sha256(path)
+            except FileNotFoundError:
+                # rsync succeeded without it: the tree holds no regular file by that name (a symlink)
+                raise TransferError(f"{name}: not downloaded from {tree}: not a regular file there") from None
             except OSError as e:
                 raise TransferError(f"{name}: not downloaded from {tree}: {e.strerror or e}") from None
             if got != wanted[name]:

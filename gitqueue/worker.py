@@ -19,11 +19,21 @@ from .layout import min_heartbeat_seconds
 from .text import printable
 
 LOG_TAIL = 4000
+MAX_LEFT_OUT = 10  # lines naming the output files a job does not upload; then a count
 DEFAULT_PKGNAME_COMMAND = "bmake show-var VARNAME=PKGNAME"
 
 
-def describe_log(path: str):
-    """({"name", "size", "sha256"}, last few KB as text) of a build log.
+def log_name(job: str, token: str | None = None) -> str:
+    """The name a build log of `job` gets in the package tree and its result: JOB-LEASE8.log for
+    the lease `token` (JOB.log without one), the job's name shortened to fit `layout.is_log_name`."""
+    from .layout import MAX_LOG_NAME
+
+    suffix = f"-{token[:8]}.log" if token else ".log"
+    return job[: MAX_LOG_NAME - len(suffix)] + suffix
+
+
+def describe_log(path: str, name: str | None = None):
+    """({"name", "size", "sha256"}, last few KB as text) of a build log (named `name`, default its own).
 
     The text has its control characters escaped (colours, carriage returns): a result record
     refuses them. The log itself is uploaded as it is.
@@ -37,7 +47,7 @@ def describe_log(path: str):
         f.seek(max(0, size - LOG_TAIL))
         tail = f.read().decode("utf-8", "replace")
     # Escapes make it longer: keep the end, which says why the build failed.
-    return {"name": os.path.basename(path), "size": size, "sha256": h.hexdigest()}, \
+    return {"name": name or os.path.basename(path), "size": size, "sha256": h.hexdigest()}, \
         printable(tail, keep_newlines=True)[-LOG_TAIL:]
 
 
@@ -79,6 +89,7 @@ class Worker:
 
         self.transfer = transfer_options(transfer_attempts, transfer_backoff, transfer_timeout)
         self.packages_url = None
+        self.settings = None
         self.retry_after = None
         self.heartbeat_every = heartbeat_every
         self.max_wait = max_wait
@@ -111,6 +122,7 @@ class Worker:
     def _loop(self, max_jobs):
         _, reader = self.queue.fetch()
         settings = self.queue.settings(reader)
+        self.settings = settings
         ttl = settings["lease_ttl"]
         self.packages_url = settings.get("packages_url")
         # Never faster than the server accepts heartbeats (min_heartbeat_seconds).
@@ -282,7 +294,7 @@ class Worker:
         import shutil
 
         os.makedirs(self.log_dir, exist_ok=True)
-        log_path = os.path.join(self.log_dir, f"{job['job']}-{job['lease'][:8]}.log")
+        log_path = os.path.join(self.log_dir, log_name(job["job"], job["lease"]))
         output = self._output_dir(job)
         shutil.rmtree(output, ignore_errors=True)
         os.makedirs(output)
@@ -337,9 +349,7 @@ class Worker:
 
         packages = []
         if status == "success":
-            output = self._output_dir(job)
-            files = sorted(os.path.join(d, f) for d, _, names in os.walk(output) for f in names
-                           if not f.startswith("."))
+            files = self._package_files(job)
             if files:
                 packages = upload(files, self.packages_url, job["lease"], rsh=self.rsync_rsh, **self.transfer)
         try:
@@ -348,6 +358,30 @@ class Worker:
         except TransferError as e:
             self.out(f"{self.name}: the log of {job['job']} was not uploaded: {e}")
             return packages, False
+
+    def _package_files(self, job) -> list[str]:
+        """The files the build left in its output directory that its result may name; says which
+        others it leaves out, and why (the master refuses a result naming them)."""
+        from .layout import package_name_problem
+
+        output = self._output_dir(job)
+        found = sorted(os.path.join(d, f) for d, _, names in os.walk(output) for f in names
+                       if not f.startswith("."))
+        record = {"name": job["job"], "version": job.get("version") or ""}
+        keep, left_out = [], []
+        for path in found:
+            name = os.path.basename(path)
+            problem = package_name_problem(name, record, self.settings)
+            if problem is None:
+                keep.append(path)
+            else:
+                why = problem[len(name) + 4:] if problem.startswith(f"{name} is ") else problem
+                left_out.append(f"{self.name}: not uploading {os.path.relpath(path, output)}: {why}")
+        for line in left_out[:MAX_LEFT_OUT]:
+            self.out(line)
+        if len(left_out) > MAX_LEFT_OUT:
+            self.out(f"{self.name}: not uploading {len(left_out) - MAX_LEFT_OUT} more files of {job['job']}")
+        return keep
 
     def _prepare_report(self, job, status, duration, log_path):
         """Upload the build's files and return the report part of a spool request, or None.

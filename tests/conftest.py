@@ -57,7 +57,7 @@ def farm_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
     # sshd reads an account's authorized_keys as that account: the directory must be open to it.
     directory = tempfile.mkdtemp(prefix="gq-farm-sshd-", dir="/tmp")
     os.chmod(directory, 0o755)
-    server = SshServer(directory, per_user_keys=True)
+    server = SshServer(directory, per_user_keys=True, expose_auth_info=True)
     try:
         server.start()
     except SshServerError as e:

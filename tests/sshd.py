@@ -103,6 +103,7 @@ class SshServer:
         startup_timeout: float = 10.0,
         accept_env: Iterable[str] = (),
         per_user_keys: bool = False,
+        expose_auth_info: bool = False,
     ) -> None:
         self.dir = Path(directory).resolve()
         self.startup_timeout = startup_timeout
@@ -113,6 +114,8 @@ class SshServer:
         # per_user_keys: each account has its own file (authorized_keys.USER), as on a real
         # master where workers log in to the build account and nobody else's.
         self.per_user_keys = per_user_keys
+        # ExposeAuthInfo: sessions learn the key they logged in with (SSH_USER_AUTH).
+        self.expose_auth_info = expose_auth_info
         self.authorized_keys = self.dir / (f"authorized_keys.{self.user}" if per_user_keys else "authorized_keys")
         self.config = self.dir / "sshd_config"
         self.pid_file = self.dir / "sshd.pid"
@@ -280,6 +283,8 @@ class SshServer:
         ]
         if self.accept_env:
             lines.append("AcceptEnv " + " ".join(self.accept_env))
+        if self.expose_auth_info:
+            lines.append("ExposeAuthInfo yes")
         if self.per_user_keys:
             # Other accounts keep their own home, as on a real master.
             lines += [f"Match User {self.user}", f"    SetEnv HOME={self.session_home}"]

@@ -128,10 +128,20 @@ def test_report_uploads_packages_given_on_the_command_line(tmp_path):
     claim = subprocess.run(gq + ["claim", "--queue", url, "--worker", "w1"], env=env, capture_output=True, text=True)
     assert claim.returncode == 0, claim.stderr
     token = claim.stdout.split("\t")[2].strip()
+    log = tmp_path / "build output"  # not a log file name: recorded and uploaded as gmake-4.4.1.log
+    log.write_text("=> Creating binary package\n")
+    # A file the job's result may not name is refused before anything is uploaded.
+    other = tmp_path / "glibc-2.40.tgz"
+    other.write_bytes(b"not gmake")
+    before = git_log(url)
+    rep = subprocess.run(gq + ["report", "gmake-4.4.1", "--queue", url, "--worker", "w1", "--status", "success",
+                               "--log", str(log), "--package", str(other)], env=env, capture_output=True, text=True)
+    assert rep.returncode == 1
+    assert rep.stderr == (f"Error: --package {other}: glibc-2.40.tgz is not a package file of gmake-4.4.1 "
+                          "(package_files allow gmake-4.4.1.tgz); nothing uploaded or recorded\n")
+    assert not tree.exists() and git_log(url) == before
     package = tmp_path / "gmake-4.4.1.tgz"
     package.write_bytes(os.urandom(5000))
-    log = tmp_path / "build.log"
-    log.write_text("=> Creating binary package\n")
     rep = subprocess.run(gq + ["report", "gmake-4.4.1", "--queue", url, "--worker", "w1", "--status", "success",
                                "--log", str(log), "--package", str(package), "--json"],
                          env=env, capture_output=True, text=True)
@@ -141,6 +151,32 @@ def test_report_uploads_packages_given_on_the_command_line(tmp_path):
     assert result["packages"] == [{"name": "gmake-4.4.1.tgz", "size": 5000,
                                    "sha256": hashlib.sha256(package.read_bytes()).hexdigest()}]
     assert (tree / "incoming" / token / "gmake-4.4.1.tgz").read_bytes() == package.read_bytes()
-    assert (tree / "incoming" / token / "build.log").exists()
+    assert (tree / "incoming" / token / "gmake-4.4.1.log").read_bytes() == log.read_bytes()
+    assert result["log"]["name"] == "gmake-4.4.1.log"
     pub = subprocess.run(gq + ["publish", "--queue", url], env=env, capture_output=True, text=True)
     assert pub.returncode == 0 and pub.stdout.startswith("published 1,"), pub.stderr
+
+
+def test_the_worker_uploads_and_names_only_the_jobs_own_package_files(tmp_path):
+    tree = tmp_path / "packages"
+    url = make_package_queue(tmp_path, str(tree), [job("gmake-4.4.1", pkgpath="devel/gmake")])
+    build = tmp_path / "build"
+    build.write_text('#!/bin/sh\nmkdir -p "$GITQUEUE_OUTPUT/All"\n'
+                     'for f in All/gmake-4.4.1.tgz All/make-1.tgz notes.txt .hidden; do\n'
+                     '    echo "$f" > "$GITQUEUE_OUTPUT/$f"\ndone\n')
+    build.chmod(0o755)
+    env = {**os.environ, "GITQUEUE_CACHE": str(tmp_path / "cache-w")}
+    proc = subprocess.run([sys.executable, "-m", "gitqueue", "work", "--queue", url, "--worker", "w1", "--once",
+                           "--", str(build)], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert [line for line in lines if "not uploading" in line] == [
+        "w1: not uploading All/make-1.tgz: not a package file of gmake-4.4.1 (package_files allow gmake-4.4.1.tgz)",
+        "w1: not uploading notes.txt: not a package file of gmake-4.4.1 (package_files allow gmake-4.4.1.tgz)"]
+    with Queue(url, str(tmp_path / "cache-check")) as q:
+        _, reader = q.fetch()
+        rec = records.load_at("result", reader.read(record_path("results", "gmake-4.4.1")),
+                              record_path("results", "gmake-4.4.1"))
+    assert [p["name"] for p in rec["packages"]] == ["gmake-4.4.1.tgz"]
+    assert rec["log"]["name"] == f"gmake-4.4.1-{rec['token'][:8]}.log"
+    assert sorted(os.listdir(tree / "incoming" / rec["token"])) == sorted(["gmake-4.4.1.tgz", rec["log"]["name"]])

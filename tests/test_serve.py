@@ -33,6 +33,8 @@ def served(tmp_path_factory, sshd):
     (sq.tree / "All").mkdir(parents=True)
     (sq.tree / "All" / "public-1.tgz").write_bytes(b"public\n")
     sq.url = sshd.url(sq.path)
+    with sq.queue("k1") as q:
+        sq.lease = lease.claim(q, "w1")["lease"]  # w1 may upload into incoming/ of this lease
     sq.ssh = {}
     for name, extra in (("w1", ()), ("w1-ro", ("--no-downloads",))):
         command = serve_command("--worker", "w1", "--repo", sq.path, "--packages", sq.tree, *extra)
@@ -67,7 +69,7 @@ def test_anything_else_is_refused_in_one_line(served, sshd):
     proc = run_ssh(served, sshd, "w1", "ls", "/")
     assert proc.returncode == 1
     assert proc.stderr == "gitqueue serve: refused: ls: not allowed for this key (git for the queue, rsync " \
-                          "uploads into incoming/)\n"
+                          "uploads into incoming/ of its leases)\n"
     proc = run_ssh(served, sshd, "w1", "git-receive-pack", "'/srv/other.git'")
     assert proc.returncode == 1
     assert proc.stderr == f"gitqueue serve: refused: git-receive-pack: only {served.path} is served to this key\n"
@@ -75,22 +77,29 @@ def test_anything_else_is_refused_in_one_line(served, sshd):
     assert proc.returncode == 1 and "no interactive login" in proc.stderr
 
 
-def test_uploads_land_in_incoming_only(served, sshd, tmp_path):
+def test_uploads_land_in_incoming_of_the_workers_lease_only(served, sshd, tmp_path):
     package = tmp_path / "p-1.tgz"
     package.write_bytes(b"package\n" * 100)
     tree = f"{sshd.user}@{sshd.host}:{served.tree}"
     rsh = f"{served.ssh['w1']} -p {sshd.port}"
-    got = upload([str(package)], tree, "ab" * 16, rsh=rsh, attempts=1)
-    assert (served.tree / "incoming" / ("ab" * 16) / "p-1.tgz").read_bytes() == package.read_bytes()
+    got = upload([str(package)], tree, served.lease, rsh=rsh, attempts=1)
+    assert (served.tree / "incoming" / served.lease / "p-1.tgz").read_bytes() == package.read_bytes()
     assert got[0]["name"] == "p-1.tgz"
-    # Writing anywhere else in the tree (All/), or outside it, is refused.
-    for dest in (f"{served.tree}/All/", "/tmp/"):
+    # Writing anywhere else in the tree (All/, incoming/ itself, a token that is no lease of w1),
+    # or outside it, is refused.
+    for dest, expected in (
+        (f"{served.tree}/All/", f"may upload only into incoming/TOKEN of a lease of w1, not {served.tree}/All/"),
+        (f"{served.tree}/incoming/", f"may upload only into incoming/TOKEN of a lease of w1, not "
+                                     f"{served.tree}/incoming/"),
+        (f"{served.tree}/incoming/{'ab' * 16}/", f"incoming/{'ab' * 16} is not a lease of w1"),
+        ("/tmp/", "may upload only into incoming/TOKEN of a lease of w1, not /tmp/"),
+    ):
         proc = subprocess.run(["rsync", "-e", rsh, str(package), f"{sshd.user}@{sshd.host}:{dest}"],
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode != 0
-        assert f"gitqueue serve: refused: rsync: may upload only in {served.tree}/incoming/, not {dest}" \
-            in proc.stderr
+        assert f"gitqueue serve: refused: rsync: {expected}\n" in proc.stderr, proc.stderr
     assert sorted(os.listdir(served.tree / "All")) == ["public-1.tgz"]
+    assert sorted(os.listdir(served.tree / "incoming")) == [served.lease]
 
 
 def test_reading_is_refused_outside_the_tree_and_for_upload_only_keys(served, sshd, tmp_path):
@@ -126,12 +135,18 @@ def test_serve_needs_a_worker(served):
     assert proc.returncode == 2 and "--worker NAME is required" in proc.stderr
 
 
-def test_upload_refused_is_a_transfer_error(served, sshd, tmp_path):
+def test_upload_refused_is_a_transfer_error_and_not_retried(served, sshd, tmp_path):
     package = tmp_path / "q-1.tgz"
     package.write_bytes(b"q\n")
-    with pytest.raises(TransferError, match="refused"):
-        upload([str(package)], f"{sshd.user}@{sshd.host}:/tmp/elsewhere", "cd" * 16,
-               rsh=f"{served.ssh['w1']} -p {sshd.port}", attempts=1)
+    tree = f"{sshd.user}@{sshd.host}:/tmp/elsewhere"
+    slept = []
+    with pytest.raises(TransferError) as e:
+        upload([str(package)], tree, "cd" * 16, rsh=f"{served.ssh['w1']} -p {sshd.port}", attempts=3,
+               sleep=slept.append)
+    assert str(e.value) == (f"upload to {tree} failed after 1 attempt: gitqueue serve: refused: rsync: may upload "
+                            f"only into incoming/TOKEN of a lease of w1, not /tmp/elsewhere/incoming/{'cd' * 16}/ "
+                            "(rsync exit 12)")
+    assert slept == []
 
 
 # -- two identities on one machine -------------------------------------------------------------

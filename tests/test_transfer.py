@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from gitqueue.errors import GitqueueError
-from gitqueue.transfer import PARTIAL_DIR, TransferError, TransferStats, describe, download, parse_tree, upload
+from gitqueue.transfer import TransferError, TransferStats, describe, download, parse_tree, upload
 
 
 def make_file(path, size, seed=0):
@@ -168,6 +168,45 @@ def test_tree_forms():
     assert parse_tree("/srv/a:b").host is None and parse_tree("./a:b").host is None
 
 
+def remote_shell(tmp_path, name, body):
+    """An rsh that runs `body` as if on the master, with SSH_ORIGINAL_COMMAND set (no sshd)."""
+    script = tmp_path / name
+    script.write_text('#!/bin/sh\nshift\nexport SSH_ORIGINAL_COMMAND="$*"\n' + body + "\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+@pytest.mark.skipif(shutil.which("rrsync") is None, reason="rrsync not installed")
+def test_a_tree_that_keeps_uploaded_files_fails_a_different_one_at_once(tmp_path):
+    """Behind rrsync -no-overwrite (as gitqueue serve runs it) an uploaded file is never replaced."""
+    root = tmp_path / "tree"
+    (root / "incoming" / "tok").mkdir(parents=True)
+    rsh = remote_shell(tmp_path, "rrsync-rsh", f"exec rrsync -wo -no-overwrite -no-lock -absolute {root}/incoming/tok")
+    files = packages(tmp_path, sizes=(30_000,))
+    first = upload(files, f"master:{root}", "tok", rsh=rsh)
+    assert upload(files, f"master:{root}", "tok", rsh=rsh) == first  # again (a retry): nothing to do
+    original = open(files[0], "rb").read()
+    make_file(tmp_path / "built" / first[0]["name"], 30_000, seed=9)
+    sleep = FakeSleep()
+    with pytest.raises(TransferError) as e:
+        upload(files, f"master:{root}", "tok", rsh=rsh, sleep=sleep)
+    assert str(e.value) == (f"upload to master:{root} failed after 1 attempt: {first[0]['name']}: the package tree "
+                            "already holds another file under this name and keeps it (an upload never replaces a "
+                            "file)")
+    assert sleep.calls == []
+    assert (root / "incoming" / "tok" / first[0]["name"]).read_bytes() == original
+
+
+def test_a_refusal_of_the_master_is_not_retried(tmp_path):
+    rsh = remote_shell(tmp_path, "refusing-rsh", 'echo "gitqueue serve: refused: rsync: no" >&2; exit 1')
+    sleep = FakeSleep()
+    with pytest.raises(TransferError) as e:
+        upload(packages(tmp_path, sizes=(10,)), "master:/srv/packages", "tok", rsh=rsh, attempts=5, sleep=sleep)
+    assert str(e.value) == ("upload to master:/srv/packages failed after 1 attempt: gitqueue serve: refused: "
+                            "rsync: no (rsync exit 12)")
+    assert sleep.calls == []
+
+
 # ------------------------------------------------------------------------------- over ssh
 
 @pytest.mark.ssh
@@ -197,7 +236,7 @@ def test_corrupted_download_over_ssh(tmp_path, sshd):
 @pytest.mark.ssh
 def test_upload_retries_a_transient_failure(tmp_path, sshd):
     root = tmp_path / "tree"
-    root.mkdir()  # else the first upload into incoming/ is made again into the tree's root
+    (root / "incoming").mkdir(parents=True)  # else the first upload into incoming/TOKEN is made again into the root
     count = tmp_path / "count"
     count.write_text("0")
     rsh = wrapper(tmp_path, "flaky-ssh", f"""\
@@ -255,7 +294,8 @@ def test_remote_rsync_path(tmp_path, sshd):
 
 
 @pytest.mark.ssh
-def test_interrupted_upload_never_shows_a_partial_file_and_resumes(tmp_path, sshd):
+def test_interrupted_upload_never_shows_a_partial_file_and_is_sent_again(tmp_path, sshd):
+    """Uploads keep no partial file (gitqueue serve refuses --partial-dir): the next attempt sends it whole."""
     root = tmp_path / "tree"
     tree = f"{sshd.user}@{sshd.host}:{root}"
     files = [make_file(tmp_path / "big-1.0.tgz", 2_000_000, seed=None)]
@@ -267,17 +307,13 @@ def test_interrupted_upload_never_shows_a_partial_file_and_resumes(tmp_path, ssh
     assert "\n" not in str(e.value)
     incoming = root / "incoming" / "tok"
     assert not (incoming / name).exists()
-    assert visible(incoming) == []
-    kept = incoming / PARTIAL_DIR / name
-    assert kept.exists() and 0 < kept.stat().st_size < 2_000_000
-    arrived = kept.stat().st_size
-    # The next attempt resumes from what arrived, and the file appears whole.
+    assert sorted(os.listdir(incoming)) == []  # rsync removed its temporary file
     stats = TransferStats()
     got = upload(files, tree, "tok", rsh=sshd.rsync_rsh, stats=stats)
     assert (incoming / name).read_bytes() == open(files[0], "rb").read()
     assert got[0]["sha256"] == describe(files[0])["sha256"]
-    assert stats.runs[0]["sent"] < 2_000_000 - arrived // 2, (stats.runs, arrived)  # not sent again
-    assert visible(incoming) == [name] and not (incoming / PARTIAL_DIR).exists()
+    assert stats.runs[0]["sent"] > 2_000_000  # sent whole again
+    assert sorted(os.listdir(incoming)) == [name]
 
 
 @pytest.mark.ssh

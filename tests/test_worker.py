@@ -129,3 +129,15 @@ def test_version_skew_gives_the_job_back_and_pins_are_checked(tmp_path):
     assert proc.stderr == (f"Error: this worker does not meet the queue's pins: arch is {os.uname().machine}, the "
                            "queue needs m68k; pkgsrc_branch is unknown, the queue needs pkgsrc-2026Q4 (set them in "
                            "the worker's config file if detection is wrong)\n")
+
+
+def test_log_names_fit_the_rule_for_log_names():
+    from gitqueue.layout import is_log_name
+    from gitqueue.worker import log_name
+
+    token = "0123456789abcdef" * 2
+    assert log_name("gmake-4.4.1", token) == "gmake-4.4.1-01234567.log"
+    assert log_name("gmake-4.4.1") == "gmake-4.4.1.log"
+    long = "p" + "x" * 199  # the longest job name
+    assert is_log_name(log_name(long, token)) and log_name(long, token).endswith("x-01234567.log")
+    assert is_log_name(log_name(long)) and not is_log_name(f"{long}-{token[:8]}.log")

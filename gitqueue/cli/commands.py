@@ -1,5 +1,6 @@
 """The queue and worker commands."""
 
+import os
 import sys
 
 import click
@@ -43,8 +44,6 @@ def init_cmd(url, name, arch, os_release, pkgsrc_branch, pkgsrc_revision, lease_
     \b
     Example: gitqueue init /srv/queues/2026Q4-m68k --arch m68k --pkgsrc-branch pkgsrc-2026Q4
     """
-    import os
-
     from ..admin import init_queue
     from ..registry import read_key
 
@@ -176,25 +175,29 @@ def report_cmd(job, status, log_file, duration, package_files, token, queue_url,
     """Record the result of JOB and end its lease.
 
     With --package (and --log), the files are uploaded to incoming/LEASE/ of the queue's
-    package tree and checked before the result names them. Exit 5 if the job is not (or no
-    longer) held by this worker; nothing is recorded then.
+    package tree and checked before the result names them; a file whose name the queue does not
+    allow for JOB (package_files: JOB.tgz by default) is refused before anything is uploaded.
+    The log is recorded (and uploaded) as JOB.log, whatever its file is called. Exit 5 if the
+    job is not (or no longer) held by this worker; nothing is recorded then.
 
     \b
     Example: gitqueue report gmake-4.4.1 --status success --log build.log --package gmake-4.4.1.tgz
     """
     from ..errors import GitqueueError
     from ..lease import report
-    from ..worker import describe_log
+    from ..worker import describe_log, log_name
 
     ctx = context(queue_url, worker)
-    log, tail = describe_log(log_file) if log_file else (None, None)
+    log, tail = describe_log(log_file, log_name(job)) if log_file else (None, None)
     with ctx.open() as queue:
         packages = None
         if package_files:
             from ..transfer import transfer_options, upload
 
             _, reader = queue.fetch()
-            tree = queue.settings(reader).get("packages_url")
+            settings = queue.settings(reader)
+            _check_package_names(reader, settings, job, package_files)
+            tree = settings.get("packages_url")
             token = token or queue.index.my_claims(ctx.worker()).get(job)
             if not tree or not token:
                 raise GitqueueError("--package needs the queue's packages_url and this lease's token (--lease)")
@@ -204,10 +207,28 @@ def report_cmd(job, status, log_file, duration, package_files, token, queue_url,
             how = {"rsh": rsh, **transfer_options(*_transfer_settings(cfg))}
             packages = upload(list(package_files), tree, token, **how)
             if log_file:
-                upload([log_file], tree, token, **how)
+                upload([log_file], tree, token, names=[log["name"]], **how)
         result = report(queue, ctx.worker(), job, status, token, duration, log,
                         tail if status == "failure" else None, packages=packages, platform=ctx.platform())
     emit(result, as_json, f"{job}: {status}{' (late)' if result.get('late') else ''}")
+
+
+def _check_package_names(reader, settings, job, package_files):
+    """Refuse (before uploading) a --package file that JOB's result may not name."""
+    from .. import records
+    from ..errors import GitqueueError, UnknownJob
+    from ..layout import package_name_problem
+    from ..names import check_job_name, record_path
+
+    path = record_path("jobs", check_job_name(job))
+    data = reader.read(path)
+    if data is None:
+        raise UnknownJob(f"unknown job {job}")
+    job_rec = records.load_at("job", data, path)
+    for file in package_files:
+        problem = package_name_problem(os.path.basename(file), job_rec, settings)
+        if problem:
+            raise GitqueueError(f"--package {file}: {problem}; nothing uploaded or recorded")
 
 
 @cli.command("release")

@@ -142,13 +142,11 @@ def _summary(audit) -> str:
     return "\n".join(lines)
 
 
-GIT_VERBS = {"git-upload-pack": "upload-pack", "git-receive-pack": "receive-pack"}
-
-
 @cli.command("serve")
 @click.option("--worker", "worker", metavar="NAME", help="The worker this ssh key belongs to.")
 @click.option("--repo", metavar="PATH", required=True, help="The bare queue repository.")
-@click.option("--packages", "packages_dir", metavar="DIR", help="The package tree: uploads go to DIR/incoming/.")
+@click.option("--packages", "packages_dir", metavar="DIR",
+              help="The package tree: uploads go to DIR/incoming/TOKEN of the worker's leases.")
 @click.option("--no-downloads", is_flag=True, help="Refuse reading the package tree too.")
 @click.option("--print-authorized-keys", "print_keys", is_flag=True,
               help="Print an authorized_keys line per registered key of the queue at --repo, and exit.")
@@ -158,7 +156,9 @@ def serve_cmd(worker, repo, packages_dir, no_downloads, print_keys, serve_comman
     """The ssh forced command of a worker's key: git for the queue and rsync uploads, nothing else.
 
     Reads SSH_ORIGINAL_COMMAND; runs git-upload-pack or git-receive-pack on --repo (telling the
-    pre-receive hook who pushes) or rrsync into DIR/incoming/; refuses anything else.
+    pre-receive hook who pushes), rrsync read-only on DIR, or rrsync write-only into
+    DIR/incoming/TOKEN of one of the worker's leases, within the queue's upload quota; refuses
+    anything else, and everything once the worker is revoked. Exit 1 on a refusal (one line).
 
     \b
     Example: gitqueue serve --print-authorized-keys --repo /srv/queues/2026Q4-m68k.git --packages /srv/packages/m68k
@@ -168,67 +168,44 @@ def serve_cmd(worker, repo, packages_dir, no_downloads, print_keys, serve_comman
         return
     if not worker:
         raise click.UsageError("--worker NAME is required")
-    from ..names import check_worker_name
+    from ..serve import RepoState, decide, run_upload
 
-    check_worker_name(worker)
-    original = os.environ.get("SSH_ORIGINAL_COMMAND")
-    if not original:
-        _refuse("this key runs only git and rsync for the queue: no interactive login")
+    obj = click.get_current_context().find_root().obj or {}
+    state = RepoState(os.path.abspath(repo), obj.get("branch") or "main")
     try:
-        argv = shlex.split(original)
-    except ValueError:
-        _refuse("unparsable command")
-    if not argv:
-        _refuse("empty command")
-    if argv[0] == "git" and len(argv) > 1:
-        argv = [f"git-{argv[1]}", *argv[2:]]
-    if argv[0] in GIT_VERBS:
-        if len(argv) != 2 or not _same_path(argv[1], repo):
-            _refuse(f"{argv[0]}: only {repo} is served to this key")
-        env = dict(os.environ, GITQUEUE_PUSHER=worker)
-        os.execvpe("git", ["git", GIT_VERBS[argv[0]], repo], env)
-    if argv[0] == "rsync" and "--server" in argv and packages_dir:
-        _rsync(argv, packages_dir, not no_downloads)
-    _refuse(f"{argv[0][:40]}: not allowed for this key (git for the queue, rsync uploads into incoming/)")
+        decision = decide(os.environ.get("SSH_ORIGINAL_COMMAND"), worker, repo, packages_dir, not no_downloads,
+                          state, user_auth=_user_auth(), home=os.path.expanduser("~"))
+    finally:
+        state.close()
+    if decision.refused:
+        _refuse(decision.refusal)
+    if decision.upload is not None:
+        sys.exit(run_upload(decision, dict(os.environ), out=sys.stdout.fileno(), err=sys.stderr.fileno()))
+    try:
+        os.execvpe(decision.argv[0], list(decision.argv), {**os.environ, **decision.env})
+    except OSError as e:
+        _refuse(f"cannot run {decision.argv[0]} on this host: {e.strerror}")
+
+
+def _user_auth() -> str | None:
+    """What sshd wrote about this session's authentication (ExposeAuthInfo yes), if it did."""
+    from ..serve import MAX_USER_AUTH
+
+    path = os.environ.get("SSH_USER_AUTH")
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return f.read(MAX_USER_AUTH).decode("ascii", "replace")
+    except OSError:
+        return None
 
 
 def _refuse(message):
-    click.echo(f"gitqueue serve: refused: {message}", err=True)
+    from ..transfer import SERVE_REFUSAL
+
+    click.echo(f"{SERVE_REFUSAL}{message}", err=True)
     sys.exit(1)
-
-
-def _same_path(given: str, path: str) -> bool:
-    given = given.rstrip("/") or "/"
-    if given.startswith("~/"):
-        given = os.path.join(os.path.expanduser("~"), given[2:])
-    elif not given.startswith("/"):
-        given = os.path.join(os.path.expanduser("~"), given)
-    return os.path.realpath(given) == os.path.realpath(path)
-
-
-def _rsync(argv, packages_dir, downloads):
-    """Hand an rsync server command to rrsync: uploads (write-only) into incoming/, downloads read-only."""
-    sender = "--sender" in argv
-    try:
-        dot = argv.index(".", 2)
-    except ValueError:
-        _refuse("rsync: malformed server command")
-    paths = argv[dot + 1:]
-    root = os.path.realpath(packages_dir)
-    if sender:
-        if not downloads:
-            _refuse("rsync: reading the package tree is not allowed for this key")
-        inside = root
-    else:
-        inside = os.path.join(root, "incoming")
-    for p in paths:
-        full = os.path.normpath(p if p.startswith("/") else os.path.join(root, p))
-        if not (full == inside or full.startswith(inside + "/")):
-            what = "read" if sender else "upload"
-            _refuse(f"rsync: may {what} only in {inside}/, not {p}")
-    if not sender:
-        os.makedirs(inside, exist_ok=True)
-    os.execvp("rrsync", ["rrsync", "-ro" if sender else "-wo", "-absolute", "-no-del", inside])
 
 
 def _authorized_keys(repo, packages_dir, serve_command, no_downloads) -> str:

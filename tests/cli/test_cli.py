@@ -292,7 +292,8 @@ def test_report_success_with_log_and_duration(gq, tmp_path):
     facts = last_trailers(url)
     assert (facts["Gitqueue-Status"], facts["Gitqueue-Lease"], facts["Gitqueue-Duration"]) == ("success", token, "312.0")
     result = show(url, record_path("results", "a-1"))
-    assert result["log"]["name"] == "build.log" and result["log"]["size"] == 13 and "log_tail" not in result
+    # recorded under the job's name, whatever the file is called
+    assert result["log"]["name"] == "a-1.log" and result["log"]["size"] == 13 and "log_tail" not in result
     assert git("-C", url, "ls-tree", "-r", "main", "leases/") == ""
     assert claim(gq, url)["job"] == "b-1"
 
