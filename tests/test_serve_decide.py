@@ -31,12 +31,13 @@ def world(tmp_path_factory):
     """A queue with w1's live lease, w2's live lease, and lapsed leases of w1: one whose job is free
     (w1 may still upload), one taken by w2 and one that has a result (w1 may not)."""
     tmp = tmp_path_factory.mktemp("decide")
-    keys = {n: Signer.from_key_file(str(keypair(tmp, n))) for n in ("k1", "k2", "k3", "stranger")}
+    keys = {n: Signer.from_key_file(str(keypair(tmp, n))) for n in ("admin", "k1", "k2", "k3", "stranger")}
     repo = str(tmp / "q.git")
     tree = tmp / "packages"
     tree.mkdir()
-    with Queue(repo, str(tmp / "cache")) as q:
-        init_queue(q, "decide", lease_ttl=60, limits={"upload_quota": QUOTA})
+    with Queue(repo, str(tmp / "cache"), signer=keys["admin"]) as q:
+        init_queue(q, "decide", lease_ttl=60, limits={"upload_quota": QUOTA},
+                   admins=[{"name": "admin", "key": keys["admin"].public_key}])
         import_jobs(q, [job(n) for n in ("a-1", "b-1", "c-1", "d-1", "e-1", "f-1")], "g.jsonl")
         for name, key in (("w1", "k1"), ("w2", "k2"), ("w3", "k3")):
             registry.add_worker(q, name, keys[key].public_key)
