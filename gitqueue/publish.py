@@ -24,8 +24,8 @@ as pbulk writes them) are regenerated from the published files.
 Last, `publish` removes from incoming/ the upload of each result it published whole (every
 package in All/ with its checksum, the log in logs/JOB/ or never uploaded; a failure's log
 likewise), and the uploads that no lease or result will use: neither a live lease's nor a
-result's, nor a reclaimed lease's whose job has no result yet and that changed within
-lease_ttl (its worker may still report a late success). Removal comes after every copy is
+result's, nor a reclaimed lease's whose job has no result yet (its worker may still report a
+late success, however long it was away). Removal comes after every copy is
 fsynced and renamed into place, so a crash leaves the upload, or the copies and part of the
 upload, never neither; it never follows a link (files.remove_tree).
 
@@ -310,24 +310,23 @@ class _Run:
         """Remove the upload directories that no lease or result will ever use; return how many.
 
         Kept: a live lease's, any result's (removed above once published), and a lease's that was
-        reclaimed from a worker that may still report a late success (its job has no result and
-        the directory changed within lease_ttl). A directory changed since the tip was read may
-        be a lease claimed after that, and is kept too; without `read_at`, all are kept.
+        reclaimed from a worker that may still report a late success (its job has no result). A
+        directory changed since the tip was read may be a lease claimed after that, and is kept
+        too; without `read_at`, all are kept.
         """
         snap = self.snapshot
         if snap.read_at is None:
             return 0
-        kept = set(snap.leases) | snap.tokens | {result.get("token") for _, result in snap.entries}
         finished = {result["job"] for _, result in snap.entries}
+        # A worker whose lease was reclaimed may report a late success for as long as the job has
+        # no result, however long it was away (frozen, cut off): its upload is kept till then.
         late = {entry.get("token") for job, entries in snap.lapsed.items() if job not in finished
                 for entry in entries}
-        recent = self.clock() - (snap.settings.get("lease_ttl") or 0)
+        kept = set(snap.leases) | snap.tokens | {result.get("token") for _, result in snap.entries} | late
         removed = 0
         for name in os.listdir(self.incoming):
             st = files.lstat(self.incoming, name) if _TOKEN.fullmatch(name) and name not in kept else None
             if st is None or not stat.S_ISDIR(st.st_mode) or st.st_mtime >= snap.read_at:
-                continue
-            if name in late and st.st_mtime > recent:
                 continue
             removed += files.remove_tree(self.incoming, name)
         return removed

@@ -570,7 +570,7 @@ def test_a_local_writer_s_hostile_record_is_listed_and_the_rest_published(tmp_pa
 def test_uploads_are_removed_once_published_and_abandoned_ones_too(tmp_path, tree):
     """Published: a success's and a failure's uploads go. Abandoned: a released lease's, a stray
     one. Kept: a live lease's, a restricted package's, a reclaimed lease's (a late success may
-    come) until lease_ttl has passed, one made after the tip was read; links and other names."""
+    come) while its job has no result, one made after the tip was read; links and other names."""
     estimates = {"e-1.0": 700, "a-1.0": 600, "b-1.0": 500, "r-1.0": 400, "d-1.0": 300}  # the claims' order
     url = package_queue(tmp_path, tree, [job(n, est_seconds=t, **({"restricted": "license"} if n == "r-1.0" else {}))
                                          for n, t in estimates.items()])
@@ -587,7 +587,7 @@ def test_uploads_are_removed_once_published_and_abandoned_ones_too(tmp_path, tre
         tokens["e-1.0 lapsed"], _, _ = claim_and_upload(q, "w0", "e-1.0")
         lease.reclaim(q, now=1000.0, ttl=1)
         assert [r["job"] for r in lease.reclaim(q, now=1002.0, ttl=1)] == ["e-1.0"]
-        tokens["e-1.0"], _, _ = claim_and_upload(q, "w1", "e-1.0")  # a live lease, uploading
+        tokens["e-1.0"], pkg_e, _ = claim_and_upload(q, "w1", "e-1.0")  # a live lease, uploading
         for worker, name in (("w2", "a-1.0"), ("w3", "b-1.0"), ("w4", "r-1.0"), ("w5", "d-1.0")):
             tokens[name], pkg, log = claim_and_upload(q, worker, name)
             if name == "b-1.0":
@@ -617,7 +617,16 @@ def test_uploads_are_removed_once_published_and_abandoned_ones_too(tmp_path, tre
     assert sorted(os.listdir(incoming)) == sorted([tokens["e-1.0 lapsed"], tokens["e-1.0"], tokens["r-1.0"],
                                                    "f" * 16, "notes", "1" * 32])
     assert os.listdir(outside) == ["keep"]
-    # Once lease_ttl has passed, e-1.0's reclaimed worker will not report: its upload goes too.
-    got = publish(str(tree), snap, clock=lambda: now + 3600)
-    assert (got["removed"], got["abandoned"]) == (0, 1)
-    assert tokens["e-1.0 lapsed"] not in os.listdir(incoming) and tokens["e-1.0"] in os.listdir(incoming)
+    # However long e-1.0's reclaimed worker stays away (frozen, cut off), its upload waits while
+    # the job has no result: it may still come back and report a late success naming it.
+    got = publish(str(tree), snap, clock=lambda: now + 30 * 86400)
+    assert (got["removed"], got["abandoned"]) == (0, 0)
+    assert tokens["e-1.0 lapsed"] in os.listdir(incoming)
+    # Once the job has a result (here w1's, from its live lease), the reclaimed upload goes.
+    with open_queue(url, tmp_path) as q:
+        lease.report(q, "w1", "e-1.0", "success", packages=[pkg_e])
+        later = time.time()
+        snap = read_queue(q, clock=lambda: later)
+    got = publish(str(tree), snap, clock=lambda: later)
+    assert got["published"] == ["e-1.0.tgz"] and (got["removed"], got["abandoned"]) == (1, 1)
+    assert tokens["e-1.0 lapsed"] not in os.listdir(incoming) and tokens["e-1.0"] not in os.listdir(incoming)
