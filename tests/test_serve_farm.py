@@ -27,7 +27,8 @@ JOBS = [job(f"j{i}-1") for i in range(1, 7)]
 @pytest.fixture(scope="module")
 def farm(make_farm):
     """One master for the attacks that leave the registry alone (each test claims its own job)."""
-    return make_farm(JOBS)
+    # The tests share it and each claims for w1: more leases than the default four live at once.
+    return make_farm(JOBS, limits={"max_leases": len(JOBS)})
 
 
 def claim(farm, key, worker, tmp_path):
