@@ -469,3 +469,35 @@ def test_the_report_and_publish_copy_no_file_of_the_master(make_farm, tmp_path):
     for place in (www, farm.tree):
         leaked = [p for p, data in (farm.files(place) if place.exists() else {}).items() if secret in data]
         assert leaked == [], leaked
+
+
+# -- item 7: escape sequences -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["reason", "log_tail", "host"])
+def test_terminal_escapes_in_worker_text_are_refused(farm, tmp_path, field):
+    """A release reason, a failure's log tail or a heartbeat's host carrying escape sequences (they
+    would reach terminals through status, history and the mailed report): refused by the schema."""
+    evil = "\x1b]0;owned\x07\x1b[2J\rall clear \u202eevil"
+    if field == "reason":
+        path = record_path("declines", "gmake-4.4.1")
+        files = {path: _toml({"job": "gmake-4.4.1"}) + f"[[declined]]\nworker = \"w2\"\nreason = {_toml_string(evil)}\n"
+                 .encode(), record_path("leases", "gmake-4.4.1"): None}
+    elif field == "log_tail":
+        path = record_path("results", "gmake-4.4.1")
+        files = {path: _toml({"job": "gmake-4.4.1", "version": "4.4.1", "status": "failure", "worker": "w2",
+                              "token": farm.gmake_token, "log_tail": evil}),
+                 record_path("leases", "gmake-4.4.1"): None}
+    else:
+        path = heartbeat_path("w2")
+        files = {path: _toml({"worker": "w2", "seq": 700, "host": evil})}
+    sha = craft(farm, "k2", files)
+    refused(farm, sha, f"{path}: ")
+    line = verify_flags(farm, sha, "is not a valid value [schema]", tmp_path)
+    assert "\x1b" not in line and "\u202e" not in line
+
+
+def _toml(record):
+    """TOML text for `record` without any validation (a hostile writer's)."""
+    return "".join(f"{key} = {_toml_string(value) if isinstance(value, str) else value}\n"
+                   for key, value in record.items()).encode()
