@@ -71,23 +71,14 @@ def read_object(store, sha: bytes, kind: str, limit: int) -> bytes | str:
             continue
         with f:
             inflate = zlib.decompressobj()
-            data = b""
             try:
-                while b"\0" not in data and len(data) < 64:
-                    chunk = f.read(512)
-                    if not chunk:
-                        break
-                    data += inflate.decompress(chunk, 64 - len(data))
-                head, _, body = data.partition(b"\0")
-                found, _, size = head.partition(b" ")
-                if not size.isdigit():
-                    return f"object {sha.decode()}: malformed loose object header"
-                problem = _mismatch(found.decode("ascii", "replace"), int(size), kind, limit)
+                found, size, body = _inflate_header(f, inflate, sha)
+                problem = _mismatch(found, size, kind, limit)
                 if problem:
                     return problem
-                body += inflate.decompress(inflate.unconsumed_tail + f.read(), int(size) + 1 - len(body))
-            except zlib.error:
-                return f"object {sha.decode()}: damaged loose object"
+                body += inflate.decompress(inflate.unconsumed_tail + f.read(), size + 1 - len(body))
+            except (zlib.error, ObjectFormatError) as e:
+                return str(e) if isinstance(e, ObjectFormatError) else f"object {sha.decode()}: damaged loose object"
             return body
     header = object_header(store, sha)
     if header is None:
@@ -119,7 +110,9 @@ def object_header(store, sha: bytes) -> tuple[str, int] | None:
         if path is not None:
             try:
                 with open(path, "rb") as f:
-                    return _loose_header(f, sha.decode("ascii"))
+                    import zlib
+
+                    return _inflate_header(f, zlib.decompressobj(), sha)[:2]
             except FileNotFoundError:
                 pass
         for pack in getattr(s, "packs", ()):
@@ -139,21 +132,20 @@ def object_header(store, sha: bytes) -> tuple[str, int] | None:
     return None
 
 
-def _loose_header(f, hexsha: str) -> tuple[str, int]:
-    import zlib
-
-    inflate = zlib.decompressobj()
-    head = b""
-    while b"\0" not in head and len(head) < 64:
+def _inflate_header(f, inflate, sha: bytes) -> tuple[str, int, bytes]:
+    """(type, size, the contents inflated so far) from the start of a loose object's file."""
+    data = b""
+    while b"\0" not in data and len(data) < 64:
         chunk = f.read(256)
-        if not chunk:
+        if not chunk and not inflate.unconsumed_tail:
             break
-        head += inflate.decompress(chunk, 64 - len(head))
-    kind, _, rest = head.partition(b" ")
-    size = rest.split(b"\0", 1)[0]
-    if kind.decode("ascii", "replace") not in TYPE_NAMES.values() or not size.isdigit():
-        raise ObjectFormatError(f"object {hexsha}: malformed loose object header")
-    return kind.decode(), int(size)
+        data += inflate.decompress(inflate.unconsumed_tail + chunk, 64 - len(data))
+    head, sep, body = data.partition(b"\0")
+    found, _, size = head.partition(b" ")
+    found = found.decode("ascii", "replace")
+    if not sep or found not in TYPE_NAMES.values() or not size.isdigit():
+        raise ObjectFormatError(f"object {sha.decode()}: malformed loose object header")
+    return found, int(size), body
 
 
 def _varint_delta_sizes(data: bytes) -> list[int]:

@@ -31,7 +31,11 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
     reason = sshd_available()
     if reason is not None:
         _unavailable(reason)
-    server = SshServer(tmp_path_factory.mktemp("sshd"))
+    yield from _running(SshServer(tmp_path_factory.mktemp("sshd")))
+
+
+def _running(server: SshServer) -> Iterator[SshServer]:
+    """`server` started (or the test skipped, failed under CI), and stopped afterwards."""
     try:
         server.start()
     except SshServerError as e:
@@ -57,16 +61,9 @@ def farm_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
     # sshd reads an account's authorized_keys as that account: the directory must be open to it.
     directory = tempfile.mkdtemp(prefix="gq-farm-sshd-", dir="/tmp")
     os.chmod(directory, 0o755)
-    server = SshServer(directory, per_user_keys=True, expose_auth_info=True)
     try:
-        server.start()
-    except SshServerError as e:
-        server.stop()
-        _unavailable(str(e))
-    try:
-        yield server
+        yield from _running(SshServer(directory, per_user_keys=True, expose_auth_info=True))
     finally:
-        server.stop()
         shutil.rmtree(directory, ignore_errors=True)
 
 

@@ -29,6 +29,8 @@ from gitqueue.admin import import_jobs, init_queue
 from gitqueue.queue import Queue
 from gitqueue.signing import Signer
 
+from signed_queue import keypair
+
 BULK = "gq-bulk"
 PYTHON = "/usr/bin/python3"
 REPO = Path(__file__).resolve().parents[1]
@@ -58,13 +60,6 @@ def ensure_account(name: str) -> pwd.struct_passwd:
         # sshd refuses keys for a locked account ("!" in the password field); "*" is no password.
         subprocess.run(["usermod", "-p", "*", name], check=True, capture_output=True)
         return pwd.getpwnam(name)
-
-
-def keypair(directory: Path, name: str) -> Path:
-    path = directory / name
-    if not path.exists():
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(path)], check=True)
-    return path
 
 
 class Farm:
@@ -149,10 +144,20 @@ class Farm:
         """Write the build account's authorized_keys from the registry, as README says; return it."""
         proc = self.as_bulk("serve", "--print-authorized-keys", "--repo", self.repo, "--packages", self.tree,
                             "--command", self.gitqueue_command, check=True)
-        path = self.sshd.authorized_keys_of(BULK)
-        path.write_text(proc.stdout)
-        os.chown(path, self.account.pw_uid, self.account.pw_gid)
+        self._lines(proc.stdout)
         return proc.stdout
+
+    def _lines(self, text: str | None) -> None:
+        """Make `text` this farm's part of the account's authorized_keys (None: remove it); the
+        farms of a test session share the account, each with its own keys."""
+        parts = self.sshd.__dict__.setdefault("farm_lines", {})
+        if text is None:
+            parts.pop(str(self.root), None)
+        else:
+            parts[str(self.root)] = text
+        path = self.sshd.authorized_keys_of(BULK)
+        path.write_text("".join(parts.values()))
+        os.chown(path, self.account.pw_uid, self.account.pw_gid)
 
     def admin_queue(self, who: str = "alice") -> Queue:
         """The queue as a local path, for an administrator with a shell on the master.
@@ -223,6 +228,7 @@ class Farm:
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
     def close(self) -> None:
+        self._lines(None)
         shutil.rmtree(self.root, ignore_errors=True)
 
 

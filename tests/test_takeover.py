@@ -90,7 +90,7 @@ def refused(farm, sha, expected, key="k2", by="hook"):
     assert "Traceback" not in proc.stderr and "File \"" not in proc.stderr, proc.stderr
     remote = [ln.removeprefix("remote: ").strip() for ln in proc.stderr.splitlines() if ln.startswith("remote: ")]
     if by == "hook":
-        assert remote[0].startswith("gitqueue: push refused"), proc.stderr
+        assert remote and remote[0].startswith("gitqueue: push refused"), proc.stderr
         why = [ln for ln in remote[1:] if ln.startswith("gitqueue: ")]
         assert why and expected in why[0], proc.stderr
         assert "pre-receive hook declined" in proc.stderr
