@@ -82,6 +82,7 @@ def status(queue, top: int = 5) -> dict:
                          "expires_in": None if silent is None else ttl - silent})
     expiring.sort(key=lambda x: (x["expires_in"] is None, x["expires_in"] or 0, x["job"]))
 
+    churn = _churn(history.events, now, top)
     blockers = []
     for row in outcome.breakers(("failed",), limit=top):
         job = outcome.jobs[row["job"]]
@@ -98,6 +99,35 @@ def status(queue, top: int = 5) -> dict:
         "leases": leases,
         "expiring": expiring[:top],
         "blockers": blockers,
+        "churn": churn,
         "skipped": [{"job": j["name"], "reason": j["skip"]} for j in
                     sorted(outcome.jobs.values(), key=lambda j: j["name"]) if j["state"] == "skipped"],
     }
+
+
+TROUBLE = 3  # give-backs since a worker's last report that mark it as in trouble
+
+
+def _churn(events, now: float, top: int) -> dict:
+    """Jobs going round in circles instead of getting built.
+
+    {"released_last_hour": give-backs (releases and reclaims) in the last hour, "built_last_hour":
+    reports in the last hour, "jobs": [{"job", "given_back"}] given back more than once (most
+    first), "workers": [{"worker", "given_back"}] that gave back TROUBLE or more jobs since they
+    last reported one}.
+    """
+    per_job, since_report = {}, {}
+    released = built = 0
+    for e in events:
+        if e.action in ("release", "reclaim"):
+            per_job[e.job] = per_job.get(e.job, 0) + 1
+            released += e.t > now - HOUR
+            if e.action == "release":
+                since_report[e.worker] = since_report.get(e.worker, 0) + 1
+        elif e.action == "report":
+            since_report[e.worker] = 0
+            built += e.t > now - HOUR
+    jobs = sorted(((n, j) for j, n in per_job.items() if n > 1), key=lambda x: (-x[0], x[1]))[:top]
+    return {"released_last_hour": released, "built_last_hour": built,
+            "jobs": [{"job": j, "given_back": n} for n, j in jobs],
+            "workers": [{"worker": w, "given_back": n} for w, n in sorted(since_report.items()) if n >= TROUBLE]}

@@ -14,6 +14,11 @@ import time
 from .errors import GitqueueError, LeaseLost, NothingReady, PushRefused, QueueFinished, RemoteError
 
 REFUSALS_TO_STOP = 3  # the server refusing this worker's pushes that many times in a row
+# Jobs given back in a row because of this worker's own trouble (its transfers, its disk) before
+# it stops claiming: a broken worker must not churn the queue's history.
+OWN_TROUBLE_TO_STOP = 3
+# Times one job may be given back by this worker for one cause before it declines the job.
+SAME_CAUSE_TO_DECLINE = 2
 from .lease import claim, heartbeat, release, report
 from .layout import min_heartbeat_seconds
 from .text import printable
@@ -101,6 +106,8 @@ class Worker:
         self.done = 0
         self.spool = None
         self.refusals = 0
+        self.trouble = 0  # jobs given back in a row because of this worker's own trouble
+        self.given_back = {}  # (job, cause) -> times given back for it
 
     def _on_signal(self, signum, frame):
         self.stop_signal = signum
@@ -148,22 +155,28 @@ class Worker:
             wait = 0.2
             skew = self._version_skew(job)
             if skew:
-                self._give_back(job, skew, decline=True)
+                self._give_back(job, skew, "tree", decline=True)
                 job = None
                 continue
             missing = self._fetch_dependencies(job)
             if missing:
-                self._give_back(job, missing)
+                self._give_back(job, missing, "transfer", own=True)
                 job = None
                 time.sleep(wait * (0.5 + random.random()))
                 continue
             self.out(f"{self.name}: building {job['job']}")
-            outcome = self._build(job, every)
+            try:
+                outcome = self._build(job, every)
+            except OSError as e:  # no room for the output or the log: this machine's trouble
+                self._give_back(job, f"cannot set up the build here: {e.strerror or e}: {e.filename or ''}",
+                                "disk", own=True)
+                job = None
+                continue
             if outcome is None:
                 job = None
                 continue  # lease lost while building; already said so
             if self.stop_signal is not None:
-                self._give_back(job, f"worker stopped by signal {self.stop_signal}")
+                self._give_back(job, f"worker stopped by signal {self.stop_signal}", "signal")
                 break
             # Report and ask for the next job in one request: with other workers of this host
             # waiting, one commit settles them all (see spool.py).
@@ -207,7 +220,9 @@ class Worker:
                 self.out(f"{self.name}: {rep['error']}")
             else:
                 self.done += 1
-                self.out(f"{self.name}: {rep['job']} {rep['status']} ({report_req.get('duration') or 0:.1f} s)")
+                self.trouble = 0
+                where = f"; log {self.log_path_of(rep)}" if rep["status"] == "failure" else ""
+                self.out(f"{self.name}: {rep['job']} {rep['status']} ({report_req.get('duration') or 0:.1f} s){where}")
         got = outcome.get("claim")
         if got is None:
             return None, False
@@ -395,7 +410,7 @@ class Worker:
         try:
             packages, log_sent = self._upload(job, status, log_path)
         except TransferError as e:
-            self._give_back(job, f"upload failed: {e}")
+            self._give_back(job, f"upload failed: {e}", "transfer", own=True)
             return None
         if self.packages_url and not log_sent:
             log = None
@@ -424,9 +439,29 @@ class Worker:
             return f"sorry, my pkgsrc has {found}, not {job['job']} (yet)"
         return None
 
-    def _give_back(self, job, reason, decline=False):
+    def log_path_of(self, job_or_result) -> str:
+        """Where this worker keeps the build log of a job it built (its lease or result)."""
+        token = job_or_result.get("lease") or job_or_result.get("token")
+        return os.path.join(self.log_dir, log_name(job_or_result["job"], token))
+
+    def _give_back(self, job, reason, cause, decline=False, own=False):
+        """Give `job` back, saying why; decline it once given back twice for the same cause.
+
+        `own`: the cause is this worker's (its transfers, its disk, its tree), not the job's.
+        After OWN_TROUBLE_TO_STOP such give-backs in a row the worker stops with an Error line
+        rather than claim, fail and give back forever.
+        """
+        key = (job["job"], cause)
+        self.given_back[key] = self.given_back.get(key, 0) + 1
+        decline = decline or self.given_back[key] >= SAME_CAUSE_TO_DECLINE
         try:
             release(self.queue, self.name, job["job"], reason, job["lease"], decline=decline)
-            self.out(f"{self.name}: released {job['job']}")
+            self.out(f"{self.name}: gave back {job['job']}: {reason}"
+                     + ("; declined (not offered to this worker again)" if decline else ""))
         except GitqueueError as e:
-            self.out(f"{self.name}: could not release {job['job']}: {e}")
+            self.out(f"{self.name}: could not give back {job['job']} ({reason}): {e}")
+        if own:
+            self.trouble += 1
+            if self.trouble >= OWN_TROUBLE_TO_STOP:
+                raise GitqueueError(f"{self.name} gave back {self.trouble} jobs in a row because of trouble on "
+                                    f"this worker, not in the jobs; stopping. The last: {reason}")

@@ -19,8 +19,8 @@ def wait_for(path, timeout=30):
         time.sleep(0.05)
 
 
-def work(url, tmp_path, name, script, *extra):
-    env = {**os.environ, "GITQUEUE_CACHE": str(tmp_path / f"cache-{name}")}
+def work(url, tmp_path, name, script, *extra, env=None):
+    env = {**os.environ, "GITQUEUE_CACHE": str(tmp_path / f"cache-{name}"), **(env or {})}
     return subprocess.Popen(
         [sys.executable, "-m", "gitqueue", "work", "--queue", url, "--worker", name, *extra, "--",
          "sh", "-c", script],
@@ -141,3 +141,34 @@ def test_log_names_fit_the_rule_for_log_names():
     long = "p" + "x" * 199  # the longest job name
     assert is_log_name(log_name(long, token)) and log_name(long, token).endswith("x-01234567.log")
     assert is_log_name(log_name(long)) and not is_log_name(f"{long}-{token[:8]}.log")
+
+
+def test_a_worker_in_trouble_stops_instead_of_churning(tmp_path):
+    """Dependencies that cannot be fetched (the package a result names is missing from the tree):
+    the worker says why each time, declines a job it gave back twice for that, and after three
+    give-backs in a row for its own trouble stops with one Error line, instead of claiming and
+    releasing forever."""
+    from helpers import make_package_queue
+
+    tree = tmp_path / "packages"
+    (tree / "All").mkdir(parents=True)
+    url = make_package_queue(tmp_path, str(tree), [job("a-1"), job("b-1", ["a-1"]), job("c-1", ["a-1"])])
+    with open_queue(url, tmp_path, host="other") as q:
+        lease.claim(q, "builder")
+        lease.report(q, "builder", "a-1", "success", packages=[{"name": "a-1.tgz", "size": 3, "sha256": "0" * 64}])
+    config = tmp_path / "config.toml"
+    config.write_text("transfer_attempts = 1\n")
+    proc = work(url, tmp_path, "w1", "true", "--max-wait", "0.2", env={"GITQUEUE_CONFIG": str(config)})
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out
+    lines = out.splitlines()
+    gave_back = [ln for ln in lines if ln.startswith("w1: gave back ")]
+    assert len(gave_back) == 3, out
+    assert all(": cannot fetch the packages of a-1: " in ln for ln in gave_back), out
+    assert lines[-1].startswith("Error: w1 gave back 3 jobs in a row because of trouble on this worker, not in the "
+                                "jobs; stopping. The last: cannot fetch the packages of a-1: "), out
+    releases = [s for s in git_log(url).splitlines() if s.startswith("release ")]
+    assert len(releases) == 3
+    # A job given back twice for the same cause is declined: not offered to w1 again.
+    declined = [ln for ln in gave_back if ln.endswith("; declined (not offered to this worker again)")]
+    assert declined and all(ln.split(":")[1].split()[-1] in ("b-1", "c-1") for ln in declined)

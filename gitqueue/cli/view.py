@@ -60,9 +60,18 @@ def status_text(data) -> str:
     """The human text of `gitqueue status`."""
     c = data["counts"]
     eta = data.get("eta_seconds")
+    churn = data.get("churn") or {}
+    # Jobs given back faster than jobs get built: no estimate is honest then.
+    stuck = churn.get("workers") or churn.get("released_last_hour", 0) > max(churn.get("built_last_hour", 0), 2)
+    if data["finished"]:
+        to_go = ""
+    elif stuck:
+        to_go = (f", no estimate: {churn['released_last_hour']} jobs given back and {churn['built_last_hour']} "
+                 "built in the last hour (see churn below)")
+    else:
+        to_go = f", about {_duration(eta)} to go" if eta else ""
     lines = [f"queue {data['queue']}: {data['done']}/{data['total']} done ({data['progress']:.1%})"
-             + (" - finished" if data["finished"] else "")
-             + (f", about {_duration(eta)} to go" if eta and not data["finished"] else "")]
+             + (" - finished" if data["finished"] else "") + to_go]
     lines.append("  ".join(f"{state} {n}" for state, n in c.items()))
     if not data["total"]:
         return printable_lines(lines)
@@ -88,6 +97,13 @@ def status_text(data) -> str:
             left = "-" if x["expires_in"] is None else (
                 "due now" if x["expires_in"] <= 0 else f"in {_duration(x['expires_in'])}")
             lines.append(f"  {x['job']:40} {x['worker']:16} silent {_ago(x['silent']):>8}, expires {left}")
+    if not data["finished"] and (churn.get("jobs") or churn.get("workers")):
+        lines.append("churn (jobs given back instead of built):")
+        for w in churn.get("workers", []):
+            lines.append(f"  worker {w['worker']:16} gave back {w['given_back']} jobs since it last reported one: "
+                         "in trouble? (gitqueue history, its own output)")
+        for j in churn.get("jobs", []):
+            lines.append(f"  {j['job']:40} given back {j['given_back']} times")
     if data["blockers"]:
         lines.append("top blockers (failed packages keeping others from building):")
         for b in data["blockers"]:

@@ -253,3 +253,24 @@ def test_a_linked_log_goes_neither_into_logs_nor_into_the_report(gq, tmp_path):
     assert gq("html", site, "--queue", url).stdout.endswith(", 0 logs copied\n")
     for path in site.rglob("*"):
         assert secret not in path.read_bytes(), path
+
+
+def test_status_shows_churn_instead_of_an_estimate(gq, tmp_path):
+    """A worker that keeps giving jobs back (its transfer is broken, say): status names it and the
+    jobs going round, and gives no estimate of the time to go."""
+    url = make_queue(tmp_path, [job(f"j{i}-1") for i in range(4)])
+    with open_queue(url, tmp_path) as q:
+        got = lease.claim(q, "good")
+        lease.report(q, "good", got["job"], "success")
+        for _ in range(4):
+            got = lease.claim(q, "stuck")
+            lease.release(q, "stuck", got["job"], "cannot fetch the packages of x-1", decline=False)
+    data = json.loads(gq("status", "--queue", url, "--json").stdout)
+    assert data["churn"]["workers"] == [{"worker": "stuck", "given_back": 4}]
+    assert data["churn"]["released_last_hour"] == 4 and data["churn"]["built_last_hour"] == 1
+    text = gq("status", "--queue", url).stdout.splitlines()
+    assert text[0] == ("queue test: 1/4 done (25.0%), no estimate: 4 jobs given back and 1 built in the last hour "
+                       "(see churn below)")
+    churn = text.index("churn (jobs given back instead of built):")
+    assert text[churn + 1].split()[:6] == ["worker", "stuck", "gave", "back", "4", "jobs"]
+    assert all("given back" in line for line in text[churn + 2:churn + 2 + len(data["churn"]["jobs"])])
