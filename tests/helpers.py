@@ -10,8 +10,13 @@ from gitqueue.admin import import_jobs, init_queue
 from gitqueue.queue import Queue
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
 SUBSET = REPO / "gitqueue" / "data" / "pkgsrc-subset.presolve"
+# Real data shipped with the tests (tests/data/README.md names the source), so that they run in a
+# plain clone: the whole 29k scan, a real bulk build's times, and its packages as a JSONL graph.
+DATA = REPO / "tests" / "data"
+FULL_SCAN = DATA / "pkgsrc-presolve.xz"
+BUILD_TIMES = DATA / "pkgsrc-build-times.tsv.xz"
+BULK_JSONL = DATA / "pkgsrc-bulk-large.jsonl.xz"
 
 
 def job(name, deps=(), version="1.0", **extra):

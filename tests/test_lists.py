@@ -1,5 +1,7 @@
 """Priority and no-way lists, build-time history, and the scheduler inside claim."""
 
+import lzma
+
 import pytest
 
 from gitqueue import lease, lists
@@ -7,7 +9,7 @@ from gitqueue.errors import GitqueueError, QueueFinished
 from gitqueue.history import apply_times, load_times
 from gitqueue.report import status
 
-from helpers import SHARED, git_log, gitqueue, job, make_queue, open_queue
+from helpers import BUILD_TIMES, SUBSET, git_log, gitqueue, job, make_queue, open_queue
 
 GRAPH = [job("base-1"), job("icu-78.1", ["base-1"], pkgpath="textproc/icu"),
          job("needs-icu-1", ["icu-78.1"]), job("gmake-4.4.1", ["base-1"], pkgpath="devel/gmake"),
@@ -98,13 +100,13 @@ def test_history_from_a_tsv_and_from_an_earlier_queue(tmp_path):
         load_times(str(bad))
 
 
-@pytest.mark.skipif(not (SHARED / "pkgsrc-build-times.tsv").exists(), reason="shared build times absent")
 def test_import_with_real_build_times(tmp_path):
     url = str(tmp_path / "q.git")
     env = {"GITQUEUE_CACHE": str(tmp_path / "c")}
+    times = tmp_path / "pkgsrc-build-times.tsv"
+    times.write_bytes(lzma.decompress(BUILD_TIMES.read_bytes()))
     assert gitqueue("init", url, env=env).returncode == 0
-    p = gitqueue("import", url, SHARED.parent.parent / "main" / "gitqueue" / "data" / "pkgsrc-subset.presolve",
-                 "--history", SHARED / "pkgsrc-build-times.tsv", "--json", env=env)
+    p = gitqueue("import", url, SUBSET, "--history", times, "--json", env=env)
     assert p.returncode == 0, p.stderr
     assert '"estimated_from_history": 254' in p.stdout
 
