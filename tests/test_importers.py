@@ -328,9 +328,7 @@ def test_unreadable_and_empty_files_are_refused(tmp_path):
 
 # --- properties -------------------------------------------------------------------
 
-job_names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._+~-]{0,40}", fullmatch=True).filter(
-    lambda s: not s.endswith(".lock")
-)
+job_names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._+~-]{0,40}", fullmatch=True)
 printable = st.text(st.characters(codec="utf-8"), max_size=20).filter(str.isprintable)
 pkgpaths = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,10}/[A-Za-z0-9][A-Za-z0-9._+-]{0,10}", fullmatch=True)
 numbers = st.integers(-(2**40), 2**40) | st.floats(allow_nan=False, allow_infinity=False)
@@ -409,7 +407,7 @@ def test_random_input_raises_only_import_refused(tmp_path, data, fmt):
 
 
 hostile_names = st.sampled_from(
-    ["../x", "a/b", ".hidden", "-opt", "a b", "a\nb", "a\x00b", "", "x.lock", "a\\b", "/abs", "~user", "é-1"]
+    ["../x", "a/b", ".hidden", "-opt", "a b", "a\nb", "a\x00b", "", "a\\b", "/abs", "~user", "é-1"]
 ) | st.text(max_size=30).filter(lambda s: not s[:1].isascii() or not s[:1].isalnum() or any(c in s for c in "/ \t\n\x00"))
 
 
