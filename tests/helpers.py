@@ -23,6 +23,11 @@ def job(name, deps=(), version="1.0", **extra):
     return {"name": name, "version": version, "deps": list(deps), **extra}
 
 
+def pkg(name, deps=(), **extra):
+    """A job named as pkgsrc names it, NAME-VERSION: its version is what follows the last '-'."""
+    return job(name, deps, version=name.rpartition("-")[2], **extra)
+
+
 def make_queue(tmp_path, jobs, ttl=3600, name="q.git", hook=True):
     """A local bare queue with `jobs` imported; returns its URL (a path).
 
