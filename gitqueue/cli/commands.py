@@ -11,7 +11,8 @@ from .main import _ssh_command, cli, context, emit, json_option, queue_option, w
 @click.argument("url")
 @click.option("--name", help="Name of this build (default: the repository's name).")
 @click.option("--arch", default="", help="Machine architecture every worker must have (uname -m).")
-@click.option("--os-release", default="", help="OS release every worker must run.")
+@click.option("--os-release", default="", help="OS release every worker must run: what `uname -r` says "
+                                                "(10.1), on Linux ID-VERSION_ID of /etc/os-release (debian-12).")
 @click.option("--pkgsrc-branch", default="", help="pkgsrc branch every worker must build from.")
 @click.option("--pkgsrc-revision", default="", help="pkgsrc tree revision every worker must build from.")
 @click.option("--lease-ttl", type=int, default=3600, show_default=True,
