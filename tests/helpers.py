@@ -81,7 +81,7 @@ def write_jsonl(path, jobs):
     return str(path)
 
 
-def gitqueue(*args, env=None, check=False, timeout=120):
+def gitqueue(*args, env=None, check=False, timeout=120, cwd=None):
     """Run the real command line in a new process, with this checkout's gitqueue.
 
     PYTHONPATH names this checkout: the shared Python's installed gitqueue may be another one's.
@@ -89,7 +89,7 @@ def gitqueue(*args, env=None, check=False, timeout=120):
     base = {**os.environ, **(env or {})}
     base["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), base.get("PYTHONPATH")) if p)
     proc = subprocess.run([sys.executable, "-m", "gitqueue", *map(str, args)], capture_output=True, text=True,
-                          env=base, timeout=timeout)
+                          env=base, timeout=timeout, cwd=cwd)
     if check and proc.returncode != 0:
         raise AssertionError(f"gitqueue {' '.join(map(str, args))} exited {proc.returncode}: {proc.stderr}")
     return proc

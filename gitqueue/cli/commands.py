@@ -90,8 +90,9 @@ def _bytes(text: str, option: str) -> int:
 def import_cmd(url, file, fmt, histories, as_json):
     """Load a dependency graph into the queue at URL, all or nothing.
 
-    Estimates of build time come from --history, else from the graph (est_seconds,
-    PBULK_WEIGHT), else a default; they order the build by its critical path.
+    FILE is pbulk's presolve output or a JSONL graph, one job per line (the keys and what is
+    refused: docs/import.md). Estimates of build time come from --history, else from the graph
+    (est_seconds, PBULK_WEIGHT), else a default; they order the build by its critical path.
 
     \b
     Example: gitqueue import /srv/queues/2026Q4-m68k /var/bulk/presolve
