@@ -2,7 +2,7 @@
 
 from . import records, timeline
 from .errors import UnknownJob
-from .lists import base_name
+from .layout import base_name
 from .names import record_path
 from .outcome import from_index
 
@@ -16,9 +16,12 @@ def _snapshot(queue):
 
 
 def matching(outcome, package: str) -> list[str]:
-    """Names of the jobs that `package` names: a PKGNAME, its base name or a package path."""
-    return sorted(name for name, job in outcome.jobs.items()
-                  if package in (name, job["pkgpath"]) or base_name(name) == package)
+    """Names of the jobs that `package` names: a PKGNAME, its base name or a package path.
+
+    The base name is the job's name without its record's version (libbsd for libbsd-0.11.7-2 of
+    version 0.11.7-2), not what precedes the last '-'.
+    """
+    return sorted(name for name, job in outcome.jobs.items() if package in (name, job["pkgpath"], base_name(job)))
 
 
 def package_history(queues: list, package: str) -> list[dict]:
@@ -61,7 +64,7 @@ def package_history(queues: list, package: str) -> list[dict]:
 
 
 def _key(job):
-    return f"{job['pkgpath'] or '-'} {base_name(job['name'])}"
+    return f"{job['pkgpath'] or '-'} {base_name(job)}"
 
 
 def compare(old_queue, new_queue, limit: int = 20) -> dict:

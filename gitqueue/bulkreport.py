@@ -156,7 +156,8 @@ def text(data: dict, breakage_rows: int = 20) -> str:
     """The report as plain text for a mailing list, every control character escaped."""
     s = data["settings"]
     state = "finished" if data["finished"] else "in progress"
-    lines = [f"pkgsrc bulk build report: {data['queue']} ({state})", "",
+    kind = "pkgsrc bulk build report" if s.get("pkgsrc_branch") else "Bulk build report"
+    lines = [f"{kind}: {data['queue']} ({state})", "",
              f"Platform:   {platform_text(s)}",
              f"Started:    {time_text(data['started'])}",
              f"Ended:      {time_text(data['ended']) if data['ended'] is not None else '- (still running)'}",

@@ -165,7 +165,8 @@ def page(data: dict, links: dict | None = None) -> str:
         "<h2>Summary</h2>",
         _table("summary", None, [
             ["Platform", platform_text(s)],
-            ["pkgsrc branch", s.get("pkgsrc_branch") or "-"],
+            # Only pkgsrc has branches: other package systems' queues have none to show.
+            *([["pkgsrc branch", s["pkgsrc_branch"]]] if s.get("pkgsrc_branch") else []),
             ["Started", time_text(data["started"])],
             ["Ended", time_text(data["ended"]) if data["ended"] is not None else "still running"],
             ["Duration", duration_text(data["duration"])],

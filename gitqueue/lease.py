@@ -62,12 +62,19 @@ class Overlay:
         return self.base.blob_id(path)
 
 
+# A commit of several actions keeps their subjects whole up to SUBJECT_LIMIT characters; longer,
+# it names packages per action, as many as fit, and never goes past MAX_SUBJECT.
+SUBJECT_LIMIT = 100
+MAX_SUBJECT = 120
+
+
 class Batch:
     """Several claims and reports decided into one commit (see `settle`)."""
 
     def __init__(self, reader):
         self.reader = Overlay(reader)
         self.subjects = []
+        self.actions = []  # (action, job) of each subject
         self.trailers = []
         self.claimed = []  # scheduler.Busy of the claims decided so far
         self.leases = {}  # worker -> live leases gained (claims) or lost (reports) in this commit
@@ -75,6 +82,7 @@ class Batch:
     def add(self, files: dict, subject: str, facts: dict):
         self.reader.files.update(files)
         self.subjects.append(subject)
+        self.actions.append((facts["Action"], facts["Job"]))
         self.trailers.append(trailers(facts))
 
     def change(self):
@@ -84,19 +92,48 @@ class Batch:
         if len(self.subjects) == 1:
             return Change(dict(self.reader.files), f"{self.subjects[0]}\n\n{self.trailers[0]}")
         subject = "; ".join(self.subjects)
-        if len(subject) > 100:
-            subject = f"{len(self.subjects)} changes: " + ", ".join(
-                f"{n} {verb}{'s' if n > 1 else ''}" for verb, n in _tally(self.subjects))
+        if len(subject) > SUBJECT_LIMIT:
+            subject = short_subject(self.actions)
         body = "\n".join(self.subjects)
         return Change(dict(self.reader.files), f"{subject}\n\n{body}\n\n" + "".join(self.trailers))
 
 
-def _tally(subjects):
-    counts = {}
-    for s in subjects:
-        verb = s.split(" ", 1)[0]
-        counts[verb] = counts.get(verb, 0) + 1
-    return counts.items()
+def short_subject(actions: list[tuple[str, str]]) -> str:
+    """A subject for `git log --oneline` naming the packages of several (action, job) pairs.
+
+    Jobs are grouped by action, in order: "report a-1, p-2 (+3 more); claim b-1, c-1". Each action
+    names at least its first job; more are named while the subject stays within SUBJECT_LIMIT
+    characters. Names are cut short only when the first ones alone would pass MAX_SUBJECT.
+    """
+    groups: dict[str, list[str]] = {}
+    for action, job in actions:
+        groups.setdefault(action, []).append(job)
+    shown = dict.fromkeys(groups, 1)
+    width = MAX_SUBJECT
+
+    def text():
+        parts = []
+        for action, jobs in groups.items():
+            names = [job if len(job) <= width else job[: width - 3] + "..." for job in jobs[: shown[action]]]
+            more = len(jobs) - shown[action]
+            parts.append(f"{action} {', '.join(names)}" + (f" (+{more} more)" if more else ""))
+        return "; ".join(parts)
+
+    if len(text()) > MAX_SUBJECT:
+        # " (+NNN more)" and "; " around each action's name.
+        width = max(16, (MAX_SUBJECT - sum(len(action) + 15 for action in groups)) // len(groups))
+        return text()
+    grown = True
+    while grown:  # name one more job of each action in turn, while it fits
+        grown = False
+        for action, jobs in groups.items():
+            if shown[action] < len(jobs):
+                shown[action] += 1
+                if len(text()) <= SUBJECT_LIMIT:
+                    grown = True
+                else:
+                    shown[action] -= 1
+    return text()
 
 
 def claim(queue, worker: str, host: str | None = None, platform: dict | None = None) -> dict:

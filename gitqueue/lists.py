@@ -9,16 +9,12 @@ import re
 
 from . import records
 from .errors import GitqueueError
+from .layout import base_name
 from .queue import Change, trailers
 
 PRIORITY_PATH = "priority.toml"
 NOWAY_PATH = "noway.toml"
 ADMIN = "gitqueue-admin <admin@gitqueue>"
-
-
-def base_name(name: str) -> str:
-    """PKGNAME without its version: gtk3+-3.24.51 -> gtk3+."""
-    return name.rsplit("-", 1)[0] if "-" in name else name
 
 
 def compile_patterns(patterns):
@@ -29,10 +25,14 @@ def compile_patterns(patterns):
 
 
 def matches(rx, job: dict) -> bool:
-    """Whether the compiled patterns `rx` match a job's name, base name or package path."""
+    """Whether the compiled patterns `rx` match a job's name, base name or package path.
+
+    The base name is the name without the record's version (layout.base_name), so `libbsd`
+    matches libbsd-0.11.7-2 of version 0.11.7-2.
+    """
     if rx is None:
         return False
-    return bool(rx.match(job["name"]) or rx.match(base_name(job["name"]))
+    return bool(rx.match(job["name"]) or rx.match(base_name(job))
                 or (job.get("pkgpath") and rx.match(job["pkgpath"])))
 
 

@@ -6,7 +6,9 @@ import re
 from .errors import InvalidName
 
 # pkgsrc PKGNAMEs use letters, digits and ._+-~ (e.g. gtk3+-3.24.51, p5-URI-5.21).
-# Nothing here can form a path separator, a dot-dir or an option.
+# Nothing here can form a path separator, a dot-dir or an option. A job name only ever names
+# files (KIND/XX/NAME.toml, build directories, logs), never a git ref, so "flufl.lock" (a Debian
+# source package) is a job name like any other.
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]*")
 _WORKER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 MAX_NAME = 200
@@ -14,12 +16,7 @@ MAX_NAME = 200
 
 def check_job_name(name: str, where: str = "") -> str:
     """Return `name` if it is a safe job name, else raise InvalidName naming `where`."""
-    if (
-        not isinstance(name, str)
-        or len(name) > MAX_NAME
-        or not _NAME_RE.fullmatch(name)
-        or name.endswith(".lock")
-    ):
+    if not isinstance(name, str) or len(name) > MAX_NAME or not _NAME_RE.fullmatch(name):
         prefix = f"{where}: " if where else ""
         raise InvalidName(f"{prefix}invalid job name {name!r}")
     return name

@@ -10,12 +10,22 @@ from gitqueue.admin import import_jobs, init_queue
 from gitqueue.queue import Queue
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
 SUBSET = REPO / "gitqueue" / "data" / "pkgsrc-subset.presolve"
+# Real data shipped with the tests (tests/data/README.md names the source), so that they run in a
+# plain clone: the whole 29k scan, a real bulk build's times, and its packages as a JSONL graph.
+DATA = REPO / "tests" / "data"
+FULL_SCAN = DATA / "pkgsrc-presolve.xz"
+BUILD_TIMES = DATA / "pkgsrc-build-times.tsv.xz"
+BULK_JSONL = DATA / "pkgsrc-bulk-large.jsonl.xz"
 
 
 def job(name, deps=(), version="1.0", **extra):
     return {"name": name, "version": version, "deps": list(deps), **extra}
+
+
+def pkg(name, deps=(), **extra):
+    """A job named as pkgsrc names it, NAME-VERSION: its version is what follows the last '-'."""
+    return job(name, deps, version=name.rpartition("-")[2], **extra)
 
 
 def make_queue(tmp_path, jobs, ttl=3600, name="q.git", hook=True):
@@ -71,7 +81,7 @@ def write_jsonl(path, jobs):
     return str(path)
 
 
-def gitqueue(*args, env=None, check=False, timeout=120):
+def gitqueue(*args, env=None, check=False, timeout=120, cwd=None):
     """Run the real command line in a new process, with this checkout's gitqueue.
 
     PYTHONPATH names this checkout: the shared Python's installed gitqueue may be another one's.
@@ -79,7 +89,7 @@ def gitqueue(*args, env=None, check=False, timeout=120):
     base = {**os.environ, **(env or {})}
     base["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), base.get("PYTHONPATH")) if p)
     proc = subprocess.run([sys.executable, "-m", "gitqueue", *map(str, args)], capture_output=True, text=True,
-                          env=base, timeout=timeout)
+                          env=base, timeout=timeout, cwd=cwd)
     if check and proc.returncode != 0:
         raise AssertionError(f"gitqueue {' '.join(map(str, args))} exited {proc.returncode}: {proc.stderr}")
     return proc

@@ -7,22 +7,22 @@ then reclaimed from a silent worker, then built. Every commit time is T0 + the s
 
 from gitqueue import lease, lists
 
-from helpers import job, make_queue, open_queue
+from helpers import make_queue, open_queue, pkg
 
 T0 = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC
 TTL = 60
 JOBS = [
-    job("a-1.0", pkgpath="cat/a", est_seconds=100, maintainer="alice@example.org"),
-    job("b-2.0", ["a-1.0"], pkgpath="cat/b", est_seconds=10),
-    job("c-3.0", ["a-1.0"], pkgpath="cat/c", est_seconds=50, maintainer="carol@example.org"),
-    job("d-1.0", ["c-3.0"], pkgpath="cat/d", est_seconds=60),
-    job("e-1.0", ["d-1.0"], pkgpath="cat/e", est_seconds=60),
-    job("f-1.0", pkgpath="cat/f", est_seconds=20),
-    job("g-1.0", pkgpath="cat/g", est_seconds=5),
-    job("p-1.0", pkgpath="cat/p", prefailed="broken on this platform", maintainer="pat@example.org"),
-    job("q-1.0", ["p-1.0"], pkgpath="cat/q"),
-    job("n-1.0", pkgpath="cat/n"),
-    job("m-1.0", ["n-1.0"], pkgpath="cat/m"),
+    pkg("a-1.0", pkgpath="cat/a", est_seconds=100, maintainer="alice@example.org"),
+    pkg("b-2.0", ["a-1.0"], pkgpath="cat/b", est_seconds=10),
+    pkg("c-3.0", ["a-1.0"], pkgpath="cat/c", est_seconds=50, maintainer="carol@example.org"),
+    pkg("d-1.0", ["c-3.0"], pkgpath="cat/d", est_seconds=60),
+    pkg("e-1.0", ["d-1.0"], pkgpath="cat/e", est_seconds=60),
+    pkg("f-1.0", pkgpath="cat/f", est_seconds=20),
+    pkg("g-1.0", pkgpath="cat/g", est_seconds=5),
+    pkg("p-1.0", pkgpath="cat/p", prefailed="broken on this platform", maintainer="pat@example.org"),
+    pkg("q-1.0", ["p-1.0"], pkgpath="cat/q"),
+    pkg("n-1.0", pkgpath="cat/n"),
+    pkg("m-1.0", ["n-1.0"], pkgpath="cat/m"),
 ]
 COUNTS = {"ready": 0, "waiting": 0, "leased": 0, "success": 4, "failed": 1, "indirect-failed": 2, "prefailed": 1,
           "indirect-prefailed": 1, "skipped": 1, "indirect-skipped": 1}

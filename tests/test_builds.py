@@ -66,3 +66,33 @@ def test_the_difference_between_two_builds(tmp_path):
     assert [(c["new"], c["old_seconds"], c["new_seconds"], c["change"]) for c in data["time_changes"]] == [
         ("b-2.0", 300, 30, -270), ("a-1.0", 90, 100, 10), ("g-1.0", 10, 5, -5)]
     assert [r["new"] for r in same["still_failing"]] == ["c-3.0"] and same["newly_failing"] == []
+
+
+def debian_build(tmp_path, name, revision, status):
+    """A queue of two Debian source packages whose versions carry a Debian revision (2.0.6-4)."""
+    jobs = [{"name": f"libmd-1.1.0-{revision}", "version": f"1.1.0-{revision}", "deps": []},
+            {"name": f"libbsd-0.11.7-{revision}", "version": f"0.11.7-{revision}",
+             "deps": [f"libmd-1.1.0-{revision}"]}]
+    url = make_queue(tmp_path, jobs, name=name)
+    with open_queue(url, tmp_path, host=name) as q:
+        for job in jobs:
+            assert lease.claim(q, "w1")["job"] == job["name"]
+            lease.report(q, "w1", job["name"], status if "libbsd" in job["name"] else "success", duration=60)
+    return url
+
+
+def test_packages_are_named_by_the_records_own_version_not_the_last_dash(tmp_path):
+    """libbsd-0.11.7-2 of version 0.11.7-2 is libbsd, not "libbsd-0.11.7"; across builds too."""
+    old = debian_build(tmp_path, "old.git", 1, "failure")
+    new = debian_build(tmp_path, "new.git", 2, "success")
+    with open_queue(old, tmp_path, host="v1") as q1, open_queue(new, tmp_path, host="v2") as q2:
+        rows = package_history([q1, q2], "libbsd")
+        assert [(r["job"], r["result"]) for r in rows] == [("libbsd-0.11.7-1", "failure"),
+                                                            ("libbsd-0.11.7-2", "success")]
+        assert [r["job"] for r in package_history([q2], "libbsd-0.11.7-2")] == ["libbsd-0.11.7-2"]
+        with pytest.raises(UnknownJob):
+            package_history([q2], "libbsd-0.11.7")
+        data = compare(q1, q2)
+    # The same package in both builds: fixed, neither added nor removed.
+    assert [(r["old"], r["new"]) for r in data["newly_fixed"]] == [("libbsd-0.11.7-1", "libbsd-0.11.7-2")]
+    assert data["added"] == [] and data["removed"] == []

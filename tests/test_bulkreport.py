@@ -68,7 +68,8 @@ def test_the_text_report(tmp_path):
     data, _ = report_of(tmp_path)
     text = bulkreport.text(data)
     lines = text.splitlines()
-    assert lines[0] == "pkgsrc bulk build report: test (finished)"
+    assert lines[0] == "Bulk build report: test (finished)"  # no pkgsrc branch: any package system
+    assert "Platform:   any platform" in lines and "pkgsrc" not in text
     assert "Started:    2026-01-01 00:00:00 UTC" in lines and "Duration:   4 min" in lines
     assert "Total number of packages:                           11" in lines
     assert "  Successfully built:                               4" in lines
@@ -77,3 +78,11 @@ def test_the_text_report(tmp_path):
     assert "    c-3.0: *** Error code 1" in lines
     assert any(line.startswith("w1 ") and line.split()[1:5] == ["2", "1", "0", "0"] for line in lines)
     assert "Being built now" not in text and text.endswith(f"Queue commit {data['commit']}\n")
+
+
+def test_a_pkgsrc_queue_says_so_with_its_branch(tmp_path):
+    data, _ = report_of(tmp_path)
+    data["settings"] = dict(data["settings"], arch="m68k", os_release="10.1", pkgsrc_branch="pkgsrc-2026Q4")
+    lines = bulkreport.text(data).splitlines()
+    assert lines[0] == "pkgsrc bulk build report: test (finished)"
+    assert "Platform:   10.1/m68k, pkgsrc-2026Q4" in lines

@@ -1,6 +1,8 @@
 """The documentation agrees with the command line: help examples, README commands, exit statuses."""
 
+import json
 import re
+import shlex
 
 import pytest
 from click.testing import CliRunner
@@ -8,7 +10,7 @@ from click.testing import CliRunner
 from gitqueue import errors
 from gitqueue.cli.main import cli
 
-from helpers import REPO
+from helpers import REPO, gitqueue
 
 README = (REPO / "README.md").read_text()
 COMMANDS = sorted(cli.list_commands(None))
@@ -83,3 +85,43 @@ def test_the_exit_statuses_of_the_library_are_the_documented_ones():
     assert (errors.EXIT_ERROR, errors.EXIT_NOTHING_READY, errors.EXIT_FINISHED, errors.EXIT_LEASE_LOST) == (1, 3, 4, 5)
     assert errors.NothingReady.exit_code == 3 and errors.QueueFinished.exit_code == 4
     assert errors.LeaseLost.exit_code == 5 and errors.UnknownJob.exit_code == 1
+
+
+# -- docs/import.md: the graph formats ------------------------------------------------------------
+
+IMPORT_DOC = (REPO / "docs" / "import.md").read_text()
+
+
+def fenced(text: str, lang: str) -> list[str]:
+    """The contents of the code blocks fenced as ```lang in `text`, in order."""
+    return re.findall(rf"^```{lang}\n(.*?)^```$", text, re.M | re.S)
+
+
+def test_the_documented_jsonl_keys_are_the_accepted_ones():
+    from gitqueue.importers import jsonl
+
+    table = re.search(r"^\| key \| required \| value \|\n\| --- .*?\n((?:\|.*\n)+)", IMPORT_DOC, re.M).group(1)
+    rows = [re.match(r"\| `(\w+)` \| (yes|no) \|", line).groups() for line in table.splitlines()]
+    assert sorted(key for key, _ in rows) == sorted(jsonl.KEYS)
+    assert [key for key, required in rows if required == "yes"] == list(jsonl.REQUIRED)
+
+
+def test_the_documented_jsonl_example_imports_and_builds_as_documented(tmp_path):
+    """The example of docs/import.md, run through the real `gitqueue import` with its shown output."""
+    [graph] = fenced(IMPORT_DOC, "jsonl")
+    (tmp_path / "graph.jsonl").write_text(graph)
+    queue = tmp_path / "srv" / "example.git"
+    env = {"GITQUEUE_CACHE": str(tmp_path / "cache"), "GITQUEUE_CONFIG": str(tmp_path / "none.toml")}
+    session = next(block for block in fenced(IMPORT_DOC, "sh") if "gitqueue import" in block)
+    for command, *shown in (part.splitlines() for part in session.split("$ ")[1:]):
+        args = shlex.split(command.replace("/srv/queues/example.git", str(queue)))
+        assert args[0] == "gitqueue"
+        proc = gitqueue(*args[1:], env=env, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        expected = "".join(line + "\n" for line in shown).replace("/srv/queues/example.git", str(queue))
+        assert proc.stdout == expected, command
+    # ... and builds as the text after it says: five built, one prefailed, one indirect-prefailed.
+    assert gitqueue("work", "--queue", queue, "--worker", "w1", "--", "true", env=env).returncode == 0
+    counts = json.loads(gitqueue("status", "--queue", queue, "--json", env=env).stdout)["counts"]
+    assert (counts["success"], counts["prefailed"], counts["indirect-prefailed"]) == (5, 1, 1)
+    assert "Five jobs get built; `broken-1.0` is prefailed and `viewer-2.0`" in IMPORT_DOC

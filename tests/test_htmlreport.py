@@ -61,9 +61,9 @@ def test_the_page_in_a_real_browser(tmp_path, browser):
     assert facts["title"] == "Bulk build report: test" and facts["svgs"] == 2
     assert facts["bars"] == 7  # one per attempt in the timeline
     tables = facts["tables"]
-    assert tables["summary"][0] == ["Platform", "any platform"]
-    assert tables["summary"][2:] == [["Started", "2026-01-01 00:00:00 UTC"], ["Ended", "2026-01-01 00:04:00 UTC"],
-                                     ["Duration", "4 min"]]
+    # No pkgsrc branch, no "pkgsrc branch" row: the queue may build any package system.
+    assert tables["summary"] == [["Platform", "any platform"], ["Started", "2026-01-01 00:00:00 UTC"],
+                                 ["Ended", "2026-01-01 00:04:00 UTC"], ["Duration", "4 min"]]
     assert tables["counts"] == [["Total", "11"], ["Successfully built", "4"], ["Failed to build", "1"],
                                 ["Depending on failed package", "2"], ["Explicitly broken or masked (prefailed)", "1"],
                                 ["Depending on masked package", "1"], ["Never built on this architecture (no way)", "1"],
@@ -123,6 +123,15 @@ def test_logs_elsewhere_are_linked_by_url(tmp_path):
     htmlreport.write(str(tmp_path / "site"), data, log_url="https://pkgs.example.org/m68k/logs/")
     html = (tmp_path / "site" / "index.html").read_text()
     assert '<a href="https://pkgs.example.org/m68k/logs/c-3.0/c-3.0.log">log</a>' in html
+
+
+def test_the_pkgsrc_branch_is_shown_only_when_the_queue_has_one(tmp_path):
+    url, clock = make_known_build(tmp_path)
+    with open_queue(url, tmp_path, host="viewer", clock=clock) as q:
+        data = bulkreport.build(q)
+    assert "pkgsrc" not in htmlreport.page(data)
+    data["settings"] = dict(data["settings"], pkgsrc_branch="pkgsrc-2026Q4")
+    assert "<tr><td>pkgsrc branch</td><td>pkgsrc-2026Q4</td></tr>" in htmlreport.page(data)
 
 
 def test_every_cell_is_escaped_unless_it_is_markup(tmp_path):

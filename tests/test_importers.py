@@ -2,7 +2,6 @@
 
 import json
 import lzma
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,20 +11,9 @@ from gitqueue.errors import ImportRefused
 from gitqueue.importers import check_graph, guess_format, load_graph
 from gitqueue.names import check_job_name
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-SUBSET = DATA / "pkgsrc-subset.presolve"
-FULL = DATA / "pkgsrc-presolve.xz"
-BULK_JSONL = DATA / "pkgsrc-bulk-large.jsonl"
-# The package ships the same subset, so the unit tests do not depend on the shared checkout.
-PACKAGED_SUBSET = Path(__file__).resolve().parents[1] / "gitqueue" / "data" / "pkgsrc-subset.presolve"
+from helpers import BULK_JSONL, FULL_SCAN, SUBSET
 
 fixture_settings = settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
-
-
-def need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"{path} is absent (shared test data; see shared/data/README.md)")
-    return path
 
 
 def assert_topological(jobs):
@@ -81,8 +69,7 @@ def jsonl(tmp_path, *objects, name="graph.jsonl"):
 
 
 def test_subset_parses_to_279_jobs_in_build_order():
-    path = SUBSET if SUBSET.exists() else PACKAGED_SUBSET
-    jobs = load_graph(str(path))
+    jobs = load_graph(str(SUBSET))
     assert len(jobs) == 279
     assert sum(len(j["deps"]) for j in jobs) == 1977
     assert_topological(jobs)
@@ -103,7 +90,7 @@ def test_subset_parses_to_279_jobs_in_build_order():
 
 @pytest.mark.slow
 def test_full_scan_parses_to_29022_jobs():
-    jobs = load_graph(str(need(FULL)))
+    jobs = load_graph(str(FULL_SCAN))
     assert len(jobs) == 29022
     assert sum(len(j["deps"]) for j in jobs) == 209317
     assert sum("multi_version" in j for j in jobs) == 13378
@@ -127,7 +114,7 @@ def test_full_scan_parses_to_29022_jobs():
 
 
 def test_bulk_jsonl_sample_loads():
-    jobs = load_graph(str(need(BULK_JSONL)))
+    jobs = load_graph(str(BULK_JSONL))
     assert len(jobs) == 1669
     assert sum(len(j["deps"]) for j in jobs) == 15918
     assert all(isinstance(j["est_seconds"], int) for j in jobs)
@@ -341,9 +328,7 @@ def test_unreadable_and_empty_files_are_refused(tmp_path):
 
 # --- properties -------------------------------------------------------------------
 
-job_names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._+~-]{0,40}", fullmatch=True).filter(
-    lambda s: not s.endswith(".lock")
-)
+job_names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._+~-]{0,40}", fullmatch=True)
 printable = st.text(st.characters(codec="utf-8"), max_size=20).filter(str.isprintable)
 pkgpaths = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,10}/[A-Za-z0-9][A-Za-z0-9._+-]{0,10}", fullmatch=True)
 numbers = st.integers(-(2**40), 2**40) | st.floats(allow_nan=False, allow_infinity=False)
@@ -422,7 +407,7 @@ def test_random_input_raises_only_import_refused(tmp_path, data, fmt):
 
 
 hostile_names = st.sampled_from(
-    ["../x", "a/b", ".hidden", "-opt", "a b", "a\nb", "a\x00b", "", "x.lock", "a\\b", "/abs", "~user", "é-1"]
+    ["../x", "a/b", ".hidden", "-opt", "a b", "a\nb", "a\x00b", "", "a\\b", "/abs", "~user", "é-1"]
 ) | st.text(max_size=30).filter(lambda s: not s[:1].isascii() or not s[:1].isalnum() or any(c in s for c in "/ \t\n\x00"))
 
 

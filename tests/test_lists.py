@@ -1,5 +1,7 @@
 """Priority and no-way lists, build-time history, and the scheduler inside claim."""
 
+import lzma
+
 import pytest
 
 from gitqueue import lease, lists
@@ -7,11 +9,11 @@ from gitqueue.errors import GitqueueError, QueueFinished
 from gitqueue.history import apply_times, load_times
 from gitqueue.report import status
 
-from helpers import SHARED, git_log, gitqueue, job, make_queue, open_queue
+from helpers import BUILD_TIMES, SUBSET, git_log, gitqueue, job, make_queue, open_queue, pkg
 
-GRAPH = [job("base-1"), job("icu-78.1", ["base-1"], pkgpath="textproc/icu"),
-         job("needs-icu-1", ["icu-78.1"]), job("gmake-4.4.1", ["base-1"], pkgpath="devel/gmake"),
-         job("other-1", ["base-1"])]
+GRAPH = [pkg("base-1"), pkg("icu-78.1", ["base-1"], pkgpath="textproc/icu"),
+         pkg("needs-icu-1", ["icu-78.1"]), pkg("gmake-4.4.1", ["base-1"], pkgpath="devel/gmake"),
+         pkg("other-1", ["base-1"])]
 
 
 def settings_arch(tmp_path, arch="m68k"):
@@ -60,6 +62,17 @@ def test_priority_list_puts_packages_and_their_needs_first(tmp_path):
         assert lists.change_priority(q, remove=["needs-icu"]) == []
 
 
+def test_patterns_match_the_base_name_of_a_debian_version(tmp_path):
+    """`libbsd` names libbsd-0.11.7-2 (version 0.11.7-2): the record's version is cut off, whole."""
+    url = make_queue(tmp_path, [job("libbsd-0.11.7-2", version="0.11.7-2"),
+                                job("libbsd-doc-0.11.7-2", version="0.11.7-2"), job("zlib-1.3-1", version="1.3-1")])
+    with open_queue(url, tmp_path) as q:
+        lists.change_noway(q, add=[{"pattern": "libbsd", "arch": "", "reason": "not here"}])
+        assert [s["job"] for s in status(q)["skipped"]] == ["libbsd-0.11.7-2"]
+        lists.change_priority(q, add=["libbsd-doc"])  # else zlib comes first
+        assert lease.claim(q, "w1")["job"] == "libbsd-doc-0.11.7-2"
+
+
 def test_list_commands(tmp_path):
     url = settings_arch(tmp_path)
     env = {"GITQUEUE_CACHE": str(tmp_path / "c")}
@@ -98,13 +111,13 @@ def test_history_from_a_tsv_and_from_an_earlier_queue(tmp_path):
         load_times(str(bad))
 
 
-@pytest.mark.skipif(not (SHARED / "pkgsrc-build-times.tsv").exists(), reason="shared build times absent")
 def test_import_with_real_build_times(tmp_path):
     url = str(tmp_path / "q.git")
     env = {"GITQUEUE_CACHE": str(tmp_path / "c")}
+    times = tmp_path / "pkgsrc-build-times.tsv"
+    times.write_bytes(lzma.decompress(BUILD_TIMES.read_bytes()))
     assert gitqueue("init", url, env=env).returncode == 0
-    p = gitqueue("import", url, SHARED.parent.parent / "main" / "gitqueue" / "data" / "pkgsrc-subset.presolve",
-                 "--history", SHARED / "pkgsrc-build-times.tsv", "--json", env=env)
+    p = gitqueue("import", url, SUBSET, "--history", times, "--json", env=env)
     assert p.returncode == 0, p.stderr
     assert '"estimated_from_history": 254' in p.stdout
 

@@ -7,9 +7,7 @@ from gitqueue import scheduler
 from gitqueue.importers import load_graph
 from gitqueue.simulate import POLICIES, simulate
 
-from helpers import SHARED, job
-
-BULK = SHARED / "pkgsrc-bulk-large.jsonl"
+from helpers import BULK_JSONL, job
 
 
 def test_estimates_in_order_of_trust():
@@ -71,19 +69,15 @@ def test_every_policy_finishes_and_respects_the_bound(jobs, workers, slowness, e
         assert r["ratio"] >= 0.9999
 
 
-needs_bulk = pytest.mark.skipif(not BULK.exists(), reason=f"{BULK} is absent (shared data)")
-
-
 @pytest.fixture(scope="module")
 def bulk():
-    return load_graph(str(BULK))
+    return load_graph(str(BULK_JSONL))
 
 
 def ratios(jobs, workers, slowness=(1,), error=0.0, seed=0):
     return {p: simulate(jobs, workers, p, slowness, error, seed)["ratio"] for p in POLICIES}
 
 
-@needs_bulk
 @pytest.mark.parametrize("workers", [4, 8, 16, 32, 64])
 def test_floor_equal_workers(bulk, workers):
     r = ratios(bulk, workers)
@@ -91,7 +85,6 @@ def test_floor_equal_workers(bulk, workers):
     assert ratios(bulk, workers, error=0.5)["gitqueue"] <= 1.03
 
 
-@needs_bulk
 @pytest.mark.parametrize("workers", [8, 32])
 @pytest.mark.parametrize("slowness", [(1, 4), (1, 2, 5, 10, 20)])
 def test_floor_mixed_machines(bulk, workers, slowness):

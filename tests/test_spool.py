@@ -28,7 +28,7 @@ def _spool_waiting(spool, worker, request, pid):
 
 
 def test_waiting_requests_are_settled_in_one_commit(tmp_path):
-    url = make_queue(tmp_path, [job(f"p{i}-1.0") for i in range(6)])
+    url = make_queue(tmp_path, [job(f"p{i}-1.0", pkgpath=f"devel/p{i}") for i in range(6)])
     with open_queue(url, tmp_path) as q:
         first = lease.claim(q, "w1")
         spool = Spool(q)
@@ -54,9 +54,27 @@ def test_waiting_requests_are_settled_in_one_commit(tmp_path):
         body = git_log(url, "%b", "-1").splitlines()
         assert sum(line.startswith("claim ") for line in body) == 3
         assert sum(line.startswith("report ") for line in body) == 1
+        # The whole subjects would pass 100 characters: the subject names the packages instead.
+        claims = [line.split()[1] for line in body if line.startswith("claim ")]
+        assert git_log(url, "%s", "-1") == f"report {first['job']}; claim {', '.join(claims)}\n"
         assert not [n for n in os.listdir(spool.dir) if n.endswith(".req")]
         audit = replay(q.remote, q.remote.fetch())
     assert audit.violations == [] and audit.claims == 4
+
+
+def test_the_subject_of_many_actions_names_their_packages_and_stays_short():
+    reports = [("report", f"p5-Module-Name-{i}.{i}nb1") for i in range(5)]
+    claims = [("claim", f"py313-package-{i}-2.{i}") for i in range(4)]
+    subject = lease.short_subject(reports + claims)
+    assert subject == ("report p5-Module-Name-0.0nb1, p5-Module-Name-1.1nb1 (+3 more); "
+                       "claim py313-package-0-2.0 (+3 more)")
+    assert len(subject) <= lease.SUBJECT_LIMIT
+    # Every action names its first package in the order the commit does them, however many.
+    many = lease.short_subject([("claim", "a-1")] + [("report", f"r{i}-1") for i in range(300)])
+    assert many.startswith("claim a-1; report r0-1, r1-1, ") and many.endswith(", r10-1 (+289 more)")
+    # Names of 200 characters are cut short so that both still show.
+    long = lease.short_subject([("report", "r" * 200 + "-1"), ("claim", "c" * 200 + "-1")])
+    assert len(long) <= lease.MAX_SUBJECT and long.startswith("report rrr") and "; claim ccc" in long
 
 
 def test_requests_of_dead_processes_are_dropped(tmp_path):

@@ -12,7 +12,8 @@ from .main import _ssh_command, cli, context, emit, json_option, queue_option, w
 @click.argument("url")
 @click.option("--name", help="Name of this build (default: the repository's name).")
 @click.option("--arch", default="", help="Machine architecture every worker must have (uname -m).")
-@click.option("--os-release", default="", help="OS release every worker must run.")
+@click.option("--os-release", default="", help="OS release every worker must run: what `uname -r` says "
+                                                "(10.1), on Linux ID-VERSION_ID of /etc/os-release (debian-12).")
 @click.option("--pkgsrc-branch", default="", help="pkgsrc branch every worker must build from.")
 @click.option("--pkgsrc-revision", default="", help="pkgsrc tree revision every worker must build from.")
 @click.option("--lease-ttl", type=int, default=3600, show_default=True,
@@ -88,8 +89,9 @@ def _bytes(text: str, option: str) -> int:
 def import_cmd(url, file, fmt, histories, as_json):
     """Load a dependency graph into the queue at URL, all or nothing.
 
-    Estimates of build time come from --history, else from the graph (est_seconds,
-    PBULK_WEIGHT), else a default; they order the build by its critical path.
+    FILE is pbulk's presolve output or a JSONL graph, one job per line (the keys and what is
+    refused: docs/import.md). Estimates of build time come from --history, else from the graph
+    (est_seconds, PBULK_WEIGHT), else a default; they order the build by its critical path.
 
     \b
     Example: gitqueue import /srv/queues/2026Q4-m68k /var/bulk/presolve

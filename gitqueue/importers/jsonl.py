@@ -2,6 +2,7 @@
 
 {"name": "a-1.0", "version": "1.0", "deps": ["b-2.0"], "est_seconds": 30, "priority": 1,
  "pkgpath": "cat/a", "prefailed": "why it is not built"}; the last four keys are optional.
+docs/import.md is the users' description: keep it in step.
 """
 
 import json

@@ -78,7 +78,7 @@ def test_html(gq, known, tmp_path):
     text = gq("html", "--text", "--queue", known).stdout
     assert text == (out / "report.txt").read_text().replace((out / "report.txt").read_text().splitlines()[-1],
                                                              text.splitlines()[-1])
-    assert text.startswith("pkgsrc bulk build report: test (finished)\n")
+    assert text.startswith("Bulk build report: test (finished)\n")
     data = json.loads(gq("html", "--json", "--queue", known).stdout)
     assert data["counts"] == COUNTS and len(data["attempts"]) == 7
 
