@@ -21,6 +21,7 @@ from dulwich.repo import Repo
 from .errors import GitqueueError, PushRefused, PushRejected, QueueNotFound, RemoteError, RepositoryDamaged
 
 ZERO_SHA = b"0" * 40
+STALE_REF_LOCK = 30  # seconds after which a ref's lock file is a dead process's
 _DIR = stat.S_IFDIR
 _FILE = 0o100644
 
@@ -576,11 +577,15 @@ class LocalRemote(Remote):
                 age = time.time() - os.stat(lock).st_mtime
             except OSError:
                 age = 0
-            if age > 60:
-                raise RemoteError(
-                    f"{lock} is {age:.0f} s old: a process died while moving the branch; "
-                    "remove the file if no gitqueue or git process is running"
-                ) from None
+            if age > STALE_REF_LOCK:
+                # git and dulwich hold a ref's lock for the milliseconds of an update: one this
+                # old was left by a process killed meanwhile (a worker's machine crashing, the
+                # OOM killer). Every writer of the queue would stop on it; take it away and retry.
+                try:
+                    os.unlink(lock)
+                except FileNotFoundError:
+                    pass
+                raise PushRejected(f"removed {lock}, left {age:.0f} s ago by a process that died") from None
             raise PushRejected("branch is being updated by another process") from None
         if not ok:
             raise PushRejected("branch moved")
