@@ -154,6 +154,9 @@ def html_cmd(outdir, as_text, logs_dir, log_url, queue_url, as_json):
 def history_cmd(package, queue_urls, as_json):
     """List every attempt at PACKAGE (PKGNAME, base name or package path) in one or more builds.
 
+    Each job's attempts are numbered (#) from 1 in the order claimed: `gitqueue log JOB
+    --attempt N` prints the log of one.
+
     Exit 0; 1 when no queue has the package or a queue cannot be read.
 
     \b
@@ -173,13 +176,14 @@ def history_cmd(package, queue_urls, as_json):
 def history_text(rows) -> str:
     from ..bulkreport import time_text
 
-    lines = [f"{'queue':16} {'job':32} {'worker':14} {'started':20} {'took':>8}  {'result':18} log"]
+    lines = [f"{'queue':16} {'job':32} {'#':>2} {'worker':14} {'started':20} {'took':>8}  {'result':18} log"]
     for r in rows:
         result = r["result"] + (" (late)" if r["late"] else "")
         took = _duration(r["duration"]) if r["duration"] is not None else "-"
         started = time_text(r["start"]).removesuffix(" UTC") if r["start"] is not None else "-"
         tail = r["log"] or (r["reason"] or "")
-        lines.append(f"{r['queue']:16} {r['job']:32} {r['worker'] or '-':14} {started:20} {took:>8}  {result:18} {tail}")
+        lines.append(f"{r['queue']:16} {r['job']:32} {r['attempt'] or '-':>2} {r['worker'] or '-':14} {started:20} "
+                     f"{took:>8}  {result:18} {tail}")
     return printable_lines(lines)
 
 
