@@ -157,7 +157,8 @@ def _load_cache(path: str) -> dict:
             data = json.load(f)
     except (OSError, ValueError):
         data = None
-    if not (isinstance(data, dict) and data.get("version") in (1, CACHE_VERSION) and isinstance(data.get("files"), dict)):
+    if not (isinstance(data, dict) and data.get("version") in (1, CACHE_VERSION)
+            and isinstance(data.get("files"), dict)):
         return {"files": {}, "uploads": {}}
     uploads = data.get("uploads") if isinstance(data.get("uploads"), dict) else {}
     return {"files": {name: entry for name, entry in data["files"].items() if isinstance(entry, dict)},
