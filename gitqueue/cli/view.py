@@ -1,4 +1,4 @@
-"""Commands that show a build: status, html (the bulk build report), history, diff."""
+"""Commands that show a build: status, html (the bulk build report), history, diff, log."""
 
 import time
 
@@ -229,3 +229,52 @@ def diff_text(data) -> str:
             lines.append(f"  {c['pkgpath'] or '-':30} {c['new']:32} {_duration(c['old_seconds']):>10} -> "
                          f"{_duration(c['new_seconds']):>10} ({sign}{_duration(abs(c['change']))})")
     return printable_lines(lines)
+
+
+@cli.command("log")
+@click.argument("job")
+@click.option("--attempt", type=click.IntRange(min=1), metavar="N",
+              help="The Nth attempt, as `gitqueue history JOB` numbers them [default: the latest].")
+@click.option("--tail", type=click.IntRange(min=1), metavar="N", help="Print only the log's last N lines.")
+@click.option("--max-bytes", type=click.IntRange(min=1), default=4 << 20, show_default=True, metavar="BYTES",
+              help="Print at most the log's last BYTES bytes (a line on stderr says what was left out).")
+@click.option("--raw", is_flag=True, help="Print the log's bytes as they are, control characters included.")
+@click.option("--tree", type=click.Path(file_okay=False),
+              help="The package tree on this machine (default: the queue's packages_url).")
+@queue_option
+def log_cmd(job, attempt, tail, max_bytes, raw, tree, queue_url):
+    """Print the build log of JOB's latest attempt (or of --attempt N).
+
+    Read from this host's cache when this host built that attempt, else from the package tree:
+    its logs/JOB/ or incoming/LEASE/ when the tree is on this machine (the master: --tree, or a
+    packages_url that is a directory), else fetched with rsync from the queue's packages_url, as
+    `gitqueue work` fetches packages. A log from
+    the tree is shown only if it matches the size and SHA-256 its result recorded. Control
+    characters are shown escaped (\\x1b) unless --raw. Exit 0; 1 when there is no such job, the
+    attempt has no log, or the log cannot be fetched or does not match its result.
+
+    \b
+    Example: gitqueue log gmake-4.4.1 --tail 40 --queue ssh://bulk@master.example.org/srv/queues/2026Q4-m68k.git
+    """
+    from ..buildlog import read_log
+    from ..text import printable
+    from ..transfer import transfer_options
+    from .commands import _transfer_settings
+    from .main import _ssh_command
+
+    ctx = context(queue_url)
+    cfg = ctx.config
+    # How `gitqueue work` reaches the package tree: the same ssh, the same retries.
+    transfer = {"rsh": _ssh_command(cfg.get("rsync_rsh") or ctx.ssh_command, ctx.cache_dir),
+                **transfer_options(*_transfer_settings(cfg))}
+    with ctx.open() as queue:
+        got = read_log(queue, job, attempt, max_bytes=max_bytes, tail=tail, tree=tree, transfer=transfer)
+    if got["cut"] == "max_bytes":
+        click.echo(f"gitqueue: the first {got['skipped']} of the log's {got['size']} bytes are left out "
+                   f"(--max-bytes); {printable(got['where'])}", err=True)
+    data = got["data"]
+    if raw:
+        click.get_binary_stream("stdout").write(data)
+    elif data:
+        text = printable(data.decode("utf-8", "replace"), keep_newlines=True)
+        click.echo(text, nl=not text.endswith("\n"))
