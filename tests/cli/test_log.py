@@ -173,3 +173,18 @@ def test_on_the_master_the_tree_is_given_as_for_publish(gq, tmp_path):
         lease.report(q, "w1", "a-1", "failure", log={"name": "a.log", "size": log.stat().st_size,
                                                      "sha256": hashlib.sha256(log.read_bytes()).hexdigest()})
     assert gq("log", "a-1", "--tree", tree, "--queue", url).stdout == "a-1 failed\n"
+
+
+def test_html_copies_the_logs_publish_published_without_being_told_where(gq, tmp_path):
+    """Item 4b: a failure's log, uploaded by `gitqueue work` and published into a package tree on
+    this machine, is found by `gitqueue html` through the queue's packages_url (no --logs)."""
+    tree = tmp_path / "tree"
+    url = make_package_queue(tmp_path, str(tree), [job("a-1")])
+    work_once(tmp_path, url, "echo 'the compiler said <script>'; exit 1")
+    gq("publish", "--queue", url, cache="cache-master")
+    [name] = os.listdir(tree / "logs" / "a-1")
+    site = tmp_path / "site"
+    assert gq("html", site, "--queue", url, cache="cache-master").stdout.endswith(", 1 logs copied\n")
+    assert (site / "logs" / "a-1.txt").read_bytes() == (tree / "logs" / "a-1" / name).read_bytes()
+    page = (site / "index.html").read_text()
+    assert '<a href="logs/a-1.txt">log</a>' in page and "<script>" not in page
