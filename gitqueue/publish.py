@@ -72,8 +72,9 @@ LOCK = ".publish.lock"
 TMP_PREFIX = ".publish-tmp-"  # package names start with a letter or digit: never a clash
 
 _TOKEN = re.compile(r"[0-9a-f]{16,64}")
-# A lease token as a record that fails its schema may still hold it (read_queue keeps its upload).
-_TOKEN_IN_TOML = re.compile(rb'\btoken\s*=\s*"([0-9a-f]{16,64})"')
+# The lease tokens in a record's bytes, even one that fails its schema (read_queue keeps its
+# upload; gc --cache keeps the build outputs of the leases a tip holds).
+TOKENS_IN_RECORD = re.compile(rb'\btoken\s*=\s*"([0-9a-f]{16,64})"')
 # Names publish writes itself (and pbulk's siblings of them): a package may not take them.
 RESERVED = {SUMMARY, DIGESTS, "pkg_summary.bz2", "pkg_summary.xz", "pkg_summary.zst", "SHA512.bz2"}
 
@@ -670,7 +671,7 @@ def read_queue(queue, clock=time.time) -> Snapshot:
             except RecordInvalid as e:
                 if kind == "result":
                     snap.unreadable.append(str(e))
-                snap.tokens.update(token.decode() for token in _TOKEN_IN_TOML.findall(data))
+                snap.tokens.update(token.decode() for token in TOKENS_IN_RECORD.findall(data))
 
     for result in each("results", "result"):
         job_path = record_path("jobs", result["job"])
