@@ -24,8 +24,8 @@ as pbulk writes them) are regenerated from the published files.
 Last, `publish` removes from incoming/ the upload of each result it published whole (every
 package in All/ with its checksum, the log in logs/JOB/ or never uploaded; a failure's log
 likewise), and the uploads of this queue that no lease or result will use: neither a live
-lease's nor a result's, nor a reclaimed lease's whose job has no result yet and that changed
-within lease_ttl (its worker may still report a late success). An upload is this queue's when
+lease's nor a result's, nor a reclaimed lease's whose job has no result yet (its worker may
+report a late success at any time, however long it was gone). An upload is this queue's when
 its records once named the token (publish remembers the tokens it saw at the tip): another
 queue's uploads, waiting in the same incoming/, are left alone. Removal comes after every copy is
 fsynced and renamed into place, so a crash leaves the upload, or the copies and part of the
@@ -264,7 +264,7 @@ class Snapshot:
     queue: str | None = None
 
 
-def publish(tree: str, snapshot: Snapshot, cache: bool = True, clock=time.time) -> dict:
+def publish(tree: str, snapshot: Snapshot, cache: bool = True) -> dict:
     """Publish the verified uploads of the results in `snapshot` into TREE/All/ and refresh its indexes.
 
     The indexes (pkg_summary.gz, SHA512) list every package in All/ that a publish run recorded,
@@ -293,7 +293,7 @@ def publish(tree: str, snapshot: Snapshot, cache: bool = True, clock=time.time) 
     since: left out of the indexes]}. A build log that differs from
     its result is listed under mismatch or conflict as "logs/JOB/NAME". An upload directory
     changed after `snapshot.read_at` may be a lease claimed since, and is kept (without
-    read_at, every unknown one is); `clock` is this machine's. No file is read or written
+    read_at, every unknown one is). No file is read or written
     through a symbolic link (files.py): a link where an upload should be is not there; All/,
     logs/ and incoming/ must be real directories. Without `cache`, every file is read again
     instead of trusting the digests remembered for its stat (the records of what was published
@@ -302,7 +302,7 @@ def publish(tree: str, snapshot: Snapshot, cache: bool = True, clock=time.time) 
     whole, and no upload is removed.
     """
     with FileLock(os.path.join(tree, LOCK)):
-        run = _Run(tree, snapshot, cache, clock)
+        run = _Run(tree, snapshot, cache)
         try:
             run.publish()
         finally:
@@ -324,8 +324,8 @@ def _part(root_fd: int, tree: str, name: str, create: bool) -> int | None:
 class _Run:
     """One run of publish: the tree's directories (descriptors), what is known of All/, the outcome."""
 
-    def __init__(self, tree: str, snapshot: Snapshot, cache: bool, clock):
-        self.tree, self.snapshot, self.cache, self.clock = tree, snapshot, cache, clock
+    def __init__(self, tree: str, snapshot: Snapshot, cache: bool):
+        self.tree, self.snapshot = tree, snapshot
         self.out = {"published": [], "already": 0, "missing": [], "mismatch": [], "restricted": [],
                     "conflict": [], "invalid": list(snapshot.unreadable), "unproven": [], "logs": [],
                     "removed": 0, "abandoned": 0, "indexed": 0, "unlisted": []}
@@ -453,26 +453,23 @@ class _Run:
 
         Only this queue's directories (_learn_uploads: another queue's uploads may wait in the same
         incoming/) are removed. Kept: a live lease's, any result's (removed above once published),
-        and a lease's that was reclaimed from a worker that may still report a late success (its
-        job has no result and the directory changed within lease_ttl). A directory changed since
-        the tip was read may be a lease claimed after that, and is kept too; without `read_at`,
-        all are kept.
+        and a lease's that was reclaimed from a worker that may still report a late success: the
+        hook accepts one whenever the job has no result and no other live lease, however late, so
+        such an upload stays until the job has a result. A directory changed since the tip was
+        read may be a lease claimed after that, and is kept too; without `read_at`, all are kept.
         """
         snap = self.snapshot
         if snap.read_at is None or snap.queue is None:
             return 0
-        kept = set(snap.leases) | snap.tokens | {result.get("token") for _, result in snap.entries}
         finished = {result["job"] for _, result in snap.entries}
-        late = {entry.get("token") for job, entries in snap.lapsed.items() if job not in finished
-                for entry in entries}
-        recent = self.clock() - (snap.settings.get("lease_ttl") or 0)
+        kept = set(snap.leases) | snap.tokens | {result.get("token") for _, result in snap.entries}
+        kept |= {entry.get("token") for job, entries in snap.lapsed.items() if job not in finished
+                 for entry in entries}
         removed = 0
         for name in os.listdir(self.incoming):
             mine = _TOKEN.fullmatch(name) and name not in kept and self.uploads.get(name) == snap.queue
             st = files.lstat(self.incoming, name) if mine else None
             if st is None or not stat.S_ISDIR(st.st_mode) or st.st_mtime >= snap.read_at:
-                continue
-            if name in late and st.st_mtime > recent:
                 continue
             removed += self._remove_upload(name)
         return removed

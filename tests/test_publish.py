@@ -573,7 +573,7 @@ def test_a_local_writer_s_hostile_record_is_listed_and_the_rest_published(tmp_pa
 def test_uploads_are_removed_once_published_and_abandoned_ones_too(tmp_path, tree):
     """Published: a success's and a failure's uploads go. Abandoned: a released lease's that a
     publish run saw live. Kept: a live lease's, a restricted package's, a reclaimed lease's (a late
-    success may come) until lease_ttl has passed, one made after the tip was read, one no record
+    success may come) until its job has a result, one made after the tip was read, one no record
     of this queue ever named (another queue's, in a shared tree); links and other names."""
     estimates = {"e-1.0": 700, "d-1.0": 650, "a-1.0": 600, "b-1.0": 500, "r-1.0": 400}  # the claims' order
     url = package_queue(tmp_path, tree, [job(n, est_seconds=t, **({"restricted": "license"} if n == "r-1.0" else {}))
@@ -615,7 +615,7 @@ def test_uploads_are_removed_once_published_and_abandoned_ones_too(tmp_path, tre
     (incoming / ("1" * 32)).mkdir()  # made after the tip was read: maybe a lease claimed since
     os.utime(incoming / ("1" * 32), (now + 1, now + 1))
 
-    got = publish(str(tree), snap, clock=lambda: now)
+    got = publish(str(tree), snap)
     assert got["published"] == ["a-1.0.tgz"] and got["restricted"] == ["r-1.0.tgz"]
     assert got["logs"] == ["logs/a-1.0/a-1.0.log", "logs/b-1.0/b-1.0.log", "logs/r-1.0/r-1.0.log"]
     assert (tree / "logs" / "b-1.0" / "b-1.0.log").read_text() == "building b-1.0\n"
@@ -623,10 +623,35 @@ def test_uploads_are_removed_once_published_and_abandoned_ones_too(tmp_path, tre
     assert sorted(os.listdir(incoming)) == sorted([tokens["e-1.0 lapsed"], tokens["e-1.0"], tokens["r-1.0"],
                                                    "f" * 16, "notes", "0" * 32, "1" * 32])
     assert os.listdir(outside) == ["keep"]
-    # Once lease_ttl has passed, e-1.0's reclaimed worker will not report: its upload goes too.
-    got = publish(str(tree), snap, clock=lambda: now + 3600)
-    assert (got["removed"], got["abandoned"]) == (0, 1)
-    assert tokens["e-1.0 lapsed"] not in os.listdir(incoming) and tokens["e-1.0"] in os.listdir(incoming)
+    # Once e-1.0 has a result, its reclaimed worker cannot report late any more: its upload goes
+    # (w1's, its failure's without a log, is published whole).
+    with open_queue(url, tmp_path) as q:
+        lease.report(q, "w1", "e-1.0", "failure", log_tail="boom")
+        got = publish(str(tree), read_queue(q))
+    assert (got["removed"], got["abandoned"]) == (1, 1)
+    assert not {tokens["e-1.0 lapsed"], tokens["e-1.0"]} & set(os.listdir(incoming))
+
+
+def test_a_reclaimed_lease_s_upload_waits_for_its_late_success_however_late(tmp_path, tree):
+    """w1 uploads, then goes silent for hours; its lease is reclaimed. publish runs meanwhile and
+    keeps the upload: when w1 comes back and reports a late success, its package is published.
+    (publish used to drop such uploads after lease_ttl; the late success was then kept without
+    its package, which tests/test_faults.py caught.)"""
+    url = package_queue(tmp_path, tree, [job("a-1.0")])
+    with open_queue(url, tmp_path) as q:
+        token = claim_as(q, "w1", "a-1.0")
+        pkg = upload(tree, token, "a-1.0")
+        assert publish(str(tree), read_queue(q))["abandoned"] == 0  # the lease is live
+        lease.reclaim(q, now=1000.0, ttl=1)
+        assert [r["job"] for r in lease.reclaim(q, now=1002.0, ttl=1)] == ["a-1.0"]
+        hours_ago = time.time() - 5 * 3600  # the queue's lease_ttl is 3600
+        os.utime(tree / "incoming" / token, (hours_ago, hours_ago))
+        got = publish(str(tree), read_queue(q))
+        assert (got["removed"], got["abandoned"]) == (0, 0) and os.listdir(tree / "incoming") == [token]
+        assert lease.report(q, "w1", "a-1.0", "success", token=token, packages=[pkg])["late"] is True
+        got = publish(str(tree), read_queue(q))
+    assert got["published"] == ["a-1.0.tgz"] and got["removed"] == 1
+    assert sorted(summary(tree)) == ["a-1.0"]
 
 
 # -- several queues, one package tree ---------------------------------------------------------------
