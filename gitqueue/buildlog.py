@@ -17,7 +17,6 @@ file name (layout.is_log_name), and is only ever used below logs/JOB/ or incomin
 import hashlib
 import os
 import re
-import tempfile
 
 from . import files, records
 from .errors import NoLog, UnknownJob
@@ -173,6 +172,8 @@ def _from_tree(tree: str, places, log: dict, what: str, max_bytes: int, tail: in
 
 def _fetch(url: str, places, log: dict, what: str, max_bytes: int, tail: int | None, transfer: dict) -> dict:
     """The log fetched with rsync from the first of `places` of the remote tree that has it."""
+    import tempfile
+
     from .transfer import TransferError, download
 
     if not isinstance(log.get("size"), int) or log["size"] > MAX_FETCH:

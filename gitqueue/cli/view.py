@@ -4,6 +4,7 @@ import time
 
 import click
 
+from ..buildlog import MAX_BYTES as LOG_MAX_BYTES
 from ..text import printable_lines
 from .main import cli, context, emit, json_option, queue_option
 
@@ -236,7 +237,7 @@ def diff_text(data) -> str:
 @click.option("--attempt", type=click.IntRange(min=1), metavar="N",
               help="The Nth attempt, as `gitqueue history JOB` numbers them [default: the latest].")
 @click.option("--tail", type=click.IntRange(min=1), metavar="N", help="Print only the log's last N lines.")
-@click.option("--max-bytes", type=click.IntRange(min=1), default=4 << 20, show_default=True, metavar="BYTES",
+@click.option("--max-bytes", type=click.IntRange(min=1), default=LOG_MAX_BYTES, show_default=True, metavar="BYTES",
               help="Print at most the log's last BYTES bytes (a line on stderr says what was left out).")
 @click.option("--raw", is_flag=True, help="Print the log's bytes as they are, control characters included.")
 @click.option("--tree", type=click.Path(file_okay=False),
