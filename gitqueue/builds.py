@@ -1,5 +1,7 @@
 """Looking across builds: every attempt at one package, and what changed between two builds."""
 
+import collections
+
 from . import records, timeline
 from .errors import UnknownJob
 from .layout import base_name
@@ -27,9 +29,11 @@ def matching(outcome, package: str) -> list[str]:
 def package_history(queues: list, package: str) -> list[dict]:
     """Every attempt at `package` in each of `queues` (oldest build first, as given).
 
-    Rows are {"queue", "job", "worker", "start", "end", "duration", "result", "late", "reason",
-    "log"}, in the order claimed; a job never attempted gives one row with its state as result
-    (prefailed, indirect-failed, waiting, ...). Raises UnknownJob when no queue has the package.
+    Rows are {"queue", "job", "attempt", "worker", "start", "end", "duration", "result", "late",
+    "reason", "log"}, in the order claimed; "attempt" numbers a job's attempts in its queue from 1
+    (what `gitqueue log --attempt` takes). A job never attempted gives one row with its state as
+    result (prefailed, indirect-failed, waiting, ...) and attempt None. Raises UnknownJob when no
+    queue has the package.
     """
     rows = []
     names_seen = False
@@ -39,11 +43,11 @@ def package_history(queues: list, package: str) -> list[dict]:
         if not names:
             continue
         names_seen = True
-        attempted = set()
+        attempted = collections.Counter()
         for a in history.attempts():
             if a["job"] not in names:
                 continue
-            attempted.add(a["job"])
+            attempted[a["job"]] += 1
             log = None
             if a["result"] in ("success", "failure"):
                 data = reader.read(record_path("results", a["job"]))
@@ -51,12 +55,14 @@ def package_history(queues: list, package: str) -> list[dict]:
                     result = records.load_at("result", data, record_path("results", a["job"]))
                     if result["token"] == a["lease"] and result.get("log"):
                         log = result["log"].get("name")
-            rows.append({"queue": settings["name"], **{k: a[k] for k in ("job", "worker", "start", "end", "duration",
-                                                                         "result", "late", "reason")}, "log": log})
-        for name in sorted(names - attempted):
+            rows.append({"queue": settings["name"], "job": a["job"], "attempt": attempted[a["job"]],
+                         **{k: a[k] for k in ("worker", "start", "end", "duration", "result", "late", "reason")},
+                         "log": log})
+        for name in sorted(names - set(attempted)):
             job = outcome.jobs[name]
             why = job["skip"] or (f"depends on {job['cause']}" if job["cause"] else None)
-            rows.append({"queue": settings["name"], "job": name, "worker": None, "start": None, "end": None,
+            rows.append({"queue": settings["name"], "job": name, "attempt": None, "worker": None, "start": None,
+                         "end": None,
                          "duration": None, "result": job["state"], "late": False, "reason": why, "log": None})
     if not names_seen:
         raise UnknownJob(f"unknown package {package}: no job has this PKGNAME, base name or package path")

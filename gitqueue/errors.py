@@ -77,3 +77,7 @@ class PushRefused(RemoteError):
 
 class TooManyLeases(GitqueueError):
     """The worker already holds as many live leases as the queue allows (max_leases)."""
+
+
+class NoLog(GitqueueError):
+    """A build log that is not there, cannot be fetched, or does not match its result."""

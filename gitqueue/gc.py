@@ -14,6 +14,11 @@ A queue gains a dozen loose objects per commit (a full pkgsrc build: about 30,00
   tree only, so the objects reachable from the cached tip are written into one pack, the tip
   becomes the shallow boundary, and every other pack and loose object is removed, under the
   cache's lock, which every gitqueue process of the host takes around its transactions.
+
+A worker's cache also keeps what `gitqueue work` leaves of each build: its output directory
+(build/JOB-LEASE8, uploaded, then no longer needed) and its log (logs/JOB-LEASE8.log). gc
+--cache removes the output directories of the jobs this host no longer holds, and all but the
+newest logs of those (see gc_outputs).
 """
 
 import collections
@@ -43,6 +48,12 @@ OFS_DELTA = 6
 MAX_PACKS = 32
 # Seconds a worker's cache keeps what gc --cache superseded (see gc_cache).
 GRACE = 3600
+# Build logs of jobs no longer held that gc --cache keeps in a worker's cache, the newest. A count,
+# not an age: it bounds the disk whatever the host's speed (a few hundred MB at most for pkgsrc's
+# largest logs), and covers weeks of a slow machine's builds and the last day or so of a fast
+# one's; the logs also went to the package tree with each result (a failure's to logs/JOB/).
+KEEP_LOGS = 200
+ASIDE = ".gc-"  # an output directory being removed: renamed aside first (never a JOB-LEASE8 name)
 _TYPES = {b"commit": 1, b"tree": 2, b"blob": 3, b"tag": 4}
 _NAMES = {v: k for k, v in _TYPES.items()}
 
@@ -514,7 +525,7 @@ def _fsync_dir(path):
 
 # -- a worker's cache ---------------------------------------------------------------------------
 
-def gc_cache(queue, grace: float = GRACE) -> dict:
+def gc_cache(queue, grace: float = GRACE, keep_logs: int = KEEP_LOGS) -> dict:
     """Reduce the cache repository of `queue` (ssh:// or git://) to its tip's commit and tree.
 
     Holds the cache's lock throughout, so no gitqueue process of this host writes the cache
@@ -524,9 +535,12 @@ def gc_cache(queue, grace: float = GRACE) -> dict:
     still reading an older tip, outside the lock, finds its objects (git keeps unreachable
     objects for a while for the same reason). Refs are left as they are.
 
+    Then the build output directories and logs of the jobs this host no longer holds go, as
+    gc_outputs says (`keep_logs` of those logs are kept).
+
     Returns {"before", "after" (see measure; "after" counts what is kept), "kept" (objects),
-    "superseded" ({"files", "bytes"} waiting for removal), "removed" (files), "seconds"}. A
-    local-path queue has no cache repository (use gc_repository).
+    "superseded" ({"files", "bytes"} waiting for removal), "removed" (files), "outputs" (see
+    gc_outputs), "seconds"}. A local-path queue has no cache repository (use gc_repository).
     """
     from .gitstore import CachedRemote
 
@@ -584,8 +598,133 @@ def gc_cache(queue, grace: float = GRACE) -> dict:
         # This process's view of the packs: forget the removed ones.
         repo.object_store._update_pack_cache()
         after, waiting = _measure_kept(path, pending)
+    outputs = gc_outputs(queue, keep_logs)
     return {"before": before, "after": after, "kept": kept, "superseded": waiting, "removed": removed,
-            "seconds": round(time.monotonic() - t0, 3)}
+            "outputs": outputs, "seconds": round(time.monotonic() - t0, 3)}
+
+
+# -- what workers leave in the cache ----------------------------------------------------------------
+
+def gc_outputs(queue, keep_logs: int = KEEP_LOGS) -> dict:
+    """Remove the build output directories and old build logs of jobs this host no longer holds.
+
+    `gitqueue work` keeps each attempt's output directory (CACHE/build/JOB-LEASE8) and log
+    (CACHE/logs/JOB-LEASE8.log) after uploading them. An attempt is still held, and both are
+    kept, while the cached tip has a lease of JOB whose token starts with LEASE8, or a reclaimed
+    lease of it (lapsed/) and no result: its worker may still upload and report a late success.
+    The tip is the one this host last fetched or pushed; its own claims are always in it, and
+    an older tip only holds more. Of the other logs the `keep_logs` newest stay. Without a
+    cached tip nothing is removed.
+
+    Crash-safe: under the cache's lock each directory is renamed aside (build/.gc-...), then
+    removed after it; a run that dies leaves such a directory, which the next run removes. No
+    link is followed (files.remove_tree); only names of the JOB-LEASE8 form are touched.
+
+    Returns {"builds": directories removed, "build_bytes", "logs": logs removed, "log_bytes"}.
+    """
+    from . import files
+    from .buildlog import BUILDS, LOGS
+
+    out = {"builds": 0, "build_bytes": 0, "logs": 0, "log_bytes": 0}
+    builds = files.open_dir(queue.cache_dir, BUILDS)
+    logs = files.open_dir(queue.cache_dir, LOGS)
+    try:
+        with queue.lock():
+            remote = queue.remote
+            try:
+                tip = remote.repo.refs[remote.ref]  # as cached: no network
+            except KeyError:
+                return out
+            held = _held(remote.reader(tip))
+            if builds is not None:
+                _set_aside(builds, held)
+            if logs is not None:
+                out["logs"], out["log_bytes"] = _trim_logs(logs, held, keep_logs)
+        # Outside the lock (removing a large build takes a while): these names are no one's now,
+        # and those a crashed run left behind go too.
+        for name in sorted(os.listdir(builds)) if builds is not None else ():
+            if name.startswith(ASIDE):
+                size = _tree_bytes(builds, name)
+                if files.remove_tree(builds, name):
+                    out["builds"] += 1
+                    out["build_bytes"] += size
+    finally:
+        for fd in (builds, logs):
+            if fd is not None:
+                os.close(fd)
+    return out
+
+
+def _held(reader) -> set:
+    """{(job, LEASE8)} of the attempts the tip still holds: live leases, and reclaimed leases of
+    jobs without a result. Tokens are read from the records' bytes, so a record that fails its
+    schema still counts (keeping too much is harmless; removing a live build's files is not)."""
+    from .names import name_from_path, record_path
+    from .publish import TOKENS_IN_RECORD
+
+    held = set()
+    for kind in ("leases", "lapsed"):
+        for path, blob in reader.walk_files(kind):
+            try:
+                _, job = name_from_path(path)
+            except GitqueueError:
+                continue
+            if kind == "lapsed" and reader.read(record_path("results", job)) is not None:
+                continue
+            data = reader.store[blob].as_raw_string()
+            held.update((job, token[:8].decode()) for token in TOKENS_IN_RECORD.findall(data))
+    return held
+
+
+def _set_aside(builds: int, held: set) -> None:
+    """Rename the output directories of attempts not `held` aside (ASIDE + name + pid)."""
+    from . import files
+    from .buildlog import parse_attempt_name
+
+    for name in os.listdir(builds):
+        attempt = parse_attempt_name(name)
+        st = files.lstat(builds, name) if attempt is not None and attempt not in held else None
+        if st is None or not stat.S_ISDIR(st.st_mode):
+            continue
+        os.rename(name, f"{ASIDE}{name}-{os.getpid()}", src_dir_fd=builds, dst_dir_fd=builds)
+
+
+def _trim_logs(logs: int, held: set, keep: int) -> tuple[int, int]:
+    """Remove all but the `keep` newest logs of attempts not `held`; (logs removed, their bytes)."""
+    from .buildlog import parse_attempt_name
+
+    candidates = []
+    for name in os.listdir(logs):
+        attempt = parse_attempt_name(name[:-4]) if name.endswith(".log") else None
+        if attempt is None or attempt in held:
+            continue
+        st = os.stat(name, dir_fd=logs, follow_symlinks=False)
+        if stat.S_ISREG(st.st_mode):
+            candidates.append((st.st_mtime_ns, name, st.st_size))
+    candidates.sort(reverse=True)
+    removed = size = 0
+    for _, name, bytes_ in candidates[keep:]:
+        try:
+            os.unlink(name, dir_fd=logs)
+        except FileNotFoundError:
+            continue
+        removed += 1
+        size += bytes_
+    return removed, size
+
+
+def _tree_bytes(dir_fd: int, name: str) -> int:
+    """Bytes of the regular files below the directory NAME of `dir_fd`, following no link."""
+    total = 0
+    for _, _, names, fd in os.fwalk(name, dir_fd=dir_fd):
+        for entry in names:
+            try:
+                st = os.stat(entry, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+    return total
 
 
 def _object_files(objects_dir):

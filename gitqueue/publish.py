@@ -23,16 +23,25 @@ as pbulk writes them) are regenerated from the published files.
 
 Last, `publish` removes from incoming/ the upload of each result it published whole (every
 package in All/ with its checksum, the log in logs/JOB/ or never uploaded; a failure's log
-likewise), and the uploads that no lease or result will use: neither a live lease's nor a
-result's, nor a reclaimed lease's whose job has no result yet (its worker may still report a
-late success, however long it was away). Removal comes after every copy is
+likewise), and the uploads of this queue that no lease or result will use: neither a live
+lease's nor a result's, nor a reclaimed lease's whose job has no result yet (its worker may
+report a late success at any time, however long it was gone). An upload is this queue's when
+its records once named the token (publish remembers the tokens it saw at the tip): another
+queue's uploads, waiting in the same incoming/, are left alone. Removal comes after every copy is
 fsynced and renamed into place, so a crash leaves the upload, or the copies and part of the
 upload, never neither; it never follows a link (files.remove_tree).
 
-Hashing every package on every run would read the whole tree each time, so the digests and
-package metadata of All/ files are remembered in `.publish-cache.json` at the top of the tree,
-keyed by (size, mtime, inode): a file replaced or rewritten in place gets new values and is read
-again. Runs are serialized by a lock on `.publish.lock` there.
+Several queues (builds, branches) may publish into one package tree, and its clients (pkgin,
+pkg_add) need indexes of all of it. So `.publish-cache.json` at the top of the tree remembers,
+for every file a publish run put (or found) in All/ for a job, the identity of that job (PKGNAME,
+PKGPATH, CATEGORIES: the entry's, never the file's own) and the queue it came from, with the
+file's digests and package metadata. Every run, whichever queue it publishes, writes
+pkg_summary.gz and SHA512 for every package in All/ that some run recorded, as long as it still
+has the recorded checksum; a file no run recorded (put there by hand) is listed as "unlisted",
+not indexed. Entries are keyed by (size, mtime, inode), so a file replaced or rewritten in place
+is read again, keeping its record only if its bytes are the same; entries of files gone from
+All/ are dropped. Runs are serialized by a lock on `.publish.lock` there, whatever queue they
+publish: two runs never interleave their reading and writing of the records and indexes.
 """
 
 import gzip
@@ -47,6 +56,7 @@ from dataclasses import dataclass, field
 
 from . import files, records
 from .errors import GitqueueError, RecordInvalid
+from .gitstore import is_local_path
 from .layout import is_file_name, is_log_name, package_name_problem
 from .locking import FileLock
 from .names import record_path
@@ -62,8 +72,9 @@ LOCK = ".publish.lock"
 TMP_PREFIX = ".publish-tmp-"  # package names start with a letter or digit: never a clash
 
 _TOKEN = re.compile(r"[0-9a-f]{16,64}")
-# A lease token as a record that fails its schema may still hold it (read_queue keeps its upload).
-_TOKEN_IN_TOML = re.compile(rb'\btoken\s*=\s*"([0-9a-f]{16,64})"')
+# The lease tokens in a record's bytes, even one that fails its schema (read_queue keeps its
+# upload; gc --cache keeps the build outputs of the leases a tip holds).
+TOKENS_IN_RECORD = re.compile(rb'\btoken\s*=\s*"([0-9a-f]{16,64})"')
 # Names publish writes itself (and pbulk's siblings of them): a package may not take them.
 RESERVED = {SUMMARY, DIGESTS, "pkg_summary.bz2", "pkg_summary.xz", "pkg_summary.zst", "SHA512.bz2"}
 
@@ -135,42 +146,92 @@ def _existing(dir_fd: int, name: str) -> tuple[bool, int | None]:
     return True, files.open_file(dir_fd, name)
 
 
-# -- the cache of All/ digests and metadata ----------------------------------------------------------
+# -- the records of All/: digests, metadata, and the job each file was published for ------------------
+
+CACHE_VERSION = 2  # 1: digests and metadata only; 2: and the job (identity) each All/ file was published for
 
 
 def _load_cache(path: str) -> dict:
+    """{"files": {name: entry}, "uploads": {token: queue}} as the last run left them (empty if none)."""
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except (OSError, ValueError):
-        return {}
-    return data.get("files", {}) if isinstance(data, dict) and data.get("version") == 1 else {}
+        data = None
+    if not (isinstance(data, dict) and data.get("version") in (1, CACHE_VERSION)
+            and isinstance(data.get("files"), dict)):
+        return {"files": {}, "uploads": {}}
+    uploads = data.get("uploads") if isinstance(data.get("uploads"), dict) else {}
+    return {"files": {name: entry for name, entry in data["files"].items() if isinstance(entry, dict)},
+            "uploads": {token: queue for token, queue in uploads.items()
+                        if isinstance(token, str) and _TOKEN.fullmatch(token) and isinstance(queue, str)}}
 
 
 def _stat_key(st) -> list:
     return [st.st_size, st.st_mtime_ns, st.st_ino]
 
 
-class _Known:
-    """Digests (and package metadata) of All/ files and published logs, remembered by their stat."""
+def _identity(job: dict) -> dict:
+    """What a pkg_summary entry takes from the job record (format_entry): its name, PKGPATH, CATEGORIES."""
+    return {"name": job["name"], "pkgpath": job.get("pkgpath"), "categories": job.get("categories")}
 
-    def __init__(self, old: dict):
+
+def _recorded(entry) -> dict | None:
+    """The job identity an entry of the records holds, or None (none, or not one publish wrote)."""
+    job = entry.get("job") if isinstance(entry, dict) else None
+    if not (isinstance(job, dict) and is_file_name(job.get("name"))):
+        return None
+    for key in ("pkgpath", "categories"):
+        value = job.get(key)
+        if value is not None and not (isinstance(value, str) and value.isprintable() and len(value) <= 4096):
+            return None
+    return job
+
+
+class _Known:
+    """Digests, package metadata and publish records of All/ files and published logs, by their stat.
+
+    `old` is what the last run remembered; `new` what this run saw, which it remembers next. With
+    `trust_stat` false every file is read again, but a file whose bytes did not change keeps the
+    job it was published for.
+    """
+
+    def __init__(self, old: dict, trust_stat: bool = True):
         self.old = old
+        self.trust_stat = trust_stat
         self.new = {}
 
     def digests(self, fd: int, name: str) -> dict:
         key = _stat_key(os.fstat(fd))
-        entry = self.new.get(name) or self.old.get(name)
-        if not (isinstance(entry, dict) and entry.get("stat") == key and "sha256" in entry and "sha512" in entry):
+        entry = self.new.get(name)
+        if entry is not None and entry["stat"] == key:
+            return entry
+        old = self.old.get(name)
+        if not (self.trust_stat and isinstance(old, dict) and old.get("stat") == key
+                and isinstance(old.get("sha256"), str) and isinstance(old.get("sha512"), str)):
             sha256, sha512 = _hash_both(fd)
             entry = {"stat": key, "sha256": sha256, "sha512": sha512}
-        self.new[name] = entry
-        return entry
+            if isinstance(old, dict) and old.get("sha256") == sha256:
+                # The same bytes (touched, copied back): still what was published for its job.
+                entry.update({k: old[k] for k in ("job", "queue") if k in old})
+                if self.trust_stat and "meta" in old:
+                    entry["meta"] = old["meta"]
+            old = entry
+        self.new[name] = old
+        return old
 
     def installed(self, dir_fd: int, name: str, key: str, sha256: str, sha512: str, **meta) -> None:
         """Remember NAME of `dir_fd` (as `key`), just put in place; `meta=` its metadata when read."""
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         self.new[key] = {"stat": _stat_key(st), "sha256": sha256, "sha512": sha512, **meta}
+
+    def record(self, name: str, job: dict, queue: str | None) -> None:
+        """Remember that All/NAME (seen this run) is published for `job` of `queue`. The first
+        record stays: another queue's result for the same file does not take it over."""
+        entry = self.new[name]
+        if _recorded(entry) is None:
+            entry["job"] = _identity(job)
+            entry["queue"] = queue
 
     def meta(self, dir_fd: int, name: str):
         """The metadata of NAME in `dir_fd` (read_package), read only when not remembered."""
@@ -198,10 +259,17 @@ class Snapshot:
     unreadable: list = field(default_factory=list)  # "PATH: why" of result records failing their schema
     tokens: set = field(default_factory=set)  # lease tokens in records that fail their schema
     read_at: float | None = None  # this machine's time just before the tip was read
+    # Which queue this is (its repository's path or URL): the upload directories that publish
+    # learns are this queue's it may remove as abandoned; without it, none.
+    queue: str | None = None
 
 
-def publish(tree: str, snapshot: Snapshot, cache: bool = True, clock=time.time) -> dict:
+def publish(tree: str, snapshot: Snapshot, cache: bool = True) -> dict:
     """Publish the verified uploads of the results in `snapshot` into TREE/All/ and refresh its indexes.
+
+    The indexes (pkg_summary.gz, SHA512) list every package in All/ that a publish run recorded,
+    for this queue or another one publishing into the same tree, while it has the recorded
+    checksum (see the module's docstring); runs on one tree are serialized by its lock.
 
     A success result's package files are published only when
     - the result is proven: its lease token is no other result's nor a live lease's, and a late
@@ -220,17 +288,21 @@ def publish(tree: str, snapshot: Snapshot, cache: bool = True, clock=time.time) 
     not the job's, and "PATH: why" of result records that fail their schema], "unproven":
     ["JOB: why" of results published for nobody], "logs": [build logs copied to logs/JOB/],
     "removed": number of upload directories removed once published, "abandoned": number of
-    upload directories removed that no lease or result will use}. A build log that differs from
+    upload directories removed that no lease or result will use, "indexed": number of packages
+    the indexes list, "unlisted": [files in All/ that no publish run recorded, or that changed
+    since: left out of the indexes]}. A build log that differs from
     its result is listed under mismatch or conflict as "logs/JOB/NAME". An upload directory
     changed after `snapshot.read_at` may be a lease claimed since, and is kept (without
-    read_at, every unknown one is); `clock` is this machine's. No file is read or written
+    read_at, every unknown one is). No file is read or written
     through a symbolic link (files.py): a link where an upload should be is not there; All/,
-    logs/ and incoming/ must be real directories. Failures to write (disk full, ...) raise
+    logs/ and incoming/ must be real directories. Without `cache`, every file is read again
+    instead of trusting the digests remembered for its stat (the records of what was published
+    for which job are kept all the same). Failures to write (disk full, ...) raise
     OSError after removing the temporary file; what was renamed into place before stays, and is
     whole, and no upload is removed.
     """
     with FileLock(os.path.join(tree, LOCK)):
-        run = _Run(tree, snapshot, cache, clock)
+        run = _Run(tree, snapshot, cache)
         try:
             run.publish()
         finally:
@@ -252,13 +324,15 @@ def _part(root_fd: int, tree: str, name: str, create: bool) -> int | None:
 class _Run:
     """One run of publish: the tree's directories (descriptors), what is known of All/, the outcome."""
 
-    def __init__(self, tree: str, snapshot: Snapshot, cache: bool, clock):
-        self.tree, self.snapshot, self.cache, self.clock = tree, snapshot, cache, clock
+    def __init__(self, tree: str, snapshot: Snapshot, cache: bool):
+        self.tree, self.snapshot = tree, snapshot
         self.out = {"published": [], "already": 0, "missing": [], "mismatch": [], "restricted": [],
                     "conflict": [], "invalid": list(snapshot.unreadable), "unproven": [], "logs": [],
-                    "removed": 0, "abandoned": 0}
-        self.listed: dict[str, dict] = {}  # name in All/ -> the job it was published for
-        self.known = _Known(_load_cache(os.path.join(tree, CACHE)) if cache else {})
+                    "removed": 0, "abandoned": 0, "indexed": 0, "unlisted": []}
+        self.queue_name = snapshot.settings.get("name")
+        saved = _load_cache(os.path.join(tree, CACHE))
+        self.known = _Known(saved["files"], trust_stat=cache)
+        self.uploads = saved["uploads"]  # lease token -> the queue whose upload it is ("": two claim it)
         self.root = os.open(tree, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.all = self.logs = self.incoming = None
         try:
@@ -296,39 +370,108 @@ class _Run:
                     os.close(upload)
             if all(in_place) and upload is not None:
                 done.append(result["token"])
-        _write_indexes(self.all, self.listed, self.known)
-        if self.cache:
-            _replace_if_changed(self.root, CACHE,
-                                json.dumps({"version": 1, "files": self.known.new}, sort_keys=True).encode())
+        listed = self._listed()
+        self.out["indexed"] = len(listed)
+        _write_indexes(self.all, listed, self.known)
+        self._keep_log_entries()
+        at_tip = self._learn_uploads()
+        self._save()
         # Last, once every copy is fsynced and in place: a crash before this leaves the upload
         # and the copies, one during it the copies and part of the upload, never neither.
         if self.incoming is not None:
-            self.out["removed"] = sum(files.remove_tree(self.incoming, token) for token in done)
+            self.out["removed"] = sum(self._remove_upload(token) for token in done)
             self.out["abandoned"] = self._remove_abandoned()
+        for token in list(self.uploads):  # forget what is gone and no lease of this queue stands for
+            if token not in at_tip and (self.incoming is None or files.lstat(self.incoming, token) is None):
+                del self.uploads[token]
+        self._save()
+
+    def _save(self) -> None:
+        """Write what this run knows of the tree (`.publish-cache.json`) when it changed."""
+        _replace_if_changed(self.root, CACHE, json.dumps(
+            {"version": CACHE_VERSION, "files": self.known.new, "uploads": self.uploads}, sort_keys=True).encode())
+
+    def _learn_uploads(self) -> set:
+        """Remember the lease tokens at this queue's tip as this queue's upload directories; return them.
+
+        Other queues may publish into the same tree, and their uploads wait in the same incoming/:
+        only a directory this queue's records once named (a live lease, a result, a reclaimed
+        lease) is this queue's to remove as abandoned. A token two queues name is neither's.
+        """
+        snap = self.snapshot
+        at_tip = set(snap.leases) | snap.tokens | {result.get("token") for _, result in snap.entries}
+        at_tip |= {entry.get("token") for entries in snap.lapsed.values() for entry in entries}
+        at_tip = {token for token in at_tip if isinstance(token, str) and _TOKEN.fullmatch(token)}
+        if snap.queue is not None:
+            for token in at_tip:
+                self.uploads[token] = snap.queue if self.uploads.get(token, snap.queue) == snap.queue else ""
+        return at_tip
+
+    def _remove_upload(self, token: str) -> bool:
+        removed = files.remove_tree(self.incoming, token)
+        if removed:
+            self.uploads.pop(token, None)
+        return removed
+
+    def _listed(self) -> dict:
+        """{name: job identity} of the files in All/ to index: every regular file that a publish
+        run (of any queue) recorded and that still has the recorded bytes."""
+        listed = {}
+        for name in sorted(os.listdir(self.all)):
+            if name.startswith(".") or name in RESERVED:
+                continue
+            fd = files.open_file(self.all, name)
+            if fd is None:
+                continue  # a directory or a link: not a package
+            with os.fdopen(fd, "rb"):
+                job = _recorded(self.known.digests(fd, name))
+            if job is None:
+                self.out["unlisted"].append(name)
+            else:
+                listed[name] = job
+        return listed
+
+    def _keep_log_entries(self) -> None:
+        """Carry over the remembered digests of published logs this run did not look at (other
+        queues' logs), as long as the file is there unchanged."""
+        for key, entry in self.known.old.items():
+            parts = key.split("/")
+            if key in self.known.new or len(parts) != 3 or parts[0] != LOGS:
+                continue
+            job_dir = files.open_dir(self.logs, parts[1])
+            if job_dir is None:
+                continue
+            try:
+                st = files.lstat(job_dir, parts[2]) if is_file_name(parts[2]) else None
+            finally:
+                os.close(job_dir)
+            if st is not None and stat.S_ISREG(st.st_mode) and entry.get("stat") == _stat_key(st):
+                self.known.new[key] = entry
 
     def _remove_abandoned(self) -> int:
         """Remove the upload directories that no lease or result will ever use; return how many.
 
-        Kept: a live lease's, any result's (removed above once published), and a lease's that was
-        reclaimed from a worker that may still report a late success (its job has no result). A
-        directory changed since the tip was read may be a lease claimed after that, and is kept
-        too; without `read_at`, all are kept.
+        Only this queue's directories (_learn_uploads: another queue's uploads may wait in the same
+        incoming/) are removed. Kept: a live lease's, any result's (removed above once published),
+        and a lease's that was reclaimed from a worker that may still report a late success: the
+        hook accepts one whenever the job has no result and no other live lease, however late, so
+        such an upload stays until the job has a result. A directory changed since the tip was
+        read may be a lease claimed after that, and is kept too; without `read_at`, all are kept.
         """
         snap = self.snapshot
-        if snap.read_at is None:
+        if snap.read_at is None or snap.queue is None:
             return 0
         finished = {result["job"] for _, result in snap.entries}
-        # A worker whose lease was reclaimed may report a late success for as long as the job has
-        # no result, however long it was away (frozen, cut off): its upload is kept till then.
-        late = {entry.get("token") for job, entries in snap.lapsed.items() if job not in finished
-                for entry in entries}
-        kept = set(snap.leases) | snap.tokens | {result.get("token") for _, result in snap.entries} | late
+        kept = set(snap.leases) | snap.tokens | {result.get("token") for _, result in snap.entries}
+        kept |= {entry.get("token") for job, entries in snap.lapsed.items() if job not in finished
+                 for entry in entries}
         removed = 0
         for name in os.listdir(self.incoming):
-            st = files.lstat(self.incoming, name) if _TOKEN.fullmatch(name) and name not in kept else None
+            mine = _TOKEN.fullmatch(name) and name not in kept and self.uploads.get(name) == snap.queue
+            st = files.lstat(self.incoming, name) if mine else None
             if st is None or not stat.S_ISDIR(st.st_mode) or st.st_mtime >= snap.read_at:
                 continue
-            removed += files.remove_tree(self.incoming, name)
+            removed += self._remove_upload(name)
         return removed
 
     def _upload(self, token) -> int | None:
@@ -366,7 +509,7 @@ class _Run:
                 out["invalid"].append(f"{job_name}: {ALL}/{name}: {problem}")
                 return False
             out["already"] += 1
-            self.listed[name] = job
+            self.known.record(name, job, self.queue_name)
             return True
         src = files.open_file(upload, name) if upload is not None else None
         if src is None:
@@ -393,8 +536,8 @@ class _Run:
             out["mismatch"].append(name)
             return False
         self.known.installed(self.all, name, name, package["sha256"], sha512, meta=meta[0])
+        self.known.record(name, job, self.queue_name)
         out["published"].append(name)
-        self.listed[name] = job
         return True
 
     def _publish_log(self, job: str, upload: int | None, log: dict) -> bool:
@@ -461,7 +604,8 @@ def _unproven(result: dict, snapshot: Snapshot, uses: Counter) -> str | None:
 
 
 def _write_indexes(all_fd: int, listed: dict, known: _Known) -> None:
-    """Rewrite All/pkg_summary.gz, then All/SHA512, from the files in `listed` (when they changed)."""
+    """Rewrite All/pkg_summary.gz, then All/SHA512, from the files in `listed` ({name: job
+    identity}), when they changed."""
     text = []
     digests = []
     for name in sorted(listed):
@@ -513,7 +657,8 @@ def read_queue(queue, clock=time.time) -> Snapshot:
     """
     read_at = clock()
     _, reader = queue.fetch()
-    snap = Snapshot(settings=queue.settings(reader), read_at=read_at)
+    snap = Snapshot(settings=queue.settings(reader), read_at=read_at,
+                    queue=os.path.realpath(queue.url) if is_local_path(queue.url) else queue.url)
 
     def each(kind_dir, kind):
         for path, blob in reader.walk_files(kind_dir):
@@ -523,7 +668,7 @@ def read_queue(queue, clock=time.time) -> Snapshot:
             except RecordInvalid as e:
                 if kind == "result":
                     snap.unreadable.append(str(e))
-                snap.tokens.update(token.decode() for token in _TOKEN_IN_TOML.findall(data))
+                snap.tokens.update(token.decode() for token in TOKENS_IN_RECORD.findall(data))
 
     for result in each("results", "result"):
         job_path = record_path("jobs", result["job"])

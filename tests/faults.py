@@ -334,7 +334,10 @@ class Harness:
         lost = [n for n in self.jobs if n not in results and n not in blocked]
         extra = [n for n in results if n in blocked]
         assert not lost and not extra, (lost[:5], extra[:5])
-        # Every success is published with the checksum the result names.
+        # Every success names the package its build made (nothing, gc --cache included, took the
+        # build's output from under its upload) and is published with the checksum the result names.
+        empty = [n for n, r in results.items() if r["status"] == "success" and not r.get("packages")]
+        assert not empty, empty[:5]
         unpublished = []
         for name, rec in results.items():
             for pkg in rec.get("packages", []):

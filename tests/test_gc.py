@@ -5,6 +5,8 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
+from pathlib import Path
 
 import pytest
 from dulwich.pack import apply_delta
@@ -14,7 +16,9 @@ from gitqueue import lease
 from gitqueue.errors import RepositoryDamaged
 from gitqueue.gc import gc_cache, gc_repository, measure, splice_delta
 
-from helpers import git_log, gitqueue, job, make_queue, open_queue
+from gitqueue.queue import Queue
+
+from helpers import git_log, gitqueue, job, make_package_queue, make_queue, open_queue
 from test_concurrency import check_history, random_dag, start_worker
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
@@ -253,3 +257,71 @@ def test_splice_delta_turns_the_base_into_the_target(base, at, length, inserted)
     for a, b in ((base, target), (target, base), (base, inserted)):
         got = apply_delta(a, splice_delta(a, b))
         assert (b"".join(got) if isinstance(got, list) else got) == b
+
+
+# -- what workers leave in their cache ------------------------------------------------------------
+
+def work(url, cache_root, worker, command, *args):
+    """`gitqueue work` as `worker` of the host whose cache is `cache_root`, building with `command`."""
+    env = {**os.environ, "GITQUEUE_CACHE": str(cache_root), "GITQUEUE_CONFIG": str(cache_root / "none.toml")}
+    return subprocess.Popen([sys.executable, "-m", "gitqueue", "work", "--queue", url, "--worker", worker,
+                             "--max-wait", "0.2", *args, "--", "sh", "-c", command], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_gc_cache_removes_the_builds_and_old_logs_of_jobs_no_longer_held(tmp_path):
+    """A worker host (file:// queue: a cache like an ssh worker's) builds three jobs with `gitqueue
+    work`. p3's lease was reclaimed from this host's w9 (a late success may still come), and w1
+    builds p3 again while gc --cache runs. gc removes the three finished builds' output
+    directories and, with --keep-logs 1, their logs but the newest; it keeps both of p3's until p3
+    has a result; links and other names are left alone, a directory a crashed gc set aside goes."""
+    tree = tmp_path / "tree"
+    url = make_package_queue(tmp_path, str(tree), [job(f"p{i}-1.0", est_seconds=100 - i) for i in range(5)])
+    remote_url = f"file://{url}"
+    cache_root = tmp_path / "cache-far"
+    package = 'mkdir -p "$GITQUEUE_OUTPUT/All" && echo "$GITQUEUE_JOB" > "$GITQUEUE_OUTPUT/All/$GITQUEUE_JOB.tgz"'
+    done = work(remote_url, cache_root, "w1", f"{package}; echo built $GITQUEUE_JOB", "--max-jobs", "3")
+    assert done.wait(timeout=120) == 0, done.stdout.read()
+    with Queue(remote_url, str(cache_root)) as q:
+        cache = Path(q.cache_dir)
+        finished = set(os.listdir(cache / "build"))
+        assert len(finished) == 3 and len(os.listdir(cache / "logs")) == 3
+        silent = lease.claim(q, "w9")["lease"]
+        lapsed = f"p3-1.0-{silent[:8]}"
+        (cache / "build" / lapsed / "All").mkdir(parents=True)
+    with open_queue(url, tmp_path, host="master") as master:
+        lease.reclaim(master, now=1000.0, ttl=1)
+        assert [r["job"] for r in lease.reclaim(master, now=1002.0, ttl=1)] == ["p3-1.0"]
+    stop = tmp_path / "stop"
+    building = work(remote_url, cache_root, "w1", f"{package}; while [ ! -e {stop} ]; do sleep 0.1; done", "--once")
+    while len(os.listdir(cache / "build")) < 5:
+        assert building.poll() is None, building.stdout.read()
+        time.sleep(0.1)
+    [rebuilding] = set(os.listdir(cache / "build")) - finished - {lapsed}
+    assert rebuilding.startswith("p3-1.0-")
+    outside = tmp_path / "outside"
+    (outside / "keep").mkdir(parents=True)
+    (cache / "build" / "p0-1.0-0badc0de").symlink_to(outside)  # a JOB-LEASE8 name, a link
+    (cache / "build" / "notes").mkdir()
+    crashed = cache / "build" / ".gc-p9-1.0-01234567-999" / "All"
+    crashed.mkdir(parents=True)
+    (crashed / "p9-1.0.tgz").write_bytes(b"x" * 1000)
+    for i, name in enumerate(sorted(os.listdir(cache / "logs"))):
+        os.utime(cache / "logs" / name, (1_000_000 + i, 1_000_000 + i))  # p3's the newest, then p2's
+
+    proc = gitqueue("gc", "--cache", "--keep-logs", "1", "--queue", remote_url,
+                    env={"GITQUEUE_CACHE": str(cache_root)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[1] == ("removed 4 build directories (0.0 MB) and 2 logs (0.0 MB) of jobs "
+                                           "this host no longer holds")
+    assert set(os.listdir(cache / "build")) == {"notes", "p0-1.0-0badc0de", lapsed, rebuilding}
+    assert os.listdir(outside) == ["keep"]
+    assert sorted(n[:6] for n in os.listdir(cache / "logs")) == ["p2-1.0", "p3-1.0"]
+
+    # w1's build of p3 ends (uploaded, reported): p3 has a result, neither of its attempts is held.
+    stop.touch()
+    assert building.wait(timeout=60) == 0, building.stdout.read()
+    with Queue(remote_url, str(cache_root)) as q:
+        out = gc_cache(q, grace=0, keep_logs=0)
+    assert out["outputs"] == {"builds": 2, "build_bytes": 7, "logs": 2, "log_bytes": out["outputs"]["log_bytes"]}
+    assert sorted(os.listdir(cache / "build")) == ["notes", "p0-1.0-0badc0de"] and os.listdir(cache / "logs") == []

@@ -76,7 +76,7 @@ def test_packages_travel_over_ssh_and_get_published(tmp_path, sshd):
     pub = subprocess.run([sys.executable, "-m", "gitqueue", "publish", "--queue", url, "--tree", str(tree)],
                          env=admin, capture_output=True, text=True, timeout=60)
     assert pub.returncode == 0, pub.stderr
-    assert pub.stdout.splitlines()[0] == ("published 2, already 0, missing 0, restricted 1; "
+    assert pub.stdout.splitlines()[0] == ("published 2, already 0, missing 0, restricted 1; 2 packages indexed; "
                                          "uploads removed: 2 published, 0 abandoned")
     assert sorted(os.listdir(tree / "All")) == ["SHA512", "app-2.0.tgz", "base-1.0.tgz", "pkg_summary.gz"]
     # The published uploads are removed; the restricted package's stays where it was uploaded.
@@ -91,7 +91,7 @@ def test_packages_travel_over_ssh_and_get_published(tmp_path, sshd):
     assert check.returncode == 0, check.stdout + check.stderr
     again = subprocess.run([sys.executable, "-m", "gitqueue", "publish", "--queue", url, "--tree", str(tree)],
                            env=admin, capture_output=True, text=True, timeout=60)
-    assert again.stdout.splitlines()[0] == ("published 0, already 2, missing 0, restricted 1; "
+    assert again.stdout.splitlines()[0] == ("published 0, already 2, missing 0, restricted 1; 2 packages indexed; "
                                            "uploads removed: 0 published, 0 abandoned")
     assert "report app-2.0 (misc/app): success by w1" in git_log(url)
 

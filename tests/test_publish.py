@@ -5,6 +5,8 @@ import hashlib
 import io
 import os
 import shutil
+import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -555,7 +557,8 @@ def test_a_local_writer_s_hostile_record_is_listed_and_the_rest_published(tmp_pa
     proc = gitqueue("publish", "--queue", url, env={"GITQUEUE_CACHE": str(tmp_path / "cache-cron")})
     assert proc.returncode == 1
     assert proc.stdout.splitlines()[:4] == [
-        "published 1, already 0, missing 0, restricted 0; uploads removed: 1 published, 0 abandoned",
+        "published 1, already 0, missing 0, restricted 0; 1 packages indexed; uploads removed: 1 published, "
+        "0 abandoned",
         "  published a-1.0.tgz",
         f"  invalid {record_path('results', 'b-1.0')}: log.name: '/etc/passwd' is not a valid value",
         f"  invalid {record_path('results', 'c-1.0')}: packages[0].name: '../../x' is not a valid value"]
@@ -568,10 +571,11 @@ def test_a_local_writer_s_hostile_record_is_listed_and_the_rest_published(tmp_pa
 
 
 def test_uploads_are_removed_once_published_and_abandoned_ones_too(tmp_path, tree):
-    """Published: a success's and a failure's uploads go. Abandoned: a released lease's, a stray
-    one. Kept: a live lease's, a restricted package's, a reclaimed lease's (a late success may
-    come) while its job has no result, one made after the tip was read; links and other names."""
-    estimates = {"e-1.0": 700, "a-1.0": 600, "b-1.0": 500, "r-1.0": 400, "d-1.0": 300}  # the claims' order
+    """Published: a success's and a failure's uploads go. Abandoned: a released lease's that a
+    publish run saw live. Kept: a live lease's, a restricted package's, a reclaimed lease's (a late
+    success may come) until its job has a result, one made after the tip was read, one no record
+    of this queue ever named (another queue's, in a shared tree); links and other names."""
+    estimates = {"e-1.0": 700, "d-1.0": 650, "a-1.0": 600, "b-1.0": 500, "r-1.0": 400}  # the claims' order
     url = package_queue(tmp_path, tree, [job(n, est_seconds=t, **({"restricted": "license"} if n == "r-1.0" else {}))
                                          for n, t in estimates.items()])
     tokens = {}
@@ -587,15 +591,17 @@ def test_uploads_are_removed_once_published_and_abandoned_ones_too(tmp_path, tre
         tokens["e-1.0 lapsed"], _, _ = claim_and_upload(q, "w0", "e-1.0")
         lease.reclaim(q, now=1000.0, ttl=1)
         assert [r["job"] for r in lease.reclaim(q, now=1002.0, ttl=1)] == ["e-1.0"]
-        tokens["e-1.0"], pkg_e, _ = claim_and_upload(q, "w1", "e-1.0")  # a live lease, uploading
-        for worker, name in (("w2", "a-1.0"), ("w3", "b-1.0"), ("w4", "r-1.0"), ("w5", "d-1.0")):
+        tokens["e-1.0"], _, _ = claim_and_upload(q, "w1", "e-1.0")  # a live lease, uploading
+        for worker, name in (("w5", "d-1.0"), ("w2", "a-1.0"), ("w3", "b-1.0"), ("w4", "r-1.0")):
             tokens[name], pkg, log = claim_and_upload(q, worker, name)
             if name == "b-1.0":
                 lease.report(q, worker, name, "failure", log=log, log_tail="boom")
             elif name == "d-1.0":
-                lease.release(q, worker, name, decline=False)
+                # publish (cron) runs while d's lease is live: that upload is this queue's.
+                assert publish(str(tree), read_queue(q))["abandoned"] == 0
             else:
                 lease.report(q, worker, name, "success", log=log, packages=[pkg])
+        lease.release(q, "w5", "d-1.0", decline=False)
         now = time.time()
         snap = read_queue(q, clock=lambda: now)
     incoming = tree / "incoming"
@@ -603,30 +609,178 @@ def test_uploads_are_removed_once_published_and_abandoned_ones_too(tmp_path, tre
     (outside / "keep").mkdir(parents=True)
     (incoming / ("f" * 16)).symlink_to(outside)
     (incoming / "notes").mkdir()
-    (incoming / ("0" * 32)).mkdir()  # nobody's
+    (incoming / ("0" * 32)).mkdir()  # no lease of this queue's: another queue's, maybe
     for path in incoming.iterdir():
         os.utime(path, (now - 100, now - 100), follow_symlinks=False)
     (incoming / ("1" * 32)).mkdir()  # made after the tip was read: maybe a lease claimed since
     os.utime(incoming / ("1" * 32), (now + 1, now + 1))
 
-    got = publish(str(tree), snap, clock=lambda: now)
+    got = publish(str(tree), snap)
     assert got["published"] == ["a-1.0.tgz"] and got["restricted"] == ["r-1.0.tgz"]
     assert got["logs"] == ["logs/a-1.0/a-1.0.log", "logs/b-1.0/b-1.0.log", "logs/r-1.0/r-1.0.log"]
     assert (tree / "logs" / "b-1.0" / "b-1.0.log").read_text() == "building b-1.0\n"
-    assert (got["removed"], got["abandoned"]) == (2, 2)  # a's and b's; d's and nobody's
+    assert (got["removed"], got["abandoned"]) == (2, 1)  # a's and b's; d's
     assert sorted(os.listdir(incoming)) == sorted([tokens["e-1.0 lapsed"], tokens["e-1.0"], tokens["r-1.0"],
-                                                   "f" * 16, "notes", "1" * 32])
+                                                   "f" * 16, "notes", "0" * 32, "1" * 32])
     assert os.listdir(outside) == ["keep"]
-    # However long e-1.0's reclaimed worker stays away (frozen, cut off), its upload waits while
-    # the job has no result: it may still come back and report a late success naming it.
-    got = publish(str(tree), snap, clock=lambda: now + 30 * 86400)
-    assert (got["removed"], got["abandoned"]) == (0, 0)
-    assert tokens["e-1.0 lapsed"] in os.listdir(incoming)
-    # Once the job has a result (here w1's, from its live lease), the reclaimed upload goes.
+    # Once e-1.0 has a result, its reclaimed worker cannot report late any more: its upload goes
+    # (w1's, its failure's without a log, is published whole).
     with open_queue(url, tmp_path) as q:
-        lease.report(q, "w1", "e-1.0", "success", packages=[pkg_e])
-        later = time.time()
-        snap = read_queue(q, clock=lambda: later)
-    got = publish(str(tree), snap, clock=lambda: later)
-    assert got["published"] == ["e-1.0.tgz"] and (got["removed"], got["abandoned"]) == (1, 1)
-    assert tokens["e-1.0 lapsed"] not in os.listdir(incoming) and tokens["e-1.0"] not in os.listdir(incoming)
+        lease.report(q, "w1", "e-1.0", "failure", log_tail="boom")
+        got = publish(str(tree), read_queue(q))
+    assert (got["removed"], got["abandoned"]) == (1, 1)
+    assert not {tokens["e-1.0 lapsed"], tokens["e-1.0"]} & set(os.listdir(incoming))
+
+
+def test_a_reclaimed_lease_s_upload_waits_for_its_late_success_however_late(tmp_path, tree):
+    """w1 uploads, then goes silent for hours; its lease is reclaimed. publish runs meanwhile and
+    keeps the upload: when w1 comes back and reports a late success, its package is published.
+    (publish used to drop such uploads after lease_ttl; the late success was then kept without
+    its package, which tests/test_faults.py caught.)"""
+    url = package_queue(tmp_path, tree, [job("a-1.0")])
+    with open_queue(url, tmp_path) as q:
+        token = claim_as(q, "w1", "a-1.0")
+        pkg = upload(tree, token, "a-1.0")
+        assert publish(str(tree), read_queue(q))["abandoned"] == 0  # the lease is live
+        lease.reclaim(q, now=1000.0, ttl=1)
+        assert [r["job"] for r in lease.reclaim(q, now=1002.0, ttl=1)] == ["a-1.0"]
+        hours_ago = time.time() - 5 * 3600  # the queue's lease_ttl is 3600
+        os.utime(tree / "incoming" / token, (hours_ago, hours_ago))
+        got = publish(str(tree), read_queue(q))
+        assert (got["removed"], got["abandoned"]) == (0, 0) and os.listdir(tree / "incoming") == [token]
+        assert lease.report(q, "w1", "a-1.0", "success", token=token, packages=[pkg])["late"] is True
+        got = publish(str(tree), read_queue(q))
+    assert got["published"] == ["a-1.0.tgz"] and got["removed"] == 1
+    assert sorted(summary(tree)) == ["a-1.0"]
+
+
+# -- several queues, one package tree ---------------------------------------------------------------
+
+
+def build_in(url, cache_root, tree, n, payload=0):
+    """n ready jobs of the queue at `url` claimed, built (a package uploaded to incoming/TOKEN/) and
+    reported a success; returns their names. `payload` bytes of noise make each package larger."""
+    built = []
+    with open_queue(url, cache_root, host="builder") as q:
+        for _ in range(n):
+            got = lease.claim(q, "w1")
+            pkg = upload(tree, got["lease"], got["job"], pkgpath=got["pkgpath"],
+                         desc=os.urandom(payload).hex() if payload else None)
+            lease.report(q, "w1", got["job"], "success", packages=[pkg])
+            built.append(got["job"])
+    return built
+
+
+def assert_indexes_list_all_of(tree, pkgpaths):
+    """All/pkg_summary.gz (gunzipped, parsed) and All/SHA512 describe exactly the .tgz files in All/,
+    with their checksums, each with its job's PKGPATH (`pkgpaths`: PKGNAME -> PKGPATH)."""
+    directory = tree / "All"
+    packages = sorted(n for n in os.listdir(directory) if n.endswith(".tgz"))
+    data = {n: (directory / n).read_bytes() for n in packages}
+    entries = summary(tree)
+    assert sorted(e["FILE_NAME"][0] for e in entries.values()) == packages
+    for pkgname, e in entries.items():
+        content = data[e["FILE_NAME"][0]]
+        assert e["FILE_NAME"] == [f"{pkgname}.tgz"] and e["FILE_SIZE"] == [str(len(content))]
+        assert e["FILE_CKSUM"] == [f"SHA256 {hashlib.sha256(content).hexdigest()}"]
+        assert e["PKGPATH"] == [pkgpaths[pkgname]]
+    data["pkg_summary.gz"] = (directory / "pkg_summary.gz").read_bytes()
+    assert (directory / "SHA512").read_text().splitlines() == [
+        f"SHA512 (All/{n}) = {hashlib.sha512(content).hexdigest()}" for n, content in sorted(data.items())]
+    return packages
+
+
+def two_queues(tmp_path, tree, n):
+    """Two queues (two builds) whose packages_url is the one tree; ({name: url}, {PKGNAME: PKGPATH})."""
+    urls, pkgpaths = {}, {}
+    for name in ("q1", "q2"):
+        (tmp_path / name).mkdir()
+        jobs = [job(f"{name}p{i}-1.0", pkgpath=f"{name}/p{i}", est_seconds=100 - i) for i in range(n)]
+        urls[name] = make_package_queue(tmp_path / name, str(tree), jobs)
+        pkgpaths.update({j["name"]: j["pkgpath"] for j in jobs})
+    return urls, pkgpaths
+
+
+def test_queues_sharing_a_tree_each_publish_indexes_every_package_in_all(tmp_path, tree):
+    """Queue 2's publish keeps queue 1's packages in pkg_summary.gz and SHA512, and the other way
+    round; a package removed from All/ leaves the indexes; one nobody published is not indexed."""
+    urls, pkgpaths = two_queues(tmp_path, tree, 4)
+
+    def publish_queue(name):
+        with open_queue(urls[name], tmp_path / name, host="master") as q:
+            return publish(str(tree), read_queue(q))
+
+    build_in(urls["q1"], tmp_path / "q1", tree, 3)
+    build_in(urls["q2"], tmp_path / "q2", tree, 2)
+    waiting = sorted(os.listdir(tree / "incoming"))
+    got = publish_queue("q1")
+    assert got["indexed"] == 3 and (got["removed"], got["abandoned"]) == (3, 0)
+    assert assert_indexes_list_all_of(tree, pkgpaths) == ["q1p0-1.0.tgz", "q1p1-1.0.tgz", "q1p2-1.0.tgz"]
+    # Queue 2's uploads, which no record of queue 1 names, wait for queue 2's publish.
+    assert len(os.listdir(tree / "incoming")) == 2 and set(os.listdir(tree / "incoming")) < set(waiting)
+    got = publish_queue("q2")
+    assert got["published"] == ["q2p0-1.0.tgz", "q2p1-1.0.tgz"] and got["indexed"] == 5
+    assert len(assert_indexes_list_all_of(tree, pkgpaths)) == 5
+    # Each queue's run again, with nothing new: the same indexes.
+    before = (tree / "All" / "SHA512").read_bytes()
+    for name in ("q1", "q2"):
+        assert publish_queue(name)["indexed"] == 5
+        assert (tree / "All" / "SHA512").read_bytes() == before
+    # Without the remembered digests, files are read again; what was published for whom is kept.
+    with open_queue(urls["q2"], tmp_path / "q2", host="master") as q:
+        assert publish(str(tree), read_queue(q), cache=False)["indexed"] == 5
+    assert (tree / "All" / "SHA512").read_bytes() == before
+    # The administrator removes a package of queue 1: queue 2's next run drops its entry.
+    os.unlink(tree / "All" / "q1p1-1.0.tgz")
+    assert publish_queue("q2")["indexed"] == 4
+    assert "q1p1-1.0" not in summary(tree) and len(assert_indexes_list_all_of(tree, pkgpaths)) == 4
+    # A file that no publish run put there is not indexed (nothing says which job it is), and is
+    # named; one of queue 1's rewritten behind publish's back is not the published one any more.
+    make_package(tree / "All" / "stray-1.0.tgz", "stray-1.0")
+    (tree / "All" / "q1p2-1.0.tgz").write_bytes(b"rewritten")
+    got = publish_queue("q2")
+    assert got["unlisted"] == ["q1p2-1.0.tgz", "stray-1.0.tgz"] and got["indexed"] == 3
+    assert sorted(summary(tree)) == ["q1p0-1.0", "q2p0-1.0", "q2p1-1.0"]
+    for path in ("stray-1.0.tgz", "q1p2-1.0.tgz"):
+        os.unlink(tree / "All" / path)
+    assert publish_queue("q1")["unlisted"] == []
+    assert len(assert_indexes_list_all_of(tree, pkgpaths)) == 3
+
+
+def test_a_package_two_queues_build_is_listed_as_the_first_published_it(tmp_path, tree):
+    """Both builds have common-1.0: the second one's bytes differ (a conflict, All/ keeps the
+    first), or are the same (already there); either way the entry stays the first queue's."""
+    urls = {}
+    for name, pkgpath in (("q1", "devel/common"), ("q2", "devel/common-renamed")):
+        (tmp_path / name).mkdir()
+        urls[name] = make_package_queue(tmp_path / name, str(tree), [job("common-1.0", pkgpath=pkgpath)])
+    build_in(urls["q1"], tmp_path / "q1", tree, 1)
+    with open_queue(urls["q1"], tmp_path / "q1") as q:
+        publish(str(tree), read_queue(q))
+    first = (tree / "All" / "common-1.0.tgz").read_bytes()
+    build_in(urls["q2"], tmp_path / "q2", tree, 1, payload=16)
+    with open_queue(urls["q2"], tmp_path / "q2") as q:
+        got = publish(str(tree), read_queue(q))
+    assert got["conflict"] == ["common-1.0.tgz"] and got["indexed"] == 1
+    assert (tree / "All" / "common-1.0.tgz").read_bytes() == first
+    assert assert_indexes_list_all_of(tree, {"common-1.0": "devel/common"}) == ["common-1.0.tgz"]
+
+
+def test_queues_publishing_into_one_tree_at_once(tmp_path, tree):
+    """Two `gitqueue publish` processes, one per queue, started together, round after round: after
+    each round the indexes list every package in All/, both queues' (the tree's lock serializes
+    the runs; without it, the run that finishes last forgets what the other published)."""
+    urls, pkgpaths = two_queues(tmp_path, tree, 12)
+    env = {**os.environ, "GITQUEUE_CONFIG": str(tmp_path / "none.toml")}
+    for round_ in range(4):
+        for name in urls:
+            build_in(urls[name], tmp_path / name, tree, 3, payload=200_000)
+        procs = [subprocess.Popen([sys.executable, "-m", "gitqueue", "publish", "--queue", url, "--tree", str(tree)],
+                                  env={**env, "GITQUEUE_CACHE": str(tmp_path / f"cache-cron-{name}")},
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for name, url in urls.items()]
+        for proc in procs:
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+        assert len(assert_indexes_list_all_of(tree, pkgpaths)) == 6 * (round_ + 1)
+    assert os.listdir(tree / "incoming") == []

@@ -335,6 +335,9 @@ def demo_cmd(directory, workers, speed):
 def publish_cmd(queue_url, tree, as_json):
     """Publish verified uploads into All/ and write pkg_summary.gz and SHA512 (on the master, cron).
 
+    Several queues may publish into one tree: the indexes list every package that a publish run
+    of any of them put in All/ (files nobody published are listed as unlisted, not indexed).
+
     A package is published only for its own job (PKGNAME.tgz, or the queue's package_files),
     when it matches its result's checksum, does not name itself as another package, and its
     result is proven (a late result only for a lease reclaimed from that worker). Then removes
@@ -357,9 +360,9 @@ def publish_cmd(queue_url, tree, as_json):
         out = publish(tree, read_queue(queue))
     emit(out, as_json, lambda: "\n".join(
         [f"published {len(out['published'])}, already {out['already']}, missing {len(out['missing'])}, "
-         f"restricted {len(out['restricted'])}; uploads removed: {out['removed']} published, "
-         f"{out['abandoned']} abandoned"]
-        + [f"  {key} {item}" for key in ("published", "mismatch", "conflict", "invalid", "unproven")
+         f"restricted {len(out['restricted'])}; {out['indexed']} packages indexed; uploads removed: "
+         f"{out['removed']} published, {out['abandoned']} abandoned"]
+        + [f"  {key} {item}" for key in ("published", "mismatch", "conflict", "invalid", "unproven", "unlisted")
            for item in out[key]]))
     bad = out["mismatch"] + out["conflict"] + out["invalid"] + out["unproven"]
     if bad:

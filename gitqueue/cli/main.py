@@ -210,7 +210,7 @@ def emit(data, as_json, text):
 # Which module defines each command: only that one is imported when the command runs.
 LAZY_COMMANDS = {
     "simulate": "schedule", "priority": "schedule", "noway": "schedule",
-    "status": "view", "html": "view", "history": "view", "diff": "view",
+    "status": "view", "html": "view", "history": "view", "diff": "view", "log": "view",
     "worker": "registry",
     "hooks": "server", "verify": "server", "serve": "server",
     "gc": "maintenance",

@@ -1,9 +1,10 @@
-"""Commands that show a build: status, html (the bulk build report), history, diff."""
+"""Commands that show a build: status, html (the bulk build report), history, diff, log."""
 
 import time
 
 import click
 
+from ..buildlog import MAX_BYTES as LOG_MAX_BYTES
 from ..text import printable_lines
 from .main import cli, context, emit, json_option, queue_option
 
@@ -170,6 +171,9 @@ def html_cmd(outdir, as_text, logs_dir, log_url, queue_url, as_json):
 def history_cmd(package, queue_urls, as_json):
     """List every attempt at PACKAGE (PKGNAME, base name or package path) in one or more builds.
 
+    Each job's attempts are numbered (#) from 1 in the order claimed: `gitqueue log JOB
+    --attempt N` prints the log of one.
+
     Exit 0; 1 when no queue has the package or a queue cannot be read.
 
     \b
@@ -189,13 +193,14 @@ def history_cmd(package, queue_urls, as_json):
 def history_text(rows) -> str:
     from ..bulkreport import time_text
 
-    lines = [f"{'queue':16} {'job':32} {'worker':14} {'started':20} {'took':>8}  {'result':18} log"]
+    lines = [f"{'queue':16} {'job':32} {'#':>2} {'worker':14} {'started':20} {'took':>8}  {'result':18} log"]
     for r in rows:
         result = r["result"] + (" (late)" if r["late"] else "")
         took = _duration(r["duration"]) if r["duration"] is not None else "-"
         started = time_text(r["start"]).removesuffix(" UTC") if r["start"] is not None else "-"
         tail = r["log"] or (r["reason"] or "")
-        lines.append(f"{r['queue']:16} {r['job']:32} {r['worker'] or '-':14} {started:20} {took:>8}  {result:18} {tail}")
+        lines.append(f"{r['queue']:16} {r['job']:32} {r['attempt'] or '-':>2} {r['worker'] or '-':14} {started:20} "
+                     f"{took:>8}  {result:18} {tail}")
     return printable_lines(lines)
 
 
@@ -241,3 +246,52 @@ def diff_text(data) -> str:
             lines.append(f"  {c['pkgpath'] or '-':30} {c['new']:32} {_duration(c['old_seconds']):>10} -> "
                          f"{_duration(c['new_seconds']):>10} ({sign}{_duration(abs(c['change']))})")
     return printable_lines(lines)
+
+
+@cli.command("log")
+@click.argument("job")
+@click.option("--attempt", type=click.IntRange(min=1), metavar="N",
+              help="The Nth attempt, as `gitqueue history JOB` numbers them [default: the latest].")
+@click.option("--tail", type=click.IntRange(min=1), metavar="N", help="Print only the log's last N lines.")
+@click.option("--max-bytes", type=click.IntRange(min=1), default=LOG_MAX_BYTES, show_default=True, metavar="BYTES",
+              help="Print at most the log's last BYTES bytes (a line on stderr says what was left out).")
+@click.option("--raw", is_flag=True, help="Print the log's bytes as they are, control characters included.")
+@click.option("--tree", type=click.Path(file_okay=False),
+              help="The package tree on this machine (default: the queue's packages_url).")
+@queue_option
+def log_cmd(job, attempt, tail, max_bytes, raw, tree, queue_url):
+    """Print the build log of JOB's latest attempt (or of --attempt N).
+
+    Read from this host's cache when this host built that attempt, else from the package tree:
+    its logs/JOB/ or incoming/LEASE/ when the tree is on this machine (the master: --tree, or a
+    packages_url that is a directory), else fetched with rsync from the queue's packages_url, as
+    `gitqueue work` fetches packages. A log from
+    the tree is shown only if it matches the size and SHA-256 its result recorded. Control
+    characters are shown escaped (\\x1b) unless --raw. Exit 0; 1 when there is no such job, the
+    attempt has no log, or the log cannot be fetched or does not match its result.
+
+    \b
+    Example: gitqueue log gmake-4.4.1 --tail 40 --queue ssh://bulk@master.example.org/srv/queues/2026Q4-m68k.git
+    """
+    from ..buildlog import read_log
+    from ..text import printable
+    from ..transfer import transfer_options
+    from .commands import _transfer_settings
+    from .main import _ssh_command
+
+    ctx = context(queue_url)
+    cfg = ctx.config
+    # How `gitqueue work` reaches the package tree: the same ssh, the same retries.
+    transfer = {"rsh": _ssh_command(cfg.get("rsync_rsh") or ctx.ssh_command, ctx.cache_dir),
+                **transfer_options(*_transfer_settings(cfg))}
+    with ctx.open() as queue:
+        got = read_log(queue, job, attempt, max_bytes=max_bytes, tail=tail, tree=tree, transfer=transfer)
+    if got["cut"] == "max_bytes":
+        click.echo(f"gitqueue: the first {got['skipped']} of the log's {got['size']} bytes are left out "
+                   f"(--max-bytes); {printable(got['where'])}", err=True)
+    data = got["data"]
+    if raw:
+        click.get_binary_stream("stdout").write(data)
+    elif data:
+        text = printable(data.decode("utf-8", "replace"), keep_newlines=True)
+        click.echo(text, nl=not text.endswith("\n"))

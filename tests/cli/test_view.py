@@ -90,9 +90,9 @@ def test_html_needs_somewhere_to_write(gq, known):
 
 def test_history(gq, known):
     lines = gq("history", "cat/f", "--queue", known).stdout.splitlines()
-    assert lines[0].split() == ["queue", "job", "worker", "started", "took", "result", "log"]
-    assert [line.split()[2] for line in lines[1:]] == ["w2", "w3", "w1"]
-    assert lines[1].split()[3:8] == ["2026-01-01", "00:00:10", "10", "s", "released"]
+    assert lines[0].split() == ["queue", "job", "#", "worker", "started", "took", "result", "log"]
+    assert [line.split()[2:4] for line in lines[1:]] == [["1", "w2"], ["2", "w3"], ["3", "w1"]]
+    assert lines[1].split()[4:9] == ["2026-01-01", "00:00:10", "10", "s", "released"]
     rows = json.loads(gq("history", "c-3.0", "--queue", known, "--json").stdout)
     assert [(r["worker"], r["result"], r["log"]) for r in rows] == [("w1", "failure", "c-3.0.log")]
 
@@ -186,7 +186,7 @@ def test_trailers_gitqueue_cannot_have_written_are_left_out(gq, known, tmp_path)
     rows = json.loads(gq("history", "cat/f", "--queue", known, "--json").stdout)
     assert rows[:-1] == before and (rows[-1]["worker"], rows[-1]["result"]) == ("w9", "success")
     assert 0 <= rows[-1]["duration"] < 60  # measured from the commit times, not "inf"
-    assert gq("history", "cat/f", "--queue", known).stdout.splitlines()[-1].split()[2] == "w9"
+    assert gq("history", "cat/f", "--queue", known).stdout.splitlines()[-1].split()[3] == "w9"
     gq("status", "--queue", known)
     gq("html", tmp_path / "site", "--queue", known)
     workers = [w["worker"] for w in json.loads(gq("html", "--json", "--queue", known).stdout)["workers"]]
