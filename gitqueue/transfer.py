@@ -434,7 +434,8 @@ def download(packages: list[dict], tree: str, dest_dir: str, rsh: str | None = N
              rsync: str = RSYNC, rsync_path: str | None = None, source: str = "All") -> list[str]:
     """Fetch ``<tree>/<source>/<name>`` for each ``{'name', 'sha256'}`` into ``dest_dir``; return the paths.
 
-    ``source`` is ``All`` (published) or ``incoming/<token>`` (uploaded, not yet published).
+    ``source`` is ``All`` (published), ``incoming/<token>`` (uploaded, not yet published) or
+    ``logs/<job>`` (a published build log).
 
     Files already in ``dest_dir`` with the right sha256 are not fetched; a stale copy serves as
     rsync's basis. Every fetched file is checked: one whose sha256 differs is deleted and raises
@@ -442,10 +443,10 @@ def download(packages: list[dict], tree: str, dest_dir: str, rsh: str | None = N
     """
     loc = parse_tree(tree)
     parts = source.split("/")
-    if source != "All" and not (len(parts) == 2 and parts[0] == "incoming"):
-        raise TransferError(f"cannot download from {source!r}: only All or incoming/TOKEN")
+    if source != "All" and not (len(parts) == 2 and parts[0] in ("incoming", "logs")):
+        raise TransferError(f"cannot download from {source!r}: only All, incoming/TOKEN or logs/JOB")
     if len(parts) == 2:
-        _check_name(parts[1], "token")
+        _check_name(parts[1], "token" if parts[0] == "incoming" else "job name")
     wanted: dict[str, str] = {}
     order = []
     for p in packages:
