@@ -153,9 +153,11 @@ class Worker:
                     wait = min(wait * 2, self.max_wait)
                     continue
             wait = 0.2
-            skew = self._version_skew(job)
+            skew, broken = self._version_skew(job)
             if skew:
-                self._give_back(job, skew, "tree", decline=True)
+                # A tree that has another version declines the job; a tree that cannot answer at
+                # all (bmake missing, a broken checkout) is this worker's trouble.
+                self._give_back(job, skew, "tree", decline=not broken, own=broken)
                 job = None
                 continue
             missing = self._fetch_dependencies(job)
@@ -417,27 +419,28 @@ class Worker:
         return {"job": job["job"], "status": status, "token": job["lease"], "duration": duration,
                 "log": log, "log_tail": tail if status == "failure" else None, "packages": packages}
 
-    def _version_skew(self, job) -> str | None:
-        """Why this worker's tree cannot build `job` as the queue has it, or None."""
+    def _version_skew(self, job) -> tuple[str | None, bool]:
+        """(why this worker's tree cannot build `job` as the queue has it, or None; whether the
+        tree itself is broken rather than at another version)."""
         if not self.pkgname_command or not job.get("pkgpath") or not self.pkgsrc_dir:
-            return None
+            return None, False
         import shlex
 
         directory = os.path.join(self.pkgsrc_dir, job["pkgpath"])
         if not os.path.isdir(directory):
-            return f"sorry, my pkgsrc has no {job['pkgpath']} (yet)"
+            return f"sorry, my pkgsrc has no {job['pkgpath']} (yet)", False
         try:
             proc = subprocess.run(shlex.split(self.pkgname_command), cwd=directory, env=job_environment(job),
                                   stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
         except (OSError, subprocess.TimeoutExpired) as e:
-            return f"cannot ask my pkgsrc for the PKGNAME of {job['pkgpath']}: {e}"
+            return f"cannot ask my pkgsrc for the PKGNAME of {job['pkgpath']}: {e}", True
         found = proc.stdout.strip()
         if proc.returncode != 0 or not found:
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            return f"cannot ask my pkgsrc for the PKGNAME of {job['pkgpath']}: {last}"
+            return f"cannot ask my pkgsrc for the PKGNAME of {job['pkgpath']}: {last}", True
         if found != job["job"]:
-            return f"sorry, my pkgsrc has {found}, not {job['job']} (yet)"
-        return None
+            return f"sorry, my pkgsrc has {found}, not {job['job']} (yet)", False
+        return None, False
 
     def log_path_of(self, job_or_result) -> str:
         """Where this worker keeps the build log of a job it built (its lease or result)."""

@@ -172,3 +172,24 @@ def test_a_worker_in_trouble_stops_instead_of_churning(tmp_path):
     # A job given back twice for the same cause is declined: not offered to w1 again.
     declined = [ln for ln in gave_back if ln.endswith("; declined (not offered to this worker again)")]
     assert declined and all(ln.split(":")[1].split()[-1] in ("b-1", "c-1") for ln in declined)
+
+
+def test_a_broken_pkgsrc_tree_stops_the_worker_instead_of_declining_every_job(tmp_path):
+    """A tree that cannot answer (bmake missing or failing) is the worker's trouble, not the jobs':
+    after three give-backs it stops, rather than go through (and decline) the whole queue."""
+    url = make_queue(tmp_path, [job(f"p{i}-1.0", pkgpath=f"devel/p{i}") for i in range(5)])
+    tree = tmp_path / "pkgsrc"
+    for i in range(5):
+        (tree / f"devel/p{i}").mkdir(parents=True)
+    broken = tmp_path / "show-pkgname"
+    broken.write_text("#!/bin/sh\necho 'bmake: no such file or directory' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    config = tmp_path / "config.toml"
+    config.write_text(f'pkgsrc_dir = "{tree}"\npkgname_command = "{broken}"\n')
+    proc = work(url, tmp_path, "w1", "true", "--max-wait", "0.2", env={"GITQUEUE_CONFIG": str(config)})
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out
+    assert out.splitlines()[-1].startswith("Error: w1 gave back 3 jobs in a row because of trouble on this "
+                                           "worker, not in the jobs; stopping. The last: cannot ask my pkgsrc for "
+                                           "the PKGNAME of devel/p"), out
+    assert len([s for s in git_log(url).splitlines() if s.startswith("release ")]) == 3
