@@ -162,9 +162,12 @@ class TreeWalk:
     what a push brought).
     """
 
-    def __init__(self, store, max_record_bytes: int):
+    def __init__(self, store, max_record_bytes: int, parsed: dict | None = None):
         self.store = store
         self.max_record_bytes = max_record_bytes
+        # Trees already parsed (id -> entries), kept by the caller across commits: the new trees
+        # of one commit are the old trees of the next.
+        self.parsed = {} if parsed is None else parsed
         self.changes: list[Change] = []
         self.problems: list[tuple[str, str, str]] = []  # (path, rule, message)
         self.objects: set[bytes] = set()
@@ -188,11 +191,16 @@ class TreeWalk:
             self._fail(path, "layout", f"{where}: {e}")
             return None
         self.objects.add(sha)
+        if len(self.parsed) >= 4096:
+            self.parsed.clear()
+        self.parsed[sha] = entries
         return entries
 
     def _old_entries(self, sha):
         if sha is None:
             return []
+        if sha in self.parsed:
+            return self.parsed[sha]
         raw = read_object(self.store, sha, "tree", MAX_READ_BYTES << 4)
         try:
             if isinstance(raw, str):
@@ -334,6 +342,7 @@ class State:
         self._registry_key = None
         self.tokens: dict[str, str] = {}
         self._leases: dict[str, str] | None = None  # job -> worker of every live lease
+        self.parsed_trees: dict = {}  # tree id -> entries, for TreeWalk
 
     def leases(self) -> dict[str, str]:
         """{job: worker} of the live leases of the parent's tree (read once, then kept up to date)."""
@@ -446,7 +455,7 @@ def check_commit(store, state: State, commit, options: Options | None = None) ->
     named = signer if reg.signed else _self_signed(commit)
 
     limit = reg.max_record_bytes if reg.settings else DEFAULT_MAX_RECORD_BYTES
-    walk = TreeWalk(store, limit).run(state.tree, commit.tree)
+    walk = TreeWalk(store, limit, state.parsed_trees).run(state.tree, commit.tree)
     for path, rule, message in walk.problems:
         fail(rule, message.removeprefix(f"{path}: ") if path else message, path or None)
     verdict.objects = walk.objects
