@@ -237,10 +237,10 @@ class TreeWalk:
                     self._removed(place, name, path, o)
             elif n is not None:
                 if o_dir:
-                    self._removed_tree(o[1], path + "/")
+                    self._removed_tree(o[1], path + "/", self._old_place(place, name))
                 self._file(place, name, path, None if o_dir else o, n)
             elif o_dir:
-                self._removed_tree(o[1], path + "/")
+                self._removed_tree(o[1], path + "/", self._old_place(place, name))
             else:
                 self._removed(place, name, path, o)
 
@@ -258,6 +258,11 @@ class TreeWalk:
         kind, who = layout.kind_of(place, name)
         self.changes.append(Change(path, kind, who, old, new, data))
 
+    @staticmethod
+    def _old_place(place, name):
+        """The place of an old directory `name` in `place`, None if the layout has no such one."""
+        return layout.child_place(place, name) if layout.entry_problem(place, name, TREE_MODE) is None else None
+
     def _removed(self, place, name, path, old):
         if old[0] == FILE_MODE and place is not None and layout.entry_problem(place, name, old[0]) is None:
             kind, who = layout.kind_of(place, name)
@@ -265,30 +270,21 @@ class TreeWalk:
         else:
             self.changes.append(Change(path, None, None, old, None))
 
-    def _removed_tree(self, sha, prefix):
-        """Every file below an old directory that the new tree no longer has."""
-        stack = [(sha, prefix, 0)]
+    def _removed_tree(self, sha, prefix, place):
+        """Every file below an old directory (at `place`, None outside the layout) that the new
+        tree no longer has, each judged by its own name in its own place, as in _walk."""
+        stack = [(sha, prefix, place, 0)]
         while stack:
-            tree, at, depth = stack.pop()
+            tree, at, where, depth = stack.pop()
             for mode, name, sub in self._old_entries(tree):
                 path = at + name.decode("utf-8", "replace")
+                allowed = where is not None and layout.entry_problem(where, name, mode) is None
                 if mode == TREE_MODE and depth < 8:
-                    stack.append((sub, path + "/", depth + 1))
+                    stack.append((sub, path + "/", layout.child_place(where, name) if allowed else None, depth + 1))
+                elif allowed:
+                    self.changes.append(Change(path, *layout.kind_of(where, name), (mode, sub), None))
                 else:
-                    self.changes.append(Change(path, *_classified(path, mode), (mode, sub), None))
-
-
-def _classified(path: str, mode: bytes) -> tuple[str | None, str | None]:
-    """(kind, name) of an old file at `path` (from a removed directory), (None, None) outside the layout."""
-    parts = path.split("/")
-    place = ROOT
-    for part in parts[:-1]:
-        if place is None or layout.entry_problem(place, part.encode(), TREE_MODE) is not None:
-            return None, None
-        place = layout.child_place(place, part.encode())
-    if place is None or layout.entry_problem(place, parts[-1].encode(), mode) is not None:
-        return None, None
-    return layout.kind_of(place, parts[-1].encode())
+                    self.changes.append(Change(path, None, None, (mode, sub), None))
 
 
 def _shown(text: str) -> str:

@@ -162,3 +162,40 @@ def test_verify_packages_follows_no_link(tmp_path):
     assert "packages: 0 match their results, 2 not reachable" in proc.stdout
     data = json.loads(gitqueue("verify", url, "--packages", tree, "--json", timeout=60).stdout)
     assert sorted(data["packages_unreachable"]) == ["a-1: a-1.tgz", "b-1: b-1.tgz"]
+
+
+def test_a_removed_directory_is_judged_entry_by_entry(tmp_path):
+    """Removing a whole directory removes each record in it, judged by its own name in its place:
+    heartbeats are never removed; what a local writer left outside the layout an admin may clear."""
+    url = make_queue(tmp_path, [job("a-1")])
+    with open_queue(url, tmp_path) as q:
+        lease.claim(q, "w1")
+    local_commit(url, {"heartbeats": None})
+    proc = gitqueue("verify", url)
+    assert proc.returncode == 1 and "heartbeats/w1.toml: heartbeat removed" in proc.stderr, proc.stderr
+
+
+def test_an_admin_may_clear_what_a_local_writer_left(tmp_path):
+    url = make_queue(tmp_path, [job("a-1")])
+    from dulwich.objects import Blob, Tree
+    from dulwich.repo import Repo
+
+    from gitqueue.gitstore import make_commit
+
+    with Repo(url) as repo:  # a local writer's junk: a directory with a name that is a path
+        tip = repo.refs[b"refs/heads/main"]
+        blob = Blob.from_string(b"junk")
+        inner = Tree()
+        inner.add(b"leases/00/x.toml", 0o100644, blob.id)
+        root = Tree.from_raw_string(Tree.type_num, repo.object_store[repo.object_store[tip].tree].as_raw_string())
+        root.add(b"junk", 0o40000, inner.id)
+        for o in (blob, inner, root):
+            repo.object_store.add_object(o)
+        c = make_commit(root.id, tip, "junk", "mallory <m@gitqueue>")
+        repo.object_store.add_object(c)
+        repo.refs[b"refs/heads/main"] = c.id
+    local_commit(url, {"junk": None})
+    proc = gitqueue("verify", url, "--json")
+    data = json.loads(proc.stdout)
+    # The junk commit is the one violation; clearing it (an unsigned queue: anyone is an admin) is not.
+    assert len(data["violations"]) == 1 and data["violations"][0].endswith("junk: outside the queue layout [layout]")
