@@ -76,19 +76,27 @@ class SignedQueue:
     def commit(self, changes: dict, who: str | None, message: str = "hostile", parent: bytes | None = None,
                identity: str = "mallory <m@gitqueue>", raw_tree=None) -> bytes:
         """A commit, stored in the client repository only, on `parent` (default: the queue's tip)."""
-        parent = parent or self.tip()
-        with Repo(self.client) as repo:
-            store = repo.object_store
-            if raw_tree is not None:
-                tree, objects = raw_tree(store, store[parent].tree)
-            else:
-                tree, objects = build_tree(store, store[parent].tree, changes)
-            c = make_commit(tree, parent, message, identity)
-            if who is not None:
-                sign_commit(c, self.signers[who])
-            for o in objects + [c]:
-                store.add_object(o)
-            return c.id
+        return client_commit(self.client, parent or self.tip(), changes, self.signers[who] if who else None,
+                             message, identity, raw_tree)
+
+
+def client_commit(client: str, parent: bytes, changes: dict | None, signer, message: str, identity: str,
+                  raw_tree=None) -> bytes:
+    """A commit on `parent`, signed by `signer` (None: unsigned), stored in the repository `client`
+    only (it sees the queue's objects through alternates): `changes` ({path: bytes|None}) applied
+    by gitqueue's own tree builder, or `raw_tree(store, base_tree) -> (tree id, objects)`."""
+    with Repo(client) as repo:
+        store = repo.object_store
+        if raw_tree is not None:
+            tree, objects = raw_tree(store, store[parent].tree)
+        else:
+            tree, objects = build_tree(store, store[parent].tree, changes)
+        c = make_commit(tree, parent, message, identity)
+        if signer is not None:
+            sign_commit(c, signer)
+        for o in objects + [c]:
+            store.add_object(o)
+        return c.id
 
 
 def lease_record(name, worker, token="ab" * 16, **extra) -> tuple[str, bytes]:
@@ -116,4 +124,4 @@ def push(sq: SignedQueue, url: str, sha: bytes, ssh_command: str, ref: str = "re
                           timeout=120)
 
 
-__all__ = ["SignedQueue", "lease", "lease_record", "result_record", "heartbeat_record", "keypair", "push"]
+__all__ = ["SignedQueue", "client_commit", "lease", "lease_record", "result_record", "heartbeat_record", "keypair", "push"]

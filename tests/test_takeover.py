@@ -22,6 +22,7 @@ from gitqueue.names import heartbeat_path, record_path
 from gitqueue.signing import sign_commit
 
 from helpers import gitqueue, job
+from signed_queue import client_commit
 
 pytestmark = pytest.mark.ssh
 
@@ -59,20 +60,9 @@ def farm(make_farm, tmp_path_factory):
 
 
 def craft(farm, who, changes=None, raw_tree=None, message="heartbeat w2\n", parent=None):
-    """A commit signed with key `who` on the queue's tip: `changes` ({path: bytes|None}) applied by
-    gitqueue's own tree builder, or `raw_tree(store, base_tree) -> (tree id, objects)`."""
-    parent = parent or farm.tip()
-    with Repo(farm.client) as repo:
-        store = repo.object_store
-        if raw_tree is not None:
-            tree, objects = raw_tree(store, store[parent].tree)
-        else:
-            tree, objects = build_tree(store, store[parent].tree, changes)
-        c = make_commit(tree, parent, message, "w2 <w2@gitqueue>")
-        sign_commit(c, farm.signers[who])
-        for o in objects + [c]:
-            store.add_object(o)
-        return c.id
+    """A commit signed with key `who` on the queue's tip (signed_queue.client_commit)."""
+    return client_commit(farm.client, parent or farm.tip(), changes, farm.signers[who], message, "w2 <w2@gitqueue>",
+                         raw_tree)
 
 
 def push(farm, sha, key="k2"):
