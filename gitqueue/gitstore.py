@@ -22,6 +22,7 @@ from .errors import GitqueueError, PushRefused, PushRejected, QueueNotFound, Rem
 
 ZERO_SHA = b"0" * 40
 STALE_REF_LOCK = 30  # seconds after which a ref's lock file is a dead process's
+HISTORY_DIR = "history.git"  # beside a remote queue's cache: the whole history, for verify and the timeline
 _DIR = stat.S_IFDIR
 _FILE = 0o100644
 
@@ -517,6 +518,14 @@ class Remote:
         """Move the branch from `old` to `commit` if it is still at `old`, else PushRejected."""
         raise NotImplementedError
 
+    def fetch_history(self):
+        """(an object store holding the whole history of the branch, its tip; None: no branch).
+
+        The branch's cache may be shallow (a worker needs only the tip): what reads the whole
+        history (verify, the timeline) asks for it here.
+        """
+        raise NotImplementedError
+
     def writer_lock(self):
         """A lock that writers on this host take around fetch-decide-push (may do nothing)."""
         from contextlib import nullcontext
@@ -555,6 +564,9 @@ class LocalRemote(Remote):
             return self.repo.refs[self.ref]
         except KeyError:
             return None
+
+    def fetch_history(self):
+        return self.object_store, self.fetch()
 
     def writer_lock(self):
         # Every writer of a local queue is on this host: queueing on a lock beats racing to the
@@ -684,18 +696,10 @@ class CachedRemote(Remote):
             raise QueueNotFound(f"{url}: {e}") from None
         if hasattr(self.client, "ssh_vendor"):
             self.client.ssh_vendor = _TrackingVendor()
-        if not os.path.isdir(os.path.join(cache_path, "objects")):
-            # Made aside and renamed into place: another process may be doing the same.
-            tmp = f"{cache_path}.new-{os.getpid()}"
-            Repo.init_bare(tmp, mkdir=True).close()
-            try:
-                os.rename(tmp, cache_path)
-            except OSError:
-                import shutil
-
-                shutil.rmtree(tmp, ignore_errors=True)
-        self.repo = Repo(cache_path)
+        self.repo = _open_cache_repo(cache_path)
         self.object_store = CachingStore(self.repo.object_store)
+        self.history_path = os.path.join(os.path.dirname(os.path.abspath(cache_path)), HISTORY_DIR)
+        self._history = None
 
     def _local_tip(self):
         try:
@@ -780,8 +784,55 @@ class CachedRemote(Remote):
         _add_objects(self.object_store, objects + [commit])
         _in_cache(lambda: self.repo.refs.__setitem__(self.ref, new))
 
+    def fetch_history(self):
+        """Fetch the whole history of the branch into `history_path` (beside the cache, never
+        shallow), offering its tip as common ground, within the network timeout."""
+        if self._history is None:
+            self._history = _open_cache_repo(self.history_path)
+        repo = self._history
+        local = repo.refs[self.ref] if self.ref in repo.refs else None
+        seen = {}
+
+        def determine_wants(refs, depth=None):
+            tip = seen["tip"] = refs.get(self.ref)
+            return [] if tip is None or tip == local or tip in repo.object_store else [tip]
+
+        import tempfile
+
+        # A whole build's history is a pack of tens of MB: held in memory only while small.
+        with tempfile.SpooledTemporaryFile(16 << 20, dir=self.history_path) as pack:
+            try:
+                with _Deadline(self.timeout, f"{self.url}: fetch history", self.client):
+                    self.client.fetch_pack(self.remote_path, determine_wants, TipWalker(local, set()), pack.write)
+            except (HangupException, GitProtocolError, OSError) as e:
+                raise RemoteError(f"{self.url}: fetch failed: {_one_line(e)}") from None
+            if pack.tell():
+                pack.seek(0)
+                repo.object_store.add_thin_pack(pack.read, None)
+        tip = seen.get("tip")
+        if tip is not None and tip != local:
+            _in_cache(lambda: repo.refs.__setitem__(self.ref, tip))
+        return repo.object_store, tip
+
     def close(self):
         self.repo.close()
+        if self._history is not None:
+            self._history.close()
+
+
+def _open_cache_repo(path: str) -> Repo:
+    """The bare repository at `path`, made first if missing."""
+    if not os.path.isdir(os.path.join(path, "objects")):
+        # Made aside and renamed into place: another process may be doing the same.
+        tmp = f"{path}.new-{os.getpid()}"
+        Repo.init_bare(tmp, mkdir=True).close()
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return Repo(path)
 
 
 def _hook_reason(output: bytes) -> str:
@@ -845,38 +896,3 @@ def init_bare(path: str, branch: str = "main") -> Repo:
     config.write_to_path()
     return repo
 
-
-def fetch_history(url: str, path: str, branch: str = "main", ssh_command: str | None = None) -> bytes | None:
-    """Fetch the whole history of `branch` at `url` into the bare repository `path` (made if
-    missing; never shallow, unlike a worker's cache); return the tip, None if there is no branch.
-
-    Raises:
-        QueueNotFound: a URL that dulwich cannot reach at all.
-        RemoteError: the fetch failed.
-    """
-    from dulwich.client import get_transport_and_path
-
-    ref = b"refs/heads/" + branch.encode()
-    kwargs = {"ssh_command": ssh_command} if ssh_command else {}
-    try:
-        client, remote_path = get_transport_and_path(url, **kwargs)
-    except ValueError as e:
-        raise QueueNotFound(f"{url}: {e}") from None
-    if not os.path.isdir(os.path.join(path, "objects")):
-        os.makedirs(path, exist_ok=True)
-        Repo.init_bare(path).close()
-    seen = {}
-    with Repo(path) as repo:
-        def determine_wants(refs, depth=None):
-            seen["tip"] = refs.get(ref)
-            tip = seen["tip"]
-            return [] if tip is None or tip in repo.object_store else [tip]
-
-        try:
-            client.fetch(remote_path, repo, determine_wants)
-        except (HangupException, GitProtocolError, OSError) as e:
-            raise RemoteError(f"{url}: fetch failed: {_one_line(e)}") from None
-        tip = seen.get("tip")
-        if tip is not None:
-            repo.refs[ref] = tip
-    return tip

@@ -90,7 +90,8 @@ def load(queue, tip: bytes | None = None) -> Timeline:
     """The timeline of `queue` up to its tip (or `tip`), reading only commits not cached yet.
 
     A local queue is read where it is. For a remote queue the whole history of the branch is
-    fetched into `history.git` in the cache (a worker's own mirror holds only recent commits).
+    fetched into `history.git` in the cache (a worker's own mirror holds only recent commits;
+    see gitstore.CachedRemote.fetch_history).
     Raises QueueNotFound when the branch does not exist.
     """
     store, tip = _history(queue, tip)
@@ -113,56 +114,12 @@ def load(queue, tip: bytes | None = None) -> Timeline:
 
 def _history(queue, tip):
     """(object store holding the full history, tip commit id)."""
-    from .gitstore import LocalRemote
-
-    remote = queue.remote
-    if isinstance(remote, LocalRemote):
-        if tip is None:
-            tip = remote.fetch()
-        store = remote.repo.object_store
-    else:
-        with queue.lock():
-            store, tip = _fetch_history(queue, remote)
+    with queue.lock():
+        store, fetched = queue.remote.fetch_history()
+    tip = tip or fetched
     if tip is None:
         raise QueueNotFound(f"{queue.url}: no queue on branch {queue.branch} (run gitqueue init)")
     return store, tip
-
-
-def _fetch_history(queue, remote):
-    from io import BytesIO
-
-    from dulwich.errors import GitProtocolError, HangupException
-    from dulwich.repo import Repo
-
-    from .errors import RemoteError
-    from .gitstore import TipWalker
-
-    path = os.path.join(queue.cache_dir, "history.git")
-    if not os.path.isdir(os.path.join(path, "objects")):
-        Repo.init_bare(path, mkdir=not os.path.isdir(path)).close()
-    repo = Repo(path)
-    try:
-        local = repo.refs[remote.ref] if remote.ref in repo.refs else None
-        seen = {}
-
-        def determine_wants(refs, depth=None):
-            seen["tip"] = refs.get(remote.ref)
-            tip = seen["tip"]
-            return [] if tip is None or tip == local or tip in repo.object_store else [tip]
-
-        chunks = []
-        try:
-            remote.client.fetch_pack(remote.remote_path, determine_wants, TipWalker(local, set()), chunks.append)
-        except (HangupException, GitProtocolError, OSError) as e:
-            raise RemoteError(f"{queue.url}: fetch failed: {' '.join(str(e).split())}") from None
-        if chunks:
-            repo.object_store.add_thin_pack(BytesIO(b"".join(chunks)).read, None)
-        tip = seen.get("tip")
-        if tip is not None and tip != local:
-            repo.refs[remote.ref] = tip
-        return repo.object_store, tip
-    finally:
-        repo.close()
 
 
 def _walk(store, tip: bytes, known: bytes | None):

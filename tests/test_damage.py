@@ -5,8 +5,10 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -105,6 +107,42 @@ def test_a_connection_that_hangs_is_abandoned_after_the_network_timeout(tmp_path
     assert proc.stderr.strip() == "Error: ssh://127.0.0.1/srv/q.git: fetch: no answer for 2 s; gave up"
     left = subprocess.run(["pgrep", "-f", f"{fake_ssh}"], capture_output=True, text=True).stdout.split()
     assert left == [], "the hung ssh process was killed"
+
+
+def test_verify_of_a_server_that_hangs_gives_up_after_the_network_timeout(tmp_path):
+    """verify fetches the whole history: ssh connects, then the server says nothing."""
+    fake_ssh = tmp_path / "ssh"
+    fake_ssh.write_text("#!/bin/sh\nexec sleep 300\n")
+    fake_ssh.chmod(0o755)
+    config = tmp_path / "config.toml"
+    config.write_text("network_timeout = 2\n")
+    env = {"GITQUEUE_CONFIG": str(config), "GITQUEUE_CACHE": str(tmp_path / "c"), "GITQUEUE_SSH_COMMAND": str(fake_ssh)}
+    started = time.monotonic()
+    proc = gitqueue("verify", "ssh://127.0.0.1/srv/q.git", env=env, timeout=60)
+    assert time.monotonic() - started < 30
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "Error: ssh://127.0.0.1/srv/q.git: fetch history: no answer for 2 s; gave up"
+    left = subprocess.run(["pgrep", "-f", f"{fake_ssh}"], capture_output=True, text=True).stdout.split()
+    assert left == [], "the hung ssh process was killed"
+
+
+def test_the_history_of_a_server_that_accepts_and_never_answers_is_given_up(tmp_path):
+    """status and html read the timeline, a whole-history fetch: a git:// server whose socket
+    accepts the connection (the kernel's backlog) and never answers must not hang them."""
+    from gitqueue import timeline
+    from gitqueue.errors import RemoteError
+    from gitqueue.queue import Queue
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        url = f"git://127.0.0.1:{server.getsockname()[1]}/q.git"
+        with Queue(url, str(tmp_path / "c"), network_timeout=1.5) as q:
+            started = time.monotonic()
+            with pytest.raises(RemoteError) as e:
+                timeline.load(q)
+    assert time.monotonic() - started < 10
+    assert str(e.value) == f"{url}: fetch history: no answer for 1.5 s; gave up"
 
 
 def test_a_lock_file_left_in_the_cache_by_a_killed_worker_is_cleared(remote_queue):

@@ -64,20 +64,16 @@ def verify_cmd(url, queue_url, admin_key, packages_dir, as_json):
     from ..audit import replay
     from ..rules import Options
 
-    from ..gitstore import is_local_path
-
     ctx = context(queue_url=url or queue_url)
     root_key = _fingerprint_of(admin_key) if admin_key else None
     if not ctx.queue_url:
         raise click.UsageError("no queue given: pass URL or --queue, or set GITQUEUE_QUEUE")
-    if is_local_path(ctx.queue_url):
-        with ctx.open() as queue:
-            tip = queue.remote.fetch()
-            if tip is None:
-                raise QueueNotFound(f"{queue.url}: no queue on branch {queue.branch}")
-            audit = replay(queue.remote, tip, Options(root_key=root_key), packages_dir)
-    else:
-        audit = _replay_remote(ctx, Options(root_key=root_key), packages_dir)
+    with ctx.open() as queue:
+        with queue.lock():
+            store, tip = queue.remote.fetch_history()
+        if tip is None:
+            raise QueueNotFound(f"{queue.url}: no queue on branch {queue.branch}")
+        audit = replay(store, tip, Options(root_key=root_key), packages_dir)
     from ..text import printable
 
     if as_json:
@@ -106,25 +102,6 @@ def _fingerprint_of(spec: str) -> str:
         raise click.BadParameter(f"{spec}: {e.strerror}", param_hint="--admin-key") from None
     except GitqueueError as e:
         raise click.BadParameter(f"{spec}: {e}", param_hint="--admin-key") from None
-
-
-def _replay_remote(ctx, options, packages_dir):
-    """Fetch the whole history of a network queue into this host's cache and replay it."""
-    import hashlib
-
-    from dulwich.repo import Repo
-
-    from ..audit import replay
-    from ..gitstore import fetch_history
-    from .main import _ssh_command
-
-    digest = hashlib.sha256(f"{ctx.queue_url}\0{ctx.branch}".encode()).hexdigest()[:12]
-    path = os.path.join(ctx.cache_dir, f"verify-{digest}.git")
-    tip = fetch_history(ctx.queue_url, path, ctx.branch, _ssh_command(ctx.ssh_command, ctx.cache_dir))
-    if tip is None:
-        raise QueueNotFound(f"{ctx.queue_url}: no queue on branch {ctx.branch}")
-    with Repo(path) as repo:
-        return replay(repo.object_store, tip, options, packages_dir)
 
 
 def _summary(audit) -> str:
