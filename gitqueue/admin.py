@@ -4,7 +4,7 @@ import os
 
 from . import records
 from .errors import GitqueueError
-from .gitstore import init_bare, is_local_path
+from .gitstore import init_bare, is_local_path, point_head_at
 from .names import record_path
 from .queue import Change, trailers
 from .schema import FORMAT_VERSION
@@ -33,9 +33,9 @@ def init_queue(queue, name: str, arch: str = "", os_release: str = "", pkgsrc_br
         if not os.path.exists(os.path.join(path, "objects")):
             if os.path.exists(path) and os.listdir(path):
                 raise GitqueueError(f"{path}: exists and is not a git repository")
-            init_bare(path, queue.branch).close()
+            init_bare(path, queue.branch)
         else:
-            _point_head_at(path, queue.branch)
+            point_head_at(path, queue.branch)
     settings = {"format_version": FORMAT_VERSION, "name": name, "lease_ttl": int(lease_ttl),
                 "created": utc(queue.clock())}
     for key, value in (("arch", arch), ("os_release", os_release), ("pkgsrc_branch", pkgsrc_branch),
@@ -57,18 +57,6 @@ def init_queue(queue, name: str, arch: str = "", os_release: str = "", pkgsrc_br
     records.validate("queue", settings)
     queue.create(settings, ADMIN)
     return settings
-
-
-def _point_head_at(path, branch):
-    """Let plain `git log` in a bare repository made by `git init --bare` show the queue."""
-    from dulwich.repo import Repo
-
-    with Repo(path) as repo:
-        ref = b"refs/heads/" + branch.encode()
-        if repo.refs.read_ref(b"HEAD") != b"ref: " + ref and ref not in repo.refs:
-            head = repo.refs.read_ref(b"HEAD") or b""
-            if head.startswith(b"ref: ") and head[5:] not in repo.refs:
-                repo.refs.set_symbolic_ref(b"HEAD", ref)
 
 
 def import_jobs(queue, jobs: list[dict], source: str) -> dict:

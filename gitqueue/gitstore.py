@@ -881,18 +881,94 @@ def is_local_path(url: str) -> bool:
     return "://" not in url and not (":" in url.split("/")[0] and not url.startswith("/"))
 
 
-def init_bare(path: str, branch: str = "main") -> Repo:
+def init_bare(path: str, branch: str = "main") -> None:
     """Create a bare repository whose HEAD names `branch`, refusing non-fast-forward pushes."""
     os.makedirs(path, exist_ok=True)
-    repo = Repo.init_bare(path)
-    repo.refs.set_symbolic_ref(b"HEAD", b"refs/heads/" + branch.encode())
-    config = repo.get_config()
-    config.set((b"receive",), b"denyNonFastForwards", True)
-    config.set((b"receive",), b"denyDeletes", True)
+    with Repo.init_bare(path) as repo:
+        repo.refs.set_symbolic_ref(b"HEAD", b"refs/heads/" + branch.encode())
     # No automatic `git gc` after a push: it packs refs, prunes, and writes bitmaps that dulwich
     # readers trip over (see gitqueue.gc); `gitqueue gc` from cron does the packing instead.
-    config.set((b"receive",), b"autogc", False)
-    config.set((b"gc",), b"auto", b"0")
-    config.write_to_path()
-    return repo
+    set_config(path, {"receive.denyNonFastForwards": True, "receive.denyDeletes": True,
+                      "receive.autogc": False, "gc.auto": 0})
 
+
+def point_head_at(path: str, branch: str) -> None:
+    """Make HEAD of the bare repository at `path` name `branch`, unless HEAD names a branch that
+    exists (so plain `git log` in a repository made by `git init --bare` shows the queue)."""
+    with Repo(path) as repo:
+        ref = b"refs/heads/" + branch.encode()
+        if repo.refs.read_ref(b"HEAD") != b"ref: " + ref and ref not in repo.refs:
+            head = repo.refs.read_ref(b"HEAD") or b""
+            if head.startswith(b"ref: ") and head[5:] not in repo.refs:
+                repo.refs.set_symbolic_ref(b"HEAD", ref)
+
+
+def set_config(path: str, values: dict) -> None:
+    """Set `values` ({"section.name" or "section.subsection.name": value}, as `git config` names
+    them) in the config file of the repository at `path`."""
+    from dulwich.config import ConfigFile
+
+    config_path = os.path.join(path, "config")
+    config = ConfigFile.from_path(config_path)
+    for key, value in values.items():
+        section, *subsection, name = key.split(".")
+        where = (section.encode(), ".".join(subsection).encode()) if subsection else (section.encode(),)
+        config.set(where, name.encode(), value if isinstance(value, bool) else str(value).encode())
+    config.write_to_path(config_path)
+
+
+# -- what git-receive-pack shows its pre-receive hook ----------------------------------------------------
+
+def receive_store(git_dir: str, environ: dict):
+    """The object store git-receive-pack shows its hook: the quarantine directory
+    (GIT_OBJECT_DIRECTORY) with the repository's own object directory and any alternates
+    (GIT_ALTERNATE_OBJECT_DIRECTORIES) behind it, or the repository's when not quarantined."""
+    from dulwich.object_store import DiskObjectStore
+
+    main = os.path.join(git_dir, "objects")
+    objects = environ.get("GIT_OBJECT_DIRECTORY") or main
+    alternates = [p for p in (environ.get("GIT_ALTERNATE_OBJECT_DIRECTORIES") or "").split(os.pathsep) if p]
+    if os.path.abspath(objects) != os.path.abspath(main) and main not in alternates:
+        alternates.append(main)
+    return DiskObjectStore(objects, alternates=[p.strip('"') for p in alternates])
+
+
+class Quarantine:
+    """The objects a push brought, which git-receive-pack holds apart until its hook accepts them.
+
+    Iterating gives their ids; `in_repository` says whether the repository already has one.
+    """
+
+    def __init__(self, path: str, git_dir: str):
+        from dulwich.object_store import DiskObjectStore
+
+        self.brought = DiskObjectStore(path)
+        self.main = DiskObjectStore(os.path.join(git_dir, "objects"))
+
+    def __iter__(self):
+        return iter(self.brought)
+
+    def in_repository(self, sha: bytes) -> bool:
+        return sha in self.main
+
+    def header(self, sha: bytes) -> tuple[str, int] | None:
+        """(type, size) of a brought object, read from its header only (see object_header)."""
+        return object_header(self.brought, sha)
+
+    def close(self) -> None:
+        self.brought.close()
+        self.main.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_quarantine(git_dir: str, environ: dict) -> Quarantine | None:
+    """The push's quarantine (GIT_QUARANTINE_PATH), None when receive-pack uses none."""
+    path = environ.get("GIT_QUARANTINE_PATH")
+    if not path or not os.path.isdir(path):
+        return None
+    return Quarantine(path, git_dir)

@@ -13,6 +13,7 @@ hook: whoever can write the repository's files is trusted.
 import os
 import sys
 
+from .gitstore import TreeReader, open_quarantine, receive_store, set_config
 from .text import printable
 from .rules import ChainError, Options, State, Violation, check_commit, first_parent_chain
 
@@ -49,17 +50,9 @@ FSCK_ERRORS = ("zeroPaddedFilemode", "fullPathname", "hasDot", "hasDotdot", "has
 def configure(repo_path: str, max_input_size: int = DEFAULT_MAX_INPUT_SIZE) -> None:
     """Set what git's receive-pack itself refuses: malformed objects (receive.fsckObjects, with
     the tree-entry checks made errors) and pushes larger than `max_input_size` bytes."""
-    from dulwich.config import ConfigFile
-
-    path = os.path.join(repo_path, "config")
-    config = ConfigFile.from_path(path)
-    config.set((b"receive",), b"fsckObjects", True)
-    for msg in FSCK_ERRORS:
-        config.set((b"receive", b"fsck"), msg.encode(), b"error")
-    config.set((b"receive",), b"maxInputSize", str(int(max_input_size)).encode())
-    config.set((b"receive",), b"denyNonFastForwards", True)
-    config.set((b"receive",), b"denyDeletes", True)
-    config.write_to_path(path)
+    set_config(repo_path, {"receive.fsckObjects": True, **{f"receive.fsck.{msg}": "error" for msg in FSCK_ERRORS},
+                           "receive.maxInputSize": int(max_input_size), "receive.denyNonFastForwards": True,
+                           "receive.denyDeletes": True})
 
 
 def install(repo_path: str, python: str, branch: str = "main", package_dir: str | None = None,
@@ -99,19 +92,6 @@ def install(repo_path: str, python: str, branch: str = "main", package_dir: str 
         os.chmod(path, 0o755)
     configure(repo_path, max_input_size)
     return path
-
-
-def open_store(git_dir: str, environ: dict):
-    """The object store receive-pack sees: the quarantine directory with the repository's own
-    object directory (and any alternates) behind it, or the repository's when not quarantined."""
-    from dulwich.object_store import DiskObjectStore
-
-    main = os.path.join(git_dir, "objects")
-    objects = environ.get("GIT_OBJECT_DIRECTORY") or main
-    alternates = [p for p in (environ.get("GIT_ALTERNATE_OBJECT_DIRECTORIES") or "").split(os.pathsep) if p]
-    if os.path.abspath(objects) != os.path.abspath(main) and main not in alternates:
-        alternates.append(main)
-    return DiskObjectStore(objects, alternates=[p.strip('"') for p in alternates])
 
 
 MAX_PUSH_COMMITS = 100  # a worker pushes one commit at a time; an import is one commit
@@ -184,7 +164,6 @@ def check_push(store, updates: list[tuple[bytes, bytes, bytes]], branch: str = "
 
 def _heartbeat_rate(store, state, commit, worker, gate, push) -> str | None:
     """Why a heartbeat-only commit of `worker` comes too soon after its last one, or None."""
-    from .gitstore import TreeReader
     from .layout import heartbeat_path, min_heartbeat_seconds
 
     settings = state.registry().settings or {}
@@ -265,29 +244,20 @@ def unreferenced(git_dir: str, environ: dict, push: Push) -> list[Violation]:
     receive-pack keeps a push's objects in a quarantine directory until the hook accepts it;
     anything there that the queue never reads would otherwise stay in the repository forever.
     """
-    from dulwich.object_store import DiskObjectStore
-
-    from .gitstore import object_header
-
-    quarantine = environ.get("GIT_QUARANTINE_PATH")
-    if not quarantine or not os.path.isdir(quarantine):
+    quarantine = open_quarantine(git_dir, environ)
+    if quarantine is None:
         return []
-    brought = DiskObjectStore(quarantine)
-    main = DiskObjectStore(os.path.join(git_dir, "objects"))
-    try:
-        extra = [sha for sha in brought if sha not in push.referenced and sha not in main]
+    with quarantine:
+        extra = [sha for sha in quarantine if sha not in push.referenced and not quarantine.in_repository(sha)]
         if not extra:
             return []
         sized = []
         for sha in extra[:1000]:
-            header = object_header(brought, sha) or ("object", 0)
+            header = quarantine.header(sha) or ("object", 0)
             sized.append((header[1], header[0], sha))
-        size, kind, sha = max(sized)
-        return [Violation(sha.decode(), "objects", f"the push brings {len(extra)} object(s) that no pushed commit "
-                                                   f"uses (the largest: {kind} {sha.decode()[:12]}, {size} bytes)")]
-    finally:
-        brought.close()
-        main.close()
+    size, kind, sha = max(sized)
+    return [Violation(sha.decode(), "objects", f"the push brings {len(extra)} object(s) that no pushed commit "
+                                               f"uses (the largest: {kind} {sha.decode()[:12]}, {size} bytes)")]
 
 
 def run(git_dir: str, environ: dict, stdin, stderr, branch: str = "main") -> int:
@@ -324,7 +294,7 @@ def _check(git_dir, environ, stdin, branch) -> list[Violation]:
         parts = line.split()
         if len(parts) == 3:
             updates.append((parts[0], parts[1], parts[2]))
-    store = open_store(git_dir, environ)
+    store = receive_store(git_dir, environ)
     gate = HeartbeatGate(os.path.join(git_dir, HEARTBEATS_FILE))
     try:
         push = check_push(store, updates, branch, environ.get("GITQUEUE_PUSHER") or None, gate)

@@ -120,20 +120,16 @@ class RepoState:
 
     def _tip_reader(self):
         if self._reader is None:
-            from dulwich.errors import NotGitRepository
-            from dulwich.repo import Repo
-
-            from .gitstore import TreeReader
+            from .gitstore import LocalRemote
 
             try:
-                self._repo = Repo(self.repo_path)
-            except (NotGitRepository, OSError):
+                self._repo = LocalRemote(self.repo_path, self.branch)
+            except (GitqueueError, OSError):
                 raise GitqueueError(f"{self.repo_path}: not a git repository") from None
-            try:
-                tip = self._repo.refs[b"refs/heads/" + self.branch.encode()]
-            except KeyError:
-                raise GitqueueError(f"{self.repo_path}: no queue on branch {self.branch}") from None
-            self._reader = TreeReader(self._repo.object_store, self._repo.object_store[tip].tree)
+            tip = self._repo.fetch()
+            if tip is None:
+                raise GitqueueError(f"{self.repo_path}: no queue on branch {self.branch}")
+            self._reader = self._repo.reader(tip)
         return self._reader
 
     def close(self) -> None:

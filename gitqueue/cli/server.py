@@ -187,14 +187,19 @@ def _refuse(message):
 
 def _authorized_keys(repo, packages_dir, serve_command, no_downloads) -> str:
     """One `command="gitqueue serve ...",restrict KEY name` line per distinct unrevoked worker key."""
-    from dulwich.repo import Repo
-
+    from ..gitstore import LocalRemote
     from ..rules import load_registry
 
     obj = click.get_current_context().find_root().obj or {}
-    ref = b"refs/heads/" + (obj.get("branch") or "main").encode()
-    with Repo(repo) as r:
-        reg = load_registry(r.object_store, r.object_store[r.refs[ref]].tree)
+    branch = obj.get("branch") or "main"
+    remote = LocalRemote(repo, branch)
+    try:
+        tip = remote.fetch()
+        if tip is None:
+            raise QueueNotFound(f"{repo}: no queue on branch {branch}")
+        reg = load_registry(remote.object_store, remote.commit(tip).tree)
+    finally:
+        remote.close()
     lines = []
     seen = set()
     for name, rec in sorted(reg.workers.items()):
