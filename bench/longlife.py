@@ -7,7 +7,7 @@ heartbeat every lease_ttl/4 of virtual time while they build, results carry a lo
 descriptions. Then prints:
 
 - loose objects, packs and the size of the repository, before and after `gitqueue gc`, the
-  time and peak RSS of gc (with git, and with the bounded dulwich path without git);
+  time and peak RSS of gc (git repack);
 - the claim latency (a `gitqueue claim` + `gitqueue release` process pair, local path) on the
   freshly imported queue and at the end of the build, with and without gc, medians;
 - a new worker's first claim over ssh (a throwaway sshd, tests/sshd.py) on the finished
@@ -268,9 +268,6 @@ def main():
         subprocess.run(["git", "--git-dir", path, "config", "gc.auto", "0"], check=True)
     size_row("imported queue (start)", start)
     size_row("end of the build, before gc", end)
-    nogit = str(work / "q-nogit.git")
-    shutil.rmtree(nogit, ignore_errors=True)
-    shutil.copytree(end, nogit, symlinks=True)
 
     lat = {}
     lat["local start"] = claim_latency(start, env("ls"), opts.claims)
@@ -315,13 +312,8 @@ def main():
         rows.append(("gitqueue gc (git repack)", f"{wall:.1f} s, {rss:.0f} MiB peak RSS (gitqueue and git)"))
         print(rows[-1], flush=True)
         size_row("end of the build, after gc (git)", end)
-        wall, out, rss = gq(["gc", nogit, "--no-git"], env("gc"))
-        rows.append(("gitqueue gc --no-git (gitqueue's own packer, with deltas)", f"{wall:.1f} s, {rss:.0f} MiB peak RSS"))
-        print(rows[-1], flush=True)
-        size_row("end of the build, after gc --no-git", nogit)
 
         lat["local end, after gc"] = claim_latency(end, env("lg"), opts.claims)
-        lat["local end, after gc --no-git"] = claim_latency(nogit, env("ln"), opts.claims)
         if server is not None:
             first_claim("end, after gc", end)
 

@@ -3,17 +3,16 @@
 A queue gains a dozen loose objects per commit (a full pkgsrc build: about 30,000 commits and
 400,000 files). Two kinds of repository are kept small here:
 
-- a local-path queue (the master's bare repository): its loose objects are packed. With a git
-  binary, `git repack -d` (incremental, with deltas) does it; without one, gitqueue's own pack
-  writer does, with deltas between versions of a file or directory, in chunks, keeping a few
-  hundred bytes per loose object in memory and never the objects themselves. Either way a
-  new pack is complete (fsynced, its index renamed into place last) before any loose object it
-  holds is removed, no reachable object ever disappears, and refs are never touched: it is safe
-  while workers claim and report.
+- a local-path queue (the master's bare repository): `git repack -d` (incremental, with
+  deltas) packs its loose objects. The master needs git anyway: it serves workers through
+  git-upload-pack and git-receive-pack (see serve). A new pack is complete before any loose
+  object it holds is removed, no reachable object ever disappears, and refs are never
+  touched: it is safe while workers claim and report.
 - a worker's cache (the shallow mirror of an ssh:// or git:// queue): workers need the current
-  tree only, so the objects reachable from the cached tip are written into one pack, the tip
-  becomes the shallow boundary, and every other pack and loose object is removed, under the
-  cache's lock, which every gitqueue process of the host takes around its transactions.
+  tree only, so the objects reachable from the cached tip are written into one pack (by
+  gitstore.write_pack: workers have no git binary), the tip becomes the shallow boundary, and
+  every other pack and loose object is removed, under the cache's lock, which every gitqueue
+  process of the host takes around its transactions.
 
 A worker's cache also keeps what `gitqueue work` leaves of each build: its output directory
 (build/JOB-LEASE8, uploaded, then no longer needed) and its log (logs/JOB-LEASE8.log). gc
@@ -21,7 +20,6 @@ A worker's cache also keeps what `gitqueue work` leaves of each build: its outpu
 newest logs of those (see gc_outputs).
 """
 
-import collections
 import hashlib
 import os
 import re
@@ -29,21 +27,10 @@ import shutil
 import stat
 import subprocess
 import time
-import zlib
-
-from dulwich.objects import parse_tree
-from dulwich.pack import create_delta as _delta_chunks
 
 from .errors import GitqueueError
+from .gitstore import write_pack
 
-# Objects per pack written by the git-less path (a pack's index entries are held until it is written).
-CHUNK = 20_000
-# Objects a tree or blob is compared with for a delta, and the longest delta chain (as git's defaults).
-WINDOW = 10
-MAX_DEPTH = 50
-# Larger objects are stored whole: a queue's records and trees are far smaller.
-MAX_DELTA_SIZE = 1 << 20
-OFS_DELTA = 6
 # More packs than this and the git path merges them into one (see _git_repack).
 MAX_PACKS = 32
 # Seconds a worker's cache keeps what gc --cache superseded (see gc_cache).
@@ -54,8 +41,6 @@ GRACE = 3600
 # one's; the logs also went to the package tree with each result (a failure's to logs/JOB/).
 KEEP_LOGS = 200
 ASIDE = ".gc-"  # an output directory being removed: renamed aside first (never a JOB-LEASE8 name)
-_TYPES = {b"commit": 1, b"tree": 2, b"blob": 3, b"tag": 4}
-_NAMES = {v: k for k, v in _TYPES.items()}
 
 
 class GcError(GitqueueError):
@@ -104,40 +89,31 @@ def _scandir(path):
 
 # -- a local-path queue -------------------------------------------------------------------------
 
-def gc_repository(path: str, use_git: bool | None = None, chunk: int = CHUNK, max_packs: int = MAX_PACKS,
-                  git: str = "git", window: int = WINDOW) -> dict:
-    """Pack the loose objects of the bare repository at `path` (a local-path queue).
+def gc_repository(path: str, max_packs: int = MAX_PACKS, git: str = "git") -> dict:
+    """Pack the loose objects of the bare repository at `path` (a local-path queue) with git.
 
     Args:
       path: the bare repository.
-      use_git: True to require the git binary, False never to use it, None to use it if found.
-      chunk: objects per pack on the git-less path (bounds its memory).
-      max_packs: on the git path, more packs than this are merged into one.
+      max_packs: more packs than this are merged into one.
       git: the git program.
-      window: on the git-less path, how many neighbours an object is tried as a delta of (0: none).
 
-    Returns {"before", "after" (see measure), "method" ("git" or "dulwich"), "packed", "seconds"}.
+    Returns {"before", "after" (see measure), "packed", "seconds"}.
 
-    Raises GcError when `path` is not a bare repository or git fails.
+    Raises GcError when `path` is not a bare repository, git is not installed or git fails.
     """
     if not os.path.isdir(path):
         raise GcError(f"{path}: no such repository")
     if not os.path.isdir(os.path.join(path, "objects")) or not os.path.isdir(os.path.join(path, "refs")):
         raise GcError(f"{path}: not a bare git repository")
+    found = shutil.which(git)
+    if found is None:
+        raise GcError(f"{git}: not found; gc of a queue repository runs git repack (install git, "
+                      "which serving workers over ssh needs too)")
     t0 = time.monotonic()
     before = measure(path)
-    found = shutil.which(git) if use_git is not False else None
-    if use_git and found is None:
-        raise GcError(f"{git}: not found")
-    if found:
-        _git_repack(path, found, before["packs"] >= max_packs)
-        method, packed = "git", None
-    else:
-        method, packed = "dulwich", pack_loose_objects(path, chunk, window)
+    _git_repack(path, found, before["packs"] >= max_packs)
     after = measure(path)
-    if packed is None:
-        packed = max(0, before["loose"] - after["loose"])
-    return {"before": before, "after": after, "method": method, "packed": packed,
+    return {"before": before, "after": after, "packed": max(0, before["loose"] - after["loose"]),
             "seconds": round(time.monotonic() - t0, 3)}
 
 
@@ -164,363 +140,6 @@ def _git_repack(path, git, merge):
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
         raise GcError(f"{path}: git repack failed: {last}")
-
-
-def pack_loose_objects(path: str, chunk: int = CHUNK, window: int = WINDOW) -> int:
-    """Pack every loose object of the repository at `path`, `chunk` objects per pack; no git needed.
-
-    Two passes, as git's pack-objects does. The first reads each loose object once and keeps
-    only its type, its file's time and the name it has in the trees that refer to it (one int
-    in a dict: 60 MB for the 288k loose objects of a whole 29k-job build). The second writes
-    the objects sorted so that versions of one file or directory sit side by side, each
-    stored as a delta against one of the `window` objects before it when that halves it (0:
-    no deltas). Only a window of objects is held at a time. A chunk's loose files are removed
-    only after its pack and index are written, fsynced and renamed into place. Returns the
-    number of objects packed.
-    """
-    objects = os.path.join(path, "objects")
-    info = _scan_loose(objects)
-    # Commits first (never deltified), then trees and blobs, each grouped by the name they are
-    # filed under and newest first (by the loose file's time): consecutive versions of one
-    # directory or record then sit side by side, the newest stored whole.
-    order = [sha for sha, facts in info.items() if facts & 7]
-    order.sort(key=lambda sha: _sort_key(info[sha]))
-    packed = 0
-    for start in range(0, len(order), chunk):
-        shas = order[start:start + chunk]
-        names = [(info[sha] >> 4) & 0xFFFFFFFF if info[sha] & _NAMED else None for sha in shas]
-        packed += _pack_loose_batch(objects, shas, names, window)
-    return packed
-
-
-# What the scan keeps of an object, in one int: bits 0-2 its type (0: not loose, only named by
-# a loose tree), bit 3 whether a tree or commit names it, bits 4-35 that name's hash, above
-# them the loose file's mtime in ns. One dict of ints: about 150 bytes an object.
-_NAMED = 8
-_TIME_SHIFT = 36
-
-
-def _sort_key(facts: int) -> int:
-    type_num = facts & 7
-    rank = 0 if type_num == 1 else type_num
-    name = (facts >> 3) & 0x1FFFFFFFF
-    return (rank << 100) | (name << 64) | ((1 << 64) - 1 - (facts >> _TIME_SHIFT))
-
-
-def _scan_loose(objects) -> dict:
-    """{raw sha: facts (see _NAMED)} of the loose objects and of what their trees name."""
-    info = {}
-    for fan in _fanout(objects):
-        for entry in _scandir(os.path.join(objects, fan)):
-            if len(entry.name) != 38:
-                continue
-            hexsha = fan + entry.name
-            got = _read_loose(objects, hexsha)
-            if got is None:
-                continue
-            type_num, body = got
-            try:
-                mtime = entry.stat().st_mtime_ns
-            except FileNotFoundError:
-                continue
-            sha = bytes.fromhex(hexsha)
-            info[sha] = mtime << _TIME_SHIFT | (info.get(sha, 0) & 0xFFFFFFFF8) | type_num
-            if type_num == 2:
-                for name, _mode, child in parse_tree(body, 20):
-                    _name(info, bytes.fromhex(child.decode()), name)
-            elif type_num == 1 and body.startswith(b"tree "):
-                _name(info, bytes.fromhex(body[5:45].decode()), b"/")
-    return info
-
-
-def _name(info, sha, name):
-    facts = info.get(sha, 0)
-    if not facts & _NAMED:
-        info[sha] = facts | _NAMED | _name_hash(name) << 4
-
-
-def _name_hash(name: bytes) -> int:
-    """git's pack name hash: files of one name (whatever their directory) sort together."""
-    h = 0
-    for c in name:
-        if c > 32:
-            h = ((h >> 2) + (c << 24)) & 0xFFFFFFFF
-    return h
-
-
-def _loose_path(objects, hexsha):
-    return os.path.join(objects, hexsha[:2], hexsha[2:])
-
-
-def _read_loose(objects, hexsha):
-    """(type number, raw data) of a loose object, or None if it vanished or is damaged."""
-    try:
-        with open(_loose_path(objects, hexsha), "rb") as f:
-            data = zlib.decompress(f.read())
-    except (FileNotFoundError, zlib.error):
-        return None
-    head, _, body = data.partition(b"\0")
-    kind, _, size = head.partition(b" ")
-    if kind not in _TYPES or not size.isdigit() or int(size) != len(body):
-        return None
-    if hashlib.sha1(data).hexdigest() != hexsha:
-        return None  # a damaged file is left alone, for git fsck to name
-    return _TYPES[kind], body
-
-
-def _pack_loose_batch(objects, shas, names, window=0):
-    def read_all():
-        for sha, name in zip(shas, names):
-            hexsha = sha.hex()
-            got = _read_loose(objects, hexsha)
-            if got is not None:
-                yield hexsha, got[0], got[1], name
-
-    written = write_pack(os.path.join(objects, "pack"), read_all(), window=window)
-    for hexsha in written:
-        try:
-            os.unlink(_loose_path(objects, hexsha))
-        except FileNotFoundError:
-            pass
-    return len(written)
-
-
-# -- the pack writer ----------------------------------------------------------------------------
-
-def _header(type_num: int, size: int) -> bytes:
-    out = bytearray()
-    c = (type_num << 4) | (size & 0x0F)
-    size >>= 4
-    while size:
-        out.append(c | 0x80)
-        c = size & 0x7F
-        size >>= 7
-    out.append(c)
-    return bytes(out)
-
-
-class _HashingFile:
-    def __init__(self, f):
-        self.f = f
-        self.sha = hashlib.sha1()
-        self.offset = 0
-
-    def write(self, data):
-        self.f.write(data)
-        self.sha.update(data)
-        self.offset += len(data)
-
-
-def write_pack(packdir: str, objects, window: int = 0) -> list[str]:
-    """Stream `objects` ((hex sha, type number, raw data) tuples) into a new pack in `packdir`.
-
-    The pack and its index are written under temporary names, fsynced, and renamed: the pack
-    first, its index last (git and dulwich only use a pack whose index exists). The pack's
-    object count is patched into its header once known, so `objects` may be a generator and
-    only (sha, offset, crc) per object stays in memory. With `window`, an object yielded with a
-    fourth item, its name (any hashable but None), is stored as a delta against one of the
-    `window` objects written just before it with the same type and name, when that saves at
-    least half (chains at most MAX_DEPTH long). Returns the hex shas written.
-    """
-    from dulwich.pack import write_pack_index
-
-    os.makedirs(packdir, exist_ok=True)
-    # No ".pack"/".idx" suffix while incomplete: dulwich takes any X.pack beside an X.idx for a pack.
-    tmp = os.path.join(packdir, f"tmp_gc_{os.getpid()}_{time.monotonic_ns()}")
-    tmp_pack, tmp_idx = tmp + "_pack", tmp + "_idx"
-    entries = []
-    try:
-        with open(tmp_pack, "w+b") as f:
-            # The header's count is patched afterwards, so the checksum is computed in a second
-            # pass over the file (read back in blocks: memory stays flat).
-            f.write(b"PACK" + (2).to_bytes(4, "big") + (0).to_bytes(4, "big"))
-            offset = 12
-            seen = set()
-            recent = collections.deque(maxlen=window) if window else None
-            for hexsha, type_num, data, *name in objects:
-                if hexsha in seen:
-                    continue
-                seen.add(hexsha)
-                record = None
-                if recent is not None and name and name[0] is not None:
-                    record = _delta_record(recent, offset, (type_num, name[0]), data)
-                    recent.append((offset, (type_num, name[0]), data, record[1] if record else 0))
-                    record = record and record[0]
-                if record is None:
-                    record = _header(type_num, len(data)) + zlib.compress(data, 1 if len(data) > 1 << 20 else 6)
-                f.write(record)
-                entries.append((bytes.fromhex(hexsha), offset, zlib.crc32(record) & 0xFFFFFFFF))
-                offset += len(record)
-            f.seek(8)
-            f.write(len(entries).to_bytes(4, "big"))
-            f.flush()
-            f.seek(0)
-            sha = hashlib.sha1()
-            while True:
-                block = f.read(1 << 20)
-                if not block:
-                    break
-                sha.update(block)
-            checksum = sha.digest()
-            f.seek(0, os.SEEK_END)
-            f.write(checksum)
-            f.flush()
-            os.fsync(f.fileno())
-        if not entries:
-            os.unlink(tmp_pack)
-            return []
-        entries.sort()
-        with open(tmp_idx, "wb") as f:
-            write_pack_index(f, entries, checksum, version=2)
-            f.flush()
-            os.fsync(f.fileno())
-        name = "pack-" + hashlib.sha1(b"".join(e[0] for e in entries)).hexdigest()
-        base = os.path.join(packdir, name)
-        for name_ in (tmp_pack, tmp_idx):
-            os.chmod(name_, 0o444)
-        os.replace(tmp_pack, base + ".pack")
-        os.replace(tmp_idx, base + ".idx")
-        _fsync_dir(packdir)
-    finally:
-        for name_ in (tmp_pack, tmp_idx):
-            try:
-                os.unlink(name_)
-            except FileNotFoundError:
-                pass
-    return [e[0].hex() for e in entries]
-
-
-def _delta_record(recent, offset, kind, data):
-    """(pack record, chain depth) storing `data` as a delta against one of `recent`, or None.
-
-    `recent` holds (offset, kind, data, depth) of the objects written just before; among
-    those of the same kind (type and name) the one giving the smallest delta wins, if it is
-    under half the object's size. Versions of a queue's trees and records differ in one or
-    two places, so the cheap splice delta is tried on every candidate and the general one
-    (dulwich's) only on the nearest tree, when splicing did not do.
-    """
-    if len(data) < 64 or len(data) > MAX_DELTA_SIZE:
-        return None
-    best, best_at = None, None
-    limit = len(data) // 2
-    nearest = None
-    for at in range(len(recent) - 1, -1, -1):
-        _, base_kind, base, depth = recent[at]
-        if base_kind != kind or depth >= MAX_DEPTH or not len(data) // 4 <= len(base) <= len(data) * 4:
-            continue
-        if nearest is None:
-            nearest = at
-        delta = splice_delta(base, data)
-        if len(delta) < limit:
-            best, best_at, limit = delta, at, len(delta)
-            if limit < len(data) // 16:
-                break
-    if best is None and nearest is not None and kind[0] == 2:  # records rarely gain: measured
-        delta = create_delta(recent[nearest][2], data)
-        if len(delta) < limit:
-            best, best_at = delta, nearest
-    if best is None:
-        return None
-    base_offset, _, _, depth = recent[best_at]
-    return (_header(OFS_DELTA, len(best)) + _encode_offset(offset - base_offset)
-            + zlib.compress(best, 6)), depth + 1
-
-
-def create_delta(base: bytes, target: bytes) -> bytes:
-    """A git delta turning `base` into `target` (dulwich's, in Rust when it is built with it)."""
-    return b"".join(_delta_chunks(base, target))
-
-
-def splice_delta(base: bytes, target: bytes) -> bytes:
-    """A git delta turning `base` into `target` by copying the ends they share and inserting the rest.
-
-    Linear time, with the comparing done by memcmp: a tree or record that changed in one
-    place (a job's entry added, a lease's expiry moved) becomes a delta of a few dozen bytes.
-    """
-    n = min(len(base), len(target))
-    head = _common_length(base, target, n, 1)
-    tail = _common_length(base, target, n - head, -1)
-    out = bytearray(_delta_size(len(base)) + _delta_size(len(target)))
-    _copy_op(out, 0, head)
-    middle = target[head:len(target) - tail]
-    for at in range(0, len(middle), 127):
-        piece = middle[at:at + 127]
-        out.append(len(piece))
-        out += piece
-    _copy_op(out, len(base) - tail, tail)
-    return bytes(out)
-
-
-def _common_length(a: bytes, b: bytes, most: int, direction: int) -> int:
-    """How many bytes `a` and `b` share at their start (direction 1) or end (-1), at most `most`."""
-    lo, hi = 0, most
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if direction > 0:
-            same = a[lo:mid] == b[lo:mid]
-        else:
-            same = a[len(a) - mid:len(a) - lo] == b[len(b) - mid:len(b) - lo]
-        if same:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
-
-
-def _delta_size(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _copy_op(out: bytearray, offset: int, size: int):
-    """Append git delta copy instructions for base[offset:offset + size] (64 KiB each at most)."""
-    while size:
-        n = min(size, 0x10000)
-        op, args = 0x80, bytearray()
-        for i in range(4):
-            byte = (offset >> (8 * i)) & 0xFF
-            if byte:
-                op |= 1 << i
-                args.append(byte)
-        if n != 0x10000:  # no size bytes means 0x10000
-            for i in range(3):
-                byte = (n >> (8 * i)) & 0xFF
-                if byte:
-                    op |= 0x10 << i
-                    args.append(byte)
-        out.append(op)
-        out += args
-        offset += n
-        size -= n
-
-
-def _encode_offset(distance: int) -> bytes:
-    """The base's distance back from an OFS_DELTA record, in git's offset encoding."""
-    out = [distance & 0x7F]
-    distance >>= 7
-    while distance:
-        distance -= 1
-        out.append(0x80 | (distance & 0x7F))
-        distance >>= 7
-    return bytes(reversed(out))
-
-
-def _fsync_dir(path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # -- a worker's cache ---------------------------------------------------------------------------

@@ -460,6 +460,103 @@ def _write_loose(root: str, obj) -> None:
     os.replace(tmp, path)
 
 
+def write_pack(packdir: str, objects) -> list[str]:
+    """Stream `objects` ((hex sha, type number, raw data) tuples) into a new pack in `packdir`,
+    each stored whole (no deltas); return the hex shas written.
+
+    For hosts without git (a worker trimming its cache). The pack and its index are written under
+    temporary names, fsynced, and renamed: the pack first, its index last (git and dulwich only
+    use a pack whose index exists). The object count is patched into the pack's header once
+    known, so `objects` may be a generator: only (sha, offset, crc) per object stays in memory.
+    """
+    import hashlib
+    import zlib
+
+    from dulwich.pack import write_pack_index
+
+    os.makedirs(packdir, exist_ok=True)
+    # No ".pack"/".idx" suffix while incomplete: dulwich takes any X.pack beside an X.idx for a pack.
+    tmp = os.path.join(packdir, f"tmp_gc_{os.getpid()}_{time.monotonic_ns()}")
+    tmp_pack, tmp_idx = tmp + "_pack", tmp + "_idx"
+    entries = []
+    try:
+        with open(tmp_pack, "w+b") as f:
+            # The header's count is patched afterwards, so the checksum is computed in a second
+            # pass over the file (read back in blocks: memory stays flat).
+            f.write(b"PACK" + (2).to_bytes(4, "big") + (0).to_bytes(4, "big"))
+            offset = 12
+            seen = set()
+            for hexsha, type_num, data in objects:
+                if hexsha in seen:
+                    continue
+                seen.add(hexsha)
+                record = _pack_entry_header(type_num, len(data)) + zlib.compress(data, 1 if len(data) > 1 << 20 else 6)
+                f.write(record)
+                entries.append((bytes.fromhex(hexsha), offset, zlib.crc32(record) & 0xFFFFFFFF))
+                offset += len(record)
+            f.seek(8)
+            f.write(len(entries).to_bytes(4, "big"))
+            f.flush()
+            f.seek(0)
+            sha = hashlib.sha1()
+            while True:
+                block = f.read(1 << 20)
+                if not block:
+                    break
+                sha.update(block)
+            checksum = sha.digest()
+            f.seek(0, os.SEEK_END)
+            f.write(checksum)
+            f.flush()
+            os.fsync(f.fileno())
+        if not entries:
+            os.unlink(tmp_pack)
+            return []
+        entries.sort()
+        with open(tmp_idx, "wb") as f:
+            write_pack_index(f, entries, checksum, version=2)
+            f.flush()
+            os.fsync(f.fileno())
+        base = os.path.join(packdir, "pack-" + hashlib.sha1(b"".join(e[0] for e in entries)).hexdigest())
+        for name in (tmp_pack, tmp_idx):
+            os.chmod(name, 0o444)
+        os.replace(tmp_pack, base + ".pack")
+        os.replace(tmp_idx, base + ".idx")
+        _fsync_dir(packdir)
+    finally:
+        for name in (tmp_pack, tmp_idx):
+            try:
+                os.unlink(name)
+            except FileNotFoundError:
+                pass
+    return [e[0].hex() for e in entries]
+
+
+def _pack_entry_header(type_num: int, size: int) -> bytes:
+    out = bytearray()
+    c = (type_num << 4) | (size & 0x0F)
+    size >>= 4
+    while size:
+        out.append(c | 0x80)
+        c = size & 0x7F
+        size >>= 7
+    out.append(c)
+    return bytes(out)
+
+
+def _fsync_dir(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class CachingStore:
     """An object store wrapper that remembers parsed objects and reads loose objects first.
 

@@ -219,7 +219,7 @@ class Harness:
         self.figures["publish runs"] += 1
 
     def gc(self):
-        """Pack the master (git repack or gitqueue's packer, in turn) and trim one host's cache.
+        """Pack the master (git repack) and trim one host's cache.
 
         In the background: gc --cache waits for the host's lock, which a frozen worker may hold
         until the harness thaws it. One run of each kind at a time.
@@ -227,8 +227,7 @@ class Harness:
         self.collect_gc()
         host = self.rng.choice(sorted({w["host"] for w in self.workers.values()}))
         runs = {
-            "gc runs": (_gq("gc", self.queue_path, *(["--no-git"] if self.figures["gc runs"] % 2 else [])),
-                        self.dir / "cache-master"),
+            "gc runs": (_gq("gc", self.queue_path), self.dir / "cache-master"),
             "cache gc runs": (_gq("gc", "--cache", "--grace", "1", "--queue", self.url),
                               self.dir / f"cache-host{host}"),
         }

@@ -10,25 +10,24 @@ from .main import cli, context, emit, json_option, queue_option
 @queue_option
 @click.option("--cache", is_flag=True,
               help="Trim this host's cache of an ssh:// or git:// queue to its tip instead.")
-@click.option("--no-git", is_flag=True, help="Pack without the git binary even if there is one.")
 @click.option("--grace", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
               help="With --cache: remove what an earlier run superseded this long ago "
                    "(default 3600; 0: remove at once).")
 @click.option("--keep-logs", type=click.IntRange(min=0), default=None, metavar="N",
               help="With --cache: build logs of jobs no longer held to keep, the newest (default 200).")
 @json_option
-def gc_cmd(url, queue_url, cache, no_git, grace, keep_logs, as_json):
+def gc_cmd(url, queue_url, cache, grace, keep_logs, as_json):
     """Pack a local-path queue's loose objects, or trim a worker's cache (--cache).
 
-    On a local-path queue (the master) loose objects are packed with `git repack` when git is
-    installed, else by gitqueue itself in chunks of bounded memory; on a worker, --cache keeps
+    On a local-path queue (the master) loose objects are packed with `git repack` (git must be
+    installed, as it is where workers are served over ssh); on a worker, --cache keeps
     only the objects of the current tree in the host's cache of the queue; what that
     supersedes is removed by a later run, --grace seconds on, so that commands reading an
     older tip meanwhile still find it. --cache also removes the build output directories that
     `gitqueue work` left for jobs this host no longer holds (uploaded: the package tree has
     them), and their logs but the newest --keep-logs. Safe while workers run (run it from
-    cron); refs are never rewritten. Exit status 1 when git fails or the queue is not a
-    repository of that kind.
+    cron); refs are never rewritten. Exit status 1 when git is missing or fails, or the queue
+    is not a repository of that kind.
 
     \b
     Example: gitqueue gc /srv/queues/2026Q4-m68k.git
@@ -42,7 +41,7 @@ def gc_cmd(url, queue_url, cache, no_git, grace, keep_logs, as_json):
             out = gc_cache(queue, **{k: v for k, v in (("grace", grace), ("keep_logs", keep_logs)) if v is not None})
         else:
             path = queue.url[7:] if queue.url.startswith("file://") else queue.url
-            out = gc_repository(path, use_git=False if no_git else None)
+            out = gc_repository(path)
     b, a = out["before"], out["after"]
     waiting = out.get("superseded", {}).get("files")
     o = out.get("outputs")
