@@ -1,6 +1,9 @@
-"""Plumbing: read trees, build commits from a few changed paths, fetch and push the queue branch.
+"""Plumbing, and the one module that talks to dulwich: read objects and trees, build commits from a
+few changed paths, fetch and push the queue branch, mirror its whole history, write packs, set up
+bare repositories and open what git-receive-pack shows its pre-receive hook.
 
-No retries and no policy here (that is `sync`). Two ways to reach a queue:
+No retries and no policy here (that is the queue's transaction). Every network operation runs
+under a deadline (`CachedRemote.timeout`). Two ways to reach a queue:
 
 - `LocalRemote`: the queue is a bare repository on this file system. Objects are written into it
   directly and the branch moves with a compare-and-swap on the ref (dulwich's lock file), the
@@ -8,6 +11,7 @@ No retries and no policy here (that is `sync`). Two ways to reach a queue:
   whole history: seconds per fetch on a long build).
 - `CachedRemote`: ssh:// or git:// (or file://). A bare cache repository per queue holds the
   objects; fetches offer only the cached tip as "have" and pushes send exactly the new objects.
+  The whole history, for those that read it (verify, the timeline), is mirrored beside it.
 """
 
 import os
