@@ -432,6 +432,42 @@ def _add_objects(object_store, objects):
             _write_loose(root, o)
 
 
+UNPACK_LIMIT = 100  # objects; as git's fetch.unpackLimit
+
+
+def _add_fetched(object_store, data: bytes) -> None:
+    """Store a fetched (thin) pack: as loose objects when it is small, else as a pack.
+
+    A worker fetches a handful of objects for every claim and heartbeat. Kept as packs, each
+    fetch left one more pack, and dulwich keeps every pack of a store open: a `gitqueue work`
+    that ran for days died of "Too many open files". Loose objects hold no descriptor, and
+    `gitqueue gc --cache` packs them.
+    """
+    from io import BytesIO
+
+    count = int.from_bytes(data[8:12], "big") if data[:4] == b"PACK" and len(data) >= 12 else UNPACK_LIMIT
+    if count >= UNPACK_LIMIT:
+        object_store.add_thin_pack(BytesIO(data).read, None)
+        return
+    from dulwich.object_format import SHA1
+    from dulwich.pack import PackData, PackInflater
+
+    def external(sha):
+        return object_store.get_raw(sha)
+
+    pack = PackData.from_file(BytesIO(data), SHA1, len(data))
+    try:
+        objects = list(PackInflater.for_pack_data(pack, resolve_ext_ref=external))
+    finally:
+        pack.close()
+    root = getattr(object_store, "path", None)
+    for obj in objects:
+        if root is None:
+            object_store.add_object(obj)
+        else:
+            _write_loose(root, obj)
+
+
 def _write_loose(root: str, obj) -> None:
     """Write one loose object as git does: a private temporary file renamed into place.
 
@@ -833,10 +869,7 @@ class CachedRemote(Remote):
         except (HangupException, GitProtocolError, OSError) as e:
             raise RemoteError(f"{self.url}: fetch failed: {_one_line(e)}") from None
         if chunks:
-            from io import BytesIO
-
-            data = b"".join(chunks)
-            self.object_store.add_thin_pack(BytesIO(data).read, None)
+            _add_fetched(self.repo.object_store, b"".join(chunks))
         if result.new_shallow or result.new_unshallow:
             _in_cache(lambda: self.repo.update_shallow(result.new_shallow, result.new_unshallow))
         tip = seen.get("tip")

@@ -18,7 +18,8 @@ from helpers import git_log, gitqueue, job, make_package_queue, make_queue
 @pytest.fixture
 def remote_queue(tmp_path):
     """A queue reached through a cache (file://), and a worker's environment with its own cache."""
-    path = make_queue(tmp_path, [job(f"p{i}-1.0") for i in range(40)])
+    # More objects than gitstore.UNPACK_LIMIT: the first fetch is kept as a pack.
+    path = make_queue(tmp_path, [job(f"p{i}-1.0") for i in range(120)])
     env = {"GITQUEUE_CACHE": str(tmp_path / "wcache")}
     first = gitqueue("claim", "--queue", f"file://{path}", "--worker", "w1", env=env, check=True)
     assert first.returncode == 0
