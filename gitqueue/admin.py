@@ -5,7 +5,7 @@ import os
 from . import records
 from .errors import GitqueueError
 from .gitstore import init_bare, is_local_path
-from .names import record_path
+from .layout import record_path
 from .queue import Change, trailers
 from .schema import FORMAT_VERSION
 

@@ -4,8 +4,7 @@ import collections
 
 from . import records, timeline
 from .errors import UnknownJob
-from .layout import base_name
-from .names import record_path
+from .layout import base_name, record_path
 from .outcome import from_index
 
 

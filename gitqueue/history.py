@@ -5,6 +5,7 @@ import os
 
 from . import records
 from .errors import ImportRefused
+from .layout import record_path
 
 
 def load_times(source: str, open_queue=None) -> dict[str, float]:
@@ -54,9 +55,10 @@ def _from_queue(queue):
         if rec["status"] != "success" or not rec.get("duration"):
             continue
         times[rec["job"]] = rec["duration"]
-        job_data = reader.read(path.replace("results/", "jobs/", 1))
+        job_path = record_path("jobs", rec["job"])
+        job_data = reader.read(job_path)
         if job_data is not None:
-            job = records.load_at("job", job_data, path.replace("results/", "jobs/", 1))
+            job = records.load_at("job", job_data, job_path)
             if job.get("pkgpath"):
                 times[job["pkgpath"]] = rec["duration"]
     return times

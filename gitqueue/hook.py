@@ -13,6 +13,7 @@ hook: whoever can write the repository's files is trusted.
 import os
 import sys
 
+from .layout import heartbeat_path
 from .text import printable
 from .rules import ChainError, Options, State, Violation, check_commit, first_parent_chain
 
@@ -173,7 +174,7 @@ def check_push(store, updates: list[tuple[bytes, bytes, bytes]], branch: str = "
                 problem = _heartbeat_rate(store, state, commit, verdict.heartbeat_only, gate, push)
                 if problem:
                     verdict.violations.append(Violation(commit.id.decode(), "heartbeat", problem,
-                                                        f"heartbeats/{verdict.heartbeat_only}.toml"))
+                                                        heartbeat_path(verdict.heartbeat_only)))
             if verdict.violations:
                 found.extend(verdict.violations)
                 break
@@ -185,7 +186,7 @@ def check_push(store, updates: list[tuple[bytes, bytes, bytes]], branch: str = "
 def _heartbeat_rate(store, state, commit, worker, gate, push) -> str | None:
     """Why a heartbeat-only commit of `worker` comes too soon after its last one, or None."""
     from .gitstore import TreeReader
-    from .layout import heartbeat_path, min_heartbeat_seconds
+    from .layout import min_heartbeat_seconds
 
     settings = state.registry().settings or {}
     interval = min_heartbeat_seconds(settings) if "lease_ttl" in settings else 0.0

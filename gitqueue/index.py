@@ -11,7 +11,7 @@ import sqlite3
 
 from . import records
 from .errors import RecordInvalid
-from .names import name_from_path
+from .layout import SETTINGS, TOP_FILES, name_from_path
 
 INDEX_VERSION = "3"
 
@@ -45,8 +45,6 @@ CREATE INDEX ready ON jobs(priority DESC)
     WHERE pending = 0 AND result IS NULL AND leased_by IS NULL AND skip IS NULL;
 """
 
-# Files whose change means recomputing everything rather than applying a diff.
-_REBUILD_PATHS = ("queue.toml", "priority.toml", "noway.toml")
 # Estimates a measured duration of a sibling (same package path) in this build improves on.
 _WEAK_SOURCES = ("default", "weight")
 
@@ -104,7 +102,8 @@ class Index:
         store = remote.object_store
         changes = []
         for path, old_sha, new_sha in diff_trees(store, store[old].tree, store[tip].tree):
-            if path.startswith("jobs/") or path in _REBUILD_PATHS:
+            # The job set, the settings or the lists: recompute everything rather than apply a diff.
+            if path.startswith("jobs/") or path in TOP_FILES:
                 self.rebuild(remote, tip)
                 return
             changes.append((path, old_sha, new_sha))
@@ -190,9 +189,9 @@ class Index:
         reader = remote.reader(tip)
         store = remote.object_store
         settings = {}
-        data = reader.read("queue.toml")
+        data = reader.read(SETTINGS)
         if data is not None:
-            settings = records.loads("queue", data, "queue.toml")
+            settings = records.loads("queue", data, SETTINGS)
         jobs = []
         for path, sha in reader.walk_files("jobs"):
             jobs.append(records.load_at("job", store[sha].as_raw_string(), path))

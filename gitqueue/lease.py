@@ -12,8 +12,7 @@ import time
 from . import records
 from .records import utc
 from .errors import GitqueueError, LeaseLost, NothingReady, QueueFinished, TooManyLeases, UnknownJob
-from .layout import JOB_DIRS, max_leases
-from .names import check_job_name, check_worker_name, heartbeat_path, record_path
+from .layout import JOB_DIRS, check_job_name, check_worker_name, heartbeat_path, max_leases, record_path
 from .queue import Change, trailers
 from .text import printable
 

@@ -9,11 +9,9 @@ import re
 
 from . import records
 from .errors import GitqueueError
-from .layout import base_name
+from .layout import NOWAY, PRIORITY, base_name
 from .queue import Change, trailers
 
-PRIORITY_PATH = "priority.toml"
-NOWAY_PATH = "noway.toml"
 ADMIN = "gitqueue-admin <admin@gitqueue>"
 
 
@@ -37,13 +35,13 @@ def matches(rx, job: dict) -> bool:
 
 
 def read_priority(reader) -> list[str]:
-    data = reader.read(PRIORITY_PATH)
-    return [] if data is None else records.loads("priority", data, PRIORITY_PATH)["packages"]
+    data = reader.read(PRIORITY)
+    return [] if data is None else records.loads("priority", data, PRIORITY)["packages"]
 
 
 def read_noway(reader) -> list[dict]:
-    data = reader.read(NOWAY_PATH)
-    return [] if data is None else records.loads("noway", data, NOWAY_PATH)["entries"]
+    data = reader.read(NOWAY)
+    return [] if data is None else records.loads("noway", data, NOWAY)["entries"]
 
 
 def noway_for(entries: list[dict], arch: str) -> list[dict]:
@@ -69,7 +67,7 @@ def change_priority(queue, add=(), remove=()) -> list[str]:
                                      f"remove {' '.join(remove)}" if remove else "") if x)
         message = f"priority: {what}\n\n" + trailers({"Action": "priority", "Packages": " ".join(new)})
         data = records.dumps("priority", {"packages": new}) if new else None
-        return Change({PRIORITY_PATH: data}, message)
+        return Change({PRIORITY: data}, message)
 
     queue.transact(decide, ADMIN, use_index=False)
     return out
@@ -98,7 +96,7 @@ def change_noway(queue, add: list[dict] = (), remove: list[tuple[str, str]] = ()
             {"Action": "noway", "Add": " ".join(e["pattern"] for e in add) or None,
              "Remove": " ".join(p for p, _ in remove) or None})
         data = records.dumps("noway", {"entries": new}) if new else None
-        return Change({NOWAY_PATH: data}, message)
+        return Change({NOWAY: data}, message)
 
     queue.transact(decide, ADMIN, use_index=False)
     return out

@@ -2,7 +2,7 @@
 
 from . import records
 from .index import STATES
-from .names import record_path
+from .layout import record_path
 
 # The order in which blocking kinds win, as in Index.counts(): a failure over a prefailed
 # package over a no-way one.

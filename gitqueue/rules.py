@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from . import layout, records
 from .errors import GitqueueError
 from .gitstore import ObjectFormatError, TreeReader, object_header, parse_tree_entries, read_object
-from .layout import FILE_MODE, ROOT, SETTINGS, TOP_FILES, TREE_MODE
+from .layout import FILE_MODE, ROOT, SETTINGS, TOP_FILES, TREE_MODE, record_path, worker_path
 
 DEFAULT_MAX_RECORD_BYTES = 65536
 MAX_TREE_BYTES = 1 << 20  # a shard of a queue of a million jobs is about 250 KB
@@ -133,10 +133,6 @@ def read_blob(store, sha: bytes, limit: int, where: str) -> bytes:
     if isinstance(data, str):
         raise GitqueueError(f"{where}: {data}")
     return data
-
-
-def job_path(kind_dir: str, name: str) -> str:
-    return layout.record_path(kind_dir, name)
 
 
 @dataclass
@@ -311,9 +307,9 @@ def load_registry(store, tree_id) -> Registry:
     workers_tree = reader.tree_of("workers")
     if workers_tree is not None:
         for entry in store[workers_tree].iteritems():
-            path = f"workers/{entry.path.decode('utf-8', 'replace')}"
             if layout.entry_problem(("workers", "workers"), entry.path, b"%o" % entry.mode) is not None:
                 continue
+            path = worker_path(entry.path.decode("ascii")[:-5])
             try:
                 rec = records.load_at("worker", read_blob(store, entry.sha, MAX_READ_BYTES, path), path)
                 blob = key_blob(rec["key"])
@@ -546,7 +542,7 @@ class _Check:
         missing = []
         for dep in job_rec["deps"]:
             try:
-                res = self.after.record("result", job_path("results", dep))
+                res = self.after.record("result", record_path("results", dep))
             except GitqueueError:
                 res = None
             if res is None or res["status"] != "success":
@@ -560,7 +556,7 @@ class _Check:
 
     def job(self, name, path, what):
         try:
-            rec = self.after.record("job", job_path("jobs", name))
+            rec = self.after.record("job", record_path("jobs", name))
         except GitqueueError:
             rec = None
         if rec is None:
@@ -678,7 +674,7 @@ class _Check:
             if job is None:
                 return
             try:
-                result = self.after.record("result", job_path("results", name))
+                result = self.after.record("result", record_path("results", name))
             except GitqueueError:
                 result = True
             if result is not None:
@@ -699,7 +695,7 @@ class _Check:
         self.verdict.lease_changes.append((name, None))
         if old is None:
             return  # not a valid lease: whoever may touch the path may clear it
-        if job_path("results", name) not in self.parsed and b"Gitqueue-Action: reclaim" in self.message:
+        if record_path("results", name) not in self.parsed and b"Gitqueue-Action: reclaim" in self.message:
             self.verdict.reclaims += 1
         if not self.may_act_as(old["worker"]) and not self.is_admin():
             self.fail("owner", f"lease of {old['worker']} on {name} removed by {self.signer.fingerprint} "
@@ -717,7 +713,7 @@ class _Check:
         job = self.job(name, path, "result")
         if job is None:
             return
-        lease_path = job_path("leases", name)
+        lease_path = record_path("leases", name)
         try:
             lease = self.before.record("lease", lease_path)
         except GitqueueError:
@@ -758,7 +754,7 @@ class _Check:
     def _lapsed_lease(self, name, worker, token) -> bool:
         """Whether the parent's lapsed record of `name` lists `worker`'s lease under `token`."""
         try:
-            lapsed = self.before.record("lapsed", job_path("lapsed", name))
+            lapsed = self.before.record("lapsed", record_path("lapsed", name))
         except GitqueueError:
             return False
         return any(e["worker"] == worker and e["token"] == token for e in (lapsed or {}).get("lapsed", ()))
@@ -774,7 +770,7 @@ class _Check:
         if new["lapsed"][:len(before)] != before or len(added) != 1:
             self.fail("lapsed", f"lapsed leases of {name} changed: one entry is appended per reclaim", path)
             return
-        lease_path = job_path("leases", name)
+        lease_path = record_path("leases", name)
         removed = self.parsed.get(lease_path)
         entry = added[0]
         if (removed is None or removed[3] or removed[0] is None or removed[0]["worker"] != entry["worker"]
@@ -794,7 +790,7 @@ class _Check:
         if not added:
             self.fail("decline", f"declines of {name} changed without a new entry", path)
             return
-        lease_path = job_path("leases", name)
+        lease_path = record_path("leases", name)
         released = self.parsed.get(lease_path)
         for entry in added:
             if self.deny_worker(path, entry["worker"], "decline"):
