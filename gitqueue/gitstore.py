@@ -317,33 +317,6 @@ class TreeReader:
                     yield sub, e.sha
 
 
-def diff_trees(object_store, old_tree: bytes | None, new_tree: bytes | None, prefix: str = ""):
-    """Yield (path, old blob id or None, new blob id or None) for every file that differs.
-
-    Identical subtrees are skipped by id, so the cost follows the size of the change.
-    """
-    if old_tree == new_tree:
-        return
-    old = {} if old_tree is None else {e.path: (e.mode, e.sha) for e in object_store[old_tree].iteritems()}
-    new = {} if new_tree is None else {e.path: (e.mode, e.sha) for e in object_store[new_tree].iteritems()}
-    for name in sorted(old.keys() | new.keys()):
-        o = old.get(name)
-        n = new.get(name)
-        if o == n:
-            continue
-        path = prefix + name.decode()
-        o_dir = o is not None and stat.S_ISDIR(o[0])
-        n_dir = n is not None and stat.S_ISDIR(n[0])
-        if o_dir or n_dir:
-            yield from diff_trees(object_store, o[1] if o_dir else None, n[1] if n_dir else None, path + "/")
-        if not o_dir and not n_dir:
-            yield path, o and o[1], n and n[1]
-        elif not o_dir and o is not None:
-            yield path, o[1], None
-        elif not n_dir and n is not None:
-            yield path, None, n[1]
-
-
 def build_tree(object_store, base_tree_id: bytes | None, changes: dict[str, bytes | None]):
     """Apply `changes` ({path: new contents, or None to delete}) to a tree.
 

@@ -11,7 +11,7 @@ import sqlite3
 
 from . import records
 from .errors import RecordInvalid
-from .layout import SETTINGS, TOP_FILES, name_from_path
+from .layout import SETTINGS, TOP_FILES
 
 INDEX_VERSION = "3"
 
@@ -45,6 +45,10 @@ CREATE INDEX ready ON jobs(priority DESC)
     WHERE pending = 0 AND result IS NULL AND leased_by IS NULL AND skip IS NULL;
 """
 
+# Changes of the job set, the settings or the lists: recompute everything rather than apply a diff.
+_REBUILD_KINDS = frozenset(("job", *TOP_FILES.values()))
+# Records the diff reads; a larger one (gitqueue writes none) sends the index to a rebuild.
+_MAX_RECORD_BYTES = 1 << 24
 # Estimates a measured duration of a sibling (same package path) in this build improves on.
 _WEAK_SOURCES = ("default", "weight")
 
@@ -97,21 +101,24 @@ class Index:
         if old is None or tip is None or old not in remote.object_store:
             self.rebuild(remote, tip)
             return
-        from .gitstore import diff_trees
+        from .trees import TreeWalk
 
         store = remote.object_store
+        walk = TreeWalk(store, _MAX_RECORD_BYTES)
         changes = []
-        for path, old_sha, new_sha in diff_trees(store, store[old].tree, store[tip].tree):
-            # The job set, the settings or the lists: recompute everything rather than apply a diff.
-            if path.startswith("jobs/") or path in TOP_FILES:
+        for change in walk.changes_between(store[old].tree, store[tip].tree):
+            if change.kind in _REBUILD_KINDS:
                 self.rebuild(remote, tip)
                 return
-            changes.append((path, old_sha, new_sha))
+            changes.append(change)
+        if walk.problems:  # entries the layout does not allow (a local writer's): the tree decides
+            self.rebuild(remote, tip)
+            return
         db = self.db
         try:
             db.execute("BEGIN IMMEDIATE")
-            for path, old_sha, new_sha in changes:
-                self._apply(store, path, old_sha, new_sha)
+            for change in changes:
+                self._apply(change)
             db.execute("INSERT OR REPLACE INTO meta VALUES('commit', ?)", (tip.decode(),))
             db.execute("COMMIT")
         except _NeedsRebuild:
@@ -121,19 +128,18 @@ class Index:
             db.execute("ROLLBACK")
             raise
 
-    def _apply(self, store, path, old_sha, new_sha):
-        kind = path.split("/", 1)[0]
-        if kind not in ("leases", "results", "declines"):
+    def _apply(self, change):
+        kind = change.kind
+        if kind not in ("lease", "result", "decline"):
             return
-        _, name = name_from_path(path)
-        row = self.db.execute("SELECT id, est, pkgpath FROM jobs WHERE name=?", (name,)).fetchone()
+        row = self.db.execute("SELECT id, est, pkgpath FROM jobs WHERE name=?", (change.name,)).fetchone()
         if row is None:
             raise _NeedsRebuild()
         job_id, est, pkgpath = row
         record = None
-        if new_sha is not None:
-            record = records.load_at(kind[:-1], store[new_sha].as_raw_string(), path)
-        if kind == "leases":
+        if change.new is not None:
+            record = records.load_at(kind, change.data, change.path)
+        if kind == "lease":
             if record is None:
                 self.db.execute("UPDATE jobs SET leased_by=NULL, lease_token=NULL, lease_at=NULL WHERE id=?",
                                 (job_id,))
@@ -142,8 +148,8 @@ class Index:
                     "UPDATE jobs SET leased_by=?, lease_token=?, lease_at=? WHERE id=?",
                     (record["worker"], record["token"], records.epoch(record.get("claimed_at")), job_id),
                 )
-        elif kind == "results":
-            if old_sha is not None or record is None:
+        elif kind == "result":
+            if change.old is not None or record is None:
                 raise _NeedsRebuild()  # results are never rewritten by the protocol
             self.db.execute("UPDATE jobs SET result=? WHERE id=?", (record["status"], job_id))
             if record["status"] == "success":
