@@ -307,35 +307,32 @@ class Index:
 
     def counts(self) -> dict[str, int]:
         """Number of jobs in each state."""
-        rows = self.db.execute(
-            """
-            WITH RECURSIVE blocked(id, why) AS (
-                SELECT id, CASE WHEN skip_kind IS NOT NULL THEN skip_kind ELSE 'f' END FROM jobs
-                 WHERE skip IS NOT NULL OR result = 'failure'
-                UNION
-                SELECT d.job, b.why FROM deps d JOIN blocked b ON d.dep = b.id
-            ),
-            worst(id, why) AS (SELECT id, MIN(why) FROM blocked GROUP BY id)
-            SELECT
-              CASE
-                WHEN j.result = 'success' THEN 'success'
-                WHEN j.result = 'failure' THEN 'failed'
-                WHEN j.skip_kind = 'p' THEN 'prefailed'
-                WHEN j.skip_kind = 's' THEN 'skipped'
-                WHEN w.why = 'f' THEN 'indirect-failed'
-                WHEN w.why = 'p' THEN 'indirect-prefailed'
-                WHEN w.why = 's' THEN 'indirect-skipped'
-                WHEN j.leased_by IS NOT NULL THEN 'leased'
-                WHEN j.pending = 0 THEN 'ready'
-                ELSE 'waiting'
-              END AS state, COUNT(*)
-            FROM jobs j LEFT JOIN worst w ON w.id = j.id
-            GROUP BY state
-            """
-        ).fetchall()
+        query = _STATES_SQL.format(columns=f"{_STATE} AS state, COUNT(*)") + " GROUP BY state"
+        rows = self.db.execute(query).fetchall()
         counts = dict.fromkeys(STATES, 0)
         counts.update(rows)
         return counts
+
+    def states(self) -> list[tuple]:
+        """(id, name, version, pkgpath, skip reason, state, worker holding its lease) of every job."""
+        return self.db.execute(_STATES_SQL.format(
+            columns=f"j.id, j.name, j.version, j.pkgpath, j.skip, {_STATE}, j.leased_by")).fetchall()
+
+    def dependencies(self) -> list[tuple[int, int]]:
+        """(job id, id of a job it depends on) of every dependency."""
+        return self.db.execute("SELECT job, dep FROM deps").fetchall()
+
+    def skipped(self) -> list[tuple[str, str]]:
+        """(name, reason) of the jobs never built on this queue's architecture (no-way lists), by name."""
+        return self.db.execute("SELECT name, skip FROM jobs WHERE skip_kind = 's' ORDER BY name").fetchall()
+
+    def lease_holders(self) -> list[str]:
+        """The workers holding at least one live lease."""
+        return [w for (w,) in self.db.execute("SELECT DISTINCT leased_by FROM jobs WHERE leased_by IS NOT NULL")]
+
+    def leased_to(self, worker: str) -> list[str]:
+        """Names of the jobs `worker` holds a live lease on."""
+        return [name for (name,) in self.db.execute("SELECT name FROM jobs WHERE leased_by = ?", (worker,))]
 
     def remaining(self):
         """(estimated seconds of work left, longest remaining chain) over the jobs still to build.
@@ -371,6 +368,34 @@ class Index:
         """{job: token} of the leases this cache took for `worker` and has not yet ended."""
         return dict(self.db.execute("SELECT job, token FROM mine WHERE worker=?", (worker,)))
 
+
+# The state of each job, computed here only (docs/layout.md, "Derived state"): its own result,
+# prefailed or no-way mark first; then the strongest block among everything it depends on,
+# directly or not (a failure over a prefailed job over a no-way one); then its lease and pending
+# dependencies. _STATES_SQL selects `{columns}` from the jobs `j`, where _STATE is the state.
+_STATES_SQL = """
+WITH RECURSIVE blocked(id, why) AS (
+    SELECT id, CASE WHEN skip_kind IS NOT NULL THEN skip_kind ELSE 'f' END FROM jobs
+     WHERE skip IS NOT NULL OR result = 'failure'
+    UNION
+    SELECT d.job, b.why FROM deps d JOIN blocked b ON d.dep = b.id
+),
+worst(id, why) AS (SELECT id, MIN(why) FROM blocked GROUP BY id)
+SELECT {columns} FROM jobs j LEFT JOIN worst w ON w.id = j.id
+"""
+_STATE = """
+CASE
+    WHEN j.result = 'success' THEN 'success'
+    WHEN j.result = 'failure' THEN 'failed'
+    WHEN j.skip_kind = 'p' THEN 'prefailed'
+    WHEN j.skip_kind = 's' THEN 'skipped'
+    WHEN w.why = 'f' THEN 'indirect-failed'
+    WHEN w.why = 'p' THEN 'indirect-prefailed'
+    WHEN w.why = 's' THEN 'indirect-skipped'
+    WHEN j.leased_by IS NOT NULL THEN 'leased'
+    WHEN j.pending = 0 THEN 'ready'
+    ELSE 'waiting'
+END"""
 
 STATES = (
     "ready",

@@ -167,7 +167,7 @@ def _claim_step(queue, batch, worker, host, platform, request=None) -> dict:
 
     reader = batch.reader
     if request is not None:
-        for (name,) in queue.index.db.execute("SELECT name FROM jobs WHERE leased_by = ?", (worker,)):
+        for name in queue.index.leased_to(worker):
             lease = _read(reader, "leases", name)
             if lease is not None and lease.get("request") == request:
                 return _claimed(_read(reader, "jobs", name), token=lease["token"])
