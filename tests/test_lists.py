@@ -4,7 +4,7 @@ import lzma
 
 import pytest
 
-from gitqueue import lease, lists
+from gitqueue import admin, lease
 from gitqueue.errors import GitqueueError, QueueFinished
 from gitqueue.history import apply_times, load_times
 from gitqueue.report import status
@@ -30,7 +30,7 @@ def settings_arch(tmp_path, arch="m68k"):
 def test_noway_jobs_are_never_offered_and_their_dependents_are_skipped(tmp_path):
     url = settings_arch(tmp_path, "m68k")
     with open_queue(url, tmp_path) as q:
-        lists.change_noway(q, add=[{"pattern": "textproc/icu", "arch": "m68k", "reason": "panics m68k hosts"},
+        admin.change_noway(q, add=[{"pattern": "textproc/icu", "arch": "m68k", "reason": "panics m68k hosts"},
                                    {"pattern": "other-*", "arch": "vax", "reason": "not on vax"}])
         built = []
         while True:
@@ -50,7 +50,7 @@ def test_noway_jobs_are_never_offered_and_their_dependents_are_skipped(tmp_path)
 def test_priority_list_puts_packages_and_their_needs_first(tmp_path):
     url = settings_arch(tmp_path)
     with open_queue(url, tmp_path) as q:
-        assert lists.change_priority(q, add=["needs-icu"]) == ["needs-icu"]
+        assert admin.change_priority(q, add=["needs-icu"]) == ["needs-icu"]
         order = []
         for _ in range(3):
             got = lease.claim(q, "w1")
@@ -58,8 +58,8 @@ def test_priority_list_puts_packages_and_their_needs_first(tmp_path):
             lease.report(q, "w1", got["job"], "success")
         assert order == ["base-1", "icu-78.1", "needs-icu-1"]
         with pytest.raises(GitqueueError, match="not on the priority list: zz"):
-            lists.change_priority(q, remove=["zz"])
-        assert lists.change_priority(q, remove=["needs-icu"]) == []
+            admin.change_priority(q, remove=["zz"])
+        assert admin.change_priority(q, remove=["needs-icu"]) == []
 
 
 def test_patterns_match_the_base_name_of_a_debian_version(tmp_path):
@@ -67,9 +67,9 @@ def test_patterns_match_the_base_name_of_a_debian_version(tmp_path):
     url = make_queue(tmp_path, [job("libbsd-0.11.7-2", version="0.11.7-2"),
                                 job("libbsd-doc-0.11.7-2", version="0.11.7-2"), job("zlib-1.3-1", version="1.3-1")])
     with open_queue(url, tmp_path) as q:
-        lists.change_noway(q, add=[{"pattern": "libbsd", "arch": "", "reason": "not here"}])
+        admin.change_noway(q, add=[{"pattern": "libbsd", "arch": "", "reason": "not here"}])
         assert [s["job"] for s in status(q)["skipped"]] == ["libbsd-0.11.7-2"]
-        lists.change_priority(q, add=["libbsd-doc"])  # else zlib comes first
+        admin.change_priority(q, add=["libbsd-doc"])  # else zlib comes first
         assert lease.claim(q, "w1")["job"] == "libbsd-doc-0.11.7-2"
 
 
