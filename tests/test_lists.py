@@ -7,7 +7,7 @@ import pytest
 from gitqueue import admin, lease
 from gitqueue.errors import GitqueueError, QueueFinished
 from gitqueue.history import apply_times, load_times
-from gitqueue.report import status
+from gitqueue.summary import status
 
 from helpers import BUILD_TIMES, SUBSET, git_log, gitqueue, job, make_queue, open_queue, pkg
 

@@ -1,4 +1,4 @@
-"""Summaries of a queue as plain data; the CLI renders them."""
+"""Status summaries of a queue as plain data (counts, live leases, progress, expected end); the CLI renders them."""
 
 from . import records
 
