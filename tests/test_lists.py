@@ -6,7 +6,7 @@ import pytest
 
 from gitqueue import admin, lease
 from gitqueue.errors import GitqueueError, QueueFinished
-from gitqueue.history import apply_times, load_times
+from gitqueue.durations import apply_times, load_times
 from gitqueue.summary import status
 
 from helpers import BUILD_TIMES, SUBSET, git_log, gitqueue, job, make_queue, open_queue, pkg
@@ -102,7 +102,7 @@ def test_history_from_a_tsv_and_from_an_earlier_queue(tmp_path):
         lease.claim(q, "w1")
         lease.report(q, "w1", "gmake-4.4.1", "success", duration=200)
     with open_queue(old, tmp_path, host="reader") as q:
-        from gitqueue.history import _from_queue
+        from gitqueue.durations import _from_queue
         assert _from_queue(q) == {"gmake-4.4.1": 200, "devel/gmake": 200}
     bad = tmp_path / "bad.tsv"
     bad.write_text("a\tb\n1\t2\n")

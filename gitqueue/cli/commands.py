@@ -103,12 +103,12 @@ def import_cmd(url, file, fmt, histories, as_json):
     ctx = context()
     times = {}
     for source in histories:
-        from ..history import load_times
+        from ..durations import load_times
 
         times.update(load_times(source, ctx.open))
     with ctx.open(url) as queue:
         if times:
-            from ..history import apply_times
+            from ..durations import apply_times
 
             matched = apply_times(jobs, times)
         counts = import_jobs(queue, jobs, file)

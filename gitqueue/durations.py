@@ -1,4 +1,4 @@
-"""Build times of earlier builds, to estimate the jobs of a new one."""
+"""Durations of earlier builds (a build-time TSV or an earlier queue), to estimate the jobs of a new one."""
 
 import csv
 import os
