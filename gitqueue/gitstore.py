@@ -15,6 +15,7 @@ import stat
 import time
 
 from dulwich.errors import HangupException, GitProtocolError, NotGitRepository
+from dulwich.pack import PackFileDisappeared
 from dulwich.objects import Blob, Commit, Tree
 from dulwich.repo import Repo
 
@@ -121,8 +122,13 @@ def object_header(store, sha: bytes) -> tuple[str, int] | None:
                 offset = pack.index.object_offset(sha)
             except KeyError:
                 continue
-            with open(pack.data.path, "rb") as f:
-                return _packed_header(f, offset, lambda ref: object_header(store, ref), 0)
+            except PackFileDisappeared:
+                return _whole_object_header(store, sha)
+            try:
+                with open(pack.data.path, "rb") as f:
+                    return _packed_header(f, offset, lambda ref: object_header(store, ref), 0)
+            except (PackFileDisappeared, FileNotFoundError):
+                return _whole_object_header(store, sha)
     if not stores or getattr(base, "path", None) is None:
         # Not on disk (a memory store): the object itself is all there is to ask.
         try:
@@ -131,6 +137,16 @@ def object_header(store, sha: bytes) -> tuple[str, int] | None:
             return None
         return obj.type_name.decode(), len(obj.as_raw_string())
     return None
+
+
+def _whole_object_header(store, sha: bytes) -> tuple[str, int] | None:
+    """(type, size) of object `sha` read whole through dulwich: for a pack that `gitqueue gc`
+    removed after this store listed it, since dulwich then rescans the pack directory."""
+    try:
+        type_num, raw = store.get_raw(sha)
+    except KeyError:
+        return None
+    return TYPE_NAMES.get(type_num, "object"), len(raw)
 
 
 def _inflate_header(f, inflate, sha: bytes) -> tuple[str, int, bytes]:
