@@ -147,7 +147,7 @@ def main():
         print(f"{name:{width}}  " + "  ".join(f"{row.get(name, float('nan')):8.2f}" for _, row in rows))
 
     # What a worker has loaded anyway before it signs a claim (a remote queue: dulwich.client).
-    worker = "import dulwich.repo, dulwich.client, gitqueue.gitstore, gitqueue.names"
+    worker = "import dulwich.repo, dulwich.client, gitqueue.gitstore, gitqueue.layout"
     imports = [
         ("gitqueue.signing, fresh interpreter", "pass", "import gitqueue.signing"),
         ("gitqueue.signing, after a worker's imports", worker, "import gitqueue.signing"),

@@ -1,11 +1,11 @@
-"""Administrative changes: create a queue and load its dependency graph."""
+"""Administrative changes: create a queue, load its dependency graph, change its priority and no-way lists."""
 
 import os
 
-from . import records
+from . import layout, lists, records
 from .errors import GitqueueError
 from .gitstore import init_bare, is_local_path, point_head_at
-from .names import record_path
+from .layout import record_path
 from .queue import Change, trailers
 from .schema import FORMAT_VERSION
 
@@ -80,3 +80,56 @@ def import_jobs(queue, jobs: list[dict], source: str) -> dict:
 
     queue.transact(decide, ADMIN, use_index=False)
     return {"jobs": len(jobs), "edges": edges, "prefailed": prefailed}
+
+
+def change_priority(queue, add=(), remove=()) -> list[str]:
+    """Add and remove patterns of the priority list in one commit; return the new list."""
+    out = []
+
+    def decide(tip, reader):
+        queue.settings(reader)
+        current = lists.read_priority(reader)
+        missing = [p for p in remove if p not in current]
+        if missing:
+            raise GitqueueError(f"not on the priority list: {', '.join(missing)}")
+        new = [p for p in current if p not in remove] + [p for p in add if p not in current]
+        out[:] = new
+        if new == current:
+            return None
+        what = "; ".join(x for x in (f"add {' '.join(add)}" if add else "",
+                                     f"remove {' '.join(remove)}" if remove else "") if x)
+        message = f"priority: {what}\n\n" + trailers({"Action": "priority", "Packages": " ".join(new)})
+        data = records.dumps("priority", {"packages": new}) if new else None
+        return Change({layout.PRIORITY: data}, message)
+
+    queue.transact(decide, ADMIN, use_index=False)
+    return out
+
+
+def change_noway(queue, add: list[dict] = (), remove: list[tuple[str, str]] = ()) -> list[dict]:
+    """Add entries ({pattern, arch, reason}) and remove (pattern, arch) pairs; return the list."""
+    out = []
+
+    def decide(tip, reader):
+        queue.settings(reader)
+        current = lists.read_noway(reader)
+        keys = {(e["pattern"], e["arch"]) for e in current}
+        missing = [f"{p} ({a or 'every arch'})" for p, a in remove if (p, a) not in keys]
+        if missing:
+            raise GitqueueError(f"not on the no-way list: {', '.join(missing)}")
+        new = [e for e in current if (e["pattern"], e["arch"]) not in set(remove)]
+        for entry in add:
+            new = [e for e in new if (e["pattern"], e["arch"]) != (entry["pattern"], entry["arch"])] + [entry]
+        out[:] = new
+        if new == current:
+            return None
+        parts = [f"{e['pattern']} on {e['arch'] or 'every arch'}: {e['reason']}" for e in add]
+        parts += [f"remove {p} ({a or 'every arch'})" for p, a in remove]
+        message = f"no way: {'; '.join(parts)}\n\n" + trailers(
+            {"Action": "noway", "Add": " ".join(e["pattern"] for e in add) or None,
+             "Remove": " ".join(p for p, _ in remove) or None})
+        data = records.dumps("noway", {"entries": new}) if new else None
+        return Change({layout.NOWAY: data}, message)
+
+    queue.transact(decide, ADMIN, use_index=False)
+    return out

@@ -5,7 +5,8 @@ import os
 from dataclasses import dataclass, field
 
 from . import files
-from .rules import Options, State, Violation, check_commit, job_path
+from .layout import record_path
+from .rules import Options, State, Violation, check_commit
 
 
 @dataclass
@@ -87,7 +88,7 @@ def _replay(store, tip, options, packages_dir, tree_fd, stop_at_first) -> Audit:
                     audit.packages_unreachable.append(f"{job}: {package['name']}")
                 else:
                     audit.violations.append(Violation(commit.id.decode(), "package", f"{job}: {problem}",
-                                                      job_path("results", job)))
+                                                      record_path("results", job)))
         if stop_at_first and audit.violations:
             break
         state.advance(commit)

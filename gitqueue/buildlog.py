@@ -20,8 +20,7 @@ import re
 
 from . import files, records
 from .errors import NoLog, UnknownJob
-from .layout import is_log_name
-from .names import check_job_name, record_path
+from .layout import check_job_name, is_log_name, record_path
 
 # Where `gitqueue work` keeps, in the queue's cache directory, each build's output directory and
 # log, named JOB-LEASE8 (the job and the first 8 hex digits of its lease token).

@@ -43,7 +43,7 @@ def run_demo(directory: str, workers: int = 4, speed: float = 1.0, out=print) ->
     from .importers import load_graph
     from .lease import reclaim
     from .queue import Queue
-    from .report import status
+    from .summary import status
 
     directory = os.path.abspath(directory)
     url = os.path.join(directory, "queue.git")

@@ -278,7 +278,7 @@ def _held(reader) -> set:
     """{(job, LEASE8)} of the attempts the tip still holds: live leases, and reclaimed leases of
     jobs without a result. Tokens are read from the records' bytes, so a record that fails its
     schema still counts (keeping too much is harmless; removing a live build's files is not)."""
-    from .names import name_from_path, record_path
+    from .layout import name_from_path, record_path
     from .publish import TOKENS_IN_RECORD
 
     held = set()

@@ -19,6 +19,7 @@ import stat
 import time
 
 from dulwich.errors import HangupException, GitProtocolError, NotGitRepository
+from dulwich.pack import PackFileDisappeared
 from dulwich.objects import Blob, Commit, Tree
 from dulwich.repo import Repo
 
@@ -126,8 +127,13 @@ def object_header(store, sha: bytes) -> tuple[str, int] | None:
                 offset = pack.index.object_offset(sha)
             except KeyError:
                 continue
-            with open(pack.data.path, "rb") as f:
-                return _packed_header(f, offset, lambda ref: object_header(store, ref), 0)
+            except PackFileDisappeared:
+                return _whole_object_header(store, sha)
+            try:
+                with open(pack.data.path, "rb") as f:
+                    return _packed_header(f, offset, lambda ref: object_header(store, ref), 0)
+            except (PackFileDisappeared, FileNotFoundError):
+                return _whole_object_header(store, sha)
     if not stores or getattr(base, "path", None) is None:
         # Not on disk (a memory store): the object itself is all there is to ask.
         try:
@@ -136,6 +142,16 @@ def object_header(store, sha: bytes) -> tuple[str, int] | None:
             return None
         return obj.type_name.decode(), len(obj.as_raw_string())
     return None
+
+
+def _whole_object_header(store, sha: bytes) -> tuple[str, int] | None:
+    """(type, size) of object `sha` read whole through dulwich: for a pack that `gitqueue gc`
+    removed after this store listed it, since dulwich then rescans the pack directory."""
+    try:
+        type_num, raw = store.get_raw(sha)
+    except KeyError:
+        return None
+    return TYPE_NAMES.get(type_num, "object"), len(raw)
 
 
 def _inflate_header(f, inflate, sha: bytes) -> tuple[str, int, bytes]:
@@ -320,33 +336,6 @@ class TreeReader:
                     stack.append((sub, e.sha))
                 else:
                     yield sub, e.sha
-
-
-def diff_trees(object_store, old_tree: bytes | None, new_tree: bytes | None, prefix: str = ""):
-    """Yield (path, old blob id or None, new blob id or None) for every file that differs.
-
-    Identical subtrees are skipped by id, so the cost follows the size of the change.
-    """
-    if old_tree == new_tree:
-        return
-    old = {} if old_tree is None else {e.path: (e.mode, e.sha) for e in object_store[old_tree].iteritems()}
-    new = {} if new_tree is None else {e.path: (e.mode, e.sha) for e in object_store[new_tree].iteritems()}
-    for name in sorted(old.keys() | new.keys()):
-        o = old.get(name)
-        n = new.get(name)
-        if o == n:
-            continue
-        path = prefix + name.decode()
-        o_dir = o is not None and stat.S_ISDIR(o[0])
-        n_dir = n is not None and stat.S_ISDIR(n[0])
-        if o_dir or n_dir:
-            yield from diff_trees(object_store, o[1] if o_dir else None, n[1] if n_dir else None, path + "/")
-        if not o_dir and not n_dir:
-            yield path, o and o[1], n and n[1]
-        elif not o_dir and o is not None:
-            yield path, o[1], None
-        elif not n_dir and n is not None:
-            yield path, None, n[1]
 
 
 def build_tree(object_store, base_tree_id: bytes | None, changes: dict[str, bytes | None]):

@@ -1,75 +1,120 @@
-"""Build times of earlier builds, to estimate the jobs of a new one."""
+"""Looking across builds: every attempt at one package, and what changed between two builds."""
 
-import csv
-import os
+import collections
 
-from . import records
-from .errors import ImportRefused
+from . import records, timeline
+from .errors import UnknownJob
+from .layout import base_name, record_path
+from .outcome import from_index
 
 
-def load_times(source: str, open_queue=None) -> dict[str, float]:
-    """{PKGNAME or package path: seconds} from a TSV of build times or an earlier queue.
+def _snapshot(queue):
+    """(settings, reader, Outcome, Timeline) of a queue at its tip."""
+    with queue.lock():
+        tip, reader = queue.sync()
+        outcome = from_index(queue.index)
+    return queue.settings(reader), reader, outcome, timeline.load(queue, tip)
 
-    A TSV (like pkgsrc-build-times.tsv) needs a header with `duration_s` and `pkgpath` and may
-    have `history_pkgname`, `scan_pkgname` or `pkgname`, and `outcome` (only successes count).
-    Anything else is taken as a queue URL and opened with `open_queue(url)`; its successful
-    results with a duration count.
+
+def matching(outcome, package: str) -> list[str]:
+    """Names of the jobs that `package` names: a PKGNAME, its base name or a package path.
+
+    The base name is the job's name without its record's version (libbsd for libbsd-0.11.7-2 of
+    version 0.11.7-2), not what precedes the last '-'.
     """
-    if os.path.isfile(source):
-        return _from_tsv(source)
-    if open_queue is None:
-        raise ImportRefused(f"{source}: no such file")
-    with open_queue(source) as queue:
-        return _from_queue(queue)
+    return sorted(name for name, job in outcome.jobs.items() if package in (name, job["pkgpath"], base_name(job)))
 
 
-def _from_tsv(path):
-    times: dict[str, float] = {}
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
-        reader = csv.DictReader(f, delimiter="\t")
-        fields = set(reader.fieldnames or ())
-        if not {"duration_s", "pkgpath"} <= fields:
-            raise ImportRefused(f"{path}:1: a build-time TSV needs columns pkgpath and duration_s")
-        for line, row in enumerate(reader, 2):
-            if row.get("outcome", "success") != "success":
-                continue
-            try:
-                seconds = float(row["duration_s"])
-            except (TypeError, ValueError):
-                raise ImportRefused(f"{path}:{line}: duration_s {row['duration_s']!r} is not a number") from None
-            if seconds <= 0 or seconds != seconds:
-                continue
-            for key in ("history_pkgname", "scan_pkgname", "pkgname", "pkgpath"):
-                if row.get(key):
-                    times[row[key]] = seconds
-    return times
+def package_history(queues: list, package: str) -> list[dict]:
+    """Every attempt at `package` in each of `queues` (oldest build first, as given).
 
-
-def _from_queue(queue):
-    _, reader = queue.fetch()
-    store = queue.remote.object_store
-    times: dict[str, float] = {}
-    for path, sha in reader.walk_files("results"):
-        rec = records.load_at("result", store[sha].as_raw_string(), path)
-        if rec["status"] != "success" or not rec.get("duration"):
+    Rows are {"queue", "job", "attempt", "worker", "start", "end", "duration", "result", "late",
+    "reason", "log"}, in the order claimed; "attempt" numbers a job's attempts in its queue from 1
+    (what `gitqueue log --attempt` takes). A job never attempted gives one row with its state as
+    result (prefailed, indirect-failed, waiting, ...) and attempt None. Raises UnknownJob when no
+    queue has the package.
+    """
+    rows = []
+    names_seen = False
+    for queue in queues:
+        settings, reader, outcome, history = _snapshot(queue)
+        names = set(matching(outcome, package))
+        if not names:
             continue
-        times[rec["job"]] = rec["duration"]
-        job_data = reader.read(path.replace("results/", "jobs/", 1))
-        if job_data is not None:
-            job = records.load_at("job", job_data, path.replace("results/", "jobs/", 1))
-            if job.get("pkgpath"):
-                times[job["pkgpath"]] = rec["duration"]
-    return times
+        names_seen = True
+        attempted = collections.Counter()
+        for a in history.attempts():
+            if a["job"] not in names:
+                continue
+            attempted[a["job"]] += 1
+            log = None
+            if a["result"] in ("success", "failure"):
+                data = reader.read(record_path("results", a["job"]))
+                if data is not None:
+                    result = records.load_at("result", data, record_path("results", a["job"]))
+                    if result["token"] == a["lease"] and result.get("log"):
+                        log = result["log"].get("name")
+            rows.append({"queue": settings["name"], "job": a["job"], "attempt": attempted[a["job"]],
+                         **{k: a[k] for k in ("worker", "start", "end", "duration", "result", "late", "reason")},
+                         "log": log})
+        for name in sorted(names - set(attempted)):
+            job = outcome.jobs[name]
+            why = job["skip"] or (f"depends on {job['cause']}" if job["cause"] else None)
+            rows.append({"queue": settings["name"], "job": name, "attempt": None, "worker": None, "start": None,
+                         "end": None,
+                         "duration": None, "result": job["state"], "late": False, "reason": why, "log": None})
+    if not names_seen:
+        raise UnknownJob(f"unknown package {package}: no job has this PKGNAME, base name or package path")
+    return rows
 
 
-def apply_times(jobs: list[dict], times: dict[str, float]) -> int:
-    """Set est_seconds (source: history) of the jobs `times` knows; return how many."""
-    matched = 0
-    for job in jobs:
-        for key in (job["name"], job.get("pkgpath")):
-            if key and key in times:
-                job["est_seconds"] = round(float(times[key]), 3)
-                job["est_source"] = "history"
-                matched += 1
-                break
-    return matched
+def _key(job):
+    return f"{job['pkgpath'] or '-'} {base_name(job)}"
+
+
+def compare(old_queue, new_queue, limit: int = 20) -> dict:
+    """What changed from the build in `old_queue` to the one in `new_queue`.
+
+    Packages are matched by package path and base name (versions may differ). Returns
+    {"old", "new", "newly_failing", "newly_fixed", "still_failing": [{"pkgpath", "old", "new",
+    "old_state", "new_state", "breaks"}], "time_changes": [{"pkgpath", "old", "new",
+    "old_seconds", "new_seconds", "change"}] (the `limit` largest), "added", "removed"}.
+    """
+    old_settings, _, old, old_history = _snapshot(old_queue)
+    new_settings, _, new, new_history = _snapshot(new_queue)
+    before = {_key(j): j for j in old.jobs.values()}
+    after = {_key(j): j for j in new.jobs.values()}
+    old_times = _build_times(old_history)
+    new_times = _build_times(new_history)
+    newly_failing, newly_fixed, still_failing, changes = [], [], [], []
+    for key in sorted(after):
+        n = after[key]
+        o = before.get(key)
+        row = {"pkgpath": n["pkgpath"], "old": o["name"] if o else None, "new": n["name"],
+               "old_state": o["state"] if o else None, "new_state": n["state"], "breaks": new.breaks.get(n["name"], 0)}
+        if n["state"] == "failed":
+            (still_failing if o and o["state"] == "failed" else newly_failing).append(row)
+        elif o and o["state"] == "failed" and n["state"] == "success":
+            newly_fixed.append(row)
+        if o and o["state"] == "success" and n["state"] == "success":
+            t_old, t_new = old_times.get(o["name"]), new_times.get(n["name"])
+            if t_old is not None and t_new is not None:
+                changes.append({"pkgpath": n["pkgpath"], "old": o["name"], "new": n["name"], "old_seconds": t_old,
+                                "new_seconds": t_new, "change": round(t_new - t_old, 3)})
+    changes.sort(key=lambda c: (-abs(c["change"]), c["new"]))
+    by_breaks = lambda r: (-r["breaks"], r["pkgpath"] or "", r["new"])  # noqa: E731
+    return {
+        "old": old_settings["name"],
+        "new": new_settings["name"],
+        "newly_failing": sorted(newly_failing, key=by_breaks),
+        "newly_fixed": newly_fixed,
+        "still_failing": sorted(still_failing, key=by_breaks),
+        "time_changes": changes[:limit],
+        "added": sorted(after[k]["name"] for k in after.keys() - before.keys()),
+        "removed": sorted(before[k]["name"] for k in before.keys() - after.keys()),
+    }
+
+
+def _build_times(history) -> dict[str, float]:
+    """{job: measured seconds} of the successful builds of a timeline."""
+    return {a["job"]: a["duration"] for a in history.attempts() if a["result"] == "success" and a["duration"]}

@@ -14,6 +14,7 @@ import os
 import sys
 
 from .gitstore import TreeReader, open_quarantine, receive_store, set_config
+from .layout import heartbeat_path
 from .text import printable
 from .rules import ChainError, Options, State, Violation, check_commit, first_parent_chain
 
@@ -153,7 +154,7 @@ def check_push(store, updates: list[tuple[bytes, bytes, bytes]], branch: str = "
                 problem = _heartbeat_rate(store, state, commit, verdict.heartbeat_only, gate, push)
                 if problem:
                     verdict.violations.append(Violation(commit.id.decode(), "heartbeat", problem,
-                                                        f"heartbeats/{verdict.heartbeat_only}.toml"))
+                                                        heartbeat_path(verdict.heartbeat_only)))
             if verdict.violations:
                 found.extend(verdict.violations)
                 break
@@ -164,7 +165,7 @@ def check_push(store, updates: list[tuple[bytes, bytes, bytes]], branch: str = "
 
 def _heartbeat_rate(store, state, commit, worker, gate, push) -> str | None:
     """Why a heartbeat-only commit of `worker` comes too soon after its last one, or None."""
-    from .layout import heartbeat_path, min_heartbeat_seconds
+    from .layout import min_heartbeat_seconds
 
     settings = state.registry().settings or {}
     interval = min_heartbeat_seconds(settings) if "lease_ttl" in settings else 0.0

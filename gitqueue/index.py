@@ -11,7 +11,7 @@ import sqlite3
 
 from . import records
 from .errors import RecordInvalid
-from .names import name_from_path
+from .layout import SETTINGS, TOP_FILES
 
 INDEX_VERSION = "3"
 
@@ -45,8 +45,10 @@ CREATE INDEX ready ON jobs(priority DESC)
     WHERE pending = 0 AND result IS NULL AND leased_by IS NULL AND skip IS NULL;
 """
 
-# Files whose change means recomputing everything rather than applying a diff.
-_REBUILD_PATHS = ("queue.toml", "priority.toml", "noway.toml")
+# Changes of the job set, the settings or the lists: recompute everything rather than apply a diff.
+_REBUILD_KINDS = frozenset(("job", *TOP_FILES.values()))
+# Records the diff reads; a larger one (gitqueue writes none) sends the index to a rebuild.
+_MAX_RECORD_BYTES = 1 << 24
 # Estimates a measured duration of a sibling (same package path) in this build improves on.
 _WEAK_SOURCES = ("default", "weight")
 
@@ -99,20 +101,24 @@ class Index:
         if old is None or tip is None or old not in remote.object_store:
             self.rebuild(remote, tip)
             return
-        from .gitstore import diff_trees
+        from .trees import TreeWalk
 
         store = remote.object_store
+        walk = TreeWalk(store, _MAX_RECORD_BYTES)
         changes = []
-        for path, old_sha, new_sha in diff_trees(store, store[old].tree, store[tip].tree):
-            if path.startswith("jobs/") or path in _REBUILD_PATHS:
+        for change in walk.changes_between(store[old].tree, store[tip].tree):
+            if change.kind in _REBUILD_KINDS:
                 self.rebuild(remote, tip)
                 return
-            changes.append((path, old_sha, new_sha))
+            changes.append(change)
+        if walk.problems:  # entries the layout does not allow (a local writer's): the tree decides
+            self.rebuild(remote, tip)
+            return
         db = self.db
         try:
             db.execute("BEGIN IMMEDIATE")
-            for path, old_sha, new_sha in changes:
-                self._apply(store, path, old_sha, new_sha)
+            for change in changes:
+                self._apply(change)
             db.execute("INSERT OR REPLACE INTO meta VALUES('commit', ?)", (tip.decode(),))
             db.execute("COMMIT")
         except _NeedsRebuild:
@@ -122,19 +128,18 @@ class Index:
             db.execute("ROLLBACK")
             raise
 
-    def _apply(self, store, path, old_sha, new_sha):
-        kind = path.split("/", 1)[0]
-        if kind not in ("leases", "results", "declines"):
+    def _apply(self, change):
+        kind = change.kind
+        if kind not in ("lease", "result", "decline"):
             return
-        _, name = name_from_path(path)
-        row = self.db.execute("SELECT id, est, pkgpath FROM jobs WHERE name=?", (name,)).fetchone()
+        row = self.db.execute("SELECT id, est, pkgpath FROM jobs WHERE name=?", (change.name,)).fetchone()
         if row is None:
             raise _NeedsRebuild()
         job_id, est, pkgpath = row
         record = None
-        if new_sha is not None:
-            record = records.load_at(kind[:-1], store[new_sha].as_raw_string(), path)
-        if kind == "leases":
+        if change.new is not None:
+            record = records.load_at(kind, change.data, change.path)
+        if kind == "lease":
             if record is None:
                 self.db.execute("UPDATE jobs SET leased_by=NULL, lease_token=NULL, lease_at=NULL WHERE id=?",
                                 (job_id,))
@@ -143,8 +148,8 @@ class Index:
                     "UPDATE jobs SET leased_by=?, lease_token=?, lease_at=? WHERE id=?",
                     (record["worker"], record["token"], records.epoch(record.get("claimed_at")), job_id),
                 )
-        elif kind == "results":
-            if old_sha is not None or record is None:
+        elif kind == "result":
+            if change.old is not None or record is None:
                 raise _NeedsRebuild()  # results are never rewritten by the protocol
             self.db.execute("UPDATE jobs SET result=? WHERE id=?", (record["status"], job_id))
             if record["status"] == "success":
@@ -190,9 +195,9 @@ class Index:
         reader = remote.reader(tip)
         store = remote.object_store
         settings = {}
-        data = reader.read("queue.toml")
+        data = reader.read(SETTINGS)
         if data is not None:
-            settings = records.loads("queue", data, "queue.toml")
+            settings = records.loads("queue", data, SETTINGS)
         jobs = []
         for path, sha in reader.walk_files("jobs"):
             jobs.append(records.load_at("job", store[sha].as_raw_string(), path))
@@ -302,35 +307,32 @@ class Index:
 
     def counts(self) -> dict[str, int]:
         """Number of jobs in each state."""
-        rows = self.db.execute(
-            """
-            WITH RECURSIVE blocked(id, why) AS (
-                SELECT id, CASE WHEN skip_kind IS NOT NULL THEN skip_kind ELSE 'f' END FROM jobs
-                 WHERE skip IS NOT NULL OR result = 'failure'
-                UNION
-                SELECT d.job, b.why FROM deps d JOIN blocked b ON d.dep = b.id
-            ),
-            worst(id, why) AS (SELECT id, MIN(why) FROM blocked GROUP BY id)
-            SELECT
-              CASE
-                WHEN j.result = 'success' THEN 'success'
-                WHEN j.result = 'failure' THEN 'failed'
-                WHEN j.skip_kind = 'p' THEN 'prefailed'
-                WHEN j.skip_kind = 's' THEN 'skipped'
-                WHEN w.why = 'f' THEN 'indirect-failed'
-                WHEN w.why = 'p' THEN 'indirect-prefailed'
-                WHEN w.why = 's' THEN 'indirect-skipped'
-                WHEN j.leased_by IS NOT NULL THEN 'leased'
-                WHEN j.pending = 0 THEN 'ready'
-                ELSE 'waiting'
-              END AS state, COUNT(*)
-            FROM jobs j LEFT JOIN worst w ON w.id = j.id
-            GROUP BY state
-            """
-        ).fetchall()
+        query = _STATES_SQL.format(columns=f"{_STATE} AS state, COUNT(*)") + " GROUP BY state"
+        rows = self.db.execute(query).fetchall()
         counts = dict.fromkeys(STATES, 0)
         counts.update(rows)
         return counts
+
+    def states(self) -> list[tuple]:
+        """(id, name, version, pkgpath, skip reason, state, worker holding its lease) of every job."""
+        return self.db.execute(_STATES_SQL.format(
+            columns=f"j.id, j.name, j.version, j.pkgpath, j.skip, {_STATE}, j.leased_by")).fetchall()
+
+    def dependencies(self) -> list[tuple[int, int]]:
+        """(job id, id of a job it depends on) of every dependency."""
+        return self.db.execute("SELECT job, dep FROM deps").fetchall()
+
+    def skipped(self) -> list[tuple[str, str]]:
+        """(name, reason) of the jobs never built on this queue's architecture (no-way lists), by name."""
+        return self.db.execute("SELECT name, skip FROM jobs WHERE skip_kind = 's' ORDER BY name").fetchall()
+
+    def lease_holders(self) -> list[str]:
+        """The workers holding at least one live lease."""
+        return [w for (w,) in self.db.execute("SELECT DISTINCT leased_by FROM jobs WHERE leased_by IS NOT NULL")]
+
+    def leased_to(self, worker: str) -> list[str]:
+        """Names of the jobs `worker` holds a live lease on."""
+        return [name for (name,) in self.db.execute("SELECT name FROM jobs WHERE leased_by = ?", (worker,))]
 
     def remaining(self):
         """(estimated seconds of work left, longest remaining chain) over the jobs still to build.
@@ -366,6 +368,34 @@ class Index:
         """{job: token} of the leases this cache took for `worker` and has not yet ended."""
         return dict(self.db.execute("SELECT job, token FROM mine WHERE worker=?", (worker,)))
 
+
+# The state of each job, computed here only (docs/layout.md, "Derived state"): its own result,
+# prefailed or no-way mark first; then the strongest block among everything it depends on,
+# directly or not (a failure over a prefailed job over a no-way one); then its lease and pending
+# dependencies. _STATES_SQL selects `{columns}` from the jobs `j`, where _STATE is the state.
+_STATES_SQL = """
+WITH RECURSIVE blocked(id, why) AS (
+    SELECT id, CASE WHEN skip_kind IS NOT NULL THEN skip_kind ELSE 'f' END FROM jobs
+     WHERE skip IS NOT NULL OR result = 'failure'
+    UNION
+    SELECT d.job, b.why FROM deps d JOIN blocked b ON d.dep = b.id
+),
+worst(id, why) AS (SELECT id, MIN(why) FROM blocked GROUP BY id)
+SELECT {columns} FROM jobs j LEFT JOIN worst w ON w.id = j.id
+"""
+_STATE = """
+CASE
+    WHEN j.result = 'success' THEN 'success'
+    WHEN j.result = 'failure' THEN 'failed'
+    WHEN j.skip_kind = 'p' THEN 'prefailed'
+    WHEN j.skip_kind = 's' THEN 'skipped'
+    WHEN w.why = 'f' THEN 'indirect-failed'
+    WHEN w.why = 'p' THEN 'indirect-prefailed'
+    WHEN w.why = 's' THEN 'indirect-skipped'
+    WHEN j.leased_by IS NOT NULL THEN 'leased'
+    WHEN j.pending = 0 THEN 'ready'
+    ELSE 'waiting'
+END"""
 
 STATES = (
     "ready",

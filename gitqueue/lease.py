@@ -12,8 +12,7 @@ import time
 from . import records
 from .records import utc
 from .errors import GitqueueError, LeaseLost, NothingReady, QueueFinished, TooManyLeases, UnknownJob
-from .layout import JOB_DIRS, max_leases
-from .names import check_job_name, check_worker_name, heartbeat_path, record_path
+from .layout import JOB_DIRS, check_job_name, check_worker_name, heartbeat_path, max_leases, record_path
 from .queue import Change, trailers
 from .text import printable
 
@@ -168,7 +167,7 @@ def _claim_step(queue, batch, worker, host, platform, request=None) -> dict:
 
     reader = batch.reader
     if request is not None:
-        for (name,) in queue.index.db.execute("SELECT name FROM jobs WHERE leased_by = ?", (worker,)):
+        for name in queue.index.leased_to(worker):
             lease = _read(reader, "leases", name)
             if lease is not None and lease.get("request") == request:
                 return _claimed(_read(reader, "jobs", name), token=lease["token"])

@@ -1,6 +1,6 @@
 """The live state of a build for people: progress, rates, workers, expiring leases, blockers."""
 
-from . import records, report, timeline
+from . import records, summary, timeline
 from .outcome import NOT_BUILT, from_index
 
 HOUR = 3600
@@ -9,7 +9,7 @@ HOUR = 3600
 def status(queue, top: int = 5) -> dict:
     """Everything `gitqueue status` shows, as plain data.
 
-    Keys of report.progress() (queue, commit, settings, counts, total, done, progress, finished,
+    Keys of summary.progress() (queue, commit, settings, counts, total, done, progress, finished,
     eta_seconds), leases and skipped, plus: buildable and built (success, failed or
     indirect-failed among the jobs not prefailed or skipped), started, rate {overall,
     last_hour} in packages per hour, workers (current job and for how long, last heard, done,
@@ -23,12 +23,12 @@ def status(queue, top: int = 5) -> dict:
         tip, reader = queue.sync()
         index = queue.index
         outcome = from_index(index)
-        eta = report.estimate_completion(index)
+        eta = summary.estimate_completion(index)
         speeds = index.speeds()
         settings = queue.settings(reader)
         now = queue.clock()
         store = queue.remote.object_store
-        leases = report.live_leases(queue, reader, now)
+        leases = summary.live_leases(queue, reader, now)
         heard = {}
         for path, sha in reader.walk_files("heartbeats"):
             rec = records.load_at("heartbeat", store[sha].as_raw_string(), path)
@@ -37,7 +37,7 @@ def status(queue, top: int = 5) -> dict:
                 heard[rec["worker"]] = at
     history = timeline.load(queue, tip)
     counts = outcome.counts()
-    base = report.progress(settings, tip, counts, eta)
+    base = summary.progress(settings, tip, counts, eta)
     total, finished = base["total"], base["finished"]
     buildable = total - sum(counts[s] for s in NOT_BUILT)
     built = counts["success"] + counts["failed"] + counts["indirect-failed"]

@@ -2,10 +2,10 @@
 
 from . import records
 from .index import STATES
-from .names import record_path
+from .layout import record_path
 
-# The order in which blocking kinds win, as in Index.counts(): a failure over a prefailed
-# package over a no-way one.
+# The order in which blocking kinds win (Index.states()): a failure over a prefailed package over
+# a no-way one.
 _KINDS = (("failed", "indirect-failed"), ("prefailed", "indirect-prefailed"), ("skipped", "indirect-skipped"))
 NOT_BUILT = {"prefailed", "indirect-prefailed", "skipped", "indirect-skipped"}
 UNSUCCESSFUL = ("failed", "indirect-failed", "prefailed", "indirect-prefailed", "skipped", "indirect-skipped")
@@ -25,7 +25,7 @@ class Outcome:
         self.breaks = breaks
 
     def counts(self) -> dict[str, int]:
-        """Number of jobs in each state (the same as Index.counts())."""
+        """Number of jobs in each state (Index.counts() without reading the index again)."""
         counts = dict.fromkeys(STATES, 0)
         for job in self.jobs.values():
             counts[job["state"]] += 1
@@ -43,27 +43,15 @@ class Outcome:
 
 
 def from_index(index) -> Outcome:
-    """The Outcome described by a queue's index (brought up to date by the caller)."""
-    db = index.db
+    """The Outcome described by a queue's index (brought up to date by the caller).
+
+    The states are the index's (Index.states()); this adds what blocks each indirect one and
+    how many jobs each failed, prefailed or skipped one keeps from building.
+    """
     jobs = {}
     by_id = {}
     roots = {kind: [] for kind, _ in _KINDS}
-    for jid, name, version, pkgpath, skip, skip_kind, result, leased_by, pending in db.execute(
-            "SELECT id, name, version, pkgpath, skip, skip_kind, result, leased_by, pending FROM jobs"):
-        if result == "success":
-            state = "success"
-        elif result == "failure":
-            state = "failed"
-        elif skip_kind == "p":
-            state = "prefailed"
-        elif skip_kind == "s":
-            state = "skipped"
-        elif leased_by is not None:
-            state = "leased"
-        elif pending == 0:
-            state = "ready"
-        else:
-            state = "waiting"
+    for jid, name, version, pkgpath, skip, state, leased_by in index.states():
         job = {"name": name, "version": version, "pkgpath": pkgpath, "state": state, "cause": None,
                "skip": skip, "worker": leased_by}
         jobs[name] = job
@@ -71,7 +59,7 @@ def from_index(index) -> Outcome:
         if state in roots:
             roots[state].append(jid)
     dependents: dict[int, list[int]] = {}
-    for job_id, dep in db.execute("SELECT job, dep FROM deps"):
+    for job_id, dep in index.dependencies():
         dependents.setdefault(dep, []).append(job_id)
     breaks = {}
     closures = {}
@@ -92,9 +80,8 @@ def from_index(index) -> Outcome:
             name = by_id[root]["name"]
             for j in closures[root]:
                 job = by_id[j]
-                if job["cause"] is None and job["state"] not in ("success", "failed", "prefailed", "skipped"):
+                if job["cause"] is None and job["state"] == indirect:
                     job["cause"] = name
-                    job["state"] = indirect
     return Outcome(jobs, breaks)
 
 

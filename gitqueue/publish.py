@@ -57,9 +57,8 @@ from dataclasses import dataclass, field
 from . import files, records
 from .errors import GitqueueError, RecordInvalid
 from .gitstore import is_local_path
-from .layout import is_file_name, is_log_name, package_name_problem
+from .layout import is_file_name, is_log_name, package_name_problem, record_path
 from .locking import FileLock
-from .names import record_path
 from .pkgsummary import format_entry, identity_problem, read_package
 
 ALL = "All"

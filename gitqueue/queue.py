@@ -14,8 +14,7 @@ import time
 from . import records
 from .errors import GitqueueError, PushRejected, QueueNotFound, RemoteError, RepositoryDamaged
 from .gitstore import CachedRemote, LocalRemote, is_local_path, make_commit, build_tree
-
-SETTINGS_PATH = "queue.toml"
+from .layout import SETTINGS
 
 
 class Change:
@@ -144,10 +143,10 @@ class Queue:
         return tip, self.remote.reader(tip)
 
     def settings(self, reader) -> dict:
-        data = reader.read(SETTINGS_PATH)
+        data = reader.read(SETTINGS)
         if data is None:
-            raise QueueNotFound(f"{self.url}: {SETTINGS_PATH} is missing on branch {self.branch}")
-        return records.loads("queue", data, SETTINGS_PATH)
+            raise QueueNotFound(f"{self.url}: {SETTINGS} is missing on branch {self.branch}")
+        return records.loads("queue", data, SETTINGS)
 
     def sync(self):
         """Fetch and bring the index to the tip (caller holds the lock); return (tip, reader)."""
@@ -218,7 +217,7 @@ class Queue:
 
     def is_signed(self, reader) -> bool:
         """Whether the queue at `reader`'s tree lists admins, so that every commit must be signed."""
-        blob = reader.blob_id(SETTINGS_PATH)
+        blob = reader.blob_id(SETTINGS)
         if blob != self._signed[0]:
             self._signed = (blob, bool(blob and self.settings(reader).get("admins")))
         return self._signed[1]
@@ -233,7 +232,7 @@ class Queue:
         with self.lock():
             if self.remote.fetch() is not None:
                 raise GitqueueError(f"{self.url}: a queue already exists on branch {self.branch}")
-            tree, objects = build_tree(self.remote.object_store, None, {SETTINGS_PATH: data})
+            tree, objects = build_tree(self.remote.object_store, None, {SETTINGS: data})
             message = f"init queue {settings['name']}\n\n" + trailers(
                 {"Action": "init", "Queue": settings["name"], "Format-Version": settings["format_version"]}
             )

@@ -131,7 +131,7 @@ _IDENTITY = {"job": "name", "lease": "job", "result": "job", "decline": "job", "
 
 def load_at(kind: str, data: bytes, path: str) -> dict:
     """Parse and validate the record stored at `path`, which must name the same job or worker."""
-    from .names import name_from_path
+    from .layout import name_from_path
 
     record = loads(kind, data, path)
     _, name = name_from_path(path)

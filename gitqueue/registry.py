@@ -9,15 +9,11 @@ share a key: the processes of one host.
 
 from . import records
 from .errors import GitqueueError, UnknownWorker
-from .names import check_worker_name
+from .layout import check_worker_name, worker_path
 from .queue import Change, trailers
 from .records import utc
 
 ADMIN = "gitqueue-admin <admin@gitqueue>"
-
-
-def worker_path(name: str) -> str:
-    return f"workers/{name}.toml"
 
 
 def read_key(text: str, where: str) -> str:

@@ -6,9 +6,10 @@ to one commit; a `State` carries what it needs from one commit to the next, so t
 pre-receive hook) or a whole history (`gitqueue verify`) is checked in one pass.
 
 Objects are judged as git stores them: every entry of every tree a commit brings is checked by
-name and mode in its place of the layout (`layout.entry_problem`), never through a map of path
-strings (a root entry literally named "results/63/x.toml" is not that record), and every object's
-type and size are read from its header before its contents.
+name and mode in its place of the layout (`layout.entry_problem`, on the walk of
+`trees.TreeWalk`), never through a map of path strings (a root entry literally named
+"results/63/x.toml" is not that record), and every object's type and size are read from its
+header before its contents.
 
 Only the standard library, dulwich's object store and gitqueue's records are used here;
 signatures are checked with `signing` (in process with `cryptography` when it is importable).
@@ -18,11 +19,11 @@ from dataclasses import dataclass, field
 
 from . import layout, records
 from .errors import GitqueueError
-from .gitstore import ObjectFormatError, TreeReader, object_header, parse_tree_entries, read_object
-from .layout import FILE_MODE, ROOT, SETTINGS, TOP_FILES, TREE_MODE
+from .gitstore import TreeReader, object_header, read_object
+from .layout import SETTINGS, TOP_FILES, record_path, worker_path
+from .trees import TreeWalk
 
 DEFAULT_MAX_RECORD_BYTES = 65536
-MAX_TREE_BYTES = 1 << 20  # a shard of a queue of a million jobs is about 250 KB
 MAX_COMMIT_BYTES = 1 << 16  # a commit settling a host's 16 workers is about 10 KB
 MAX_READ_BYTES = 1 << 20  # any record read while judging (queue.toml of a root commit, ...)
 
@@ -112,19 +113,14 @@ class Verdict:
     heartbeat_only: str | None = None  # the worker, when the commit only rewrites its heartbeat
 
 
-class _Reader(TreeReader):
-    """Files of one tree by path, and its records read with their size checked first."""
-
-    def tree_of(self, path: str):
-        return self.tree_id_of(path)
-
-    def record(self, kind: str, path: str):
-        """The parsed record at `path`, None if absent; raises GitqueueError if invalid."""
-        sha = self.blob_id(path)
-        if sha is None:
-            return None
-        data = read_blob(self.store, sha, MAX_READ_BYTES, path)
-        return records.loads(kind, data, path) if kind in TOP_FILES.values() else records.load_at(kind, data, path)
+def read_record(reader: TreeReader, kind: str, path: str):
+    """The parsed `kind` record at `path` of `reader`'s tree, None if absent, its size checked
+    from the object's header before it is read; raises GitqueueError if it is invalid."""
+    sha = reader.blob_id(path)
+    if sha is None:
+        return None
+    data = read_blob(reader.store, sha, MAX_READ_BYTES, path)
+    return records.loads(kind, data, path) if kind in TOP_FILES.values() else records.load_at(kind, data, path)
 
 
 def read_blob(store, sha: bytes, limit: int, where: str) -> bytes:
@@ -135,171 +131,13 @@ def read_blob(store, sha: bytes, limit: int, where: str) -> bytes:
     return data
 
 
-def job_path(kind_dir: str, name: str) -> str:
-    return layout.record_path(kind_dir, name)
-
-
-@dataclass
-class Change:
-    """One file a commit adds, rewrites or removes, judged allowed in its place (kind known), or
-    the removal of an entry that the layout does not allow (kind None: what a local writer left)."""
-
-    path: str
-    kind: str | None
-    name: str | None
-    old: tuple | None  # (mode, hex sha) before, None if added
-    new: tuple | None  # (mode, hex sha) after, None if removed
-    data: bytes | None = None  # the new contents, read once by the walk
-
-
-class TreeWalk:
-    """The files that differ between two trees, with every new tree and file checked on the way.
-
-    Every entry of every tree the new side brings is checked, as git stores it, against the
-    layout (name and mode for its place); each object's type and size come from its header
-    before it is read. Unchanged subtrees are skipped by id, so the cost follows the change.
-    `objects` holds the ids of the new trees and files reached (the hook compares them with
-    what a push brought).
-    """
-
-    def __init__(self, store, max_record_bytes: int, parsed: dict | None = None):
-        self.store = store
-        self.max_record_bytes = max_record_bytes
-        # Trees already parsed (id -> entries), kept by the caller across commits: the new trees
-        # of one commit are the old trees of the next.
-        self.parsed = {} if parsed is None else parsed
-        self.changes: list[Change] = []
-        self.problems: list[tuple[str, str, str]] = []  # (path, rule, message)
-        self.objects: set[bytes] = set()
-
-    def run(self, old_tree, new_tree) -> "TreeWalk":
-        self._walk(old_tree, new_tree, ROOT, "")
-        return self
-
-    def _fail(self, path, rule, message):
-        self.problems.append((path, rule, message))
-
-    def _new_entries(self, sha, path):
-        where = path.rstrip("/") or "the root tree"
-        raw = read_object(self.store, sha, "tree", MAX_TREE_BYTES)
-        if isinstance(raw, str):
-            self._fail(path, "size" if "bytes, more than" in raw else "layout", f"{where}: {raw}")
-            return None
-        try:
-            entries = parse_tree_entries(raw)
-        except ObjectFormatError as e:
-            self._fail(path, "layout", f"{where}: {e}")
-            return None
-        self.objects.add(sha)
-        if len(self.parsed) >= 4096:
-            self.parsed.clear()
-        self.parsed[sha] = entries
-        return entries
-
-    def _old_entries(self, sha):
-        if sha is None:
-            return []
-        if sha in self.parsed:
-            return self.parsed[sha]
-        raw = read_object(self.store, sha, "tree", MAX_READ_BYTES << 4)
-        try:
-            if isinstance(raw, str):
-                raise ObjectFormatError(raw)
-            return parse_tree_entries(raw)
-        except ObjectFormatError:  # a tree a local writer left: dulwich's reading of it will do
-            return [(b"%o" % e.mode, e.path, e.sha) for e in self.store[sha].iteritems()]
-
-    def _walk(self, old, new, place, prefix):
-        if old == new:
-            return
-        new_entries = [] if new is None else self._new_entries(new, prefix)
-        if new_entries is None:
-            return
-        if new is not None and not new_entries and place != ROOT:
-            self._fail(prefix, "layout", f"{prefix}: an empty directory")
-            return
-        before = {name: (mode, sha) for mode, name, sha in self._old_entries(old)}
-        after = {name: (mode, sha) for mode, name, sha in new_entries}
-        for name in sorted(before.keys() | after.keys()):
-            o, n = before.get(name), after.get(name)
-            if o == n:
-                continue
-            path = prefix + name.decode("utf-8", "replace")
-            if n is not None:
-                problem = layout.entry_problem(place, name, n[0])
-                if problem is not None:
-                    self._fail(path, "layout", f"{_shown(path)}: {problem}")
-                    continue
-            o_dir = o is not None and o[0] == TREE_MODE
-            if n is not None and n[0] == TREE_MODE:
-                self._walk(o[1] if o_dir else None, n[1], layout.child_place(place, name), path + "/")
-                if o is not None and not o_dir:
-                    self._removed(place, name, path, o)
-            elif n is not None:
-                if o_dir:
-                    self._removed_tree(o[1], path + "/", self._old_place(place, name))
-                self._file(place, name, path, None if o_dir else o, n)
-            elif o_dir:
-                self._removed_tree(o[1], path + "/", self._old_place(place, name))
-            else:
-                self._removed(place, name, path, o)
-
-    def _file(self, place, name, path, old, new):
-        data = read_object(self.store, new[1], "blob", self.max_record_bytes)
-        if isinstance(data, str):
-            if "bytes, more than" in data:
-                data = data.replace(f"more than {self.max_record_bytes}",
-                                    f"more than max_record_bytes ({self.max_record_bytes})")
-                self._fail(path, "size", f"{path}: {data}")
-            else:
-                self._fail(path, "layout", f"{path}: {data}")
-            return
-        self.objects.add(new[1])
-        kind, who = layout.kind_of(place, name)
-        self.changes.append(Change(path, kind, who, old, new, data))
-
-    @staticmethod
-    def _old_place(place, name):
-        """The place of an old directory `name` in `place`, None if the layout has no such one."""
-        return layout.child_place(place, name) if layout.entry_problem(place, name, TREE_MODE) is None else None
-
-    def _removed(self, place, name, path, old):
-        if old[0] == FILE_MODE and place is not None and layout.entry_problem(place, name, old[0]) is None:
-            kind, who = layout.kind_of(place, name)
-            self.changes.append(Change(path, kind, who, old, None))
-        else:
-            self.changes.append(Change(path, None, None, old, None))
-
-    def _removed_tree(self, sha, prefix, place):
-        """Every file below an old directory (at `place`, None outside the layout) that the new
-        tree no longer has, each judged by its own name in its own place, as in _walk."""
-        stack = [(sha, prefix, place, 0)]
-        while stack:
-            tree, at, where, depth = stack.pop()
-            for mode, name, sub in self._old_entries(tree):
-                path = at + name.decode("utf-8", "replace")
-                allowed = where is not None and layout.entry_problem(where, name, mode) is None
-                if mode == TREE_MODE and depth < 8:
-                    stack.append((sub, path + "/", layout.child_place(where, name) if allowed else None, depth + 1))
-                elif allowed:
-                    self.changes.append(Change(path, *layout.kind_of(where, name), (mode, sub), None))
-                else:
-                    self.changes.append(Change(path, None, None, (mode, sub), None))
-
-
-def _shown(text: str) -> str:
-    """A worker-made name as a message shows it: printable, cut short."""
-    shown = text if text.isprintable() else repr(text)[1:-1]
-    return shown if len(shown) <= 120 else shown[:117] + "..."
-
-
 def load_registry(store, tree_id) -> Registry:
     """The administrators and workers of the tree `tree_id` (invalid entries are left out)."""
     from .signing import key_blob
 
-    reader = _Reader(store, tree_id)
+    reader = TreeReader(store, tree_id)
     try:
-        settings = reader.record("queue", SETTINGS)
+        settings = read_record(reader, "queue", SETTINGS)
     except GitqueueError:
         settings = None
     reg = Registry(settings)
@@ -308,12 +146,12 @@ def load_registry(store, tree_id) -> Registry:
             reg.admins.setdefault(key_blob(admin["key"]), admin["name"])
         except GitqueueError:
             pass
-    workers_tree = reader.tree_of("workers")
+    workers_tree = reader.tree_id_of("workers")
     if workers_tree is not None:
         for entry in store[workers_tree].iteritems():
-            path = f"workers/{entry.path.decode('utf-8', 'replace')}"
             if layout.entry_problem(("workers", "workers"), entry.path, b"%o" % entry.mode) is not None:
                 continue
+            path = worker_path(entry.path.decode("ascii")[:-5])
             try:
                 rec = records.load_at("worker", read_blob(store, entry.sha, MAX_READ_BYTES, path), path)
                 blob = key_blob(rec["key"])
@@ -344,7 +182,7 @@ class State:
         """{job: worker} of the live leases of the parent's tree (read once, then kept up to date)."""
         if self._leases is None:
             self._leases = {}
-            for path, sha in _Reader(self.store, self.tree).walk_files("leases"):
+            for path, sha in TreeReader(self.store, self.tree).walk_files("leases"):
                 try:
                     rec = records.load_at("lease", read_blob(self.store, sha, MAX_READ_BYTES, path), path)
                 except GitqueueError:
@@ -354,8 +192,8 @@ class State:
 
     def registry(self, tree_id=None) -> Registry:
         tree_id = self.tree if tree_id is None else tree_id
-        reader = _Reader(self.store, tree_id)
-        key = (reader.blob_id(SETTINGS), reader.tree_of("workers"))
+        reader = TreeReader(self.store, tree_id)
+        key = (reader.blob_id(SETTINGS), reader.tree_id_of("workers"))
         if self._registry is None or key != self._registry_key:
             self._registry = load_registry(self.store, tree_id)
             self._registry_key = key
@@ -460,8 +298,8 @@ def check_commit(store, state: State, commit, options: Options | None = None) ->
     if not walk.changes:
         fail("empty", "commit changes nothing")
         return verdict
-    before = _Reader(store, state.tree)
-    after = _Reader(store, commit.tree)
+    before = TreeReader(store, state.tree)
+    after = TreeReader(store, commit.tree)
     _Check(store, state, reg, signer, named, walk.changes, before, after, options, verdict, fail,
            commit.message).run()
     kinds = {c.kind for c in walk.changes}
@@ -546,7 +384,7 @@ class _Check:
         missing = []
         for dep in job_rec["deps"]:
             try:
-                res = self.after.record("result", job_path("results", dep))
+                res = read_record(self.after, "result", record_path("results", dep))
             except GitqueueError:
                 res = None
             if res is None or res["status"] != "success":
@@ -560,7 +398,7 @@ class _Check:
 
     def job(self, name, path, what):
         try:
-            rec = self.after.record("job", job_path("jobs", name))
+            rec = read_record(self.after, "job", record_path("jobs", name))
         except GitqueueError:
             rec = None
         if rec is None:
@@ -678,7 +516,7 @@ class _Check:
             if job is None:
                 return
             try:
-                result = self.after.record("result", job_path("results", name))
+                result = read_record(self.after, "result", record_path("results", name))
             except GitqueueError:
                 result = True
             if result is not None:
@@ -699,7 +537,7 @@ class _Check:
         self.verdict.lease_changes.append((name, None))
         if old is None:
             return  # not a valid lease: whoever may touch the path may clear it
-        if job_path("results", name) not in self.parsed and b"Gitqueue-Action: reclaim" in self.message:
+        if record_path("results", name) not in self.parsed and b"Gitqueue-Action: reclaim" in self.message:
             self.verdict.reclaims += 1
         if not self.may_act_as(old["worker"]) and not self.is_admin():
             self.fail("owner", f"lease of {old['worker']} on {name} removed by {self.signer.fingerprint} "
@@ -717,9 +555,9 @@ class _Check:
         job = self.job(name, path, "result")
         if job is None:
             return
-        lease_path = job_path("leases", name)
+        lease_path = record_path("leases", name)
         try:
-            lease = self.before.record("lease", lease_path)
+            lease = read_record(self.before, "lease", lease_path)
         except GitqueueError:
             lease = None
         if lease is not None:
@@ -758,7 +596,7 @@ class _Check:
     def _lapsed_lease(self, name, worker, token) -> bool:
         """Whether the parent's lapsed record of `name` lists `worker`'s lease under `token`."""
         try:
-            lapsed = self.before.record("lapsed", job_path("lapsed", name))
+            lapsed = read_record(self.before, "lapsed", record_path("lapsed", name))
         except GitqueueError:
             return False
         return any(e["worker"] == worker and e["token"] == token for e in (lapsed or {}).get("lapsed", ()))
@@ -774,7 +612,7 @@ class _Check:
         if new["lapsed"][:len(before)] != before or len(added) != 1:
             self.fail("lapsed", f"lapsed leases of {name} changed: one entry is appended per reclaim", path)
             return
-        lease_path = job_path("leases", name)
+        lease_path = record_path("leases", name)
         removed = self.parsed.get(lease_path)
         entry = added[0]
         if (removed is None or removed[3] or removed[0] is None or removed[0]["worker"] != entry["worker"]
@@ -794,7 +632,7 @@ class _Check:
         if not added:
             self.fail("decline", f"declines of {name} changed without a new entry", path)
             return
-        lease_path = job_path("leases", name)
+        lease_path = record_path("leases", name)
         released = self.parsed.get(lease_path)
         for entry in added:
             if self.deny_worker(path, entry["worker"], "decline"):

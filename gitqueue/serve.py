@@ -32,7 +32,7 @@ import time
 
 from . import layout, records
 from .errors import GitqueueError
-from .names import check_worker_name, record_path
+from .layout import check_worker_name, record_path
 from .transfer import SERVE_REFUSAL
 
 __all__ = ["Decision", "Upload", "RepoState", "decide", "run_upload", "usage", "ENTRY_COST", "RRSYNC"]
@@ -151,11 +151,9 @@ class RepoState:
         return self._load("worker", path, reader.read(path))
 
     def upload_quota(self) -> int:
-        from .queue import SETTINGS_PATH
-
-        data = self._tip_reader().read(SETTINGS_PATH)
+        data = self._tip_reader().read(layout.SETTINGS)
         try:
-            settings = records.loads("queue", data, SETTINGS_PATH) if data is not None else None
+            settings = records.loads("queue", data, layout.SETTINGS) if data is not None else None
         except GitqueueError:
             settings = None
         return layout.upload_quota(settings)

@@ -277,7 +277,7 @@ class Worker:
         if not self.packages_url or not job.get("deps"):
             return None
         from . import records
-        from .names import record_path
+        from .layout import record_path
         from .transfer import TransferError, download
 
         results = []

@@ -32,7 +32,7 @@ from gitqueue.admin import import_jobs, init_queue
 from gitqueue.audit import replay
 from gitqueue.gitstore import LocalRemote, TreeReader
 from gitqueue.importers import check_graph, load_graph
-from gitqueue.names import record_path
+from gitqueue.layout import record_path
 
 SUBSET = Path(__file__).resolve().parents[1] / "gitqueue" / "data" / "pkgsrc-subset.presolve"
 

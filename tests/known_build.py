@@ -5,7 +5,7 @@ package and its dependent, a no-way package and its dependent; one job given bac
 then reclaimed from a silent worker, then built. Every commit time is T0 + the seconds below.
 """
 
-from gitqueue import lease, lists
+from gitqueue import admin, lease
 
 from helpers import make_queue, open_queue, pkg
 
@@ -58,7 +58,7 @@ def make_known_build(tmp_path, name="known.git", until=None):
         lease.report(q, worker, name, status, duration=duration, **extra)
 
     steps = [
-        lambda: lists.change_noway(q, add=[{"pattern": "n", "arch": "", "reason": "needs rust"}]),
+        lambda: admin.change_noway(q, add=[{"pattern": "n", "arch": "", "reason": "needs rust"}]),
         lambda: take("w1", "a-1.0", 0),
         lambda: take("w2", "f-1.0", 10),
         lambda: (clock.at(20), lease.release(q, "w2", "f-1.0", "no room for the work directory")),

@@ -12,7 +12,7 @@ from pathlib import Path
 from gitqueue import lease, records, registry
 from gitqueue.admin import import_jobs, init_queue
 from gitqueue.gitstore import build_tree, make_commit
-from gitqueue.names import heartbeat_path, record_path
+from gitqueue.layout import heartbeat_path, record_path
 from gitqueue.queue import Queue
 from gitqueue.signing import Signer, sign_commit
 from dulwich.repo import Repo

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from gitqueue import records
 from gitqueue.errors import GitqueueError, InvalidName
-from gitqueue.names import MAX_NAME, check_job_name, check_worker_name, heartbeat_path, name_from_path, record_path
+from gitqueue.layout import MAX_NAME, check_job_name, check_worker_name, heartbeat_path, name_from_path, record_path
 from gitqueue.schema import SCHEMAS
 
 from test_layout import FULL

@@ -9,7 +9,7 @@ from dulwich.objects import Blob, Tree
 
 from gitqueue import lease, records
 from gitqueue.hook import MARKER, install, script
-from gitqueue.names import record_path, shard
+from gitqueue.layout import record_path, shard
 from gitqueue.errors import GitqueueError
 
 from helpers import REPO, gitqueue

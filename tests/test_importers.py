@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from gitqueue.errors import ImportRefused
 from gitqueue.importers import check_graph, guess_format, load_graph
-from gitqueue.names import check_job_name
+from gitqueue.layout import check_job_name
 
 from helpers import BULK_JSONL, FULL_SCAN, SUBSET
 

@@ -9,7 +9,7 @@ from dulwich.repo import Repo
 
 from gitqueue import lease, records
 from gitqueue.admin import import_jobs, init_queue
-from gitqueue.history import apply_times
+from gitqueue.durations import apply_times
 from gitqueue.importers import check_graph, load_graph
 from gitqueue.queue import Queue
 from gitqueue.schema import SCHEMAS, write_all

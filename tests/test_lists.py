@@ -1,15 +1,12 @@
-"""Priority and no-way lists, build-time history, and the scheduler inside claim."""
-
-import lzma
+"""Priority and no-way lists, and the scheduler inside claim."""
 
 import pytest
 
-from gitqueue import lease, lists
+from gitqueue import admin, lease
 from gitqueue.errors import GitqueueError, QueueFinished
-from gitqueue.history import apply_times, load_times
-from gitqueue.report import status
+from gitqueue.summary import status
 
-from helpers import BUILD_TIMES, SUBSET, git_log, gitqueue, job, make_queue, open_queue, pkg
+from helpers import git_log, gitqueue, job, make_queue, open_queue, pkg
 
 GRAPH = [pkg("base-1"), pkg("icu-78.1", ["base-1"], pkgpath="textproc/icu"),
          pkg("needs-icu-1", ["icu-78.1"]), pkg("gmake-4.4.1", ["base-1"], pkgpath="devel/gmake"),
@@ -30,7 +27,7 @@ def settings_arch(tmp_path, arch="m68k"):
 def test_noway_jobs_are_never_offered_and_their_dependents_are_skipped(tmp_path):
     url = settings_arch(tmp_path, "m68k")
     with open_queue(url, tmp_path) as q:
-        lists.change_noway(q, add=[{"pattern": "textproc/icu", "arch": "m68k", "reason": "panics m68k hosts"},
+        admin.change_noway(q, add=[{"pattern": "textproc/icu", "arch": "m68k", "reason": "panics m68k hosts"},
                                    {"pattern": "other-*", "arch": "vax", "reason": "not on vax"}])
         built = []
         while True:
@@ -50,7 +47,7 @@ def test_noway_jobs_are_never_offered_and_their_dependents_are_skipped(tmp_path)
 def test_priority_list_puts_packages_and_their_needs_first(tmp_path):
     url = settings_arch(tmp_path)
     with open_queue(url, tmp_path) as q:
-        assert lists.change_priority(q, add=["needs-icu"]) == ["needs-icu"]
+        assert admin.change_priority(q, add=["needs-icu"]) == ["needs-icu"]
         order = []
         for _ in range(3):
             got = lease.claim(q, "w1")
@@ -58,8 +55,8 @@ def test_priority_list_puts_packages_and_their_needs_first(tmp_path):
             lease.report(q, "w1", got["job"], "success")
         assert order == ["base-1", "icu-78.1", "needs-icu-1"]
         with pytest.raises(GitqueueError, match="not on the priority list: zz"):
-            lists.change_priority(q, remove=["zz"])
-        assert lists.change_priority(q, remove=["needs-icu"]) == []
+            admin.change_priority(q, remove=["zz"])
+        assert admin.change_priority(q, remove=["needs-icu"]) == []
 
 
 def test_patterns_match_the_base_name_of_a_debian_version(tmp_path):
@@ -67,9 +64,9 @@ def test_patterns_match_the_base_name_of_a_debian_version(tmp_path):
     url = make_queue(tmp_path, [job("libbsd-0.11.7-2", version="0.11.7-2"),
                                 job("libbsd-doc-0.11.7-2", version="0.11.7-2"), job("zlib-1.3-1", version="1.3-1")])
     with open_queue(url, tmp_path) as q:
-        lists.change_noway(q, add=[{"pattern": "libbsd", "arch": "", "reason": "not here"}])
+        admin.change_noway(q, add=[{"pattern": "libbsd", "arch": "", "reason": "not here"}])
         assert [s["job"] for s in status(q)["skipped"]] == ["libbsd-0.11.7-2"]
-        lists.change_priority(q, add=["libbsd-doc"])  # else zlib comes first
+        admin.change_priority(q, add=["libbsd-doc"])  # else zlib comes first
         assert lease.claim(q, "w1")["job"] == "libbsd-doc-0.11.7-2"
 
 
@@ -85,41 +82,6 @@ def test_list_commands(tmp_path):
     assert p.returncode == 2 and "'../etc' is not a package pattern" in p.stderr
     assert gitqueue("priority", "add", "gmake*", "--queue", url, "--json", env=env).stdout.split() == \
         ["[", '"gmake*"', "]"]
-
-
-def test_history_from_a_tsv_and_from_an_earlier_queue(tmp_path):
-    tsv = tmp_path / "times.tsv"
-    tsv.write_text("pkgpath\thistory_pkgname\toutcome\tduration_s\n"
-                   "devel/gmake\tgmake-4.4\tsuccess\t312.5\ntextproc/icu\ticu-77\tfailure\t10\n")
-    times = load_times(str(tsv))
-    assert times == {"gmake-4.4": 312.5, "devel/gmake": 312.5}
-    jobs = [dict(j) for j in GRAPH]
-    assert apply_times(jobs, times) == 1
-    assert jobs[3]["est_seconds"] == 312.5 and jobs[3]["est_source"] == "history"
-    # An earlier queue's results are history too.
-    old = make_queue(tmp_path, [job("gmake-4.4.1", pkgpath="devel/gmake")], name="old.git")
-    with open_queue(old, tmp_path) as q:
-        lease.claim(q, "w1")
-        lease.report(q, "w1", "gmake-4.4.1", "success", duration=200)
-    with open_queue(old, tmp_path, host="reader") as q:
-        from gitqueue.history import _from_queue
-        assert _from_queue(q) == {"gmake-4.4.1": 200, "devel/gmake": 200}
-    bad = tmp_path / "bad.tsv"
-    bad.write_text("a\tb\n1\t2\n")
-    from gitqueue.errors import ImportRefused
-    with pytest.raises(ImportRefused, match="needs columns pkgpath and duration_s"):
-        load_times(str(bad))
-
-
-def test_import_with_real_build_times(tmp_path):
-    url = str(tmp_path / "q.git")
-    env = {"GITQUEUE_CACHE": str(tmp_path / "c")}
-    times = tmp_path / "pkgsrc-build-times.tsv"
-    times.write_bytes(lzma.decompress(BUILD_TIMES.read_bytes()))
-    assert gitqueue("init", url, env=env).returncode == 0
-    p = gitqueue("import", url, SUBSET, "--history", times, "--json", env=env)
-    assert p.returncode == 0, p.stderr
-    assert '"estimated_from_history": 254' in p.stdout
 
 
 def test_claim_leaves_long_jobs_to_a_faster_worker_about_to_free_up(tmp_path):

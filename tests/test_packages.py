@@ -14,7 +14,7 @@ import textwrap
 import pytest
 
 from gitqueue import records
-from gitqueue.names import record_path
+from gitqueue.layout import record_path
 from gitqueue.queue import Queue
 
 from helpers import git_log, job, make_package_queue

@@ -5,7 +5,7 @@ import pytest
 from gitqueue import lease
 from gitqueue.audit import replay
 from gitqueue.errors import LeaseLost, NothingReady, QueueFinished, UnknownJob
-from gitqueue.report import status
+from gitqueue.summary import status
 
 from helpers import git_log, job, make_queue, open_queue
 

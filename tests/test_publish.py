@@ -19,7 +19,7 @@ from gitqueue.errors import GitqueueError
 from gitqueue.pkgsummary import sha256_file, summary_entry
 from gitqueue.publish import Snapshot, publish, read_queue
 
-from gitqueue.names import record_path
+from gitqueue.layout import record_path
 
 from helpers import gitqueue, job, local_commit, make_package_queue, make_queue, open_queue
 

@@ -6,7 +6,7 @@ import pytest
 
 from gitqueue import records
 from gitqueue.gitstore import LocalRemote, TreeReader
-from gitqueue.names import record_path
+from gitqueue.layout import record_path
 
 from helpers import git_log, gitqueue, job, write_jsonl
 

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gitqueue import lease, rules
-from gitqueue.names import record_path
+from gitqueue.layout import record_path
 
 from helpers import job, make_queue, open_queue
 from signed_queue import SignedQueue

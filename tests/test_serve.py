@@ -10,7 +10,7 @@ import pytest
 
 from gitqueue import lease, records
 from gitqueue.hook import install
-from gitqueue.names import record_path
+from gitqueue.layout import record_path
 from gitqueue.transfer import TransferError, upload
 
 from helpers import REPO, gitqueue

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from gitqueue import records, registry
 from gitqueue.admin import import_jobs, init_queue
-from gitqueue.names import record_path
+from gitqueue.layout import record_path
 from gitqueue.queue import Change, Queue
 from gitqueue.serve import ENTRY_COST, GIT_VERBS, RRSYNC, RepoState, decide, usage
 from gitqueue.signing import Signer

@@ -298,7 +298,7 @@ def _build_all_three(farm, work):
 
 def farm_results(farm):
     from gitqueue import records
-    from gitqueue.names import record_path
+    from gitqueue.layout import record_path
 
     out = {}
     with Queue(str(farm.repo), str(farm.keys_dir / "cache-results")) as q:

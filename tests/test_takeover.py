@@ -18,7 +18,7 @@ from dulwich.repo import Repo
 
 from gitqueue import lease, records
 from gitqueue.gitstore import build_tree, make_commit
-from gitqueue.names import heartbeat_path, record_path
+from gitqueue.layout import heartbeat_path, record_path
 from gitqueue.signing import sign_commit
 
 from helpers import gitqueue, job

@@ -10,7 +10,7 @@ import pytest
 
 from gitqueue import lease, records
 from gitqueue.hook import install
-from gitqueue.names import record_path
+from gitqueue.layout import record_path
 
 from helpers import REPO, git_log, gitqueue, job, local_commit, make_queue, open_queue
 from signed_queue import SignedQueue

@@ -90,7 +90,7 @@ def test_build_log_and_environment(tmp_path):
     with open_queue(url, tmp_path, host="reader") as q:
         tip, reader = q.fetch()
         from gitqueue import records
-        from gitqueue.names import record_path
+        from gitqueue.layout import record_path
         result = records.loads("result", reader.read(record_path("results", "py311-foo-1.0")), "r")
     assert result["log_tail"] == "py311-foo-1.0 1.0 devel/py-foo 311\n"
     assert result["log"]["size"] == len(result["log_tail"])

@@ -103,12 +103,12 @@ def import_cmd(url, file, fmt, histories, as_json):
     ctx = context()
     times = {}
     for source in histories:
-        from ..history import load_times
+        from ..durations import load_times
 
         times.update(load_times(source, ctx.open))
     with ctx.open(url) as queue:
         if times:
-            from ..history import apply_times
+            from ..durations import apply_times
 
             matched = apply_times(jobs, times)
         counts = import_jobs(queue, jobs, file)
@@ -219,8 +219,7 @@ def _check_package_names(reader, settings, job, package_files):
     """Refuse (before uploading) a --package file that JOB's result may not name."""
     from .. import records
     from ..errors import GitqueueError, UnknownJob
-    from ..layout import package_name_problem
-    from ..names import check_job_name, record_path
+    from ..layout import check_job_name, package_name_problem, record_path
 
     path = record_path("jobs", check_job_name(job))
     data = reader.read(path)

@@ -106,7 +106,7 @@ def _read_list(queue_url, read):
 
 
 def _priority(queue_url, as_json, add=(), remove=()):
-    from ..lists import change_priority
+    from ..admin import change_priority
 
     _check_patterns(add + remove)
     with context(queue_url).open() as queue:
@@ -146,7 +146,7 @@ def noway_add(patterns, reason, arch, queue_url, as_json):
     \b
     Example: gitqueue noway add 'icu-*' 'clisp-*' --reason "panics m68k hosts" --queue /srv/queues/q.git
     """
-    from ..lists import change_noway
+    from ..admin import change_noway
 
     _check_patterns(patterns)
     with context(queue_url).open() as queue:
@@ -167,7 +167,7 @@ def noway_remove(patterns, arch, queue_url, as_json):
     \b
     Example: gitqueue noway remove 'icu-*' --queue /srv/queues/q.git
     """
-    from ..lists import change_noway
+    from ..admin import change_noway
 
     with context(queue_url).open() as queue:
         arch = _arch(queue, arch)

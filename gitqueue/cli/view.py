@@ -181,7 +181,7 @@ def history_cmd(package, queue_urls, as_json):
     """
     from contextlib import ExitStack
 
-    from ..builds import package_history
+    from ..history import package_history
 
     ctx = context(queue_urls[0] if queue_urls else None)
     with ExitStack() as stack:
@@ -219,7 +219,7 @@ def diff_cmd(old, new, limit, as_json):
     \b
     Example: gitqueue diff /srv/queues/2026Q3-m68k /srv/queues/2026Q4-m68k
     """
-    from ..builds import compare
+    from ..history import compare
 
     ctx = context()
     with ctx.open(old) as before, ctx.open(new) as after:

@@ -8,7 +8,7 @@ import os
 from collections import deque
 
 from ..errors import ImportRefused, InvalidName, RecordInvalid
-from ..names import check_job_name
+from ..layout import check_job_name
 from ..records import validate
 
 FORMATS = ("presolve", "jsonl")
@@ -147,7 +147,7 @@ def check_name(name, where: str) -> str:
     try:
         return check_job_name(name, where)
     except InvalidName:
-        # names.py quotes the whole name; a hostile one may be megabytes long.
+        # layout.check_job_name quotes the whole name; a hostile one may be megabytes long.
         raise ImportRefused(f"{where}: invalid job name {quote(name)}") from None
 
 

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from gitqueue.cli.main import cli
-from gitqueue.names import record_path
+from gitqueue.layout import record_path
 
 from helpers import REPO, SUBSET, git_log, gitqueue, job, make_queue, write_jsonl
 

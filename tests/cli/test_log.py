@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from gitqueue import lease
 from gitqueue.cli.main import cli
-from gitqueue.names import record_path
+from gitqueue.layout import record_path
 from gitqueue.queue import Queue
 
 from helpers import job, local_commit, make_package_queue, open_queue

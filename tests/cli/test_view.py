@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from gitqueue import lease
 from gitqueue.cli.main import cli
-from gitqueue.names import record_path
+from gitqueue.layout import record_path
 
 from helpers import job, local_commit, make_package_queue, make_queue, open_queue
 from known_build import COUNTS, make_known_build

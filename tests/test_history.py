@@ -3,7 +3,7 @@
 import pytest
 
 from gitqueue import lease
-from gitqueue.builds import compare, package_history
+from gitqueue.history import compare, package_history
 from gitqueue.errors import NothingReady, QueueFinished, UnknownJob
 
 from helpers import make_queue, open_queue

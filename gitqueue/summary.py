@@ -1,4 +1,4 @@
-"""Summaries of a queue as plain data; the CLI renders them."""
+"""Status summaries of a queue as plain data (counts, live leases, progress, expected end); the CLI renders them."""
 
 from . import records
 
@@ -12,8 +12,7 @@ def status(queue) -> dict:
         index = queue.index
         counts = index.counts()
         eta = estimate_completion(index)
-        skipped = [{"job": name, "reason": why} for name, why in
-                   index.db.execute("SELECT name, skip FROM jobs WHERE skip_kind = 's' ORDER BY name")]
+        skipped = [{"job": name, "reason": why} for name, why in index.skipped()]
         # Still under the lock: `gitqueue gc --cache` may not remove a pack while this reads.
         settings = queue.settings(reader)
         now = queue.clock()
@@ -65,7 +64,7 @@ def estimate_completion(index) -> int | None:
     if work == 0:
         return 0
     speeds = index.speeds()
-    workers = [w for (w,) in index.db.execute("SELECT DISTINCT leased_by FROM jobs WHERE leased_by IS NOT NULL")]
+    workers = index.lease_holders()
     if not workers:
         return None
     factors = [speeds.factor(w) for w in workers]
