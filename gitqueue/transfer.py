@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import random
 import re
 import shutil
 import subprocess
@@ -43,6 +42,7 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from .backoff import Backoff
 from .errors import GitqueueError
 from .files import sha256_file
 
@@ -281,7 +281,8 @@ def _common(loc: Location, rsh: str | None, io_timeout: int, rsync_path: str | N
 
 
 def _delays(attempts: int, backoff: float) -> list[float]:
-    return [min(MAX_DELAY, backoff * (2 ** i) * random.uniform(1.0, 1.5)) for i in range(max(0, attempts - 1))]
+    delays = Backoff(backoff, MAX_DELAY / 1.5, low=1.0, high=1.5)  # never above MAX_DELAY
+    return [delays.next() for _ in range(max(0, attempts - 1))]
 
 
 def _with_retries(once: Callable[[int], None], attempts: int, backoff: float, sleep: Callable[[float], object],
