@@ -1,4 +1,9 @@
-"""Files of a directory that workers write to (the package tree): opened inside it, never through a link.
+"""Files written crash-safely, and files of a directory that workers write to, opened inside it.
+
+Every file gitqueue writes (a cache, the spool, the hook, the report) is written the same way: a
+private temporary file in the same directory, fsync, rename(2) over the final name (which
+replaces a link instead of writing through it), fsync of the directory. Readers see the old file
+or the new one, never part of one; after a crash, too (`durable`).
 
 The names in the package tree come from workers' results (incoming/TOKEN/NAME, logs/JOB/NAME):
 hostile input. So a file is opened by walking its path one name at a time from a directory
@@ -6,14 +11,11 @@ descriptor, each name a plain file name (`layout.is_file_name`: no '/', no '..',
 opened with O_NOFOLLOW, so that a symbolic link anywhere below the root is refused, never
 followed; the last name must be a regular file (a FIFO would block, a device never end). The root
 itself is the administrator's and is opened as given.
-
-Files are written the same way: a private temporary file in the directory, fsync, rename(2) over
-the final name (which replaces a link instead of writing through it), fsync of the directory.
 """
 
 import errno
+import hashlib
 import os
-import secrets
 import shutil
 import stat
 
@@ -116,7 +118,7 @@ def lstat(dir_fd: int, name: str):
 
 def temp_file(dir_fd: int, prefix: str = TMP_PREFIX) -> tuple[int, str]:
     """(write descriptor, name) of a new private file in the directory `dir_fd`."""
-    name = f"{prefix}{os.getpid()}-{secrets.token_hex(8)}"
+    name = f"{prefix}{os.getpid()}-{os.urandom(8).hex()}"  # os.urandom: no `secrets` import in a claim
     return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
                    dir_fd=dir_fd), name
 
@@ -128,34 +130,99 @@ def install(dir_fd: int, temp: str, name: str, temp_dir_fd: int | None = None) -
     os.fsync(dir_fd)
 
 
-def unlink(dir_fd: int, name: str) -> None:
+def unlink(path: str, dir_fd: int | None = None) -> bool:
+    """Remove the file `path` (relative to `dir_fd` if given); False when it was not there."""
     try:
-        os.unlink(name, dir_fd=dir_fd)
+        os.unlink(path, dir_fd=dir_fd)
     except FileNotFoundError:
+        return False
+    return True
+
+
+def fsync_dir(path: str) -> None:
+    """Make the names in the directory `path` (a rename, a new file) survive a crash, where the file
+    system allows: some cannot fsync a directory, and the data is safe without it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
         pass
+    finally:
+        os.close(fd)
 
 
-def write_atomic(dir_fd: int, name: str, data: bytes, prefix: str = TMP_PREFIX) -> None:
-    """Replace NAME in the directory `dir_fd` with `data`: readers see the old file or the new one."""
+def write_atomic(dir_fd: int, name: str, data: bytes | str, prefix: str = TMP_PREFIX, *, mode: int | None = None,
+                 durable: bool = True) -> None:
+    """Replace NAME in the directory `dir_fd` with `data`: readers see the old file or the new one.
+
+    Args:
+        data: the contents; text is written as UTF-8.
+        prefix: of the temporary file's name (see `sweep`).
+        mode: the new file's permissions (default 0644 less the umask).
+        durable: fsync the file and the directory, so that after a crash, too, the file is the
+            old one or the new one whole. Without it (a cache, the spool: nothing a crash does not
+            make moot) the write skips two fsyncs, ~0.6 ms.
+    """
     fd, temp = temp_file(dir_fd, prefix)
     installed = False
     try:
         with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        install(dir_fd, temp, name)
+            out.write(data.encode("utf-8") if isinstance(data, str) else data)
+            if mode is not None:
+                os.fchmod(out.fileno(), mode)
+            if durable:
+                out.flush()
+                os.fsync(out.fileno())
+        if durable:
+            install(dir_fd, temp, name)
+        else:
+            os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         installed = True
     finally:
         if not installed:
-            unlink(dir_fd, temp)
+            unlink(temp, dir_fd)
+
+
+def replace_file(path: str, data: bytes | str, *, mode: int | None = None, durable: bool = True) -> None:
+    """Replace the file at `path` with `data` as `write_atomic` does (a link there is replaced).
+
+    Its directory is the caller's and is opened as given.
+    """
+    directory = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        write_atomic(directory, os.path.basename(path), data, mode=mode, durable=durable)
+    finally:
+        os.close(directory)
+
+
+def write_json(path: str, data, **options) -> None:
+    """Write a JSON file of the cache (not a record) by rename: readers see all of it or none.
+
+    Not fsynced: a cache is rebuilt, and a spool request is moot, after a crash. `options` go to
+    json.dumps.
+    """
+    import json
+
+    replace_file(path, json.dumps(data, **options), durable=False)
+
+
+def sha256_file(path: str) -> str:
+    """Hex SHA-256 of the file at `path`."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def sweep(dir_fd: int, prefix: str = TMP_PREFIX) -> None:
     """Remove the temporary files a crashed writer left in the directory `dir_fd`."""
     for name in os.listdir(dir_fd):
         if name.startswith(prefix):
-            unlink(dir_fd, name)
+            unlink(name, dir_fd)
 
 
 def remove_tree(dir_fd: int, name: str) -> bool:

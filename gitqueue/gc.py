@@ -28,6 +28,7 @@ import stat
 import subprocess
 import time
 
+from . import files
 from .errors import GitqueueError
 from .gitstore import write_pack
 
@@ -177,7 +178,7 @@ def gc_cache(queue, grace: float = GRACE, keep_logs: int = KEEP_LOGS) -> dict:
         removed = 0
         for name, since in list(pending.items()):
             if since <= now - grace:
-                removed += _unlink(os.path.join(path, "objects", name))
+                removed += files.unlink(os.path.join(path, "objects", name))
                 del pending[name]
         try:
             tip = repo.refs[remote.ref]
@@ -206,7 +207,7 @@ def gc_cache(queue, grace: float = GRACE, keep_logs: int = KEEP_LOGS) -> dict:
                     pending.setdefault(name, now)
             if not grace:
                 for name in list(pending):
-                    removed += _unlink(os.path.join(objects_dir, name))
+                    removed += files.unlink(os.path.join(objects_dir, name))
                     del pending[name]
         for fan in _fanout(objects_dir):
             try:
@@ -241,7 +242,6 @@ def gc_outputs(queue, keep_logs: int = KEEP_LOGS) -> dict:
 
     Returns {"builds": directories removed, "build_bytes", "logs": logs removed, "log_bytes"}.
     """
-    from . import files
     from .buildlog import BUILDS, LOGS
 
     out = {"builds": 0, "build_bytes": 0, "logs": 0, "log_bytes": 0}
@@ -297,7 +297,6 @@ def _held(reader) -> set:
 
 def _set_aside(builds: int, held: set) -> None:
     """Rename the output directories of attempts not `held` aside (ASIDE + name + pid)."""
-    from . import files
     from .buildlog import parse_attempt_name
 
     for name in os.listdir(builds):
@@ -404,12 +403,9 @@ def _read_superseded(path) -> dict:
 def _write_superseded(path, pending):
     target = os.path.join(path, SUPERSEDED)
     if not pending:
-        _unlink(target)
+        files.unlink(target)
         return
-    tmp = f"{target}.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("".join(f"{since:.0f} {name}\n" for name, since in sorted(pending.items())))
-    os.replace(tmp, target)
+    files.replace_file(target, "".join(f"{since:.0f} {name}\n" for name, since in sorted(pending.items())))
 
 
 def _reachable(store, tip: bytes) -> list[str]:
@@ -434,17 +430,4 @@ def _reachable(store, tip: bytes) -> list[str]:
 
 
 def _write_shallow(path, commits):
-    tmp = os.path.join(path, f"shallow.gc-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(b"".join(c + b"\n" for c in commits))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(path, "shallow"))
-
-
-def _unlink(path) -> int:
-    try:
-        os.unlink(path)
-        return 1
-    except FileNotFoundError:
-        return 0
+    files.replace_file(os.path.join(path, "shallow"), b"".join(c + b"\n" for c in commits))

@@ -67,6 +67,7 @@ def install(repo_path: str, python: str, branch: str = "main", package_dir: str 
         GitqueueError: not a bare repository, or a foreign hook without `force`.
     """
     from .errors import GitqueueError
+    from .files import replace_file
 
     if not os.path.isdir(os.path.join(repo_path, "objects")) or not os.path.isfile(os.path.join(repo_path, "HEAD")):
         raise GitqueueError(f"{repo_path}: not a bare git repository")
@@ -84,11 +85,7 @@ def install(repo_path: str, python: str, branch: str = "main", package_dir: str 
     if current is not None and MARKER not in current and not force:
         raise GitqueueError(f"{path} exists and was not written by gitqueue; move it away or pass --force")
     if current != text:
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, path)
+        replace_file(path, text, mode=0o755)
     else:
         os.chmod(path, 0o755)
     configure(repo_path, max_input_size)
@@ -220,6 +217,7 @@ class HeartbeatGate:
             return
         import json
 
+        from .files import replace_file
         from .locking import FileLock
 
         with FileLock(self.path + ".lock"):
@@ -233,10 +231,7 @@ class HeartbeatGate:
             now = self.clock()
             for worker, (blob, _) in accepted.items():
                 current[worker] = [blob.decode(), now]
-            tmp = f"{self.path}.{os.getpid()}.tmp"
-            with open(tmp, "w") as f:
-                json.dump(current, f)
-            os.replace(tmp, self.path)
+            replace_file(self.path, json.dumps(current))
 
 
 def unreferenced(git_dir: str, environ: dict, push: Push) -> list[Violation]:

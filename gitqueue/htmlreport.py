@@ -2,19 +2,20 @@
 
 The page works from the file system and from any web server. Files are written aside and
 renamed into place, so the report can be regenerated (cron, a post-receive hook) while a web
-server serves it.
+server serves it. The page is built of `markup.Markup` templates: every value put into it is
+escaped unless it is the page's own HTML.
 """
 
 import errno
 import os
 import stat
-from html import escape
 
 from . import files, svg
 from .bulkreport import duration_text, platform_text, summary_rows, text, time_text
 from .layout import is_file_name, is_log_name
+from .markup import Markup
 
-CSS = """
+CSS = Markup("""
 body{font:14px/1.4 sans-serif;margin:1.5em auto;max-width:1100px;padding:0 1em;color:#222}
 h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.15em;margin-top:1.8em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:.5em 0}th,td{padding:2px 10px;text-align:left;vertical-align:top}
@@ -25,7 +26,7 @@ details pre{white-space:pre-wrap;font-size:12px;background:#f6f6f6;padding:6px;m
 .legend span{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px;vertical-align:middle}
 .bar{background:#eee;width:400px;height:14px;display:inline-block;vertical-align:middle}
 .bar span{display:block;background:#3a9a4a;height:14px}
-"""
+""")
 
 
 # The most of one build log copied into the report: its end, where the error is, after a note.
@@ -113,27 +114,23 @@ def _copy_log(source: int, logs_fd: int, target: str) -> bool:
     return True
 
 
-class Markup(str):
-    """Text that is already HTML: a table cell shows it as it is (every other cell is escaped)."""
-
-
-def _cell(value) -> str:
-    return value if isinstance(value, Markup) else escape(str(value))
-
-
-def _table(table_id, headers, rows, numeric=()) -> str:
+def _table(table_id, headers, rows, numeric=()) -> Markup:
     """A table; every header and cell is escaped unless it is Markup."""
-    out = [f'<table id="{table_id}">']
+    out = [Markup('<table id="{}">').format(table_id)]
     if headers:
-        out.append("<thead><tr>")
-        out += [f'<th{" class=n" if i in numeric else ""}>{_cell(h)}</th>' for i, h in enumerate(headers)]
-        out.append("</tr></thead>")
-    out.append("<tbody>")
+        out.append(Markup("<thead><tr>"))
+        out += [_TH[i in numeric].format(h) for i, h in enumerate(headers)]
+        out.append(Markup("</tr></thead>"))
+    out.append(Markup("<tbody>"))
     for row in rows:
-        out.append("<tr>" + "".join(
-            f'<td{" class=n" if i in numeric else ""}>{_cell(cell)}</td>' for i, cell in enumerate(row)) + "</tr>")
-    out.append("</tbody></table>")
-    return "".join(out)
+        out.append(Markup("<tr>{}</tr>").format(Markup("").join(_TD[i in numeric].format(cell)
+                                                                for i, cell in enumerate(row))))
+    out.append(Markup("</tbody></table>"))
+    return Markup("").join(out)
+
+
+_TH = {False: Markup("<th>{}</th>"), True: Markup("<th class=n>{}</th>")}
+_TD = {False: Markup("<td>{}</td>"), True: Markup("<td class=n>{}</td>")}
 
 
 def _pkg(row) -> str:
@@ -141,7 +138,7 @@ def _pkg(row) -> str:
 
 
 def _state(state: str) -> Markup:
-    return Markup(f'<span class="state-{escape(state)}">{escape(state)}</span>')
+    return Markup('<span class="state-{0}">{0}</span>').format(state)
 
 
 def page(data: dict, links: dict | None = None) -> str:
@@ -155,14 +152,14 @@ def page(data: dict, links: dict | None = None) -> str:
     goal = data["total"] - sum(counts[k] for k in ("prefailed", "indirect-prefailed", "skipped", "indirect-skipped"))
     share = built / goal if goal else 1.0
     parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{escape(title)}</title><style>{CSS}</style></head><body>",
-        f"<h1>{escape(title)}</h1>",
-        f'<p class="muted">Build {state}; queue commit <code>{escape(data["commit"][:12])}</code>.</p>',
-        f'<p><span class="bar"><span style="width:{share * 100:.1f}%"></span></span> '
-        f"{built} of {goal} buildable packages done ({share:.1%})</p>",
-        "<h2>Summary</h2>",
+        Markup("<!DOCTYPE html>"), Markup('<html lang="en"><head><meta charset="utf-8">'),
+        Markup('<meta name="viewport" content="width=device-width, initial-scale=1">'),
+        Markup("<title>{}</title><style>{}</style></head><body>").format(title, CSS),
+        Markup("<h1>{}</h1>").format(title),
+        Markup('<p class="muted">Build {}; queue commit <code>{}</code>.</p>').format(state, data["commit"][:12]),
+        Markup('<p><span class="bar"><span style="width:{:.1f}%"></span></span> '
+               "{} of {} buildable packages done ({:.1%})</p>").format(share * 100, built, goal, share),
+        Markup("<h2>Summary</h2>"),
         _table("summary", None, [
             ["Platform", platform_text(s)],
             # Only pkgsrc has branches: other package systems' queues have none to show.
@@ -175,42 +172,44 @@ def page(data: dict, links: dict | None = None) -> str:
                [["Total", data["total"]]] + [[label, n] for label, n in summary_rows(data)], numeric=(1,)),
     ]
     if data["truncated"]:
-        parts.append('<p class="muted">The history read starts after the build began: times are partial.</p>')
-    parts.append("<h2>Packages causing the most breakage</h2>")
+        parts.append(Markup('<p class="muted">The history read starts after the build began: times are partial.</p>'))
+    parts.append(Markup("<h2>Packages causing the most breakage</h2>"))
     if data["breakage"]:
         parts.append(_table("breakage", ["Package", "Name", "Breaks", "State", "Maintainer"], [
             [_pkg(r), r["job"], r["breaks"], _state(r["state"]), r["maintainer"] or ""]
             for r in data["breakage"]], numeric=(2,)))
     else:
-        parts.append("<p>No failed package keeps another from building.</p>")
-    legend = "".join(f'<span style="background:{color}"></span>{name}' for name, color in svg.COLORS.items())
+        parts.append(Markup("<p>No failed package keeps another from building.</p>"))
+    legend = Markup("").join(Markup('<span style="background:{}"></span>{}').format(color, name)
+                             for name, color in svg.COLORS.items())
     parts += [
-        "<h2>Progress over time</h2>",
-        '<p class="muted">Time since the first claim, from commit times (the workers\' clocks).</p>',
+        Markup("<h2>Progress over time</h2>"),
+        Markup('<p class="muted">Time since the first claim, from commit times (the workers\' clocks).</p>'),
         svg.progress(data["progress"], goal),
-        "<h2>Timeline of the workers</h2>",
-        f'<p class="legend">{legend}</p>',
+        Markup("<h2>Timeline of the workers</h2>"),
+        Markup('<p class="legend">{}</p>').format(legend),
         svg.timeline(data["attempts"], now=data["generated"] if not data["finished"] else None),
-        "<h2>Workers</h2>",
+        Markup("<h2>Workers</h2>"),
     ]
     parts.append(_table("workers", ["Worker", "Built", "Failed", "Released", "Reclaimed", "Building", "Busy",
                                     "Speed", "First seen", "Last seen"], [
         [w["worker"], w["success"], w["failure"], w["released"], w["reclaimed"], w["building"],
          duration_text(w["busy"]), f'{w["speed"]:.2f}x' if w["speed"] else "-", time_text(w["first"]),
          time_text(w["last"])] for w in data["workers"]], numeric=(1, 2, 3, 4, 5, 6, 7)))
-    parts.append('<p class="muted">Speed: measured build time divided by the estimate (lower is faster).</p>')
-    parts.append(f"<h2>Unsuccessful packages ({len(data['unsuccessful'])})</h2>")
+    parts.append(Markup('<p class="muted">Speed: measured build time divided by the estimate (lower is faster).</p>'))
+    parts.append(Markup("<h2>Unsuccessful packages ({})</h2>").format(len(data["unsuccessful"])))
     rows = []
     for u in data["unsuccessful"]:
         reason = u["reason"]
         if u["state"] == "failed" and u.get("log_tail"):
-            reason = Markup(f"<details><summary>{escape(reason)}</summary>"
-                            f"<pre>{escape(u['log_tail'])}</pre></details>")
+            reason = Markup("<details><summary>{}</summary><pre>{}</pre></details>").format(reason, u["log_tail"])
         link = links.get(u["job"])
-        log = Markup(f'<a href="{escape(link)}">log</a>') if link else ""
+        log = Markup('<a href="{}">log</a>').format(link) if link else ""
         rows.append([_pkg(u), u["job"], _state(u["state"]), reason, u["breaks"] or "", u["maintainer"] or "", log])
     parts.append(_table("unsuccessful", ["Package", "Name", "State", "Reason", "Breaks", "Maintainer", "Log"], rows,
                         numeric=(4,)))
-    parts.append(f'<p class="muted">Generated by gitqueue at {time_text(data["generated"])}. '
-                 'Plain text: <a href="report.txt">report.txt</a>.</p></body></html>')
-    return "\n".join(parts) + "\n"
+    parts.append(Markup('<p class="muted">Generated by gitqueue at {}. '
+                        'Plain text: <a href="report.txt">report.txt</a>.</p></body></html>').format(
+        time_text(data["generated"])))
+    # Joined as Markup: a part that is plain text (not the page's own HTML) is escaped too.
+    return Markup("\n").join(parts) + "\n"

@@ -12,6 +12,7 @@ import time
 from . import records
 from .records import utc
 from .errors import GitqueueError, LeaseLost, NothingReady, QueueFinished, TooManyLeases, UnknownJob
+from .files import write_json
 from .layout import JOB_DIRS, check_job_name, check_worker_name, heartbeat_path, max_leases, record_path
 from .queue import Change, trailers
 from .text import printable
@@ -486,7 +487,7 @@ def reclaim(queue, operator: str = "reclaim", now: float | None = None, ttl: int
         fresh[worker] = [key, first]
         if t - first > lease_ttl:
             expired.append((lease, t - first))
-    records.write_json(state_path, fresh)
+    write_json(state_path, fresh)
 
     for lease, silent in expired:
         job = lease["job"]

@@ -1,8 +1,9 @@
 """pkg_summary(5): what a binary package states about itself, and its entry in All/pkg_summary.gz."""
 
-import hashlib
 import os
 import tarfile
+
+from .files import sha256_file
 
 # +BUILD_INFO variables that pkg_info -X copies into pkg_summary, in the order it lists them
 # (pkgtools/pkg_install/files/info/show.c, show_summary); lines are copied in file order.
@@ -14,16 +15,6 @@ _META_FILES = ("+CONTENTS", "+COMMENT", "+DESC", "+BUILD_INFO", "+SIZE_PKG")
 # a few lines in real packages and go into pkg_summary.gz, which every client downloads.
 _MAX_META = {"+CONTENTS": 64 << 20, "+COMMENT": 4 << 10, "+DESC": 64 << 10, "+BUILD_INFO": 1 << 20,
              "+SIZE_PKG": 64, "+PKG_HASH": 64 << 10}
-_CHUNK = 1 << 20
-
-
-def sha256_file(path: str) -> str:
-    """Hex SHA-256 of the file at `path`."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _text(data: bytes) -> str:

@@ -135,7 +135,7 @@ def _copy_verified(src_fd: int, dir_fd: int, name: str, size: int, sha256: str, 
         return h512.hexdigest(), None
     finally:
         if not installed:
-            files.unlink(temp_dir_fd, temp)
+            files.unlink(temp, temp_dir_fd)
 
 
 def _existing(dir_fd: int, name: str) -> tuple[bool, int | None]:

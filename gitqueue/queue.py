@@ -7,11 +7,11 @@ another worker moved the branch first, back off with jitter and do it all again 
 
 import hashlib
 import os
-import random
 import re
 import time
 
 from . import records
+from .backoff import Backoff
 from .errors import GitqueueError, PushRejected, QueueNotFound, RemoteError, RepositoryDamaged
 from .gitstore import CachedRemote, LocalRemote, is_local_path, make_commit, build_tree
 from .layout import SETTINGS
@@ -178,7 +178,7 @@ class Queue:
         return self.repairing(lambda: self._transact(decide, identity, attempts, use_index))
 
     def _transact(self, decide, identity, attempts, use_index):
-        delay = 0.005
+        delays = Backoff(0.005, 1.0)
         with self.lock():
             for _ in range(attempts):
                 with self.remote.writer_lock():
@@ -195,8 +195,7 @@ class Queue:
                         self.stats["rejected"] += 1
                         commit = None
                 if commit is None:
-                    time.sleep(delay * (0.5 + random.random()))
-                    delay = min(delay * 2, 1.0)
+                    time.sleep(delays.next())
                     continue
                 if use_index:
                     self.index.update(self.remote, commit.id)

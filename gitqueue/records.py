@@ -148,13 +148,3 @@ def dumps(kind: str, record: dict) -> bytes:
     validate(kind, record)
     return tomli_w.dumps(record).encode("utf-8")
 
-
-def write_json(path: str, data, **options) -> None:
-    """Write a JSON file of the cache (not a record) by rename: readers see all of it or none."""
-    import json
-    import os
-
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, **options)
-    os.replace(tmp, path)

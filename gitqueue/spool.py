@@ -17,7 +17,7 @@ import os
 import time
 
 from .errors import GitqueueError
-from .records import write_json
+from .files import unlink, write_json
 
 STALE_AFTER = 3600.0  # a request this old was left by a process that died long ago
 
@@ -42,9 +42,9 @@ class Spool:
                 try:
                     return self._settle(stem, request, identity)
                 finally:
-                    _unlink(stem + ".req")
+                    unlink(stem + ".req")
         finally:
-            _unlink(stem + ".req")  # interrupted while waiting for the lock
+            unlink(stem + ".req")  # interrupted while waiting for the lock
 
     def _settle(self, stem, request, identity):
         from .lease import settle
@@ -57,7 +57,7 @@ class Spool:
         outcomes = settle(self.queue, [request] + [r for _, r in others], identity)
         for (path, req), outcome in zip(others, outcomes[1:]):
             write_json(path[:-4] + ".out", {"id": req["id"], "outcome": outcome})
-            _unlink(path)
+            unlink(path)
         return outcomes[0]
 
     def _waiting(self, own: str, signer) -> list:
@@ -72,7 +72,7 @@ class Spool:
             if req is None:
                 continue
             if not _alive(req.get("pid")) or now - req.get("at", 0) > STALE_AFTER:
-                _unlink(path)
+                unlink(path)
                 continue
             if req.get("signer") != signer:
                 continue  # one commit has one signer: those settle their own
@@ -100,14 +100,8 @@ def _read(path):
         return None
     except (OSError, ValueError) as e:
         # Half-written files cannot exist (rename); an unreadable one is damage: drop it.
-        _unlink(path)
+        unlink(path)
         if path.endswith(".out"):
             raise GitqueueError(f"{path}: unreadable outcome ({e})") from None
         return None
 
-
-def _unlink(path):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

@@ -1,18 +1,19 @@
 """Pictures of a build as SVG text: the workers' timeline and progress over time.
 
 Plain SVG 1.1 with CSS classes and <title> tooltips: no script, no font or file to fetch, so the
-pictures work inline in a page read from the file system.
+pictures work inline in a page read from the file system. Built of `markup.Markup` templates:
+worker and job names are escaped wherever they go.
 """
 
-from html import escape
+from .markup import Markup
 
 COLORS = {"success": "#3a9a4a", "failure": "#d03b2f", "released": "#9a9a9a", "reclaimed": "#e08a1e",
           "building": "#3a6fd0"}
 CLASSES = {"success": "ok", "failure": "fail", "released": "rel", "reclaimed": "rec", "building": "run"}
 # Scoped to .chart: an inline SVG's style sheet applies to the whole page.
-STYLE = (".chart text{font:11px sans-serif;fill:#333}.chart .axis{stroke:#999;stroke-width:1}"
-         ".chart .grid{stroke:#e4e4e4}"
-         + "".join(f".chart .{CLASSES[k]}{{fill:{v}}}" for k, v in COLORS.items()))
+STYLE = Markup(".chart text{font:11px sans-serif;fill:#333}.chart .axis{stroke:#999;stroke-width:1}"
+               ".chart .grid{stroke:#e4e4e4}"
+               + "".join(f".chart .{CLASSES[k]}{{fill:{v}}}" for k, v in COLORS.items()))
 _STEPS = (60, 300, 600, 1800, 3600, 2 * 3600, 6 * 3600, 12 * 3600, 86400, 2 * 86400, 7 * 86400, 30 * 86400)
 MAX_POINTS = 800
 
@@ -39,13 +40,14 @@ def _axis(out, t0, span, x0, width, y_top, y_axis):
     k = 0
     while k * step <= span:
         x = x0 + width * k * step / span
-        out.append(f'<line class="grid" x1="{x:.1f}" y1="{y_top}" x2="{x:.1f}" y2="{y_axis}"/>')
-        out.append(f'<text x="{x:.1f}" y="{y_axis + 14}" text-anchor="middle">{_elapsed(k * step)}</text>')
+        out.append(Markup('<line class="grid" x1="{0:.1f}" y1="{1}" x2="{0:.1f}" y2="{2}"/>').format(x, y_top, y_axis))
+        out.append(Markup('<text x="{:.1f}" y="{}" text-anchor="middle">{}</text>').format(
+            x, y_axis + 14, _elapsed(k * step)))
         k += 1
-    out.append(f'<line class="axis" x1="{x0}" y1="{y_axis}" x2="{x0 + width}" y2="{y_axis}"/>')
+    out.append(Markup('<line class="axis" x1="{0}" y1="{1}" x2="{2}" y2="{1}"/>').format(x0, y_axis, x0 + width))
 
 
-def timeline(attempts: list[dict], now: float | None = None, width: int = 1000) -> str:
+def timeline(attempts: list[dict], now: float | None = None, width: int = 1000) -> Markup:
     """Which package each worker built when: one lane per worker, one bar per attempt.
 
     `attempts` as timeline.Timeline.attempts() gives them; attempts still running end at `now`
@@ -63,25 +65,24 @@ def timeline(attempts: list[dict], now: float | None = None, width: int = 1000) 
     plot_w = width - label_w - 20
     height = top + lane * len(workers) + 30
     lanes = {w: i for i, w in enumerate(workers)}
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" role="img" aria-label="timeline of the workers">',
-           f"<style>{STYLE}</style>"]
+    out = [_SVG.format(width=width, height=height, label="timeline of the workers", style=STYLE)]
     _axis(out, t0, span, label_w, plot_w, top, top + lane * len(workers) + 2)
     for w, i in lanes.items():
-        out.append(f'<text x="{label_w - 6}" y="{top + i * lane + 13}" text-anchor="end">{escape(w)}</text>')
+        out.append(Markup('<text x="{}" y="{}" text-anchor="end">{}</text>').format(
+            label_w - 6, top + i * lane + 13, w))
     for a in attempts:
         end = a["end"] if a["end"] is not None else t1
         x = label_w + plot_w * (a["start"] - t0) / span
         w = max(plot_w * (end - a["start"]) / span, 0.6)
         y = top + lanes[a["worker"]] * lane + 2
         took = f", {a['duration']:.0f} s" if a["duration"] is not None else ""
-        out.append(f'<rect class="{CLASSES[a["result"]]}" x="{x:.1f}" y="{y}" width="{w:.1f}" height="{lane - 4}">'
-                   f'<title>{escape(a["job"])}: {a["result"]}{took}</title></rect>')
-    out.append("</svg>")
-    return "\n".join(out)
+        out.append(Markup('<rect class="{}" x="{:.1f}" y="{}" width="{:.1f}" height="{}"><title>{}: {}{}</title></rect>'
+                          ).format(CLASSES[a["result"]], x, y, w, lane - 4, a["job"], a["result"], took))
+    out.append(Markup("</svg>"))
+    return Markup("\n").join(out)
 
 
-def progress(points: list[list], goal: int, width: int = 1000, height: int = 220) -> str:
+def progress(points: list[list], goal: int, width: int = 1000, height: int = 220) -> Markup:
     """Packages built and failed over time: `points` are [t, built so far, failed so far]."""
     if not points:
         return _empty("no results yet", width)
@@ -93,30 +94,34 @@ def progress(points: list[list], goal: int, width: int = 1000, height: int = 220
     left, top, bottom = 60, 10, 30
     plot_w, plot_h = width - left - 20, height - top - bottom
     ymax = max(goal, points[-1][1], 1)
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" role="img" aria-label="progress over time">',
-           f"<style>{STYLE}</style>"]
+    out = [_SVG.format(width=width, height=height, label="progress over time", style=STYLE)]
     _axis(out, t0, span, left, plot_w, top, top + plot_h)
     for frac in (0, 0.25, 0.5, 0.75, 1):
         y = top + plot_h * (1 - frac)
-        out.append(f'<line class="grid" x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}"/>')
+        out.append(Markup('<line class="grid" x1="{0}" y1="{1:.1f}" x2="{2}" y2="{1:.1f}"/>').format(
+            left, y, left + plot_w))
         label = round(ymax * frac) if ymax >= 20 else f"{ymax * frac:.3g}"
-        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{label}</text>')
+        out.append(Markup('<text x="{}" y="{:.1f}" text-anchor="end">{}</text>').format(left - 6, y + 4, label))
 
     def line(column, color, name):
         xy = " ".join(f"{left + plot_w * (p[0] - t0) / span:.1f},{top + plot_h * (1 - p[column] / ymax):.1f}"
                       for p in points)
-        out.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{xy}">'
-                   f"<title>{name}: {points[-1][column]}</title></polyline>")
+        out.append(Markup('<polyline fill="none" stroke="{}" stroke-width="2" points="{}"><title>{}: {}</title>'
+                          "</polyline>").format(color, xy, name, points[-1][column]))
 
     line(1, COLORS["success"], "built")
     line(2, COLORS["failure"], "failed")
-    out.append(f'<text x="{left + 8}" y="{top + 14}" class="ok">built {points[-1][1]} of {goal}</text>')
-    out.append(f'<text x="{left + 8}" y="{top + 28}" class="fail">failed {points[-1][2]}</text>')
-    out.append("</svg>")
-    return "\n".join(out)
+    out.append(Markup('<text x="{}" y="{}" class="ok">built {} of {}</text>').format(
+        left + 8, top + 14, points[-1][1], goal))
+    out.append(Markup('<text x="{}" y="{}" class="fail">failed {}</text>').format(left + 8, top + 28, points[-1][2]))
+    out.append(Markup("</svg>"))
+    return Markup("\n").join(out)
 
 
-def _empty(message, width):
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{width}" height="30" '
-            f'viewBox="0 0 {width} 30"><text x="10" y="20">{escape(message)}</text></svg>')
+_SVG = Markup('<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{width}" height="{height}" '
+              'viewBox="0 0 {width} {height}" role="img" aria-label="{label}">\n<style>{style}</style>')
+
+
+def _empty(message, width) -> Markup:
+    return Markup('<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{0}" height="30" '
+                  'viewBox="0 0 {0} 30"><text x="10" y="20">{1}</text></svg>').format(width, message)

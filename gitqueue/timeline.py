@@ -11,7 +11,7 @@ import json
 import math
 import os
 
-from . import records
+from . import files
 from .errors import QueueNotFound
 
 CACHE_FILE = "timeline.json"
@@ -107,8 +107,8 @@ def load(queue, tip: bytes | None = None) -> Timeline:
     events.extend(new)
     timeline = Timeline(tip.decode(), events, truncated)
     if new or not reached:
-        records.write_json(path, {"version": CACHE_VERSION, "commit": timeline.commit, "truncated": truncated,
-                            "events": events}, separators=(",", ":"))
+        files.write_json(path, {"version": CACHE_VERSION, "commit": timeline.commit, "truncated": truncated,
+                                "events": events}, separators=(",", ":"))
     return timeline
 
 

@@ -33,9 +33,7 @@ Pass a :class:`TransferStats` as ``stats=`` to learn what went over the wire (rs
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
-import random
 import re
 import shutil
 import subprocess
@@ -44,7 +42,9 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from .backoff import Backoff
 from .errors import GitqueueError
+from .files import sha256_file
 
 __all__ = [
     "TransferError",
@@ -186,20 +186,12 @@ def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _describe(path: str) -> tuple[dict, tuple]:
     try:
         before = os.stat(path)
         if not os.path.isfile(path):
             raise TransferError(f"{path}: not a regular file")
-        digest = _sha256(path)
+        digest = sha256_file(path)
         after = os.stat(path)
     except OSError as e:
         raise TransferError(f"{path}: {e.strerror or e}") from None
@@ -289,7 +281,8 @@ def _common(loc: Location, rsh: str | None, io_timeout: int, rsync_path: str | N
 
 
 def _delays(attempts: int, backoff: float) -> list[float]:
-    return [min(MAX_DELAY, backoff * (2 ** i) * random.uniform(1.0, 1.5)) for i in range(max(0, attempts - 1))]
+    delays = Backoff(backoff, MAX_DELAY / 1.5, low=1.0, high=1.5)  # never above MAX_DELAY
+    return [delays.next() for _ in range(max(0, attempts - 1))]
 
 
 def _with_retries(once: Callable[[int], None], attempts: int, backoff: float, sleep: Callable[[float], object],
@@ -389,7 +382,7 @@ def upload(files: list[str], tree: str, token: str, rsh: str | None = None, atte
                 for _, desc, _ in described:
                     got = os.path.join(loc.path, "incoming", token, desc["name"])
                     try:
-                        ok = _sha256(got) == desc["sha256"]
+                        ok = sha256_file(got) == desc["sha256"]
                     except OSError:
                         ok = False
                     if not ok:
@@ -467,7 +460,7 @@ def download(packages: list[dict], tree: str, dest_dir: str, rsh: str | None = N
 
     def good(name: str) -> bool:
         try:
-            return _sha256(os.path.join(dest_dir, name)) == wanted[name]
+            return sha256_file(os.path.join(dest_dir, name)) == wanted[name]
         except OSError:
             return False
 
@@ -488,7 +481,7 @@ def download(packages: list[dict], tree: str, dest_dir: str, rsh: str | None = N
         for name in need:
             path = os.path.join(dest_dir, name)
             try:
-                got = _sha256(path)
+                got = sha256_file(path)
             except FileNotFoundError:
                 # rsync succeeded without it: the tree holds no regular file by that name (a symlink)
                 raise TransferError(f"{name}: not downloaded from {tree}: not a regular file there") from None

@@ -6,11 +6,11 @@ happen between waits on the build command rather than in a background thread.
 
 import hashlib
 import os
-import random
 import signal
 import subprocess
 import time
 
+from .backoff import Backoff, jittered
 from .errors import GitqueueError, LeaseLost, NothingReady, PushRefused, QueueFinished, RemoteError
 
 REFUSALS_TO_STOP = 3  # the server refusing this worker's pushes that many times in a row
@@ -134,7 +134,7 @@ class Worker:
         self.packages_url = settings.get("packages_url")
         # Never faster than the server accepts heartbeats (min_heartbeat_seconds).
         every = max(self.heartbeat_every or max(ttl / 4, 0.5), min_heartbeat_seconds(settings))
-        wait = 0.2
+        idle = Backoff(0.2, self.max_wait)
         job = None
         asked = False  # whether job is the answer of a claim made at the end of the last round
         while self.stop_signal is None:
@@ -147,12 +147,11 @@ class Worker:
                 if job is None:
                     if self.retry_after is not None:
                         # Left to a faster worker: ask again when it should be free.
-                        time.sleep(min(self.retry_after, self.max_wait) * (0.75 + random.random() / 2))
+                        time.sleep(jittered(min(self.retry_after, self.max_wait), 0.75, 1.25))
                         continue
-                    time.sleep(wait * (0.5 + random.random()))
-                    wait = min(wait * 2, self.max_wait)
+                    time.sleep(idle.next())
                     continue
-            wait = 0.2
+            idle.reset()
             skew, broken = self._version_skew(job)
             if skew:
                 # A tree that has another version declines the job; a tree that cannot answer at
@@ -164,7 +163,7 @@ class Worker:
             if missing:
                 self._give_back(job, missing, "transfer", own=True)
                 job = None
-                time.sleep(wait * (0.5 + random.random()))
+                time.sleep(jittered(idle.first))
                 continue
             self.out(f"{self.name}: building {job['job']}")
             try:
@@ -202,7 +201,7 @@ class Worker:
                    "signer": self.queue.signer_fingerprint}
         if self.spool is None:
             self.spool = Spool(self.queue)
-        delay = 1.0
+        delays = Backoff(1.0, 30.0)
         for attempt in range(8):
             try:
                 outcome = self.spool.submit(request, identity(self.name))
@@ -211,8 +210,7 @@ class Worker:
             except RemoteError as e:
                 self._refused(e)
                 self.out(f"{self.name}: {e}; retrying")
-                time.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 30)
+                time.sleep(delays.next())
         else:
             what = f"report {report_req['job']}" if report_req else "claim"
             raise GitqueueError(f"could not {what} after 8 attempts; the remote keeps failing")

@@ -152,6 +152,39 @@ def test_every_cell_is_escaped_unless_it_is_markup(tmp_path):
     assert '<span class="state-failed">failed</span>' in html
 
 
+def test_a_workers_text_is_escaped_wherever_it_reaches(tmp_path):
+    """Job, worker and log names, reasons, log tails, the queue's name: in tables, the timeline's
+    labels and tooltips, the title and links, each comes out as text."""
+    url, clock = make_known_build(tmp_path)
+    with open_queue(url, tmp_path, host="viewer", clock=clock) as q:
+        data = bulkreport.build(q)
+    hostile = """"'><script>alert('x')</script>"""
+    data["queue"] = hostile
+    for row in data["breakage"]:
+        row.update(job=hostile + row["job"], pkgpath=None, maintainer=hostile)
+    for u in data["unsuccessful"]:
+        u.update(job=hostile + u["job"], pkgpath=None, reason=hostile, log=hostile + ".log", log_tail=hostile,
+                 maintainer=hostile)
+    for w in data["workers"]:
+        w["worker"] = hostile + w["worker"]
+    for a in data["attempts"]:
+        a.update(job=hostile + a["job"], worker=hostile + a["worker"])
+    links = {u["job"]: f"https://pkgs.example.org/logs/{u['job']}/{u['log']}" for u in data["unsuccessful"]}
+    html = htmlreport.page(data, links)
+    assert "<script" not in html and "alert('x')" not in html
+    shown = escape(hostile)
+    assert f"<title>Bulk build report: {shown}</title>" in html
+    assert f'<text x="124" y="23" text-anchor="end">{shown}w1</text>' in html  # a lane of the timeline
+    assert f"<title>{shown}a-1.0: success, 100 s</title>" in html  # a bar's tooltip
+    assert f"<tr><td>{shown}w1</td><td class=n>2</td>" in html
+    assert f"<details><summary>{shown}</summary><pre>{shown}</pre></details>" in html
+    assert f'<a href="https://pkgs.example.org/logs/{shown}c-3.0/{shown}.log">log</a>' in html
+    # The whole writer: the same data, logs linked by URL (a hostile log name is not linked at all).
+    htmlreport.write(str(tmp_path / "site"), data, log_url="https://pkgs.example.org/logs")
+    written = (tmp_path / "site" / "index.html").read_text()
+    assert "<script" not in written and shown in written and "pkgs.example.org" not in written
+
+
 def test_a_hostile_log_name_or_link_copies_nothing_from_outside(tmp_path):
     """Log names from results made before the schema refused them, or by a local writer: an absolute
     path, a way up, a page; a log that is a link, a job directory that is a link."""

@@ -55,6 +55,7 @@ def test_the_wheel_holds_the_package_and_its_data(wheel):
         data = z.read(DATA_FILE)
     assert data == (REPO / DATA_FILE).read_bytes()
     assert {"gitqueue/__main__.py", "gitqueue/cli/main.py", "gitqueue/importers/jsonl.py"} <= names
+    assert "gitqueue/py.typed" in names  # PEP 561: type checkers read the annotations of an installed gitqueue
     assert not [n for n in names if n.startswith("tests/") or "__pycache__" in n]
 
 

@@ -16,7 +16,8 @@ import tomli_w
 
 from gitqueue import lease, records
 from gitqueue.errors import GitqueueError
-from gitqueue.pkgsummary import sha256_file, summary_entry
+from gitqueue.files import sha256_file
+from gitqueue.pkgsummary import summary_entry
 from gitqueue.publish import Snapshot, publish, read_queue
 
 from gitqueue.layout import record_path

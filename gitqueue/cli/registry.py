@@ -103,15 +103,13 @@ def worker_allowed_signers_cmd(output, queue_url):
     \b
     Example: gitqueue worker allowed-signers -o signers && git -c gpg.ssh.allowedSignersFile=signers log --show-signature
     """
+    from ..files import replace_file
     from ..registry import allowed_signers, workers
 
     with context(queue_url).open() as queue:
         _, reader = queue.fetch()
         text = allowed_signers(queue.settings(reader), workers(reader))
     if output:
-        tmp = f"{output}.tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, output)
+        replace_file(output, text)
     else:
         click.echo(text, nl=False)
