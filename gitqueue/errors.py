@@ -81,3 +81,21 @@ class TooManyLeases(GitqueueError):
 
 class NoLog(GitqueueError):
     """A build log that is not there, cannot be fetched, or does not match its result."""
+
+
+class SettingInvalid(GitqueueError):
+    """A setting (a config file key, a `WorkerSettings` field) whose value cannot be used."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"{key} {problem}")
+        self.key = key
+        self.problem = problem
+
+
+class PackageRefused(GitqueueError):
+    """A package file that a job's result may not name: nothing was uploaded or recorded."""
+
+    def __init__(self, path: str, problem: str):
+        super().__init__(f"{path}: {problem}; nothing uploaded or recorded")
+        self.path = path
+        self.problem = problem

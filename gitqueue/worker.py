@@ -11,7 +11,8 @@ import signal
 import subprocess
 import time
 
-from .errors import GitqueueError, LeaseLost, NothingReady, PushRefused, QueueFinished, RemoteError
+from .config import WorkerSettings
+from .errors import GitqueueError, LeaseLost, NothingReady, PackageRefused, PushRefused, QueueFinished, RemoteError
 
 REFUSALS_TO_STOP = 3  # the server refusing this worker's pushes that many times in a row
 # Jobs given back in a row because of this worker's own trouble (its transfers, its disk) before
@@ -71,33 +72,105 @@ def job_environment(job: dict, base: dict | None = None) -> dict:
     return env
 
 
-class Worker:
-    """Runs `command` for one job after another until the queue is finished or told to stop."""
+def transfer_options(queue, settings: WorkerSettings) -> dict:
+    """upload()/download() keyword arguments of a worker: its settings, over rsync_rsh or the
+    queue's own ssh command (with its connection reuse)."""
+    return settings.transfer(settings.rsync_rsh or queue.ssh_command)
 
-    def __init__(self, queue, name: str, command: list[str], host: str | None = None,
-                 heartbeat_every: float | None = None, max_wait: float = 60.0, out=print,
-                 platform: dict | None = None, pkgsrc_dir: str | None = None, pkgname_command: str | None = None,
-                 packages_dir: str | None = None, rsync_rsh: str | None = None, transfer_attempts: int = 5,
-                 transfer_backoff: float = 1.0, transfer_timeout: float | None = None):
+
+def report_build(queue, worker: str, job: str, status: str, *, token: str | None = None,
+                 duration: float | None = None, log_file: str | None = None, package_files: list[str] = (),
+                 settings: WorkerSettings | None = None, platform: dict | None = None) -> dict:
+    """Upload a build's packages and log to the queue's package tree, then record its result.
+
+    Args:
+        queue: the Queue.
+        worker: the worker that holds the lease on `job`.
+        job: the job's name.
+        status: "success" or "failure".
+        token: the lease's token (default: the one this host's cache remembers for `job`).
+        duration: build time in seconds.
+        log_file: the build log, recorded (and uploaded, with packages) as JOB.log.
+        package_files: built packages, uploaded into incoming/LEASE/ first (see transfer.upload_build).
+        settings: how to reach the package tree (WorkerSettings: rsync_rsh, transfers).
+        platform: this worker's description (platform.describe), recorded in the result.
+
+    Returns:
+        The result record (see lease.report).
+
+    Raises:
+        PackageRefused: a package whose name the queue does not allow for `job` (before any upload).
+        TransferError: an upload that failed; nothing is recorded then.
+        LeaseLost: `job` is not (or no longer) held by `worker`.
+    """
+    log, tail = describe_log(log_file, log_name(job)) if log_file else (None, None)
+    packages = None
+    if package_files:
+        from .transfer import TransferError, upload_build
+
+        _, reader = queue.fetch()
+        queue_settings = queue.settings(reader)
+        check_package_names(reader, queue_settings, job, package_files)
+        tree = queue_settings.get("packages_url")
+        token = token or queue.index.my_claims(worker).get(job)
+        if not tree:
+            raise GitqueueError(f"{queue.url}: the queue has no packages_url to upload packages to")
+        if not token:
+            raise GitqueueError(f"no lease token of {job} on this host: give the token that claim returned")
+        sent = upload_build(tree, token, list(package_files), log_file, log and log["name"],
+                            **transfer_options(queue, settings or WorkerSettings()))
+        if sent.log_error:
+            raise TransferError(sent.log_error)
+        packages = sent.packages
+    return report(queue, worker, job, status, token, duration, log, tail if status == "failure" else None,
+                  packages=packages, platform=platform)
+
+
+def check_package_names(reader, queue_settings: dict, job: str, package_files) -> None:
+    """Refuse, with PackageRefused, a package file that the result of `job` may not name."""
+    from . import records
+    from .errors import UnknownJob
+    from .layout import package_name_problem
+    from .names import check_job_name, record_path
+
+    path = record_path("jobs", check_job_name(job))
+    data = reader.read(path)
+    if data is None:
+        raise UnknownJob(f"unknown job {job}")
+    job_rec = records.load_at("job", data, path)
+    for file in package_files:
+        problem = package_name_problem(os.path.basename(file), job_rec, queue_settings)
+        if problem:
+            raise PackageRefused(file, problem)
+
+
+class Worker:
+    """Runs `command` for one job after another until the queue is finished or told to stop.
+
+    Args:
+        queue: the Queue (gitqueue.open_queue) to work on.
+        name: this worker's name.
+        command: the build command and its arguments (see job_environment).
+        settings: a WorkerSettings (default: all defaults).
+        out: called with each line of progress (printable text).
+    """
+
+    def __init__(self, queue, name: str, command: list[str], settings: WorkerSettings | None = None, out=print):
+        settings = settings or WorkerSettings()
         self.queue = queue
         self.name = name
         self.command = command
-        self.host = host
-        self.platform = platform
-        self.pkgsrc_dir = pkgsrc_dir
+        self.settings = settings
+        self.host = settings.host
+        self.platform = settings.platform()
         # Asked in the job's directory, with its MULTI_VERSION variables, for the PKGNAME that
         # the local tree would build now (pkgsrc: bmake show-var VARNAME=PKGNAME).
-        self.pkgname_command = pkgname_command or (DEFAULT_PKGNAME_COMMAND if pkgsrc_dir else None)
-        self.packages_dir = packages_dir or os.path.join(queue.cache_dir, "packages")
-        self.rsync_rsh = rsync_rsh
-        from .transfer import transfer_options
-
-        self.transfer = transfer_options(transfer_attempts, transfer_backoff, transfer_timeout)
+        self.pkgname_command = settings.pkgname_command or (DEFAULT_PKGNAME_COMMAND if settings.pkgsrc_dir else None)
+        self.packages_dir = settings.packages_dir or os.path.join(queue.cache_dir, "packages")
+        self.transfer = transfer_options(queue, settings)
         self.packages_url = None
-        self.settings = None
+        self.queue_settings = None
         self.retry_after = None
-        self.heartbeat_every = heartbeat_every
-        self.max_wait = max_wait
         # Lines quote server replies, reasons and names that others wrote: no control gets through.
         self.out = lambda line: out(printable(line))
         self.stop_signal = None
@@ -129,11 +202,11 @@ class Worker:
     def _loop(self, max_jobs):
         _, reader = self.queue.fetch()
         settings = self.queue.settings(reader)
-        self.settings = settings
+        self.queue_settings = settings
         ttl = settings["lease_ttl"]
         self.packages_url = settings.get("packages_url")
         # Never faster than the server accepts heartbeats (min_heartbeat_seconds).
-        every = max(self.heartbeat_every or max(ttl / 4, 0.5), min_heartbeat_seconds(settings))
+        every = max(self.settings.heartbeat_every or max(ttl / 4, 0.5), min_heartbeat_seconds(settings))
         wait = 0.2
         job = None
         asked = False  # whether job is the answer of a claim made at the end of the last round
@@ -147,10 +220,10 @@ class Worker:
                 if job is None:
                     if self.retry_after is not None:
                         # Left to a faster worker: ask again when it should be free.
-                        time.sleep(min(self.retry_after, self.max_wait) * (0.75 + random.random() / 2))
+                        time.sleep(min(self.retry_after, self.settings.max_wait) * (0.75 + random.random() / 2))
                         continue
                     time.sleep(wait * (0.5 + random.random()))
-                    wait = min(wait * 2, self.max_wait)
+                    wait = min(wait * 2, self.settings.max_wait)
                     continue
             wait = 0.2
             skew, broken = self._version_skew(job)
@@ -294,12 +367,12 @@ class Worker:
             # Published packages are in All/; until the master publishes them, in the upload area
             # of the lease that built them. Either way the result's checksums decide.
             try:
-                download(result["packages"], self.packages_url, dest, rsh=self.rsync_rsh, attempts=1,
-                         **{k: v for k, v in self.transfer.items() if k == "io_timeout"})
+                download(result["packages"], self.packages_url, dest, attempts=1,
+                         **{k: v for k, v in self.transfer.items() if k in ("rsh", "io_timeout")})
             except TransferError:
                 try:
-                    download(result["packages"], self.packages_url, dest, rsh=self.rsync_rsh,
-                         source=f"incoming/{result['token']}", **self.transfer)
+                    download(result["packages"], self.packages_url, dest, source=f"incoming/{result['token']}",
+                             **self.transfer)
                 except TransferError as e:
                     return f"cannot fetch the packages of {dep}: {e}"
         return None
@@ -362,19 +435,13 @@ class Worker:
         """
         if not self.packages_url:
             return None, False
-        from .transfer import TransferError, upload
+        from .transfer import upload_build
 
-        packages = []
-        if status == "success":
-            files = self._package_files(job)
-            if files:
-                packages = upload(files, self.packages_url, job["lease"], rsh=self.rsync_rsh, **self.transfer)
-        try:
-            upload([log_path], self.packages_url, job["lease"], rsh=self.rsync_rsh, **self.transfer)
-            return packages, True
-        except TransferError as e:
-            self.out(f"{self.name}: the log of {job['job']} was not uploaded: {e}")
-            return packages, False
+        files = self._package_files(job) if status == "success" else []
+        sent = upload_build(self.packages_url, job["lease"], files, log_path, **self.transfer)
+        if sent.log_error:
+            self.out(f"{self.name}: the log of {job['job']} was not uploaded: {sent.log_error}")
+        return sent.packages, sent.log is not None
 
     def _package_files(self, job) -> list[str]:
         """The files the build left in its output directory that its result may name; says which
@@ -388,7 +455,7 @@ class Worker:
         keep, left_out = [], []
         for path in found:
             name = os.path.basename(path)
-            problem = package_name_problem(name, record, self.settings)
+            problem = package_name_problem(name, record, self.queue_settings)
             if problem is None:
                 keep.append(path)
             else:
@@ -422,11 +489,11 @@ class Worker:
     def _version_skew(self, job) -> tuple[str | None, bool]:
         """(why this worker's tree cannot build `job` as the queue has it, or None; whether the
         tree itself is broken rather than at another version)."""
-        if not self.pkgname_command or not job.get("pkgpath") or not self.pkgsrc_dir:
+        if not self.pkgname_command or not job.get("pkgpath") or not self.settings.pkgsrc_dir:
             return None, False
         import shlex
 
-        directory = os.path.join(self.pkgsrc_dir, job["pkgpath"])
+        directory = os.path.join(self.settings.pkgsrc_dir, job["pkgpath"])
         if not os.path.isdir(directory):
             return f"sorry, my pkgsrc has no {job['pkgpath']} (yet)", False
         try:

@@ -176,9 +176,10 @@ class Identities:
 
     def master(self, name, operation="check") -> int:
         """`ssh -O check` (or exit) on the shared connection gitqueue gives `name`'s ssh command."""
-        from gitqueue.cli.main import _ssh_command
+        from gitqueue.connection import ssh_with_reuse
 
-        argv = [*shlex.split(_ssh_command(self.ssh[name], str(self.cache))), "-O", operation,
+        command = ssh_with_reuse(self.ssh[name], str(self.cache), agent_socket=os.environ.get("SSH_AUTH_SOCK"))
+        argv = [*shlex.split(command), "-O", operation,
                 "-p", str(self.sshd.port), f"{self.sshd.user}@{self.sshd.host}"]
         return subprocess.run(argv, capture_output=True, timeout=30).returncode
 

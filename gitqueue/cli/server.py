@@ -116,11 +116,10 @@ def _replay_remote(ctx, options, packages_dir):
 
     from ..audit import replay
     from ..gitstore import fetch_history
-    from .main import _ssh_command
 
     digest = hashlib.sha256(f"{ctx.queue_url}\0{ctx.branch}".encode()).hexdigest()[:12]
     path = os.path.join(ctx.cache_dir, f"verify-{digest}.git")
-    tip = fetch_history(ctx.queue_url, path, ctx.branch, _ssh_command(ctx.ssh_command, ctx.cache_dir))
+    tip = fetch_history(ctx.queue_url, path, ctx.branch, ctx.ssh())
     if tip is None:
         raise QueueNotFound(f"{ctx.queue_url}: no queue on branch {ctx.branch}")
     with Repo(path) as repo:
