@@ -1,7 +1,7 @@
 """gitqueue: distributed bulk package builds coordinated through a shared git repository.
 
-The public API (docs/library.md): `open_queue`, `Queue`, `Worker`, `WorkerSettings` and
-the errors. Each is imported on first use, so `import gitqueue` (and the CLI's start-up)
+The public API (docs/library.md): `open_queue`, `Queue`, `Worker`, `WorkerSettings`, `Claim`,
+`Heartbeat` and the errors. Each is imported on first use, so `import gitqueue` (and the CLI's start-up)
 costs no more than this file.
 """
 
@@ -13,6 +13,8 @@ _EXPORTS = {
     "Queue": "queue",
     "Worker": "worker",
     "WorkerSettings": "config",
+    "Claim": "lease",
+    "Heartbeat": "lease",
     "GitqueueError": "errors",
     "InvalidName": "errors",
     "RecordInvalid": "errors",

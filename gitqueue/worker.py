@@ -20,7 +20,7 @@ REFUSALS_TO_STOP = 3  # the server refusing this worker's pushes that many times
 OWN_TROUBLE_TO_STOP = 3
 # Times one job may be given back by this worker for one cause before it declines the job.
 SAME_CAUSE_TO_DECLINE = 2
-from .lease import claim, heartbeat, release, report
+from .lease import Claim, claim, heartbeat, release, report
 from .layout import min_heartbeat_seconds
 from .text import printable
 
@@ -57,17 +57,17 @@ def describe_log(path: str, name: str | None = None):
         printable(tail, keep_newlines=True)[-LOG_TAIL:]
 
 
-def job_environment(job: dict, base: dict | None = None) -> dict:
-    """The environment a build command sees for `job`."""
+def job_environment(job: Claim, base: dict | None = None) -> dict:
+    """The environment a build command sees for the claimed `job`."""
     env = dict(os.environ if base is None else base)
     env.update(
-        GITQUEUE_JOB=job["job"],
-        GITQUEUE_VERSION=job["version"],
-        GITQUEUE_PKGPATH=job.get("pkgpath") or "",
-        GITQUEUE_LEASE=job["lease"],
-        GITQUEUE_DEPS=" ".join(job.get("deps", [])),
+        GITQUEUE_JOB=job.job,
+        GITQUEUE_VERSION=job.version,
+        GITQUEUE_PKGPATH=job.pkgpath or "",
+        GITQUEUE_LEASE=job.lease,
+        GITQUEUE_DEPS=" ".join(job.deps),
     )
-    for key, value in (job.get("multi_version") or {}).items():
+    for key, value in job.multi_version.items():
         env[key] = value
     return env
 
@@ -239,7 +239,7 @@ class Worker:
                 job = None
                 time.sleep(wait * (0.5 + random.random()))
                 continue
-            self.out(f"{self.name}: building {job['job']}")
+            self.out(f"{self.name}: building {job.job}")
             try:
                 outcome = self._build(job, every)
             except OSError as e:  # no room for the output or the log: this machine's trouble
@@ -289,31 +289,28 @@ class Worker:
         else:
             what = f"report {report_req['job']}" if report_req else "claim"
             raise GitqueueError(f"could not {what} after 8 attempts; the remote keeps failing")
-        rep = outcome.get("report")
-        if rep is not None:
-            if "error" in rep:
-                self.out(f"{self.name}: {rep['error']}")
-            else:
-                self.done += 1
-                self.trouble = 0
-                where = f"; log {self.log_path_of(rep)}" if rep["status"] == "failure" else ""
-                self.out(f"{self.name}: {rep['job']} {rep['status']} ({report_req.get('duration') or 0:.1f} s){where}")
-        got = outcome.get("claim")
-        if got is None:
-            return None, False
-        if "lease" in got:
-            return got, False
-        if "finished" in got:
+        if outcome.report_error is not None:
+            self.out(f"{self.name}: {outcome.report_error}")
+        elif outcome.result is not None:
+            rep = outcome.result
+            self.done += 1
+            self.trouble = 0
+            where = f"; log {self.log_path_of(rep['job'], rep['token'])}" if rep["status"] == "failure" else ""
+            self.out(f"{self.name}: {rep['job']} {rep['status']} ({report_req.get('duration') or 0:.1f} s){where}")
+        if outcome.claim is not None:
+            return outcome.claim, False
+        error = outcome.claim_error
+        if isinstance(error, QueueFinished):
             st = self.queue.stats
             self.out(f"{self.name}: queue finished ({self.done} jobs built here; "
                      f"{st['pushes']} pushes, {st['rejected']} rejected)")
             return None, True
-        if "nothing" in got:
-            self.retry_after = got.get("retry_after")
+        if isinstance(error, NothingReady):
+            self.retry_after = error.retry_after
             return None, False
-        err = GitqueueError(got["error"])
-        err.exit_code = got.get("exit_code", 1)
-        raise err
+        if error is not None:
+            raise error
+        return None, False
 
     def _claim_next(self):
         """(job or None, finished?): None when nothing is ready or the remote failed."""
@@ -347,7 +344,7 @@ class Worker:
 
     def _fetch_dependencies(self, job) -> str | None:
         """Download the binary packages of the job's dependencies; a reason to give it back, or None."""
-        if not self.packages_url or not job.get("deps"):
+        if not self.packages_url or not job.deps:
             return None
         from . import records
         from .names import record_path
@@ -356,7 +353,7 @@ class Worker:
         results = []
         with self.queue.lock():  # read under the lock: gc --cache may not remove a pack meanwhile
             _, reader = self.queue.fetch()
-            for dep in job["deps"]:
+            for dep in job.deps:
                 data = reader.read(record_path("results", dep))
                 if data is not None:
                     results.append((dep, records.load_at("result", data, record_path("results", dep))))
@@ -378,13 +375,13 @@ class Worker:
         return None
 
     def _output_dir(self, job):
-        return os.path.join(self.queue.cache_dir, "build", f"{job['job']}-{job['lease'][:8]}")
+        return os.path.join(self.queue.cache_dir, "build", f"{job.job}-{job.lease[:8]}")
 
     def _build(self, job, every):
         import shutil
 
         os.makedirs(self.log_dir, exist_ok=True)
-        log_path = os.path.join(self.log_dir, log_name(job["job"], job["lease"]))
+        log_path = os.path.join(self.log_dir, log_name(job.job, job.lease))
         output = self._output_dir(job)
         shutil.rmtree(output, ignore_errors=True)
         os.makedirs(output)
@@ -423,8 +420,8 @@ class Worker:
         except RemoteError as e:
             self.out(f"{self.name}: heartbeat failed ({e}); still building")
             return True
-        if job["job"] in beat["lost"]:
-            self.out(f"{self.name}: lease on {job['job']} was reclaimed; stopping its build")
+        if job.job in beat.lost:
+            self.out(f"{self.name}: lease on {job.job} was reclaimed; stopping its build")
             return False
         return True
 
@@ -438,9 +435,9 @@ class Worker:
         from .transfer import upload_build
 
         files = self._package_files(job) if status == "success" else []
-        sent = upload_build(self.packages_url, job["lease"], files, log_path, **self.transfer)
+        sent = upload_build(self.packages_url, job.lease, files, log_path, **self.transfer)
         if sent.log_error:
-            self.out(f"{self.name}: the log of {job['job']} was not uploaded: {sent.log_error}")
+            self.out(f"{self.name}: the log of {job.job} was not uploaded: {sent.log_error}")
         return sent.packages, sent.log is not None
 
     def _package_files(self, job) -> list[str]:
@@ -451,7 +448,7 @@ class Worker:
         output = self._output_dir(job)
         found = sorted(os.path.join(d, f) for d, _, names in os.walk(output) for f in names
                        if not f.startswith("."))
-        record = {"name": job["job"], "version": job.get("version") or ""}
+        record = {"name": job.job, "version": job.version or ""}
         keep, left_out = [], []
         for path in found:
             name = os.path.basename(path)
@@ -464,7 +461,7 @@ class Worker:
         for line in left_out[:MAX_LEFT_OUT]:
             self.out(line)
         if len(left_out) > MAX_LEFT_OUT:
-            self.out(f"{self.name}: not uploading {len(left_out) - MAX_LEFT_OUT} more files of {job['job']}")
+            self.out(f"{self.name}: not uploading {len(left_out) - MAX_LEFT_OUT} more files of {job.job}")
         return keep
 
     def _prepare_report(self, job, status, duration, log_path):
@@ -483,36 +480,35 @@ class Worker:
             return None
         if self.packages_url and not log_sent:
             log = None
-        return {"job": job["job"], "status": status, "token": job["lease"], "duration": duration,
+        return {"job": job.job, "status": status, "token": job.lease, "duration": duration,
                 "log": log, "log_tail": tail if status == "failure" else None, "packages": packages}
 
     def _version_skew(self, job) -> tuple[str | None, bool]:
         """(why this worker's tree cannot build `job` as the queue has it, or None; whether the
         tree itself is broken rather than at another version)."""
-        if not self.pkgname_command or not job.get("pkgpath") or not self.settings.pkgsrc_dir:
+        if not self.pkgname_command or not job.pkgpath or not self.settings.pkgsrc_dir:
             return None, False
         import shlex
 
-        directory = os.path.join(self.settings.pkgsrc_dir, job["pkgpath"])
+        directory = os.path.join(self.settings.pkgsrc_dir, job.pkgpath)
         if not os.path.isdir(directory):
-            return f"sorry, my pkgsrc has no {job['pkgpath']} (yet)", False
+            return f"sorry, my pkgsrc has no {job.pkgpath} (yet)", False
         try:
             proc = subprocess.run(shlex.split(self.pkgname_command), cwd=directory, env=job_environment(job),
                                   stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
         except (OSError, subprocess.TimeoutExpired) as e:
-            return f"cannot ask my pkgsrc for the PKGNAME of {job['pkgpath']}: {e}", True
+            return f"cannot ask my pkgsrc for the PKGNAME of {job.pkgpath}: {e}", True
         found = proc.stdout.strip()
         if proc.returncode != 0 or not found:
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            return f"cannot ask my pkgsrc for the PKGNAME of {job['pkgpath']}: {last}", True
-        if found != job["job"]:
-            return f"sorry, my pkgsrc has {found}, not {job['job']} (yet)", False
+            return f"cannot ask my pkgsrc for the PKGNAME of {job.pkgpath}: {last}", True
+        if found != job.job:
+            return f"sorry, my pkgsrc has {found}, not {job.job} (yet)", False
         return None, False
 
-    def log_path_of(self, job_or_result) -> str:
-        """Where this worker keeps the build log of a job it built (its lease or result)."""
-        token = job_or_result.get("lease") or job_or_result.get("token")
-        return os.path.join(self.log_dir, log_name(job_or_result["job"], token))
+    def log_path_of(self, job: str, token: str) -> str:
+        """Where this worker keeps the build log of `job` it built under the lease `token`."""
+        return os.path.join(self.log_dir, log_name(job, token))
 
     def _give_back(self, job, reason, cause, decline=False, own=False):
         """Give `job` back, saying why; decline it once given back twice for the same cause.
@@ -521,15 +517,15 @@ class Worker:
         After OWN_TROUBLE_TO_STOP such give-backs in a row the worker stops with an Error line
         rather than claim, fail and give back forever.
         """
-        key = (job["job"], cause)
+        key = (job.job, cause)
         self.given_back[key] = self.given_back.get(key, 0) + 1
         decline = decline or self.given_back[key] >= SAME_CAUSE_TO_DECLINE
         try:
-            release(self.queue, self.name, job["job"], reason, job["lease"], decline=decline)
-            self.out(f"{self.name}: gave back {job['job']}: {reason}"
+            release(self.queue, self.name, job.job, reason, job.lease, decline=decline)
+            self.out(f"{self.name}: gave back {job.job}: {reason}"
                      + ("; declined (not offered to this worker again)" if decline else ""))
         except GitqueueError as e:
-            self.out(f"{self.name}: could not give back {job['job']} ({reason}): {e}")
+            self.out(f"{self.name}: could not give back {job.job} ({reason}): {e}")
         if own:
             self.trouble += 1
             if self.trouble >= OWN_TROUBLE_TO_STOP:

@@ -37,7 +37,7 @@ def test_open_queue_acts_as_its_worker(tmp_path, monkeypatch):
     with open_queue("q.git", worker="w1", cache_dir=str(tmp_path / "cache")) as queue:
         assert queue.url == url  # a relative path is taken from the current directory
         got = queue.claim()
-        assert got["job"] == "a-1" and queue.heartbeat()["held"] == ["a-1"]
+        assert got.job == "a-1" and queue.heartbeat().held == ["a-1"]
         assert queue.report("a-1", "success", duration=1.5)["status"] == "success"
         assert queue.status()["finished"]
 

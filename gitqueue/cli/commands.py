@@ -136,7 +136,7 @@ def claim_cmd(queue_url, worker, as_json):
     ctx = context(queue_url, worker)
     with ctx.open() as queue:
         job = claim(queue, ctx.worker(), ctx.host, ctx.settings().platform())
-    emit(job, as_json, lambda: f"{job['job']}\t{job['pkgpath'] or '-'}\t{job['lease']}")
+    emit(job.as_dict(), as_json, lambda: f"{job.job}\t{job.pkgpath or '-'}\t{job.lease}")
 
 
 @cli.command("heartbeat")
@@ -156,9 +156,9 @@ def heartbeat_cmd(queue_url, worker, as_json):
     ctx = context(queue_url, worker)
     with ctx.open() as queue:
         out = heartbeat(queue, ctx.worker())
-    emit(out, as_json, lambda: "\n".join([f"held\t{j}" for j in out["held"]] + [f"lost\t{j}" for j in out["lost"]])
-         or "alive, no jobs held")
-    if out["lost"]:
+    emit({"held": out.held, "lost": out.lost}, as_json,
+         lambda: "\n".join([f"held\t{j}" for j in out.held] + [f"lost\t{j}" for j in out.lost]) or "alive, no jobs held")
+    if out.lost:
         sys.exit(5)
 
 
