@@ -7,7 +7,7 @@ import pytest
 from gitqueue.config import CONNECTION_KEYS, WorkerSettings, config_keys
 from gitqueue.errors import SettingInvalid
 
-from helpers import gitqueue, job, make_queue
+from helpers import REPO, gitqueue, job, make_queue
 
 
 @pytest.mark.parametrize("values, message", [
@@ -57,3 +57,8 @@ def test_work_options_are_settings_fields(tmp_path):
                     env={"GITQUEUE_CACHE": str(tmp_path / "cache")})
     assert proc.returncode == 2
     assert proc.stderr.splitlines()[-1] == "Error: Invalid value for --max-wait: must be a positive number"
+
+
+def test_readme_names_every_config_key():
+    readme = (REPO / "README.md").read_text()
+    assert [key for key in config_keys() if f"`{key}`" not in readme] == []
