@@ -12,7 +12,7 @@ import subprocess
 import time
 
 from .config import WorkerSettings
-from .errors import GitqueueError, LeaseLost, NothingReady, PackageRefused, PushRefused, QueueFinished, RemoteError
+from .errors import GitqueueError, NothingReady, PackageRefused, PushRefused, QueueFinished, RemoteError
 
 REFUSALS_TO_STOP = 3  # the server refusing this worker's pushes that many times in a row
 # Jobs given back in a row because of this worker's own trouble (its transfers, its disk) before

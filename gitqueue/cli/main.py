@@ -6,7 +6,6 @@ held by this worker (report, release, heartbeat).
 """
 
 import os
-import sys
 
 import click
 
