@@ -110,7 +110,7 @@ def replay_cost(tmp, pairs):
                     registry.add_worker(q, "w1", signer.public_key)
                 for _ in range(pairs):
                     got = lease.claim(q, "w1")
-                    lease.report(q, "w1", got["job"], "success", duration=1)
+                    lease.report(q, "w1", got.job, "success", duration=1)
             remote = LocalRemote(path)
             tip = remote.fetch()
             t0 = time.perf_counter()

@@ -54,6 +54,7 @@ def generate(url: str, cache: str, max_results: int | None = None, leave: int = 
     The imported queue is kept beside it as `url`.imported.
     """
     from gitqueue import lease
+    from gitqueue.errors import NothingReady
     from gitqueue.admin import import_jobs, init_queue
     from gitqueue.importers import load_graph
     from gitqueue.queue import Queue
@@ -113,24 +114,22 @@ def generate(url: str, cache: str, max_results: int | None = None, leave: int = 
                     continue
             out = lease.settle(q, [request], lease.identity(name))[0]
             counts["commits"] += 1
-            if "report" in request and "error" not in out.get("report", {"error": 1}):
+            if "report" in request and out.result is not None:
                 counts["results"] += 1
                 if progress and counts["results"] % 1000 == 0:
                     progress(f"  {counts['results']} results, {counts['commits']} commits, "
                              f"{time.perf_counter() - t0:.0f} s")
-            got = out.get("claim")
-            if not got:
-                continue
-            if "lease" in got:
-                got["alive"] = True
+            if out.claim is not None:
+                got = dict(out.claim.as_dict(), alive=True)
                 seq += 1
                 heapq.heappush(events, (clock.t + seconds(got["job"]) * WORKERS[name], seq, "done", name, got))
                 seq += 1
                 heapq.heappush(events, (clock.t + every, seq, "beat", name, got))
-            elif "nothing" in got:
+            elif isinstance(out.claim_error, NothingReady):
                 counts["nothing"] += 1
                 seq += 1
-                heapq.heappush(events, (clock.t + max(60.0, got.get("retry_after") or 0), seq, "ask", name, None))
+                heapq.heappush(events, (clock.t + max(60.0, out.claim_error.retry_after or 0), seq, "ask", name,
+                                        None))
     counts["seconds"] = round(time.perf_counter() - t0, 1)
     counts["virtual_days"] = round((clock.t - START) / 86400, 1)
     return counts

@@ -58,7 +58,7 @@ def run(queue, clock: Clock, workers: dict[str, float], max_results: int | None 
             if max_results is not None and results >= max_results:
                 break
         try:
-            job = lease.claim(queue, name)["job"]
+            job = lease.claim(queue, name).job
         except NothingReady:
             heapq.heappush(events, (clock.t + 120, name, None))
             continue

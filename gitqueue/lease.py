@@ -4,19 +4,66 @@ Every state change is one commit on the queue branch, decided against the freshe
 `Queue.transact`, so the remote's compare-and-swap on the branch is the mutual exclusion.
 """
 
+import dataclasses
 import json
 import math
 import os
-import time
 
 from . import records
 from .records import utc
-from .errors import GitqueueError, LeaseLost, NothingReady, QueueFinished, TooManyLeases, UnknownJob
+from .errors import (GitqueueError, LeaseLost, NothingReady, QueueFinished, TooManyLeases, UnknownJob, error_from_json,
+                     error_to_json)
 from .files import write_json
 from .layout import JOB_DIRS, check_job_name, check_worker_name, heartbeat_path, max_leases, record_path
 from .queue import Change, trailers
 from .text import printable
 
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """A job leased to a worker: what its build needs to know."""
+
+    job: str
+    version: str
+    pkgpath: str | None
+    lease: str  # the lease's token: it fences the report
+    deps: list[str]
+    multi_version: dict[str, str]
+
+    def as_dict(self) -> dict:
+        """The JSON form, as `gitqueue claim --json` prints it."""
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Heartbeat:
+    """The leases of a worker after a heartbeat: still its own, or reclaimed meanwhile."""
+
+    held: list[str]
+    lost: list[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What `settle` did for one request: a result recorded or the error why not; a job claimed or
+    the error why not (NothingReady, QueueFinished, or the worker's own problem)."""
+
+    result: dict | None = None
+    report_error: GitqueueError | None = None
+    claim: Claim | None = None
+    claim_error: GitqueueError | None = None
+
+    def to_json(self) -> dict:
+        """A JSON object for another process (see spool.py); `from_json` rebuilds the Outcome."""
+        return {"result": self.result, "report_error": self.report_error and error_to_json(self.report_error),
+                "claim": self.claim and self.claim.as_dict(),
+                "claim_error": self.claim_error and error_to_json(self.claim_error)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Outcome":
+        return cls(data.get("result"), data.get("report_error") and error_from_json(data["report_error"]),
+                   data.get("claim") and Claim(**data["claim"]),
+                   data.get("claim_error") and error_from_json(data["claim_error"]))
 
 
 def identity(worker: str) -> str:
@@ -136,13 +183,12 @@ def short_subject(actions: list[tuple[str, str]]) -> str:
     return text()
 
 
-def claim(queue, worker: str, host: str | None = None, platform: dict | None = None) -> dict:
+def claim(queue, worker: str, host: str | None = None, platform: dict | None = None) -> Claim:
     """Lease the best ready job for `worker`.
 
     With `platform` (see platform.describe), refuses with PinMismatch a queue whose pins
     (architecture, OS release, pkgsrc branch and revision) this worker does not meet, and
     records the description in the lease.
-    Returns {"job", "version", "pkgpath", "lease", "deps", "multi_version"}.
     Raises NothingReady when nothing is ready now, QueueFinished when nothing is left.
     """
     check_worker_name(worker)
@@ -154,11 +200,11 @@ def claim(queue, worker: str, host: str | None = None, platform: dict | None = N
         return batch.change()
 
     queue.transact(decide, identity(worker))
-    queue.index.remember_claim(chosen[0]["job"], worker, chosen[0]["lease"])
+    queue.index.remember_claim(chosen[0].job, worker, chosen[0].lease)
     return chosen[0]
 
 
-def _claim_step(queue, batch, worker, host, platform, request=None) -> dict:
+def _claim_step(queue, batch, worker, host, platform, request=None) -> Claim:
     """Decide the claim of the best ready job for `worker` into `batch`; return the job as claim does.
 
     With `request` (an id), a lease already taken for that request is returned instead: a
@@ -233,15 +279,8 @@ def _claim_step(queue, batch, worker, host, platform, request=None) -> dict:
     raise QueueFinished("queue finished: every job has a final state")
 
 
-def _claimed(job, token) -> dict:
-    return {
-        "job": job["name"],
-        "version": job["version"],
-        "pkgpath": job.get("pkgpath"),
-        "lease": token,
-        "deps": job["deps"],
-        "multi_version": job.get("multi_version", {}),
-    }
+def _claimed(job, token) -> Claim:
+    return Claim(job["name"], job["version"], job.get("pkgpath"), token, job["deps"], job.get("multi_version", {}))
 
 
 def _status(reader, name):
@@ -341,14 +380,13 @@ def _report_step(queue, batch, worker, job, status, token=None, duration=None, l
     return rec
 
 
-def settle(queue, requests: list[dict], identity_of: str) -> list[dict]:
-    """Decide several workers' reports and claims into one commit; one outcome per request.
+def settle(queue, requests: list[dict], identity_of: str) -> list[Outcome]:
+    """Decide several workers' reports and claims into one commit; one Outcome per request.
 
-    A request is {"worker", "host"?, "platform"?, "report"?: {"job", "status", "token", "duration",
-    "log", "log_tail", "packages"}, "claim"?: bool}. An outcome is {"report": result record or
-    {"error": message}, "claim": job (as claim returns) or {"nothing": message, "retry_after"} or
-    {"finished": message}}. What one request cannot do (a lost lease, nothing ready) does not stop
-    the others. Errors of the whole commit (the remote) are raised.
+    A request is {"worker", "host"?, "platform"?, "id"?, "report"?: {"job", "status", "token",
+    "duration", "log", "log_tail", "packages"}, "claim"?: bool}. What one request cannot do (a
+    lost lease, nothing ready) does not stop the others: it is that request's Outcome's error.
+    Errors of the whole commit (the remote) are raised.
     """
     outcomes = []
 
@@ -360,33 +398,27 @@ def settle(queue, requests: list[dict], identity_of: str) -> list[dict]:
             rep = req.get("report")
             if rep is not None:
                 try:
-                    out["report"] = _report_step(
+                    out["result"] = _report_step(
                         queue, batch, req["worker"], rep["job"], rep["status"], rep.get("token"),
                         rep.get("duration"), rep.get("log"), rep.get("log_tail"), rep.get("packages"),
                         req.get("platform"), retried=rep.get("token") is not None)
                 except (LeaseLost, UnknownJob) as e:
-                    out["report"] = {"error": str(e)}
+                    out["report_error"] = e
             if req.get("claim"):
                 try:
                     out["claim"] = _claim_step(queue, batch, req["worker"], req.get("host"), req.get("platform"),
                                                req.get("id"))
-                except NothingReady as e:
-                    out["claim"] = {"nothing": str(e), "retry_after": e.retry_after}
-                except QueueFinished as e:
-                    out["claim"] = {"finished": str(e)}
-                except GitqueueError as e:  # a pin mismatch: this worker's own problem
-                    out["claim"] = {"error": str(e), "exit_code": e.exit_code}
-            outcomes.append(out)
+                except GitqueueError as e:  # nothing ready, finished, or this worker's own problem (pins)
+                    out["claim_error"] = e
+            outcomes.append(Outcome(**out))
         return batch.change()
 
     queue.transact(decide, identity_of)
     for req, out in zip(requests, outcomes):
-        rep = out.get("report")
-        if rep is not None and "error" not in rep:
-            queue.index.forget_claim(rep["job"])
-        job = out.get("claim")
-        if job is not None and "lease" in job:
-            queue.index.remember_claim(job["job"], req["worker"], job["lease"])
+        if out.result is not None:
+            queue.index.forget_claim(out.result["job"])
+        if out.claim is not None:
+            queue.index.remember_claim(out.claim.job, req["worker"], out.claim.lease)
     return outcomes
 
 
@@ -426,8 +458,8 @@ def release(queue, worker: str, job: str, reason: str = "released", token: str |
     queue.index.forget_claim(job)
 
 
-def heartbeat(queue, worker: str) -> dict:
-    """Tell the queue that `worker` is alive; return {"held": [...], "lost": [...]} of its leases.
+def heartbeat(queue, worker: str) -> Heartbeat:
+    """Tell the queue that `worker` is alive; return which of its leases it still holds.
 
     A heartbeat never recreates a lease: jobs reclaimed from this worker are reported as lost.
     """
@@ -448,9 +480,9 @@ def heartbeat(queue, worker: str) -> dict:
         return Change({hb_path: hb}, message)
 
     queue.transact(decide, identity(worker))
-    for job in out.get("lost", []):
+    for job in out["lost"]:
         queue.index.forget_claim(job)
-    return out
+    return Heartbeat(out["held"], out["lost"])
 
 
 def reclaim(queue, operator: str = "reclaim", now: float | None = None, ttl: int | None = None) -> list[dict]:

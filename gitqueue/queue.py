@@ -31,7 +31,8 @@ class Queue:
     """One queue repository, with this host's cache directory for it."""
 
     def __init__(self, url: str, cache_root: str, branch: str = "main", ssh_command: str | None = None,
-                 clock=time.time, signer=None, notice=None, network_timeout: float | None = None):
+                 clock=time.time, signer=None, notice=None, network_timeout: float | None = None,
+                 worker: str | None = None):
         if not url:
             raise QueueNotFound("no queue given (use --queue URL or GITQUEUE_QUEUE)")
         self.url = url
@@ -39,7 +40,8 @@ class Queue:
         self.clock = clock
         self.cache_dir = os.path.join(cache_root, _cache_name(url, branch))
         os.makedirs(self.cache_dir, exist_ok=True)
-        self._ssh_command = ssh_command
+        self.ssh_command = ssh_command  # as given: gitqueue.open_queue adds connection reuse
+        self.worker = worker  # who claim, report, heartbeat and release act as
         self._remote = None
         self._index = None
         self._lock = None
@@ -63,7 +65,7 @@ class Queue:
                 self._remote = LocalRemote(path, self.branch)
             else:
                 self._remote = CachedRemote(
-                    self.url, os.path.join(self.cache_dir, "repo.git"), self.branch, self._ssh_command
+                    self.url, os.path.join(self.cache_dir, "repo.git"), self.branch, self.ssh_command
                 )
                 if self.network_timeout:
                     self._remote.timeout = self.network_timeout
@@ -248,6 +250,43 @@ class Queue:
             except PushRejected:
                 raise GitqueueError(f"{self.url}: a queue already exists on branch {self.branch}") from None
             return commit.id
+
+    # -- the protocol, as this queue's worker (see lease.py) ---------------------------------
+
+    def _worker_name(self) -> str:
+        if not self.worker:
+            raise GitqueueError(f"{self.url}: no worker name: open the queue with worker=NAME")
+        return self.worker
+
+    def claim(self, host: str | None = None, platform: dict | None = None):
+        """Lease the best ready job for this queue's worker; returns a lease.Claim (see lease.claim)."""
+        from .lease import claim
+
+        return claim(self, self._worker_name(), host, platform)
+
+    def report(self, job: str, status: str, **details) -> dict:
+        """Upload a build's files and record its result (see worker.report_build for `details`)."""
+        from .worker import report_build
+
+        return report_build(self, self._worker_name(), job, status, **details)
+
+    def heartbeat(self):
+        """Tell the queue this worker is alive; returns a lease.Heartbeat (see lease.heartbeat)."""
+        from .lease import heartbeat
+
+        return heartbeat(self, self._worker_name())
+
+    def release(self, job: str, reason: str = "released", token: str | None = None) -> None:
+        """Give `job` back; other workers get it, this one is not offered it again (see lease.release)."""
+        from .lease import release
+
+        release(self, self._worker_name(), job, reason, token)
+
+    def status(self, top: int = 5) -> dict:
+        """Progress, rates, workers, expiring leases and blockers, as `gitqueue status --json` prints."""
+        from .live import status
+
+        return status(self, top=top)
 
 
 def trailers(facts: dict) -> str:

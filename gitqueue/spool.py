@@ -30,8 +30,8 @@ class Spool:
         self.dir = os.path.join(queue.cache_dir, "spool")
         os.makedirs(self.dir, exist_ok=True)
 
-    def submit(self, request: dict, identity: str) -> dict:
-        """Settle `request` (see lease.settle) alone or with others waiting; return its outcome."""
+    def submit(self, request: dict, identity: str):
+        """Settle `request` (see lease.settle) alone or with others waiting; return its lease.Outcome."""
         stem = os.path.join(self.dir, f"{request['worker']}.{os.getpid()}")
         request = dict(request, pid=os.getpid(), at=time.time())
         request.setdefault("id", os.urandom(8).hex())
@@ -47,16 +47,16 @@ class Spool:
             unlink(stem + ".req")  # interrupted while waiting for the lock
 
     def _settle(self, stem, request, identity):
-        from .lease import settle
+        from .lease import Outcome, settle
 
         mine = _read(stem + ".out")
         if mine is not None and mine.get("id") == request["id"]:
             os.unlink(stem + ".out")
-            return mine["outcome"]
+            return Outcome.from_json(mine["outcome"])
         others = self._waiting(stem, request.get("signer"))
         outcomes = settle(self.queue, [request] + [r for _, r in others], identity)
         for (path, req), outcome in zip(others, outcomes[1:]):
-            write_json(path[:-4] + ".out", {"id": req["id"], "outcome": outcome})
+            write_json(path[:-4] + ".out", {"id": req["id"], "outcome": outcome.to_json()})
             unlink(path)
         return outcomes[0]
 

@@ -53,6 +53,8 @@ __all__ = [
     "parse_tree",
     "describe",
     "upload",
+    "upload_build",
+    "Uploaded",
     "download",
     "PARTIAL_DIR",
 ]
@@ -302,14 +304,6 @@ def _with_retries(once: Callable[[int], None], attempts: int, backoff: float, sl
 
 # ------------------------------------------------------------------------------- upload
 
-def transfer_options(attempts: int = 5, backoff: float = 1.0, timeout: float | None = None) -> dict:
-    """upload()/download() keyword arguments from a worker's settings (network_timeout: seconds)."""
-    options = {"attempts": attempts, "backoff": backoff}
-    if timeout:
-        options["io_timeout"] = max(1, int(timeout))
-    return options
-
-
 def upload(files: list[str], tree: str, token: str, rsh: str | None = None, attempts: int = 5,
            backoff: float = 1.0, sleep: Callable[[float], object] = time.sleep, *,
            stats: TransferStats | None = None, io_timeout: int = DEFAULT_IO_TIMEOUT,
@@ -395,6 +389,39 @@ def upload(files: list[str], tree: str, token: str, rsh: str | None = None, atte
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return [desc for _, desc, _ in described]
+
+
+@dataclasses.dataclass(frozen=True)
+class Uploaded:
+    """What `upload_build` put in a lease's upload area: the packages' and the log's describe() dicts.
+
+    ``log`` is None when there was no log or it could not be uploaded (``log_error`` says why).
+    """
+
+    packages: list[dict]
+    log: dict | None = None
+    log_error: str | None = None
+
+
+def upload_build(tree: str, token: str, packages: list[str], log: str | None = None,
+                 log_name: str | None = None, **options) -> Uploaded:
+    """Upload a build's packages, then its log (named ``log_name``), into ``incoming/<token>/``.
+
+    The one upload path of a result: `gitqueue work` and `gitqueue report --package` both come
+    here. ``options`` are :func:`upload`'s (``rsh``, ``attempts``, ...).
+
+    Raises TransferError when the packages could not be uploaded: a result never names a file
+    that is not fully uploaded. A log that could not be uploaded is said in ``log_error``; the
+    caller decides whether the result goes without it.
+    """
+    sent = upload(packages, tree, token, **options) if packages else []
+    if not log:
+        return Uploaded(sent)
+    try:
+        [described] = upload([log], tree, token, names=[log_name] if log_name else None, **options)
+    except TransferError as e:
+        return Uploaded(sent, None, str(e))
+    return Uploaded(sent, described)
 
 
 def _check_upload(base: list[str], state: dict, stats: TransferStats | None, rsync: str) -> None:

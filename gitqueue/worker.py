@@ -11,7 +11,8 @@ import subprocess
 import time
 
 from .backoff import Backoff, jittered
-from .errors import GitqueueError, LeaseLost, NothingReady, PushRefused, QueueFinished, RemoteError
+from .config import WorkerSettings
+from .errors import GitqueueError, NothingReady, PackageRefused, PushRefused, QueueFinished, RemoteError
 
 REFUSALS_TO_STOP = 3  # the server refusing this worker's pushes that many times in a row
 # Jobs given back in a row because of this worker's own trouble (its transfers, its disk) before
@@ -19,7 +20,7 @@ REFUSALS_TO_STOP = 3  # the server refusing this worker's pushes that many times
 OWN_TROUBLE_TO_STOP = 3
 # Times one job may be given back by this worker for one cause before it declines the job.
 SAME_CAUSE_TO_DECLINE = 2
-from .lease import claim, heartbeat, release, report
+from .lease import Claim, claim, heartbeat, release, report
 from .layout import min_heartbeat_seconds
 from .text import printable
 
@@ -56,48 +57,119 @@ def describe_log(path: str, name: str | None = None):
         printable(tail, keep_newlines=True)[-LOG_TAIL:]
 
 
-def job_environment(job: dict, base: dict | None = None) -> dict:
-    """The environment a build command sees for `job`."""
+def job_environment(job: Claim, base: dict | None = None) -> dict:
+    """The environment a build command sees for the claimed `job`."""
     env = dict(os.environ if base is None else base)
     env.update(
-        GITQUEUE_JOB=job["job"],
-        GITQUEUE_VERSION=job["version"],
-        GITQUEUE_PKGPATH=job.get("pkgpath") or "",
-        GITQUEUE_LEASE=job["lease"],
-        GITQUEUE_DEPS=" ".join(job.get("deps", [])),
+        GITQUEUE_JOB=job.job,
+        GITQUEUE_VERSION=job.version,
+        GITQUEUE_PKGPATH=job.pkgpath or "",
+        GITQUEUE_LEASE=job.lease,
+        GITQUEUE_DEPS=" ".join(job.deps),
     )
-    for key, value in (job.get("multi_version") or {}).items():
+    for key, value in job.multi_version.items():
         env[key] = value
     return env
 
 
-class Worker:
-    """Runs `command` for one job after another until the queue is finished or told to stop."""
+def transfer_options(queue, settings: WorkerSettings) -> dict:
+    """upload()/download() keyword arguments of a worker: its settings, over rsync_rsh or the
+    queue's own ssh command (with its connection reuse)."""
+    return settings.transfer(settings.rsync_rsh or queue.ssh_command)
 
-    def __init__(self, queue, name: str, command: list[str], host: str | None = None,
-                 heartbeat_every: float | None = None, max_wait: float = 60.0, out=print,
-                 platform: dict | None = None, pkgsrc_dir: str | None = None, pkgname_command: str | None = None,
-                 packages_dir: str | None = None, rsync_rsh: str | None = None, transfer_attempts: int = 5,
-                 transfer_backoff: float = 1.0, transfer_timeout: float | None = None):
+
+def report_build(queue, worker: str, job: str, status: str, *, token: str | None = None,
+                 duration: float | None = None, log_file: str | None = None, package_files: list[str] = (),
+                 settings: WorkerSettings | None = None, platform: dict | None = None) -> dict:
+    """Upload a build's packages and log to the queue's package tree, then record its result.
+
+    Args:
+        queue: the Queue.
+        worker: the worker that holds the lease on `job`.
+        job: the job's name.
+        status: "success" or "failure".
+        token: the lease's token (default: the one this host's cache remembers for `job`).
+        duration: build time in seconds.
+        log_file: the build log, recorded (and uploaded, with packages) as JOB.log.
+        package_files: built packages, uploaded into incoming/LEASE/ first (see transfer.upload_build).
+        settings: how to reach the package tree (WorkerSettings: rsync_rsh, transfers).
+        platform: this worker's description (platform.describe), recorded in the result.
+
+    Returns:
+        The result record (see lease.report).
+
+    Raises:
+        PackageRefused: a package whose name the queue does not allow for `job` (before any upload).
+        TransferError: an upload that failed; nothing is recorded then.
+        LeaseLost: `job` is not (or no longer) held by `worker`.
+    """
+    log, tail = describe_log(log_file, log_name(job)) if log_file else (None, None)
+    packages = None
+    if package_files:
+        from .transfer import TransferError, upload_build
+
+        _, reader = queue.fetch()
+        queue_settings = queue.settings(reader)
+        check_package_names(reader, queue_settings, job, package_files)
+        tree = queue_settings.get("packages_url")
+        token = token or queue.index.my_claims(worker).get(job)
+        if not tree:
+            raise GitqueueError(f"{queue.url}: the queue has no packages_url to upload packages to")
+        if not token:
+            raise GitqueueError(f"no lease token of {job} on this host: give the token that claim returned")
+        sent = upload_build(tree, token, list(package_files), log_file, log and log["name"],
+                            **transfer_options(queue, settings or WorkerSettings()))
+        if sent.log_error:
+            raise TransferError(sent.log_error)
+        packages = sent.packages
+    return report(queue, worker, job, status, token, duration, log, tail if status == "failure" else None,
+                  packages=packages, platform=platform)
+
+
+def check_package_names(reader, queue_settings: dict, job: str, package_files) -> None:
+    """Refuse, with PackageRefused, a package file that the result of `job` may not name."""
+    from . import records
+    from .errors import UnknownJob
+    from .layout import check_job_name, package_name_problem, record_path
+
+    path = record_path("jobs", check_job_name(job))
+    data = reader.read(path)
+    if data is None:
+        raise UnknownJob(f"unknown job {job}")
+    job_rec = records.load_at("job", data, path)
+    for file in package_files:
+        problem = package_name_problem(os.path.basename(file), job_rec, queue_settings)
+        if problem:
+            raise PackageRefused(file, problem)
+
+
+class Worker:
+    """Runs `command` for one job after another until the queue is finished or told to stop.
+
+    Args:
+        queue: the Queue (gitqueue.open_queue) to work on.
+        name: this worker's name.
+        command: the build command and its arguments (see job_environment).
+        settings: a WorkerSettings (default: all defaults).
+        out: called with each line of progress (printable text).
+    """
+
+    def __init__(self, queue, name: str, command: list[str], settings: WorkerSettings | None = None, out=print):
+        settings = settings or WorkerSettings()
         self.queue = queue
         self.name = name
         self.command = command
-        self.host = host
-        self.platform = platform
-        self.pkgsrc_dir = pkgsrc_dir
+        self.settings = settings
+        self.host = settings.host
+        self.platform = settings.platform()
         # Asked in the job's directory, with its MULTI_VERSION variables, for the PKGNAME that
         # the local tree would build now (pkgsrc: bmake show-var VARNAME=PKGNAME).
-        self.pkgname_command = pkgname_command or (DEFAULT_PKGNAME_COMMAND if pkgsrc_dir else None)
-        self.packages_dir = packages_dir or os.path.join(queue.cache_dir, "packages")
-        self.rsync_rsh = rsync_rsh
-        from .transfer import transfer_options
-
-        self.transfer = transfer_options(transfer_attempts, transfer_backoff, transfer_timeout)
+        self.pkgname_command = settings.pkgname_command or (DEFAULT_PKGNAME_COMMAND if settings.pkgsrc_dir else None)
+        self.packages_dir = settings.packages_dir or os.path.join(queue.cache_dir, "packages")
+        self.transfer = transfer_options(queue, settings)
         self.packages_url = None
-        self.settings = None
+        self.queue_settings = None
         self.retry_after = None
-        self.heartbeat_every = heartbeat_every
-        self.max_wait = max_wait
         # Lines quote server replies, reasons and names that others wrote: no control gets through.
         self.out = lambda line: out(printable(line))
         self.stop_signal = None
@@ -129,12 +201,12 @@ class Worker:
     def _loop(self, max_jobs):
         _, reader = self.queue.fetch()
         settings = self.queue.settings(reader)
-        self.settings = settings
+        self.queue_settings = settings
         ttl = settings["lease_ttl"]
         self.packages_url = settings.get("packages_url")
         # Never faster than the server accepts heartbeats (min_heartbeat_seconds).
-        every = max(self.heartbeat_every or max(ttl / 4, 0.5), min_heartbeat_seconds(settings))
-        idle = Backoff(0.2, self.max_wait)
+        every = max(self.settings.heartbeat_every or max(ttl / 4, 0.5), min_heartbeat_seconds(settings))
+        idle = Backoff(0.2, self.settings.max_wait)
         job = None
         asked = False  # whether job is the answer of a claim made at the end of the last round
         while self.stop_signal is None:
@@ -147,7 +219,7 @@ class Worker:
                 if job is None:
                     if self.retry_after is not None:
                         # Left to a faster worker: ask again when it should be free.
-                        time.sleep(jittered(min(self.retry_after, self.max_wait), 0.75, 1.25))
+                        time.sleep(jittered(min(self.retry_after, self.settings.max_wait), 0.75, 1.25))
                         continue
                     time.sleep(idle.next())
                     continue
@@ -165,7 +237,7 @@ class Worker:
                 job = None
                 time.sleep(jittered(idle.first))
                 continue
-            self.out(f"{self.name}: building {job['job']}")
+            self.out(f"{self.name}: building {job.job}")
             try:
                 outcome = self._build(job, every)
             except OSError as e:  # no room for the output or the log: this machine's trouble
@@ -214,31 +286,28 @@ class Worker:
         else:
             what = f"report {report_req['job']}" if report_req else "claim"
             raise GitqueueError(f"could not {what} after 8 attempts; the remote keeps failing")
-        rep = outcome.get("report")
-        if rep is not None:
-            if "error" in rep:
-                self.out(f"{self.name}: {rep['error']}")
-            else:
-                self.done += 1
-                self.trouble = 0
-                where = f"; log {self.log_path_of(rep)}" if rep["status"] == "failure" else ""
-                self.out(f"{self.name}: {rep['job']} {rep['status']} ({report_req.get('duration') or 0:.1f} s){where}")
-        got = outcome.get("claim")
-        if got is None:
-            return None, False
-        if "lease" in got:
-            return got, False
-        if "finished" in got:
+        if outcome.report_error is not None:
+            self.out(f"{self.name}: {outcome.report_error}")
+        elif outcome.result is not None:
+            rep = outcome.result
+            self.done += 1
+            self.trouble = 0
+            where = f"; log {self.log_path_of(rep['job'], rep['token'])}" if rep["status"] == "failure" else ""
+            self.out(f"{self.name}: {rep['job']} {rep['status']} ({report_req.get('duration') or 0:.1f} s){where}")
+        if outcome.claim is not None:
+            return outcome.claim, False
+        error = outcome.claim_error
+        if isinstance(error, QueueFinished):
             st = self.queue.stats
             self.out(f"{self.name}: queue finished ({self.done} jobs built here; "
                      f"{st['pushes']} pushes, {st['rejected']} rejected)")
             return None, True
-        if "nothing" in got:
-            self.retry_after = got.get("retry_after")
+        if isinstance(error, NothingReady):
+            self.retry_after = error.retry_after
             return None, False
-        err = GitqueueError(got["error"])
-        err.exit_code = got.get("exit_code", 1)
-        raise err
+        if error is not None:
+            raise error
+        return None, False
 
     def _claim_next(self):
         """(job or None, finished?): None when nothing is ready or the remote failed."""
@@ -272,7 +341,7 @@ class Worker:
 
     def _fetch_dependencies(self, job) -> str | None:
         """Download the binary packages of the job's dependencies; a reason to give it back, or None."""
-        if not self.packages_url or not job.get("deps"):
+        if not self.packages_url or not job.deps:
             return None
         from . import records
         from .layout import record_path
@@ -281,7 +350,7 @@ class Worker:
         results = []
         with self.queue.lock():  # read under the lock: gc --cache may not remove a pack meanwhile
             _, reader = self.queue.fetch()
-            for dep in job["deps"]:
+            for dep in job.deps:
                 data = reader.read(record_path("results", dep))
                 if data is not None:
                     results.append((dep, records.load_at("result", data, record_path("results", dep))))
@@ -292,24 +361,24 @@ class Worker:
             # Published packages are in All/; until the master publishes them, in the upload area
             # of the lease that built them. Either way the result's checksums decide.
             try:
-                download(result["packages"], self.packages_url, dest, rsh=self.rsync_rsh, attempts=1,
-                         **{k: v for k, v in self.transfer.items() if k == "io_timeout"})
+                download(result["packages"], self.packages_url, dest, attempts=1,
+                         **{k: v for k, v in self.transfer.items() if k in ("rsh", "io_timeout")})
             except TransferError:
                 try:
-                    download(result["packages"], self.packages_url, dest, rsh=self.rsync_rsh,
-                         source=f"incoming/{result['token']}", **self.transfer)
+                    download(result["packages"], self.packages_url, dest, source=f"incoming/{result['token']}",
+                             **self.transfer)
                 except TransferError as e:
                     return f"cannot fetch the packages of {dep}: {e}"
         return None
 
     def _output_dir(self, job):
-        return os.path.join(self.queue.cache_dir, "build", f"{job['job']}-{job['lease'][:8]}")
+        return os.path.join(self.queue.cache_dir, "build", f"{job.job}-{job.lease[:8]}")
 
     def _build(self, job, every):
         import shutil
 
         os.makedirs(self.log_dir, exist_ok=True)
-        log_path = os.path.join(self.log_dir, log_name(job["job"], job["lease"]))
+        log_path = os.path.join(self.log_dir, log_name(job.job, job.lease))
         output = self._output_dir(job)
         shutil.rmtree(output, ignore_errors=True)
         os.makedirs(output)
@@ -348,8 +417,8 @@ class Worker:
         except RemoteError as e:
             self.out(f"{self.name}: heartbeat failed ({e}); still building")
             return True
-        if job["job"] in beat["lost"]:
-            self.out(f"{self.name}: lease on {job['job']} was reclaimed; stopping its build")
+        if job.job in beat.lost:
+            self.out(f"{self.name}: lease on {job.job} was reclaimed; stopping its build")
             return False
         return True
 
@@ -360,19 +429,13 @@ class Worker:
         """
         if not self.packages_url:
             return None, False
-        from .transfer import TransferError, upload
+        from .transfer import upload_build
 
-        packages = []
-        if status == "success":
-            files = self._package_files(job)
-            if files:
-                packages = upload(files, self.packages_url, job["lease"], rsh=self.rsync_rsh, **self.transfer)
-        try:
-            upload([log_path], self.packages_url, job["lease"], rsh=self.rsync_rsh, **self.transfer)
-            return packages, True
-        except TransferError as e:
-            self.out(f"{self.name}: the log of {job['job']} was not uploaded: {e}")
-            return packages, False
+        files = self._package_files(job) if status == "success" else []
+        sent = upload_build(self.packages_url, job.lease, files, log_path, **self.transfer)
+        if sent.log_error:
+            self.out(f"{self.name}: the log of {job.job} was not uploaded: {sent.log_error}")
+        return sent.packages, sent.log is not None
 
     def _package_files(self, job) -> list[str]:
         """The files the build left in its output directory that its result may name; says which
@@ -382,11 +445,11 @@ class Worker:
         output = self._output_dir(job)
         found = sorted(os.path.join(d, f) for d, _, names in os.walk(output) for f in names
                        if not f.startswith("."))
-        record = {"name": job["job"], "version": job.get("version") or ""}
+        record = {"name": job.job, "version": job.version or ""}
         keep, left_out = [], []
         for path in found:
             name = os.path.basename(path)
-            problem = package_name_problem(name, record, self.settings)
+            problem = package_name_problem(name, record, self.queue_settings)
             if problem is None:
                 keep.append(path)
             else:
@@ -395,7 +458,7 @@ class Worker:
         for line in left_out[:MAX_LEFT_OUT]:
             self.out(line)
         if len(left_out) > MAX_LEFT_OUT:
-            self.out(f"{self.name}: not uploading {len(left_out) - MAX_LEFT_OUT} more files of {job['job']}")
+            self.out(f"{self.name}: not uploading {len(left_out) - MAX_LEFT_OUT} more files of {job.job}")
         return keep
 
     def _prepare_report(self, job, status, duration, log_path):
@@ -414,36 +477,35 @@ class Worker:
             return None
         if self.packages_url and not log_sent:
             log = None
-        return {"job": job["job"], "status": status, "token": job["lease"], "duration": duration,
+        return {"job": job.job, "status": status, "token": job.lease, "duration": duration,
                 "log": log, "log_tail": tail if status == "failure" else None, "packages": packages}
 
     def _version_skew(self, job) -> tuple[str | None, bool]:
         """(why this worker's tree cannot build `job` as the queue has it, or None; whether the
         tree itself is broken rather than at another version)."""
-        if not self.pkgname_command or not job.get("pkgpath") or not self.pkgsrc_dir:
+        if not self.pkgname_command or not job.pkgpath or not self.settings.pkgsrc_dir:
             return None, False
         import shlex
 
-        directory = os.path.join(self.pkgsrc_dir, job["pkgpath"])
+        directory = os.path.join(self.settings.pkgsrc_dir, job.pkgpath)
         if not os.path.isdir(directory):
-            return f"sorry, my pkgsrc has no {job['pkgpath']} (yet)", False
+            return f"sorry, my pkgsrc has no {job.pkgpath} (yet)", False
         try:
             proc = subprocess.run(shlex.split(self.pkgname_command), cwd=directory, env=job_environment(job),
                                   stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
         except (OSError, subprocess.TimeoutExpired) as e:
-            return f"cannot ask my pkgsrc for the PKGNAME of {job['pkgpath']}: {e}", True
+            return f"cannot ask my pkgsrc for the PKGNAME of {job.pkgpath}: {e}", True
         found = proc.stdout.strip()
         if proc.returncode != 0 or not found:
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            return f"cannot ask my pkgsrc for the PKGNAME of {job['pkgpath']}: {last}", True
-        if found != job["job"]:
-            return f"sorry, my pkgsrc has {found}, not {job['job']} (yet)", False
+            return f"cannot ask my pkgsrc for the PKGNAME of {job.pkgpath}: {last}", True
+        if found != job.job:
+            return f"sorry, my pkgsrc has {found}, not {job.job} (yet)", False
         return None, False
 
-    def log_path_of(self, job_or_result) -> str:
-        """Where this worker keeps the build log of a job it built (its lease or result)."""
-        token = job_or_result.get("lease") or job_or_result.get("token")
-        return os.path.join(self.log_dir, log_name(job_or_result["job"], token))
+    def log_path_of(self, job: str, token: str) -> str:
+        """Where this worker keeps the build log of `job` it built under the lease `token`."""
+        return os.path.join(self.log_dir, log_name(job, token))
 
     def _give_back(self, job, reason, cause, decline=False, own=False):
         """Give `job` back, saying why; decline it once given back twice for the same cause.
@@ -452,15 +514,15 @@ class Worker:
         After OWN_TROUBLE_TO_STOP such give-backs in a row the worker stops with an Error line
         rather than claim, fail and give back forever.
         """
-        key = (job["job"], cause)
+        key = (job.job, cause)
         self.given_back[key] = self.given_back.get(key, 0) + 1
         decline = decline or self.given_back[key] >= SAME_CAUSE_TO_DECLINE
         try:
-            release(self.queue, self.name, job["job"], reason, job["lease"], decline=decline)
-            self.out(f"{self.name}: gave back {job['job']}: {reason}"
+            release(self.queue, self.name, job.job, reason, job.lease, decline=decline)
+            self.out(f"{self.name}: gave back {job.job}: {reason}"
                      + ("; declined (not offered to this worker again)" if decline else ""))
         except GitqueueError as e:
-            self.out(f"{self.name}: could not give back {job['job']} ({reason}): {e}")
+            self.out(f"{self.name}: could not give back {job.job} ({reason}): {e}")
         if own:
             self.trouble += 1
             if self.trouble >= OWN_TROUBLE_TO_STOP:

@@ -51,7 +51,7 @@ def make_known_build(tmp_path, name="known.git", until=None):
     def take(worker, expected, t):
         clock.at(t)
         got = lease.claim(q, worker)
-        assert got["job"] == expected, f"{worker} claimed {got['job']}, not {expected}"
+        assert got.job == expected, f"{worker} claimed {got.job}, not {expected}"
 
     def done(worker, name, status, t, duration, **extra):
         clock.at(t)

@@ -31,7 +31,7 @@ def test_a_long_log_is_read_in_bounded_memory_and_checked_whole(tmp_path):
     line = b"x" * 99 + b"\n"
     data = line * ((12 << 20) // 100) + b"the end\n"
     with open_queue(url, tmp_path) as q:
-        token = lease.claim(q, "w1")["lease"]
+        token = lease.claim(q, "w1").lease
         log = tree / "incoming" / token / "a.log"
         log.parent.mkdir(parents=True)
         log.write_bytes(data)
@@ -61,15 +61,15 @@ def test_a_worker_reads_a_failure_s_log_through_the_forced_command(make_farm, tm
     with farm.worker_queue("k1", tmp_path / "cache-w1") as q:
         for _ in range(2):
             got = lease.claim(q, "w1")
-            log = tmp_path / got["job"] / "build.log"
+            log = tmp_path / got.job / "build.log"
             log.parent.mkdir()
-            log.write_bytes(f"building {got['job']}\n\x1b[31merror\x1b[0m: boom\n".encode())
-            upload([str(log)], farm.packages_url, got["lease"], rsh=rsh, attempts=1)
+            log.write_bytes(f"building {got.job}\n\x1b[31merror\x1b[0m: boom\n".encode())
+            upload([str(log)], farm.packages_url, got.lease, rsh=rsh, attempts=1)
             described = describe(log)
-            if got["job"] == "b-1":  # the result describes other bytes of the same size
+            if got.job == "b-1":  # the result describes other bytes of the same size
                 described["sha256"] = hashlib.sha256(b"x" * described["size"]).hexdigest()
-            lease.report(q, "w1", got["job"], "failure", log=described, log_tail="boom")
-            logs[got["job"]] = (got["lease"], log.read_bytes())
+            lease.report(q, "w1", got.job, "failure", log=described, log_tail="boom")
+            logs[got.job] = (got.lease, log.read_bytes())
     env = farm.worker_env("k2", tmp_path / "cache-w2")
     proc = gitqueue("log", "a-1", env=env)
     assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr

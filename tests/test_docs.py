@@ -125,3 +125,39 @@ def test_the_documented_jsonl_example_imports_and_builds_as_documented(tmp_path)
     counts = json.loads(gitqueue("status", "--queue", queue, "--json", env=env).stdout)["counts"]
     assert (counts["success"], counts["prefailed"], counts["indirect-prefailed"]) == (5, 1, 1)
     assert "Five jobs get built; `broken-1.0` is prefailed and `viewer-2.0`" in IMPORT_DOC
+
+
+LIBRARY_DOC = (REPO / "docs" / "library.md").read_text()
+
+
+def test_the_library_example_runs_as_documented(tmp_path):
+    """The example of docs/library.md, run as a script against a real local bare queue."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import job, make_queue
+
+    url = make_queue(tmp_path, [job("gmake-4.4.1", version="4.4.1", pkgpath="devel/gmake")])
+    example = next(block for block in fenced(LIBRARY_DOC, "python") if "queue.claim()" in block)
+    [shown] = fenced(LIBRARY_DOC, "text")
+    script = tmp_path / "example.py"
+    script.write_text(example.replace('"/srv/queues/2026Q4-m68k.git"', repr(url)))
+    work = tmp_path / "work"
+    work.mkdir()
+    # HOME: the default cache, ~/.cache/gitqueue, is this test's own.
+    env = {**os.environ, "HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, str(script)], cwd=work, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == shown
+    assert (tmp_path / ".cache" / "gitqueue").is_dir()
+    assert json.loads(gitqueue("status", "--queue", url, "--json").stdout)["counts"]["success"] == 1
+    # Run again, it has nothing left to claim.
+    proc = subprocess.run([sys.executable, str(script)], cwd=work, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.stdout == "the queue is finished\n1 of 1 jobs done\n", proc.stderr
+
+
+def test_readme_links_the_library_documentation():
+    assert "(docs/library.md)" in README

@@ -31,7 +31,7 @@ def build(url, tmp_path, worker, n, host="h1"):
     with open_queue(url, tmp_path, host=host) as q:
         for _ in range(n):
             got = lease.claim(q, worker)
-            lease.report(q, worker, got["job"], "success", duration=1)
+            lease.report(q, worker, got.job, "success", duration=1)
 
 
 @needs_git
@@ -117,7 +117,7 @@ def test_gc_cache_keeps_only_the_tip_and_stays_usable(tmp_path):
         tip = q.remote.repo.refs[q.remote.ref]
         # Usable at once by the process that ran gc, whose pack list named the removed packs.
         got = lease.claim(q, "w1")
-        lease.report(q, "w1", got["job"], "success", duration=1)
+        lease.report(q, "w1", got.job, "success", duration=1)
     assert out["after"]["loose"] == 0 and out["after"]["packs"] == 1
     assert out["after"]["bytes"] < before["bytes"]
     assert out["kept"] == len(subprocess.run(["git", "--git-dir", url, "ls-tree", "-r", "-t", tip.decode()],
@@ -148,7 +148,7 @@ def test_gc_cache_keeps_what_it_supersedes_for_readers_of_an_older_tip(tmp_path)
     with open_queue(remote_url, tmp_path, host="far") as q:
         got = lease.claim(q, "w1")
         old_tip, _ = q.fetch()  # what a command of the host read before gc, outside the lock
-        lease.report(q, "w1", got["job"], "success", duration=1)
+        lease.report(q, "w1", got.job, "success", duration=1)
         q.fetch()
         cache_repo = os.path.join(q.cache_dir, "repo.git")
         packs_before = measure(cache_repo)["packs"]
@@ -254,7 +254,7 @@ def test_gc_cache_removes_the_builds_and_old_logs_of_jobs_no_longer_held(tmp_pat
         cache = Path(q.cache_dir)
         finished = set(os.listdir(cache / "build"))
         assert len(finished) == 3 and len(os.listdir(cache / "logs")) == 3
-        silent = lease.claim(q, "w9")["lease"]
+        silent = lease.claim(q, "w9").lease
         lapsed = f"p3-1.0-{silent[:8]}"
         (cache / "build" / lapsed / "All").mkdir(parents=True)
     with open_queue(url, tmp_path, host="master") as master:

@@ -19,7 +19,7 @@ def make_old_build(tmp_path):
     with open_queue(url, tmp_path, host="old-builder", clock=clock) as q:
         while True:
             try:
-                job = lease.claim(q, "old1")["job"]
+                job = lease.claim(q, "old1").job
             except (NothingReady, QueueFinished):
                 break
             clock.t += OLD_TIMES.get(job, 10)
@@ -76,7 +76,7 @@ def debian_build(tmp_path, name, revision, status):
     url = make_queue(tmp_path, jobs, name=name)
     with open_queue(url, tmp_path, host=name) as q:
         for job in jobs:
-            assert lease.claim(q, "w1")["job"] == job["name"]
+            assert lease.claim(q, "w1").job == job["name"]
             lease.report(q, "w1", job["name"], status if "libbsd" in job["name"] else "success", duration=60)
     return url
 

@@ -26,13 +26,13 @@ def hostile(tmp_path_factory, sshd):
     sq.url = sshd.url(sq.path)
     with sq.queue("k1", sq.url, sshd.ssh_command) as q:
         got = lease.claim(q, "w1")
-    assert got["job"] in ("a-1", "b-1")
-    if got["job"] != "a-1":
+    assert got.job in ("a-1", "b-1")
+    if got.job != "a-1":
         with sq.queue("k1", sq.url, sshd.ssh_command) as q:
-            lease.release(q, "w1", got["job"], decline=False)
+            lease.release(q, "w1", got.job, decline=False)
             got = lease.claim(q, "w1")
-    assert got["job"] == "a-1"
-    sq.a1_token = got["lease"]
+    assert got.job == "a-1"
+    sq.a1_token = got.lease
     return sq
 
 

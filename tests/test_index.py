@@ -48,9 +48,9 @@ def test_states_are_the_counts_job_by_job(tmp_path):
 def test_an_entry_outside_the_layout_sends_the_index_to_the_tree(tmp_path):
     url = make_queue(tmp_path, [job("a-1"), job("b-1", ["a-1"])], hook=False)
     with open_queue(url, tmp_path) as q:
-        lease.report(q, "w1", lease.claim(q, "w1")["job"], "success")
+        lease.report(q, "w1", lease.claim(q, "w1").job, "success")
         local_commit(url, {"README": b"a local writer's note\n"})
-        assert lease.claim(q, "w1")["job"] == "b-1"
+        assert lease.claim(q, "w1").job == "b-1"
         assert q.index.leased_to("w1") == ["b-1"] and q.index.lease_holders() == ["w1"]
         fresh = _rebuilt(q, tmp_path / "fresh.sqlite")
         try:

@@ -298,7 +298,7 @@ def _signed_run(tmp_path):
         add_worker(admin, "h1", keys["host"][1], owner="Jane", arch="m68k")
         with Queue(url, str(tmp_path / "cache-host"), signer=keys["host"][0]) as w:
             took = lease.claim(w, "h1")
-            lease.report(w, "h1", took["job"], "success")
+            lease.report(w, "h1", took.job, "success")
         revoke_worker(admin, "h1", "disk stolen")
     return url
 
@@ -326,18 +326,18 @@ def test_every_schema_key_is_written_by_the_code(tmp_path):
             Queue(url, str(tmp_path / "cache-cron"), clock=Clock()) as cron:
         failed = lease.claim(w, "w1", host="h1", platform=PLATFORM)
         described, tail = describe_log(str(log))
-        lease.report(w, "w1", failed["job"], "failure", duration=3, log=described, log_tail=tail)
+        lease.report(w, "w1", failed.job, "failure", duration=3, log=described, log_tail=tail)
         given_back = lease.claim(w, "w1", host="h1")
-        lease.release(w, "w1", given_back["job"], "no room")
+        lease.release(w, "w1", given_back.job, "no room")
         slow = lease.claim(w, "w2", host="h1")
         lease.reclaim(cron)
         cron.clock.t += 11
-        assert [r["job"] for r in lease.reclaim(cron)] == [slow["job"]]
-        late = lease.report(w, "w2", slow["job"], "success", token=slow["lease"], duration=1,
-                            packages=[{"name": f"{slow['job']}.tgz", "size": 3, "sha256": "0" * 64}], platform=PLATFORM)
+        assert [r["job"] for r in lease.reclaim(cron)] == [slow.job]
+        late = lease.report(w, "w2", slow.job, "success", token=slow.lease, duration=1,
+                            packages=[{"name": f"{slow.job}.tgz", "size": 3, "sha256": "0" * 64}], platform=PLATFORM)
         assert late["late"] is True
         [settled] = lease.settle(w, [{"worker": "w3", "claim": True, "id": "ab" * 8}], lease.identity("w3"))
-        assert "lease" in settled["claim"]
+        assert settled.claim is not None
         lease.heartbeat(w, "w1")
     seen = _written_keys(url)
     for kind, keys in _written_keys(_signed_run(tmp_path)).items():

@@ -35,8 +35,8 @@ def test_noway_jobs_are_never_offered_and_their_dependents_are_skipped(tmp_path)
                 got = lease.claim(q, "w1")
             except QueueFinished:
                 break
-            built.append(got["job"])
-            lease.report(q, "w1", got["job"], "success")
+            built.append(got.job)
+            lease.report(q, "w1", got.job, "success")
         s = status(q)
     assert sorted(built) == ["base-1", "gmake-4.4.1", "other-1"]
     assert (s["counts"]["skipped"], s["counts"]["indirect-skipped"]) == (1, 1) and s["finished"]
@@ -51,8 +51,8 @@ def test_priority_list_puts_packages_and_their_needs_first(tmp_path):
         order = []
         for _ in range(3):
             got = lease.claim(q, "w1")
-            order.append(got["job"])
-            lease.report(q, "w1", got["job"], "success")
+            order.append(got.job)
+            lease.report(q, "w1", got.job, "success")
         assert order == ["base-1", "icu-78.1", "needs-icu-1"]
         with pytest.raises(GitqueueError, match="not on the priority list: zz"):
             admin.change_priority(q, remove=["zz"])
@@ -67,7 +67,7 @@ def test_patterns_match_the_base_name_of_a_debian_version(tmp_path):
         admin.change_noway(q, add=[{"pattern": "libbsd", "arch": "", "reason": "not here"}])
         assert [s["job"] for s in status(q)["skipped"]] == ["libbsd-0.11.7-2"]
         admin.change_priority(q, add=["libbsd-doc"])  # else zlib comes first
-        assert lease.claim(q, "w1")["job"] == "libbsd-doc-0.11.7-2"
+        assert lease.claim(q, "w1").job == "libbsd-doc-0.11.7-2"
 
 
 def test_list_commands(tmp_path):
@@ -99,15 +99,15 @@ def test_claim_leaves_long_jobs_to_a_faster_worker_about_to_free_up(tmp_path):
     clock = Clock()
     with open_queue(url, tmp_path, host="fast", clock=clock) as fast, \
             open_queue(url, tmp_path, host="slow", clock=clock) as slow:
-        assert lease.claim(fast, "fast")["job"] == "c1-1"
+        assert lease.claim(fast, "fast").job == "c1-1"
         lease.report(fast, "fast", "c1-1", "success", duration=100)  # measured: as estimated
-        assert lease.claim(slow, "slow")["job"] == "c2-1"
+        assert lease.claim(slow, "slow").job == "c2-1"
         lease.report(slow, "slow", "c2-1", "success", duration=800)  # measured: about 4x slower
-        assert lease.claim(fast, "fast")["job"] == "crit-1"
+        assert lease.claim(fast, "fast").job == "crit-1"
         clock.t += 10
         # Plain critical path would give long-1 to the slow machine (1000 s there: ~4000 s);
         # the fast one frees up in 190 s and would finish it at +1200 s, so slow takes small-1.
-        assert lease.claim(slow, "slow")["job"] == "small-1"
+        assert lease.claim(slow, "slow").job == "small-1"
         s = status(slow)
     assert s["eta_seconds"] > 0
 
@@ -117,9 +117,9 @@ def test_a_worker_never_measured_is_not_starved_by_a_fast_one(tmp_path):
     # report look 100x fast; a new worker must still get work (and so get measured).
     url = make_queue(tmp_path, [job(f"p{i}-1") for i in range(30)])
     with open_queue(url, tmp_path, host="a") as a, open_queue(url, tmp_path, host="b") as b:
-        first = lease.claim(a, "fast")["job"]
+        first = lease.claim(a, "fast").job
         lease.report(a, "fast", first, "success", duration=2)
         lease.claim(a, "fast")
         # Without the rule this raised NothingReady ("faster workers will finish ... sooner").
         got = lease.claim(b, "new")
-        assert got["job"].startswith("p") and got["job"] != first
+        assert got.job.startswith("p") and got.job != first

@@ -375,8 +375,8 @@ def test_read_queue_and_publishing_what_it_read(tmp_path, tree):
         assert (snap.entries, snap.leases, snap.lapsed, snap.unreadable) == ([], {}, {}, [])
         assert snap.settings["name"] == "test" and snap.settings["lease_ttl"] == 3600
         claimed = lease.claim(q, "w1")
-        assert claimed["job"] == "liba-1.0"
-        token = claimed["lease"]
+        assert claimed.job == "liba-1.0"
+        token = claimed.lease
         log = tree / "incoming" / token / "build.log"
         log.parent.mkdir(parents=True)
         log.write_text("ok\n")
@@ -385,7 +385,7 @@ def test_read_queue_and_publishing_what_it_read(tmp_path, tree):
         held = {}
         for worker in ("w2", "w3"):
             got = lease.claim(q, worker)
-            held[got["job"]] = (worker, got["lease"])
+            held[got.job] = (worker, got.lease)
         lease.report(q, held["tool-2.1"][0], "tool-2.1", "failure", log_tail="boom")
         snap = read_queue(q)
     assert [(j["name"], r["status"]) for j, r in snap.entries] == [("liba-1.0", "success"), ("tool-2.1", "failure")]
@@ -447,8 +447,8 @@ def package_queue(tmp_path, tree, jobs):
 
 def claim_as(q, worker, expected):
     got = lease.claim(q, worker)
-    assert got["job"] == expected, got
-    return got["lease"]
+    assert got.job == expected, got
+    return got.lease
 
 
 def test_a_package_is_published_only_under_its_own_job_s_name(tmp_path, tree):
@@ -665,10 +665,10 @@ def build_in(url, cache_root, tree, n, payload=0):
     with open_queue(url, cache_root, host="builder") as q:
         for _ in range(n):
             got = lease.claim(q, "w1")
-            pkg = upload(tree, got["lease"], got["job"], pkgpath=got["pkgpath"],
+            pkg = upload(tree, got.lease, got.job, pkgpath=got.pkgpath,
                          desc=os.urandom(payload).hex() if payload else None)
-            lease.report(q, "w1", got["job"], "success", packages=[pkg])
-            built.append(got["job"])
+            lease.report(q, "w1", got.job, "success", packages=[pkg])
+            built.append(got.job)
     return built
 
 

@@ -34,7 +34,7 @@ def served(tmp_path_factory, sshd):
     (sq.tree / "All" / "public-1.tgz").write_bytes(b"public\n")
     sq.url = sshd.url(sq.path)
     with sq.queue("k1") as q:
-        sq.lease = lease.claim(q, "w1")["lease"]  # w1 may upload into incoming/ of this lease
+        sq.lease = lease.claim(q, "w1").lease  # w1 may upload into incoming/ of this lease
     sq.ssh = {}
     for name, extra in (("w1", ()), ("w1-ro", ("--no-downloads",))):
         command = serve_command("--worker", "w1", "--repo", sq.path, "--packages", sq.tree, *extra)
@@ -51,7 +51,7 @@ def run_ssh(sq, sshd, who, *command):
 def test_the_worker_claims_and_pushes_through_its_forced_command(served, sshd):
     with served.queue("k1", served.url, served.ssh["w1"]) as q:
         got = lease.claim(q, "w1")
-    assert served.read(record_path("leases", got["job"])) is not None
+    assert served.read(record_path("leases", got.job)) is not None
 
 
 def test_a_worker_pushing_another_workers_records_with_its_key_is_refused(served, sshd):
@@ -176,9 +176,10 @@ class Identities:
 
     def master(self, name, operation="check") -> int:
         """`ssh -O check` (or exit) on the shared connection gitqueue gives `name`'s ssh command."""
-        from gitqueue.cli.main import _ssh_command
+        from gitqueue.connection import ssh_with_reuse
 
-        argv = [*shlex.split(_ssh_command(self.ssh[name], str(self.cache))), "-O", operation,
+        command = ssh_with_reuse(self.ssh[name], str(self.cache), agent_socket=os.environ.get("SSH_AUTH_SOCK"))
+        argv = [*shlex.split(command), "-O", operation,
                 "-p", str(self.sshd.port), f"{self.sshd.user}@{self.sshd.host}"]
         return subprocess.run(argv, capture_output=True, timeout=30).returncode
 

@@ -37,7 +37,7 @@ def claim(farm, key, worker, tmp_path):
     with Queue(str(farm.repo), str(tmp_path / f"cache-{worker}"), signer=farm.signers[key]) as q:
         got = lease.claim(q, worker)
     farm.give_back()
-    return got["job"], got["lease"]
+    return got.job, got.lease
 
 
 def send(farm, key, files, token, **kwargs):

@@ -7,6 +7,7 @@ import time
 
 from gitqueue import lease
 from gitqueue.audit import replay
+from gitqueue.errors import LeaseLost, NothingReady
 from gitqueue.spool import Spool
 
 from helpers import git_log, job, make_queue, open_queue
@@ -37,7 +38,7 @@ def test_waiting_requests_are_settled_in_one_commit(tmp_path):
         try:
             _spool_waiting(spool, "w2", dict(_request("w2"), id="22" * 8), sleeper.pid)
             _spool_waiting(spool, "w3", dict(_request("w3"), id="33" * 8), sleeper.pid)
-            report = {"job": first["job"], "status": "success", "token": first["lease"], "duration": 1.5}
+            report = {"job": first.job, "status": "success", "token": first.lease, "duration": 1.5}
             before = len(git_log(url).splitlines())
             mine = spool.submit(_request("w1", report), lease.identity("w1"))
             after = len(git_log(url).splitlines())
@@ -46,17 +47,19 @@ def test_waiting_requests_are_settled_in_one_commit(tmp_path):
             sleeper.kill()
             sleeper.wait()
         assert after == before + 1, "one commit for three workers"
-        assert mine["report"]["status"] == "success" and "lease" in mine["claim"]
+        assert mine.result["status"] == "success" and mine.claim is not None
         assert outs == [f"w2.{sleeper.pid}.out", f"w3.{sleeper.pid}.out"]
         theirs = [json.load(open(os.path.join(spool.dir, n)))["outcome"]["claim"]["job"] for n in outs]
-        claimed = {mine["claim"]["job"], *theirs}
-        assert len(claimed) == 3 and first["job"] not in claimed
+        assert [lease.Outcome.from_json(json.load(open(os.path.join(spool.dir, n)))["outcome"]).claim.job
+                for n in outs] == theirs
+        claimed = {mine.claim.job, *theirs}
+        assert len(claimed) == 3 and first.job not in claimed
         body = git_log(url, "%b", "-1").splitlines()
         assert sum(line.startswith("claim ") for line in body) == 3
         assert sum(line.startswith("report ") for line in body) == 1
         # The whole subjects would pass 100 characters: the subject names the packages instead.
         claims = [line.split()[1] for line in body if line.startswith("claim ")]
-        assert git_log(url, "%s", "-1") == f"report {first['job']}; claim {', '.join(claims)}\n"
+        assert git_log(url, "%s", "-1") == f"report {first.job}; claim {', '.join(claims)}\n"
         assert not [n for n in os.listdir(spool.dir) if n.endswith(".req")]
         audit = replay(q.remote, q.remote.fetch())
     assert audit.violations == [] and audit.claims == 4
@@ -85,7 +88,7 @@ def test_requests_of_dead_processes_are_dropped(tmp_path):
         dead.wait()
         path = _spool_waiting(spool, "ghost", _request("ghost"), dead.pid)
         out = spool.submit(_request("w1"), lease.identity("w1"))
-        assert "lease" in out["claim"]
+        assert out.claim is not None
         assert not os.path.exists(path)
         assert "ghost" not in git_log(url, "%B")
 
@@ -95,26 +98,26 @@ def test_a_retried_request_takes_no_second_job(tmp_path):
     url = make_queue(tmp_path, [job("a-1.0"), job("b-1.0"), job("c-1.0")])
     with open_queue(url, tmp_path) as q:
         first = lease.claim(q, "w1")
-        report = {"job": first["job"], "status": "success", "token": first["lease"]}
+        report = {"job": first.job, "status": "success", "token": first.lease}
         req = _request("w1", report, rid="ab" * 8)
         [once] = lease.settle(q, [req], lease.identity("w1"))
         [again] = lease.settle(q, [req], lease.identity("w1"))
-        assert again["claim"]["job"] == once["claim"]["job"]
-        assert again["claim"]["lease"] == once["claim"]["lease"]
-        assert again["report"]["token"] == first["lease"]
+        assert again.claim == once.claim
+        assert again.result["token"] == first.lease
         assert git_log(url).count("claim ") == 2  # the first claim and the settled one, no third
         # A different request is a new claim.
         [other] = lease.settle(q, [_request("w1", rid="cd" * 8)], lease.identity("w1"))
-        assert other["claim"]["job"] not in (first["job"], once["claim"]["job"])
+        assert other.claim.job not in (first.job, once.claim.job)
 
 
 def test_one_lost_lease_does_not_stop_the_others(tmp_path):
     url = make_queue(tmp_path, [job("a-1.0"), job("b-1.0"), job("c-1.0")])
     with open_queue(url, tmp_path) as q:
         held = lease.claim(q, "w1")
-        bogus = {"job": held["job"], "status": "success", "token": "0" * 32}
+        bogus = {"job": held.job, "status": "success", "token": "0" * 32}
         out = lease.settle(q, [_request("w2", bogus), _request("w3")], lease.identity("w2"))
-        assert "leased by w1" in out[0]["report"]["error"]
-        assert "lease" in out[0]["claim"] and "lease" in out[1]["claim"]
+        assert isinstance(out[0].report_error, LeaseLost) and "leased by w1" in str(out[0].report_error)
+        assert out[0].result is None and out[0].claim is not None and out[1].claim is not None
         with_nothing = lease.settle(q, [_request("w4")], lease.identity("w4"))
-        assert "nothing ready" in with_nothing[0]["claim"]["nothing"]
+        assert isinstance(with_nothing[0].claim_error, NothingReady) and with_nothing[0].claim is None
+        assert "nothing ready" in str(with_nothing[0].claim_error)

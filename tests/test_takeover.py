@@ -38,17 +38,17 @@ def farm(make_farm, tmp_path_factory):
     farm.tmp = tmp
     with farm.worker_queue("k1", tmp / "cache-w1") as q:
         got = lease.claim(q, "w1")
-        while got["job"] != "checkperms-1.12":
-            lease.release(q, "w1", got["job"], "not this one")
+        while got.job != "checkperms-1.12":
+            lease.release(q, "w1", got.job, "not this one")
             got = lease.claim(q, "w1")
         package = {"name": "checkperms-1.12.tgz", "size": 5, "sha256": "ab" * 32}
         lease.report(q, "w1", "checkperms-1.12", "success", packages=[package])
     with farm.worker_queue("k2", tmp / "cache-w2") as q:
         got = lease.claim(q, "w2")
-        while got["job"] != "gmake-4.4.1":
-            lease.release(q, "w2", got["job"], "not this one")
+        while got.job != "gmake-4.4.1":
+            lease.release(q, "w2", got.job, "not this one")
             got = lease.claim(q, "w2")
-        farm.gmake_token = got["lease"]
+        farm.gmake_token = got.lease
     # The attackers' workshop: a repository that sees the queue's objects (as a clone would).
     farm.client = str(tmp / "client.git")
     subprocess.run(["git", "init", "-q", "--bare", farm.client], check=True)
@@ -417,13 +417,13 @@ def test_signed_records_on_an_unsigned_queue(tmp_path):
     other = Signer.from_key_file(str(keypair(tmp_path, "o")))
     with Queue(url, str(tmp_path / "cache"), signer=signer) as q:
         got = lease.claim(q, "w1")
-        lease.report(q, "w1", got["job"], "success")
+        lease.report(q, "w1", got.job, "success")
     proc = gitqueue("verify", url)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     with Queue(url, str(tmp_path / "cache"), signer=signer) as q:
         tip = q.remote.fetch()
         reader = q.remote.reader(tip)
-        name = "b-1" if got["job"] == "a-1" else "a-1"
+        name = "b-1" if got.job == "a-1" else "a-1"
         rec = {"job": name, "worker": "w1", "token": "ab" * 16, "signer": other.fingerprint}
         tree, objects = build_tree(q.remote.object_store, reader.tree_id,
                                    {record_path("leases", name): records.dumps("lease", rec)})
@@ -446,7 +446,7 @@ def test_the_report_and_publish_copy_no_file_of_the_master(make_farm, tmp_path):
     with farm.worker_queue("k1", tmp_path / "c1") as q:
         got = lease.claim(q, "w1")
     secret = farm.cron_key.read_bytes()
-    result = (f'job = "a-1"\nversion = "1.0"\nstatus = "failure"\nworker = "w1"\ntoken = "{got["lease"]}"\n'
+    result = (f'job = "a-1"\nversion = "1.0"\nstatus = "failure"\nworker = "w1"\ntoken = "{got.lease}"\n'
               f'[log]\nname = "{farm.cron_key}"\nsize = {len(secret)}\nsha256 = "{"ab" * 32}"\n').encode()
     local_commit(str(farm.repo), {record_path("results", "a-1"): result, record_path("leases", "a-1"): None})
     farm.give_back()

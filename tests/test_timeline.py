@@ -74,11 +74,11 @@ def test_a_commit_with_several_actions_gives_one_event_each(tmp_path):
     url = make_queue(tmp_path, [job("a-1.0"), job("b-1.0"), job("c-1.0")])
     with open_queue(url, tmp_path) as q:
         held = lease.claim(q, "w1")
-        report = {"job": held["job"], "status": "success", "token": held["lease"], "duration": 7.0}
+        report = {"job": held.job, "status": "success", "token": held.lease, "duration": 7.0}
         out = lease.settle(q, [{"worker": "w1", "report": report, "claim": True},
                                {"worker": "w2", "claim": True}], lease.identity("w1"))
         events = timeline.load(q).events
     last = [(e.action, e.job, e.worker) for e in events[-3:]]
-    assert last == [("report", held["job"], "w1"), ("claim", out[0]["claim"]["job"], "w1"),
-                    ("claim", out[1]["claim"]["job"], "w2")]
+    assert last == [("report", held.job, "w1"), ("claim", out[0].claim.job, "w1"),
+                    ("claim", out[1].claim.job, "w2")]
     assert events[-3].duration == 7.0 and events[-3].status == "success"

@@ -29,16 +29,16 @@ def test_claim_and_report_over_ssh(tmp_path, sshd):
     path = make_queue(tmp_path, JOBS)
     with open_queue(sshd.url(path), tmp_path, ssh_command=sshd.ssh_command) as q:
         got = lease.claim(q, "w1")
-        lease.report(q, "w1", got["job"], "success", duration=1.5)
+        lease.report(q, "w1", got.job, "success", duration=1.5)
     # A second host with a fresh (shallow) cache sees the new state.
     with open_queue(sshd.url(path), tmp_path, host="h2", ssh_command=sshd.ssh_command) as q:
         second = lease.claim(q, "w2")
         assert os.path.exists(os.path.join(q.cache_dir, "repo.git", "shallow"))  # its first fetch was
-        assert second["job"] != got["job"]
+        assert second.job != got.job
         assert q.remote.fetch() == subprocess.run(["git", "-C", path, "rev-parse", "main"], capture_output=True,
                                                   text=True).stdout.strip().encode()
     fsck(path)
-    assert git_log(path).splitlines()[1] == f"report {got['job']}: success by w1 in 2 s"
+    assert git_log(path).splitlines()[1] == f"report {got.job}: success by w1 in 2 s"
 
 
 @pytest.mark.ssh
@@ -109,7 +109,7 @@ def test_a_killed_lock_holder_leaves_the_cache_usable(tmp_path):
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     with open_queue(url, tmp_path) as q:
-        assert lease.claim(q, "w1")["job"] in {"c-1", "a-1"}
+        assert lease.claim(q, "w1").job in {"c-1", "a-1"}
         audit = replay(q.remote, q.remote.fetch())
     assert audit.violations == [] and audit.claims == 2
     del cache
@@ -124,7 +124,7 @@ def test_a_stale_ref_lock_is_taken_away(tmp_path):
         pass
     os.utime(lock, (time.time() - 31, time.time() - 31))
     with open_queue(url, tmp_path) as q:
-        assert lease.claim(q, "w1")["job"]
+        assert lease.claim(q, "w1").job
     assert not os.path.exists(lock)
 
 
@@ -179,8 +179,8 @@ def test_git_daemon_transport(tmp_path):
         url = f"git://127.0.0.1:{port}/q.git"
         with open_queue(url, tmp_path) as q:
             got = lease.claim(q, "w1")
-            lease.report(q, "w1", got["job"], "success")
-            assert lease.claim(q, "w1")["job"] != got["job"]
+            lease.report(q, "w1", got.job, "success")
+            assert lease.claim(q, "w1").job != got.job
     finally:
         daemon.terminate()
         daemon.wait()

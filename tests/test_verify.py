@@ -61,7 +61,7 @@ def test_real_workers_over_ssh_with_the_hook_then_verify_and_git_agree(tmp_path,
 def test_verify_names_the_first_violation_and_its_commit(tmp_path):
     url = make_queue(tmp_path, [job("a-1"), job("b-1")])
     with open_queue(url, tmp_path) as q:
-        assert lease.claim(q, "w1")["job"] in ("a-1", "b-1")
+        assert lease.claim(q, "w1").job in ("a-1", "b-1")
     with open_queue(url, tmp_path) as q:
         held = next(iter(q.index.my_claims("w1")))
     bad = local_commit(url, {record_path("results", held): records.dumps(
@@ -81,7 +81,7 @@ def test_verify_names_the_first_violation_and_its_commit(tmp_path):
 def test_verify_finds_a_reused_lease_token(tmp_path):
     url = make_queue(tmp_path, [job("a-1")])
     with open_queue(url, tmp_path) as q:
-        token = lease.claim(q, "w1")["lease"]
+        token = lease.claim(q, "w1").lease
         lease.release(q, "w1", "a-1", decline=False)
     again = local_commit(url, {record_path("leases", "a-1"): records.dumps(
         "lease", {"job": "a-1", "worker": "w1", "token": token})})
@@ -99,7 +99,7 @@ def test_verify_checks_packages_against_the_tree(tmp_path):
     with open_queue(url, tmp_path) as q:
         for _ in range(2):
             got = lease.claim(q, "w1")
-            lease.report(q, "w1", got["job"], "success", packages=[package if got["job"] == "a-1" else other])
+            lease.report(q, "w1", got.job, "success", packages=[package if got.job == "a-1" else other])
     tree = tmp_path / "packages"
     (tree / "All").mkdir(parents=True)
     (tree / "All" / "a-1.tgz").write_bytes(content)
@@ -117,7 +117,7 @@ def test_an_unsigned_queue_verifies_without_signatures(tmp_path):
     url = make_queue(tmp_path, [job("a-1")])
     with open_queue(url, tmp_path) as q:
         got = lease.claim(q, "w1")
-        lease.report(q, "w1", got["job"], "success")
+        lease.report(q, "w1", got.job, "success")
     proc = gitqueue("verify", "--queue", url)
     assert proc.returncode == 0
     assert proc.stdout == ("4 commits: 1 claims, 1 results (0 late), 0 reclaims\n"
@@ -143,10 +143,10 @@ def test_verify_packages_follows_no_link(tmp_path):
     with open_queue(url, tmp_path) as q:
         for _ in range(2):
             got = lease.claim(q, "w1")
-            data = contents[got["job"]]
-            tokens[got["job"]] = got["lease"]
-            lease.report(q, "w1", got["job"], "success", packages=[
-                {"name": f"{got['job']}.tgz", "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}])
+            data = contents[got.job]
+            tokens[got.job] = got.lease
+            lease.report(q, "w1", got.job, "success", packages=[
+                {"name": f"{got.job}.tgz", "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}])
     tree = tmp_path / "packages"
     outside = tmp_path / "outside"
     outside.mkdir()

@@ -41,7 +41,7 @@ def test_sigterm_stops_the_build_and_gives_the_job_back(tmp_path):
     assert git_log(url).splitlines()[0] == "release gmake-4.4.1 (devel/gmake) by w1: worker stopped by signal 15"
     # Stopping is not declining: the same worker may take it again.
     with open_queue(url, tmp_path, host="again") as q:
-        assert lease.claim(q, "w1")["job"] == "gmake-4.4.1"
+        assert lease.claim(q, "w1").job == "gmake-4.4.1"
 
 
 def test_a_reclaimed_lease_stops_the_build(tmp_path):
@@ -57,7 +57,7 @@ def test_a_reclaimed_lease_stops_the_build(tmp_path):
             lease.reclaim(cron)
             time.sleep(1.3)
             assert [r["job"] for r in lease.reclaim(cron)] == ["slow-1"]
-            token = lease.claim(other, "w2")["lease"]
+            token = lease.claim(other, "w2").lease
             proc.send_signal(signal.SIGCONT)
             # The old holder hears of it at its next heartbeat, kills its build, and never reports.
             deadline = time.monotonic() + 20

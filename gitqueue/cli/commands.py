@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from .main import _ssh_command, cli, context, emit, json_option, queue_option, worker_option
+from .main import cli, context, emit, json_option, queue_option, worker_option
 
 
 @cli.command("init")
@@ -135,8 +135,8 @@ def claim_cmd(queue_url, worker, as_json):
 
     ctx = context(queue_url, worker)
     with ctx.open() as queue:
-        job = claim(queue, ctx.worker(), ctx.host, ctx.platform())
-    emit(job, as_json, lambda: f"{job['job']}\t{job['pkgpath'] or '-'}\t{job['lease']}")
+        job = claim(queue, ctx.worker(), ctx.host, ctx.settings().platform())
+    emit(job.as_dict(), as_json, lambda: f"{job.job}\t{job.pkgpath or '-'}\t{job.lease}")
 
 
 @cli.command("heartbeat")
@@ -156,9 +156,9 @@ def heartbeat_cmd(queue_url, worker, as_json):
     ctx = context(queue_url, worker)
     with ctx.open() as queue:
         out = heartbeat(queue, ctx.worker())
-    emit(out, as_json, lambda: "\n".join([f"held\t{j}" for j in out["held"]] + [f"lost\t{j}" for j in out["lost"]])
-         or "alive, no jobs held")
-    if out["lost"]:
+    emit({"held": out.held, "lost": out.lost}, as_json,
+         lambda: "\n".join([f"held\t{j}" for j in out.held] + [f"lost\t{j}" for j in out.lost]) or "alive, no jobs held")
+    if out.lost:
         sys.exit(5)
 
 
@@ -185,51 +185,19 @@ def report_cmd(job, status, log_file, duration, package_files, token, queue_url,
     \b
     Example: gitqueue report gmake-4.4.1 --status success --log build.log --package gmake-4.4.1.tgz
     """
-    from ..errors import GitqueueError
-    from ..lease import report
-    from ..worker import describe_log, log_name
+    from ..errors import GitqueueError, PackageRefused
+    from ..worker import report_build
 
     ctx = context(queue_url, worker)
-    log, tail = describe_log(log_file, log_name(job)) if log_file else (None, None)
+    settings = ctx.settings()
     with ctx.open() as queue:
-        packages = None
-        if package_files:
-            from ..transfer import transfer_options, upload
-
-            _, reader = queue.fetch()
-            settings = queue.settings(reader)
-            _check_package_names(reader, settings, job, package_files)
-            tree = settings.get("packages_url")
-            token = token or queue.index.my_claims(ctx.worker()).get(job)
-            if not tree or not token:
-                raise GitqueueError("--package needs the queue's packages_url and this lease's token (--lease)")
-            cfg = ctx.config
-            rsh = _ssh_command(cfg.get("rsync_rsh") or ctx.ssh_command, ctx.cache_dir)
-            # The worker's transfer settings, as `gitqueue work` uses them.
-            how = {"rsh": rsh, **transfer_options(*_transfer_settings(cfg))}
-            packages = upload(list(package_files), tree, token, **how)
-            if log_file:
-                upload([log_file], tree, token, names=[log["name"]], **how)
-        result = report(queue, ctx.worker(), job, status, token, duration, log,
-                        tail if status == "failure" else None, packages=packages, platform=ctx.platform())
+        try:
+            result = report_build(queue, ctx.worker(), job, status, token=token, duration=duration,
+                                  log_file=log_file, package_files=package_files, settings=settings,
+                                  platform=settings.platform())
+        except PackageRefused as e:
+            raise GitqueueError(f"--package {e}") from None
     emit(result, as_json, f"{job}: {status}{' (late)' if result.get('late') else ''}")
-
-
-def _check_package_names(reader, settings, job, package_files):
-    """Refuse (before uploading) a --package file that JOB's result may not name."""
-    from .. import records
-    from ..errors import GitqueueError, UnknownJob
-    from ..layout import check_job_name, package_name_problem, record_path
-
-    path = record_path("jobs", check_job_name(job))
-    data = reader.read(path)
-    if data is None:
-        raise UnknownJob(f"unknown job {job}")
-    job_rec = records.load_at("job", data, path)
-    for file in package_files:
-        problem = package_name_problem(os.path.basename(file), job_rec, settings)
-        if problem:
-            raise GitqueueError(f"--package {file}: {problem}; nothing uploaded or recorded")
 
 
 @cli.command("release")
@@ -271,45 +239,6 @@ def reclaim_cmd(queue_url, ttl, as_json):
         done = reclaim(queue, ttl=ttl)
     emit(done, as_json, lambda: "\n".join(
         f"reclaimed {r['job']} from {r['worker']} (silent {r['silent_for']} s)" for r in done) or "nothing to reclaim")
-
-
-@cli.command("work", context_settings={"ignore_unknown_options": True})
-@queue_option
-@worker_option
-@click.option("--once", is_flag=True, help="Build one job, then stop.")
-@click.option("--max-jobs", type=click.IntRange(min=1), help="Build at most this many jobs, then stop.")
-@click.option("--heartbeat", "heartbeat_every", type=float, help="Seconds between heartbeats (default: TTL/4).")
-@click.option("--max-wait", type=float, default=60, show_default=True,
-              help="Longest pause between claims while nothing is ready.")
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def work_cmd(queue_url, worker, once, max_jobs, heartbeat_every, max_wait, command):
-    """Claim, build with COMMAND, report; repeat until the queue is finished.
-
-    COMMAND runs with GITQUEUE_JOB, GITQUEUE_VERSION, GITQUEUE_PKGPATH, GITQUEUE_LEASE,
-    GITQUEUE_DEPS and MULTI_VERSION variables in its environment; exit 0 means success.
-
-    \b
-    Example: gitqueue work --worker hp300-1 -- sh -c 'cd /usr/pkgsrc/$GITQUEUE_PKGPATH && bmake package'
-    """
-    from ..worker import Worker
-
-    ctx = context(queue_url, worker)
-    with ctx.open() as queue:
-        cfg = ctx.config
-        attempts, backoff, timeout = _transfer_settings(cfg)
-        w = Worker(queue, ctx.worker(), list(command), host=ctx.host, heartbeat_every=heartbeat_every,
-                   max_wait=max_wait, out=lambda line: click.echo(line, err=True), platform=ctx.platform(),
-                   pkgsrc_dir=cfg.get("pkgsrc_dir"), pkgname_command=cfg.get("pkgname_command"),
-                   packages_dir=cfg.get("packages_dir"),
-                   rsync_rsh=_ssh_command(cfg.get("rsync_rsh") or ctx.ssh_command, ctx.cache_dir),
-                   transfer_attempts=attempts, transfer_backoff=backoff, transfer_timeout=timeout)
-        code = w.run(max_jobs=1 if once else max_jobs)
-    sys.exit(code)
-
-
-def _transfer_settings(cfg) -> tuple:
-    """(attempts, backoff, timeout) for uploads and downloads, from the worker's config file."""
-    return cfg.get("transfer_attempts", 5), cfg.get("transfer_backoff", 1.0), cfg.get("network_timeout")
 
 
 @cli.command("demo")

@@ -6,28 +6,11 @@ held by this worker (report, release, heartbeat).
 """
 
 import os
-import re
-import sys
 
 import click
 
 from ..errors import GitqueueError
 from ..text import printable
-
-CONFIG_KEYS = ("queue", "worker", "cache_dir", "ssh_command", "branch", "host",
-               # what the worker is, when detection is wrong or impossible
-               "arch", "os_release", "pkgsrc_branch", "pkgsrc_revision",
-               # building pkgsrc: the tree, the command that names a directory's PKGNAME, where
-               # binary packages of dependencies go, and rsync's ssh for the package tree
-               "pkgsrc_dir", "pkgname_command", "packages_dir", "rsync_rsh",
-               # how hard to retry rsync transfers before giving a job back
-               "transfer_attempts", "transfer_backoff",
-               # seconds a fetch, push or rsync may go without progress before it is abandoned
-               "network_timeout",
-               # the SSH key that signs this machine's commits: a private key file, or "agent"
-               # ("agent:FINGERPRINT" to choose among the agent's keys)
-               "signing_key")
-NUMERIC_KEYS = {"transfer_attempts": int, "transfer_backoff": (int, float), "network_timeout": (int, float)}
 
 
 def _config_path() -> str:
@@ -46,16 +29,17 @@ def _load_config() -> dict:
         return {}
     except (OSError, ValueError) as e:
         raise click.ClickException(f"{path}: {e}")
-    unknown = set(data) - set(CONFIG_KEYS)
+    from ..config import WorkerSettings, check_connection, config_keys
+    from ..errors import SettingInvalid
+
+    unknown = set(data) - set(config_keys())
     if unknown:
         raise click.ClickException(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}")
-    for key, value in data.items():
-        kind = NUMERIC_KEYS.get(key)
-        if kind is not None:
-            if isinstance(value, bool) or not isinstance(value, kind) or value < (1 if kind is int else 0):
-                raise click.ClickException(f"{path}: {key} must be a positive number")
-        elif not isinstance(value, str):
-            raise click.ClickException(f"{path}: {key} must be a string")
+    try:
+        check_connection(data)
+        WorkerSettings.from_mapping(data)
+    except SettingInvalid as e:
+        raise click.ClickException(f"{path}: {e}") from None
     queue = data.get("queue")
     if queue and "://" not in queue and not os.path.isabs(queue) and ":" not in queue.split("/")[0]:
         # A relative queue path means relative to the config file, not to where a worker starts.
@@ -87,16 +71,14 @@ class Context:
         return self._config
 
     def open(self, url=None):
-        """Open the queue at `url` (default: the --queue option)."""
-        from ..queue import Queue
+        """Open the queue at `url` (default: the --queue option) as this context's worker."""
+        from ..connection import open_queue
 
         url = url or self.queue_url
         if not url:
             raise click.UsageError("no queue given: pass --queue URL, set GITQUEUE_QUEUE or 'queue' in "
                                    + _config_path())
-        if "://" not in url and not url.startswith("/") and ":" not in url.split("/")[0]:
-            url = os.path.abspath(url)
-        kwargs = {}
+        clock = None
         offset = os.environ.get("GITQUEUE_CLOCK_OFFSET")
         if offset:
             # For tests of clock skew: this process's clock runs OFFSET seconds off. gitqueue
@@ -107,77 +89,39 @@ class Context:
                 seconds = float(offset)
             except ValueError:
                 raise click.ClickException(f"GITQUEUE_CLOCK_OFFSET={offset!r}: expected seconds") from None
-            kwargs["clock"] = lambda: time.time() + seconds
-        if self.config.get("network_timeout"):
-            kwargs["network_timeout"] = self.config["network_timeout"]
-        return Queue(url, self.cache_dir, self.branch, _ssh_command(self.ssh_command, self.cache_dir),
-                     signer=self.signer(), notice=lambda message: click.echo(printable(message), err=True), **kwargs)
+            clock = lambda: time.time() + seconds  # noqa: E731
+        return open_queue(url, worker=self.worker_name, cache_dir=self.cache_dir, ssh_command=self.ssh_command,
+                          signing_key=self.signing_key, branch=self.branch,
+                          agent_socket=os.environ.get("SSH_AUTH_SOCK"),
+                          reuse_connections=os.environ.get("GITQUEUE_SSH_REUSE") != "0",
+                          network_timeout=self.config.get("network_timeout") or None, clock=clock,
+                          notice=lambda message: click.echo(printable(message), err=True))
 
-    def signer(self):
-        """The signing.Signer of --signing-key (or its env and config), or None."""
-        spec = self.signing_key
-        if not spec:
-            return None
-        from ..signing import Signer
+    def ssh(self, command=None) -> str:
+        """`command` (default: the --ssh-command) with the connection reuse that open() gives ssh."""
+        from ..connection import ssh_with_reuse
 
-        if spec == "agent" or spec.startswith("agent:"):
-            sock = os.environ.get("SSH_AUTH_SOCK")
-            if not sock:
-                raise click.ClickException(f"signing key {spec!r}: SSH_AUTH_SOCK is not set (no ssh-agent)")
-            return Signer.from_agent(spec[6:] or None, socket_path=sock)
-        return Signer.from_key_file(os.path.expanduser(spec))
+        return ssh_with_reuse(command or self.ssh_command, self.cache_dir,
+                              agent_socket=os.environ.get("SSH_AUTH_SOCK"),
+                              reuse=os.environ.get("GITQUEUE_SSH_REUSE") != "0")
 
-    def platform(self):
-        """This worker's description (detected, overridden by the config file)."""
-        from ..platform import describe
+    def settings(self, **options):
+        """This worker's WorkerSettings: the config file's, the command line's `options` winning.
 
-        return describe(self.config, self.config.get("pkgsrc_dir"))
+        rsync reaches the package tree through the ssh of the queue (or rsync_rsh), reused.
+        """
+        from ..config import WorkerSettings
+
+        values = {**self.config, **{key: value for key, value in options.items() if value is not None}}
+        values["host"] = self.host
+        values["rsync_rsh"] = self.ssh(self.config.get("rsync_rsh"))
+        return WorkerSettings.from_mapping(values)
 
     def worker(self):
         if not self.worker_name:
             raise click.UsageError("no worker name given: pass --worker NAME, set GITQUEUE_WORKER or "
                                    "'worker' in " + _config_path())
         return self.worker_name
-
-
-# A unix socket's path holds at most 103 bytes (sun_path is 104 on the BSDs and macOS, 108 on
-# Linux, with the NUL). ssh first binds the socket under a temporary name: the path + "." + 16
-# random characters.
-SOCKET_PATH_MAX = 103
-SSH_TEMP_SUFFIX = 17
-
-
-def _ssh_command(command, cache_dir):
-    """ssh with OpenSSH connection reuse: one handshake serves many fetches and pushes.
-
-    A connection is shared only by commands that authenticate the same way: the same ssh command
-    (its -i KEY, -F CONFIG and -o options), the same agent, user, host and port.
-    """
-    base = command or "ssh"
-    if "ControlMaster" in base or os.environ.get("GITQUEUE_SSH_REUSE") == "0":
-        return base
-    # ssh's %C hashes this host and the remote user, host and port, not the key: a second
-    # identity of this machine (its own key, config or agent) would run through the first one's
-    # authenticated connection, under its forced command, and push as that worker. So the name
-    # also carries a hash of the whole command and of the agent socket that offers keys.
-    import hashlib
-
-    identity = hashlib.sha256(f"{base}\0{os.environ.get('SSH_AUTH_SOCK', '')}".encode()).hexdigest()[:12]
-    name = f"ssh-{identity}-%C"
-    # The path must stay under the limit with %C expanded (40 hex digits). And it goes through
-    # two word splittings (this command's, then ssh's own -o parsing), so a directory with
-    # spaces or quotes is not used.
-    longest = SOCKET_PATH_MAX - SSH_TEMP_SUFFIX - len(os.sep + name.replace("%C", "c" * 40))
-    plain = len(cache_dir) <= longest and re.fullmatch(r"[A-Za-z0-9/._+-]+", cache_dir)
-    directory = cache_dir if plain else os.path.join("/tmp", f"gitqueue-{os.getuid()}")
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    if os.stat(directory).st_uid != os.getuid():
-        return base  # someone else's directory: no shared sockets
-    path = os.path.join(directory, name)
-    # Keepalives: a worker behind NAT whose connection silently died gives up after about a
-    # minute and retries, instead of waiting on the dead connection forever.
-    return (f"{base} -o ControlMaster=auto -o ControlPath={path} -o ControlPersist=60"
-            " -o ServerAliveInterval=15 -o ServerAliveCountMax=4")
 
 
 def queue_option(f):
@@ -212,6 +156,7 @@ LAZY_COMMANDS = {
     "simulate": "schedule", "priority": "schedule", "noway": "schedule",
     "status": "view", "html": "view", "history": "view", "diff": "view", "log": "view",
     "worker": "registry",
+    "work": "work",
     "hooks": "server", "verify": "server", "serve": "server",
     "gc": "maintenance",
 }

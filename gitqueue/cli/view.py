@@ -275,15 +275,10 @@ def log_cmd(job, attempt, tail, max_bytes, raw, tree, queue_url):
     """
     from ..buildlog import read_log
     from ..text import printable
-    from ..transfer import transfer_options
-    from .commands import _transfer_settings
-    from .main import _ssh_command
-
     ctx = context(queue_url)
-    cfg = ctx.config
+    settings = ctx.settings()
     # How `gitqueue work` reaches the package tree: the same ssh, the same retries.
-    transfer = {"rsh": _ssh_command(cfg.get("rsync_rsh") or ctx.ssh_command, ctx.cache_dir),
-                **transfer_options(*_transfer_settings(cfg))}
+    transfer = settings.transfer(settings.rsync_rsh)
     with ctx.open() as queue:
         got = read_log(queue, job, attempt, max_bytes=max_bytes, tail=tail, tree=tree, transfer=transfer)
     if got["cut"] == "max_bytes":

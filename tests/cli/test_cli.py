@@ -478,28 +478,26 @@ def test_unreachable_git_url_fails_in_one_line(gq):
     assert line.startswith("Error: git://127.0.0.1:1/q.git: fetch failed: ")
 
 
-def control_path(command, cache_dir) -> str:
+def control_path(command, cache_dir, agent="/run/agent-1") -> str:
     """The ControlPath that gitqueue gives ssh for `command` with the cache root `cache_dir`."""
     import shlex
 
-    from gitqueue.cli.main import _ssh_command
+    from gitqueue.connection import ssh_with_reuse
 
-    options = [word.partition("=") for word in shlex.split(_ssh_command(command, str(cache_dir)))]
+    options = [word.partition("=") for word in shlex.split(ssh_with_reuse(command, str(cache_dir),
+                                                                          agent_socket=agent))]
     return next(value for key, _, value in options if key == "ControlPath")
 
 
-def test_one_ssh_connection_per_identity(tmp_path, monkeypatch):
+def test_one_ssh_connection_per_identity(tmp_path):
     """ssh's %C names only user, host and port: what picks the key must name the socket too."""
-    monkeypatch.delenv("GITQUEUE_SSH_REUSE", raising=False)
-    monkeypatch.setenv("SSH_AUTH_SOCK", "/run/agent-1")
     one = "ssh -F /dev/null -i /keys/w1 -o IdentitiesOnly=yes"
     two = one.replace("/keys/w1", "/keys/w2")
     assert control_path(one, tmp_path) == control_path(one, tmp_path)
     assert control_path(one, tmp_path) != control_path(two, tmp_path)
     assert control_path(one, tmp_path) != control_path(one + " -F /etc/other", tmp_path)
     first = control_path(one, tmp_path)
-    monkeypatch.setenv("SSH_AUTH_SOCK", "/run/agent-2")  # another agent offers other keys
-    assert control_path(one, tmp_path) != first
+    assert control_path(one, tmp_path, agent="/run/agent-2") != first  # another agent offers other keys
     import tempfile
 
     short = tempfile.mkdtemp(prefix="gq", dir="/tmp")

@@ -82,7 +82,7 @@ def test_attempts_are_numbered_as_history_numbers_them(gq, tmp_path):
     tree = tmp_path / "tree"
     url = make_package_queue(tmp_path, str(tree), [job("a-1")])
     with open_queue(url, tmp_path, host="h0") as q:
-        first = lease.claim(q, "w0")["lease"]
+        first = lease.claim(q, "w0").lease
         lease.release(q, "w0", "a-1", "not today", decline=False)
     work_once(tmp_path, url, "echo second; exit 1")
     rows = json.loads(gq("history", "a-1", "--queue", url, "--json").stdout)
@@ -108,11 +108,11 @@ def test_log_errors_are_one_line(gq, tmp_path):
     url = make_package_queue(tmp_path, str(tmp_path / "tree"), [job("a-1"), job("b-1")])
     with open_queue(url, tmp_path) as q:
         got = lease.claim(q, "w1")  # building: no log anywhere yet
-    other = ({"a-1", "b-1"} - {got["job"]}).pop()
+    other = ({"a-1", "b-1"} - {got.job}).pop()
     for name, line in (("zz-1", "unknown job zz-1: the queue has no job of that name (give its PKGNAME)"),
                        ("../x", "invalid job name '../x'"),
                        (other, f"{other} has not been attempted yet: no log"),
-                       (got["job"], f"no log of {got['job']} (lease {got['lease'][:8]}, building by w1): only a "
+                       (got.job, f"no log of {got.job} (lease {got.lease[:8]}, building by w1): only a "
                                     "reported result names an uploaded log, and this host's cache has none")):
         result = gq("log", name, "--queue", url, code=1)
         assert (result.stdout, result.stderr) == ("", f"Error: {line}\n")
@@ -130,10 +130,10 @@ def test_a_log_that_is_not_its_result_s_is_not_shown(gq, tmp_path):
         tokens = {}
         for _ in range(4):
             got = lease.claim(q, "w1")
-            tokens[got["job"]] = got["lease"]
-            (tree / "incoming" / got["lease"]).mkdir(parents=True)
-            if got["job"] in ("a-1", "b-1"):
-                lease.report(q, "w1", got["job"], "failure", log=described)
+            tokens[got.job] = got.lease
+            (tree / "incoming" / got.lease).mkdir(parents=True)
+            if got.job in ("a-1", "b-1"):
+                lease.report(q, "w1", got.job, "failure", log=described)
     # a-1: other bytes of the same size; b-1: a link to the file the result describes.
     (tree / "incoming" / tokens["a-1"] / "x.log").write_bytes(b"x" * len(secret))
     (tree / "incoming" / tokens["b-1"] / "x.log").symlink_to(tmp_path / "secret")
@@ -167,7 +167,7 @@ def test_on_the_master_the_tree_is_given_as_for_publish(gq, tmp_path):
     log = tmp_path / "a.log"
     log.write_text("a-1 failed\n")
     with open_queue(url, tmp_path) as q:
-        token = lease.claim(q, "w1")["lease"]
+        token = lease.claim(q, "w1").lease
         (tree / "incoming" / token).mkdir(parents=True)
         (tree / "incoming" / token / "a.log").write_bytes(log.read_bytes())
         lease.report(q, "w1", "a-1", "failure", log={"name": "a.log", "size": log.stat().st_size,

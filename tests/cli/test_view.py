@@ -200,7 +200,7 @@ def test_html_copies_the_logs_of_a_local_package_tree_and_never_through_a_link(g
     with open_queue(url, tmp_path) as q:
         for _ in range(2):
             got = lease.claim(q, "w1")
-            lease.report(q, "w1", got["job"], "failure", log={"name": "x.log", "size": 1, "sha256": "0" * 64})
+            lease.report(q, "w1", got.job, "failure", log={"name": "x.log", "size": 1, "sha256": "0" * 64})
     (tree / "logs" / "a-1").mkdir(parents=True)
     (tree / "logs" / "a-1" / "x.log").symlink_to(tmp_path / "elsewhere" / "x.log")
     (tree / "logs" / "b-1").symlink_to(tmp_path / "elsewhere")
@@ -221,7 +221,7 @@ def test_html_refuses_a_result_with_a_path_for_a_log_name(gq, tmp_path):
     tree = tmp_path / "tree"
     url = make_package_queue(tmp_path, str(tree), [job("a-1")])
     with open_queue(url, tmp_path) as q:
-        token = lease.claim(q, "w1")["lease"]
+        token = lease.claim(q, "w1").lease
     (tree / "logs" / "a-1").mkdir(parents=True)
     hostile = tomli_w.dumps({"job": "a-1", "version": "1.0", "status": "failure", "worker": "w1", "token": token,
                              "log": {"name": "/etc/passwd", "size": 1, "sha256": "0" * 64}}).encode()
@@ -240,7 +240,7 @@ def test_a_linked_log_goes_neither_into_logs_nor_into_the_report(gq, tmp_path):
     secret = os.urandom(16).hex().encode()
     (tmp_path / "secret").write_bytes(secret)
     with open_queue(url, tmp_path) as q:
-        token = lease.claim(q, "w1")["lease"]
+        token = lease.claim(q, "w1").lease
         (tree / "incoming" / token).mkdir(parents=True)
         (tree / "incoming" / token / "x.log").symlink_to(tmp_path / "secret")
         lease.report(q, "w1", "a-1", "failure", log={"name": "x.log", "size": len(secret),
@@ -261,10 +261,10 @@ def test_status_shows_churn_instead_of_an_estimate(gq, tmp_path):
     url = make_queue(tmp_path, [job(f"j{i}-1") for i in range(4)])
     with open_queue(url, tmp_path) as q:
         got = lease.claim(q, "good")
-        lease.report(q, "good", got["job"], "success")
+        lease.report(q, "good", got.job, "success")
         for _ in range(4):
             got = lease.claim(q, "stuck")
-            lease.release(q, "stuck", got["job"], "cannot fetch the packages of x-1", decline=False)
+            lease.release(q, "stuck", got.job, "cannot fetch the packages of x-1", decline=False)
     data = json.loads(gq("status", "--queue", url, "--json").stdout)
     assert data["churn"]["workers"] == [{"worker": "stuck", "given_back": 4}]
     assert data["churn"]["released_last_hour"] == 4 and data["churn"]["built_last_hour"] == 1
