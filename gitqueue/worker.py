@@ -4,15 +4,20 @@ One process, one thread: dulwich repositories and clients are not thread-safe, s
 happen between waits on the build command rather than in a background thread.
 """
 
+import fcntl
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import time
 
 from .backoff import Backoff, jittered
 from .config import WorkerSettings
-from .errors import GitqueueError, NothingReady, PackageRefused, PushRefused, QueueFinished, RemoteError
+from .errors import GitqueueError, LeaseLost, NothingReady, PackageRefused, PushRefused, QueueFinished, RemoteError
+from .layout import min_heartbeat_seconds
+from .lease import Claim, claim, heartbeat, release, report
+from .text import printable
 
 REFUSALS_TO_STOP = 3  # the server refusing this worker's pushes that many times in a row
 # Jobs given back in a row because of this worker's own trouble (its transfers, its disk) before
@@ -20,9 +25,6 @@ REFUSALS_TO_STOP = 3  # the server refusing this worker's pushes that many times
 OWN_TROUBLE_TO_STOP = 3
 # Times one job may be given back by this worker for one cause before it declines the job.
 SAME_CAUSE_TO_DECLINE = 2
-from .lease import Claim, claim, heartbeat, release, report
-from .layout import min_heartbeat_seconds
-from .text import printable
 
 LOG_TAIL = 4000
 MAX_LEFT_OUT = 10  # lines naming the output files a job does not upload; then a count
@@ -143,6 +145,75 @@ def check_package_names(reader, queue_settings: dict, job: str, package_files) -
             raise PackageRefused(file, problem)
 
 
+class BuildLocks:
+    """One lock file per lease that a `gitqueue work` process of this host is working on.
+
+    The process holds an flock on running/TOKEN from the moment it has the lease until the lease
+    is settled or given back. The kernel drops the lock when the process dies, however it dies,
+    so a lock file whose lock is free names a lease whose build was lost: a crash, a kill, a
+    reboot. Without this, a worker started again within the lease TTL kept the dead build's
+    lease alive with its heartbeats, and nobody ever built the job.
+    """
+
+    _TOKEN = re.compile(r"[0-9a-f]{16,64}")
+
+    def __init__(self, directory: str):
+        self.directory = directory
+
+    def _path(self, token: str) -> str:
+        if not self._TOKEN.fullmatch(token):
+            raise ValueError(f"not a lease token: {token!r}")
+        return os.path.join(self.directory, token)
+
+    def hold(self, token: str) -> int:
+        """Lock running/TOKEN for this process; returns the descriptor that holds the lock."""
+        path = self._path(token)
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        # Locked before it appears under its name: a lock file is never seen unlocked while alive.
+        tmp = os.path.join(self.directory, f".{token}.{os.getpid()}")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.replace(tmp, path)
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
+
+    def let_go(self, token: str, fd: int) -> None:
+        """The lease is settled or given back: remove its lock file, then unlock."""
+        try:
+            os.unlink(self._path(token))
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+    def lost(self, token: str) -> bool:
+        """Whether running/TOKEN exists and no live process holds its lock."""
+        path = self._path(token)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            try:
+                return os.path.samestat(os.fstat(fd), os.stat(path))
+            except FileNotFoundError:
+                return False  # let go of meanwhile: settled
+        finally:
+            os.close(fd)
+
+    def forget(self, token: str) -> None:
+        try:
+            os.unlink(self._path(token))
+        except FileNotFoundError:
+            pass
+
+
 class Worker:
     """Runs `command` for one job after another until the queue is finished or told to stop.
 
@@ -175,6 +246,8 @@ class Worker:
         self.stop_signal = None
         self.child = None
         self.log_dir = os.path.join(queue.cache_dir, "logs")
+        self.locks = BuildLocks(os.path.join(queue.cache_dir, "running"))
+        self.held = None  # (token, descriptor) of the lease this process works on
         self.done = 0
         self.spool = None
         self.refusals = 0
@@ -195,8 +268,35 @@ class Worker:
         try:
             return self._loop(max_jobs)
         finally:
+            self._hold(None)
             for s, handler in old.items():
                 signal.signal(s, handler)
+
+    def _hold(self, job) -> None:
+        """Hold the lock of `job`'s lease (None: of no lease), letting go of the one held before."""
+        token = job.lease if job is not None else None
+        if self.held is not None and self.held[0] != token:
+            self.locks.let_go(*self.held)
+            self.held = None
+        if token is not None and self.held is None:
+            self.held = (token, self.locks.hold(token))
+
+    def _give_back_lost_builds(self) -> None:
+        """Give back the leases this host took whose build no process runs any more."""
+        for job, token in sorted(self.queue.index.my_claims(self.name).items()):
+            if (self.held is not None and self.held[0] == token) or not self.locks.lost(token):
+                continue
+            where = f" on {self.host}" if self.host else " here"
+            reason = f"its build{where} was lost: the gitqueue work process building it stopped"
+            try:
+                release(self.queue, self.name, job, reason, token, decline=False)
+                self.out(f"{self.name}: gave back {job}: {reason}")
+            except LeaseLost:
+                self.queue.index.forget_claim(job)  # reclaimed or settled meanwhile
+            except GitqueueError as e:
+                self.out(f"{self.name}: could not give back {job} ({reason}): {e}")
+                continue
+            self.locks.forget(token)
 
     def _loop(self, max_jobs):
         _, reader = self.queue.fetch()
@@ -210,9 +310,12 @@ class Worker:
         job = None
         asked = False  # whether job is the answer of a claim made at the end of the last round
         while self.stop_signal is None:
+            self._hold(job)
             if job is None:
                 if not asked:
+                    self._give_back_lost_builds()
                     job, finished = self._claim_next()
+                    self._hold(job)
                     if finished:
                         return 0
                 asked = False

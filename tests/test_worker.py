@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -193,3 +194,47 @@ def test_a_broken_pkgsrc_tree_stops_the_worker_instead_of_declining_every_job(tm
                                            "worker, not in the jobs; stopping. The last: cannot ask my pkgsrc for "
                                            "the PKGNAME of devel/p"), out
     assert len([s for s in git_log(url).splitlines() if s.startswith("release ")]) == 3
+
+
+def test_a_worker_started_again_gives_back_the_build_it_lost(tmp_path):
+    """A crash, then `gitqueue work` again within the TTL: its heartbeats must not keep the dead build's lease."""
+    url = make_queue(tmp_path, [job("slow-1"), job("other-1")], ttl=3600)
+    started = tmp_path / "started"
+    first = work(url, tmp_path, "w1", f'echo "$GITQUEUE_JOB" >> {started}; sleep 60')
+    wait_for(started)
+    lost = started.read_text().strip()
+    # The machine crashes: the worker and its build die at once, nothing is given back.
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    subprocess.run(["pkill", "-KILL", "-f", f"echo \"$GITQUEUE_JOB\" >> {started}"], check=False)
+    again = work(url, tmp_path, "w1", "true")
+    out, _ = again.communicate(timeout=60)
+    assert again.returncode == 0, out
+    host = socket.gethostname()
+    assert f"w1: gave back {lost}: its build on {host} was lost: the gitqueue work process building it stopped" in out
+    log = git_log(url)
+    assert f"release {lost} by w1: its build on {host} was lost" in log
+    # Given back, not declined: the same worker built it, and the queue finished.
+    assert f"report {lost} by w1: success" in log or f"{lost} success" in out, out
+    assert "queue finished" in out
+    assert not os.listdir(tmp_path / "cache-w1" / os.listdir(tmp_path / "cache-w1")[0] / "running")
+
+
+def test_a_worker_beside_a_live_one_leaves_its_lease_alone(tmp_path):
+    """Two processes of one worker on one host: the second must not take the first's build for lost."""
+    url = make_queue(tmp_path, [job("slow-1"), job("next-1", deps=["slow-1"])], ttl=3600)
+    started = tmp_path / "started"
+    first = work(url, tmp_path, "w1", f"touch {started}; sleep 8")
+    wait_for(started)
+    second = work(url, tmp_path, "w1", "true", "--max-wait", "0.5")
+    try:
+        out_first, _ = first.communicate(timeout=60)
+        out_second, _ = second.communicate(timeout=60)
+    finally:
+        for p in (first, second):
+            if p.poll() is None:
+                p.kill()
+    assert first.returncode == 0 and second.returncode == 0, out_first + out_second
+    assert "gave back" not in out_first + out_second
+    assert "release" not in git_log(url)
+    assert "w1: slow-1 success" in out_first
