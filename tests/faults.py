@@ -258,7 +258,10 @@ class Harness:
             if now - t0 > deadline:
                 raise AssertionError(f"seed {self.seed}: the build did not finish in {deadline} s\n"
                                      + self.diagnose())
-            faulting = faults_for is None or now - t0 < faults_for
+            # Past faults_for, go on only until each kind of fault has struck once (a loaded
+            # machine runs fewer rounds, and a cut finds no connection open between two fetches).
+            unmet = not (self.figures["workers killed"] and self.figures["connections cut"])
+            faulting = faults_for is None or now - t0 < faults_for or (unmet and now - t0 < 3 * faults_for)
             self.thaw(everyone=not faulting)
             if faulting:
                 action = self.rng.random()
