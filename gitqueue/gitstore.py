@@ -18,9 +18,9 @@ import os
 import stat
 import time
 
-from dulwich.errors import HangupException, GitProtocolError, NotGitRepository
-from dulwich.pack import PackFileDisappeared
+from dulwich.errors import GitProtocolError, HangupException, NotGitRepository
 from dulwich.objects import Blob, Commit, Tree
+from dulwich.pack import PackFileDisappeared
 from dulwich.repo import Repo
 
 from .errors import GitqueueError, PushRefused, PushRejected, QueueNotFound, RemoteError, RepositoryDamaged

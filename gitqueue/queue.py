@@ -13,7 +13,7 @@ import time
 from . import records
 from .backoff import Backoff
 from .errors import GitqueueError, PushRejected, QueueNotFound, RemoteError, RepositoryDamaged
-from .gitstore import CachedRemote, LocalRemote, is_local_path, make_commit, build_tree
+from .gitstore import CachedRemote, LocalRemote, build_tree, is_local_path, make_commit
 from .layout import SETTINGS
 
 

@@ -468,7 +468,10 @@ class _Check:
             rec = records.loads(kind, data, path)
         else:
             rec = records.load_at(kind, data, path)
-        keys = [a["key"] for a in rec.get("admins", [])] if kind == "queue" else [rec["key"]] if kind == "worker" else []
+        if kind == "queue":
+            keys = [a["key"] for a in rec.get("admins", [])]
+        else:
+            keys = [rec["key"]] if kind == "worker" else []
         if keys:
             from .signing import key_blob
 

@@ -19,7 +19,7 @@ import base64
 import hashlib
 import re
 import struct
-from functools import lru_cache
+from functools import cache
 
 from .errors import GitqueueError
 
@@ -355,7 +355,7 @@ def _principal_of(key: bytes, allowed: dict[str, list[str]]) -> str | None:
 # -- verification -----------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=None)
+@cache
 def cryptography_available() -> bool:
     """True when the optional `cryptography` package can be imported (checked once)."""
     try:
@@ -793,7 +793,7 @@ def _agent_request(socket_path: str, kind: int, payload: bytes, timeout: float) 
             if not 1 <= length <= _AGENT_MAX_MESSAGE:
                 raise SigningError(f"ssh-agent at {socket_path} sent a {length}-byte message")
             body = receive(sock, length)
-    except socket.timeout:
+    except TimeoutError:
         raise SigningError(f"ssh-agent at {socket_path} did not answer in {timeout:.0f} s") from None
     except OSError as e:
         raise SigningError(f"ssh-agent at {socket_path}: {e.strerror or e}") from None
