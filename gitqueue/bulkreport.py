@@ -57,7 +57,7 @@ def build(queue) -> dict:
             "log_tail": (result or {}).get("log_tail"),
         })
 
-    workers = {}
+    workers: dict[str, dict] = {}
     for a in attempts:
         w = workers.setdefault(a["worker"], {"worker": a["worker"], "success": 0, "failure": 0, "released": 0,
                                              "reclaimed": 0, "building": 0, "busy": 0.0, "first": None,

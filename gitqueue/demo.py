@@ -109,8 +109,8 @@ def run_demo(directory: str, workers: int = 4, speed: float = 1.0, out=print) ->
             p.wait(timeout=30)
         except subprocess.TimeoutExpired:
             p.kill()
-    for f in logs.values():
-        f.close()
+    for log in logs.values():
+        log.close()
     s = status(queue)
     queue.close()
     out("")

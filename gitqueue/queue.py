@@ -9,12 +9,17 @@ import hashlib
 import os
 import re
 import time
+from typing import TYPE_CHECKING
 
 from . import records
 from .backoff import Backoff
 from .errors import GitqueueError, PushRejected, QueueNotFound, RemoteError, RepositoryDamaged
 from .gitstore import CachedRemote, LocalRemote, build_tree, is_local_path, make_commit
 from .layout import SETTINGS
+
+if TYPE_CHECKING:
+    from .index import Index
+    from .locking import FileLock
 
 
 class Change:
@@ -40,9 +45,9 @@ class Queue:
         self.cache_dir = os.path.join(cache_root, _cache_name(url, branch))
         os.makedirs(self.cache_dir, exist_ok=True)
         self._ssh_command = ssh_command
-        self._remote = None
-        self._index = None
-        self._lock = None
+        self._remote: LocalRemote | CachedRemote | None = None
+        self._index: Index | None = None
+        self._lock: FileLock | None = None
         self.stats = {"pushes": 0, "rejected": 0}
         # signing.Signer: every commit made through this queue is signed with it (docs/trust.md)
         self.signer = signer

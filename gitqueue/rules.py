@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from . import layout, records
 from .errors import GitqueueError
-from .gitstore import TreeReader, object_header, read_object
+from .gitstore import Commit, TreeReader, object_header, read_object
 from .layout import SETTINGS, TOP_FILES, record_path, worker_path
 from .trees import TreeWalk
 
@@ -654,8 +654,8 @@ def first_parent_chain(store, old: bytes | None, new: bytes, limit: int | None =
     before the commit: ChainError for one that is missing, not a commit, or larger than
     MAX_COMMIT_BYTES.
     """
-    chain = []
-    sha = new
+    chain: list[Commit] = []
+    sha: bytes | None = new
     while sha != old:
         if sha is None or (limit is not None and len(chain) >= limit):
             return None
