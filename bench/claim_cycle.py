@@ -139,7 +139,8 @@ def main():
     print(f"{'signing':10} {'wall ms':>8} {'cpu ms':>8} {'added wall ms':>14}")
     base = signing_rows[0][1]
     for label, w, c in signing_rows:
-        print(f"{label if label != 'local' else 'unsigned':10} {w * 1000:8.0f} {c * 1000:8.0f} {(w - base) * 1000:14.1f}")
+        name = label if label != 'local' else 'unsigned'
+        print(f"{name:10} {w * 1000:8.0f} {c * 1000:8.0f} {(w - base) * 1000:14.1f}")
     by = {(t, q): c for t, q, w, c in rows}
     for t in {r[0] for r in rows}:
         if (t, "pkgsrc-29k") in by:

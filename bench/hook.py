@@ -132,6 +132,7 @@ def main():
     ap.add_argument("--history", type=int, default=500, help="claim+report pairs in the replayed history")
     opts = ap.parse_args()
     from gitqueue.signing import cryptography_available
+
     from sshd import SshServer, sshd_available
 
     with tempfile.TemporaryDirectory(prefix="gq-bench-hook-") as tmp:

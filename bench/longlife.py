@@ -25,7 +25,6 @@ import heapq
 import itertools
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -58,6 +57,7 @@ def generate(url: str, cache: str, max_results: int | None = None, leave: int = 
     from gitqueue.admin import import_jobs, init_queue
     from gitqueue.importers import load_graph
     from gitqueue.queue import Queue
+
     from virtual_build import Clock, fails, seconds
 
     clock = Clock(START)

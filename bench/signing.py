@@ -111,7 +111,8 @@ def main():
     parser.add_argument("--no-callgrind", action="store_true", help="skip the valgrind instruction counts")
     args = parser.parse_args()
 
-    print(f"python {sys.version.split()[0]}, {subprocess.run(['ssh', '-V'], capture_output=True, text=True).stderr.strip()}, "
+    ssh_version = subprocess.run(['ssh', '-V'], capture_output=True, text=True).stderr.strip()
+    print(f"python {sys.version.split()[0]}, {ssh_version}, "
           f"cryptography {'installed' if cryptography_available() else 'NOT installed'}; median of {args.n}, ms")
     with tempfile.TemporaryDirectory(prefix="bench-signing-") as tmp:
         agent, sock = start_agent(tmp)

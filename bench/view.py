@@ -42,6 +42,7 @@ def main():
     from gitqueue.admin import import_jobs, init_queue
     from gitqueue.importers import load_graph
     from gitqueue.queue import Queue
+
     from virtual_build import Clock, run
 
     with tempfile.TemporaryDirectory(prefix="gq-bench-view-") as tmp:

@@ -1,6 +1,7 @@
 """Administrative changes: create a queue, load its dependency graph, change its priority and no-way lists."""
 
 import os
+from collections.abc import Sequence
 
 from . import layout, lists, records
 from .errors import GitqueueError
@@ -82,9 +83,9 @@ def import_jobs(queue, jobs: list[dict], source: str) -> dict:
     return {"jobs": len(jobs), "edges": edges, "prefailed": prefailed}
 
 
-def change_priority(queue, add=(), remove=()) -> list[str]:
+def change_priority(queue, add: Sequence[str] = (), remove: Sequence[str] = ()) -> list[str]:
     """Add and remove patterns of the priority list in one commit; return the new list."""
-    out = []
+    out: list[str] = []
 
     def decide(tip, reader):
         queue.settings(reader)
@@ -106,9 +107,9 @@ def change_priority(queue, add=(), remove=()) -> list[str]:
     return out
 
 
-def change_noway(queue, add: list[dict] = (), remove: list[tuple[str, str]] = ()) -> list[dict]:
+def change_noway(queue, add: Sequence[dict] = (), remove: Sequence[tuple[str, str]] = ()) -> list[dict]:
     """Add entries ({pattern, arch, reason}) and remove (pattern, arch) pairs; return the list."""
-    out = []
+    out: list[dict] = []
 
     def decide(tip, reader):
         queue.settings(reader)

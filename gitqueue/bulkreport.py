@@ -57,7 +57,7 @@ def build(queue) -> dict:
             "log_tail": (result or {}).get("log_tail"),
         })
 
-    workers = {}
+    workers: dict[str, dict] = {}
     for a in attempts:
         w = workers.setdefault(a["worker"], {"worker": a["worker"], "success": 0, "failure": 0, "released": 0,
                                              "reclaimed": 0, "building": 0, "busy": 0.0, "first": None,
@@ -182,7 +182,8 @@ def text(data: dict, breakage_rows: int = 20) -> str:
             lines.append(f"    {u['job']}: {u['reason']}")
     if data["workers"]:
         lines += ["", "Workers:", "",
-                  f"{'Worker':20} {'built':>6} {'failed':>6} {'released':>8} {'reclaimed':>9} {'busy':>12} {'speed':>6}",
+                  f"{'Worker':20} {'built':>6} {'failed':>6} {'released':>8} {'reclaimed':>9} {'busy':>12}"
+                  f" {'speed':>6}",
                   "-" * 78]
         for w in data["workers"]:
             speed = f"{w['speed']:.2f}x" if w["speed"] else "-"

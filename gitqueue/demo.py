@@ -39,7 +39,7 @@ def _gitqueue(*args):
 
 def run_demo(directory: str, workers: int = 4, speed: float = 1.0, out=print) -> int:
     """Run the demonstration; return an exit status."""
-    from .admin import init_queue, import_jobs
+    from .admin import import_jobs, init_queue
     from .importers import load_graph
     from .lease import reclaim
     from .queue import Queue
@@ -109,8 +109,8 @@ def run_demo(directory: str, workers: int = 4, speed: float = 1.0, out=print) ->
             p.wait(timeout=30)
         except subprocess.TimeoutExpired:
             p.kill()
-    for f in logs.values():
-        f.close()
+    for log in logs.values():
+        log.close()
     s = status(queue)
     queue.close()
     out("")

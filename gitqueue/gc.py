@@ -30,7 +30,7 @@ import time
 
 from . import files
 from .errors import GitqueueError
-from .gitstore import write_pack
+from .gitstore import ObjectID, write_pack
 
 # More packs than this and the git path merges them into one (see _git_repack).
 MAX_PACKS = 32
@@ -192,7 +192,7 @@ def gc_cache(queue, grace: float = GRACE, keep_logs: int = KEEP_LOGS) -> dict:
 
             def read_all():
                 for hexsha in names:
-                    type_num, data = store.get_raw(hexsha.encode())
+                    type_num, data = store.get_raw(ObjectID(hexsha.encode()))
                     yield hexsha, type_num, data
 
             written = write_pack(os.path.join(objects_dir, "pack"), read_all())
@@ -261,12 +261,13 @@ def gc_outputs(queue, keep_logs: int = KEEP_LOGS) -> dict:
                 out["logs"], out["log_bytes"] = _trim_logs(logs, held, keep_logs)
         # Outside the lock (removing a large build takes a while): these names are no one's now,
         # and those a crashed run left behind go too.
-        for name in sorted(os.listdir(builds)) if builds is not None else ():
-            if name.startswith(ASIDE):
-                size = _tree_bytes(builds, name)
-                if files.remove_tree(builds, name):
-                    out["builds"] += 1
-                    out["build_bytes"] += size
+        if builds is not None:
+            for name in sorted(os.listdir(builds)):
+                if name.startswith(ASIDE):
+                    size = _tree_bytes(builds, name)
+                    if files.remove_tree(builds, name):
+                        out["builds"] += 1
+                        out["build_bytes"] += size
     finally:
         for fd in (builds, logs):
             if fd is not None:
@@ -281,7 +282,7 @@ def _held(reader) -> set:
     from .layout import name_from_path, record_path
     from .publish import TOKENS_IN_RECORD
 
-    held = set()
+    held: set[tuple[str, str]] = set()
     for kind in ("leases", "lapsed"):
         for path, blob in reader.walk_files(kind):
             try:

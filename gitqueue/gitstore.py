@@ -14,18 +14,22 @@ under a deadline (`CachedRemote.timeout`). Two ways to reach a queue:
   The whole history, for those that read it (verify, the timeline), is mirrored beside it.
 """
 
+import io
 import os
 import stat
 import time
 
-from dulwich.errors import HangupException, GitProtocolError, NotGitRepository
+# Only this module imports dulwich (tests/test_gitstore.py): the rest of gitqueue takes the
+# names it annotates with (Commit, ObjectID) from here.
+from dulwich.errors import GitProtocolError, HangupException, NotGitRepository
+from dulwich.objects import Blob, Commit, ObjectID, ShaFile, Tree
 from dulwich.pack import PackFileDisappeared
-from dulwich.objects import Blob, Commit, Tree
+from dulwich.refs import Ref
 from dulwich.repo import Repo
 
 from .errors import GitqueueError, PushRefused, PushRejected, QueueNotFound, RemoteError, RepositoryDamaged
 
-ZERO_SHA = b"0" * 40
+ZERO_SHA = ObjectID(b"0" * 40)
 STALE_REF_LOCK = 30  # seconds after which a ref's lock file is a dead process's
 HISTORY_DIR = "history.git"  # beside a remote queue's cache: the whole history, for verify and the timeline
 _DIR = stat.S_IFDIR
@@ -164,14 +168,15 @@ def _inflate_header(f, inflate, sha: bytes) -> tuple[str, int, bytes]:
         data += inflate.decompress(inflate.unconsumed_tail + chunk, 64 - len(data))
     head, sep, body = data.partition(b"\0")
     found, _, size = head.partition(b" ")
-    found = found.decode("ascii", "replace")
-    if not sep or found not in TYPE_NAMES.values() or not size.isdigit():
+    type_name = found.decode("ascii", "replace")
+    if not sep or type_name not in TYPE_NAMES.values() or not size.isdigit():
         raise ObjectFormatError(f"object {sha.decode()}: malformed loose object header")
-    return found, int(size), body
+    return type_name, int(size), body
 
 
 def _varint_delta_sizes(data: bytes) -> list[int]:
-    sizes, i = [], 0
+    sizes: list[int] = []
+    i = 0
     for _ in range(2):
         size = shift = 0
         while True:
@@ -338,22 +343,27 @@ class TreeReader:
                     yield sub, e.sha
 
 
+# build_tree's changes as a tree: {name: subtree, new contents, or None to delete}
+_Nested = dict[bytes, "_Nested | bytes | None"]
+
+
 def build_tree(object_store, base_tree_id: bytes | None, changes: dict[str, bytes | None]):
     """Apply `changes` ({path: new contents, or None to delete}) to a tree.
 
     Returns (new root tree id, new objects); only the rewritten trees and new blobs are made,
     and nothing is written to the store.
     """
-    new_objects = {}
+    new_objects: dict[bytes, ShaFile] = {}
 
-    nested: dict[bytes, dict] = {}
+    nested: _Nested = {}
     for path, data in changes.items():
         node = nested
         parts = _split(path)
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
+            inner = node.setdefault(part, {})
+            if not isinstance(inner, dict):
                 raise ValueError(f"path {path!r} runs through a file")
+            node = inner
         node[parts[-1]] = data
 
     def rebuild(tree_id, spec) -> bytes | None:
@@ -398,8 +408,8 @@ def build_tree(object_store, base_tree_id: bytes | None, changes: dict[str, byte
 def make_commit(tree_id: bytes, parent: bytes | None, message: str, identity: str, now: float | None = None) -> Commit:
     """A commit object (not stored) with `identity` ("Name <email>") as author and committer."""
     c = Commit()
-    c.tree = tree_id
-    c.parents = [parent] if parent else []
+    c.tree = ObjectID(tree_id)
+    c.parents = [ObjectID(parent)] if parent else []
     c.author = c.committer = identity.encode()
     c.author_time = c.commit_time = int(now if now is not None else time.time())
     c.author_timezone = c.commit_timezone = 0
@@ -633,8 +643,8 @@ class CachingStore:
 class Remote:
     """The queue repository as seen by this process; subclasses say how it is reached."""
 
-    ref: bytes
-    object_store = None
+    ref: Ref
+    object_store: "CachingStore"
 
     def fetch(self) -> bytes | None:
         """Bring the branch tip's objects within reach; return its commit id (None: no branch)."""
@@ -678,7 +688,7 @@ class LocalRemote(Remote):
 
     def __init__(self, path: str, branch: str = "main"):
         self.path = path
-        self.ref = b"refs/heads/" + branch.encode()
+        self.ref = Ref(b"refs/heads/" + branch.encode())
         try:
             self.repo = Repo(path)
         except NotGitRepository:
@@ -709,7 +719,7 @@ class LocalRemote(Remote):
         _add_objects(self.object_store, objects + [commit])
         lock = os.path.join(self.repo.controldir(), self.ref.decode() + ".lock")
         try:
-            ok = self.repo.refs.set_if_equals(self.ref, old or ZERO_SHA, commit.id)
+            ok = self.repo.refs.set_if_equals(self.ref, ObjectID(old) if old else ZERO_SHA, commit.id)
         except FileLocked:
             try:
                 age = time.time() - os.stat(lock).st_mtime
@@ -814,10 +824,9 @@ class CachedRemote(Remote):
         from dulwich.client import get_transport_and_path
 
         self.url = url
-        self.ref = b"refs/heads/" + branch.encode()
-        kwargs = {"ssh_command": ssh_command} if ssh_command else {}
+        self.ref = Ref(b"refs/heads/" + branch.encode())
         try:
-            self.client, self.remote_path = get_transport_and_path(url, **kwargs)
+            self.client, self.remote_path = get_transport_and_path(url, ssh_command=ssh_command or None)
         except ValueError as e:
             raise QueueNotFound(f"{url}: {e}") from None
         if hasattr(self.client, "ssh_vendor"):
@@ -825,7 +834,7 @@ class CachedRemote(Remote):
         self.repo = _open_cache_repo(cache_path)
         self.object_store = CachingStore(self.repo.object_store)
         self.history_path = os.path.join(os.path.dirname(os.path.abspath(cache_path)), HISTORY_DIR)
-        self._history = None
+        self._history: Repo | None = None
 
     def _local_tip(self):
         try:
@@ -845,20 +854,20 @@ class CachedRemote(Remote):
             return [tip]
 
         walker = TipWalker(local, self.repo.get_shallow())
-        chunks = []
+        pack = io.BytesIO()
         try:
             with _Deadline(self.timeout, f"{self.url}: fetch", self.client):
                 result = self.client.fetch_pack(
                     self.remote_path,
                     determine_wants,
                     walker,
-                    chunks.append,
+                    pack.write,
                     depth=None if local else 1,
                 )
         except (HangupException, GitProtocolError, OSError) as e:
             raise RemoteError(f"{self.url}: fetch failed: {_one_line(e)}") from None
-        if chunks:
-            _add_fetched(self.repo.object_store, b"".join(chunks))
+        if pack.tell():
+            _add_fetched(self.repo.object_store, pack.getvalue())
         if result.new_shallow or result.new_unshallow:
             _in_cache(lambda: self.repo.update_shallow(result.new_shallow, result.new_unshallow))
         tip = seen.get("tip")
@@ -885,10 +894,11 @@ class CachedRemote(Remote):
         def generate_pack_data(have, want, ofs_delta=False, progress=None):
             return pack_objects_to_data(objects + [commit], ofs_delta=False)
 
-        said = []  # what the server's hooks printed (git shows it as "remote: ...")
+        said: list[bytes] = []  # what the server's hooks printed (git shows it as "remote: ...")
         try:
             with _Deadline(self.timeout, f"{self.url}: push", self.client):
-                result = self.client.send_pack(self.remote_path, update_refs, generate_pack_data,
+                # send_pack takes the path as bytes (dulwich's porcelain encodes it likewise)
+                result = self.client.send_pack(self.remote_path.encode(), update_refs, generate_pack_data,
                                                progress=said.append)
         except _Moved:
             raise PushRejected("branch moved") from None
@@ -1008,7 +1018,7 @@ def init_bare(path: str, branch: str = "main") -> None:
     """Create a bare repository whose HEAD names `branch`, refusing non-fast-forward pushes."""
     os.makedirs(path, exist_ok=True)
     with Repo.init_bare(path) as repo:
-        repo.refs.set_symbolic_ref(b"HEAD", b"refs/heads/" + branch.encode())
+        repo.refs.set_symbolic_ref(Ref(b"HEAD"), Ref(b"refs/heads/" + branch.encode()))
     # No automatic `git gc` after a push: it packs refs, prunes, and writes bitmaps that dulwich
     # readers trip over (see gitqueue.gc); `gitqueue gc` from cron does the packing instead.
     set_config(path, {"receive.denyNonFastForwards": True, "receive.denyDeletes": True,
@@ -1019,11 +1029,11 @@ def point_head_at(path: str, branch: str) -> None:
     """Make HEAD of the bare repository at `path` name `branch`, unless HEAD names a branch that
     exists (so plain `git log` in a repository made by `git init --bare` shows the queue)."""
     with Repo(path) as repo:
-        ref = b"refs/heads/" + branch.encode()
-        if repo.refs.read_ref(b"HEAD") != b"ref: " + ref and ref not in repo.refs:
-            head = repo.refs.read_ref(b"HEAD") or b""
-            if head.startswith(b"ref: ") and head[5:] not in repo.refs:
-                repo.refs.set_symbolic_ref(b"HEAD", ref)
+        ref = Ref(b"refs/heads/" + branch.encode())
+        if repo.refs.read_ref(Ref(b"HEAD")) != b"ref: " + ref and ref not in repo.refs:
+            head = repo.refs.read_ref(Ref(b"HEAD")) or b""
+            if head.startswith(b"ref: ") and Ref(head[5:]) not in repo.refs:
+                repo.refs.set_symbolic_ref(Ref(b"HEAD"), ref)
 
 
 def set_config(path: str, values: dict) -> None:
@@ -1072,7 +1082,7 @@ class Quarantine:
         return iter(self.brought)
 
     def in_repository(self, sha: bytes) -> bool:
-        return sha in self.main
+        return ObjectID(sha) in self.main
 
     def header(self, sha: bytes) -> tuple[str, int] | None:
         """(type, size) of a brought object, read from its header only (see object_header)."""

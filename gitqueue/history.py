@@ -42,7 +42,7 @@ def package_history(queues: list, package: str) -> list[dict]:
         if not names:
             continue
         names_seen = True
-        attempted = collections.Counter()
+        attempted: collections.Counter[str] = collections.Counter()
         for a in history.attempts():
             if a["job"] not in names:
                 continue
@@ -86,7 +86,10 @@ def compare(old_queue, new_queue, limit: int = 20) -> dict:
     after = {_key(j): j for j in new.jobs.values()}
     old_times = _build_times(old_history)
     new_times = _build_times(new_history)
-    newly_failing, newly_fixed, still_failing, changes = [], [], [], []
+    newly_failing: list[dict] = []
+    newly_fixed: list[dict] = []
+    still_failing: list[dict] = []
+    changes: list[dict] = []
     for key in sorted(after):
         n = after[key]
         o = before.get(key)

@@ -15,8 +15,8 @@ import sys
 
 from .gitstore import TreeReader, open_quarantine, receive_store, set_config
 from .layout import heartbeat_path
-from .text import printable
 from .rules import ChainError, Options, State, Violation, check_commit, first_parent_chain
+from .text import printable
 
 ZERO = b"0" * 40
 MARKER = "gitqueue pre-receive hook"

@@ -212,7 +212,7 @@ class Index:
         for path, sha in reader.walk_files("leases"):
             rec = records.load_at("lease", store[sha].as_raw_string(), path)
             leases[rec["job"]] = rec
-        declines = []
+        declines: list[tuple[int, str]] = []
         for path, sha in reader.walk_files("declines"):
             rec = records.load_at("decline", store[sha].as_raw_string(), path)
             if rec["job"] in ids:
@@ -245,7 +245,8 @@ class Index:
                     dep_rows.append((jid, dep_id))
                     if dep not in results or results[dep]["status"] != "success":
                         pending += 1
-                skip, kind = job.get("prefailed"), "p"
+                skip = job.get("prefailed")
+                kind: str | None = "p"
                 if not skip:
                     skip = next((f"no way on {e['arch'] or 'any arch'}: {e['reason']}" for e in noway
                                  if lists.matches(lists.compile_patterns([e["pattern"]]), job)), None)

@@ -16,6 +16,7 @@ the record schemas.
 import fnmatch
 import hashlib
 import re
+from typing import TypeGuard
 
 from .errors import InvalidName
 from .schema import FILE_NAME_PATTERN, LOG_NAME_PATTERN
@@ -181,12 +182,12 @@ def _mode(mode: bytes) -> str:
 # -- file names a worker writes ----------------------------------------------------------------------
 
 
-def is_file_name(name) -> bool:
+def is_file_name(name: object) -> TypeGuard[str]:
     """True for a name that may become a file in the package tree (All/NAME, incoming/TOKEN/NAME)."""
     return isinstance(name, str) and 0 < len(name) <= MAX_FILE_NAME and FILE_NAME.fullmatch(name) is not None
 
 
-def is_log_name(name) -> bool:
+def is_log_name(name: object) -> TypeGuard[str]:
     """True for a build log's file name: a plain file name ending in .log or .txt."""
     return isinstance(name, str) and 0 < len(name) <= MAX_LOG_NAME and LOG_NAME.fullmatch(name) is not None
 

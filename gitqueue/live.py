@@ -29,7 +29,7 @@ def status(queue, top: int = 5) -> dict:
         now = queue.clock()
         store = queue.remote.object_store
         leases = summary.live_leases(queue, reader, now)
-        heard = {}
+        heard: dict[str, float | None] = {}
         for path, sha in reader.walk_files("heartbeats"):
             rec = records.load_at("heartbeat", store[sha].as_raw_string(), path)
             at = records.epoch(rec.get("at"))
@@ -50,7 +50,7 @@ def status(queue, top: int = 5) -> dict:
     rate = {"overall": round(len(reports) / hours, 1) if hours else None,
             "last_hour": sum(1 for e in reports if e.t > now - HOUR)}
 
-    workers = {}
+    workers: dict[str, dict] = {}
 
     def worker(name):
         return workers.setdefault(name, {"worker": name, "job": None, "for": None, "last_heard": None,
@@ -62,8 +62,8 @@ def status(queue, top: int = 5) -> dict:
         w["failed"] += e.status == "failure"
     for e in history.events:
         if e.worker and e.action in ("claim", "heartbeat", "report", "release"):
-            heard.setdefault(e.worker, None)
-            if heard[e.worker] is None or e.t > heard[e.worker]:
+            last = heard.setdefault(e.worker, None)
+            if last is None or e.t > last:
                 heard[e.worker] = e.t
     for name, at in heard.items():
         worker(name)["last_heard"] = None if at is None else max(0, int(now - at))
@@ -116,7 +116,8 @@ def _churn(events, now: float, top: int) -> dict:
     first), "workers": [{"worker", "given_back"}] that gave back TROUBLE or more jobs since they
     last reported one}.
     """
-    per_job, since_report = {}, {}
+    per_job: dict[str, int] = {}
+    since_report: dict[str, int] = {}
     released = built = 0
     for e in events:
         if e.action in ("release", "reclaim"):

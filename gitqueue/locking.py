@@ -5,11 +5,17 @@ pulls in asyncio). filelock remains the fallback where fcntl is missing.
 """
 
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from filelock import BaseFileLock
 
 try:
     import fcntl
+
+    HAVE_FCNTL = True
 except ImportError:  # pragma: no cover - not POSIX
-    fcntl = None
+    HAVE_FCNTL = False
 
 
 class FileLock:
@@ -17,13 +23,13 @@ class FileLock:
 
     def __init__(self, path: str):
         self.path = path
-        self._fd = None
+        self._fd: int | None = None
         self._depth = 0
-        self._fallback = None
+        self._fallback: BaseFileLock | None = None
 
     def acquire(self):
         if self._depth == 0:
-            if fcntl is None:
+            if not HAVE_FCNTL:
                 from filelock import FileLock as _FileLock
 
                 self._fallback = self._fallback or _FileLock(self.path)
@@ -43,7 +49,7 @@ class FileLock:
         if self._depth == 0:
             if self._fallback is not None:
                 self._fallback.release()
-            else:
+            elif self._fd is not None:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
                 os.close(self._fd)
                 self._fd = None

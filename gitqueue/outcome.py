@@ -50,7 +50,7 @@ def from_index(index) -> Outcome:
     """
     jobs = {}
     by_id = {}
-    roots = {kind: [] for kind, _ in _KINDS}
+    roots: dict[str, list[int]] = {kind: [] for kind, _ in _KINDS}
     for jid, name, version, pkgpath, skip, state, leased_by in index.states():
         job = {"name": name, "version": version, "pkgpath": pkgpath, "state": state, "cause": None,
                "skip": skip, "worker": leased_by}

@@ -52,7 +52,9 @@ import re
 import stat
 import time
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from typing import Literal, TypedDict, overload
 
 from . import files, records
 from .errors import GitqueueError, RecordInvalid
@@ -160,7 +162,9 @@ def _load_cache(path: str) -> dict:
     if not (isinstance(data, dict) and data.get("version") in (1, CACHE_VERSION)
             and isinstance(data.get("files"), dict)):
         return {"files": {}, "uploads": {}}
-    uploads = data.get("uploads") if isinstance(data.get("uploads"), dict) else {}
+    uploads = data.get("uploads")
+    if not isinstance(uploads, dict):
+        uploads = {}
     return {"files": {name: entry for name, entry in data["files"].items() if isinstance(entry, dict)},
             "uploads": {token: queue for token, queue in uploads.items()
                         if isinstance(token, str) and _TOKEN.fullmatch(token) and isinstance(queue, str)}}
@@ -198,7 +202,7 @@ class _Known:
     def __init__(self, old: dict, trust_stat: bool = True):
         self.old = old
         self.trust_stat = trust_stat
-        self.new = {}
+        self.new: dict[str, dict] = {}
 
     def digests(self, fd: int, name: str) -> dict:
         key = _stat_key(os.fstat(fd))
@@ -263,7 +267,25 @@ class Snapshot:
     queue: str | None = None
 
 
-def publish(tree: str, snapshot: Snapshot, cache: bool = True) -> dict:
+class PublishSummary(TypedDict):
+    """What one publish run did (see `publish`)."""
+
+    published: list[str]
+    already: int
+    missing: list[str]
+    mismatch: list[str]
+    restricted: list[str]
+    conflict: list[str]
+    invalid: list[str]
+    unproven: list[str]
+    logs: list[str]
+    removed: int
+    abandoned: int
+    indexed: int
+    unlisted: list[str]
+
+
+def publish(tree: str, snapshot: Snapshot, cache: bool = True) -> PublishSummary:
     """Publish the verified uploads of the results in `snapshot` into TREE/All/ and refresh its indexes.
 
     The indexes (pkg_summary.gz, SHA512) list every package in All/ that a publish run recorded,
@@ -310,6 +332,12 @@ def publish(tree: str, snapshot: Snapshot, cache: bool = True) -> dict:
     return run.out
 
 
+@overload
+def _part(root_fd: int, tree: str, name: str, create: Literal[True]) -> int: ...
+@overload
+def _part(root_fd: int, tree: str, name: str, create: bool) -> int | None: ...
+
+
 def _part(root_fd: int, tree: str, name: str, create: bool) -> int | None:
     """A descriptor of the directory NAME (All, logs, incoming) of the tree; None when it is missing
     and not created. A link there is refused: publish reads and writes only real directories."""
@@ -325,27 +353,27 @@ class _Run:
 
     def __init__(self, tree: str, snapshot: Snapshot, cache: bool):
         self.tree, self.snapshot = tree, snapshot
-        self.out = {"published": [], "already": 0, "missing": [], "mismatch": [], "restricted": [],
-                    "conflict": [], "invalid": list(snapshot.unreadable), "unproven": [], "logs": [],
-                    "removed": 0, "abandoned": 0, "indexed": 0, "unlisted": []}
+        self.out = PublishSummary(published=[], already=0, missing=[], mismatch=[], restricted=[], conflict=[],
+                                  invalid=list(snapshot.unreadable), unproven=[], logs=[], removed=0,
+                                  abandoned=0, indexed=0, unlisted=[])
         self.queue_name = snapshot.settings.get("name")
         saved = _load_cache(os.path.join(tree, CACHE))
         self.known = _Known(saved["files"], trust_stat=cache)
         self.uploads = saved["uploads"]  # lease token -> the queue whose upload it is ("": two claim it)
-        self.root = os.open(tree, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self.all = self.logs = self.incoming = None
-        try:
+        with ExitStack() as opened:  # closed here if opening the next one fails, else by close()
+            self.root = os.open(tree, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            opened.callback(os.close, self.root)
             self.all = _part(self.root, tree, ALL, create=True)
+            opened.callback(os.close, self.all)
             self.logs = _part(self.root, tree, LOGS, create=True)
+            opened.callback(os.close, self.logs)
             self.incoming = _part(self.root, tree, INCOMING, create=False)
-        except BaseException:
-            self.close()
-            raise
+            if self.incoming is not None:
+                opened.callback(os.close, self.incoming)
+            self._opened = opened.pop_all()
 
     def close(self) -> None:
-        for fd in (self.root, self.all, self.logs, self.incoming):
-            if fd is not None:
-                os.close(fd)
+        self._opened.close()
 
     def publish(self) -> None:
         for fd in (self.root, self.all, self.logs):
@@ -378,8 +406,8 @@ class _Run:
         # Last, once every copy is fsynced and in place: a crash before this leaves the upload
         # and the copies, one during it the copies and part of the upload, never neither.
         if self.incoming is not None:
-            self.out["removed"] = sum(self._remove_upload(token) for token in done)
-            self.out["abandoned"] = self._remove_abandoned()
+            self.out["removed"] = sum(self._remove_upload(self.incoming, token) for token in done)
+            self.out["abandoned"] = self._remove_abandoned(self.incoming)
         for token in list(self.uploads):  # forget what is gone and no lease of this queue stands for
             if token not in at_tip and (self.incoming is None or files.lstat(self.incoming, token) is None):
                 del self.uploads[token]
@@ -406,8 +434,8 @@ class _Run:
                 self.uploads[token] = snap.queue if self.uploads.get(token, snap.queue) == snap.queue else ""
         return at_tip
 
-    def _remove_upload(self, token: str) -> bool:
-        removed = files.remove_tree(self.incoming, token)
+    def _remove_upload(self, incoming: int, token: str) -> bool:
+        removed = files.remove_tree(incoming, token)
         if removed:
             self.uploads.pop(token, None)
         return removed
@@ -447,7 +475,7 @@ class _Run:
             if st is not None and stat.S_ISREG(st.st_mode) and entry.get("stat") == _stat_key(st):
                 self.known.new[key] = entry
 
-    def _remove_abandoned(self) -> int:
+    def _remove_abandoned(self, incoming: int) -> int:
         """Remove the upload directories that no lease or result will ever use; return how many.
 
         Only this queue's directories (_learn_uploads: another queue's uploads may wait in the same
@@ -465,12 +493,12 @@ class _Run:
         kept |= {entry.get("token") for job, entries in snap.lapsed.items() if job not in finished
                  for entry in entries}
         removed = 0
-        for name in os.listdir(self.incoming):
+        for name in os.listdir(incoming):
             mine = _TOKEN.fullmatch(name) and name not in kept and self.uploads.get(name) == snap.queue
-            st = files.lstat(self.incoming, name) if mine else None
+            st = files.lstat(incoming, name) if mine else None
             if st is None or not stat.S_ISDIR(st.st_mode) or st.st_mtime >= snap.read_at:
                 continue
-            removed += self._remove_upload(name)
+            removed += self._remove_upload(incoming, name)
         return removed
 
     def _upload(self, token) -> int | None:
@@ -514,7 +542,7 @@ class _Run:
         if src is None:
             out["missing"].append(name)
             return False
-        meta = []
+        meta: list[dict | None] = []
 
         def inspect(copy):
             meta.append(read_package(copy))
@@ -605,8 +633,8 @@ def _unproven(result: dict, snapshot: Snapshot, uses: Counter) -> str | None:
 def _write_indexes(all_fd: int, listed: dict, known: _Known) -> None:
     """Rewrite All/pkg_summary.gz, then All/SHA512, from the files in `listed` ({name: job
     identity}), when they changed."""
-    text = []
-    digests = []
+    text: list[str] = []
+    digests: list[tuple[str, str]] = []
     for name in sorted(listed):
         entry = known.new[name]
         text.append(format_entry(known.meta(all_fd, name), listed[name], name, entry["stat"][0], entry["sha256"]))

@@ -9,12 +9,17 @@ import hashlib
 import os
 import re
 import time
+from typing import TYPE_CHECKING
 
 from . import records
 from .backoff import Backoff
 from .errors import GitqueueError, PushRejected, QueueNotFound, RemoteError, RepositoryDamaged
-from .gitstore import CachedRemote, LocalRemote, is_local_path, make_commit, build_tree
+from .gitstore import CachedRemote, LocalRemote, build_tree, is_local_path, make_commit
 from .layout import SETTINGS
+
+if TYPE_CHECKING:
+    from .index import Index
+    from .locking import FileLock
 
 
 class Change:
@@ -42,9 +47,9 @@ class Queue:
         os.makedirs(self.cache_dir, exist_ok=True)
         self.ssh_command = ssh_command  # as given: gitqueue.open_queue adds connection reuse
         self.worker = worker  # who claim, report, heartbeat and release act as
-        self._remote = None
-        self._index = None
-        self._lock = None
+        self._remote: LocalRemote | CachedRemote | None = None
+        self._index: Index | None = None
+        self._lock: FileLock | None = None
         self.stats = {"pushes": 0, "rejected": 0}
         # signing.Signer: every commit made through this queue is signed with it (docs/trust.md)
         self.signer = signer

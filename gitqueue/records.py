@@ -110,17 +110,17 @@ TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 def utc(t: float) -> str:
     """A record time (ISO 8601, UTC, seconds) for the epoch time `t`."""
-    from datetime import datetime, timezone
+    from datetime import UTC, datetime
 
-    return datetime.fromtimestamp(t, timezone.utc).strftime(TIME_FORMAT)
+    return datetime.fromtimestamp(t, UTC).strftime(TIME_FORMAT)
 
 
 def epoch(stamp) -> float | None:
     """The epoch time of a record time, or None when it is missing or malformed."""
-    from datetime import datetime, timezone
+    from datetime import UTC, datetime
 
     try:
-        return datetime.strptime(stamp, TIME_FORMAT).replace(tzinfo=timezone.utc).timestamp()
+        return datetime.strptime(stamp, TIME_FORMAT).replace(tzinfo=UTC).timestamp()
     except (TypeError, ValueError):
         return None
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from . import layout, records
 from .errors import GitqueueError
-from .gitstore import TreeReader, object_header, read_object
+from .gitstore import Commit, TreeReader, object_header, read_object
 from .layout import SETTINGS, TOP_FILES, record_path, worker_path
 from .trees import TreeWalk
 
@@ -468,7 +468,10 @@ class _Check:
             rec = records.loads(kind, data, path)
         else:
             rec = records.load_at(kind, data, path)
-        keys = [a["key"] for a in rec.get("admins", [])] if kind == "queue" else [rec["key"]] if kind == "worker" else []
+        if kind == "queue":
+            keys = [a["key"] for a in rec.get("admins", [])]
+        else:
+            keys = [rec["key"]] if kind == "worker" else []
         if keys:
             from .signing import key_blob
 
@@ -651,8 +654,8 @@ def first_parent_chain(store, old: bytes | None, new: bytes, limit: int | None =
     before the commit: ChainError for one that is missing, not a commit, or larger than
     MAX_COMMIT_BYTES.
     """
-    chain = []
-    sha = new
+    chain: list[Commit] = []
+    sha: bytes | None = new
     while sha != old:
         if sha is None or (limit is not None and len(chain) >= limit):
             return None

@@ -26,6 +26,8 @@ is not given to a 68030 while a RISC-V board is about to free up.
 """
 
 import math
+from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 
 DEFAULT_SECONDS = 60.0  # a build we know nothing about (real pkgsrc median: 34 s; mean higher)
 PRIORITY_BOOST = 1e12  # above any critical path: priority-list jobs come first
@@ -106,7 +108,7 @@ def dependents_counts(jobs: list[dict]) -> dict[str, int]:
     return {name: bits.bit_count() for name, bits in closure.items()}
 
 
-def with_dependencies(jobs: list[dict], roots: set[str]) -> set[str]:
+def with_dependencies(jobs: list[dict], roots: Iterable[str]) -> set[str]:
     """`roots` and everything they need, directly or not."""
     deps = {job["name"]: job["deps"] for job in jobs}
     seen = set()
@@ -119,7 +121,7 @@ def with_dependencies(jobs: list[dict], roots: set[str]) -> set[str]:
     return seen
 
 
-def priorities(jobs: list[dict], est: dict[str, float], boosted: set[str] = frozenset()) -> dict[str, float]:
+def priorities(jobs: list[dict], est: dict[str, float], boosted: AbstractSet[str] = frozenset()) -> dict[str, float]:
     """Critical path of each job, plus PRIORITY_BOOST for the priority list and its needs."""
     level = critical_paths(jobs, est)
     if boosted:

@@ -11,8 +11,9 @@ FORMAT_VERSION = 1
 # Every string a record holds is bounded, and none may hold control characters: records are
 # worker-written text that reaches terminals, mail and web pages (docs/trust.md). _LINE is one
 # line; _TEXT may also hold newlines and tabs (log tails).
-_NO_CONTROLS = "^[^\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029\\u202a-\\u202e\\u2066-\\u2069]*$"
-_NO_CONTROLS_BUT_NEWLINES = "^[^\\u0000-\\u0008\\u000b-\\u001f\\u007f-\\u009f\\u2028\\u2029\\u202a-\\u202e\\u2066-\\u2069]*$"
+_UNICODE_CONTROLS = "\\u007f-\\u009f\\u2028\\u2029\\u202a-\\u202e\\u2066-\\u2069"
+_NO_CONTROLS = "^[^\\u0000-\\u001f" + _UNICODE_CONTROLS + "]*$"
+_NO_CONTROLS_BUT_NEWLINES = "^[^\\u0000-\\u0008\\u000b-\\u001f" + _UNICODE_CONTROLS + "]*$"
 
 
 def _line(max_length: int, **extra) -> dict:
@@ -35,7 +36,8 @@ LOG_NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._+~-]*[.](log|txt)$"
 _FILE = {"type": "string", "pattern": FILE_NAME_PATTERN, "maxLength": 250}
 _LOG_FILE = {"type": "string", "pattern": LOG_NAME_PATTERN, "maxLength": 128}
 _KEY = {"type": "string", "maxLength": 2000,
-        "pattern": "^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521) [A-Za-z0-9+/]+={0,2}$",
+        "pattern": "^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521)"
+                   " [A-Za-z0-9+/]+={0,2}$",
         "description": "an OpenSSH public key line without comment: type and base64"}
 _FINGERPRINT = {"type": "string", "pattern": "^SHA256:[A-Za-z0-9+/]{43}$",
                 "description": "SHA256 fingerprint of the key that signed the commit writing this record"}

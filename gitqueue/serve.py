@@ -29,11 +29,15 @@ import signal
 import stat
 import subprocess
 import time
+from typing import TYPE_CHECKING
 
 from . import layout, records
 from .errors import GitqueueError
 from .layout import check_worker_name, record_path
 from .transfer import SERVE_REFUSAL
+
+if TYPE_CHECKING:
+    from .gitstore import LocalRemote, TreeReader
 
 __all__ = ["Decision", "Upload", "RepoState", "decide", "run_upload", "usage", "ENTRY_COST", "RRSYNC"]
 
@@ -115,10 +119,10 @@ class RepoState:
     def __init__(self, repo: str, branch: str = "main"):
         self.repo_path = repo
         self.branch = branch
-        self._reader = None
-        self._repo = None
+        self._reader: TreeReader | None = None
+        self._repo: LocalRemote | None = None
 
-    def _tip_reader(self):
+    def _tip_reader(self) -> TreeReader:
         if self._reader is None:
             from .gitstore import LocalRemote
 
@@ -465,6 +469,8 @@ def run_upload(decision: Decision, environ: dict, out: int, err: int, poll: floa
         poll: seconds between two measurements.
     """
     up = decision.upload
+    if up is None:
+        raise ValueError("run_upload runs only a decision to upload")
     used = usage(up.incoming, up.tokens)
     if used >= up.quota:
         return _refused(err, f"upload quota of {up.quota} bytes used up: the upload directories of "
@@ -540,6 +546,7 @@ def _bounded_run(decision, environ, session, up, left, poll, over) -> tuple[int,
     except OSError as e:
         _say(err, f"gitqueue serve: cannot run {decision.argv[0]}: {e.strerror}\n")
         return 1, False
+    assert child.stdout is not None and child.stderr is not None  # stdout=PIPE, stderr=PIPE
     out, errs = child.stdout.fileno(), child.stderr.fileno()
     open_fds = {out, errs}
     stopped = False

@@ -19,7 +19,7 @@ import base64
 import hashlib
 import re
 import struct
-from functools import lru_cache
+from functools import cache
 
 from .errors import GitqueueError
 
@@ -207,8 +207,12 @@ def armor(blob: bytes) -> bytes:
     return "\n".join([BEGIN, *lines, END, ""]).encode()
 
 
-def _parse_signature_blob(blob: bytes, key: bytes, key_type: str):
-    """Check a signature blob against its key type; return (signature type, parsed value)."""
+def _parse_signature_blob(blob: bytes, key: bytes, key_type: str) -> tuple[str, bytes]:
+    """Check a signature blob against its key type; return (signature type, signature value).
+
+    The value is the signature proper: ed25519's 64 bytes, RSA's bytes, ECDSA's (r, s) as the
+    SSH wire format's two mpints.
+    """
     r = _Reader(blob, "signature")
     sig_type = r.name("signature type")
     if key_type == "ssh-ed25519":
@@ -220,10 +224,9 @@ def _parse_signature_blob(blob: bytes, key: bytes, key_type: str):
     elif key_type in _CURVES:
         if sig_type != key_type:
             r.fail(f"{sig_type} signature from an {key_type} key")
-        inner = _Reader(r.string("ecdsa signature"), "ecdsa signature")
-        value = (inner.mpint("r"), inner.mpint("s"))
-        inner.end()
-        if not value[0] or not value[1]:
+        value = r.string("ecdsa signature")
+        r_s = _ecdsa_r_s(value)
+        if not r_s[0] or not r_s[1]:
             r.fail("ecdsa signature has a zero component")
     else:  # ssh-rsa, as _check_key_blob allows nothing else
         if sig_type not in _RSA_SIGNATURES:
@@ -239,8 +242,22 @@ def _parse_signature_blob(blob: bytes, key: bytes, key_type: str):
     return sig_type, value
 
 
+def _ecdsa_r_s(value: bytes) -> tuple[int, int]:
+    inner = _Reader(value, "ecdsa signature")
+    r_s = (inner.mpint("r"), inner.mpint("s"))
+    inner.end()
+    return r_s
+
+
 class _Parsed:
     __slots__ = ("key", "key_type", "namespace", "hash_alg", "signature", "sig_type", "value")
+    key: bytes
+    key_type: str
+    namespace: str
+    hash_alg: str
+    signature: bytes  # the (signature type, value) blob
+    sig_type: str
+    value: bytes  # _parse_signature_blob
 
 
 def _dearmor(armored: bytes | str) -> bytes:
@@ -355,7 +372,7 @@ def _principal_of(key: bytes, allowed: dict[str, list[str]]) -> str | None:
 # -- verification -----------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=None)
+@cache
 def cryptography_available() -> bool:
     """True when the optional `cryptography` package can be imported (checked once)."""
     try:
@@ -380,13 +397,17 @@ def _verify_cryptography(p: _Parsed, data: bytes) -> bool:
             curve, _, hash_name = _CURVES[p.key_type]
             key.string("curve")
             point = key.string("point")
-            curve_class = {"nistp256": ec.SECP256R1, "nistp384": ec.SECP384R1, "nistp521": ec.SECP521R1}[curve]
+            curves: dict[str, type[ec.EllipticCurve]] = {"nistp256": ec.SECP256R1, "nistp384": ec.SECP384R1,
+                                                          "nistp521": ec.SECP521R1}
+            curve_class = curves[curve]
             try:
                 public = ec.EllipticCurvePublicKey.from_encoded_point(curve_class(), point)
             except ValueError:
                 raise SignatureError(f"{p.key_type} key: point is not on the curve") from None
-            hash_class = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}[hash_name]
-            public.verify(utils.encode_dss_signature(*p.value), signed, ec.ECDSA(hash_class()))
+            hash_classes: dict[str, type[hashes.HashAlgorithm]] = {"sha256": hashes.SHA256, "sha384": hashes.SHA384,
+                                                                   "sha512": hashes.SHA512}
+            hash_class = hash_classes[hash_name]
+            public.verify(utils.encode_dss_signature(*_ecdsa_r_s(p.value)), signed, ec.ECDSA(hash_class()))
         else:
             e = int.from_bytes(key.string("exponent"), "big")
             n = int.from_bytes(key.string("modulus"), "big")
@@ -732,32 +753,34 @@ class Signer:
             SigningError: ssh-keygen or the agent failed.
         """
         if self.key_file is not None:
-            return self._sign_key_file(data)
-        return self._sign_agent(data)
+            return self._sign_key_file(self.key_file, data)
+        if self.agent_socket is not None:
+            return self._sign_agent(self.agent_socket, data)
+        raise ValueError("a Signer has a key_file or an agent_socket")  # __init__ sees to it
 
-    def _sign_key_file(self, data: bytes) -> bytes:
+    def _sign_key_file(self, key_file: str, data: bytes) -> bytes:
         proc = _run_ssh_keygen(self.ssh_keygen, ["-Y", "sign", "-n", NAMESPACE, "-O", f"hashalg={HASH_ALGORITHM}",
-                                                 "-f", self.key_file], data, self.timeout, SigningError)
+                                                 "-f", key_file], data, self.timeout, SigningError)
         if proc.returncode != 0:
             message = _last_line(proc.stderr)
             if "passphrase" in message:
                 message += " (the key needs a passphrase: load it into ssh-agent and sign with the agent)"
-            raise SigningError(f"{self.key_file}: ssh-keygen -Y sign: {message}")
+            raise SigningError(f"{key_file}: ssh-keygen -Y sign: {message}")
         try:
             p = _parse(proc.stdout)
         except SignatureError as e:
-            raise SigningError(f"{self.key_file}: ssh-keygen -Y sign wrote {e}") from None
+            raise SigningError(f"{key_file}: ssh-keygen -Y sign wrote {e}") from None
         if p.key != self._blob:
-            raise SigningError(f"{self.key_file}: signed with {fingerprint(p.key)}, not {self.fingerprint}")
+            raise SigningError(f"{key_file}: signed with {fingerprint(p.key)}, not {self.fingerprint}")
         return proc.stdout
 
-    def _sign_agent(self, data: bytes) -> bytes:
+    def _sign_agent(self, agent_socket: str, data: bytes) -> bytes:
         signed = _signed_data(NAMESPACE, HASH_ALGORITHM, data)
         flags = _AGENT_RSA_SHA2_512 if self.key_type == "ssh-rsa" else 0
         request = _string(self._blob) + _string(signed) + struct.pack(">I", flags)
-        kind, body = _agent_request(self.agent_socket, _AGENTC_SIGN_REQUEST, request, self.timeout)
+        kind, body = _agent_request(agent_socket, _AGENTC_SIGN_REQUEST, request, self.timeout)
         if kind != _AGENT_SIGN_RESPONSE:
-            raise SigningError(f"ssh-agent at {self.agent_socket} refused to sign with {self.fingerprint}")
+            raise SigningError(f"ssh-agent at {agent_socket} refused to sign with {self.fingerprint}")
         try:
             r = _Reader(body, "ssh-agent signature")
             signature = r.string("signature")
@@ -793,7 +816,7 @@ def _agent_request(socket_path: str, kind: int, payload: bytes, timeout: float) 
             if not 1 <= length <= _AGENT_MAX_MESSAGE:
                 raise SigningError(f"ssh-agent at {socket_path} sent a {length}-byte message")
             body = receive(sock, length)
-    except socket.timeout:
+    except TimeoutError:
         raise SigningError(f"ssh-agent at {socket_path} did not answer in {timeout:.0f} s") from None
     except OSError as e:
         raise SigningError(f"ssh-agent at {socket_path}: {e.strerror or e}") from None

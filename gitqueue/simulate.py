@@ -8,6 +8,7 @@ uses the true one. The `gitqueue` policy runs the same functions as `gitqueue cl
 
 import heapq
 import random
+from collections.abc import Mapping
 
 from . import scheduler
 
@@ -45,6 +46,7 @@ def simulate(jobs: list[dict], workers: int, policy: str, slowness=(1.0,), estim
     multipliers = [float(slowness[i % len(slowness)]) for i in range(workers)]
     names = [f"w{i}" for i in range(workers)]
 
+    rank: Mapping[str, float]
     if policy == "fifo":
         rank = {j["name"]: -i for i, j in enumerate(jobs)}
     elif policy == "pbulk":
@@ -54,7 +56,7 @@ def simulate(jobs: list[dict], workers: int, policy: str, slowness=(1.0,), estim
 
     dependents = scheduler.dependents_of(jobs)
     pending = {j["name"]: len(j["deps"]) for j in jobs}
-    ready = []  # heap of (-rank, seq, name); fifo ranks by the moment a job became ready
+    ready: list[tuple[float, int, str]] = []  # heap of (-rank, seq, name); fifo ranks by the moment a job became ready
     seq = 0
 
     def make_ready(name, now):
@@ -69,8 +71,8 @@ def simulate(jobs: list[dict], workers: int, policy: str, slowness=(1.0,), estim
 
     speeds = scheduler.Speeds()
     idle = list(range(workers))
-    running = {}  # worker index -> (name, start)
-    events = []  # (finish time, worker index, name)
+    running: dict[int, tuple[str, float]] = {}  # worker index -> (name, start)
+    events: list[tuple[float, int, str]] = []  # (finish time, worker index, name)
     now = 0.0
     done = 0
 

@@ -51,8 +51,9 @@ class Timeline:
         "late"}; result is success, failure, released, reclaimed or building (still leased).
         duration is the worker's measured build time when reported, else end - start.
         """
-        out = []
-        by_lease = {}
+        out: list[dict] = []
+        by_lease: dict[str, dict] = {}
+        a: dict | None  # the attempt an event is about
         for e in self.events:
             if e.action == "claim":
                 a = {"job": e.job, "worker": e.worker, "lease": e.lease, "start": e.t, "end": None,
@@ -173,7 +174,7 @@ def _events(when: int, message: bytes) -> list:
     A commit may carry several actions (a report and the next claim; the waiting workers of a
     host settled together); each action's keys follow its own Action line.
     """
-    groups = []
+    groups: list[dict[bytes, str]] = []
     for line in message.split(b"\n"):
         if line.startswith(b"Gitqueue-"):
             key, _, value = line[9:].partition(b": ")

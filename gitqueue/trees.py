@@ -113,19 +113,19 @@ class TreeWalk:
                 if problem is not None:
                     self._fail(path, "layout", f"{_shown(path)}: {problem}")
                     continue
-            o_dir = o is not None and o[0] == TREE_MODE
+            o_tree = o[1] if o is not None and o[0] == TREE_MODE else None  # the old entry's, if a tree
             if n is not None and n[0] == TREE_MODE:
-                yield from self._walk(o[1] if o_dir else None, n[1], layout.child_place(place, name), path + "/")
-                if o is not None and not o_dir:
+                yield from self._walk(o_tree, n[1], layout.child_place(place, name), path + "/")
+                if o is not None and o_tree is None:
                     yield self._removed(place, name, path, o)
             elif n is not None:
-                if o_dir:
-                    yield from self._removed_tree(o[1], path + "/", self._old_place(place, name))
-                change = self._file(place, name, path, None if o_dir else o, n)
+                if o_tree is not None:
+                    yield from self._removed_tree(o_tree, path + "/", self._old_place(place, name))
+                change = self._file(place, name, path, None if o_tree is not None else o, n)
                 if change is not None:
                     yield change
-            elif o_dir:
-                yield from self._removed_tree(o[1], path + "/", self._old_place(place, name))
+            elif o_tree is not None:
+                yield from self._removed_tree(o_tree, path + "/", self._old_place(place, name))
             else:
                 yield self._removed(place, name, path, o)
 

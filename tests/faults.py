@@ -234,7 +234,8 @@ class Harness:
         for figure, (argv, cache) in runs.items():
             if figure not in self.gc_procs:
                 self.gc_procs[figure] = subprocess.Popen(
-                    argv, env={**os.environ, "GITQUEUE_CACHE": str(cache), "GITQUEUE_SSH_COMMAND": self.sshd.ssh_command},
+                    argv,
+                    env={**os.environ, "GITQUEUE_CACHE": str(cache), "GITQUEUE_SSH_COMMAND": self.sshd.ssh_command},
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                 self.figures[figure] += 1
 
@@ -341,7 +342,7 @@ class Harness:
         empty = [n for n, r in results.items() if r["status"] == "success" and not r.get("packages")]
         assert not empty, empty[:5]
         unpublished = []
-        for name, rec in results.items():
+        for rec in results.values():
             for pkg in rec.get("packages", []):
                 path = self.tree / "All" / pkg["name"]
                 if not path.exists() or hashlib.sha256(path.read_bytes()).hexdigest() != pkg["sha256"]:

@@ -9,13 +9,14 @@ dulwich (gitstore.build_tree + make_commit + signing.sign_commit) and pushed wit
 import subprocess
 from pathlib import Path
 
+from dulwich.repo import Repo
+
 from gitqueue import lease, records, registry
 from gitqueue.admin import import_jobs, init_queue
 from gitqueue.gitstore import build_tree, make_commit
 from gitqueue.layout import heartbeat_path, record_path
 from gitqueue.queue import Queue
 from gitqueue.signing import Signer, sign_commit
-from dulwich.repo import Repo
 
 from helpers import job
 
@@ -124,4 +125,5 @@ def push(sq: SignedQueue, url: str, sha: bytes, ssh_command: str, ref: str = "re
                           timeout=120)
 
 
-__all__ = ["SignedQueue", "client_commit", "lease", "lease_record", "result_record", "heartbeat_record", "keypair", "push"]
+__all__ = ["SignedQueue", "client_commit", "lease", "lease_record", "result_record", "heartbeat_record", "keypair",
+           "push"]

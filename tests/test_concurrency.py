@@ -53,7 +53,7 @@ def check_history(bare_path, jobs, outputs):
     assert audit.results == len(jobs)
     # No commit lost: every report a worker saw succeed is in the history, by that worker.
     reported = set()
-    for name, out in outputs.items():
+    for out in outputs.values():
         for m in re.finditer(r"^(\S+): (\S+) (success|failure) \(", out, re.M):
             reported.add((m.group(1), m.group(2)))
     assert len(reported) == len(jobs)
@@ -77,7 +77,7 @@ def run_workers(url, tmp_path, hosts, per_host, extra_env=None):
             for p in procs.values():
                 p.kill()
             raise AssertionError(f"{name} did not finish:\n" + "\n".join(
-                f"== {n}\n" + (tmp_path / f"{n}.log").read_text()[-3000:] for n in procs))
+                f"== {n}\n" + (tmp_path / f"{n}.log").read_text()[-3000:] for n in procs)) from None
         outputs[name] = (tmp_path / f"{name}.log").read_text()
         assert proc.returncode == 0, outputs[name]
     return outputs

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+
 from gitqueue import lease
 from gitqueue.errors import RepositoryDamaged
 from gitqueue.gc import GcError, gc_cache, gc_repository, measure
-
 from gitqueue.queue import Queue
 
 from helpers import git_log, gitqueue, job, make_package_queue, make_queue, open_queue
@@ -120,8 +120,9 @@ def test_gc_cache_keeps_only_the_tip_and_stays_usable(tmp_path):
         lease.report(q, "w1", got.job, "success", duration=1)
     assert out["after"]["loose"] == 0 and out["after"]["packs"] == 1
     assert out["after"]["bytes"] < before["bytes"]
-    assert out["kept"] == len(subprocess.run(["git", "--git-dir", url, "ls-tree", "-r", "-t", tip.decode()],
-                                             capture_output=True, text=True, check=True).stdout.splitlines()) + 2  # + commit, root
+    entries = subprocess.run(["git", "--git-dir", url, "ls-tree", "-r", "-t", tip.decode()],
+                             capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out["kept"] == len(entries) + 2  # + commit, root
     with open(os.path.join(cache_repo, "shallow"), "rb") as f:
         assert f.read().split() == [tip]
     fsck(cache_repo)

@@ -3,8 +3,8 @@
 import pytest
 
 from gitqueue import lease
-from gitqueue.history import compare, package_history
 from gitqueue.errors import NothingReady, QueueFinished, UnknownJob
+from gitqueue.history import compare, package_history
 
 from helpers import make_queue, open_queue
 from known_build import JOBS, T0, Clock, make_known_build
@@ -41,7 +41,8 @@ def test_the_history_of_a_package(tmp_path):
         never = package_history([q], "cat/e")
         assert [(r["job"], r["worker"], r["result"], r["reason"]) for r in never] == [
             ("e-1.0", None, "indirect-failed", "depends on c-3.0")]
-        with pytest.raises(UnknownJob, match="^unknown package zz: no job has this PKGNAME, base name or package path$"):
+        with pytest.raises(UnknownJob,
+                           match="^unknown package zz: no job has this PKGNAME, base name or package path$"):
             package_history([q], "zz")
 
 

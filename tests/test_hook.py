@@ -8,9 +8,9 @@ import pytest
 from dulwich.objects import Blob, Tree
 
 from gitqueue import lease, records
+from gitqueue.errors import GitqueueError
 from gitqueue.hook import MARKER, install, script
 from gitqueue.layout import record_path, shard
-from gitqueue.errors import GitqueueError
 
 from helpers import REPO, gitqueue
 from signed_queue import SignedQueue, heartbeat_record, lease_record, push, result_record

@@ -8,9 +8,9 @@ from html import escape
 
 import pytest
 
-import chromium
 from gitqueue import bulkreport, files, htmlreport
 
+import chromium
 from helpers import REPO, open_queue
 from known_build import LOG, make_known_build
 
@@ -19,7 +19,7 @@ TABLES = """Object.fromEntries([...document.querySelectorAll('table')].map(t =>
   [t.id, [...t.querySelectorAll('tbody tr')].map(r => [...r.cells].map(c => c.innerText.trim()))]))"""
 PAGE_FACTS = """({title: document.title, svgs: document.querySelectorAll('svg').length,
   bars: document.querySelectorAll('svg rect').length, links: [...document.links].map(a => a.getAttribute('href')),
-  width: document.documentElement.scrollWidth, tables: %s})""" % TABLES
+  width: document.documentElement.scrollWidth, tables: """ + TABLES + "})"
 
 
 def artifacts():
@@ -65,8 +65,10 @@ def test_the_page_in_a_real_browser(tmp_path, browser):
     assert tables["summary"] == [["Platform", "any platform"], ["Started", "2026-01-01 00:00:00 UTC"],
                                  ["Ended", "2026-01-01 00:04:00 UTC"], ["Duration", "4 min"]]
     assert tables["counts"] == [["Total", "11"], ["Successfully built", "4"], ["Failed to build", "1"],
-                                ["Depending on failed package", "2"], ["Explicitly broken or masked (prefailed)", "1"],
-                                ["Depending on masked package", "1"], ["Never built on this architecture (no way)", "1"],
+                                ["Depending on failed package", "2"],
+                                ["Explicitly broken or masked (prefailed)", "1"],
+                                ["Depending on masked package", "1"],
+                                ["Never built on this architecture (no way)", "1"],
                                 ["Depending on a no-way package", "1"]]
     assert tables["breakage"] == [["cat/c", "c-3.0", "2", "failed", "carol@example.org"],
                                   ["cat/p", "p-1.0", "1", "prefailed", "pat@example.org"]]
@@ -246,4 +248,5 @@ def test_a_logs_directory_not_made_yet_is_no_log(tmp_path):
     written = htmlreport.write(str(tmp_path / "site"), data, logs_dir=str(tmp_path / "no-publish-yet" / "logs"),
                                log_url="https://pkgs.example.org/logs")
     assert sorted(os.path.relpath(p, tmp_path / "site") for p in written) == ["index.html", "report.txt"]
-    assert '<a href="https://pkgs.example.org/logs/c-3.0/c-3.0.log">log</a>' in (tmp_path / "site" / "index.html").read_text()
+    page = (tmp_path / "site" / "index.html").read_text()
+    assert '<a href="https://pkgs.example.org/logs/c-3.0/c-3.0.log">log</a>' in page

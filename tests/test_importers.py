@@ -185,7 +185,8 @@ def test_presolve_xz_is_decompressed(tmp_path):
         (record("a-1") + record(".hidden-1"), "14: invalid job name '.hidden-1'"),
         (record("a-1", ["-rf"]), "14: invalid job name '-rf'"),
         (record("nodash"), "1: PKGNAME 'nodash' has no version (expected NAME-VERSION)"),
-        (record("a-1", MULTI_VERSION=" PYTHON_VERSION_REQD"), "14: MULTI_VERSION entry 'PYTHON_VERSION_REQD' is not VAR=value"),
+        (record("a-1", MULTI_VERSION=" PYTHON_VERSION_REQD"),
+         "14: MULTI_VERSION entry 'PYTHON_VERSION_REQD' is not VAR=value"),
         (record("a-1", PBULK_WEIGHT="-5"), "14: PBULK_WEIGHT '-5' is not a whole number"),
         (record("a-1", location="../../etc"), "1: pkgpath: '../../etc' is not a valid value"),
         (record("a-1").encode() + b"PBULK_WEIGHT=\xff\n", "14: not UTF-8 text: 'PBULK_WEIGHT=\ufffd'"),
@@ -281,14 +282,21 @@ def test_jsonl_keeps_optional_keys_and_skips_blank_lines(tmp_path):
         ('{"name": "a-1", "version": "1", "deps": [null]}', "'deps' must be a list of job names, holds null"),
         ('{"name": "a-1", "version": "1", "deps": ["../b"]}', "invalid job name '../b'"),
         ('{"name": "a/b", "version": "1", "deps": []}', "invalid job name 'a/b'"),
-        ('{"name": "a-1", "version": "1", "deps": [], "est_seconds": -1}', "'est_seconds' must not be negative, got -1"),
-        ('{"name": "a-1", "version": "1", "deps": [], "est_seconds": true}', "'est_seconds' must be a finite number, got boolean True"),
-        ('{"name": "a-1", "version": "1", "deps": [], "priority": "high"}', "'priority' must be a finite number, got string 'high'"),
-        ('{"name": "a-1", "version": "1", "deps": [], "priority": 1e999}', "'priority' must be a finite number, got number inf"),
-        ('{"name": "a-1", "version": "1", "deps": [], "priority": NaN}', "not valid JSON: NaN is not a number gitqueue accepts"),
-        ('{"name": "a-1", "version": "1", "deps": [], "weight": 3}', "unknown key 'weight' (allowed: name, version, deps, est_seconds, priority, pkgpath, prefailed)"),
+        ('{"name": "a-1", "version": "1", "deps": [], "est_seconds": -1}',
+         "'est_seconds' must not be negative, got -1"),
+        ('{"name": "a-1", "version": "1", "deps": [], "est_seconds": true}',
+         "'est_seconds' must be a finite number, got boolean True"),
+        ('{"name": "a-1", "version": "1", "deps": [], "priority": "high"}',
+         "'priority' must be a finite number, got string 'high'"),
+        ('{"name": "a-1", "version": "1", "deps": [], "priority": 1e999}',
+         "'priority' must be a finite number, got number inf"),
+        ('{"name": "a-1", "version": "1", "deps": [], "priority": NaN}',
+         "not valid JSON: NaN is not a number gitqueue accepts"),
+        ('{"name": "a-1", "version": "1", "deps": [], "weight": 3}',
+         "unknown key 'weight' (allowed: name, version, deps, est_seconds, priority, pkgpath, prefailed)"),
         ('{"name": "a-1", "version": "1", "deps": [], "pkgpath": "nocat"}', "pkgpath: 'nocat' is not a valid value"),
-        ('{"name": "a-1", "version": "1", "deps": [], "prefailed": "\\ud800"}', "'prefailed' holds an unpaired surrogate"),
+        ('{"name": "a-1", "version": "1", "deps": [], "prefailed": "\\ud800"}',
+         "'prefailed' holds an unpaired surrogate"),
     ],
 )
 def test_malformed_jsonl_is_refused_with_its_line(tmp_path, line, expected):
@@ -302,7 +310,8 @@ def test_malformed_jsonl_is_refused_with_its_line(tmp_path, line, expected):
 
 @pytest.mark.parametrize(
     "name, fmt",
-    [("g.jsonl", "jsonl"), ("g.JSON", "jsonl"), ("g.jsonl.xz", "jsonl"), ("scan.xz", "presolve"), ("presolve", "presolve")],
+    [("g.jsonl", "jsonl"), ("g.JSON", "jsonl"), ("g.jsonl.xz", "jsonl"), ("scan.xz", "presolve"),
+     ("presolve", "presolve")],
 )
 def test_guess_format(name, fmt):
     assert guess_format(name) == fmt
@@ -408,7 +417,8 @@ def test_random_input_raises_only_import_refused(tmp_path, data, fmt):
 
 hostile_names = st.sampled_from(
     ["../x", "a/b", ".hidden", "-opt", "a b", "a\nb", "a\x00b", "", "a\\b", "/abs", "~user", "é-1"]
-) | st.text(max_size=30).filter(lambda s: not s[:1].isascii() or not s[:1].isalnum() or any(c in s for c in "/ \t\n\x00"))
+) | st.text(max_size=30).filter(
+    lambda s: not s[:1].isascii() or not s[:1].isalnum() or any(c in s for c in "/ \t\n\x00"))
 
 
 @fixture_settings

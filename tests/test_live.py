@@ -3,7 +3,7 @@
 from gitqueue import live
 
 from helpers import open_queue
-from known_build import COUNTS, T0, TTL, make_known_build
+from known_build import COUNTS, TTL, make_known_build
 
 
 def status_at(tmp_path, seconds, **kwargs):

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from gitqueue.platform import check, describe, linux_release, PinMismatch
+from gitqueue.platform import PinMismatch, check, describe, linux_release
 
 DEBIAN = '''PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"
 NAME="Debian GNU/Linux"

@@ -17,10 +17,9 @@ import tomli_w
 from gitqueue import lease, records
 from gitqueue.errors import GitqueueError
 from gitqueue.files import sha256_file
+from gitqueue.layout import record_path
 from gitqueue.pkgsummary import summary_entry
 from gitqueue.publish import Snapshot, publish, read_queue
-
-from gitqueue.layout import record_path
 
 from helpers import gitqueue, job, local_commit, make_package_queue, make_queue, open_queue
 

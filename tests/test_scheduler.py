@@ -1,7 +1,8 @@
 """The scheduler's rule and the simulator's floors on a real pkgsrc bulk build."""
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gitqueue import scheduler
 from gitqueue.importers import load_graph

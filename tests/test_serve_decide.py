@@ -141,7 +141,7 @@ def test_only_registered_unrevoked_workers_with_their_own_key(world):
     assert not serve(world, git, user_auth=mine).refused
     stranger = f"publickey {world['keys']['stranger'].public_key}\n"
     assert serve(world, git, user_auth=stranger).refusal == "this session's ssh key is not the registered key of w1"
-    assert serve(world, f"git-receive-pack '/srv/other.git'").refusal == \
+    assert serve(world, "git-receive-pack '/srv/other.git'").refusal == \
         f"git-receive-pack: only {world['repo']} is served to this key"
     assert serve(world, "").refusal == "this key runs only git and rsync for the queue: no interactive login"
 

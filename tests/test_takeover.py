@@ -409,8 +409,8 @@ def test_signed_records_on_an_unsigned_queue(tmp_path):
     from gitqueue.queue import Queue
     from gitqueue.signing import Signer
 
-    from helpers import make_queue
     from farm import keypair
+    from helpers import make_queue
 
     url = make_queue(tmp_path, [job("a-1"), job("b-1")])
     signer = Signer.from_key_file(str(keypair(tmp_path, "k")))

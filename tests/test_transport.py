@@ -12,7 +12,6 @@ import pytest
 from gitqueue import lease
 from gitqueue.audit import replay
 from gitqueue.errors import QueueNotFound
-
 from gitqueue.hook import install
 
 from helpers import REPO, git_log, gitqueue, job, make_queue, open_queue

@@ -99,7 +99,8 @@ def test_build_log_and_environment(tmp_path):
 
 def test_version_skew_gives_the_job_back_and_pins_are_checked(tmp_path):
     url = make_queue(tmp_path, [job("gmake-4.4.1", pkgpath="devel/gmake", version="4.4.1"),
-                                job("py311-foo-1.0", pkgpath="devel/py-foo", multi_version={"PYTHON_VERSION_REQD": "311"})])
+                                job("py311-foo-1.0", pkgpath="devel/py-foo",
+                                    multi_version={"PYTHON_VERSION_REQD": "311"})])
     tree = tmp_path / "pkgsrc"
     for d in ("devel/gmake", "devel/py-foo"):
         (tree / d).mkdir(parents=True)

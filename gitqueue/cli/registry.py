@@ -12,7 +12,7 @@ def worker_group():
     """Registered workers: who may claim and report, with which SSH key (docs/trust.md).
 
     \b
-    Example: GITQUEUE_SIGNING_KEY=~/.ssh/admin gitqueue worker add vax-1 --key vax-1.pub --owner 'Jane <jane@example.org>'
+    Example: GITQUEUE_SIGNING_KEY=~/.ssh/admin gitqueue worker add vax-1 --key vax-1.pub --owner 'Jo <jo@example.org>'
     """
 
 
@@ -101,7 +101,7 @@ def worker_allowed_signers_cmd(output, queue_url):
     With it, plain git verifies every commit: revoked keys are valid only before their revocation.
 
     \b
-    Example: gitqueue worker allowed-signers -o signers && git -c gpg.ssh.allowedSignersFile=signers log --show-signature
+    Example: gitqueue worker allowed-signers -o keys && git -c gpg.ssh.allowedSignersFile=keys log --show-signature
     """
     from ..files import replace_file
     from ..registry import allowed_signers, workers

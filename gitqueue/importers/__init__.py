@@ -79,7 +79,7 @@ def check_graph(jobs: list[dict], source: str) -> list[dict]:
 
     waiting: dict[str, int] = {}
     dependents: dict[str, list[str]] = {name: [] for name in index}
-    ready = deque()
+    ready: deque[str] = deque()
     for job in jobs:
         deps = dict.fromkeys(job["deps"])
         waiting[job["name"]] = len(deps)
@@ -104,7 +104,8 @@ def _cycle(jobs, index, waiting) -> str:
     """Describe one cycle among the jobs left waiting after a topological sort."""
     # Every job still waiting has a waiting dependency, so walking those must loop.
     stuck = [job["name"] for job in jobs if waiting[job["name"]]]
-    path, seen = [], {}
+    path: list[str] = []
+    seen: dict[str, int] = {}
     name = stuck[0]
     while name not in seen:
         seen[name] = len(path)

@@ -8,6 +8,7 @@ docs/import.md is the users' description: keep it in step.
 import json
 import math
 from collections.abc import Iterable
+from typing import Any
 
 from ..errors import ImportRefused
 from . import check_name, quote, validated_job
@@ -68,7 +69,7 @@ def _job(obj: dict, where: str) -> dict:
         if not isinstance(dep, str):
             raise ImportRefused(f"{where}: 'deps' must be a list of job names, holds {_kind(dep)}")
         check_name(dep, where)
-    job = {"name": name, "version": _text(obj, "version", where), "deps": list(dict.fromkeys(deps))}
+    job: dict[str, Any] = {"name": name, "version": _text(obj, "version", where), "deps": list(dict.fromkeys(deps))}
     for key in ("est_seconds", "priority"):
         if key in obj:
             job[key] = _number(obj, key, where)

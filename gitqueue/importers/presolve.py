@@ -42,7 +42,7 @@ _OPTIONAL_TEXT = (
 def parse(lines: Iterable[bytes], source: str) -> list[dict]:
     """Parse presolve `lines` (bytes, as read from `source`) into validated jobs, in file order."""
     jobs = []
-    record = None  # key -> (text, line number) of the record being read
+    record: dict[bytes, tuple[str, int]] | None = None  # key -> (text, line number) of the record being read
     for lineno, line in enumerate(lines, 1):
         eq = line.find(b"=")
         if eq < 0:

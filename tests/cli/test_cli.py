@@ -289,7 +289,8 @@ def test_report_success_with_log_and_duration(gq, tmp_path):
     assert out == "a-1: success\n"
     assert git_log(url).splitlines()[0] == "report a-1 (cat/a): success by w1 in 312 s"
     facts = last_trailers(url)
-    assert (facts["Gitqueue-Status"], facts["Gitqueue-Lease"], facts["Gitqueue-Duration"]) == ("success", token, "312.0")
+    assert (facts["Gitqueue-Status"], facts["Gitqueue-Lease"], facts["Gitqueue-Duration"]) == \
+        ("success", token, "312.0")
     result = show(url, record_path("results", "a-1"))
     # recorded under the job's name, whatever the file is called
     assert result["log"]["name"] == "a-1.log" and result["log"]["size"] == 13 and "log_tail" not in result
@@ -746,7 +747,8 @@ def test_a_job_named_like_a_lock_file_is_imported_and_built(gq, tmp_path):
     for name in ("flufl.lock", "mailman3"):
         assert show(url, record_path("results", name))["status"] == "success"
     assert record_path("results", "flufl.lock").endswith("/flufl.lock.toml")
-    assert git_log(url).splitlines()[-3:] == ["claim flufl.lock by w1", "import 2 jobs from debian.jsonl", "init queue q"]
+    assert git_log(url).splitlines()[-3:] == \
+        ["claim flufl.lock by w1", "import 2 jobs from debian.jsonl", "init queue q"]
     # The history obeys every rule of the layout, as the server's hook would judge it.
     assert gq("verify", url).exit_code == 0
 
