@@ -53,8 +53,8 @@ def generate(url: str, cache: str, max_results: int | None = None, leave: int = 
     The imported queue is kept beside it as `url`.imported.
     """
     from gitqueue import lease
-    from gitqueue.errors import NothingReady
     from gitqueue.admin import import_jobs, init_queue
+    from gitqueue.errors import NothingReady
     from gitqueue.importers import load_graph
     from gitqueue.queue import Queue
 

@@ -114,13 +114,13 @@ def error_to_json(error: GitqueueError) -> dict:
 def error_from_json(data: dict) -> GitqueueError:
     """The error that error_to_json described: of its class when one loaded in this process has
     that name and a (message, **fields) constructor, else a GitqueueError with its message."""
-    kinds = {}
+    kinds: dict[str, type[GitqueueError]] = {}
     todo = [GitqueueError]
     while todo:
         kind = todo.pop()
         kinds.setdefault(kind.__name__, kind)
         todo.extend(kind.__subclasses__())
-    kind = kinds.get(data.get("type"), GitqueueError)
+    kind = kinds.get(str(data.get("type")), GitqueueError)
     if kind.__init__ is not Exception.__init__ and not kind.fields:
         kind = GitqueueError  # made from parts (SettingInvalid), not from a message
     return kind(data["message"], **{name: data.get(name) for name in kind.fields})

@@ -10,12 +10,20 @@ import math
 import os
 
 from . import records
-from .records import utc
-from .errors import (GitqueueError, LeaseLost, NothingReady, QueueFinished, TooManyLeases, UnknownJob, error_from_json,
-                     error_to_json)
+from .errors import (
+    GitqueueError,
+    LeaseLost,
+    NothingReady,
+    QueueFinished,
+    TooManyLeases,
+    UnknownJob,
+    error_from_json,
+    error_to_json,
+)
 from .files import write_json
 from .layout import JOB_DIRS, check_job_name, check_worker_name, heartbeat_path, max_leases, record_path
 from .queue import Change, trailers
+from .records import utc
 from .text import printable
 
 
@@ -192,7 +200,7 @@ def claim(queue, worker: str, host: str | None = None, platform: dict | None = N
     Raises NothingReady when nothing is ready now, QueueFinished when nothing is left.
     """
     check_worker_name(worker)
-    chosen = []
+    chosen: list[Claim] = []
 
     def decide(tip, reader):
         batch = Batch(reader)
@@ -301,7 +309,7 @@ def report(queue, worker: str, job: str, status: str, token: str | None = None,
     check_job_name(job)
     if status not in ("success", "failure"):
         raise GitqueueError(f"status must be success or failure, not {status!r}")
-    result = {}
+    result: dict = {}
 
     def decide(tip, reader):
         batch = Batch(reader)
@@ -368,7 +376,7 @@ def _report_step(queue, batch, worker, job, status, token=None, duration=None, l
     if queue.signer is not None:
         rec["signer"] = queue.signer.fingerprint
     hb_path, hb = _heartbeat_change(queue, reader, worker)
-    files = {record_path("results", job): records.dumps("result", rec), hb_path: hb}
+    files: dict[str, bytes | None] = {record_path("results", job): records.dumps("result", rec), hb_path: hb}
     if lease is not None:
         files[record_path("leases", job)] = None
         batch.leases[worker] = batch.leases.get(worker, 0) - 1
@@ -388,13 +396,13 @@ def settle(queue, requests: list[dict], identity_of: str) -> list[Outcome]:
     lost lease, nothing ready) does not stop the others: it is that request's Outcome's error.
     Errors of the whole commit (the remote) are raised.
     """
-    outcomes = []
+    outcomes: list[Outcome] = []
 
     def decide(tip, reader):
         batch = Batch(reader)
         outcomes.clear()
         for req in requests:
-            out = {}
+            out: dict = {}
             rep = req.get("report")
             if rep is not None:
                 try:
@@ -441,7 +449,7 @@ def release(queue, worker: str, job: str, reason: str = "released", token: str |
                 raise LeaseLost(f"{job} is not leased; nothing released")
             other = " under another token" if lease["worker"] == worker else f", not by {worker}"
             raise LeaseLost(f"{job} is leased by {lease['worker']}{other}; nothing released")
-        files = {record_path("leases", job): None}
+        files: dict[str, bytes | None] = {record_path("leases", job): None}
         if decline:
             declines = _read(reader, "declines", job) or {"job": job, "declined": []}
             declines["declined"].append({"worker": worker, "reason": reason, "at": utc(queue.clock())})
@@ -464,11 +472,12 @@ def heartbeat(queue, worker: str) -> Heartbeat:
     A heartbeat never recreates a lease: jobs reclaimed from this worker are reported as lost.
     """
     check_worker_name(worker)
-    out = {}
+    out: dict[str, list[str]] = {}
 
     def decide(tip, reader):
         mine = queue.index.my_claims(worker)
-        held, lost = [], []
+        held: list[str] = []
+        lost: list[str] = []
         for job, tok in sorted(mine.items()):
             lease = _read(reader, "leases", job)
             (held if lease and lease["worker"] == worker and lease["token"] == tok else lost).append(job)

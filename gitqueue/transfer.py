@@ -353,7 +353,8 @@ def upload(files: list[str], tree: str, token: str, rsh: str | None = None, atte
         # Sent into incoming/TOKEN/ itself, the one directory gitqueue serve lets this lease's
         # worker write. rsync makes only the last directory of the target: a tree without
         # incoming/ yet (a plain account) is sent the whole staging directory once.
-        state = {"force": False, "target": (inner + "/", loc.arg(f"incoming/{token}") + "/")}
+        target: tuple[str, str] = (inner + "/", loc.arg(f"incoming/{token}") + "/")
+        state: dict = {"force": False, "target": target}
 
         def once(_attempt: int) -> None:
             args = [*base, "--stats"]
@@ -365,7 +366,7 @@ def upload(files: list[str], tree: str, token: str, rsh: str | None = None, atte
                 proc = _rsync([*args, *state["target"]], "upload", stats, rsync=rsync)
             if proc.returncode != 0:
                 raise _failed(proc)
-            for src, desc, sig in described:
+            for src, _desc, sig in described:
                 try:
                     now = _signature(os.stat(src))
                 except OSError as e:

@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import time
+from typing import TYPE_CHECKING
 
 from .backoff import Backoff, jittered
 from .config import WorkerSettings
@@ -18,6 +19,9 @@ from .errors import GitqueueError, LeaseLost, NothingReady, PackageRefused, Push
 from .layout import min_heartbeat_seconds
 from .lease import Claim, claim, heartbeat, release, report
 from .text import printable
+
+if TYPE_CHECKING:
+    from .spool import Spool
 
 REFUSALS_TO_STOP = 3  # the server refusing this worker's pushes that many times in a row
 # Jobs given back in a row because of this worker's own trouble (its transfers, its disk) before
@@ -81,7 +85,7 @@ def transfer_options(queue, settings: WorkerSettings) -> dict:
 
 
 def report_build(queue, worker: str, job: str, status: str, *, token: str | None = None,
-                 duration: float | None = None, log_file: str | None = None, package_files: list[str] = (),
+                 duration: float | None = None, log_file: str | None = None, package_files=(),
                  settings: WorkerSettings | None = None, platform: dict | None = None) -> dict:
     """Upload a build's packages and log to the queue's package tree, then record its result.
 
@@ -238,21 +242,21 @@ class Worker:
         self.pkgname_command = settings.pkgname_command or (DEFAULT_PKGNAME_COMMAND if settings.pkgsrc_dir else None)
         self.packages_dir = settings.packages_dir or os.path.join(queue.cache_dir, "packages")
         self.transfer = transfer_options(queue, settings)
-        self.packages_url = None
-        self.queue_settings = None
-        self.retry_after = None
+        self.packages_url: str | None = None
+        self.queue_settings: dict | None = None
+        self.retry_after: float | None = None
         # Lines quote server replies, reasons and names that others wrote: no control gets through.
         self.out = lambda line: out(printable(line))
-        self.stop_signal = None
-        self.child = None
+        self.stop_signal: int | None = None
+        self.child: subprocess.Popen | None = None
         self.log_dir = os.path.join(queue.cache_dir, "logs")
         self.locks = BuildLocks(os.path.join(queue.cache_dir, "running"))
-        self.held = None  # (token, descriptor) of the lease this process works on
+        self.held: tuple[str, int] | None = None  # (token, descriptor) of the lease this process works on
         self.done = 0
-        self.spool = None
+        self.spool: Spool | None = None
         self.refusals = 0
         self.trouble = 0  # jobs given back in a row because of this worker's own trouble
-        self.given_back = {}  # (job, cause) -> times given back for it
+        self.given_back: dict[tuple[str, str], int] = {}  # (job, cause) -> times given back for it
 
     def _on_signal(self, signum, frame):
         self.stop_signal = signum
@@ -377,7 +381,7 @@ class Worker:
         if self.spool is None:
             self.spool = Spool(self.queue)
         delays = Backoff(1.0, 30.0)
-        for attempt in range(8):
+        for _attempt in range(8):
             try:
                 outcome = self.spool.submit(request, identity(self.name))
                 self.refusals = 0
@@ -490,7 +494,7 @@ class Worker:
         start = time.monotonic()
         with open(log_path, "wb") as log:
             try:
-                self.child = subprocess.Popen(
+                child = self.child = subprocess.Popen(
                     self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     env=env, start_new_session=True,
                 )
@@ -500,14 +504,14 @@ class Worker:
             try:
                 while True:
                     try:
-                        code = self.child.wait(timeout=every)
+                        code = child.wait(timeout=every)
                         break
                     except subprocess.TimeoutExpired:
                         if self.stop_signal is not None:
                             continue
                         if not self._still_held(job):
-                            os.killpg(self.child.pid, signal.SIGKILL)
-                            self.child.wait()
+                            os.killpg(child.pid, signal.SIGKILL)
+                            child.wait()
                             return None
             finally:
                 self.child = None

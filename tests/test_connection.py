@@ -28,7 +28,7 @@ def test_the_public_names_are_the_library_s():
     for name in gitqueue.__all__:
         assert getattr(gitqueue, name) is not None
     with pytest.raises(AttributeError):
-        gitqueue.NoSuchThing
+        _ = gitqueue.NoSuchThing
 
 
 def test_open_queue_acts_as_its_worker(tmp_path, monkeypatch):

@@ -157,7 +157,8 @@ def heartbeat_cmd(queue_url, worker, as_json):
     with ctx.open() as queue:
         out = heartbeat(queue, ctx.worker())
     emit({"held": out.held, "lost": out.lost}, as_json,
-         lambda: "\n".join([f"held\t{j}" for j in out.held] + [f"lost\t{j}" for j in out.lost]) or "alive, no jobs held")
+         lambda: "\n".join([f"held\t{j}" for j in out.held] + [f"lost\t{j}" for j in out.lost])
+         or "alive, no jobs held")
     if out.lost:
         sys.exit(5)
 

@@ -28,7 +28,7 @@ def _load_config() -> dict:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as e:
-        raise click.ClickException(f"{path}: {e}")
+        raise click.ClickException(f"{path}: {e}") from None
     from ..config import WorkerSettings, check_connection, config_keys
     from ..errors import SettingInvalid
 
@@ -193,7 +193,8 @@ class Group(click.Group):
 @click.group(cls=Group)
 @click.option("--cache-dir", metavar="DIR", help="Where this host keeps its queue caches [env GITQUEUE_CACHE].")
 @click.option("--branch", metavar="NAME", help="Queue branch (default main).")
-@click.option("--ssh-command", metavar="CMD", help="ssh program and options for ssh:// queues [env GITQUEUE_SSH_COMMAND].")
+@click.option("--ssh-command", metavar="CMD",
+              help="ssh program and options for ssh:// queues [env GITQUEUE_SSH_COMMAND].")
 @click.option("--signing-key", metavar="FILE|agent",
               help="SSH private key that signs this machine's commits, or 'agent' [env GITQUEUE_SIGNING_KEY].")
 @click.version_option(package_name="gitqueue")

@@ -34,10 +34,9 @@ def work_cmd(queue_url, worker, once, max_jobs, command, **options):
     \b
     Example: gitqueue work --worker hp300-1 -- sh -c 'cd /usr/pkgsrc/$GITQUEUE_PKGPATH && bmake package'
     """
-    from ..worker import Worker
-
     from ..config import options as option_fields
     from ..errors import SettingInvalid
+    from ..worker import Worker
 
     ctx = context(queue_url, worker)
     try:
