@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 # name -> the module that defines it
 _EXPORTS = {
     "open_queue": "connection",
-    "Queue": "queue",
+    "Queue": "client",
     "Worker": "worker",
     "WorkerSettings": "config",
     "Claim": "lease",

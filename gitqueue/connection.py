@@ -107,7 +107,7 @@ def open_queue(url: str, *, worker: str | None = None, cache_dir: str | None = N
     Returns:
         A `Queue`, to be closed (it is a context manager).
     """
-    from .queue import Queue
+    from .client import Queue
 
     if url and "://" not in url and not url.startswith("/") and ":" not in url.split("/")[0]:
         url = os.path.abspath(url)

@@ -256,43 +256,6 @@ class Queue:
                 raise GitqueueError(f"{self.url}: a queue already exists on branch {self.branch}") from None
             return commit.id
 
-    # -- the protocol, as this queue's worker (see lease.py) ---------------------------------
-
-    def _worker_name(self) -> str:
-        if not self.worker:
-            raise GitqueueError(f"{self.url}: no worker name: open the queue with worker=NAME")
-        return self.worker
-
-    def claim(self, host: str | None = None, platform: dict | None = None):
-        """Lease the best ready job for this queue's worker; returns a lease.Claim (see lease.claim)."""
-        from .lease import claim
-
-        return claim(self, self._worker_name(), host, platform)
-
-    def report(self, job: str, status: str, **details) -> dict:
-        """Upload a build's files and record its result (see worker.report_build for `details`)."""
-        from .worker import report_build
-
-        return report_build(self, self._worker_name(), job, status, **details)
-
-    def heartbeat(self):
-        """Tell the queue this worker is alive; returns a lease.Heartbeat (see lease.heartbeat)."""
-        from .lease import heartbeat
-
-        return heartbeat(self, self._worker_name())
-
-    def release(self, job: str, reason: str = "released", token: str | None = None) -> None:
-        """Give `job` back; other workers get it, this one is not offered it again (see lease.release)."""
-        from .lease import release
-
-        release(self, self._worker_name(), job, reason, token)
-
-    def status(self, top: int = 5) -> dict:
-        """Progress, rates, workers, expiring leases and blockers, as `gitqueue status --json` prints."""
-        from .live import status
-
-        return status(self, top=top)
-
 
 def trailers(facts: dict) -> str:
     """git trailer lines ("Gitqueue-Job: x") for a commit message."""

@@ -20,9 +20,10 @@ def test_import_gitqueue_loads_nothing_until_a_name_is_used():
 
 
 def test_the_public_names_are_the_library_s():
-    from gitqueue import errors, queue, worker
+    from gitqueue import client, errors, queue, worker
 
-    assert gitqueue.Queue is queue.Queue and gitqueue.Worker is worker.Worker
+    assert gitqueue.Queue is client.Queue and issubclass(gitqueue.Queue, queue.Queue)
+    assert gitqueue.Worker is worker.Worker
     assert gitqueue.LeaseLost is errors.LeaseLost and gitqueue.open_queue is open_queue
     assert set(gitqueue.__all__) <= set(dir(gitqueue))
     for name in gitqueue.__all__:
