@@ -28,6 +28,7 @@ from dulwich.refs import Ref
 from dulwich.repo import Repo
 
 from .errors import GitqueueError, PushRefused, PushRejected, QueueNotFound, RemoteError, RepositoryDamaged
+from .files import fsync_dir
 
 ZERO_SHA = ObjectID(b"0" * 40)
 STALE_REF_LOCK = 30  # seconds after which a ref's lock file is a dead process's
@@ -423,6 +424,10 @@ def _add_objects(object_store, objects):
     if len(objects) > 64:
         object_store.add_objects([(o, None) for o in objects])
         return
+    _write_all_loose(object_store, objects)
+
+
+def _write_all_loose(object_store, objects) -> None:
     root = getattr(object_store, "path", None)
     for o in objects:
         if root is None:
@@ -459,12 +464,7 @@ def _add_fetched(object_store, data: bytes) -> None:
         objects = list(PackInflater.for_pack_data(pack, resolve_ext_ref=external))
     finally:
         pack.close()
-    root = getattr(object_store, "path", None)
-    for obj in objects:
-        if root is None:
-            object_store.add_object(obj)
-        else:
-            _write_loose(root, obj)
+    _write_all_loose(object_store, objects)
 
 
 def _write_loose(root: str, obj) -> None:
@@ -561,7 +561,7 @@ def write_pack(packdir: str, objects) -> list[str]:
             os.chmod(name, 0o444)
         os.replace(tmp_pack, base + ".pack")
         os.replace(tmp_idx, base + ".idx")
-        _fsync_dir(packdir)
+        fsync_dir(packdir)
     finally:
         for name in (tmp_pack, tmp_idx):
             try:
@@ -581,19 +581,6 @@ def _pack_entry_header(type_num: int, size: int) -> bytes:
         size >>= 7
     out.append(c)
     return bytes(out)
-
-
-def _fsync_dir(path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class CachingStore:

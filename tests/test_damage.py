@@ -95,14 +95,20 @@ def test_a_full_disk_during_the_first_fetch_is_one_error_and_nothing_is_lost(tmp
     assert again.returncode == 0, again.stderr
 
 
-def test_a_connection_that_hangs_is_abandoned_after_the_network_timeout(tmp_path):
-    """ssh that connects and then says nothing (a stuck server, a NAT box that dropped the state)."""
+def hung_ssh(tmp_path):
+    """An ssh that connects and says nothing, and the environment of a worker using it (2 s deadline)."""
     fake_ssh = tmp_path / "ssh"
     fake_ssh.write_text("#!/bin/sh\nexec sleep 300\n")
     fake_ssh.chmod(0o755)
     config = tmp_path / "config.toml"
     config.write_text("network_timeout = 2\n")
     env = {"GITQUEUE_CONFIG": str(config), "GITQUEUE_CACHE": str(tmp_path / "c"), "GITQUEUE_SSH_COMMAND": str(fake_ssh)}
+    return fake_ssh, env
+
+
+def test_a_connection_that_hangs_is_abandoned_after_the_network_timeout(tmp_path):
+    """ssh that connects and then says nothing (a stuck server, a NAT box that dropped the state)."""
+    fake_ssh, env = hung_ssh(tmp_path)
     proc = gitqueue("claim", "--queue", "ssh://127.0.0.1/srv/q.git", "--worker", "w1", env=env, timeout=60)
     assert proc.returncode == 1
     assert proc.stderr.strip() == "Error: ssh://127.0.0.1/srv/q.git: fetch: no answer for 2 s; gave up"
@@ -112,12 +118,7 @@ def test_a_connection_that_hangs_is_abandoned_after_the_network_timeout(tmp_path
 
 def test_verify_of_a_server_that_hangs_gives_up_after_the_network_timeout(tmp_path):
     """verify fetches the whole history: ssh connects, then the server says nothing."""
-    fake_ssh = tmp_path / "ssh"
-    fake_ssh.write_text("#!/bin/sh\nexec sleep 300\n")
-    fake_ssh.chmod(0o755)
-    config = tmp_path / "config.toml"
-    config.write_text("network_timeout = 2\n")
-    env = {"GITQUEUE_CONFIG": str(config), "GITQUEUE_CACHE": str(tmp_path / "c"), "GITQUEUE_SSH_COMMAND": str(fake_ssh)}
+    fake_ssh, env = hung_ssh(tmp_path)
     started = time.monotonic()
     proc = gitqueue("verify", "ssh://127.0.0.1/srv/q.git", env=env, timeout=60)
     assert time.monotonic() - started < 30
