@@ -59,6 +59,9 @@ class Index:
     def __init__(self, path: str):
         self.path = path
         self.db = self._open()
+        # Trees parsed by the last update: its new trees are the next one's old trees, so a
+        # long-lived worker reads each tree of the queue once, not on both sides of two diffs.
+        self._parsed_trees: dict = {}
 
     def _open(self):
         try:
@@ -104,7 +107,7 @@ class Index:
         from .trees import TreeWalk
 
         store = remote.object_store
-        walk = TreeWalk(store, _MAX_RECORD_BYTES)
+        walk = TreeWalk(store, _MAX_RECORD_BYTES, self._parsed_trees)
         changes = []
         for change in walk.changes_between(store[old].tree, store[tip].tree):
             if change.kind in _REBUILD_KINDS:
