@@ -163,6 +163,7 @@ class BuildLocks:
 
     def __init__(self, directory: str):
         self.directory = directory
+        self._made = False
 
     def _path(self, token: str) -> str:
         if not self._TOKEN.fullmatch(token):
@@ -172,7 +173,9 @@ class BuildLocks:
     def hold(self, token: str) -> int:
         """Lock running/TOKEN for this process; returns the descriptor that holds the lock."""
         path = self._path(token)
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        if not self._made:  # once: a mkdir that fails with EEXIST still costs a system call per job
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            self._made = True
         # Locked before it appears under its name: a lock file is never seen unlocked while alive.
         tmp = os.path.join(self.directory, f".{token}.{os.getpid()}")
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
