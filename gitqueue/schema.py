@@ -104,7 +104,9 @@ SCHEMAS = {
                                "{name} is the job's name, {base} its name without the version and {version} "
                                "its version (default [\"{name}.tgz\"])",
                 "items": {"type": "string", "maxLength": 200,
-                          "pattern": "^[A-Za-z0-9{][A-Za-z0-9{}*?\\[\\]._+~-]*$"},
+                          # A wildcard may come first (*_{version}_*.deb: Debian's binary packages are
+                          # not named after their source): a file name still starts with a letter or digit.
+                          "pattern": "^[A-Za-z0-9{*?\\[][A-Za-z0-9{}*?\\[\\]._+~-]*$"},
             },
             "upload_quota": {"type": "integer", "minimum": 0,
                              "description": "bytes one worker may hold in the upload areas of its live leases "

@@ -157,6 +157,43 @@ def test_report_uploads_packages_given_on_the_command_line(tmp_path):
     assert pub.returncode == 0 and pub.stdout.startswith("published 1,"), pub.stderr
 
 
+def test_a_package_file_pattern_may_begin_with_a_wildcard(tmp_path):
+    """Debian's binary packages are not named after their source (libbsd builds libbsd0 and
+    libbsd-dev): `*_{version}_*.deb` takes any of them at the job's version, nothing else."""
+    tree = tmp_path / "packages"
+    url = str(tmp_path / "q.git")
+    graph = tmp_path / "g.jsonl"
+    graph.write_text('{"name": "libbsd-0.11.7-2", "version": "0.11.7-2", "deps": []}\n')
+    env = {**os.environ, "GITQUEUE_CACHE": str(tmp_path / "cache-admin")}
+    gq = [sys.executable, "-m", "gitqueue"]
+    init = subprocess.run(gq + ["init", url, "--packages-url", str(tree), "--package-file", "*_{version}_*.deb"],
+                          env=env, capture_output=True, text=True)
+    assert init.returncode == 0, init.stderr
+    assert subprocess.run(gq + ["import", url, str(graph)], env=env, capture_output=True).returncode == 0
+    build = tmp_path / "build"
+    build.write_text('#!/bin/sh\nfor f in libbsd0_0.11.7-2_amd64.deb libbsd-dev_0.11.7-2_amd64.deb '
+                     'libmd0_1.0.4-2_amd64.deb libbsd0_0.11.7-2_amd64.deb.sig; do\n'
+                     '    echo "$f" > "$GITQUEUE_OUTPUT/$f"\ndone\n')
+    build.chmod(0o755)
+    env["GITQUEUE_CACHE"] = str(tmp_path / "cache-w")
+    proc = subprocess.run(gq + ["work", "--queue", url, "--worker", "w1", "--once", "--", str(build)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    allowed = "(package_files allow *_0.11.7-2_*.deb)"
+    assert sorted(line for line in proc.stderr.splitlines() if "not uploading" in line) == [
+        f"w1: not uploading libbsd0_0.11.7-2_amd64.deb.sig: not a package file of libbsd-0.11.7-2 {allowed}",
+        f"w1: not uploading libmd0_1.0.4-2_amd64.deb: not a package file of libbsd-0.11.7-2 {allowed}"]
+    with Queue(url, str(tmp_path / "cache-check")) as q:
+        _, reader = q.fetch()
+        rec = records.load_at("result", reader.read(record_path("results", "libbsd-0.11.7-2")),
+                              record_path("results", "libbsd-0.11.7-2"))
+    assert sorted(p["name"] for p in rec["packages"]) == ["libbsd-dev_0.11.7-2_amd64.deb", "libbsd0_0.11.7-2_amd64.deb"]
+    pub = subprocess.run(gq + ["publish", "--queue", url], env=env, capture_output=True, text=True)
+    assert pub.returncode == 0 and pub.stdout.startswith("published 2,"), pub.stdout + pub.stderr
+    assert sorted(os.listdir(tree / "All")) == ["SHA512", "libbsd-dev_0.11.7-2_amd64.deb",
+                                                "libbsd0_0.11.7-2_amd64.deb", "pkg_summary.gz"]
+
+
 def test_the_worker_uploads_and_names_only_the_jobs_own_package_files(tmp_path):
     tree = tmp_path / "packages"
     url = make_package_queue(tmp_path, str(tree), [job("gmake-4.4.1", pkgpath="devel/gmake")])
