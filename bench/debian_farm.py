@@ -1,6 +1,6 @@
 """A real farm on one machine: Debian source packages built by three volunteer accounts over ssh.
 
-    sudo python3 bench/debian_farm.py [--root DIR] [--keep] [--nocheck] [--ttl 30]
+    sudo python3 bench/debian_farm.py [--root DIR] [--keep] [--nocheck] [--ttl 60]
 
 Needs root on Debian or Ubuntu with apt, and the network to the distribution's mirror. It sets
 up what README.md ("A real deployment in five minutes", the worker set-up) and docs/trust.md
@@ -60,7 +60,7 @@ describe, on this one machine, and runs a bulk build through it:
 5. **A crash.** Once a long build has run for a while (--crash-after), its worker's machine
    "crashes": SIGKILL to the worker's process group and to every other process of that account
    (its build's own session, its ssh master). The lease is reclaimed after the lease TTL (--ttl,
-   30 s; reclaim runs every 3 s), another worker takes the job, and the crashed machine comes
+   60 s; reclaim runs every 3 s), another worker takes the job, and the crashed machine comes
    back (the worker is started again) once that has happened. Had it come back sooner, within
    the TTL, its new `gitqueue work` process would have kept the dead build's lease alive: every
    claim and heartbeat of a worker rewrites its one heartbeat record, which is all reclaim
@@ -713,11 +713,11 @@ class Farm:
     def _copy_libraries(self) -> None:
         self.lib.mkdir()
         for name in LIBRARIES:
-            module = __import__(name)
-            source = Path(module.__file__)
-            source = source.parent if source.name == "__init__.py" else source
-            if name == "gitqueue":
+            if name == "gitqueue":  # this checkout's, installed or not
                 source = CHECKOUT / "gitqueue"
+            else:
+                source = Path(__import__(name).__file__)
+                source = source.parent if source.name == "__init__.py" else source
             target = self.lib / source.name
             if source.is_dir():
                 shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
@@ -1189,7 +1189,7 @@ def main() -> int:
     ap.add_argument("--nocheck", action="store_true", help="build with DEB_BUILD_OPTIONS=nocheck")
     ap.add_argument("--packages", metavar="SRC,SRC...",
                     help="build these source packages instead of the chains chosen here (no chain required)")
-    ap.add_argument("--ttl", type=int, default=30, help="the queue's lease TTL in seconds (default 30)")
+    ap.add_argument("--ttl", type=int, default=60, help="the queue's lease TTL in seconds (default 60)")
     ap.add_argument("--crash-after", type=float, default=25,
                     help="seconds into a long build (60 s or more estimated) before its machine crashes")
     ap.add_argument("--restart-now", action="store_true",
@@ -1202,6 +1202,13 @@ def main() -> int:
     if opts.build_step:
         return build_step(opts.build_step)
     check_platform()
+
+    def interrupted(signum, frame):
+        raise SystemExit(f"interrupted by {signal.Signals(signum).name}")
+
+    # The accounts' processes and the private sshd outlive this script unless cleanup runs.
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
     farm = Farm(opts)
     try:
         farm.setup_apt()
