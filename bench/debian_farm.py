@@ -61,11 +61,10 @@ describe, on this one machine, and runs a bulk build through it:
    "crashes": SIGKILL to the worker's process group and to every other process of that account
    (its build's own session, its ssh master). The lease is reclaimed after the lease TTL (--ttl,
    60 s; reclaim runs every 3 s), another worker takes the job, and the crashed machine comes
-   back (the worker is started again) once that has happened. Had it come back sooner, within
-   the TTL, its new `gitqueue work` process would have kept the dead build's lease alive: every
-   claim and heartbeat of a worker rewrites its one heartbeat record, which is all reclaim
-   watches, and the new process neither rebuilds nor gives back the leases its host's cache
-   still holds, so the job waits until that worker falls silent (--restart-now shows it).
+   back (the worker is started again) once that has happened. With --restart-now it comes back
+   at once instead, within the TTL: the new `gitqueue work` finds the lock file of the build
+   its predecessor lost (CACHE/running/TOKEN, its flock gone with the killed process) and gives
+   that lease back before it claims, so the job goes on without waiting for the TTL.
    Publish runs every 10 s. Reclaim and publish run as the master's account, as its cron would.
 6. **The end.** `gitqueue publish`, `gitqueue html OUTDIR`, `gitqueue verify --admin-key
    alice.pub --packages TREE` and `gitqueue status`, as the master's account; every job must
@@ -724,6 +723,9 @@ class Farm:
             else:
                 shutil.copy2(source, target)
         shutil.copy2(__file__, self.lib / "debian_farm.py")
+        # Compiled once here: the accounts cannot write __pycache__ into this directory, and
+        # without .pyc files every gitqueue process (worker, serve, hook) compiled each module.
+        run([PYTHON, "-m", "compileall", "-q", self.lib])
         run(["chmod", "-R", "a+rX", self.lib])
 
     # -- 4. round trips over ssh
@@ -1193,8 +1195,8 @@ def main() -> int:
     ap.add_argument("--crash-after", type=float, default=25,
                     help="seconds into a long build (60 s or more estimated) before its machine crashes")
     ap.add_argument("--restart-now", action="store_true",
-                    help="start the crashed worker again at once, not once another worker has its job (its "
-                         "heartbeats then keep the dead build's lease alive: see the docstring)")
+                    help="start the crashed worker again at once, not once another worker has its job (it then "
+                         "gives back the lease of the build it lost: see the docstring)")
     ap.add_argument("--samples", type=int, default=9, help="claim/release round trips to time (at most the ready jobs)")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds the build may take")
     ap.add_argument("--build-step", metavar="BUILD_ROOT", help=argparse.SUPPRESS)
