@@ -821,6 +821,9 @@ class Farm:
                     w["building"] = (m.group(1), time.monotonic())
                 elif re.match(rf"{re.escape(worker)}: (\S+) (success|failure) ", raw) or "gave back" in raw:
                     w["building"] = None
+                k = getattr(self, "kill", None)
+                if k and "given_back" not in k and raw.startswith(f"{worker}: gave back {k['job']}: its build"):
+                    k["given_back"] = time.monotonic()  # by the crashed worker, started again
         return lines
 
     def build(self) -> None:
@@ -888,12 +891,13 @@ class Farm:
                     return
             return
         k = self.kill
-        if "reclaimed" not in k:
+        if "reclaimed" not in k and "given_back" not in k:
             if any(r["job"] == k["job"] and r["worker"] == k["worker"] for r in self.reclaims):
                 k["reclaimed"] = now
         elif "taken_by" not in k:
             for worker, w in self.workers.items():
-                if worker != k["worker"] and w["building"] and w["building"][0] == k["job"]:
+                if ((worker != k["worker"] or "given_back" in k) and w["building"]
+                        and w["building"][0] == k["job"]):
                     k["taken_by"], k["taken"] = worker, now
         if not k.get("restarted") and (self.opts.restart_now or "taken_by" in k
                                        or ("reclaimed" in k and now - k["reclaimed"] > 300)):
@@ -1055,6 +1059,8 @@ class Farm:
         if k:
             say(f"   crash: {k['worker']} killed {k['built_for']:.0f} s into {k['job']}; reclaimed "
                 + (f"{k['reclaimed'] - k['at']:.0f} s later" if "reclaimed" in k else "never")
+                + (f"; given back by {k['worker']}, started again, {k['given_back'] - k['at']:.0f} s after the crash"
+                   if "given_back" in k else "")
                 + (f", taken by {k['taken_by']} {k['taken'] - k['at']:.0f} s after the crash" if "taken_by" in k else "")
                 + (f"; {k['worker']} back {k['restarted'] - k['at']:.0f} s after" if k.get("restarted") else ""))
         say(f"   reclaims: {len(getattr(self, 'reclaims', []))}; publish runs: {getattr(self, 'publish_runs', 0)}")
