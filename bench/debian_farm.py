@@ -923,7 +923,7 @@ class Farm:
         t = time.monotonic()
         self.idle_heartbeats: list[float] = []
         for _ in range(self.opts.samples):
-            time.sleep(2)  # more than min_heartbeat_seconds (ttl / 20) apart
+            time.sleep(self.opts.ttl / 20 + 1)  # more than min_heartbeat_seconds (ttl / 20) apart
             self.probe_heartbeat(self.idle_heartbeats)
         self.phase("heartbeats on the idle machine", t)
         say("== the end: publish, html, verify, status (as the master's account)")
