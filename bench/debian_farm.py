@@ -621,7 +621,7 @@ class Farm:
         self.phase("packages: source check and graph", t)
         t = time.monotonic()
         say(f"== build-deps: apt-get build-dep of {len(self.chosen)} source packages")
-        for job, info in self.table.items():
+        for _job, info in self.table.items():
             run(["apt-get", "build-dep", "-y", "-q", "--only-source", f"{info['source']}={info['version']}"],
                 env={**apt_env(), **({"DEB_BUILD_PROFILES": "nocheck"} if info["nocheck"] else {})})
         for source, why in NOCHECK.items():
@@ -676,8 +676,8 @@ class Farm:
         graph.write_text("".join(json.dumps(j) + "\n" for j in self.jobs))
         (self.lib / "debian.json").write_text(json.dumps(self.table, indent=1))
         os.chmod(self.lib / "debian.json", 0o644)
-        os_release = "{ID}-{VERSION_ID}".format(**dict(
-            (k, v.strip('"')) for k, _, v in (line.partition("=") for line in Path("/etc/os-release").read_text().splitlines())))
+        fields = (line.partition("=") for line in Path("/etc/os-release").read_text().splitlines())
+        os_release = "{ID}-{VERSION_ID}".format(**{k: v.strip('"') for k, _, v in fields})
         self.as_admin("init", self.repo, "--name", f"{os_release}-{os.uname().machine}", "--arch", os.uname().machine,
                       "--os-release", os_release, "--lease-ttl", self.opts.ttl, "--packages-url", packages_url,
                       "--admin", f"alice={self.pub / 'alice.pub'}", "--admin", f"cron={self.pub / 'cron.pub'}",
@@ -842,7 +842,7 @@ class Farm:
             if now - t > self.opts.timeout:
                 self.problems.append(f"the build did not finish in {self.opts.timeout} s")
                 break
-            for worker, line in self.read_logs():
+            for _worker, line in self.read_logs():
                 say(f"{self.stamp()} {line}")
             if now - last["reclaim"] >= 3:
                 last["reclaim"] = now
@@ -872,7 +872,7 @@ class Farm:
                     self.kill is None or self.kill.get("restarted")):
                 break
             time.sleep(1)
-        for worker, line in self.read_logs():
+        for _worker, line in self.read_logs():
             say(f"{self.stamp()} {line}")
         self.figures["worker restarts after errors"] = restarts
         self.phase("build", t)
@@ -999,7 +999,8 @@ class Farm:
         for name in failed:
             self.problems.append(f"{name} failed")
             proc = self.as_bulk("log", name, "--tree", self.tree, "--tail", "40", "--queue", self.repo, check=False)
-            say(f"   gitqueue log {name} --tail 40:\n     " + (proc.stdout or proc.stderr).rstrip().replace("\n", "\n     "))
+            shown = (proc.stdout or proc.stderr).rstrip().replace("\n", "\n     ")
+            say(f"   gitqueue log {name} --tail 40:\n     " + shown)
         if records["leases"]:
             self.problems.append(f"leases left: {', '.join(records['leases'])}")
         say(f"   results: {len(self.results) - len(failed)} success, {len(failed)} failure, {len(missing)} missing")
@@ -1007,7 +1008,8 @@ class Farm:
     def check_indexes(self) -> None:
         all_dir = self.tree / "All"
         debs = sorted(p.name for p in all_dir.glob("*.deb"))
-        named = sorted(p["name"] for r in self.results.values() if r["status"] == "success" for p in r.get("packages", []))
+        named = sorted(p["name"] for r in self.results.values() if r["status"] == "success"
+                       for p in r.get("packages", []))
         self.debs = debs
         if debs != named:
             self.problems.append(f"All/ holds {len(debs)} .debs, the results name {len(named)}: "
@@ -1061,7 +1063,8 @@ class Farm:
                 + (f"{k['reclaimed'] - k['at']:.0f} s later" if "reclaimed" in k else "never")
                 + (f"; given back by {k['worker']}, started again, {k['given_back'] - k['at']:.0f} s after the crash"
                    if "given_back" in k else "")
-                + (f", taken by {k['taken_by']} {k['taken'] - k['at']:.0f} s after the crash" if "taken_by" in k else "")
+                + (f", taken by {k['taken_by']} {k['taken'] - k['at']:.0f} s after the crash"
+                   if "taken_by" in k else "")
                 + (f"; {k['worker']} back {k['restarted'] - k['at']:.0f} s after" if k.get("restarted") else ""))
         say(f"   reclaims: {len(getattr(self, 'reclaims', []))}; publish runs: {getattr(self, 'publish_runs', 0)}")
         tree = self.tree
@@ -1095,7 +1098,7 @@ class Farm:
     # -- 8. cleanup
 
     def cleanup(self) -> None:
-        for worker, w in self.workers.items():
+        for _worker, w in self.workers.items():
             if w["proc"].poll() is None:
                 try:
                     os.killpg(w["proc"].pid, signal.SIGTERM)
