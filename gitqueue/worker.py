@@ -214,6 +214,14 @@ class BuildLocks:
         finally:
             os.close(fd)
 
+    def tokens(self) -> list[str]:
+        """The tokens that have a lock file here."""
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return []
+        return [name for name in names if self._TOKEN.fullmatch(name)]
+
     def forget(self, token: str) -> None:
         try:
             os.unlink(self._path(token))
@@ -290,8 +298,15 @@ class Worker:
 
     def _give_back_lost_builds(self) -> None:
         """Give back the leases this host took whose build no process runs any more."""
-        for job, token in sorted(self.queue.index.my_claims(self.name).items()):
-            if (self.held is not None and self.held[0] == token) or not self.locks.lost(token):
+        held = self.held[0] if self.held is not None else None
+        lost = {token for token in self.locks.tokens() if token != held and self.locks.lost(token)}
+        if not lost:
+            return
+        # The index is shared with this host's other processes: read it under the cache's lock.
+        with self.queue.lock():
+            claims = self.queue.index.my_claims(self.name)
+        for job, token in sorted(claims.items()):
+            if token not in lost:
                 continue
             where = f" on {self.host}" if self.host else " here"
             reason = f"its build{where} was lost: the gitqueue work process building it stopped"
@@ -299,7 +314,8 @@ class Worker:
                 release(self.queue, self.name, job, reason, token, decline=False)
                 self.out(f"{self.name}: gave back {job}: {reason}")
             except LeaseLost:
-                self.queue.index.forget_claim(job)  # reclaimed or settled meanwhile
+                with self.queue.lock():
+                    self.queue.index.forget_claim(job)  # reclaimed or settled meanwhile
             except GitqueueError as e:
                 self.out(f"{self.name}: could not give back {job} ({reason}): {e}")
                 continue
