@@ -456,12 +456,9 @@ def _add_fetched(object_store, data: bytes) -> None:
     from dulwich.object_format import SHA1
     from dulwich.pack import PackData, PackInflater
 
-    def external(sha):
-        return object_store.get_raw(sha)
-
     pack = PackData.from_file(BytesIO(data), SHA1, len(data))
     try:
-        objects = list(PackInflater.for_pack_data(pack, resolve_ext_ref=external))
+        objects = list(PackInflater.for_pack_data(pack, resolve_ext_ref=object_store.get_raw))
     finally:
         pack.close()
     _write_all_loose(object_store, objects)
