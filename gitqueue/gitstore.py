@@ -73,6 +73,13 @@ def read_object(store, sha: bytes, kind: str, limit: int) -> bytes | str:
     """
     import zlib
 
+    cached = getattr(store, "cached", None)
+    obj = cached(sha) if cached is not None else None
+    if obj is not None:
+        # Parsed from these very bytes (dulwich keeps an object's raw text) or made here: no
+        # need to open the file again. A worker's own new trees and records come this way.
+        raw = obj.as_raw_string()
+        return _mismatch(obj.type_name.decode(), len(raw), kind, limit) or raw
     for s in _stores(store):
         path = _loose_path(s, sha)
         if path is None:
@@ -616,6 +623,17 @@ class CachingStore:
     def __contains__(self, sha):
         return sha in self._cache or sha in self._store
 
+    def cached(self, sha):
+        """The parsed object `sha` if this cache holds it, else None (reads nothing)."""
+        return self._cache.get(sha)
+
+    def remember(self, objects) -> None:
+        """Hold objects just written (a commit's new trees and records) as if read back."""
+        if len(self._cache) + len(objects) >= self._size:
+            self._cache.clear()
+        for o in objects[: self._size]:
+            self._cache[o.id] = o
+
     def _where(self):
         path = getattr(self._store, "path", "")
         return os.path.dirname(path) if path.endswith("objects") else path or "object store"
@@ -701,6 +719,7 @@ class LocalRemote(Remote):
         from dulwich.file import FileLocked
 
         _add_objects(self.object_store, objects + [commit])
+        self.object_store.remember(objects + [commit])
         lock = os.path.join(self.repo.controldir(), self.ref.decode() + ".lock")
         try:
             ok = self.repo.refs.set_if_equals(self.ref, ObjectID(old) if old else ZERO_SHA, commit.id)
@@ -899,6 +918,7 @@ class CachedRemote(Remote):
             raise PushRefused(f"{self.url}: push refused: {_one_line(status)}{': ' + reason if reason else ''}")
         # Keep what we sent, so the next operation need not fetch it back.
         _add_objects(self.object_store, objects + [commit])
+        self.object_store.remember(objects + [commit])
         _in_cache(lambda: self.repo.refs.__setitem__(self.ref, new))
 
     def fetch_history(self):
