@@ -77,10 +77,22 @@ def import_jobs(queue, jobs: list[dict], source: str) -> dict:
             {"Action": "import", "Jobs": len(jobs), "Edges": edges, "Prefailed": prefailed,
              "Source": os.path.basename(source)}
         )
-        return Change(files, message)
+        return Change(with_graph(reader, files, jobs), message)
 
     queue.transact(decide, ADMIN, use_index=False)
     return {"jobs": len(jobs), "edges": edges, "prefailed": prefailed}
+
+
+def with_graph(reader, files: dict, jobs: list[dict] | None = None) -> dict:
+    """`files` ({path: bytes or None}) of an admin commit, with graph.tsv derived for the tree they make.
+
+    Every admin change of the job records, the settings or the lists rewrites graph.tsv, so that
+    workers can read the graph instead of every record (graph.py). `jobs`: the new job records,
+    when the caller has them.
+    """
+    from .graph import graph_change
+
+    return {**files, layout.GRAPH: graph_change(reader, files, jobs)}
 
 
 def change_priority(queue, add: Sequence[str] = (), remove: Sequence[str] = ()) -> list[str]:
@@ -101,7 +113,7 @@ def change_priority(queue, add: Sequence[str] = (), remove: Sequence[str] = ()) 
                                      f"remove {' '.join(remove)}" if remove else "") if x)
         message = f"priority: {what}\n\n" + trailers({"Action": "priority", "Packages": " ".join(new)})
         data = records.dumps("priority", {"packages": new}) if new else None
-        return Change({layout.PRIORITY: data}, message)
+        return Change(with_graph(reader, {layout.PRIORITY: data}), message)
 
     queue.transact(decide, ADMIN, use_index=False)
     return out
@@ -130,7 +142,7 @@ def change_noway(queue, add: Sequence[dict] = (), remove: Sequence[tuple[str, st
             {"Action": "noway", "Add": " ".join(e["pattern"] for e in add) or None,
              "Remove": " ".join(p for p, _ in remove) or None})
         data = records.dumps("noway", {"entries": new}) if new else None
-        return Change({layout.NOWAY: data}, message)
+        return Change(with_graph(reader, {layout.NOWAY: data}), message)
 
     queue.transact(decide, ADMIN, use_index=False)
     return out

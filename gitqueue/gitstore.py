@@ -413,6 +413,11 @@ def build_tree(object_store, base_tree_id: bytes | None, changes: dict[str, byte
     return root, list(new_objects.values())
 
 
+def blob_id(data: bytes) -> bytes:
+    """The object id git gives a file holding `data`."""
+    return Blob.from_string(data).id
+
+
 def make_commit(tree_id: bytes, parent: bytes | None, message: str, identity: str, now: float | None = None) -> Commit:
     """A commit object (not stored) with `identity` ("Name <email>") as author and committer."""
     c = Commit()
@@ -669,6 +674,10 @@ class Remote:
         from contextlib import nullcontext
 
         return nullcontext()
+
+    def ensure(self, ids) -> None:
+        """Have the objects `ids` at hand before reading many of them (a partial cache fetches
+        those it left out, in one request)."""
 
     def reader(self, commit_id: bytes | None) -> TreeReader:
         """A TreeReader over the tree of `commit_id`."""

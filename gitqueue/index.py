@@ -10,10 +10,9 @@ import os
 import sqlite3
 
 from . import records
-from .errors import RecordInvalid
-from .layout import SETTINGS, TOP_FILES
+from .layout import TOP_FILES
 
-INDEX_VERSION = "3"
+INDEX_VERSION = "5"
 
 _SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT);
@@ -33,17 +32,20 @@ CREATE TABLE jobs(
     lease_token TEXT,
     lease_at REAL
 );
-CREATE INDEX jobs_pkgpath ON jobs(pkgpath);
-CREATE INDEX jobs_leased ON jobs(leased_by) WHERE leased_by IS NOT NULL;
-CREATE TABLE deps(job INTEGER NOT NULL, dep INTEGER NOT NULL);
-CREATE INDEX deps_dep ON deps(dep);
-CREATE INDEX deps_job ON deps(job);
+CREATE TABLE deps(job INTEGER NOT NULL, dep INTEGER NOT NULL, PRIMARY KEY(job, dep)) WITHOUT ROWID;
 CREATE TABLE declines(job INTEGER NOT NULL, worker TEXT NOT NULL, PRIMARY KEY(job, worker));
 CREATE TABLE speeds(worker TEXT PRIMARY KEY, n INTEGER NOT NULL, total REAL NOT NULL);
 CREATE TABLE mine(job TEXT PRIMARY KEY, worker TEXT NOT NULL, token TEXT NOT NULL);
-CREATE INDEX ready ON jobs(priority DESC)
-    WHERE pending = 0 AND result IS NULL AND leased_by IS NULL AND skip IS NULL;
 """
+# Indexes dropped while a rebuild loads 29k jobs and 200k dependencies and made again after it:
+# building an index once is faster than keeping it up to date row by row.
+_BULK_INDEXES = (
+    "CREATE INDEX jobs_pkgpath ON jobs(pkgpath)",
+    "CREATE INDEX jobs_leased ON jobs(leased_by) WHERE leased_by IS NOT NULL",
+    "CREATE INDEX deps_dep ON deps(dep)",
+    "CREATE INDEX ready ON jobs(priority DESC) WHERE pending = 0 AND result IS NULL AND leased_by IS NULL "
+    "AND skip IS NULL",
+)
 
 # Changes of the job set, the settings or the lists: recompute everything rather than apply a diff.
 _REBUILD_KINDS = frozenset(("job", *TOP_FILES.values()))
@@ -83,7 +85,7 @@ class Index:
         # transactions, never the file's consistency (the index is a cache of the tree anyway).
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
-        db.executescript(_SCHEMA)
+        db.executescript(_SCHEMA + ";".join(_BULK_INDEXES) + ";")
         db.execute("INSERT INTO meta VALUES('version', ?)", (INDEX_VERSION,))
         return db
 
@@ -192,81 +194,104 @@ class Index:
             )
 
     def rebuild(self, remote, tip: bytes | None) -> None:
-        """Recompute everything from the tree of `tip`."""
-        from . import lists, scheduler
+        """Recompute everything from the tree of `tip`: the jobs from its graph.tsv when that
+        describes the tree (graph.py), else from every job record.
+
+        Streams into SQLite (a new worker on a 29k queue holds no row of it in Python) and lets
+        SQLite count the pending dependencies.
+        """
+        from . import graph
+        from .errors import RecordInvalid
 
         reader = remote.reader(tip)
-        store = remote.object_store
-        settings = {}
-        data = reader.read(SETTINGS)
-        if data is not None:
-            settings = records.loads("queue", data, SETTINGS)
-        jobs = []
-        for path, sha in reader.walk_files("jobs"):
-            jobs.append(records.load_at("job", store[sha].as_raw_string(), path))
-        ids = {job["name"]: i for i, job in enumerate(jobs, 1)}
-        results = {}
-        for path, sha in reader.walk_files("results"):
-            rec = records.load_at("result", store[sha].as_raw_string(), path)
-            # Only what the index needs: 27k whole results (packages, platform...) held at
-            # once were most of a first claim's memory on a full build.
-            results[rec["job"]] = {k: rec.get(k) for k in ("job", "status", "worker", "duration")}
-        leases = {}
-        for path, sha in reader.walk_files("leases"):
-            rec = records.load_at("lease", store[sha].as_raw_string(), path)
-            leases[rec["job"]] = rec
-        declines: list[tuple[int, str]] = []
-        for path, sha in reader.walk_files("declines"):
-            rec = records.load_at("decline", store[sha].as_raw_string(), path)
-            if rec["job"] in ids:
-                declines.extend((ids[rec["job"]], d["worker"]) for d in rec["declined"])
-        boost_rx = lists.compile_patterns(lists.read_priority(reader))
-        noway = lists.noway_for(lists.read_noway(reader), settings.get("arch", ""))
-        estimates = {job["name"]: scheduler.estimate(job) for job in jobs}
-        est = {name: e[0] for name, e in estimates.items()}
-        boosted = {job["name"] for job in jobs if lists.matches(boost_rx, job)}
-        priority = scheduler.priorities(jobs, est, boosted)
-        speeds = scheduler.Speeds()
-        for rec in results.values():
-            if rec["status"] == "success" and rec.get("duration") and rec["job"] in est:
-                speeds.observe(rec["worker"], rec["duration"], est[rec["job"]])
+        lines = graph.current_lines(reader) if tip is not None else None
+        if lines is not None:
+            try:
+                self._load(reader, lines, tip)
+                return
+            except RecordInvalid:
+                pass  # a graph.tsv that does not read: the records decide
+        remote.ensure([sha for _, sha in reader.walk_files("jobs")])  # a partial cache lacks them
+        self._load(reader, graph.as_lines(graph.graph_rows(reader)), tip)
+
+    def _load(self, reader, lines, tip) -> None:
+        from . import scheduler
+        from .errors import RecordInvalid
+
+        store = reader.store
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
             for table in ("jobs", "deps", "declines", "speeds"):
                 db.execute(f"DELETE FROM {table}")
-            rows = []
-            dep_rows = []
-            for job in jobs:
-                name = job["name"]
-                jid = ids[name]
-                pending = 0
-                for dep in job["deps"]:
-                    dep_id = ids.get(dep)
-                    if dep_id is None:
-                        raise RecordInvalid(f"jobs: {name} depends on unknown job {dep}")
-                    dep_rows.append((jid, dep_id))
-                    if dep not in results or results[dep]["status"] != "success":
-                        pending += 1
-                skip = job.get("prefailed")
-                kind: str | None = "p"
-                if not skip:
-                    skip = next((f"no way on {e['arch'] or 'any arch'}: {e['reason']}" for e in noway
-                                 if lists.matches(lists.compile_patterns([e["pattern"]]), job)), None)
-                    kind = "s" if skip else None
-                lease = leases.get(name, {})
-                rows.append((
-                    jid, name, job["version"], job.get("pkgpath"), skip, kind, est[name], estimates[name][1],
-                    priority[name], pending, results[name]["status"] if name in results else None,
-                    lease.get("worker"), lease.get("token"), records.epoch(lease.get("claimed_at")),
-                ))
-            db.executemany("INSERT INTO jobs VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-            db.executemany("INSERT INTO deps VALUES(?,?)", dep_rows)
-            db.executemany("INSERT OR IGNORE INTO declines VALUES(?,?)", declines)
+            for index in _BULK_INDEXES:
+                db.execute(f"DROP INDEX IF EXISTS {index.split()[2]}")
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS edges(job INTEGER PRIMARY KEY, deps TEXT NOT NULL)")
+            db.execute("DELETE FROM temp.edges")
+
+            edges = []
+
+            def jobs():
+                for jid, line in enumerate(lines, 1):
+                    if line.deps:
+                        edges.append((jid, line.deps))
+                    yield (jid, line.name, line.version, line.pkgpath, line.skip, line.skip_kind, line.est,
+                           line.est_source, line.priority)
+
+            db.executemany("INSERT INTO jobs(id, name, version, pkgpath, skip, skip_kind, est, est_source, priority)"
+                           " VALUES(?,?,?,?,?,?,?,?,?)", jobs())
+            db.executemany("INSERT INTO temp.edges VALUES(?, ?)", edges)
+            del edges[:]
+            # "3 17 204" into rows by SQLite's JSON reader: 200k dependencies without a Python loop;
+            # the primary key refuses a dependency given twice.
+            try:
+                db.execute("INSERT INTO deps SELECT e.job, CAST(j.value AS INTEGER) FROM temp.edges e, "
+                           "json_each('[' || replace(e.deps, ' ', ',') || ']') j")
+            except sqlite3.IntegrityError:
+                raise RecordInvalid("graph.tsv: a job names one dependency twice") from None
+            db.execute("DELETE FROM temp.edges")
+            bad = db.execute("SELECT job, dep FROM deps WHERE dep = job OR dep > (SELECT MAX(id) FROM jobs) LIMIT 1"
+                             ).fetchone()
+            if bad:
+                raise RecordInvalid(f"graph.tsv: job {bad[0]} names {bad[1]} as a dependency: not another job")
+            durations = {}
+
+            def results():
+                for path, sha in reader.walk_files("results"):
+                    rec = records.load_at("result", store[sha].as_raw_string(), path)
+                    if rec["status"] == "success" and rec.get("duration"):
+                        durations[rec["job"]] = (rec["worker"], rec["duration"])
+                    yield rec["status"], rec["job"]
+
+            db.executemany("UPDATE jobs SET result=? WHERE name=?", results())
+
+            def leases():
+                for path, sha in reader.walk_files("leases"):
+                    rec = records.load_at("lease", store[sha].as_raw_string(), path)
+                    yield rec["worker"], rec["token"], records.epoch(rec.get("claimed_at")), rec["job"]
+
+            db.executemany("UPDATE jobs SET leased_by=?, lease_token=?, lease_at=? WHERE name=?", leases())
+
+            def declines():
+                for path, sha in reader.walk_files("declines"):
+                    rec = records.load_at("decline", store[sha].as_raw_string(), path)
+                    for d in rec["declined"]:
+                        yield d["worker"], rec["job"]
+
+            db.executemany("INSERT OR IGNORE INTO declines SELECT id, ? FROM jobs WHERE name=?", declines())
+            db.execute("""UPDATE jobs SET pending = (
+                              SELECT COUNT(*) FROM deps d JOIN jobs p ON p.id = d.dep
+                               WHERE d.job = jobs.id AND p.result IS NOT 'success')""")
+            speeds = scheduler.Speeds()
+            if durations:
+                for name, est in db.execute("SELECT name, est FROM jobs WHERE result = 'success'"):
+                    if name in durations:
+                        worker, duration = durations[name]
+                        speeds.observe(worker, duration, est)
             db.executemany("INSERT INTO speeds VALUES(?,?,?)", [(w, n, t) for w, (n, t) in speeds.sums.items()])
-            db.execute(
-                "INSERT OR REPLACE INTO meta VALUES('commit', ?)", (tip.decode() if tip else "",)
-            )
+            for index in _BULK_INDEXES:
+                db.execute(index)
+            db.execute("INSERT OR REPLACE INTO meta VALUES('commit', ?)", (tip.decode() if tip else "",))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

@@ -5,6 +5,7 @@ This is the one description of the layout that writers, readers, the server's ho
 (the name as git stores it, in its place), so no name can stand for a path it is not.
 
     queue.toml  priority.toml  noway.toml       settings and lists (files)
+    graph.tsv                                   the job graph derived from them (graph.py)
     jobs/ leases/ results/ declines/ lapsed/    per-job records: KIND/XX/JOB.toml, XX = shard(JOB)
     heartbeats/ workers/                        per-worker records: KIND/WORKER.toml
 
@@ -24,12 +25,15 @@ from .schema import FILE_NAME_PATTERN, LOG_NAME_PATTERN
 SETTINGS = "queue.toml"
 PRIORITY = "priority.toml"
 NOWAY = "noway.toml"
-# Top-level files and the record kind each holds; all administrative.
-TOP_FILES = {SETTINGS: "queue", PRIORITY: "priority", NOWAY: "noway"}
+GRAPH = "graph.tsv"
+# Top-level files and the record kind each holds; all administrative. graph.tsv is not TOML.
+TOP_FILES = {SETTINGS: "queue", PRIORITY: "priority", NOWAY: "noway", GRAPH: "graph"}
 # Directories of per-job records (KIND/XX/JOB.toml) and of per-worker records (KIND/NAME.toml).
 JOB_DIRS = {"jobs": "job", "leases": "lease", "results": "result", "declines": "decline", "lapsed": "lapsed"}
 WORKER_DIRS = {"heartbeats": "heartbeat", "workers": "worker"}
-ADMIN_KINDS = {"queue", "priority", "noway", "job", "worker", "lapsed"}
+ADMIN_KINDS = {"queue", "priority", "noway", "graph", "job", "worker", "lapsed"}
+# The largest graph.tsv anyone reads: a queue of a million jobs (pkgsrc has 29k) is about 80 MB.
+MAX_GRAPH_BYTES = 128 << 20
 
 FILE_MODE = b"100644"  # records are plain files: no executables, symlinks or submodules
 TREE_MODE = b"40000"

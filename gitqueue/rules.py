@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from . import layout, records
 from .errors import GitqueueError
 from .gitstore import Commit, TreeReader, object_header, read_object
-from .layout import SETTINGS, TOP_FILES, record_path, worker_path
+from .layout import SETTINGS, record_path, worker_path
 from .trees import TreeWalk
 
 DEFAULT_MAX_RECORD_BYTES = 65536
 MAX_COMMIT_BYTES = 1 << 16  # a commit settling a host's 16 workers is about 10 KB
 MAX_READ_BYTES = 1 << 20  # any record read while judging (queue.toml of a root commit, ...)
+TOML_TOP_KINDS = ("queue", "priority", "noway")
 
 
 class ChainError(GitqueueError):
@@ -120,7 +121,7 @@ def read_record(reader: TreeReader, kind: str, path: str):
     if sha is None:
         return None
     data = read_blob(reader.store, sha, MAX_READ_BYTES, path)
-    return records.loads(kind, data, path) if kind in TOP_FILES.values() else records.load_at(kind, data, path)
+    return records.loads(kind, data, path) if kind in TOML_TOP_KINDS else records.load_at(kind, data, path)
 
 
 def read_blob(store, sha: bytes, limit: int, where: str) -> bytes:
@@ -464,7 +465,12 @@ class _Check:
                 self.fail("lease", f"{worker} would hold {held} live leases, more than max_leases ({cap})")
 
     def _load(self, kind, data, path):
-        if kind in ("queue", "priority", "noway"):
+        if kind == "graph":
+            from .graph import parse
+
+            parse(data, path)  # its form here; whether it matches the records in _graph
+            return data
+        if kind in TOML_TOP_KINDS:
             rec = records.loads(kind, data, path)
         else:
             rec = records.load_at(kind, data, path)
@@ -498,6 +504,16 @@ class _Check:
 
     _noway = _priority
     _job = _priority
+
+    def _graph(self, path, name, old, new, had, has):
+        """graph.tsv: an administrator's, and it must describe the commit's own records."""
+        if not self._admin_only(path, had, has) or not has:
+            return
+        from .graph import problem
+
+        reason = problem(self.after, new)
+        if reason:
+            self.fail("graph", reason, path)
     _worker = _priority
 
     def _heartbeat(self, path, name, old, new, had, has):

@@ -130,17 +130,19 @@ class TreeWalk:
                 yield self._removed(place, name, path, o)
 
     def _file(self, place, name, path, old, new):
-        data = read_object(self.store, new[1], "blob", self.max_record_bytes)
+        kind, who = layout.kind_of(place, name)
+        limit = layout.MAX_GRAPH_BYTES if kind == "graph" else self.max_record_bytes
+        data = read_object(self.store, new[1], "blob", limit)
         if isinstance(data, str):
             if "bytes, more than" in data:
-                data = data.replace(f"more than {self.max_record_bytes}",
-                                    f"more than max_record_bytes ({self.max_record_bytes})")
+                if kind != "graph":
+                    data = data.replace(f"more than {self.max_record_bytes}",
+                                        f"more than max_record_bytes ({self.max_record_bytes})")
                 self._fail(path, "size", f"{path}: {data}")
             else:
                 self._fail(path, "layout", f"{path}: {data}")
             return None
         self.objects.add(new[1])
-        kind, who = layout.kind_of(place, name)
         return FileChange(path, kind, who, old, new, data)
 
     @staticmethod

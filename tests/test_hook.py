@@ -277,6 +277,20 @@ def test_an_administrative_record_by_a_worker(hostile, sshd):
     refused(hostile, sshd, sha, "workers/w1.toml: administrative record changed by")
 
 
+def test_the_graph_is_an_administrators_and_must_match_the_records(hostile, sshd):
+    from gitqueue import graph
+
+    with hostile.queue("alice") as q:
+        reader = q.remote.reader(q.remote.fetch())
+        data = reader.read("graph.tsv")
+        inputs, rows = graph.parse(data)
+    twisted = graph.render([r._replace(deps=()) for r in rows], inputs)  # c-1 no longer waits for a-1
+    sha = hostile.commit({"graph.tsv": twisted}, "k1")
+    refused(hostile, sshd, sha, "graph.tsv: administrative record changed by")
+    sha = hostile.commit({"graph.tsv": twisted}, "alice")
+    refused(hostile, sshd, sha, "graph.tsv: job c-1 does not match its record")
+
+
 def test_a_merge_commit(hostile, sshd):
     from dulwich.repo import Repo
 

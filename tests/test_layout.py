@@ -257,6 +257,8 @@ def _written_keys(url):
                     if item.mode & 0o40000:
                         stack.append((path + "/", item.sha))
                         continue
+                    if path == "graph.tsv":
+                        continue  # plain text derived from the records (graph.py), not a record
                     kind = kinds[path.split("/", 1)[0]]
                     record = tomllib.loads(store[item.sha].as_raw_string().decode())
                     seen.setdefault(kind, set()).update(record)

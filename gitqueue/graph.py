@@ -1,0 +1,325 @@
+"""The job graph a queue carries (graph.tsv): what a worker's index needs of every job, in one file.
+
+Every job's scheduling facts (version, package path, why it is never built, estimate, priority,
+dependencies) follow from the job records, the settings and the priority and no-way lists: all
+administrative, all changed only by admin commits. Each such commit writes them once into
+graph.tsv, so that a new worker (or one back after a long absence) reads one plain-text file
+instead of parsing every job record and recomputing the critical paths: on the 29k pkgsrc queue
+that is the difference between seconds and minutes on a slow machine (bench/small_machine.py).
+
+The file names the ids of the trees and files it was derived from; a reader uses it only when
+they are those of its own tree (else it derives the same from the records, as before), and the
+server's hook refuses an admin commit whose graph.tsv does not match its records (rules.py).
+
+    # gitqueue graph 1
+    # jobs <tree id of jobs/>
+    # queue.toml <blob id, or ->
+    # priority.toml <blob id, or ->
+    # noway.toml <blob id, or ->
+    NAME<TAB>VERSION<TAB>PKGPATH<TAB>SKIP_KIND<TAB>SKIP<TAB>EST<TAB>EST_SOURCE<TAB>PRIORITY<TAB>DEPS
+
+one line per job, by name; DEPS are the line numbers (from 1) of the jobs it depends on,
+space-separated; SKIP_KIND is p (prefailed), s (no way on this architecture) or empty; text
+fields escape backslash, tab, newline and carriage return as \\\\, \\t, \\n, \\r.
+"""
+
+import io
+import math
+import re
+from typing import NamedTuple
+
+from .errors import InvalidName, RecordInvalid
+from .layout import GRAPH, NOWAY, PRIORITY, SETTINGS
+
+MAGIC = b"# gitqueue graph 1"
+INPUTS = ("jobs", SETTINGS, PRIORITY, NOWAY)
+_FIELDS = 9
+
+
+class Row(NamedTuple):
+    """One job's derived facts; `deps` are the ids (line numbers) of its dependencies."""
+
+    name: str
+    version: str
+    pkgpath: str | None
+    skip_kind: str | None
+    skip: str | None
+    est: float
+    est_source: str
+    priority: float
+    deps: tuple[int, ...]
+
+
+# -- deriving ---------------------------------------------------------------------------------------
+
+
+def derive(jobs: list[dict], settings: dict, priority_patterns: list[str], noway_entries: list[dict]) -> list[Row]:
+    """The rows of `jobs` (checked job records) under these settings and lists, sorted by name.
+
+    Raises RecordInvalid for a dependency on a job that is not there.
+    """
+    from . import lists, scheduler
+
+    jobs = sorted(jobs, key=lambda j: j["name"])
+    ids = {job["name"]: i for i, job in enumerate(jobs, 1)}
+    estimates = {job["name"]: scheduler.estimate(job) for job in jobs}
+    est = {name: e[0] for name, e in estimates.items()}
+    boost_rx = lists.compile_patterns(priority_patterns)
+    boosted = {job["name"] for job in jobs if lists.matches(boost_rx, job)}
+    priority = scheduler.priorities(jobs, est, boosted)
+    noway = [(lists.compile_patterns([e["pattern"]]), e)
+             for e in lists.noway_for(noway_entries, settings.get("arch", ""))]
+    rows = []
+    for job in jobs:
+        name = job["name"]
+        deps = []
+        for dep in job["deps"]:
+            if dep not in ids:
+                raise RecordInvalid(f"jobs: {name} depends on unknown job {dep}")
+            deps.append(ids[dep])
+        skip: str | None = job.get("prefailed") or None
+        kind: str | None = "p"
+        if not skip:
+            skip = next((f"no way on {e['arch'] or 'any arch'}: {e['reason']}" for rx, e in noway
+                         if lists.matches(rx, job)), None)
+            kind = "s" if skip else None
+        rows.append(Row(name, job["version"], job.get("pkgpath") or None, kind if skip else None, skip,
+                        est[name], estimates[name][1], priority[name], tuple(deps)))
+    return rows
+
+
+def read_jobs(reader) -> list[dict]:
+    """Every job record of `reader`'s tree, parsed (what an admin command derives the graph from)."""
+    from . import records
+
+    store = reader.store
+    return [records.load_at("job", store[sha].as_raw_string(), path) for path, sha in reader.walk_files("jobs")]
+
+
+def inputs_of(reader, changes: dict | None = None) -> dict[str, str]:
+    """The ids graph.tsv names for `reader`'s tree with `changes` ({path: bytes or None}) applied."""
+    from .gitstore import blob_id, build_tree
+
+    changes = changes or {}
+    out = {}
+    job_changes = {p[len("jobs/"):]: d for p, d in changes.items() if p.startswith("jobs/")}
+    jobs_tree = reader.tree_id_of("jobs")
+    if job_changes:
+        jobs_tree, _ = build_tree(reader.store, jobs_tree, job_changes)
+    out["jobs"] = jobs_tree.decode() if jobs_tree else "-"
+    for path in INPUTS[1:]:
+        if path in changes:
+            data = changes[path]
+            out[path] = blob_id(data).decode() if data is not None else "-"
+        else:
+            blob = reader.blob_id(path)
+            out[path] = blob.decode() if blob else "-"
+    return out
+
+
+def graph_change(reader, changes: dict, jobs: list[dict] | None = None) -> bytes:
+    """graph.tsv for `reader`'s tree once `changes` ({path: bytes or None}) are applied; `jobs`
+    are the new job records when the caller has them, else they are read from the tree."""
+    def read(path):
+        return changes[path] if path in changes else reader.read(path)
+
+    if jobs is None:
+        jobs = read_jobs(reader)
+    return render(derive(jobs, *_settings_and_lists(read)), inputs_of(reader, changes))
+
+
+def _settings_and_lists(read) -> tuple[dict, list[str], list[dict]]:
+    from . import records
+
+    def current(path, kind, default):
+        data = read(path)
+        return default if data is None else records.loads(kind, data, path)
+
+    return (current(SETTINGS, "queue", {}), current(PRIORITY, "priority", {"packages": []})["packages"],
+            current(NOWAY, "noway", {"entries": []})["entries"])
+
+
+# -- the file ---------------------------------------------------------------------------------------
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+_UNESCAPES = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
+
+
+def _unescape(text: str, where: str) -> str:
+    if "\\" not in text:
+        return text
+    out = []
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\":
+            nxt = text[i + 1: i + 2]
+            if nxt not in _UNESCAPES:
+                raise RecordInvalid(f"{where}: unknown escape \\{nxt[:1]}")
+            out.append(_UNESCAPES[nxt])
+            i += 2
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def render(rows: list[Row], inputs: dict[str, str]) -> bytes:
+    """graph.tsv's bytes for `rows` derived from the trees and files `inputs` names."""
+    lines = [MAGIC.decode()] + [f"# {key} {inputs[key]}" for key in INPUTS]
+    for r in rows:
+        lines.append("\t".join((
+            _escape(r.name), _escape(r.version), _escape(r.pkgpath or ""), r.skip_kind or "",
+            _escape(r.skip or ""), repr(float(r.est)), _escape(r.est_source), repr(float(r.priority)),
+            " ".join(map(str, r.deps)),
+        )))
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+class Line(NamedTuple):
+    """One line of graph.tsv as read: a Row whose dependencies are still text ("3 17 204")."""
+
+    name: str
+    version: str
+    pkgpath: str | None
+    skip_kind: str | None
+    skip: str | None
+    est: float
+    est_source: str
+    priority: float
+    deps: str
+
+
+def parse(data: bytes, where: str = GRAPH) -> tuple[dict[str, str], list[Row]]:
+    """(inputs, rows) of graph.tsv's bytes; raises RecordInvalid (one line: where and what) if the
+    file is not one gitqueue writes: every field checked, dependencies pointing at other lines."""
+    inputs, lines = read(data, where)
+    rows = []
+    for n, line in enumerate(lines, 1):
+        deps = tuple(map(int, line.deps.split(" "))) if line.deps else ()
+        if deps and (min(deps) < 1 or n in deps or len(set(deps)) != len(deps)):
+            raise RecordInvalid(f"{where}:{n + len(INPUTS) + 1}: a dependency that is not another line of the graph")
+        rows.append(Row(line.name, line.version, line.pkgpath, line.skip_kind, line.skip, line.est,
+                        line.est_source, line.priority, deps))
+    if any(d > len(rows) for row in rows for d in row.deps):
+        raise RecordInvalid(f"{where}: a dependency past the last line")
+    return inputs, rows
+
+
+def read(data: bytes, where: str = GRAPH):
+    """(inputs, iterator of Lines) of graph.tsv's bytes, the header checked now and each line as it
+    is reached (a worker streams 29k lines into its index without holding them); the iterator
+    raises RecordInvalid at the first bad line. Which line numbers the dependencies name is the
+    reader's to check (`parse` does; the index lets SQLite do it)."""
+    stream = io.BytesIO(data)
+    header = [stream.readline() for _ in range(len(INPUTS) + 1)]
+    if header[0] != MAGIC + b"\n":
+        raise RecordInvalid(f"{where}: not a gitqueue graph (its first line is not {MAGIC.decode()!r})")
+    inputs = {}
+    for n, (key, line) in enumerate(zip(INPUTS, header[1:], strict=True), 2):
+        parts = line.decode("ascii", "replace").split(" ")
+        if len(parts) != 3 or parts[0] != "#" or parts[1] != key or not parts[2].endswith("\n") \
+                or not _is_id(parts[2][:-1]):
+            raise RecordInvalid(f"{where}:{n}: expected '# {key} <object id or ->'")
+        inputs[key] = parts[2][:-1]
+    return inputs, _lines(stream, where, len(INPUTS) + 2)
+
+
+_DEPS = re.compile(r"(?:[1-9][0-9]{0,8}(?: [1-9][0-9]{0,8})*)?")
+
+
+def _lines(stream, where: str, first: int):
+    from .layout import check_job_name
+
+    previous = ""
+    for n, raw in enumerate(stream, first):
+        at = f"{where}:{n}"
+        if not raw.endswith(b"\n"):
+            raise RecordInvalid(f"{at}: the last line does not end in a newline")
+        try:
+            f = raw[:-1].decode("utf-8").split("\t")
+        except UnicodeDecodeError:
+            raise RecordInvalid(f"{at}: not UTF-8") from None
+        if len(f) != _FIELDS:
+            raise RecordInvalid(f"{at}: {len(f)} fields, not {_FIELDS}")
+        name = _unescape(f[0], at)
+        try:
+            check_job_name(name, at)
+        except InvalidName as e:
+            raise RecordInvalid(str(e)) from None
+        if name <= previous:
+            raise RecordInvalid(f"{at}: job {name} out of order or given twice (lines are sorted by name)")
+        previous = name
+        kind = f[3] or None
+        if kind not in (None, "p", "s") or (kind is None) != (f[4] == ""):
+            raise RecordInvalid(f"{at}: skip kind {f[3][:10]!r} with reason {f[4][:40]!r}")
+        try:
+            est, priority = float(f[5]), float(f[7])
+        except ValueError:
+            raise RecordInvalid(f"{at}: estimate or priority is not a number") from None
+        if not (math.isfinite(est) and est >= 0 and math.isfinite(priority) and priority >= 0):
+            raise RecordInvalid(f"{at}: estimate and priority are finite numbers, at least 0")
+        if not _DEPS.fullmatch(f[8]):
+            raise RecordInvalid(f"{at}: dependencies are line numbers separated by spaces")
+        yield Line(name, _unescape(f[1], at), _unescape(f[2], at) or None, kind, _unescape(f[4], at) or None,
+                   est, _SOURCES.get(f[6]) or _unescape(f[6], at), priority, f[8])
+
+
+# One string object each for the estimate sources of 29k lines, not 29k copies.
+_SOURCES = {s: s for s in ("default", "weight", "est_seconds", "history")}
+
+
+def _is_id(text: str) -> bool:
+    return text == "-" or (len(text) == 40 and all(c in "0123456789abcdef" for c in text))
+
+
+def current_lines(reader):
+    """An iterator of the Lines of `reader`'s graph.tsv if it describes `reader`'s own tree, else
+    None (no graph, a stale one or one whose header is unreadable: derive from the records then).
+    The lines are checked as they come (see `read`)."""
+    data = reader.read(GRAPH)
+    if data is None:
+        return None
+    try:
+        inputs, lines = read(data)
+    except RecordInvalid:
+        return None
+    return lines if inputs == inputs_of(reader) else None
+
+
+def problem(reader, data: bytes) -> str | None:
+    """Why graph.tsv's `data` does not describe `reader`'s tree (its records, settings and
+    lists), or None. Estimates and priorities are hints of the admin's gitqueue version: only
+    their form is checked; names, versions, package paths, skips and dependencies must be exact."""
+    try:
+        inputs, rows = parse(data)
+    except RecordInvalid as e:
+        return str(e).removeprefix(f"{GRAPH}: ")
+    if inputs != inputs_of(reader):
+        return "names other trees or files than its own commit's: rewrite it with the records"
+    try:
+        expected = graph_rows(reader)
+    except RecordInvalid as e:
+        return f"the records it describes are invalid: {e}"
+    if len(rows) != len(expected):
+        return f"{len(rows)} jobs, but the records hold {len(expected)}"
+    for got, want in zip(rows, expected, strict=True):
+        if (got.name, got.version, got.pkgpath, got.skip_kind, got.skip, got.deps) != \
+                (want.name, want.version, want.pkgpath, want.skip_kind, want.skip, want.deps):
+            return f"job {got.name} does not match its record (version, package path, skip or dependencies)"
+    return None
+
+
+def graph_rows(reader) -> list[Row]:
+    """The rows derived from `reader`'s own records, settings and lists."""
+    return derive(read_jobs(reader), *_settings_and_lists(reader.read))
+
+
+def as_lines(rows: list[Row]):
+    """`rows` as the Lines `read` yields."""
+    for row in rows:
+        yield Line(*row[:-1], " ".join(map(str, row.deps)))
