@@ -18,6 +18,7 @@ import io
 import os
 import stat
 import time
+from collections.abc import Callable
 
 # Only this module imports dulwich (tests/test_gitstore.py): the rest of gitqueue takes the
 # names it annotates with (Commit, ObjectID) from here.
@@ -32,6 +33,7 @@ from .files import fsync_dir
 
 ZERO_SHA = ObjectID(b"0" * 40)
 STALE_REF_LOCK = 30  # seconds after which a ref's lock file is a dead process's
+PARTIAL_MARKER = "gitqueue-partial"  # in a cache repository that left out the job records
 HISTORY_DIR = "history.git"  # beside a remote queue's cache: the whole history, for verify and the timeline
 _DIR = stat.S_IFDIR
 _FILE = 0o100644
@@ -605,6 +607,8 @@ class CachingStore:
         self._cache: dict = {}
         self._size = size
         self._loose = getattr(store, "_get_loose_object", None)
+        # Set for a partial cache (CachedRemote): fetches objects by id that were left out.
+        self.fetch_missing: Callable[[list], None] | None = None
 
     def __getitem__(self, sha):
         obj = self._cache.get(sha)
@@ -614,7 +618,14 @@ class CachingStore:
                 if obj is None:
                     obj = self._store[sha]
             except KeyError:
-                raise RepositoryDamaged(f"{self._where()}: object {_hex(sha)} is missing") from None
+                if self.fetch_missing is None:
+                    raise RepositoryDamaged(f"{self._where()}: object {_hex(sha)} is missing") from None
+                self.fetch_missing([sha])
+                self.fetch_missing, fetch = None, self.fetch_missing
+                try:
+                    return self[sha]  # once: what the server does not send is damage
+                finally:
+                    self.fetch_missing = fetch
             except Exception as e:  # a truncated pack, a damaged loose object: zlib, checksum, format
                 if isinstance(e, GitqueueError):
                     raise
@@ -836,6 +847,7 @@ class CachedRemote(Remote):
         from dulwich.client import get_transport_and_path
 
         self.url = url
+        self.ssh_command = ssh_command
         self.ref = Ref(b"refs/heads/" + branch.encode())
         try:
             self.client, self.remote_path = get_transport_and_path(url, ssh_command=ssh_command or None)
@@ -845,6 +857,8 @@ class CachedRemote(Remote):
             self.client.ssh_vendor = _TrackingVendor()
         self.repo = _open_cache_repo(cache_path)
         self.object_store = CachingStore(self.repo.object_store)
+        if self.partial:
+            self._go_partial()
         self.history_path = os.path.join(os.path.dirname(os.path.abspath(cache_path)), HISTORY_DIR)
         self._history: Repo | None = None
 
@@ -854,9 +868,99 @@ class CachedRemote(Remote):
         except KeyError:
             return None
 
+    @property
+    def _partial_marker(self) -> str:
+        return os.path.join(self.repo.controldir(), PARTIAL_MARKER)
+
+    @property
+    def partial(self) -> bool:
+        """Whether this cache left out the job records (see `fetch`)."""
+        return os.path.exists(self._partial_marker)
+
+    def _go_partial(self):
+        from dulwich.client import get_transport_and_path
+
+        # The server takes the cache to hold everything its commits reach, so a thin pack may
+        # send a new file as a delta against a job record this cache never got: ask for packs
+        # that carry their own bases.
+        self.client, self.remote_path = get_transport_and_path(self.url, ssh_command=self.ssh_command or None,
+                                                               thin_packs=False)
+        if hasattr(self.client, "ssh_vendor"):
+            self.client.ssh_vendor = _TrackingVendor()
+        self.object_store.fetch_missing = self.fetch_objects
+
+    def ensure(self, ids) -> None:
+        if self.object_store.fetch_missing is not None:
+            self.fetch_objects(ids)
+
+    def fetch_objects(self, ids) -> None:
+        """Fetch the objects `ids` (ones a partial cache left out) by id, in one request."""
+        wanted = [i for i in dict.fromkeys(ids) if i not in self.object_store]
+        if not wanted:
+            return
+        pack = io.BytesIO()
+        try:
+            with _Deadline(self.timeout, f"{self.url}: fetch", self.client):
+                self.client.fetch_pack(self.remote_path, lambda refs, depth=None: wanted, TipWalker(None, set()),
+                                       pack.write)
+        except (HangupException, GitProtocolError, OSError) as e:
+            raise RemoteError(f"{self.url}: fetch of {len(wanted)} objects failed: {_one_line(e)}") from None
+        if pack.tell():
+            _add_fetched(self.repo.object_store, pack.getvalue())
+
     def fetch(self) -> bytes | None:
-        seen = {}
         local = self._local_tip()
+        if local is None:
+            return self._first_fetch()
+        return self._fetch(local)
+
+    def _first_fetch(self) -> bytes | None:
+        """Fetch the tip into an empty cache without the job records, when the server can.
+
+        A new worker needs the tree and the few records that are not jobs (leases, results,
+        settings, graph.tsv); the 29k job records of a pkgsrc queue are most of the bytes and
+        seconds of a first fetch, and a worker reads only those it claims (fetched then, one
+        by one). Needs protocol v2 (sshd's `AcceptEnv GIT_PROTOCOL`) and `uploadpack.allowFilter`
+        (`gitqueue hooks install` sets it); else the server sends everything, as before.
+        """
+        import logging
+
+        # dulwich logs a warning when the server cannot filter; that case is normal here.
+        log = logging.getLogger("dulwich.client")
+        level = log.level
+        log.setLevel(logging.ERROR)
+        # Marked partial first: a process killed after the fetch leaves a cache that knows to
+        # fetch what it lacks.
+        with open(self._partial_marker, "w") as f:
+            f.write("job records are fetched when read (gitstore.CachedRemote._first_fetch)\n")
+        self._go_partial()
+        try:
+            tip = self._fetch(None, filter_spec=b"blob:none")
+        finally:
+            log.setLevel(level)
+        if tip is None:
+            return None
+        missing = []
+        left_out_jobs = False
+        reader = TreeReader(self.object_store, self.object_store[tip].tree)
+        for _, mode, sha in reader.entries(""):
+            if not stat.S_ISDIR(mode) and sha not in self.object_store:
+                missing.append(sha)
+        for top, _, _ in reader.entries(""):
+            if top == "jobs":
+                first = next(reader.walk_files("jobs"), None)
+                left_out_jobs = first is not None and first[1] not in self.object_store
+                continue
+            missing.extend(sha for _, sha in reader.walk_files(top) if sha not in self.object_store)
+        if not missing and not left_out_jobs:  # the server sent everything
+            os.unlink(self._partial_marker)
+            self.object_store.fetch_missing = None
+            return tip
+        self.fetch_objects(missing)
+        return tip
+
+    def _fetch(self, local, filter_spec: bytes | None = None) -> bytes | None:
+        seen = {}
 
         def determine_wants(refs, depth=None):
             tip = refs.get(self.ref)
@@ -875,6 +979,7 @@ class CachedRemote(Remote):
                     walker,
                     pack.write,
                     depth=None if local else 1,
+                    filter_spec=filter_spec,
                 )
         except (HangupException, GitProtocolError, OSError) as e:
             raise RemoteError(f"{self.url}: fetch failed: {_one_line(e)}") from None

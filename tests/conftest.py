@@ -62,7 +62,10 @@ def farm_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
     directory = tempfile.mkdtemp(prefix="gq-farm-sshd-", dir="/tmp")
     os.chmod(directory, 0o755)
     try:
-        yield from _running(SshServer(directory, per_user_keys=True, expose_auth_info=True))
+        # AcceptEnv GIT_PROTOCOL, as README asks of a master: workers fetch with protocol v2 through
+        # the forced command, and a new worker's cache leaves the job records out (test_partial.py).
+        yield from _running(SshServer(directory, per_user_keys=True, expose_auth_info=True,
+                                      accept_env=["GIT_PROTOCOL"]))
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 

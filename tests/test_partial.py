@@ -1,0 +1,124 @@
+"""A new worker's first fetch leaves the job records out (protocol v2, blob:none) and reads the
+job graph from graph.tsv; the records it claims come when it reads them."""
+
+import os
+import subprocess
+
+import pytest
+
+from gitqueue import graph, lease
+from gitqueue.gitstore import PARTIAL_MARKER
+from gitqueue.hook import configure
+from gitqueue.layout import GRAPH, record_path
+
+from helpers import job, local_commit, make_queue, open_queue
+from sshd import SshServer, sshd_available
+from test_index import _view
+
+JOBS = [job("a-1", pkgpath="cat/a"), job("b-1", ["a-1"], pkgpath="cat/b"), job("c-1", pkgpath="cat/c"),
+        job("d-1", ["b-1", "c-1"])]
+
+
+@pytest.fixture(scope="module")
+def v2_sshd(tmp_path_factory):
+    """An sshd that passes GIT_PROTOCOL on, as README asks of a master (AcceptEnv GIT_PROTOCOL)."""
+    if sshd_available() is not None:
+        pytest.skip(sshd_available())
+    with SshServer(tmp_path_factory.mktemp("sshd-v2"), accept_env=["GIT_PROTOCOL"]) as server:
+        yield server
+
+
+def _queue(tmp_path, jobs=JOBS):
+    url = make_queue(tmp_path, jobs)
+    configure(url)  # what `gitqueue hooks install` sets, uploadpack.allowFilter among it
+    return url
+
+
+def _has(cache_repo, sha):
+    from dulwich.repo import Repo
+
+    with Repo(cache_repo) as repo:
+        return sha in repo.object_store
+
+
+def test_a_first_fetch_leaves_the_job_records_out(tmp_path, v2_sshd):
+    url = _queue(tmp_path)
+    with open_queue(v2_sshd.url(url), tmp_path, host="new", ssh_command=v2_sshd.ssh_command) as q:
+        claim = lease.claim(q, "w1")
+        assert claim.job in ("a-1", "c-1") and claim.pkgpath == f"cat/{claim.job[0]}"
+        cache = q.remote.repo.path
+        assert os.path.exists(os.path.join(cache, PARTIAL_MARKER))
+        reader = q.remote.reader(q.remote.fetch())
+        other = "c-1" if claim.job == "a-1" else "a-1"
+        assert _has(cache, reader.blob_id(record_path("jobs", claim.job)))  # fetched when claimed
+        assert not _has(cache, reader.blob_id(record_path("jobs", other)))  # never read
+        assert _has(cache, reader.blob_id(GRAPH))
+        built = [claim.job]
+        lease.report(q, "w1", claim.job, "success")
+        for _ in range(3):
+            built.append(lease.claim(q, "w1").job)
+            lease.report(q, "w1", built[-1], "success")
+        assert sorted(built) == ["a-1", "b-1", "c-1", "d-1"] and built[-1] == "d-1"
+        # What the partial cache's index says is what the whole tree says.
+        full = tmp_path / "full"
+        with open_queue(url, full, host="local") as local:
+            with local.lock():
+                local.sync()
+            with q.lock():
+                q.sync()
+            assert _view(q.index) == _view(local.index)
+
+
+def test_a_server_that_cannot_filter_sends_everything(tmp_path, sshd):
+    """A stock sshd drops GIT_PROTOCOL: protocol v0, no filter, a whole cache as before."""
+    url = _queue(tmp_path)
+    with open_queue(sshd.url(url), tmp_path, host="old", ssh_command=sshd.ssh_command) as q:
+        assert lease.claim(q, "w1").job in ("a-1", "c-1")
+        cache = q.remote.repo.path
+        assert not os.path.exists(os.path.join(cache, PARTIAL_MARKER))
+        reader = q.remote.reader(q.remote.fetch())
+        assert all(_has(cache, sha) for _, sha in reader.walk_files("jobs"))
+
+
+def test_a_partial_cache_without_a_usable_graph_fetches_the_records_at_once(tmp_path, v2_sshd):
+    url = make_queue(tmp_path, JOBS, hook=False)
+    configure(url)
+    local_commit(url, {GRAPH: None})  # a queue whose admin's gitqueue wrote no graph
+    with open_queue(v2_sshd.url(url), tmp_path, host="new", ssh_command=v2_sshd.ssh_command) as q:
+        asked = []
+        fetch_objects = q.remote.fetch_objects
+        q.remote.fetch_objects = lambda ids: (asked.append(len(ids)), fetch_objects(ids))
+        claim = lease.claim(q, "w1")
+        assert claim.job in ("a-1", "c-1")
+        reader = q.remote.reader(q.remote.fetch())
+        assert graph.current_lines(reader) is None
+        assert all(_has(q.remote.repo.path, sha) for _, sha in reader.walk_files("jobs"))
+        assert len(JOBS) in asked and len(asked) <= 2  # one request for all the records
+        assert sorted(s[1] for s in q.index.states()) == ["a-1", "b-1", "c-1", "d-1"]
+
+
+def test_the_cli_claims_from_a_partial_cache(tmp_path, v2_sshd):
+    url = _queue(tmp_path)
+    env = {**os.environ, "GITQUEUE_CACHE": str(tmp_path / "cache"), "GITQUEUE_SSH_COMMAND": v2_sshd.ssh_command}
+    out = subprocess.run(["python", "-m", "gitqueue", "claim", "--queue", v2_sshd.url(url), "--worker", "w1",
+                          "--json"], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert '"pkgpath": "cat/' in out.stdout
+
+
+@pytest.mark.ssh
+def test_a_new_worker_of_a_deployed_master_fetches_through_the_forced_command_without_the_records(
+        make_farm, tmp_path):
+    """As README deploys it: `gitqueue serve` as the forced command, the hook installed by `gitqueue
+    hooks install`, sshd with AcceptEnv GIT_PROTOCOL (tests/conftest.py)."""
+    farm = make_farm(JOBS)
+    with farm.worker_queue("k1", tmp_path / "cache") as q:
+        claim = lease.claim(q, "w1")
+        cache = q.remote.repo.path
+        assert os.path.exists(os.path.join(cache, PARTIAL_MARKER))
+        reader = q.remote.reader(q.remote.fetch())
+        unread = [sha for path, sha in reader.walk_files("jobs") if not path.endswith(f"/{claim.job}.toml")]
+        assert unread and not any(_has(cache, sha) for sha in unread)
+        lease.report(q, "w1", claim.job, "success")
+    with farm.worker_queue("k1", tmp_path / "cache") as q:
+        assert lease.claim(q, "w1").job != claim.job
