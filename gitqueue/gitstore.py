@@ -35,6 +35,7 @@ ZERO_SHA = ObjectID(b"0" * 40)
 STALE_REF_LOCK = 30  # seconds after which a ref's lock file is a dead process's
 PARTIAL_MARKER = "gitqueue-partial"  # in a cache repository that left out the job records
 HISTORY_DIR = "history.git"  # beside a remote queue's cache: the whole history, for verify and the timeline
+COMMITS_DIR = "commits.git"  # beside it: the commits only, for the timeline, from a server that can filter
 _DIR = stat.S_IFDIR
 _FILE = 0o100644
 
@@ -680,6 +681,10 @@ class Remote:
         """
         raise NotImplementedError
 
+    def fetch_commits(self):
+        """(an object store holding at least every commit of the branch, its tip): for the timeline."""
+        return self.fetch_history()
+
     def writer_lock(self):
         """A lock that writers on this host take around fetch-decide-push (may do nothing)."""
         from contextlib import nullcontext
@@ -725,6 +730,8 @@ class LocalRemote(Remote):
 
     def fetch_history(self):
         return self.object_store, self.fetch()
+
+    fetch_commits = fetch_history
 
     def writer_lock(self):
         # Every writer of a local queue is on this host: queueing on a lock beats racing to the
@@ -861,6 +868,7 @@ class CachedRemote(Remote):
             self._go_partial()
         self.history_path = os.path.join(os.path.dirname(os.path.abspath(cache_path)), HISTORY_DIR)
         self._history: Repo | None = None
+        self._commits: Repo | None = None
 
     def _local_tip(self):
         try:
@@ -1040,7 +1048,27 @@ class CachedRemote(Remote):
         shallow), offering its tip as common ground, within the network timeout."""
         if self._history is None:
             self._history = _open_cache_repo(self.history_path)
-        repo = self._history
+        return self._mirror(self._history, "fetch history", None)
+
+    def fetch_commits(self):
+        """(an object store holding every commit of the branch, its tip): what the timeline
+        reads. From a server that can filter, commits only (`tree:0`, a few hundred bytes per
+        commit) into `commits.git`; else, or when the whole history is here anyway, fetch_history."""
+        if os.path.isdir(os.path.join(self.history_path, "objects")):
+            return self.fetch_history()
+        if self._commits is None:
+            self._commits = _open_cache_repo(os.path.join(os.path.dirname(self.history_path), COMMITS_DIR))
+        import logging
+
+        log = logging.getLogger("dulwich.client")
+        level = log.level
+        log.setLevel(logging.ERROR)  # a server that cannot filter sends everything: fine here
+        try:
+            return self._mirror(self._commits, "fetch commits", b"tree:0")
+        finally:
+            log.setLevel(level)
+
+    def _mirror(self, repo, what: str, filter_spec: bytes | None):
         local = repo.refs[self.ref] if self.ref in repo.refs else None
         seen = {}
 
@@ -1050,11 +1078,18 @@ class CachedRemote(Remote):
 
         import tempfile
 
+        client = self.client
+        if filter_spec is not None:
+            from dulwich.client import get_transport_and_path
+
+            # A filtered mirror lacks what the server takes it to have: no deltas against it.
+            client, _ = get_transport_and_path(self.url, ssh_command=self.ssh_command or None, thin_packs=False)
         # A whole build's history is a pack of tens of MB: held in memory only while small.
-        with tempfile.SpooledTemporaryFile(16 << 20, dir=self.history_path) as pack:
+        with tempfile.SpooledTemporaryFile(16 << 20, dir=repo.path) as pack:
             try:
-                with _Deadline(self.timeout, f"{self.url}: fetch history", self.client):
-                    self.client.fetch_pack(self.remote_path, determine_wants, TipWalker(local, set()), pack.write)
+                with _Deadline(self.timeout, f"{self.url}: {what}", client):
+                    client.fetch_pack(self.remote_path, determine_wants, TipWalker(local, set()), pack.write,
+                                      filter_spec=filter_spec)
             except (HangupException, GitProtocolError, OSError) as e:
                 raise RemoteError(f"{self.url}: fetch failed: {_one_line(e)}") from None
             if pack.tell():
@@ -1067,8 +1102,9 @@ class CachedRemote(Remote):
 
     def close(self):
         self.repo.close()
-        if self._history is not None:
-            self._history.close()
+        for mirror in (self._history, self._commits):
+            if mirror is not None:
+                mirror.close()
 
 
 def _open_cache_repo(path: str) -> Repo:

@@ -51,12 +51,14 @@ FSCK_ERRORS = ("zeroPaddedFilemode", "fullPathname", "hasDot", "hasDotdot", "has
 def configure(repo_path: str, max_input_size: int = DEFAULT_MAX_INPUT_SIZE) -> None:
     """Set what git's receive-pack itself refuses: malformed objects (receive.fsckObjects, with
     the tree-entry checks made errors) and pushes larger than `max_input_size` bytes; and let a
-    new worker's first fetch leave out the file contents it does not need (blob:none only, the
-    filter that costs the server nothing; gitstore.CachedRemote._first_fetch)."""
+    new worker's first fetch leave out the file contents it does not need (blob:none), and the
+    timeline fetch everything but the commits (tree:0): those filters only, which cost the
+    server nothing (gitstore.CachedRemote._first_fetch, fetch_commits)."""
     set_config(repo_path, {"receive.fsckObjects": True, **{f"receive.fsck.{msg}": "error" for msg in FSCK_ERRORS},
                            "receive.maxInputSize": int(max_input_size), "receive.denyNonFastForwards": True,
                            "receive.denyDeletes": True, "uploadpack.allowFilter": True,
-                           "uploadpack.filter.allow": False, "uploadpack.filter.blob:none.allow": True})
+                           "uploadpack.filter.allow": False, "uploadpack.filter.blob:none.allow": True,
+                           "uploadpack.filter.tree.allow": True, "uploadpack.filter.tree.maxDepth": 0})
 
 
 def install(repo_path: str, python: str, branch: str = "main", package_dir: str | None = None,

@@ -90,9 +90,9 @@ class Timeline:
 def load(queue, tip: bytes | None = None) -> Timeline:
     """The timeline of `queue` up to its tip (or `tip`), reading only commits not cached yet.
 
-    A local queue is read where it is. For a remote queue the whole history of the branch is
-    fetched into `history.git` in the cache (a worker's own mirror holds only recent commits;
-    see gitstore.CachedRemote.fetch_history).
+    A local queue is read where it is. For a remote queue every commit of the branch is fetched
+    beside the cache (a worker's own mirror holds only recent commits; see
+    gitstore.CachedRemote.fetch_commits): the commits alone when the server can filter.
     Raises QueueNotFound when the branch does not exist.
     """
     store, tip = _history(queue, tip)
@@ -116,7 +116,7 @@ def load(queue, tip: bytes | None = None) -> Timeline:
 def _history(queue, tip):
     """(object store holding the full history, tip commit id)."""
     with queue.lock():
-        store, fetched = queue.remote.fetch_history()
+        store, fetched = queue.remote.fetch_commits()
     tip = tip or fetched
     if tip is None:
         raise QueueNotFound(f"{queue.url}: no queue on branch {queue.branch} (run gitqueue init)")

@@ -122,3 +122,22 @@ def test_a_new_worker_of_a_deployed_master_fetches_through_the_forced_command_wi
         lease.report(q, "w1", claim.job, "success")
     with farm.worker_queue("k1", tmp_path / "cache") as q:
         assert lease.claim(q, "w1").job != claim.job
+
+
+def test_the_timeline_fetches_the_commits_only(tmp_path, v2_sshd):
+    from gitqueue import timeline
+    from gitqueue.gitstore import COMMITS_DIR, HISTORY_DIR
+
+    url = _queue(tmp_path)
+    with open_queue(url, tmp_path, host="builder") as q:
+        for _ in range(2):
+            lease.report(q, "w1", lease.claim(q, "w1").job, "success")
+    with open_queue(v2_sshd.url(url), tmp_path, host="viewer", ssh_command=v2_sshd.ssh_command) as q:
+        events = timeline.load(q).events
+        assert [e.action for e in events if e.action in ("claim", "report")] == ["claim", "report"] * 2
+        beside = os.path.dirname(q.remote.repo.path)
+        assert os.path.isdir(os.path.join(beside, COMMITS_DIR))
+        assert not os.path.exists(os.path.join(beside, HISTORY_DIR))
+        store, tip = q.remote.fetch_commits()
+        tree = store[tip].tree
+        assert tree not in store  # commits only
