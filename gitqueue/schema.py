@@ -140,6 +140,19 @@ SCHEMAS = {
             "categories": _line(400),
             "no_bin_on_ftp": _TEXT,
             "restricted": _TEXT,
+            # The rest of pbulk's build info (pbulk-build(1)), kept as the scan wrote it so that a
+            # build command gets every line pbulk's master would send (buildinfo.py).
+            "all_depends": _line(32768, description="every dependency pattern of the package, as the scan "
+                                                    "found them (pattern:../../dir ...)"),
+            "use_destdir": _line(64, description="the DESTDIR method the package supports (user-destdir)"),
+            "bootstrap_pkg": _line(64, description="set when the package is part of pkgsrc's bootstrap"),
+            "usergroup_phase": _line(64, description="the phase that needs the package's users and groups"),
+            "scan_depends": _line(32768, description="the files the scan of the package read"),
+            "build_info": {"type": "object", "maxProperties": 32,
+                           "description": "other variables of the scan, sent to the build command as they are",
+                           "propertyNames": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_.]*$",
+                                             "maxLength": 64},
+                           "additionalProperties": _line(4096)},
         },
         ["name", "version", "deps"],
     ),

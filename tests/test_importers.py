@@ -84,8 +84,12 @@ def test_subset_parses_to_279_jobs_in_build_order():
     assert sum("multi_version" in j for j in jobs) == 76
     # The subset is the closure of packages that all build on SmartOS: nothing prefailed.
     assert not [j for j in jobs if "prefailed" in j]
-    # SCAN_DEPENDS/ALL_DEPENDS and the unused keys never reach a job.
-    assert set().union(*jobs) <= {"name", "version", "pkgpath", "deps", "multi_version", "categories", "maintainer"}
+    # Every field of the scan reaches the job, for the build command's build info.
+    assert set().union(*jobs) == {"name", "version", "pkgpath", "deps", "multi_version", "categories", "maintainer",
+                                  "all_depends", "use_destdir", "bootstrap_pkg"}
+    assert gtk3["use_destdir"] == "user-destdir"
+    assert [j["name"] for j in jobs if j.get("bootstrap_pkg") == "yes"] == ["pax-20210219"]
+    assert gtk3["all_depends"].startswith("  gettext-tools>=0.19.4nb1:../../devel/gettext-tools gtk-doc>=1.32:")
 
 
 @pytest.mark.slow
@@ -164,6 +168,8 @@ def test_presolve_optional_fields(tmp_path):
         "weight": 250,
         "no_bin_on_ftp": "no redistribution",
         "restricted": "no redistribution",
+        "use_destdir": "user-destdir",
+        "build_info": {"SOME_FUTURE_KEY": "whatever"},
     }
 
 
