@@ -587,6 +587,10 @@ class _Check:
                 return
         if not self.deps_built(job, path, "result"):
             return
+        problem = build_fields_problem(new)
+        if problem:
+            self.fail("result", problem, path)
+            return
         for package in new.get("packages", ()):
             problem = layout.package_name_problem(package["name"], job, self.reg.settings)
             if problem:
@@ -644,6 +648,30 @@ class _Check:
                 self.fail("decline", f"{entry['worker']} declines {name} without giving back its lease in the "
                                      "same commit", path)
                 return
+
+
+def build_fields_problem(result: dict) -> str | None:
+    """Why the build fields of a (schema-valid) result contradict each other, or None.
+
+    An up-to-date result is a success; a failed phase belongs to a failure; the files a result
+    names in its upload area (packages, log, phase logs) have names of their own, so that none
+    stands for another in incoming/TOKEN/ or logs/JOB/.
+    """
+    status = result["status"]
+    if result.get("up_to_date") and status != "success":
+        return f"a {status} marked up_to_date: only a success can be up to date"
+    if result.get("failed_phase") and status != "failure":
+        return f"a {status} naming the failed phase {result['failed_phase']}"
+    names = [p["name"] for p in result.get("packages", ())] + [p["name"] for p in result.get("phase_logs", ())]
+    if result.get("log", {}).get("name"):
+        names.append(result["log"]["name"])
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        return f"the result names {twice[0]} twice among its packages and logs"
+    installed = [p["name"] for p in result.get("installed", ())]
+    if len(set(installed)) != len(installed):
+        return "the result lists an installed package twice"
+    return None
 
 
 def first_parent_chain(store, old: bytes | None, new: bytes, limit: int | None = None):

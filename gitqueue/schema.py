@@ -35,6 +35,12 @@ FILE_NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._+~-]*$"
 LOG_NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._+~-]*[.](log|txt)$"
 _FILE = {"type": "string", "pattern": FILE_NAME_PATTERN, "maxLength": 250}
 _LOG_FILE = {"type": "string", "pattern": LOG_NAME_PATTERN, "maxLength": 128}
+# A build phase (pbulk's: pre-clean, depends, checksum, configure, build, install, package, clean,
+# deinstall): the name of its log without .log or .txt, so one plain word.
+PHASE_PATTERN = "^[a-z0-9][a-z0-9_-]*$"
+_PHASE = {"type": "string", "pattern": PHASE_PATTERN, "maxLength": 32}
+MAX_PHASE_LOGS = 32
+MAX_INSTALLED = 512
 _KEY = {"type": "string", "maxLength": 2000,
         "pattern": "^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521)"
                    " [A-Za-z0-9+/]+={0,2}$",
@@ -210,6 +216,36 @@ SCHEMAS = {
                         "sha256": _SHA256,
                     },
                     "required": ["name", "size", "sha256"],
+                    "additionalProperties": False,
+                },
+            },
+            "up_to_date": {"type": "boolean",
+                           "description": "a success whose build command found the existing package up to date: "
+                                          "packages name that file, and nothing was uploaded for it"},
+            "failed_phase": {**_PHASE, "description": "the build phase that failed: the newest phase log, in "
+                                                      "pbulk's order of phases"},
+            "phase_logs": {
+                "type": "array",
+                "maxItems": MAX_PHASE_LOGS,
+                "description": "the logs the build command wrote, one per phase (pre-clean.log, configure.log, "
+                               "...), uploaded to incoming/TOKEN/NAME of the package tree",
+                "items": {
+                    "type": "object",
+                    "properties": {"name": _LOG_FILE, "size": {"type": "integer", "minimum": 0},
+                                   "sha256": _SHA256},
+                    "required": ["name", "size", "sha256"],
+                    "additionalProperties": False,
+                },
+            },
+            "installed": {
+                "type": "array",
+                "maxItems": MAX_INSTALLED,
+                "description": "the dependencies' packages put at the build's disposal (and installed by it): "
+                               "what the binary was built against",
+                "items": {
+                    "type": "object",
+                    "properties": {"name": _FILE, "sha256": _SHA256},
+                    "required": ["name", "sha256"],
                     "additionalProperties": False,
                 },
             },
