@@ -39,7 +39,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
 from .backoff import Backoff
@@ -394,35 +394,43 @@ def upload(files: list[str], tree: str, token: str, rsh: str | None = None, atte
 
 @dataclasses.dataclass(frozen=True)
 class Uploaded:
-    """What `upload_build` put in a lease's upload area: the packages' and the log's describe() dicts.
+    """What `upload_build` put in a lease's upload area: the packages', the log's and the phase
+    logs' describe() dicts.
 
-    ``log`` is None when there was no log or it could not be uploaded (``log_error`` says why).
+    ``log`` is None when there was no log or it could not be uploaded (``log_error`` says why);
+    the phase logs go with the log, or not at all.
     """
 
     packages: list[dict]
     log: dict | None = None
     log_error: str | None = None
+    phase_logs: list[dict] = dataclasses.field(default_factory=list)
 
 
 def upload_build(tree: str, token: str, packages: list[str], log: str | None = None,
-                 log_name: str | None = None, **options) -> Uploaded:
-    """Upload a build's packages, then its log (named ``log_name``), into ``incoming/<token>/``.
+                 log_name: str | None = None, phase_logs: Sequence[tuple[str, str]] = (), **options) -> Uploaded:
+    """Upload a build's packages, then its log (named ``log_name``) and phase logs ((path, name)
+    pairs), into ``incoming/<token>/``.
 
     The one upload path of a result: `gitqueue work` and `gitqueue report --package` both come
     here. ``options`` are :func:`upload`'s (``rsh``, ``attempts``, ...).
 
     Raises TransferError when the packages could not be uploaded: a result never names a file
-    that is not fully uploaded. A log that could not be uploaded is said in ``log_error``; the
-    caller decides whether the result goes without it.
+    that is not fully uploaded. Logs that could not be uploaded are said in ``log_error``; the
+    caller decides whether the result goes without them.
     """
     sent = upload(packages, tree, token, **options) if packages else []
-    if not log:
+    if not log and not phase_logs:
         return Uploaded(sent)
+    paths = ([log] if log else []) + [path for path, _ in phase_logs]
+    names = ([log_name or os.path.basename(log)] if log else []) + [name for _, name in phase_logs]
     try:
-        [described] = upload([log], tree, token, names=[log_name] if log_name else None, **options)
+        described = upload(paths, tree, token, names=names, **options)
     except TransferError as e:
         return Uploaded(sent, None, str(e))
-    return Uploaded(sent, described)
+    if log:
+        return Uploaded(sent, described[0], None, described[1:])
+    return Uploaded(sent, None, None, described)
 
 
 def _check_upload(base: list[str], state: dict, stats: TransferStats | None, rsync: str) -> None:
