@@ -386,8 +386,18 @@ def _report_step(queue, batch, worker, job, status, token=None, duration=None, l
     rec.update(build_fields(extra or {}))
     if queue.signer is not None:
         rec["signer"] = queue.signer.fingerprint
+    from .rules import DEFAULT_MAX_RECORD_BYTES
+
+    data = records.dumps("result", rec)
+    if rec.get("installed") and len(data) > 1024 and len(data) > queue.settings(reader).get(
+            "max_record_bytes", DEFAULT_MAX_RECORD_BYTES):
+        # The list of what the build installed is the one part that may grow with the job (a
+        # package with hundreds of dependencies): without it the result still fits the server's
+        # limit, and each dependency's own result names its packages.
+        del rec["installed"]
+        data = records.dumps("result", rec)
     hb_path, hb = _heartbeat_change(queue, reader, worker)
-    files: dict[str, bytes | None] = {record_path("results", job): records.dumps("result", rec), hb_path: hb}
+    files: dict[str, bytes | None] = {record_path("results", job): data, hb_path: hb}
     if lease is not None:
         files[record_path("leases", job)] = None
         batch.leases[worker] = batch.leases.get(worker, 0) - 1

@@ -240,8 +240,8 @@ SCHEMAS = {
             "installed": {
                 "type": "array",
                 "maxItems": MAX_INSTALLED,
-                "description": "the dependencies' packages put at the build's disposal (and installed by it): "
-                               "what the binary was built against",
+                "description": "the packages of the direct dependencies, which the build installed (their "
+                               "results list theirs): what the binary was built against",
                 "items": {
                     "type": "object",
                     "properties": {"name": _FILE, "sha256": _SHA256},

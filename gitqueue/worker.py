@@ -489,8 +489,9 @@ class Worker:
 
     def _fetch_dependencies(self, job) -> tuple[str | None, list[dict]]:
         """Download the binary packages of the job's dependencies, and of theirs (pkg_add installs
-        a package's dependencies with it); (a reason to give the job back, or None; the
-        packages fetched as {"name", "sha256"}: what the build may install)."""
+        a package's dependencies with it); (a reason to give the job back, or None; the packages
+        of the direct dependencies as {"name", "sha256"}: what the build installs, pulling in the
+        rest, which their own results list)."""
         if not self.packages_url or not job.deps:
             return None, []
         from . import records
@@ -529,8 +530,15 @@ class Worker:
                              **self.transfer)
                 except TransferError as e:
                     return f"cannot fetch the packages of {dep}: {e}", []
-            for package in result["packages"]:
-                installed[package["name"]] = package["sha256"]
+            if dep in job.deps:
+                for package in result["packages"]:
+                    installed[package["name"]] = package["sha256"]
+        from .schema import MAX_INSTALLED
+
+        if len(installed) > MAX_INSTALLED:
+            self.out(f"{self.name}: {job.job} has {len(installed)} dependency packages, more than a result lists "
+                     f"({MAX_INSTALLED}): its result will not list them")
+            return None, []
         return None, [{"name": name, "sha256": sha} for name, sha in sorted(installed.items())]
 
     def _attempt_dir(self, job) -> str:

@@ -173,6 +173,17 @@ def test_presolve_optional_fields(tmp_path):
     }
 
 
+@pytest.mark.parametrize("fields, expected", [
+    ({"X_FUTURE": "y" * 5000}, "build_info.X_FUTURE: longer than 4096 characters"),
+    ({"ALL_DEPENDS": "a>=1:../../x/a " * 3000}, "all_depends: longer than 32768 characters"),
+    ({"USERGROUP_PHASE": "pre\x1binstall"}, "usergroup_phase: 'pre\\x1binstall' is not a valid value"),
+    ({f"X{i}": "v" for i in range(33)}, "build_info: more than 32 keys"),
+])
+def test_the_kept_fields_of_a_scan_are_bounded(tmp_path, fields, expected):
+    path = write(tmp_path, record("a-1", **fields))
+    assert refused(path) == f"{path}:1: {expected}"
+
+
 def test_presolve_xz_is_decompressed(tmp_path):
     path = tmp_path / "scan.xz"
     path.write_bytes(lzma.compress((record("a-1") + record("b-1", ["a-1"])).encode()))

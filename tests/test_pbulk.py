@@ -137,11 +137,12 @@ def test_pbulks_build_script_builds_a_queue(tmp_path):
         assert uploaded.read_bytes() == (site.packages / "All" / f"{name}.tgz").read_bytes()
         assert "up_to_date" not in got[name]
         assert "phase_logs" not in got[name]  # pbulk's script removes them after a success
-    # app was built with exactly its dependencies, lib and (through lib) base: client-clean had
-    # removed stray, built just before, and configure would have refused it.
+    # app was built with exactly its dependencies, lib and (through lib, whose result lists it)
+    # base: client-clean had removed stray, built just before, and configure would have refused it.
     assert got["app-2.0"]["installed"] == [
-        {"name": "base-1.0.tgz", "sha256": got["base-1.0"]["packages"][0]["sha256"]},
         {"name": "lib-1.0.tgz", "sha256": got["lib-1.0"]["packages"][0]["sha256"]}]
+    assert got["lib-1.0"]["installed"] == [
+        {"name": "base-1.0.tgz", "sha256": got["base-1.0"]["packages"][0]["sha256"]}]
     assert "installed" not in got["base-1.0"]
 
     broken = got["broken-1.0"]
@@ -250,3 +251,49 @@ def test_before_build_runs_before_every_build_and_its_failure_is_the_workers(tmp
         assert reader.read(record_path("results", left)) is None
         assert reader.read(record_path("leases", left)) is None
         assert reader.read(record_path("declines", left)) is None
+
+
+def test_phase_logs_of_a_success_are_kept_when_asked(tmp_path):
+    """Any build command's $GITQUEUE_LOGS: uploaded with a success only with keep_phase_logs."""
+    from helpers import job, make_package_queue
+
+    tree = tmp_path / "tree"
+    url = make_package_queue(tmp_path, str(tree), [job("a-1"), job("b-1")])
+    config = tmp_path / "config.toml"
+    env = {"GITQUEUE_CONFIG": str(config), "GITQUEUE_CACHE": str(tmp_path / "cache-w1")}
+    script = 'echo "built $GITQUEUE_JOB" > "$GITQUEUE_LOGS/build.log"; echo x > "$GITQUEUE_OUTPUT/$GITQUEUE_JOB.tgz"'
+    got = {}
+    for keep in ("false", "true"):
+        config.write_text(f"keep_phase_logs = {keep}\n")
+        proc = gitqueue("work", "--queue", url, "--worker", "w1", "--once", "--", "sh", "-c", script, env=env)
+        assert proc.returncode == 0, proc.stderr
+        with open_queue(url, tmp_path, host=f"reader-{keep}") as q:
+            _, reader = q.fetch()
+            for name in ("a-1", "b-1"):
+                data = reader.read(record_path("results", name))
+                if data is not None and name not in got:
+                    got[name] = (keep, records.load_at("result", data, record_path("results", name)))
+    [with_logs] = [r for k, r in got.values() if k == "true"]
+    [without] = [r for k, r in got.values() if k == "false"]
+    assert "phase_logs" not in without and "failed_phase" not in without
+    [entry] = with_logs["phase_logs"]
+    assert entry["name"] == "build.log"
+    assert (tree / "incoming" / with_logs["token"] / "build.log").read_text() == f"built {with_logs['job']}\n"
+
+
+def test_a_result_too_large_for_the_server_goes_without_its_installed_list(tmp_path):
+    from gitqueue import lease
+    from gitqueue.admin import import_jobs, init_queue
+    from gitqueue.queue import Queue
+
+    from helpers import job
+
+    url = str(tmp_path / "q.git")
+    with Queue(url, str(tmp_path / "cache-admin")) as q:
+        init_queue(q, "small", max_record_bytes=4096)
+        import_jobs(q, [job("a-1")], "g.jsonl")
+    installed = [{"name": f"dep{i}-1.0.tgz", "sha256": f"{i:064x}"} for i in range(100)]
+    with open_queue(url, tmp_path) as q:
+        token = lease.claim(q, "w1").lease
+        rec = lease.report(q, "w1", "a-1", "success", token=token, extra={"installed": installed})
+    assert "installed" not in rec and rec["status"] == "success"
