@@ -105,16 +105,16 @@ def status_text(data) -> str:
                          "in trouble? (gitqueue history, its own output)")
         for j in churn.get("jobs", []):
             lines.append(f"  {j['job']:40} given back {j['given_back']} times")
-    if data.get("failures"):
-        lines.append("newest failures:")
-        for f in data["failures"]:
-            where = f"failed in {f['phase']}" if f.get("phase") else "failed"
-            lines.append(f"  {f['job']:40} {f['pkgpath'] or '-':30} {where}")
     if data["blockers"]:
         lines.append("top blockers (failed packages keeping others from building):")
         for b in data["blockers"]:
             phase = f", failed in {b['phase']}" if b.get("phase") else ""
             lines.append(f"  {b['job']:40} {b['pkgpath'] or '-':30} breaks {b['breaks']}{phase}")
+    if data.get("failures"):
+        lines.append("newest failures:")
+        for f in data["failures"]:
+            where = f"failed in {f['phase']}" if f.get("phase") else "failed"
+            lines.append(f"  {f['job']:40} {f['pkgpath'] or '-':30} {where}")
     if data.get("skipped"):
         lines.append("skipped (no way on this architecture):")
         lines.extend(f"  {s['job']:40} {s['reason']}" for s in data["skipped"])
