@@ -221,7 +221,7 @@ SCHEMAS = {
             },
             "up_to_date": {"type": "boolean",
                            "description": "a success whose build command found the existing package up to date: "
-                                          "packages name that file, and nothing was uploaded for it"},
+                                          "packages name that file, uploaded only if the tree's All/ lacked it"},
             "failed_phase": {**_PHASE, "description": "the build phase that failed: the newest phase log, in "
                                                       "pbulk's order of phases"},
             "phase_logs": {

@@ -55,6 +55,7 @@ __all__ = [
     "upload",
     "upload_build",
     "Uploaded",
+    "in_tree",
     "download",
     "PARTIAL_DIR",
 ]
@@ -453,6 +454,45 @@ def _check_upload(base: list[str], state: dict, stats: TransferStats | None, rsy
     if differ:
         state["force"] = True
         raise _Failed(f"{differ[0]}: the uploaded copy does not match (rsync --checksum)")
+
+
+# ------------------------------------------------------------------------------- checking the tree
+
+def in_tree(path: str, tree: str, rsh: str | None = None, *, io_timeout: int = DEFAULT_IO_TIMEOUT,
+            rsync: str = RSYNC, rsync_path: str | None = None, **_options) -> bool:
+    """Whether ``<tree>/All/<NAME>`` holds the bytes of the local file ``path`` (NAME its name).
+
+    For a remote tree, a dry run of a download compared by checksum: no file data is sent. False
+    when the tree has no such file, another one, or cannot be asked (the caller uploads instead,
+    which retries and says why it fails). ``_options`` (attempts, backoff) are :func:`upload`'s.
+    """
+    from . import files
+
+    loc = parse_tree(tree)
+    name = _check_name(os.path.basename(path), "package file name")
+    if loc.host is None:
+        try:
+            fd = files.open_file(loc.path, "All", name)
+        except FileNotFoundError:
+            return False
+        if fd is None:
+            return False
+        os.close(fd)
+        try:
+            return sha256_file(os.path.join(loc.path, "All", name)) == sha256_file(path)
+        except OSError:
+            return False
+    try:
+        proc = _rsync(["--dry-run", "--checksum", "--itemize-changes", *_common(loc, rsh, io_timeout, rsync_path),
+                       loc.arg(f"All/{name}"), os.path.dirname(os.path.abspath(path)) + "/"], "check", None,
+                      rsync=rsync)
+    except _Failed:
+        return False
+    # A file whose contents differ would be transferred: an itemized line ">f..." names it. A
+    # symlink there is skipped ("skipping non-regular file"): no download would get it either.
+    said = proc.stdout + proc.stderr
+    return proc.returncode == 0 and "skipping non-regular file" not in said and not any(
+        line.startswith(">f") for line in said.splitlines())
 
 
 # ------------------------------------------------------------------------------- download

@@ -798,6 +798,16 @@ class Worker:
         elif not self.settings.keep_phase_logs:
             logs = []
         files, current = self._packages_made(job, built) if status == "success" else ([], None)
+        missing = []
+        if current is not None and self.packages_url:
+            from .transfer import in_tree
+
+            # Nothing is uploaded for a package the tree has already (published by an earlier
+            # build); one it lacks would leave the jobs that need it nothing to fetch.
+            directory = os.path.join(self.packages_dir, "All")
+            missing = [p["name"] for p in current
+                       if not in_tree(os.path.join(directory, p["name"]), self.packages_url, **self.transfer)]
+            files = [os.path.join(directory, name) for name in missing]
         try:
             packages, log_sent, phase_logs = self._upload(job, files, built.log_path,
                                                           [(path, name) for path, name, _ in logs])
@@ -811,8 +821,12 @@ class Worker:
         if current is not None:
             # Nothing was built, so nothing was installed for it either.
             packages, extra["up_to_date"], extra["installed"] = current, True, []
-            self.out(f"{self.name}: {job.job} is up to date: {', '.join(p['name'] for p in current)} "
-                     "stays as it is, nothing uploaded")
+            names = ", ".join(p["name"] for p in current)
+            if missing:
+                self.out(f"{self.name}: {job.job} is up to date: {names} stays as it is; uploaded "
+                         f"{', '.join(missing)}, which the package tree lacks")
+            else:
+                self.out(f"{self.name}: {job.job} is up to date: {names} stays as it is, nothing uploaded")
         extra["phase_logs"] = phase_logs
         return {"job": job.job, "status": status, "token": job.lease, "duration": built.duration,
                 "log": log, "log_tail": tail if status == "failure" else None, "packages": packages, **extra}

@@ -194,6 +194,8 @@ def test_an_up_to_date_package_is_recorded_not_uploaded(tmp_path):
     # stray's Makefile changed since: it is built again.
     makefile = site.pkgsrc / "misc/stray/Makefile"
     makefile.write_text(makefile.read_text() + "# changed\n")
+    # base's package went from the tree (by hand): up to date, but uploaded, or lib could not get it.
+    (site.tree / "All" / "base-1.0.tgz").unlink()
     second = site.queue("q2.git")
     proc = site.work(second)
     assert proc.returncode == 0, proc.stderr
@@ -201,8 +203,13 @@ def test_an_up_to_date_package_is_recorded_not_uploaded(tmp_path):
     for name in ("base-1.0", "lib-1.0", "app-2.0"):
         assert got[name]["status"] == "success" and got[name]["up_to_date"] is True, got[name]
         assert got[name]["packages"] == before[name]["packages"]
+        assert "installed" not in got[name]  # nothing was built, so nothing installed for it
+    for name in ("lib-1.0", "app-2.0"):
         assert not (site.tree / "incoming" / got[name]["token"] / f"{name}.tgz").exists()  # only its log
         assert f"w1: {name} is up to date: {name}.tgz stays as it is, nothing uploaded" in proc.stderr
+    assert (site.tree / "incoming" / got["base-1.0"]["token"] / "base-1.0.tgz").exists()
+    assert ("w1: base-1.0 is up to date: base-1.0.tgz stays as it is; uploaded base-1.0.tgz, which the package "
+            "tree lacks") in proc.stderr
     assert "up_to_date" not in got["stray-1.0"]
     assert got["stray-1.0"]["packages"] != before["stray-1.0"]["packages"]
     assert (site.tree / "incoming" / got["stray-1.0"]["token"] / "stray-1.0.tgz").exists()
@@ -210,7 +217,7 @@ def test_an_up_to_date_package_is_recorded_not_uploaded(tmp_path):
     # publish finds the up-to-date packages in All/ already.
     proc = gitqueue("publish", "--queue", second, "--tree", site.tree, "--json", env=elsewhere)
     published = json.loads(proc.stdout)
-    assert published["missing"] == [] and published["already"] == 3
+    assert published["missing"] == [] and published["already"] == 2 and published["published"] == ["base-1.0.tgz"]
     # stray-1.0.tgz built anew is not the one All/ has: a tree never replaces a package.
     assert published["conflict"] == ["stray-1.0.tgz"]
     assert proc.returncode == 1 and proc.stderr == "Error: 1 upload(s) refused: stray-1.0.tgz\n"
