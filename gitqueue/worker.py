@@ -814,8 +814,13 @@ class Worker:
         except TransferError as e:
             self._give_back(job, f"upload failed: {e}", "transfer", own=True)
             return None
-        if not self.packages_url:
-            phase_logs = [dict(describe(path), name=name) for path, name, _ in logs]
+        if not self.packages_url:  # nothing to upload to: described only, as the build log is
+            phase_logs = []
+            for path, name, _ in logs:
+                try:
+                    phase_logs.append(dict(describe(path), name=name))
+                except TransferError as e:  # gone or changed since: the build left something behind
+                    self.out(f"{self.name}: not naming the log {name}: {e}")
         elif not log_sent:
             log = None
         if current is not None:
