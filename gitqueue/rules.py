@@ -405,6 +405,25 @@ class _Check:
             self.fail(what, f"{name} is not a job of this queue", path)
         return rec
 
+    def installed_problem(self, job_rec, result) -> str | None:
+        """Why the packages a result lists as installed are not its direct dependencies' packages
+        as their results name them (name and SHA-256), or None."""
+        if not result.get("installed"):
+            return None
+        built = set()
+        for dep in job_rec["deps"]:
+            try:
+                res = read_record(self.after, "result", record_path("results", dep))
+            except GitqueueError:
+                res = None
+            for package in (res or {}).get("packages", ()):
+                built.add((package["name"], package["sha256"]))
+        for entry in result["installed"]:
+            if (entry["name"], entry["sha256"]) not in built:
+                return (f"{job_rec['name']} lists {entry['name']} as installed, which no result of its dependencies "
+                        "names with that SHA-256")
+        return None
+
     def check_signer_field(self, rec, path):
         if "signer" in rec and (self.named is None or rec["signer"] != self.named.fingerprint):
             by = self.named.fingerprint if self.named else "nobody (no good signature)"
@@ -587,7 +606,7 @@ class _Check:
                 return
         if not self.deps_built(job, path, "result"):
             return
-        problem = build_fields_problem(new)
+        problem = build_fields_problem(new) or self.installed_problem(job, new)
         if problem:
             self.fail("result", problem, path)
             return

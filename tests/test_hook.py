@@ -332,6 +332,8 @@ _LOG = {"size": 10, "sha256": "0" * 64}
     ({"installed": [{"name": "../../All/x-1.tgz", "sha256": "0" * 64}]},
      "installed[0].name: '../../All/x-1.tgz' is not a valid value [schema]"),
     ({"up_to_date": True}, "a failure marked up_to_date: only a success can be up to date [result]"),
+    ({"installed": [{"name": "b-1.tgz", "sha256": "0" * 64}]},
+     "a-1 lists b-1.tgz as installed, which no result of its dependencies names with that SHA-256 [result]"),
     ({"status": "success", "failed_phase": "configure"}, "a success naming the failed phase configure [result]"),
     ({"log": {"name": "configure.log", **_LOG}, "phase_logs": [{"name": "configure.log", **_LOG}]},
      "the result names configure.log twice among its packages and logs [result]"),

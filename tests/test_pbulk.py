@@ -144,6 +144,11 @@ def test_pbulks_build_script_builds_a_queue(tmp_path):
     assert got["lib-1.0"]["installed"] == [
         {"name": "base-1.0.tgz", "sha256": got["base-1.0"]["packages"][0]["sha256"]}]
     assert "installed" not in got["base-1.0"]
+    # The server's rules (gitqueue verify replays them) check each installed package against the
+    # results of the dependencies, and check the packages against the tree.
+    verified = gitqueue("verify", url, "--packages", site.tree, env={"GITQUEUE_CACHE": str(tmp_path / "cache-verify")})
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "packages: 4 match their results, 0 not reachable\nviolations: 0\n" in verified.stdout
 
     broken = got["broken-1.0"]
     assert broken["failed_phase"] == "configure"
