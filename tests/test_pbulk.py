@@ -309,3 +309,26 @@ def test_a_result_too_large_for_the_server_goes_without_its_installed_list(tmp_p
         token = lease.claim(q, "w1").lease
         rec = lease.report(q, "w1", "a-1", "success", token=token, extra={"installed": installed})
     assert "installed" not in rec and rec["status"] == "success"
+
+
+def test_the_build_command_gets_the_scans_record_on_stdin_and_in_a_file(tmp_path):
+    """What pbulk's master would send: the job's record of the scan, every line of it, as it was."""
+    record = ("PKGNAME=py313-foo-1.0\nPKG_LOCATION=devel/py-foo\nALL_DEPENDS=  python313>=3.13:../../lang/python313 \n"
+              "PKG_SKIP_REASON=\nPKG_FAIL_REASON=\nNO_BIN_ON_FTP=\nRESTRICTED=\nCATEGORIES=devel python\n"
+              "MAINTAINER=pkgsrc-users@NetBSD.org\nUSE_DESTDIR=user-destdir\nBOOTSTRAP_PKG=\n"
+              "USERGROUP_PHASE=pre-install\nSCAN_DEPENDS=../../lang/python/pyversion.mk\nPBULK_WEIGHT=250\n"
+              "MULTI_VERSION= PYTHON_VERSION_REQD=313\n")
+    scan = tmp_path / "presolve"
+    scan.write_text(record)
+    url = str(tmp_path / "q.git")
+    gitqueue("init", url, check=True)
+    gitqueue("import", url, scan, check=True)
+    got = tmp_path / "got"
+    env = {"GITQUEUE_CACHE": str(tmp_path / "cache"), "GITQUEUE_CONFIG": str(tmp_path / "none.toml")}
+    proc = gitqueue("work", "--queue", url, "--worker", "w1", "--once", "--", "sh", "-c",
+                    f'cat > {got}.stdin && cp "$GITQUEUE_BUILD_INFO" {got}.file && '
+                    f'test "$GITQUEUE_LOGS" = "$GITQUEUE_BULKLOG/$GITQUEUE_JOB" && test -d "$GITQUEUE_LOGS"', env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "got.stdin").read_text() == record
+    assert (tmp_path / "got.file").read_text() == record
+    assert "w1: py313-foo-1.0 success" in proc.stderr
