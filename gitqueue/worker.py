@@ -724,7 +724,12 @@ class Worker:
     def _phase_logs(self, job, built: "Built") -> list[tuple[str, str, float]]:
         """(path, name, mtime) of the logs the build left in $GITQUEUE_LOGS that a result may name:
         regular files with plain .log or .txt names, at most MAX_PHASE_LOGS, in pbulk's phase
-        order; says which others it leaves out."""
+        order; says which others it leaves out.
+
+        Each is copied first (opened without following a link) into the attempt's directory, and
+        the copy is what is described and uploaded: what the build left behind may still change
+        the directory, and a log swapped for a link must not upload what the link points at.
+        """
         from .layout import is_log_name, package_name_problem
         from .phases import order_key
         from .schema import MAX_PHASE_LOGS
@@ -748,14 +753,37 @@ class Worker:
             elif len(kept) >= MAX_PHASE_LOGS:
                 why = f"more than {MAX_PHASE_LOGS} logs"
             else:
-                kept.append((entry.path, entry.name, st.st_mtime))
-                continue
+                copy = self._copy_log(entry.path, os.path.join(os.path.dirname(os.path.dirname(built.logs)), "sent"),
+                                      entry.name)
+                if copy is not None:
+                    kept.append((copy, entry.name, st.st_mtime))
+                    continue
+                why = "not a regular file"
             left_out.append(f"{self.name}: not uploading the log {printable(entry.name)[:100]}: {why}")
         for line in left_out[:MAX_LEFT_OUT]:
             self.out(line)
         if len(left_out) > MAX_LEFT_OUT:
             self.out(f"{self.name}: not uploading {len(left_out) - MAX_LEFT_OUT} more logs of {job.job}")
         return kept
+
+    @staticmethod
+    def _copy_log(path: str, directory: str, name: str) -> str | None:
+        """Copy the regular file `path` (not through a link) to `directory`/`name`; the copy's path,
+        or None when `path` is not a regular file (any more)."""
+        import shutil
+
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return None
+        with os.fdopen(fd, "rb") as source:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            os.makedirs(directory, exist_ok=True)
+            target = os.path.join(directory, name)
+            with open(target, "wb") as out:
+                shutil.copyfileobj(source, out, 1 << 20)
+        return target
 
     def _packages_made(self, job, built: "Built") -> tuple[list[str], list[dict] | None]:
         """(files to upload, packages up to date): the output directory's package files; else the

@@ -273,12 +273,17 @@ def test_phase_logs_of_a_success_are_kept_when_asked(tmp_path):
     url = make_package_queue(tmp_path, str(tree), [job("a-1"), job("b-1")])
     config = tmp_path / "config.toml"
     env = {"GITQUEUE_CONFIG": str(config), "GITQUEUE_CACHE": str(tmp_path / "cache-w1")}
-    script = 'echo "built $GITQUEUE_JOB" > "$GITQUEUE_LOGS/build.log"; echo x > "$GITQUEUE_OUTPUT/$GITQUEUE_JOB.tgz"'
+    secret = tmp_path / "secret"
+    secret.write_text("not for the master\n")
+    script = ('echo "built $GITQUEUE_JOB" > "$GITQUEUE_LOGS/build.log"; echo x > "$GITQUEUE_OUTPUT/$GITQUEUE_JOB.tgz"; '
+              f'ln -s {secret} "$GITQUEUE_LOGS/install.log"')
     got = {}
     for keep in ("false", "true"):
         config.write_text(f"keep_phase_logs = {keep}\n")
         proc = gitqueue("work", "--queue", url, "--worker", "w1", "--once", "--", "sh", "-c", script, env=env)
         assert proc.returncode == 0, proc.stderr
+        if keep == "true":
+            assert "w1: not uploading the log install.log: not a regular file" in proc.stderr
         with open_queue(url, tmp_path, host=f"reader-{keep}") as q:
             _, reader = q.fetch()
             for name in ("a-1", "b-1"):
@@ -291,6 +296,8 @@ def test_phase_logs_of_a_success_are_kept_when_asked(tmp_path):
     [entry] = with_logs["phase_logs"]
     assert entry["name"] == "build.log"
     assert (tree / "incoming" / with_logs["token"] / "build.log").read_text() == f"built {with_logs['job']}\n"
+    assert {p.name for p in (tree / "incoming" / with_logs["token"]).iterdir()} == {
+        "build.log", f"{with_logs['job']}.tgz", with_logs["log"]["name"]}
 
 
 def test_a_result_too_large_for_the_server_goes_without_its_installed_list(tmp_path):
