@@ -7,8 +7,8 @@ pbulk's own script is a valid build command as it is. `importers/presolve.py` is
 job imported from a scan and written back here reads back to the same job.
 
 The lines are in the order pbulk-resolve writes them; the fields a job lacks (a JSONL graph's
-jobs have no scan) are written empty, as the scan writes an empty field, but for SCAN_DEPENDS,
-written only when the job has it. A job is never built
+jobs have no scan) are written empty, as the scan writes an empty field. SCAN_DEPENDS, the
+files the scan read, is not kept by the importer (no build script reads it), so not sent. A job is never built
 while prefailed, so PKG_SKIP_REASON and PKG_FAIL_REASON are always empty here.
 """
 
@@ -40,9 +40,6 @@ def write(job: dict) -> bytes:
     lines = [f"PKGNAME={_one_line(job['name'])}"]
     for key, field in _TEXT_FIELDS:
         lines.append(f"{key}={_one_line(job.get(field, '')) if field else ''}")
-    # Only written when the scan had it: it is the bulk of a scan, and build scripts do not read it.
-    if job.get("scan_depends"):
-        lines.append(f"SCAN_DEPENDS={_one_line(job['scan_depends'])}")
     for key, value in sorted((job.get("build_info") or {}).items()):
         if key not in KEYS:
             lines.append(f"{_one_line(key)}={_one_line(value)}")

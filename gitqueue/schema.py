@@ -153,7 +153,6 @@ SCHEMAS = {
             "use_destdir": _line(64, description="the DESTDIR method the package supports (user-destdir)"),
             "bootstrap_pkg": _line(64, description="set when the package is part of pkgsrc's bootstrap"),
             "usergroup_phase": _line(64, description="the phase that needs the package's users and groups"),
-            "scan_depends": _line(32768, description="the files the scan of the package read"),
             "build_info": {"type": "object", "maxProperties": 32,
                            "description": "other variables of the scan, sent to the build command as they are",
                            "propertyNames": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_.]*$",

@@ -148,7 +148,7 @@ FULL = {
             "multi_version": {"PYTHON_VERSION_REQD": "311"}, "maintainer": "pkgsrc-users@NetBSD.org",
             "categories": "x11 python", "no_bin_on_ftp": "license", "restricted": "license",
             "all_depends": " glib2>=2.84:../../devel/glib2 ", "use_destdir": "user-destdir", "bootstrap_pkg": "yes",
-            "usergroup_phase": "pre-install", "scan_depends": "../../mk/bsd.prefs.mk",
+            "usergroup_phase": "pre-install",
             "build_info": {"SOME_NEWER_PBULK_KEY": "value"}},
     "lease": {"job": "gmake-4.4.1", "worker": "hp300-1", "token": "3f0c2d" + "0" * 26,
               "claimed_at": "2026-10-01T00:00:00Z", "host": "hp300.example.org", "platform": PLATFORM,
