@@ -21,11 +21,13 @@ import re
 from . import files, records
 from .errors import NoLog, UnknownJob
 from .layout import check_job_name, is_log_name, record_path
+from .phases import phase_of
 
 # Where `gitqueue work` keeps, in the queue's cache directory, each build's output directory and
 # log, named JOB-LEASE8 (the job and the first 8 hex digits of its lease token).
 BUILDS = "build"
 LOGS = "logs"
+BULKLOG = "bulklog"  # CACHE/bulklog/JOB-LEASE8: an attempt's build info and phase logs (worker.py)
 _ATTEMPT_NAME = re.compile(r"(?P<job>[A-Za-z0-9][A-Za-z0-9._+~-]*)-(?P<lease>[0-9a-f]{8})")
 _TOKEN = re.compile(r"[0-9a-f]{16,64}")  # trailers are anyone's text: a lease token from one is checked
 
@@ -46,8 +48,9 @@ def parse_attempt_name(name: str) -> tuple[str, str] | None:
 
 
 def read_log(queue, job: str, attempt: int | None = None, max_bytes: int = MAX_BYTES, tail: int | None = None,
-             tree: str | None = None, transfer: dict | None = None) -> dict:
-    """The build log of `job`'s latest attempt (or of attempt number `attempt`), its end at most.
+             tree: str | None = None, transfer: dict | None = None, phase: str | None = None) -> dict:
+    """The build log of `job`'s latest attempt (or of attempt number `attempt`), its end at most;
+    with `phase`, the log of that build phase (configure.log: "configure") instead.
 
     Attempts are numbered from 1 in the order claimed, as `gitqueue history` lists them. A log
     is read from this host's cache, else from the package tree (see the module's docstring);
@@ -62,6 +65,7 @@ def read_log(queue, job: str, attempt: int | None = None, max_bytes: int = MAX_B
         tree: the package tree's directory on this machine (default: the queue's packages_url,
             read as a directory when it is one on this machine, else fetched from).
         transfer: keyword arguments for transfer.download.
+        phase: a phase whose log the result names (phase_logs), or that this host's cache holds.
 
     Returns:
         {"job", "attempt" (its number, or None when not looked up), "lease", "worker", "result"
@@ -86,13 +90,28 @@ def read_log(queue, job: str, attempt: int | None = None, max_bytes: int = MAX_B
     log = result.get("log") if result is not None and result["token"] == found["lease"] else None
     what = f"the log of {job}" + (f" (attempt {attempt})" if attempt else "")
 
-    own_name = f"{attempt_name(job, found['lease'])}.log"
-    own = _open_cached(queue.cache_dir, own_name)
-    if own is not None:
-        with os.fdopen(own, "rb") as f:
-            out.update(source="cache", where=os.path.join(queue.cache_dir, LOGS, own_name),
-                       **_bounded(f.fileno(), max_bytes, tail))
-        return out
+    if phase is not None:
+        log, cached = _phase_log(queue.cache_dir, job, found["lease"],
+                                 result if result is not None and result["token"] == found["lease"] else None, phase)
+        what = f"the {phase} log of {job}" + (f" (attempt {attempt})" if attempt else "")
+        if cached is not None:
+            fd, where = cached
+            with os.fdopen(fd, "rb") as f:
+                out.update(source="cache", where=where, **_bounded(f.fileno(), max_bytes, tail))
+            return out
+        if log is None:
+            named = [p for p in (phase_of(e.get("name")) for e in ((result or {}).get("phase_logs") or ())
+                                 if isinstance(e, dict)) if p]
+            has = f"; its result has the logs of {', '.join(named)}" if named else "; its result names no phase log"
+            raise NoLog(f"no {phase} log of {job} (lease {found['lease'][:8]}, {found['result']}){has}")
+    else:
+        own_name = f"{attempt_name(job, found['lease'])}.log"
+        own = _open_cached(queue.cache_dir, own_name)
+        if own is not None:
+            with os.fdopen(own, "rb") as f:
+                out.update(source="cache", where=os.path.join(queue.cache_dir, LOGS, own_name),
+                           **_bounded(f.fileno(), max_bytes, tail))
+            return out
     if log is None:
         by = f", {found['result']} by {found['worker']}" if found["worker"] else f", {found['result']}"
         raise NoLog(f"no log of {job} (lease {found['lease'][:8]}{by}): only a reported result names an "
@@ -138,6 +157,26 @@ def _attempt(queue, tip, reader, job: str, result: dict | None, number: int | No
     if not (isinstance(chosen["lease"], str) and _TOKEN.fullmatch(chosen["lease"])):
         raise NoLog(f"attempt {number} of {job} names no lease token in the history: no log")
     return {"attempt": number, "lease": chosen["lease"], "worker": chosen["worker"], "result": chosen["result"]}
+
+
+def _phase_log(cache_dir: str, job: str, lease: str, result: dict | None, phase: str):
+    """(the result's entry for the log of `phase` or None, (descriptor, path) of this host's own
+    copy or None). The own copy is CACHE/bulklog/JOB-LEASE8/bulklog/JOB/NAME, where `gitqueue
+    work` ran the build (pbulk's build script removes it after a success)."""
+    entries = (result or {}).get("phase_logs") or ()
+    log = next((e for e in entries if isinstance(e, dict) and phase_of(e.get("name")) == phase), None)
+    names = [log["name"]] if log is not None else [f"{phase}.log", f"{phase}.txt"]
+    attempt = attempt_name(job, lease)
+    for name in names:
+        if not is_log_name(name):
+            continue
+        try:
+            fd = files.open_file(cache_dir, BULKLOG, attempt, "bulklog", job, name)
+        except FileNotFoundError:
+            fd = None
+        if fd is not None:
+            return log, (fd, os.path.join(cache_dir, BULKLOG, attempt, "bulklog", job, name))
+    return log, None
 
 
 def _open_cached(cache_dir: str, name: str) -> int | None:

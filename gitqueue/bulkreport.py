@@ -55,6 +55,8 @@ def build(queue) -> dict:
             "worker": result["worker"] if result else None,
             "log": log.get("name") if log else None,
             "log_tail": (result or {}).get("log_tail"),
+            "failed_phase": (result or {}).get("failed_phase"),
+            "phase_logs": [entry["name"] for entry in (result or {}).get("phase_logs") or ()],
         })
 
     workers: dict[str, dict] = {}

@@ -38,7 +38,15 @@ class WorkerSettings:
     pkgname_command: str | None = _field(
         None, "Asked in a job's directory for the PKGNAME the tree builds (with pkgsrc_dir: "
               "bmake show-var VARNAME=PKGNAME).")
-    packages_dir: str | None = _field(None, "Where dependencies' packages are downloaded (default: in the cache).")
+    packages_dir: str | None = _field(
+        None, "Where dependencies' packages are downloaded, into its All/ (default: in the cache); for pbulk, "
+              "pbulk.conf's packages.")
+    # A clean system for every job (pbulk's client-clean, a sandbox reset): a command line run by
+    # /bin/sh before each build. Failing, it is this worker's trouble: the job goes back and the
+    # worker stops.
+    before_build: str | None = _field(None, "Run (by /bin/sh) before every build, e.g. pbulk's client-clean.")
+    keep_phase_logs: bool = _field(False, "Upload the build's phase logs ($GITQUEUE_LOGS) with a success too, "
+                                          "not only with a failure.")
     rsync_rsh: str | None = _field(None, "The ssh command of rsync (default: the queue's ssh command).")
     # How hard to retry rsync transfers before giving a job back.
     transfer_attempts: int = _field(5, "Tries of each upload or download.", minimum=1)
@@ -54,6 +62,10 @@ class WorkerSettings:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if value is None and f.default is None:
+                continue
+            if isinstance(f.default, bool):
+                if not isinstance(value, bool):
+                    raise SettingInvalid(f.name, "must be true or false")
                 continue
             if f.metadata["minimum"] is None:
                 if not isinstance(value, str):

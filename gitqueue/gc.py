@@ -242,11 +242,13 @@ def gc_outputs(queue, keep_logs: int = KEEP_LOGS) -> dict:
 
     Returns {"builds": directories removed, "build_bytes", "logs": logs removed, "log_bytes"}.
     """
-    from .buildlog import BUILDS, LOGS
+    from .buildlog import BUILDS, BULKLOG, LOGS
 
     out = {"builds": 0, "build_bytes": 0, "logs": 0, "log_bytes": 0}
     builds = files.open_dir(queue.cache_dir, BUILDS)
     logs = files.open_dir(queue.cache_dir, LOGS)
+    # An attempt's build info and phase logs (CACHE/bulklog/JOB-LEASE8) go with its output.
+    bulklogs = files.open_dir(queue.cache_dir, BULKLOG)
     try:
         with queue.lock():
             remote = queue.remote
@@ -255,21 +257,24 @@ def gc_outputs(queue, keep_logs: int = KEEP_LOGS) -> dict:
             except KeyError:
                 return out
             held = _held(remote.reader(tip))
-            if builds is not None:
-                _set_aside(builds, held)
+            for fd in (builds, bulklogs):
+                if fd is not None:
+                    _set_aside(fd, held)
             if logs is not None:
                 out["logs"], out["log_bytes"] = _trim_logs(logs, held, keep_logs)
         # Outside the lock (removing a large build takes a while): these names are no one's now,
         # and those a crashed run left behind go too.
-        if builds is not None:
-            for name in sorted(os.listdir(builds)):
+        for fd in (builds, bulklogs):
+            if fd is None:
+                continue
+            for name in sorted(os.listdir(fd)):
                 if name.startswith(ASIDE):
-                    size = _tree_bytes(builds, name)
-                    if files.remove_tree(builds, name):
+                    size = _tree_bytes(fd, name)
+                    if files.remove_tree(fd, name) and fd == builds:
                         out["builds"] += 1
                         out["build_bytes"] += size
     finally:
-        for fd in (builds, logs):
+        for fd in (builds, logs, bulklogs):
             if fd is not None:
                 os.close(fd)
     return out

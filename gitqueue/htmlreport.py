@@ -47,7 +47,9 @@ def write(outdir: str, data: dict, logs_dir: str | None = None, log_url: str | N
     out_fd = os.open(outdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         links, written = _logs(out_fd, outdir, data["unsuccessful"], logs_dir, log_url)
-        for name, content in (("index.html", page(data, links)), ("report.txt", text(data))):
+        phase_links, copied = _phase_logs(out_fd, outdir, data["unsuccessful"], logs_dir, log_url)
+        written += copied
+        for name, content in (("index.html", page(data, links, phase_links)), ("report.txt", text(data))):
             files.write_atomic(out_fd, name, content.encode("utf-8"))
             written.append(os.path.join(outdir, name))
     finally:
@@ -82,6 +84,51 @@ def _logs(out_fd: int, outdir: str, unsuccessful: list, logs_dir: str | None, lo
                 links[job] = f"{log_url.rstrip('/')}/{job}/{name}"
     finally:
         for fd in (source_fd, logs_fd):
+            if fd is not None:
+                os.close(fd)
+    return links, written
+
+
+def _phase_logs(out_fd: int, outdir: str, unsuccessful: list, logs_dir: str | None, log_url: str | None):
+    """({job: [(phase, link)]}, [paths written]) of the phase logs of `unsuccessful` (configure.log,
+    ...), in pbulk's order of phases: copied from `logs_dir`/JOB/NAME to outdir/phases/JOB/PHASE.txt
+    as `_logs` copies a build log, else linked as `log_url`/JOB/NAME."""
+    from .phases import order_key, phase_of
+
+    links: dict[str, list] = {}
+    written: list[str] = []
+    source_fd = _open_logs_dir(logs_dir)
+    phases_fd = None
+    try:
+        for u in unsuccessful:
+            job = u["job"]
+            names = [n for n in u.get("phase_logs") or () if is_log_name(n) and phase_of(n)]
+            if not names or not is_file_name(job):
+                continue
+            for name in sorted(names, key=order_key):
+                phase = phase_of(name)
+                source = files.open_file(source_fd, job, name) if source_fd is not None else None
+                if source is not None:
+                    try:
+                        if phases_fd is None:
+                            phases_fd = files.open_dir(out_fd, "phases", create=True)
+                            if phases_fd is None:
+                                raise OSError(errno.ELOOP, "not a directory (a link?)", os.path.join(outdir, "phases"))
+                        job_fd = files.open_dir(phases_fd, job, create=True)
+                        if job_fd is None:
+                            raise OSError(errno.ELOOP, "not a directory (a link?)", os.path.join(outdir, "phases", job))
+                        try:
+                            if _copy_log(source, job_fd, f"{phase}.txt"):
+                                written.append(os.path.join(outdir, "phases", job, f"{phase}.txt"))
+                        finally:
+                            os.close(job_fd)
+                    finally:
+                        os.close(source)
+                    links.setdefault(job, []).append((phase, f"phases/{job}/{phase}.txt"))
+                elif log_url:
+                    links.setdefault(job, []).append((phase, f"{log_url.rstrip('/')}/{job}/{name}"))
+    finally:
+        for fd in (source_fd, phases_fd):
             if fd is not None:
                 os.close(fd)
     return links, written
@@ -141,9 +188,11 @@ def _state(state: str) -> Markup:
     return Markup('<span class="state-{0}">{0}</span>').format(state)
 
 
-def page(data: dict, links: dict | None = None) -> str:
-    """The HTML of the report page; `links` maps a job to the URL of its build log."""
+def page(data: dict, links: dict | None = None, phase_links: dict | None = None) -> str:
+    """The HTML of the report page; `links` maps a job to the URL of its build log, `phase_links`
+    to the (phase, URL) of each of its phase logs."""
     links = links or {}
+    phase_links = phase_links or {}
     s = data["settings"]
     counts = data["counts"]
     title = f"Bulk build report: {data['queue']}"
@@ -204,7 +253,10 @@ def page(data: dict, links: dict | None = None) -> str:
         if u["state"] == "failed" and u.get("log_tail"):
             reason = Markup("<details><summary>{}</summary><pre>{}</pre></details>").format(reason, u["log_tail"])
         link = links.get(u["job"])
-        log = Markup('<a href="{}">log</a>').format(link) if link else ""
+        log = Markup('<a href="{}">log</a>').format(link) if link else Markup("")
+        phases = [Markup('<a href="{}">{}</a>').format(url, phase) for phase, url in phase_links.get(u["job"], ())]
+        if phases:
+            log = Markup(" ").join([log, *phases]) if log else Markup(" ").join(phases)
         rows.append([_pkg(u), u["job"], _state(u["state"]), reason, u["breaks"] or "", u["maintainer"] or "", log])
     parts.append(_table("unsuccessful", ["Package", "Name", "State", "Reason", "Breaks", "Maintainer", "Log"], rows,
                         numeric=(4,)))

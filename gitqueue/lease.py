@@ -296,14 +296,24 @@ def _status(reader, name):
     return rec["status"] if rec else None
 
 
+# Fields of a result that a build adds beyond its status, log and packages (see the result schema).
+BUILD_FIELDS = ("up_to_date", "failed_phase", "phase_logs", "installed")
+
+
+def build_fields(values: dict) -> dict:
+    """The BUILD_FIELDS of `values` that are set (a report request, a worker's outcome)."""
+    return {key: values[key] for key in BUILD_FIELDS if values.get(key)}
+
+
 def report(queue, worker: str, job: str, status: str, token: str | None = None,
            duration: float | None = None, log: dict | None = None, log_tail: str | None = None,
-           packages: list[dict] | None = None, platform: dict | None = None) -> dict:
+           packages: list[dict] | None = None, platform: dict | None = None, extra: dict | None = None) -> dict:
     """Record the result of `job` and end the lease.
 
     Fencing: the lease in the tree must carry this worker's token. If the lease was reclaimed
     and nobody holds the job, a late success is kept (marked late); anything else raises LeaseLost
-    and writes nothing.
+    and writes nothing. `extra` holds BUILD_FIELDS of the result (up_to_date, failed_phase,
+    phase_logs, installed).
     """
     check_worker_name(worker)
     check_job_name(job)
@@ -315,7 +325,7 @@ def report(queue, worker: str, job: str, status: str, token: str | None = None,
         batch = Batch(reader)
         result.clear()
         result.update(_report_step(queue, batch, worker, job, status, token, duration, log, log_tail,
-                                   packages, platform))
+                                   packages, platform, extra=extra))
         return batch.change()
 
     queue.transact(decide, identity(worker))
@@ -324,7 +334,7 @@ def report(queue, worker: str, job: str, status: str, token: str | None = None,
 
 
 def _report_step(queue, batch, worker, job, status, token=None, duration=None, log=None, log_tail=None,
-                 packages=None, platform=None, retried=False) -> dict:
+                 packages=None, platform=None, retried=False, extra=None) -> dict:
     """Decide the result of `job` into `batch` (see report); return the result record.
 
     With `retried`, a result this worker already recorded under `token` is returned as is: the
@@ -373,10 +383,21 @@ def _report_step(queue, batch, worker, job, status, token=None, duration=None, l
         rec["packages"] = packages
     if platform:
         rec["platform"] = platform
+    rec.update(build_fields(extra or {}))
     if queue.signer is not None:
         rec["signer"] = queue.signer.fingerprint
+    from .rules import DEFAULT_MAX_RECORD_BYTES
+
+    data = records.dumps("result", rec)
+    if rec.get("installed") and len(data) > 1024 and len(data) > queue.settings(reader).get(
+            "max_record_bytes", DEFAULT_MAX_RECORD_BYTES):
+        # The list of what the build installed is the one part that may grow with the job (a
+        # package with hundreds of dependencies): without it the result still fits the server's
+        # limit, and each dependency's own result names its packages.
+        del rec["installed"]
+        data = records.dumps("result", rec)
     hb_path, hb = _heartbeat_change(queue, reader, worker)
-    files: dict[str, bytes | None] = {record_path("results", job): records.dumps("result", rec), hb_path: hb}
+    files: dict[str, bytes | None] = {record_path("results", job): data, hb_path: hb}
     if lease is not None:
         files[record_path("leases", job)] = None
         batch.leases[worker] = batch.leases.get(worker, 0) - 1
@@ -384,7 +405,8 @@ def _report_step(queue, batch, worker, job, status, token=None, duration=None, l
     batch.add(files, f"report {_describe(job_rec)}: {status} by {worker}{took}{' (late)' if late else ''}",
               {"Action": "report", "Job": job, "Version": job_rec["version"], "Pkgpath": job_rec.get("pkgpath"),
                "Worker": worker, "Status": status, "Lease": tok, "Duration": rec.get("duration"),
-               "Late": "true" if late else None})
+               "Late": "true" if late else None, "Up-To-Date": "true" if rec.get("up_to_date") else None,
+               "Failed-Phase": rec.get("failed_phase")})
     return rec
 
 
@@ -409,7 +431,7 @@ def settle(queue, requests: list[dict], identity_of: str) -> list[Outcome]:
                     out["result"] = _report_step(
                         queue, batch, req["worker"], rep["job"], rep["status"], rep.get("token"),
                         rep.get("duration"), rep.get("log"), rep.get("log_tail"), rep.get("packages"),
-                        req.get("platform"), retried=rep.get("token") is not None)
+                        req.get("platform"), retried=rep.get("token") is not None, extra=build_fields(rep))
                 except (LeaseLost, UnknownJob) as e:
                     out["report_error"] = e
             if req.get("claim"):

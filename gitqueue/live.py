@@ -1,7 +1,7 @@
 """The live state of a build for people: progress, rates, workers, expiring leases, blockers."""
 
 from . import records, summary, timeline
-from .outcome import NOT_BUILT, from_index
+from .outcome import NOT_BUILT, from_index, results
 
 HOUR = 3600
 
@@ -13,8 +13,9 @@ def status(queue, top: int = 5) -> dict:
     eta_seconds), leases and skipped, plus: buildable and built (success, failed or
     indirect-failed among the jobs not prefailed or skipped), started, rate {overall,
     last_hour} in packages per hour, workers (current job and for how long, last heard, done,
-    failed, speed factor), expiring (the leases whose workers were heard from longest ago) and
-    blockers (failed packages keeping the most others from building). Times written by
+    failed, speed factor), expiring (the leases whose workers were heard from longest ago),
+    blockers (failed packages keeping the most others from building, with the phase each failed
+    in) and failures (the newest failed packages: job, pkgpath, phase, breaks). Times written by
     workers' clocks are hints only.
     """
     # The tree is read under the host's lock: `gitqueue gc --cache` may not remove a pack
@@ -83,10 +84,19 @@ def status(queue, top: int = 5) -> dict:
     expiring.sort(key=lambda x: (x["expires_in"] is None, x["expires_in"] or 0, x["job"]))
 
     churn = _churn(history.events, now, top)
+    rows = outcome.breakers(("failed",), limit=top)
+    # The newest failures first, and the phase each failed in (the result's failed_phase).
+    newest = list(dict.fromkeys(e.job for e in reversed(reports) if e.status == "failure"
+                                and e.job in outcome.jobs and outcome.jobs[e.job]["state"] == "failed"))[:top]
+    with queue.lock():
+        phases = {name: rec.get("failed_phase")
+                  for name, rec in results(queue.remote.reader(tip), [r["job"] for r in rows] + newest).items()}
     blockers = []
-    for row in outcome.breakers(("failed",), limit=top):
+    for row in rows:
         job = outcome.jobs[row["job"]]
-        blockers.append({**row, "version": job["version"]})
+        blockers.append({**row, "version": job["version"], "phase": phases.get(row["job"])})
+    failures = [{"job": name, "pkgpath": outcome.jobs[name]["pkgpath"], "phase": phases.get(name),
+                 "breaks": outcome.breaks.get(name, 0)} for name in newest]
     return {
         **base,
         "buildable": buildable,
@@ -99,6 +109,7 @@ def status(queue, top: int = 5) -> dict:
         "leases": leases,
         "expiring": expiring[:top],
         "blockers": blockers,
+        "failures": failures,
         "churn": churn,
         "skipped": [{"job": j["name"], "reason": j["skip"]} for j in
                     sorted(outcome.jobs.values(), key=lambda j: j["name"]) if j["state"] == "skipped"],

@@ -112,6 +112,9 @@ def reason(job: dict, result: dict | None) -> str:
     if state == "failed":
         tail = (result or {}).get("log_tail") or ""
         lines = [line.strip() for line in tail.splitlines() if line.strip()]
+        phase = (result or {}).get("failed_phase")
+        if phase:  # as pbulk's report says it
+            return f"failed in {phase}" + (f": {lines[-1][:300]}" if lines else "")
         return lines[-1][:300] if lines else "build failed"
     if state in ("prefailed", "skipped"):
         return job["skip"] or state

@@ -3,8 +3,8 @@
 The package tree is a directory on the master:
 
     All/                     published binary packages, All/pkg_summary.gz and All/SHA512
-    incoming/TOKEN/          what a worker uploaded for one lease (packages, build log)
-    logs/JOB/FILE            published build logs
+    incoming/TOKEN/          what a worker uploaded for one lease (packages, build log, phase logs)
+    logs/JOB/FILE            published build logs and phase logs
 
 Everything a worker wrote (its records, the names in them, its uploads) is hostile input here:
 the server's hook refuses what breaks the rules, but local writers and histories from before the
@@ -389,6 +389,9 @@ class _Run:
             upload = self._upload(result.get("token"))
             try:
                 in_place = [self._publish_log(result["job"], upload, result["log"])] if result.get("log") else []
+                # The phase logs (configure.log, ...) beside it, in logs/JOB/ too.
+                in_place += [self._publish_log(result["job"], upload, entry)
+                             for entry in result.get("phase_logs") or () if isinstance(entry, dict)]
                 if result.get("status") == "success":
                     in_place += [self._publish_package(upload, job, result["job"], package)
                                  for package in result.get("packages") or ()]

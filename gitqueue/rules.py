@@ -406,6 +406,25 @@ class _Check:
             self.fail(what, f"{name} is not a job of this queue", path)
         return rec
 
+    def installed_problem(self, job_rec, result) -> str | None:
+        """Why the packages a result lists as installed are not its direct dependencies' packages
+        as their results name them (name and SHA-256), or None."""
+        if not result.get("installed"):
+            return None
+        built = set()
+        for dep in job_rec["deps"]:
+            try:
+                res = read_record(self.after, "result", record_path("results", dep))
+            except GitqueueError:
+                res = None
+            for package in (res or {}).get("packages", ()):
+                built.add((package["name"], package["sha256"]))
+        for entry in result["installed"]:
+            if (entry["name"], entry["sha256"]) not in built:
+                return (f"{job_rec['name']} lists {entry['name']} as installed, which no result of its dependencies "
+                        "names with that SHA-256")
+        return None
+
     def check_signer_field(self, rec, path):
         if "signer" in rec and (self.named is None or rec["signer"] != self.named.fingerprint):
             by = self.named.fingerprint if self.named else "nobody (no good signature)"
@@ -603,6 +622,10 @@ class _Check:
                 return
         if not self.deps_built(job, path, "result"):
             return
+        problem = build_fields_problem(new) or self.installed_problem(job, new)
+        if problem:
+            self.fail("result", problem, path)
+            return
         for package in new.get("packages", ()):
             problem = layout.package_name_problem(package["name"], job, self.reg.settings)
             if problem:
@@ -660,6 +683,30 @@ class _Check:
                 self.fail("decline", f"{entry['worker']} declines {name} without giving back its lease in the "
                                      "same commit", path)
                 return
+
+
+def build_fields_problem(result: dict) -> str | None:
+    """Why the build fields of a (schema-valid) result contradict each other, or None.
+
+    An up-to-date result is a success; a failed phase belongs to a failure; the files a result
+    names in its upload area (packages, log, phase logs) have names of their own, so that none
+    stands for another in incoming/TOKEN/ or logs/JOB/.
+    """
+    status = result["status"]
+    if result.get("up_to_date") and status != "success":
+        return f"a {status} marked up_to_date: only a success can be up to date"
+    if result.get("failed_phase") and status != "failure":
+        return f"a {status} naming the failed phase {result['failed_phase']}"
+    names = [p["name"] for p in result.get("packages", ())] + [p["name"] for p in result.get("phase_logs", ())]
+    if result.get("log", {}).get("name"):
+        names.append(result["log"]["name"])
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        return f"the result names {twice[0]} twice among its packages and logs"
+    installed = [p["name"] for p in result.get("installed", ())]
+    if len(set(installed)) != len(installed):
+        return "the result lists an installed package twice"
+    return None
 
 
 def first_parent_chain(store, old: bytes | None, new: bytes, limit: int | None = None):

@@ -35,6 +35,12 @@ FILE_NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._+~-]*$"
 LOG_NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._+~-]*[.](log|txt)$"
 _FILE = {"type": "string", "pattern": FILE_NAME_PATTERN, "maxLength": 250}
 _LOG_FILE = {"type": "string", "pattern": LOG_NAME_PATTERN, "maxLength": 128}
+# A build phase (pbulk's: pre-clean, depends, checksum, configure, build, install, package, clean,
+# deinstall): the name of its log without .log or .txt, so one plain word.
+PHASE_PATTERN = "^[a-z0-9][a-z0-9_-]*$"
+_PHASE = {"type": "string", "pattern": PHASE_PATTERN, "maxLength": 32}
+MAX_PHASE_LOGS = 32
+MAX_INSTALLED = 512
 _KEY = {"type": "string", "maxLength": 2000,
         "pattern": "^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521)"
                    " [A-Za-z0-9+/]+={0,2}$",
@@ -140,6 +146,18 @@ SCHEMAS = {
             "categories": _line(400),
             "no_bin_on_ftp": _TEXT,
             "restricted": _TEXT,
+            # The rest of pbulk's build info (pbulk-build(1)), kept as the scan wrote it so that a
+            # build command gets every line pbulk's master would send (buildinfo.py).
+            "all_depends": _line(32768, description="every dependency pattern of the package, as the scan "
+                                                    "found them (pattern:../../dir ...)"),
+            "use_destdir": _line(64, description="the DESTDIR method the package supports (user-destdir)"),
+            "bootstrap_pkg": _line(64, description="set when the package is part of pkgsrc's bootstrap"),
+            "usergroup_phase": _line(64, description="the phase that needs the package's users and groups"),
+            "build_info": {"type": "object", "maxProperties": 32,
+                           "description": "other variables of the scan, sent to the build command as they are",
+                           "propertyNames": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_.]*$",
+                                             "maxLength": 64},
+                           "additionalProperties": _line(4096)},
         },
         ["name", "version", "deps"],
     ),
@@ -197,6 +215,36 @@ SCHEMAS = {
                         "sha256": _SHA256,
                     },
                     "required": ["name", "size", "sha256"],
+                    "additionalProperties": False,
+                },
+            },
+            "up_to_date": {"type": "boolean",
+                           "description": "a success whose build command found the existing package up to date: "
+                                          "packages name that file, uploaded only if the tree's All/ lacked it"},
+            "failed_phase": {**_PHASE, "description": "the build phase that failed: the newest phase log, in "
+                                                      "pbulk's order of phases"},
+            "phase_logs": {
+                "type": "array",
+                "maxItems": MAX_PHASE_LOGS,
+                "description": "the logs the build command wrote, one per phase (pre-clean.log, configure.log, "
+                               "...), uploaded to incoming/TOKEN/NAME of the package tree",
+                "items": {
+                    "type": "object",
+                    "properties": {"name": _LOG_FILE, "size": {"type": "integer", "minimum": 0},
+                                   "sha256": _SHA256},
+                    "required": ["name", "size", "sha256"],
+                    "additionalProperties": False,
+                },
+            },
+            "installed": {
+                "type": "array",
+                "maxItems": MAX_INSTALLED,
+                "description": "the packages of the direct dependencies, which the build installed (their "
+                               "results list theirs): what the binary was built against",
+                "items": {
+                    "type": "object",
+                    "properties": {"name": _FILE, "sha256": _SHA256},
+                    "required": ["name", "sha256"],
                     "additionalProperties": False,
                 },
             },

@@ -39,7 +39,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
 from .backoff import Backoff
@@ -55,6 +55,7 @@ __all__ = [
     "upload",
     "upload_build",
     "Uploaded",
+    "in_tree",
     "download",
     "PARTIAL_DIR",
 ]
@@ -394,35 +395,43 @@ def upload(files: list[str], tree: str, token: str, rsh: str | None = None, atte
 
 @dataclasses.dataclass(frozen=True)
 class Uploaded:
-    """What `upload_build` put in a lease's upload area: the packages' and the log's describe() dicts.
+    """What `upload_build` put in a lease's upload area: the packages', the log's and the phase
+    logs' describe() dicts.
 
-    ``log`` is None when there was no log or it could not be uploaded (``log_error`` says why).
+    ``log`` is None when there was no log or it could not be uploaded (``log_error`` says why);
+    the phase logs go with the log, or not at all.
     """
 
     packages: list[dict]
     log: dict | None = None
     log_error: str | None = None
+    phase_logs: list[dict] = dataclasses.field(default_factory=list)
 
 
 def upload_build(tree: str, token: str, packages: list[str], log: str | None = None,
-                 log_name: str | None = None, **options) -> Uploaded:
-    """Upload a build's packages, then its log (named ``log_name``), into ``incoming/<token>/``.
+                 log_name: str | None = None, phase_logs: Sequence[tuple[str, str]] = (), **options) -> Uploaded:
+    """Upload a build's packages, then its log (named ``log_name``) and phase logs ((path, name)
+    pairs), into ``incoming/<token>/``.
 
     The one upload path of a result: `gitqueue work` and `gitqueue report --package` both come
     here. ``options`` are :func:`upload`'s (``rsh``, ``attempts``, ...).
 
     Raises TransferError when the packages could not be uploaded: a result never names a file
-    that is not fully uploaded. A log that could not be uploaded is said in ``log_error``; the
-    caller decides whether the result goes without it.
+    that is not fully uploaded. Logs that could not be uploaded are said in ``log_error``; the
+    caller decides whether the result goes without them.
     """
     sent = upload(packages, tree, token, **options) if packages else []
-    if not log:
+    if not log and not phase_logs:
         return Uploaded(sent)
+    paths = ([log] if log else []) + [path for path, _ in phase_logs]
+    names = ([log_name or os.path.basename(log)] if log else []) + [name for _, name in phase_logs]
     try:
-        [described] = upload([log], tree, token, names=[log_name] if log_name else None, **options)
+        described = upload(paths, tree, token, names=names, **options)
     except TransferError as e:
         return Uploaded(sent, None, str(e))
-    return Uploaded(sent, described)
+    if log:
+        return Uploaded(sent, described[0], None, described[1:])
+    return Uploaded(sent, None, None, described)
 
 
 def _check_upload(base: list[str], state: dict, stats: TransferStats | None, rsync: str) -> None:
@@ -445,6 +454,45 @@ def _check_upload(base: list[str], state: dict, stats: TransferStats | None, rsy
     if differ:
         state["force"] = True
         raise _Failed(f"{differ[0]}: the uploaded copy does not match (rsync --checksum)")
+
+
+# ------------------------------------------------------------------------------- checking the tree
+
+def in_tree(path: str, tree: str, rsh: str | None = None, *, io_timeout: int = DEFAULT_IO_TIMEOUT,
+            rsync: str = RSYNC, rsync_path: str | None = None, **_options) -> bool:
+    """Whether ``<tree>/All/<NAME>`` holds the bytes of the local file ``path`` (NAME its name).
+
+    For a remote tree, a dry run of a download compared by checksum: no file data is sent. False
+    when the tree has no such file, another one, or cannot be asked (the caller uploads instead,
+    which retries and says why it fails). ``_options`` (attempts, backoff) are :func:`upload`'s.
+    """
+    from . import files
+
+    loc = parse_tree(tree)
+    name = _check_name(os.path.basename(path), "package file name")
+    if loc.host is None:
+        try:
+            fd = files.open_file(loc.path, "All", name)
+        except FileNotFoundError:
+            return False
+        if fd is None:
+            return False
+        os.close(fd)
+        try:
+            return sha256_file(os.path.join(loc.path, "All", name)) == sha256_file(path)
+        except OSError:
+            return False
+    try:
+        proc = _rsync(["--dry-run", "--checksum", "--itemize-changes", *_common(loc, rsh, io_timeout, rsync_path),
+                       loc.arg(f"All/{name}"), os.path.dirname(os.path.abspath(path)) + "/"], "check", None,
+                      rsync=rsync)
+    except _Failed:
+        return False
+    # A file whose contents differ would be transferred: an itemized line ">f..." names it. A
+    # symlink there is skipped ("skipping non-regular file"): no download would get it either.
+    said = proc.stdout + proc.stderr
+    return proc.returncode == 0 and "skipping non-regular file" not in said and not any(
+        line.startswith(">f") for line in said.splitlines())
 
 
 # ------------------------------------------------------------------------------- download

@@ -4,11 +4,13 @@ One process, one thread: dulwich repositories and clients are not thread-safe, s
 happen between waits on the build command rather than in a background thread.
 """
 
+import dataclasses
 import fcntl
 import hashlib
 import os
 import re
 import signal
+import stat
 import subprocess
 import time
 from typing import TYPE_CHECKING
@@ -42,6 +44,20 @@ def log_name(job: str, token: str | None = None) -> str:
 
     suffix = f"-{token[:8]}.log" if token else ".log"
     return job[: MAX_LOG_NAME - len(suffix)] + suffix
+
+
+@dataclasses.dataclass(frozen=True)
+class Built:
+    """What one run of the build command left: its status and time, its log, its phase logs'
+    directory, the job's packages in the packages directory before it ran, the dependencies'
+    packages it was given."""
+
+    status: str
+    duration: float
+    log_path: str
+    logs: str
+    before: dict
+    installed: list
 
 
 def describe_log(path: str, name: str | None = None):
@@ -357,7 +373,13 @@ class Worker:
                 self._give_back(job, skew, "tree", decline=not broken, own=broken)
                 job = None
                 continue
-            missing = self._fetch_dependencies(job)
+            problem = self._before_build(job)
+            if problem:
+                # A system that cannot be made clean builds nothing right: not the package's
+                # failure, and no use claiming more.
+                self._give_back(job, problem, "before_build")
+                raise GitqueueError(f"{self.name}: {problem}; stopping")
+            missing, installed = self._fetch_dependencies(job)
             if missing:
                 self._give_back(job, missing, "transfer", own=True)
                 job = None
@@ -365,7 +387,7 @@ class Worker:
                 continue
             self.out(f"{self.name}: building {job.job}")
             try:
-                outcome = self._build(job, every)
+                outcome = self._build(job, every, installed)
             except OSError as e:  # no room for the output or the log: this machine's trouble
                 self._give_back(job, f"cannot set up the build here: {e.strerror or e}: {e.filename or ''}",
                                 "disk", own=True)
@@ -379,7 +401,7 @@ class Worker:
                 break
             # Report and ask for the next job in one request: with other workers of this host
             # waiting, one commit settles them all (see spool.py).
-            report_req = self._prepare_report(job, *outcome)
+            report_req = self._prepare_report(job, outcome)
             more = max_jobs is None or self.done + (report_req is not None) < max_jobs
             job, finished = self._settle(report_req, claim_next=more)
             asked = True
@@ -465,10 +487,13 @@ class Worker:
         if self.refusals >= REFUSALS_TO_STOP:
             raise GitqueueError(f"the queue refused {self.refusals} pushes in a row; stopping: {error}")
 
-    def _fetch_dependencies(self, job) -> str | None:
-        """Download the binary packages of the job's dependencies; a reason to give it back, or None."""
+    def _fetch_dependencies(self, job) -> tuple[str | None, list[dict]]:
+        """Download the binary packages of the job's dependencies, and of theirs (pkg_add installs
+        a package's dependencies with it); (a reason to give the job back, or None; the packages
+        of the direct dependencies as {"name", "sha256"}: what the build installs, pulling in the
+        rest, which their own results list)."""
         if not self.packages_url or not job.deps:
-            return None
+            return None, []
         from . import records
         from .layout import record_path
         from .transfer import TransferError, download
@@ -476,11 +501,21 @@ class Worker:
         results = []
         with self.queue.lock():  # read under the lock: gc --cache may not remove a pack meanwhile
             _, reader = self.queue.fetch()
-            for dep in job.deps:
+            seen = set(job.deps)
+            todo = list(job.deps)
+            while todo:
+                dep = todo.pop(0)
                 data = reader.read(record_path("results", dep))
                 if data is not None:
                     results.append((dep, records.load_at("result", data, record_path("results", dep))))
+                data = reader.read(record_path("jobs", dep))
+                if data is not None:
+                    for more in records.load_at("job", data, record_path("jobs", dep))["deps"]:
+                        if more not in seen:
+                            seen.add(more)
+                            todo.append(more)
         dest = os.path.join(self.packages_dir, "All")
+        installed: dict[str, str] = {}
         for dep, result in results:
             if not result.get("packages"):
                 continue
@@ -494,32 +529,88 @@ class Worker:
                     download(result["packages"], self.packages_url, dest, source=f"incoming/{result['token']}",
                              **self.transfer)
                 except TransferError as e:
-                    return f"cannot fetch the packages of {dep}: {e}"
-        return None
+                    return f"cannot fetch the packages of {dep}: {e}", []
+            if dep in job.deps:
+                for package in result["packages"]:
+                    installed[package["name"]] = package["sha256"]
+        from .schema import MAX_INSTALLED
+
+        if len(installed) > MAX_INSTALLED:
+            self.out(f"{self.name}: {job.job} has {len(installed)} dependency packages, more than a result lists "
+                     f"({MAX_INSTALLED}): its result will not list them")
+            return None, []
+        return None, [{"name": name, "sha256": sha} for name, sha in sorted(installed.items())]
+
+    def _attempt_dir(self, job) -> str:
+        """CACHE/bulklog/JOB-LEASE8: the build info and the phase logs of one attempt."""
+        from .buildlog import BULKLOG, attempt_name
+
+        return os.path.join(self.queue.cache_dir, BULKLOG, attempt_name(job.job, job.lease))
+
+    def _before_build(self, job) -> str | None:
+        """Run the before_build command (pbulk's client-clean, a sandbox reset); why it failed, or None."""
+        command = self.settings.before_build
+        if not command:
+            return None
+        import shutil
+
+        attempt = self._attempt_dir(job)
+        shutil.rmtree(attempt, ignore_errors=True)
+        os.makedirs(attempt)
+        path = os.path.join(attempt, "before_build.log")
+        with open(path, "wb") as out:
+            try:
+                code = subprocess.run(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL, stdout=out,
+                                      stderr=subprocess.STDOUT, env=job_environment(job)).returncode
+            except OSError as e:
+                return f"before_build cannot run: {e.strerror or e}"
+        if code == 0:
+            return None
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 1000))
+            lines = [line.strip() for line in f.read().decode("utf-8", "replace").splitlines() if line.strip()]
+        said = f": {printable(lines[-1])[:300]}" if lines else ""
+        how = f"exit {code}" if code > 0 else f"signal {-code}"
+        return f"before_build failed ({how}) before building {job.job}{said} (output: {path})"
 
     def _output_dir(self, job):
         return os.path.join(self.queue.cache_dir, "build", f"{job.job}-{job.lease[:8]}")
 
-    def _build(self, job, every):
+    def _build(self, job, every, installed=()) -> "Built | None":
         import shutil
+
+        from .buildinfo import write as build_info
 
         os.makedirs(self.log_dir, exist_ok=True)
         log_path = os.path.join(self.log_dir, log_name(job.job, job.lease))
         output = self._output_dir(job)
         shutil.rmtree(output, ignore_errors=True)
         os.makedirs(output)
+        # The attempt's directory: the build info, and pbulk's bulklog with the job's log
+        # directory in it ($GITQUEUE_LOGS is $GITQUEUE_BULKLOG/PKGNAME, as pbulk lays it out).
+        attempt = self._attempt_dir(job)
+        bulklog = os.path.join(attempt, "bulklog")
+        shutil.rmtree(bulklog, ignore_errors=True)
+        logs = os.path.join(bulklog, job.job)
+        os.makedirs(logs)
+        info = os.path.join(attempt, "build-info")
+        with open(info, "wb") as f:
+            f.write(build_info(self._job_record(job)))
+        before = self._own_packages(job)
         env = job_environment(job)
-        env.update(GITQUEUE_OUTPUT=output, GITQUEUE_PACKAGES=self.packages_dir)
+        env.update(GITQUEUE_OUTPUT=output, GITQUEUE_PACKAGES=self.packages_dir, GITQUEUE_BUILD_INFO=info,
+                   GITQUEUE_BULKLOG=bulklog, GITQUEUE_LOGS=logs)
         start = time.monotonic()
-        with open(log_path, "wb") as log:
+        with open(log_path, "wb") as log, open(info, "rb") as stdin:
             try:
+                # The build info on standard input, as pbulk's master gives it to its build script.
                 child = self.child = subprocess.Popen(
-                    self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    self.command, stdin=stdin, stdout=log, stderr=subprocess.STDOUT,
                     env=env, start_new_session=True,
                 )
             except OSError as e:
                 log.write(f"gitqueue: cannot run {self.command[0]}: {e}\n".encode())
-                return "failure", time.monotonic() - start, log_path
+                return Built("failure", time.monotonic() - start, log_path, logs, before, list(installed))
             try:
                 while True:
                     try:
@@ -535,7 +626,50 @@ class Worker:
             finally:
                 self.child = None
         status = "success" if code == 0 else "failure"
-        return status, time.monotonic() - start, log_path
+        return Built(status, time.monotonic() - start, log_path, logs, before, list(installed))
+
+    def _job_record(self, job) -> dict:
+        """The job's record, as the tree this host fetched last has it."""
+        from . import records
+        from .layout import record_path
+
+        path = record_path("jobs", job.job)
+        with self.queue.lock():  # gc --cache may not remove a pack meanwhile
+            remote = self.queue.remote
+            try:  # the tip this host fetched last (the claim's): no network
+                data = remote.reader(remote.repo.refs[remote.ref]).read(path)
+            except KeyError:
+                data = None
+            if data is None:
+                _, reader = self.queue.fetch()
+                data = reader.read(path)
+        if data is None:
+            return {"name": job.job, "version": job.version, "deps": list(job.deps),
+                    **({"pkgpath": job.pkgpath} if job.pkgpath else {}), "multi_version": job.multi_version}
+        return records.load_at("job", data, path)
+
+    def _own_packages(self, job) -> dict[str, tuple]:
+        """{name: (size, mtime, inode)} of the files in the packages directory's All/ that may be
+        the job's own packages: where pbulk's build script leaves the package it makes."""
+        from .layout import package_name_problem
+
+        directory = os.path.join(self.packages_dir, "All")
+        record = {"name": job.job, "version": job.version or ""}
+        found = {}
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            return {}
+        for entry in entries:
+            if entry.name.startswith(".") or package_name_problem(entry.name, record, self.queue_settings):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                found[entry.name] = (st.st_size, st.st_mtime_ns, st.st_ino)
+        return found
 
     def _still_held(self, job) -> bool:
         try:
@@ -548,20 +682,20 @@ class Worker:
             return False
         return True
 
-    def _upload(self, job, status, log_path):
-        """Upload the build's packages (success) and its log; returns (packages, log uploaded?).
+    def _upload(self, job, files, log_path, phase_logs):
+        """Upload the build's packages `files`, its log and phase logs ((path, name) pairs);
+        returns (packages, log uploaded?, phase logs uploaded).
 
         Raises TransferError when the packages could not be uploaded after retries.
         """
         if not self.packages_url:
-            return None, False
+            return None, False, []
         from .transfer import upload_build
 
-        files = self._package_files(job) if status == "success" else []
-        sent = upload_build(self.packages_url, job.lease, files, log_path, **self.transfer)
+        sent = upload_build(self.packages_url, job.lease, files, log_path, phase_logs=phase_logs, **self.transfer)
         if sent.log_error:
-            self.out(f"{self.name}: the log of {job.job} was not uploaded: {sent.log_error}")
-        return sent.packages, sent.log is not None
+            self.out(f"{self.name}: the logs of {job.job} were not uploaded: {sent.log_error}")
+        return sent.packages, sent.log is not None, sent.phase_logs
 
     def _package_files(self, job) -> list[str]:
         """The files the build left in its output directory that its result may name; says which
@@ -587,24 +721,148 @@ class Worker:
             self.out(f"{self.name}: not uploading {len(left_out) - MAX_LEFT_OUT} more files of {job.job}")
         return keep
 
-    def _prepare_report(self, job, status, duration, log_path):
+    def _phase_logs(self, job, built: "Built") -> list[tuple[str, str, float]]:
+        """(path, name, mtime) of the logs the build left in $GITQUEUE_LOGS that a result may name:
+        regular files with plain .log or .txt names, at most MAX_PHASE_LOGS, in pbulk's phase
+        order; says which others it leaves out.
+
+        Each is copied first (opened without following a link) into the attempt's directory, and
+        the copy is what is described and uploaded: what the build left behind may still change
+        the directory, and a log swapped for a link must not upload what the link points at.
+        """
+        from .layout import is_log_name, package_name_problem
+        from .phases import order_key
+        from .schema import MAX_PHASE_LOGS
+
+        record = {"name": job.job, "version": job.version or ""}
+        kept: list[tuple[str, str, float]] = []
+        left_out: list[str] = []
+        try:
+            entries = sorted(os.scandir(built.logs), key=lambda e: order_key(e.name))
+        except FileNotFoundError:
+            return []
+        for entry in entries:
+            st = entry.stat(follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode):
+                why = "not a regular file"
+            elif not is_log_name(entry.name):
+                why = "not a plain .log or .txt file name"
+            elif entry.name == log_name(job.job, job.lease) or not package_name_problem(
+                    entry.name, record, self.queue_settings):
+                why = "the name of the build log or of a package"
+            elif len(kept) >= MAX_PHASE_LOGS:
+                why = f"more than {MAX_PHASE_LOGS} logs"
+            else:
+                copy = self._copy_log(entry.path, os.path.join(os.path.dirname(os.path.dirname(built.logs)), "sent"),
+                                      entry.name)
+                if copy is not None:
+                    kept.append((copy, entry.name, st.st_mtime))
+                    continue
+                why = "not a regular file"
+            left_out.append(f"{self.name}: not uploading the log {printable(entry.name)[:100]}: {why}")
+        for line in left_out[:MAX_LEFT_OUT]:
+            self.out(line)
+        if len(left_out) > MAX_LEFT_OUT:
+            self.out(f"{self.name}: not uploading {len(left_out) - MAX_LEFT_OUT} more logs of {job.job}")
+        return kept
+
+    @staticmethod
+    def _copy_log(path: str, directory: str, name: str) -> str | None:
+        """Copy the regular file `path` (not through a link) to `directory`/`name`; the copy's path,
+        or None when `path` is not a regular file (any more)."""
+        import shutil
+
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return None
+        with os.fdopen(fd, "rb") as source:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            os.makedirs(directory, exist_ok=True)
+            target = os.path.join(directory, name)
+            with open(target, "wb") as out:
+                shutil.copyfileobj(source, out, 1 << 20)
+        return target
+
+    def _packages_made(self, job, built: "Built") -> tuple[list[str], list[dict] | None]:
+        """(files to upload, packages up to date): the output directory's package files; else the
+        job's package that the build left in the packages directory's All/ (pbulk's place), new or
+        changed by this build; else, unchanged, the existing package found up to date, which is
+        described and not uploaded."""
+        from .transfer import describe
+
+        files = self._package_files(job)
+        if files:
+            return files, None
+        after = self._own_packages(job)
+        directory = os.path.join(self.packages_dir, "All")
+        made = sorted(name for name, sig in after.items() if built.before.get(name) != sig)
+        if made:
+            return [os.path.join(directory, name) for name in made], None
+        if after:
+            return [], [describe(os.path.join(directory, name)) for name in sorted(after)]
+        return [], None
+
+    def _prepare_report(self, job, built: "Built"):
         """Upload the build's files and return the report part of a spool request, or None.
 
         None when the upload failed and the job was given back: a result never names a file
         that is not fully uploaded.
         """
-        from .transfer import TransferError
+        from .phases import failed_phase, phase_of
+        from .transfer import TransferError, describe
 
-        log, tail = describe_log(log_path)
+        status = built.status
+        log, tail = describe_log(built.log_path)
+        logs = self._phase_logs(job, built)
+        extra: dict = {"installed": built.installed}
+        if status == "failure":
+            phase = extra["failed_phase"] = failed_phase([(name, mtime) for _, name, mtime in logs])
+            # The failed phase's log says why (pbulk's build script sends all of it there).
+            for path, name, _ in logs:
+                if phase_of(name) == phase:
+                    tail = describe_log(path)[1] or tail
+        elif not self.settings.keep_phase_logs:
+            logs = []
+        files, current = self._packages_made(job, built) if status == "success" else ([], None)
+        missing = []
+        if current is not None and self.packages_url:
+            from .transfer import in_tree
+
+            # Nothing is uploaded for a package the tree has already (published by an earlier
+            # build); one it lacks would leave the jobs that need it nothing to fetch.
+            directory = os.path.join(self.packages_dir, "All")
+            missing = [p["name"] for p in current
+                       if not in_tree(os.path.join(directory, p["name"]), self.packages_url, **self.transfer)]
+            files = [os.path.join(directory, name) for name in missing]
         try:
-            packages, log_sent = self._upload(job, status, log_path)
+            packages, log_sent, phase_logs = self._upload(job, files, built.log_path,
+                                                          [(path, name) for path, name, _ in logs])
         except TransferError as e:
             self._give_back(job, f"upload failed: {e}", "transfer", own=True)
             return None
-        if self.packages_url and not log_sent:
+        if not self.packages_url:  # nothing to upload to: described only, as the build log is
+            phase_logs = []
+            for path, name, _ in logs:
+                try:
+                    phase_logs.append(dict(describe(path), name=name))
+                except TransferError as e:  # gone or changed since: the build left something behind
+                    self.out(f"{self.name}: not naming the log {name}: {e}")
+        elif not log_sent:
             log = None
-        return {"job": job.job, "status": status, "token": job.lease, "duration": duration,
-                "log": log, "log_tail": tail if status == "failure" else None, "packages": packages}
+        if current is not None:
+            # Nothing was built, so nothing was installed for it either.
+            packages, extra["up_to_date"], extra["installed"] = current, True, []
+            names = ", ".join(p["name"] for p in current)
+            if missing:
+                self.out(f"{self.name}: {job.job} is up to date: {names} stays as it is; uploaded "
+                         f"{', '.join(missing)}, which the package tree lacks")
+            else:
+                self.out(f"{self.name}: {job.job} is up to date: {names} stays as it is, nothing uploaded")
+        extra["phase_logs"] = phase_logs
+        return {"job": job.job, "status": status, "token": job.lease, "duration": built.duration,
+                "log": log, "log_tail": tail if status == "failure" else None, "packages": packages, **extra}
 
     def _version_skew(self, job) -> tuple[str | None, bool]:
         """(why this worker's tree cannot build `job` as the queue has it, or None; whether the

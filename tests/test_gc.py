@@ -284,6 +284,8 @@ def test_gc_cache_removes_the_builds_and_old_logs_of_jobs_no_longer_held(tmp_pat
     assert proc.stdout.splitlines()[1] == ("removed 4 build directories (0.0 MB) and 2 logs (0.0 MB) of jobs "
                                            "this host no longer holds")
     assert set(os.listdir(cache / "build")) == {"notes", "p0-1.0-0badc0de", lapsed, rebuilding}
+    # Each attempt's build info and phase logs (bulklog/JOB-LEASE8) go with its output directory.
+    assert set(os.listdir(cache / "bulklog")) == {rebuilding}
     assert os.listdir(outside) == ["keep"]
     assert sorted(n[:6] for n in os.listdir(cache / "logs")) == ["p2-1.0", "p3-1.0"]
 
@@ -294,3 +296,4 @@ def test_gc_cache_removes_the_builds_and_old_logs_of_jobs_no_longer_held(tmp_pat
         out = gc_cache(q, grace=0, keep_logs=0)
     assert out["outputs"] == {"builds": 2, "build_bytes": 7, "logs": 2, "log_bytes": out["outputs"]["log_bytes"]}
     assert sorted(os.listdir(cache / "build")) == ["notes", "p0-1.0-0badc0de"] and os.listdir(cache / "logs") == []
+    assert os.listdir(cache / "bulklog") == []

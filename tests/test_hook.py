@@ -316,6 +316,72 @@ def test_the_real_client_sees_why(hostile, sshd, tmp_path):
     assert line.startswith("Error: ") and "neither an administrator's key nor a registered worker's" in line, line
 
 
+# -- a build's fields: phase logs, failed phase, up to date, installed packages -----------------------
+
+
+def _raw_result(sq, **fields) -> bytes:
+    """a-1's result by w1 under its lease, with `fields`, as TOML bytes that no schema checked."""
+    import tomli_w
+
+    rec = {"job": "a-1", "version": "1.0", "status": "failure", "worker": "w1", "token": sq.a1_token, **fields}
+    return tomli_w.dumps(rec).encode()
+
+
+_LOG = {"size": 10, "sha256": "0" * 64}
+
+
+@pytest.mark.parametrize("fields, expected", [
+    ({"phase_logs": [{"name": "../configure.log", **_LOG}]},
+     "phase_logs[0].name: '../configure.log' is not a valid value [schema]"),
+    ({"phase_logs": [{"name": "a/configure.log", **_LOG}]},
+     "phase_logs[0].name: 'a/configure.log' is not a valid value [schema]"),
+    ({"phase_logs": [{"name": "configure.html", **_LOG}]},
+     "phase_logs[0].name: 'configure.html' is not a valid value [schema]"),
+    ({"phase_logs": [{"name": f"p{i}.log", **_LOG} for i in range(33)]}, "phase_logs: more than 32 items [schema]"),
+    ({"failed_phase": "../configure"}, "failed_phase: '../configure' is not a valid value [schema]"),
+    ({"failed_phase": "conf/igure"}, "failed_phase: 'conf/igure' is not a valid value [schema]"),
+    ({"failed_phase": "<b>configure</b>"}, "failed_phase: '<b>configure</b>' is not a valid value [schema]"),
+    ({"installed": [{"name": f"p{i}-1.tgz", "sha256": "0" * 64} for i in range(513)]},
+     "installed: more than 512 items [schema]"),
+    ({"installed": [{"name": "../../All/x-1.tgz", "sha256": "0" * 64}]},
+     "installed[0].name: '../../All/x-1.tgz' is not a valid value [schema]"),
+    ({"up_to_date": True}, "a failure marked up_to_date: only a success can be up to date [result]"),
+    ({"installed": [{"name": "b-1.tgz", "sha256": "0" * 64}]},
+     "a-1 lists b-1.tgz as installed, which no result of its dependencies names with that SHA-256 [result]"),
+    ({"status": "success", "failed_phase": "configure"}, "a success naming the failed phase configure [result]"),
+    ({"log": {"name": "configure.log", **_LOG}, "phase_logs": [{"name": "configure.log", **_LOG}]},
+     "the result names configure.log twice among its packages and logs [result]"),
+])
+def test_hostile_build_fields(hostile, sshd, fields, expected):
+    path = record_path("results", "a-1")
+    sha = hostile.commit({path: _raw_result(hostile, **fields), record_path("leases", "a-1"): None}, "k1",
+                         "report a-1")
+    refused(hostile, sshd, sha, f"{path}: {expected}")
+
+
+def test_the_hook_takes_a_failure_in_a_phase_from_a_real_worker(hostile, sshd, tmp_path):
+    """gitqueue work over ssh, signed: a build that fails in configure is recorded with its phase
+    logs and failed phase, through the hook. (Last in this module: b-1 gets its result.)"""
+    env = {"GITQUEUE_CACHE": str(tmp_path / "cache-w2"), "GITQUEUE_SIGNING_KEY": str(hostile.keys["k2"]),
+           "GITQUEUE_SSH_COMMAND": sshd.ssh_command}
+    script = ('cd "$GITQUEUE_LOGS" && echo cleaned > pre-clean.log && echo ok > checksum.log && '
+              'echo "configure: error: no libfoo" > configure.log && exit 1')
+    proc = gitqueue("work", "--queue", hostile.url, "--worker", "w2", "--once", "--", "sh", "-c", script, env=env,
+                    timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rec = records.load_at("result", hostile.read(record_path("results", "b-1")), record_path("results", "b-1"))
+    assert rec["status"] == "failure" and rec["failed_phase"] == "configure"
+    assert [p["name"] for p in rec["phase_logs"]] == ["pre-clean.log", "checksum.log", "configure.log"]
+    assert rec["log_tail"] == "configure: error: no libfoo\n"
+    log = subprocess.run(["git", "-C", hostile.path, "log", "-1", "--format=%(trailers:key=Gitqueue-Failed-Phase)"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "Gitqueue-Failed-Phase: configure" in log
+    # and `gitqueue verify`, replaying the whole history by the same rules, takes it too.
+    proc = gitqueue("verify", hostile.path, "--admin-key", f"{hostile.keys['alice']}.pub",
+                    env={"GITQUEUE_CACHE": str(tmp_path / "cache-verify")})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 # -- installing ------------------------------------------------------------------------------------
 
 

@@ -250,3 +250,40 @@ def test_a_logs_directory_not_made_yet_is_no_log(tmp_path):
     assert sorted(os.path.relpath(p, tmp_path / "site") for p in written) == ["index.html", "report.txt"]
     page = (tmp_path / "site" / "index.html").read_text()
     assert '<a href="https://pkgs.example.org/logs/c-3.0/c-3.0.log">log</a>' in page
+
+
+def test_hostile_phase_log_names_copy_nothing_from_outside(tmp_path):
+    """Phase logs named by results from before the schema refused such names, or by a local writer:
+    a way up, a page, markup, a link. Only plain phase names are copied (phases/JOB/PHASE.txt) and
+    linked, in pbulk's order of phases."""
+    url, clock = make_known_build(tmp_path)
+    with open_queue(url, tmp_path, host="viewer", clock=clock) as q:
+        data = bulkreport.build(q)
+    secret = os.urandom(16).hex().encode()
+    (tmp_path / "secret.log").write_bytes(secret)
+    logs = tmp_path / "tree" / "logs"
+    (logs / "c-3.0").mkdir(parents=True)
+    for name in ("configure.log", "checksum.log", "build.html", "a<b>.log"):
+        (logs / "c-3.0" / name).write_text(f"{name}: checking for cc... no\n")
+    (logs / "c-3.0" / "install.log").symlink_to(tmp_path / "secret.log")
+    names = ["configure.log", "../../secret.log", "build.html", "a<b>.log", "install.log", "checksum.log",
+             str(tmp_path / "secret.log")]
+    data["unsuccessful"] = [dict(u, phase_logs=names if u["job"] == "c-3.0" else [], log=None)
+                            for u in data["unsuccessful"]]
+    out = tmp_path / "site"
+    written = htmlreport.write(str(out), data, logs_dir=str(logs))
+    assert sorted(os.path.relpath(p, out) for p in written) == [
+        "index.html", "phases/c-3.0/checksum.txt", "phases/c-3.0/configure.txt", "report.txt"]
+    for path in out.rglob("*"):
+        assert path.is_dir() or secret not in path.read_bytes(), path
+    html = (out / "index.html").read_text()
+    assert re.findall(r'<a href="(phases/[^"]*)">([^<]*)</a>', html) == [
+        ("phases/c-3.0/checksum.txt", "checksum"), ("phases/c-3.0/configure.txt", "configure")]
+    assert "<b>" not in html
+    # Linked elsewhere: the same names only.
+    htmlreport.write(str(tmp_path / "linked"), data, log_url="https://pkgs.example.org/logs")
+    html = (tmp_path / "linked" / "index.html").read_text()
+    assert re.findall(r'<a href="(https://[^"]*)">([a-z-]+)</a>', html) == [
+        ("https://pkgs.example.org/logs/c-3.0/checksum.log", "checksum"),
+        ("https://pkgs.example.org/logs/c-3.0/configure.log", "configure"),
+        ("https://pkgs.example.org/logs/c-3.0/install.log", "install")]

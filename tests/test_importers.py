@@ -84,8 +84,12 @@ def test_subset_parses_to_279_jobs_in_build_order():
     assert sum("multi_version" in j for j in jobs) == 76
     # The subset is the closure of packages that all build on SmartOS: nothing prefailed.
     assert not [j for j in jobs if "prefailed" in j]
-    # SCAN_DEPENDS/ALL_DEPENDS and the unused keys never reach a job.
-    assert set().union(*jobs) <= {"name", "version", "pkgpath", "deps", "multi_version", "categories", "maintainer"}
+    # Every field of the scan reaches the job, for the build command's build info.
+    assert set().union(*jobs) == {"name", "version", "pkgpath", "deps", "multi_version", "categories", "maintainer",
+                                  "all_depends", "use_destdir", "bootstrap_pkg"}
+    assert gtk3["use_destdir"] == "user-destdir"
+    assert [j["name"] for j in jobs if j.get("bootstrap_pkg") == "yes"] == ["pax-20210219"]
+    assert gtk3["all_depends"].startswith("  gettext-tools>=0.19.4nb1:../../devel/gettext-tools gtk-doc>=1.32:")
 
 
 @pytest.mark.slow
@@ -164,7 +168,20 @@ def test_presolve_optional_fields(tmp_path):
         "weight": 250,
         "no_bin_on_ftp": "no redistribution",
         "restricted": "no redistribution",
+        "use_destdir": "user-destdir",
+        "build_info": {"SOME_FUTURE_KEY": "whatever"},
     }
+
+
+@pytest.mark.parametrize("fields, expected", [
+    ({"X_FUTURE": "y" * 5000}, "build_info.X_FUTURE: longer than 4096 characters"),
+    ({"ALL_DEPENDS": "a>=1:../../x/a " * 3000}, "all_depends: longer than 32768 characters"),
+    ({"USERGROUP_PHASE": "pre\x1binstall"}, "usergroup_phase: 'pre\\x1binstall' is not a valid value"),
+    ({f"X{i}": "v" for i in range(33)}, "build_info: more than 32 keys"),
+])
+def test_the_kept_fields_of_a_scan_are_bounded(tmp_path, fields, expected):
+    path = write(tmp_path, record("a-1", **fields))
+    assert refused(path) == f"{path}:1: {expected}"
 
 
 def test_presolve_xz_is_decompressed(tmp_path):

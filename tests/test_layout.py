@@ -146,7 +146,10 @@ FULL = {
             "est_seconds": 312.5, "est_source": "history", "priority": 2, "weight": 7,
             "prefailed": "skip: \"broken\" on m68k",
             "multi_version": {"PYTHON_VERSION_REQD": "311"}, "maintainer": "pkgsrc-users@NetBSD.org",
-            "categories": "x11 python", "no_bin_on_ftp": "license", "restricted": "license"},
+            "categories": "x11 python", "no_bin_on_ftp": "license", "restricted": "license",
+            "all_depends": " glib2>=2.84:../../devel/glib2 ", "use_destdir": "user-destdir", "bootstrap_pkg": "yes",
+            "usergroup_phase": "pre-install",
+            "build_info": {"SOME_NEWER_PBULK_KEY": "value"}},
     "lease": {"job": "gmake-4.4.1", "worker": "hp300-1", "token": "3f0c2d" + "0" * 26,
               "claimed_at": "2026-10-01T00:00:00Z", "host": "hp300.example.org", "platform": PLATFORM,
               "request": "9a" * 8,
@@ -155,6 +158,9 @@ FULL = {
                "token": "3f0c2d" + "0" * 26, "duration": 312.0, "finished_at": "2026-10-01T00:05:12Z", "late": True,
                "log": {"name": "gmake.log", "size": 1234, "sha256": "ab" * 32}, "log_tail": "*** Error code 1\n",
                "packages": [{"name": "gmake-4.4.1.tgz", "size": 512, "sha256": "cd" * 32}], "platform": PLATFORM,
+               "up_to_date": False, "failed_phase": "configure",
+               "phase_logs": [{"name": "configure.log", "size": 99, "sha256": "ef" * 32}],
+               "installed": [{"name": "glib2-2.84.1.tgz", "sha256": "12" * 32}],
                "signer": "SHA256:" + "A" * 43},
     "decline": {"job": "gmake-4.4.1",
                 "declined": [{"worker": "hp300-1", "reason": "my pkgsrc has gmake-4.3", "at": "2026-10-01T00:00:00Z"}]},
@@ -168,7 +174,9 @@ FULL = {
 NESTED = {("result", "log"): FULL["result"]["log"], ("decline", "declined"): FULL["decline"]["declined"][0],
           ("noway", "entries"): FULL["noway"]["entries"][0], ("result", "packages"): FULL["result"]["packages"][0],
           ("lease", "platform"): PLATFORM, ("result", "platform"): PLATFORM,
-          ("queue", "admins"): FULL["queue"]["admins"][0], ("lapsed", "lapsed"): FULL["lapsed"]["lapsed"][0]}
+          ("queue", "admins"): FULL["queue"]["admins"][0], ("lapsed", "lapsed"): FULL["lapsed"]["lapsed"][0],
+          ("result", "phase_logs"): FULL["result"]["phase_logs"][0],
+          ("result", "installed"): FULL["result"]["installed"][0]}
 
 
 def _properties(kind, key=None):
@@ -228,6 +236,12 @@ PBULK_WEIGHT=2
 DEPENDS=
 PKGNAME=py311-b-2.0
 PKG_LOCATION=lang/py-b
+ALL_DEPENDS= a>=1.0:../../cat/a
+USE_DESTDIR=user-destdir
+BOOTSTRAP_PKG=yes
+USERGROUP_PHASE=pre-install
+SCAN_DEPENDS=../../mk/bsd.prefs.mk
+SOME_NEWER_PBULK_KEY=value
 NO_BIN_ON_FTP=no redistribution
 RESTRICTED=no redistribution
 CATEGORIES=lang python
@@ -265,8 +279,9 @@ def _written_keys(url):
                     if kind == "result" and "log" in record:
                         seen.setdefault(("result", "log"), set()).update(record["log"])
                     if kind == "result":
-                        for package in record.get("packages", ()):
-                            seen.setdefault(("result", "packages"), set()).update(package)
+                        for key in ("packages", "phase_logs", "installed"):
+                            for part in record.get(key, ()):
+                                seen.setdefault(("result", key), set()).update(part)
                     if kind in ("lease", "result") and "platform" in record:
                         seen.setdefault((kind, "platform"), set()).update(record["platform"])
                     if kind == "queue":
@@ -332,7 +347,10 @@ def test_every_schema_key_is_written_by_the_code(tmp_path):
             Queue(url, str(tmp_path / "cache-cron"), clock=Clock()) as cron:
         failed = lease.claim(w, "w1", host="h1", platform=PLATFORM)
         described, tail = describe_log(str(log))
-        lease.report(w, "w1", failed.job, "failure", duration=3, log=described, log_tail=tail)
+        lease.report(w, "w1", failed.job, "failure", duration=3, log=described, log_tail=tail,
+                     extra={"failed_phase": "configure",
+                            "phase_logs": [dict(described, name="configure.log")],
+                            "installed": [{"name": "a-1.0.tgz", "sha256": "0" * 64}]})
         given_back = lease.claim(w, "w1", host="h1")
         lease.release(w, "w1", given_back.job, "no room")
         slow = lease.claim(w, "w2", host="h1")
@@ -340,7 +358,8 @@ def test_every_schema_key_is_written_by_the_code(tmp_path):
         cron.clock.t += 11
         assert [r["job"] for r in lease.reclaim(cron)] == [slow.job]
         late = lease.report(w, "w2", slow.job, "success", token=slow.lease, duration=1,
-                            packages=[{"name": f"{slow.job}.tgz", "size": 3, "sha256": "0" * 64}], platform=PLATFORM)
+                            packages=[{"name": f"{slow.job}.tgz", "size": 3, "sha256": "0" * 64}], platform=PLATFORM,
+                            extra={"up_to_date": True})
         assert late["late"] is True
         [settled] = lease.settle(w, [{"worker": "w3", "claim": True, "id": "ab" * 8}], lease.identity("w3"))
         assert settled.claim is not None

@@ -331,3 +331,31 @@ def test_interrupted_download_never_shows_a_partial_file(tmp_path, sshd):
     assert download([pkg], sshd.url(root), str(dest), rsh=sshd.ssh_command) == [str(dest / pkg["name"])]
     assert (dest / pkg["name"]).read_bytes() == open(src, "rb").read()
     assert visible(dest) == [pkg["name"]]
+
+
+@pytest.mark.parametrize("remote", [False, True])
+def test_in_tree_compares_all_by_checksum_without_sending_data(tmp_path, sshd, remote):
+    """Whether the tree's All/ has a package already (an up-to-date build uploads nothing then)."""
+    from gitqueue.transfer import TransferStats, in_tree
+
+    root = tmp_path / "tree"
+    (root / "All").mkdir(parents=True)
+    local = tmp_path / "packages" / "All"
+    local.mkdir(parents=True)
+    tree = sshd.url(str(root)) if remote else str(root)
+    rsh = sshd.ssh_command if remote else None
+    same, other, absent = local / "same-1.0.tgz", local / "other-1.0.tgz", local / "absent-1.0.tgz"
+    for path in (same, other, absent):
+        path.write_bytes(os.urandom(20_000))
+    (root / "All" / "same-1.0.tgz").write_bytes(same.read_bytes())
+    (root / "All" / "other-1.0.tgz").write_bytes(os.urandom(20_000))  # same size, other bytes
+    (root / "All" / "link-1.0.tgz").symlink_to(same)
+    (local / "link-1.0.tgz").write_bytes(same.read_bytes())
+    assert in_tree(str(same), tree, rsh) is True
+    assert in_tree(str(other), tree, rsh) is False
+    assert in_tree(str(absent), tree, rsh) is False
+    assert in_tree(str(local / "link-1.0.tgz"), tree, rsh) is False
+    assert same.read_bytes() == (root / "All" / "same-1.0.tgz").read_bytes()
+    assert sorted(p.name for p in local.iterdir()) == ["absent-1.0.tgz", "link-1.0.tgz", "other-1.0.tgz",
+                                                       "same-1.0.tgz"]  # a dry run: nothing fetched
+    assert TransferStats  # the check goes through the same rsync runner as transfers

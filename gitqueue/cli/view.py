@@ -108,7 +108,13 @@ def status_text(data) -> str:
     if data["blockers"]:
         lines.append("top blockers (failed packages keeping others from building):")
         for b in data["blockers"]:
-            lines.append(f"  {b['job']:40} {b['pkgpath'] or '-':30} breaks {b['breaks']}")
+            phase = f", failed in {b['phase']}" if b.get("phase") else ""
+            lines.append(f"  {b['job']:40} {b['pkgpath'] or '-':30} breaks {b['breaks']}{phase}")
+    if data.get("failures"):
+        lines.append("newest failures:")
+        for f in data["failures"]:
+            where = f"failed in {f['phase']}" if f.get("phase") else "failed"
+            lines.append(f"  {f['job']:40} {f['pkgpath'] or '-':30} {where}")
     if data.get("skipped"):
         lines.append("skipped (no way on this architecture):")
         lines.extend(f"  {s['job']:40} {s['reason']}" for s in data["skipped"])
@@ -248,6 +254,15 @@ def diff_text(data) -> str:
     return printable_lines(lines)
 
 
+def _phase(value):
+    """A --phase value: a phase name (letters, digits, - and _), else a usage error."""
+    from ..phases import phase_of
+
+    if value is not None and phase_of(f"{value}.log") != value:
+        raise click.BadParameter(f"{value!r} is not a phase name (lower-case letters, digits, '-' and '_')")
+    return value
+
+
 @cli.command("log")
 @click.argument("job")
 @click.option("--attempt", type=click.IntRange(min=1), metavar="N",
@@ -258,9 +273,14 @@ def diff_text(data) -> str:
 @click.option("--raw", is_flag=True, help="Print the log's bytes as they are, control characters included.")
 @click.option("--tree", type=click.Path(file_okay=False),
               help="The package tree on this machine (default: the queue's packages_url).")
+@click.option("--phase", metavar="PHASE", callback=lambda ctx, param, value: _phase(value),
+              help="Print the log of this build phase (configure, build, ...: the result's phase logs) instead.")
 @queue_option
-def log_cmd(job, attempt, tail, max_bytes, raw, tree, queue_url):
-    """Print the build log of JOB's latest attempt (or of --attempt N).
+def log_cmd(job, attempt, tail, max_bytes, raw, tree, phase, queue_url):
+    """Print the build log of JOB's latest attempt (or of --attempt N), or of one of its phases.
+
+    With --phase, the log the build command wrote for that phase into $GITQUEUE_LOGS (pbulk's
+    configure.log for --phase configure), found as the build log is.
 
     Read from this host's cache when this host built that attempt, else from the package tree:
     its logs/JOB/ or incoming/LEASE/ when the tree is on this machine (the master: --tree, or a
@@ -271,7 +291,7 @@ def log_cmd(job, attempt, tail, max_bytes, raw, tree, queue_url):
     attempt has no log, or the log cannot be fetched or does not match its result.
 
     \b
-    Example: gitqueue log gmake-4.4.1 --tail 40 --queue ssh://bulk@master.example.org/srv/queues/2026Q4-m68k.git
+    Example: gitqueue log gmake-4.4.1 --phase configure --tail 40 --queue /srv/queues/2026Q4-m68k.git
     """
     from ..buildlog import read_log
     from ..text import printable
@@ -280,7 +300,8 @@ def log_cmd(job, attempt, tail, max_bytes, raw, tree, queue_url):
     # How `gitqueue work` reaches the package tree: the same ssh, the same retries.
     transfer = settings.transfer(settings.rsync_rsh)
     with ctx.open() as queue:
-        got = read_log(queue, job, attempt, max_bytes=max_bytes, tail=tail, tree=tree, transfer=transfer)
+        got = read_log(queue, job, attempt, max_bytes=max_bytes, tail=tail, tree=tree, transfer=transfer,
+                       phase=phase)
     if got["cut"] == "max_bytes":
         click.echo(f"gitqueue: the first {got['skipped']} of the log's {got['size']} bytes are left out "
                    f"(--max-bytes); {printable(got['where'])}", err=True)

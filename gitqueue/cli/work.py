@@ -29,10 +29,14 @@ def work_cmd(queue_url, worker, once, max_jobs, command, **options):
     """Claim, build with COMMAND, report; repeat until the queue is finished.
 
     COMMAND runs with GITQUEUE_JOB, GITQUEUE_VERSION, GITQUEUE_PKGPATH, GITQUEUE_LEASE,
-    GITQUEUE_DEPS and MULTI_VERSION variables in its environment; exit 0 means success.
+    GITQUEUE_DEPS, GITQUEUE_OUTPUT, GITQUEUE_PACKAGES, GITQUEUE_LOGS (its phase logs) and
+    MULTI_VERSION variables in its environment, and the job's build info (pbulk's KEY=value lines)
+    on standard input and in GITQUEUE_BUILD_INFO, so that pbulk's pkg-build runs as it is
+    (docs/pkgsrc.md); exit 0 means success. The config file's before_build runs before each
+    build; if it fails, the job goes back and the worker stops (exit 1).
 
     \b
-    Example: gitqueue work --worker hp300-1 -- sh -c 'cd /usr/pkgsrc/$GITQUEUE_PKGPATH && bmake package'
+    Example: gitqueue work --worker hp300-1 -- /usr/pbulk/libexec/pbulk/pkg-build
     """
     from ..config import options as option_fields
     from ..errors import SettingInvalid

@@ -55,6 +55,9 @@ def test_status(gq, known):
     assert rows[2][-1] == "-" and rows[0][-1].endswith("x")
     assert text[9] == "top blockers (failed packages keeping others from building):"
     assert text[10].split() == ["c-3.0", "cat/c", "breaks", "2"]
+    # The newest failures, with the phase each failed in when its result names one (not here).
+    assert text[11] == "newest failures:" and text[12].split() == ["c-3.0", "cat/c", "failed"]
+    assert data["failures"] == [{"job": "c-3.0", "pkgpath": "cat/c", "phase": None, "breaks": 2}]
 
 
 def test_status_watch_redraws_until_interrupted(gq, known, monkeypatch):
