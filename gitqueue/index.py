@@ -355,6 +355,16 @@ class Index:
         """(name, reason) of the jobs never built on this queue's architecture (no-way lists), by name."""
         return self.db.execute("SELECT name, skip FROM jobs WHERE skip_kind = 's' ORDER BY name").fetchall()
 
+    def requirements(self, name: str) -> list[str]:
+        """Names of every job `name` depends on, directly or not, by name."""
+        return [n for (n,) in self.db.execute(
+            """WITH RECURSIVE need(id) AS (
+                   SELECT dep FROM deps WHERE job = (SELECT id FROM jobs WHERE name = ?)
+                   UNION
+                   SELECT d.dep FROM deps d JOIN need n ON d.job = n.id
+               )
+               SELECT name FROM jobs WHERE id IN need ORDER BY name""", (name,))]
+
     def lease_holders(self) -> list[str]:
         """The workers holding at least one live lease."""
         return [w for (w,) in self.db.execute("SELECT DISTINCT leased_by FROM jobs WHERE leased_by IS NOT NULL")]

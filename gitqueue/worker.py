@@ -501,19 +501,13 @@ class Worker:
         results = []
         with self.queue.lock():  # read under the lock: gc --cache may not remove a pack meanwhile
             _, reader = self.queue.fetch()
-            seen = set(job.deps)
-            todo = list(job.deps)
-            while todo:
-                dep = todo.pop(0)
+            # The index knows the whole graph: no job record is read (a new worker's cache has
+            # only the records it claimed; see gitstore.CachedRemote._first_fetch).
+            direct = set(job.deps)
+            for dep in [*job.deps, *(d for d in self.queue.index.requirements(job.job) if d not in direct)]:
                 data = reader.read(record_path("results", dep))
                 if data is not None:
                     results.append((dep, records.load_at("result", data, record_path("results", dep))))
-                data = reader.read(record_path("jobs", dep))
-                if data is not None:
-                    for more in records.load_at("job", data, record_path("jobs", dep))["deps"]:
-                        if more not in seen:
-                            seen.add(more)
-                            todo.append(more)
         dest = os.path.join(self.packages_dir, "All")
         installed: dict[str, str] = {}
         for dep, result in results:

@@ -57,3 +57,13 @@ def test_an_entry_outside_the_layout_sends_the_index_to_the_tree(tmp_path):
             assert _view(q.index) == _view(fresh)
         finally:
             fresh.close()
+
+
+def test_requirements_are_every_dependency_direct_or_not(tmp_path):
+    url = make_queue(tmp_path, [job("a-1"), job("b-1", ["a-1"]), job("c-1", ["b-1"]), job("d-1", ["a-1", "c-1"]),
+                                job("e-1")])
+    with open_queue(url, tmp_path) as q:
+        with q.lock():
+            q.sync()
+        assert q.index.requirements("d-1") == ["a-1", "b-1", "c-1"]
+        assert q.index.requirements("a-1") == [] and q.index.requirements("nonesuch") == []
