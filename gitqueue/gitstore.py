@@ -608,6 +608,7 @@ class CachingStore:
         self._cache: dict = {}
         self._size = size
         self._loose = getattr(store, "_get_loose_object", None)
+        self._recent: dict = {}
         # Set for a partial cache (CachedRemote): fetches objects by id that were left out.
         self.fetch_missing: Callable[[list], None] | None = None
 
@@ -642,14 +643,14 @@ class CachingStore:
 
     def cached(self, sha):
         """The parsed object `sha` if this cache holds it, else None (reads nothing)."""
-        return self._cache.get(sha)
+        obj = self._recent.get(sha)
+        return obj if obj is not None else self._cache.get(sha)
 
     def remember(self, objects) -> None:
-        """Hold objects just written (a commit's new trees and records) as if read back."""
-        if len(self._cache) + len(objects) >= self._size:
-            self._cache.clear()
-        for o in objects[: self._size]:
-            self._cache[o.id] = o
+        """Hold the objects just written (a commit's new trees and records) until the next
+        write, for the index update that reads them right after. Only those: a results/ tree
+        of 256 entries per commit, kept for thousands of commits, was tens of MB."""
+        self._recent = {o.id: o for o in objects}
 
     def _where(self):
         path = getattr(self._store, "path", "")

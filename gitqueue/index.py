@@ -116,6 +116,7 @@ class Index:
                 self.rebuild(remote, tip)
                 return
             changes.append(change)
+        self._parsed_trees = walk.new_trees
         if walk.problems:  # entries the layout does not allow (a local writer's): the tree decides
             self.rebuild(remote, tip)
             return

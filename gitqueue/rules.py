@@ -291,6 +291,7 @@ def check_commit(store, state: State, commit, options: Options | None = None) ->
 
     limit = reg.max_record_bytes if reg.settings else DEFAULT_MAX_RECORD_BYTES
     walk = TreeWalk(store, limit, state.parsed_trees).run(state.tree, commit.tree)
+    state.parsed_trees = walk.new_trees  # the next commit's old side; nothing older is kept
     for path, rule, message in walk.problems:
         fail(rule, message.removeprefix(f"{path}: ") if path else message, path or None)
     verdict.objects = walk.objects

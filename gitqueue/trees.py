@@ -42,9 +42,13 @@ class TreeWalk:
     def __init__(self, store, max_record_bytes: int, parsed: dict | None = None):
         self.store = store
         self.max_record_bytes = max_record_bytes
-        # Trees already parsed (id -> entries), kept by the caller across commits: the new trees
-        # of one commit are the old trees of the next.
+        # Trees already parsed (id -> entries), given by the caller: the new trees of the last
+        # commit are the old trees of this one.
         self.parsed = {} if parsed is None else parsed
+        # The new trees this walk parsed: the old side of the next commit's walk. A caller keeps
+        # these (not everything ever parsed: a long-lived worker's results/ trees of 256 entries
+        # each grew its memory by tens of MB over a few hundred jobs).
+        self.new_trees: dict = {}
         self.changes: list[FileChange] = []
         self.problems: list[tuple[str, str, str]] = []  # (path, rule, message)
         self.objects: set[bytes] = set()
@@ -76,7 +80,7 @@ class TreeWalk:
         self.objects.add(sha)
         if len(self.parsed) >= 4096:
             self.parsed.clear()
-        self.parsed[sha] = entries
+        self.parsed[sha] = self.new_trees[sha] = entries
         return entries
 
     def _old_entries(self, sha):
