@@ -75,6 +75,9 @@ QUICK_BUILD_S, QUICK_HEARTBEAT_S = 0.1, 0.05
 # The build of the run that measures memory between builds.
 SLOW_BUILD_S, SLOW_HEARTBEAT_S = 3.0, 1.0
 BUILDING = re.compile(r"\bbuilding\b")
+# A child still named as its parent is taken for a fork about to exec (its pages are its
+# parent's) for this long; under a CPU quota the exec can take several periods of 100 ms.
+FORK_GRACE_S = 0.5
 RUN_VAR = "GQ_SMALL_MACHINE_RUN"  # marks the processes of one measured run (ssh masters detach)
 
 T0 = time.monotonic()
@@ -151,7 +154,7 @@ class Tree:
     the run that carry the run's marker variable or are ssh clients (a detached ssh master). The
     build command of `gitqueue work` (GITQUEUE_JOB in its environment) and its descendants are
     left out. A process still named as its parent (forked, not yet exec'd: its pages are its
-    parent's) counts from its second sample.
+    parent's) counts once it has lived FORK_GRACE_S so (an ssh master forks without exec).
     """
 
     def __init__(self, root, marker, interval):
@@ -244,9 +247,11 @@ class Tree:
                     self.builds.add(pid)
                     continue
             renamed = info["name"] is not None and name != info["name"]
+            info["renamed"] = info.get("renamed") or renamed
             info["name"] = name
             info["samples"] += 1
-            if info["samples"] < 2 and name == info["parent_name"]:
+            young = t - info.setdefault("first", t) < FORK_GRACE_S
+            if name == info["parent_name"] and not info.get("renamed") and young:
                 continue  # forked, not yet exec'd: shares its parent's pages (and its VmHWM)
             if pid in self.hwm and not renamed:  # an exec starts a new VmHWM
                 hwm = max(hwm, self.hwm[pid][1])
