@@ -1,6 +1,6 @@
 """Run every benchmark, one after the other, printing their figures.
 
-    python bench/run.py            # all (about 45 minutes on a 2-core machine)
+    python bench/run.py            # all (about 65 minutes on a 2-core machine)
     python bench/run.py lean       # one or several by name
     sudo python bench/run.py debian_farm   # only when named: see ASKED_ONLY
 
@@ -9,7 +9,9 @@ import), contention (many workers on one queue), transfer (a 10 MB package over 
 (`gitqueue status` and `gitqueue html` on the 29k queue with a history of 4,000 results), hook
 (what the pre-receive hook adds to a claim over ssh; verify's cost per commit), faults (the
 fault-injection build, long version), longlife (a whole 29k build's history: sizes,
-`gitqueue gc`, a new worker's first claim, claim latency), debian_farm (only when named: real
+`gitqueue gc`, a new worker's first claim, claim latency), small_machine (a worker confined by
+cgroups to 64 MiB and 5% of one core: memory, first claim, job overhead, cold starts; about 20
+minutes; the confinements are skipped without writable cgroups), debian_farm (only when named: real
 Debian source packages built by three volunteer accounts through sshd, forced commands and the
 hook; needs root and Debian's mirror).
 """
@@ -19,7 +21,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ALL = ["claim_cycle", "lean", "contention", "transfer", "view", "hook", "faults", "longlife"]
+ALL = ["claim_cycle", "lean", "contention", "transfer", "view", "hook", "faults", "longlife", "small_machine"]
 # Run only when named: {name: why not by default}.
 ASKED_ONLY = {"debian_farm": "needs root (it creates accounts, installs packages with apt and changes the apt "
                              "sources) and the network to Debian's mirror; about 30 minutes"}
