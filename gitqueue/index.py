@@ -209,11 +209,13 @@ class Index:
         if lines is not None:
             try:
                 self._load(reader, lines, tip)
+                _return_freed_memory()
                 return
             except RecordInvalid:
                 pass  # a graph.tsv that does not read: the records decide
         remote.ensure([sha for _, sha in reader.walk_files("jobs")])  # a partial cache lacks them
         self._load(reader, graph.as_lines(graph.graph_rows(reader)), tip)
+        _return_freed_memory()
 
     def _load(self, reader, lines, tip) -> None:
         from . import scheduler
@@ -449,6 +451,19 @@ STATES = (
     "skipped",
     "indirect-skipped",
 )
+
+
+def _return_freed_memory() -> None:
+    """Give the heap a rebuild used back to the system: glibc's malloc keeps freed memory for the
+    process, and a small machine's `gitqueue work` runs for weeks after its first index build."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 class _NeedsRebuild(Exception):
