@@ -753,6 +753,9 @@ class Bench:
                 break
             self.gq("work", "--queue", self.path, "--worker", "warmup", "--max-jobs", "10", "--", "true")
         say(f"queue advanced: {self.ready()} jobs ready")
+        # Deployed as README says: the hook installed (with the git settings it makes, among them
+        # the filters a new worker's first fetch asks for) and sshd passing GIT_PROTOCOL on.
+        self.gq("hooks", "install", self.path)
 
     def ready(self):
         import json
@@ -997,7 +1000,7 @@ def main():
     server = bench = None
     started = time.monotonic()
     try:
-        server = SshServer(tmp / "sshd").start()
+        server = SshServer(tmp / "sshd", accept_env=["GIT_PROTOCOL"]).start()
         bench = Bench(opts, code, tmp, server, cgroups)
         bench.setup()
         # The absent worker's cache: its first claim while the queue is fresh.

@@ -37,7 +37,8 @@ _FIELDS = 9
 
 
 class Row(NamedTuple):
-    """One job's derived facts; `deps` are the ids (line numbers) of its dependencies."""
+    """One job's derived facts, one line of graph.tsv; `deps` are the ids (line numbers) of its
+    dependencies as the file writes them, space-separated ("3 17 204")."""
 
     name: str
     version: str
@@ -47,7 +48,7 @@ class Row(NamedTuple):
     est: float
     est_source: str
     priority: float
-    deps: tuple[int, ...]
+    deps: str
 
 
 # -- deriving ---------------------------------------------------------------------------------------
@@ -84,7 +85,7 @@ def derive(jobs: list[dict], settings: dict, priority_patterns: list[str], noway
                          if lists.matches(rx, job)), None)
             kind = "s" if skip else None
         rows.append(Row(name, job["version"], job.get("pkgpath") or None, kind if skip else None, skip,
-                        est[name], estimates[name][1], priority[name], tuple(deps)))
+                        est[name], estimates[name][1], priority[name], " ".join(map(str, deps))))
     return rows
 
 
@@ -174,44 +175,25 @@ def render(rows: list[Row], inputs: dict[str, str]) -> bytes:
     for r in rows:
         lines.append("\t".join((
             _escape(r.name), _escape(r.version), _escape(r.pkgpath or ""), r.skip_kind or "",
-            _escape(r.skip or ""), repr(float(r.est)), _escape(r.est_source), repr(float(r.priority)),
-            " ".join(map(str, r.deps)),
+            _escape(r.skip or ""), repr(float(r.est)), _escape(r.est_source), repr(float(r.priority)), r.deps,
         )))
     return ("\n".join(lines) + "\n").encode("utf-8")
-
-
-class Line(NamedTuple):
-    """One line of graph.tsv as read: a Row whose dependencies are still text ("3 17 204")."""
-
-    name: str
-    version: str
-    pkgpath: str | None
-    skip_kind: str | None
-    skip: str | None
-    est: float
-    est_source: str
-    priority: float
-    deps: str
 
 
 def parse(data: bytes, where: str = GRAPH) -> tuple[dict[str, str], list[Row]]:
     """(inputs, rows) of graph.tsv's bytes; raises RecordInvalid (one line: where and what) if the
     file is not one gitqueue writes: every field checked, dependencies pointing at other lines."""
     inputs, lines = read(data, where)
-    rows = []
-    for n, line in enumerate(lines, 1):
-        deps = tuple(map(int, line.deps.split(" "))) if line.deps else ()
-        if deps and (min(deps) < 1 or n in deps or len(set(deps)) != len(deps)):
+    rows = list(lines)
+    for n, row in enumerate(rows, 1):
+        deps = [int(d) for d in row.deps.split(" ")] if row.deps else []
+        if deps and (n in deps or len(set(deps)) != len(deps) or max(deps) > len(rows)):
             raise RecordInvalid(f"{where}:{n + len(INPUTS) + 1}: a dependency that is not another line of the graph")
-        rows.append(Row(line.name, line.version, line.pkgpath, line.skip_kind, line.skip, line.est,
-                        line.est_source, line.priority, deps))
-    if any(d > len(rows) for row in rows for d in row.deps):
-        raise RecordInvalid(f"{where}: a dependency past the last line")
     return inputs, rows
 
 
 def read(data: bytes, where: str = GRAPH):
-    """(inputs, iterator of Lines) of graph.tsv's bytes, the header checked now and each line as it
+    """(inputs, iterator of Rows) of graph.tsv's bytes, the header checked now and each line as it
     is reached (a worker streams 29k lines into its index without holding them); the iterator
     raises RecordInvalid at the first bad line. Which line numbers the dependencies name is the
     reader's to check (`parse` does; the index lets SQLite do it)."""
@@ -265,7 +247,7 @@ def _lines(stream, where: str, first: int):
             raise RecordInvalid(f"{at}: estimate and priority are finite numbers, at least 0")
         if not _DEPS.fullmatch(f[8]):
             raise RecordInvalid(f"{at}: dependencies are line numbers separated by spaces")
-        yield Line(name, _unescape(f[1], at), _unescape(f[2], at) or None, kind, _unescape(f[4], at) or None,
+        yield Row(name, _unescape(f[1], at), _unescape(f[2], at) or None, kind, _unescape(f[4], at) or None,
                    est, _SOURCES.get(f[6]) or _unescape(f[6], at), priority, f[8])
 
 
@@ -277,18 +259,18 @@ def _is_id(text: str) -> bool:
     return text == "-" or (len(text) == 40 and all(c in "0123456789abcdef" for c in text))
 
 
-def current_lines(reader):
-    """An iterator of the Lines of `reader`'s graph.tsv if it describes `reader`'s own tree, else
+def current_rows(reader):
+    """An iterator of the Rows of `reader`'s graph.tsv if it describes `reader`'s own tree, else
     None (no graph, a stale one or one whose header is unreadable: derive from the records then).
     The lines are checked as they come (see `read`)."""
     data = reader.read(GRAPH)
     if data is None:
         return None
     try:
-        inputs, lines = read(data)
+        inputs, rows = read(data)
     except RecordInvalid:
         return None
-    return lines if inputs == inputs_of(reader) else None
+    return rows if inputs == inputs_of(reader) else None
 
 
 def problem(reader, data: bytes) -> str | None:
@@ -317,9 +299,3 @@ def problem(reader, data: bytes) -> str | None:
 def graph_rows(reader) -> list[Row]:
     """The rows derived from `reader`'s own records, settings and lists."""
     return derive(read_jobs(reader), *_settings_and_lists(reader.read))
-
-
-def as_lines(rows: list[Row]):
-    """`rows` as the Lines `read` yields."""
-    for row in rows:
-        yield Line(*row[:-1], " ".join(map(str, row.deps)))

@@ -205,19 +205,19 @@ class Index:
         from .errors import RecordInvalid
 
         reader = remote.reader(tip)
-        lines = graph.current_lines(reader) if tip is not None else None
-        if lines is not None:
+        rows = graph.current_rows(reader) if tip is not None else None
+        if rows is not None:
             try:
-                self._load(reader, lines, tip)
+                self._load(reader, rows, tip)
                 _return_freed_memory()
                 return
             except RecordInvalid:
                 pass  # a graph.tsv that does not read: the records decide
         remote.ensure([sha for _, sha in reader.walk_files("jobs")])  # a partial cache lacks them
-        self._load(reader, graph.as_lines(graph.graph_rows(reader)), tip)
+        self._load(reader, iter(graph.graph_rows(reader)), tip)
         _return_freed_memory()
 
-    def _load(self, reader, lines, tip) -> None:
+    def _load(self, reader, rows, tip) -> None:
         from . import scheduler
         from .errors import RecordInvalid
 
@@ -235,11 +235,11 @@ class Index:
             edges = []
 
             def jobs():
-                for jid, line in enumerate(lines, 1):
-                    if line.deps:
-                        edges.append((jid, line.deps))
-                    yield (jid, line.name, line.version, line.pkgpath, line.skip, line.skip_kind, line.est,
-                           line.est_source, line.priority)
+                for jid, row in enumerate(rows, 1):
+                    if row.deps:
+                        edges.append((jid, row.deps))
+                    yield (jid, row.name, row.version, row.pkgpath, row.skip, row.skip_kind, row.est,
+                           row.est_source, row.priority)
 
             db.executemany("INSERT INTO jobs(id, name, version, pkgpath, skip, skip_kind, est, est_source, priority)"
                            " VALUES(?,?,?,?,?,?,?,?,?)", jobs())

@@ -709,10 +709,7 @@ class Worker:
             else:
                 why = problem[len(name) + 4:] if problem.startswith(f"{name} is ") else problem
                 left_out.append(f"{self.name}: not uploading {os.path.relpath(path, output)}: {why}")
-        for line in left_out[:MAX_LEFT_OUT]:
-            self.out(line)
-        if len(left_out) > MAX_LEFT_OUT:
-            self.out(f"{self.name}: not uploading {len(left_out) - MAX_LEFT_OUT} more files of {job.job}")
+        self._say_left_out(left_out, "files", job)
         return keep
 
     def _phase_logs(self, job, built: "Built") -> list[tuple[str, str, float]]:
@@ -754,11 +751,15 @@ class Worker:
                     continue
                 why = "not a regular file"
             left_out.append(f"{self.name}: not uploading the log {printable(entry.name)[:100]}: {why}")
-        for line in left_out[:MAX_LEFT_OUT]:
-            self.out(line)
-        if len(left_out) > MAX_LEFT_OUT:
-            self.out(f"{self.name}: not uploading {len(left_out) - MAX_LEFT_OUT} more logs of {job.job}")
+        self._say_left_out(left_out, "logs", job)
         return kept
+
+    def _say_left_out(self, lines: list[str], what: str, job) -> None:
+        """Print why files were not uploaded: the first MAX_LEFT_OUT, then how many more."""
+        for line in lines[:MAX_LEFT_OUT]:
+            self.out(line)
+        if len(lines) > MAX_LEFT_OUT:
+            self.out(f"{self.name}: not uploading {len(lines) - MAX_LEFT_OUT} more {what} of {job.job}")
 
     @staticmethod
     def _copy_log(path: str, directory: str, name: str) -> str | None:

@@ -24,7 +24,7 @@ def _rows(draw):
     rows = []
     for i, name in enumerate(names, 1):
         others = [n for n in range(1, len(names) + 1) if n != i]
-        deps = tuple(draw(st.lists(st.sampled_from(others), unique=True, max_size=4))) if others else ()
+        deps = " ".join(map(str, draw(st.lists(st.sampled_from(others), unique=True, max_size=4)))) if others else ""
         kind = draw(st.sampled_from([None, "p", "s"]))
         skip = draw(_TEXT.filter(bool)) if kind else None
         rows.append(graph.Row(name, draw(_TEXT), draw(st.one_of(st.none(), _TEXT.filter(bool))), kind, skip,
@@ -52,7 +52,7 @@ def test_any_bytes_are_a_graph_or_one_line_error(data):
 
 
 @pytest.mark.parametrize("line, says", [
-    ("a-1\t1\t\t\t\t1.0\tdefault\t1.0\t2", "past the last line"),
+    ("a-1\t1\t\t\t\t1.0\tdefault\t1.0\t2", "not another line"),
     ("a-1\t1\t\t\t\t1.0\tdefault\t1.0\t1", "not another line"),
     ("a-1\t1\t\t\t\tnan\tdefault\t1.0\t", "finite"),
     ("a-1\t1\t\tx\twhy\t1.0\tdefault\t1.0\t", "skip kind"),
@@ -66,14 +66,12 @@ def test_a_bad_line_is_named_with_its_number(line, says):
     data = graph.render([], _INPUTS) + line.encode() + b"\n"
     with pytest.raises(RecordInvalid, match=says) as e:
         graph.parse(data)
-    assert str(e.value).startswith("graph.tsv")
-    if "past the last line" not in says:
-        assert str(e.value).startswith("graph.tsv:6:")  # the first line after the header
+    assert str(e.value).startswith("graph.tsv:6:")  # the first line after the header
 
 
 def test_lines_out_of_order_or_twice_are_refused():
-    rows = [graph.Row("b-1", "1", None, None, None, 1.0, "default", 1.0, ()),
-            graph.Row("a-1", "1", None, None, None, 1.0, "default", 1.0, ())]
+    rows = [graph.Row("b-1", "1", None, None, None, 1.0, "default", 1.0, ""),
+            graph.Row("a-1", "1", None, None, None, 1.0, "default", 1.0, "")]
     with pytest.raises(RecordInvalid, match="out of order"):
         graph.parse(graph.render(rows, _INPUTS))
     with pytest.raises(RecordInvalid, match="out of order or given twice"):
@@ -85,7 +83,7 @@ def _records_only(queue, path):
     index = Index(str(path))
     tip = queue.remote.fetch()
     reader = queue.remote.reader(tip)
-    index._load(reader, graph.as_lines(graph.graph_rows(reader)), tip)
+    index._load(reader, iter(graph.graph_rows(reader)), tip)
     return index
 
 
@@ -95,7 +93,7 @@ def test_the_index_from_the_graph_is_the_index_from_the_records(tmp_path):
         with q.lock():
             q.sync()
             tip = q.remote.fetch()
-            assert graph.current_lines(q.remote.reader(tip)) is not None  # the fast path was taken
+            assert graph.current_rows(q.remote.reader(tip)) is not None  # the fast path was taken
         slow = _records_only(q, tmp_path / "slow.sqlite")
         try:
             assert _view(q.index) == _view(slow)
@@ -112,7 +110,7 @@ def test_admin_commands_rewrite_the_graph(tmp_path):
             assert inputs == graph.inputs_of(reader)
             return {r.name: r for r in rows}
 
-        assert rows()["b-1"].deps == (1,) and rows()["c-1"].skip is None
+        assert rows()["b-1"].deps == "1" and rows()["c-1"].skip is None
         admin.change_noway(q, add=[{"pattern": "c-1", "arch": "", "reason": "needs rust"}])
         assert rows()["c-1"].skip == "no way on any arch: needs rust" and rows()["c-1"].skip_kind == "s"
         before = rows()["c-1"].priority
@@ -129,7 +127,7 @@ def test_a_stale_or_broken_graph_is_not_used(tmp_path):
     local_commit(url, {"jobs/" + job_path("c-1"): b'name = "c-1"\nversion = "1.0"\ndeps = []\n'})
     with open_queue(url, tmp_path, host="h2") as q:
         reader = q.remote.reader(q.remote.fetch())
-        assert graph.current_lines(reader) is None
+        assert graph.current_rows(reader) is None
         with q.lock():
             q.sync()
         assert sorted(s[1] for s in q.index.states()) == ["a-1", "b-1", "c-1"]

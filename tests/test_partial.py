@@ -91,7 +91,7 @@ def test_a_partial_cache_without_a_usable_graph_fetches_the_records_at_once(tmp_
         claim = lease.claim(q, "w1")
         assert claim.job in ("a-1", "c-1")
         reader = q.remote.reader(q.remote.fetch())
-        assert graph.current_lines(reader) is None
+        assert graph.current_rows(reader) is None
         assert all(_has(q.remote.repo.path, sha) for _, sha in reader.walk_files("jobs"))
         assert len(JOBS) in asked and len(asked) <= 2  # one request for all the records
         assert sorted(s[1] for s in q.index.states()) == ["a-1", "b-1", "c-1", "d-1"]
