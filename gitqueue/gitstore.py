@@ -595,6 +595,9 @@ def _pack_entry_header(type_num: int, size: int) -> bytes:
     return bytes(out)
 
 
+_MAX_CACHED_BLOB = 1 << 18  # graph.tsv (2.3 MB on pkgsrc) is read once per rebuild: not kept
+
+
 class CachingStore:
     """An object store wrapper that remembers parsed objects and reads loose objects first.
 
@@ -635,7 +638,8 @@ class CachingStore:
                                         f"({type(e).__name__}: {_one_line(e)})") from None
             if len(self._cache) >= self._size:
                 self._cache.clear()
-            self._cache[sha] = obj
+            if obj.type_num != 3 or obj.raw_length() <= _MAX_CACHED_BLOB:
+                self._cache[sha] = obj
         return obj
 
     def __contains__(self, sha):

@@ -229,30 +229,23 @@ class Index:
                 db.execute(f"DELETE FROM {table}")
             for index in _BULK_INDEXES:
                 db.execute(f"DROP INDEX IF EXISTS {index.split()[2]}")
-            db.execute("CREATE TEMP TABLE IF NOT EXISTS edges(job INTEGER PRIMARY KEY, deps TEXT NOT NULL)")
-            db.execute("DELETE FROM temp.edges")
-
-            edges = []
-
-            def jobs():
-                for jid, row in enumerate(rows, 1):
-                    if row.deps:
-                        edges.append((jid, row.deps))
-                    yield (jid, row.name, row.version, row.pkgpath, row.skip, row.skip_kind, row.est,
-                           row.est_source, row.priority)
-
-            db.executemany("INSERT INTO jobs(id, name, version, pkgpath, skip, skip_kind, est, est_source, priority)"
-                           " VALUES(?,?,?,?,?,?,?,?,?)", jobs())
-            db.executemany("INSERT INTO temp.edges VALUES(?, ?)", edges)
-            del edges[:]
-            # "3 17 204" into rows by SQLite's JSON reader: 200k dependencies without a Python loop;
-            # the primary key refuses a dependency given twice.
+            # The rows go through a temporary table with their dependencies as text ("3 17 204"),
+            # streamed: nothing of 29k jobs is held in Python. SQLite's JSON reader then makes
+            # the 200k dependency rows, and deps' primary key refuses one given twice.
+            # (its columns are a graph.Row's, in order)
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS staging(id INTEGER PRIMARY KEY, name, version, pkgpath, "
+                       "skip_kind, skip, est, est_source, priority, deps)")
+            db.execute("DELETE FROM temp.staging")
+            db.executemany("INSERT INTO temp.staging VALUES(?,?,?,?,?,?,?,?,?,?)",
+                           ((jid, *row) for jid, row in enumerate(rows, 1)))
+            columns = "id, name, version, pkgpath, skip, skip_kind, est, est_source, priority"
+            db.execute(f"INSERT INTO jobs({columns}) SELECT {columns} FROM temp.staging")
             try:
-                db.execute("INSERT INTO deps SELECT e.job, CAST(j.value AS INTEGER) FROM temp.edges e, "
-                           "json_each('[' || replace(e.deps, ' ', ',') || ']') j")
+                db.execute("INSERT INTO deps SELECT s.id, CAST(j.value AS INTEGER) FROM temp.staging s, "
+                           "json_each('[' || replace(s.deps, ' ', ',') || ']') j WHERE s.deps != ''")
             except sqlite3.IntegrityError:
                 raise RecordInvalid("graph.tsv: a job names one dependency twice") from None
-            db.execute("DELETE FROM temp.edges")
+            db.execute("DELETE FROM temp.staging")
             bad = db.execute("SELECT job, dep FROM deps WHERE dep = job OR dep > (SELECT MAX(id) FROM jobs) LIMIT 1"
                              ).fetchone()
             if bad:
