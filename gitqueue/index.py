@@ -343,9 +343,14 @@ class Index:
         return self.db.execute(_STATES_SQL.format(
             columns=f"j.id, j.name, j.version, j.pkgpath, j.skip, {_STATE}, j.leased_by")).fetchall()
 
-    def dependencies(self) -> list[tuple[int, int]]:
-        """(job id, id of a job it depends on) of every dependency."""
-        return self.db.execute("SELECT job, dep FROM deps").fetchall()
+    def dependencies(self, of: list[int] | None = None) -> list[tuple[int, int]]:
+        """(job id, id of a job it depends on) of every dependency, or of those on the jobs `of`."""
+        if of is None:
+            return self.db.execute("SELECT job, dep FROM deps").fetchall()
+        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS asked(id INTEGER PRIMARY KEY)")
+        self.db.execute("DELETE FROM temp.asked")
+        self.db.executemany("INSERT INTO temp.asked VALUES(?)", ((i,) for i in of))
+        return self.db.execute("SELECT d.job, d.dep FROM temp.asked a JOIN deps d ON d.dep = a.id").fetchall()
 
     def skipped(self) -> list[tuple[str, str]]:
         """(name, reason) of the jobs never built on this queue's architecture (no-way lists), by name."""
