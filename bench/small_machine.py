@@ -373,12 +373,7 @@ class Group:
                 pids = [int(p) for p in read_text(os.path.join(d, "cgroup.procs")).split()]
                 if not pids:
                     break
-                for pid in pids:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except OSError:
-                        pass
-                    reap(pid)
+                kill_and_reap(pids)
                 time.sleep(0.1)
             for _ in range(50):
                 try:
@@ -656,13 +651,18 @@ class Runner:
                     if not os.path.exists(f"/proc/{pid}"):
                         left.remove(pid)
             time.sleep(0.02)
-        for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-            reap(pid)
+        kill_and_reap(left)
         return cpu
+
+
+def kill_and_reap(pids) -> None:
+    """SIGKILL each of `pids` and reap it if it is a child."""
+    for pid in list(pids):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+        reap(pid)
 
 
 # -- the benchmark ------------------------------------------------------------------------------

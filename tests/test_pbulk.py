@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gitqueue import records
+from gitqueue import outcome, records
 from gitqueue.layout import record_path
 
 from helpers import REPO, gitqueue, open_queue
@@ -101,12 +101,7 @@ class Site:
     def results(self, url: str) -> dict:
         with open_queue(url, self.tmp, host="reader") as q:
             _, reader = q.fetch()
-            out = {}
-            for name in PACKAGES:
-                data = reader.read(record_path("results", name))
-                if data is not None:
-                    out[name] = records.load_at("result", data, record_path("results", name))
-            return out
+            return outcome.results(reader, PACKAGES)
 
 
 def test_bmake_answers_the_version_check(tmp_path):
