@@ -129,7 +129,7 @@ def test_verify_of_a_server_that_hangs_gives_up_after_the_network_timeout(tmp_pa
 
 
 def test_the_history_of_a_server_that_accepts_and_never_answers_is_given_up(tmp_path):
-    """status and html read the timeline, a whole-history fetch: a git:// server whose socket
+    """status and html read the timeline, a fetch of every commit: a git:// server whose socket
     accepts the connection (the kernel's backlog) and never answers must not hang them."""
     from gitqueue import timeline
     from gitqueue.errors import RemoteError
@@ -144,7 +144,7 @@ def test_the_history_of_a_server_that_accepts_and_never_answers_is_given_up(tmp_
             with pytest.raises(RemoteError) as e:
                 timeline.load(q)
     assert time.monotonic() - started < 10
-    assert str(e.value) == f"{url}: fetch history: no answer for 1.5 s; gave up"
+    assert str(e.value) == f"{url}: fetch commits: no answer for 1.5 s; gave up"
 
 
 def test_a_lock_file_left_in_the_cache_by_a_killed_worker_is_cleared(remote_queue):
