@@ -11,8 +11,9 @@ from .queue import Change, trailers
 from .schema import FORMAT_VERSION
 
 ADMIN = "gitqueue-admin <admin@gitqueue>"
-# Settings that bound what one worker may do (enforced by the server's hook and gitqueue serve).
-LIMITS = ("max_leases", "package_files", "upload_quota", "min_heartbeat_seconds")
+# Settings that bound what one worker may do (enforced by the server's hook and gitqueue serve),
+# and how often a job may fail for reasons not its own.
+LIMITS = ("max_leases", "package_files", "upload_quota", "min_heartbeat_seconds", "max_attempts")
 
 
 def init_queue(queue, name: str, arch: str = "", os_release: str = "", pkgsrc_branch: str = "",
@@ -23,7 +24,8 @@ def init_queue(queue, name: str, arch: str = "", os_release: str = "", pkgsrc_br
 
     With `admins` ([{"name", "key"}]) the queue is signed (docs/trust.md): the queue's signer
     must be one of them. `limits` holds the settings that bound what a worker may do
-    (max_leases, package_files, upload_quota, min_heartbeat_seconds; see schema/queue.json).
+    (max_leases, package_files, upload_quota, min_heartbeat_seconds, max_attempts; see
+    schema/queue.json).
     """
     from .records import utc
 
@@ -143,6 +145,124 @@ def change_noway(queue, add: Sequence[dict] = (), remove: Sequence[tuple[str, st
              "Remove": " ".join(p for p, _ in remove) or None})
         data = records.dumps("noway", {"entries": new}) if new else None
         return Change(with_graph(reader, {layout.NOWAY: data}), message)
+
+    queue.transact(decide, ADMIN, use_index=False)
+    return out
+
+
+def _set_aside(reader, name: str, action: str, reason: str, at: str, result: dict | None,
+               lease: dict | None = None) -> tuple[dict, dict]:
+    """The files that set aside `name`'s result (and end its live `lease`): the result removed,
+    an entry appended to its retries record; and that entry.
+
+    The entry fences every lease token the job had so far (the live one and those reclaimed):
+    none of them may give the job its next result, not even late (rules.py, lease.report).
+    """
+    from .lease import read_job_record
+
+    retries = read_job_record(reader, "retries", name) or {"job": name, "retried": []}
+    declines = read_job_record(reader, "declines", name)
+    lapsed = read_job_record(reader, "lapsed", name)
+    fenced = [e["token"] for e in (lapsed or {}).get("lapsed", ())]
+    if lease is not None:
+        fenced.append(lease["token"])
+    entry: dict = {"action": action, "reason": reason, "at": at,
+                   "declines": len((declines or {}).get("declined", ()))}
+    files: dict[str, bytes | None] = {}
+    if result is not None:
+        entry.update(status=result["status"], worker=result["worker"], token=result["token"])
+        if result.get("version"):
+            entry["version"] = result["version"]
+        files[record_path("results", name)] = None
+    if lease is not None:
+        files[record_path("leases", name)] = None
+    done = {e.get("token") for e in retries["retried"]} | {t for e in retries["retried"] for t in e.get("fenced", ())}
+    fresh = [t for t in dict.fromkeys(fenced) if t not in done]
+    if fresh:
+        entry["fenced"] = fresh
+    retries["retried"].append(entry)
+    files[record_path("retries", name)] = records.dumps("retry", retries)
+    return files, entry
+
+
+def retry_jobs(queue, names: Sequence[str] = (), failed: bool = False, since: str | None = None,
+               reason: str = "") -> list[dict]:
+    """Make failed jobs buildable again, in one commit; return what was retried.
+
+    Each failure result is set aside (removed from the tree, kept in the history, and named in
+    the job's retries record with `reason`), so the job is ready again once its dependencies are
+    built, and the jobs its failure kept from building wait for it again.
+
+    Args:
+        queue: the Queue.
+        names: jobs to retry; each must have a failure result.
+        failed: retry every failed job (those of `names` when given).
+        since: with `failed`, only failures that finished at or after this UTC time
+            (YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ).
+        reason: why (required): recorded in the retries records and the commit.
+
+    Returns:
+        [{"job", "version", "worker", "token", "attempts"}] of the retried jobs, by name;
+        `attempts`: how many results the job has had so far.
+
+    Raises:
+        GitqueueError: no reason, an unknown job, a job without a failure result, nothing to retry.
+    """
+    from .layout import check_job_name
+    from .lease import read_job_record
+    from .records import epoch, utc
+    from .text import printable
+
+    reason = printable(" ".join(reason.split()))[:1000]
+    if not reason:
+        raise GitqueueError("give the reason for the retry (--reason)")
+    for name in names:
+        check_job_name(name)
+    if not names and not failed:
+        raise GitqueueError("name the jobs to retry, or give --failed")
+    cutoff = None
+    if since is not None:
+        cutoff = epoch(since) if "T" in since else epoch(f"{since}T00:00:00Z")
+        if cutoff is None:
+            raise GitqueueError(f"--since {since!r}: expected YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ")
+    out: list[dict] = []
+
+    def decide(tip, reader):
+        queue.settings(reader)
+        out.clear()
+        chosen = []
+        if names:
+            for name in sorted(set(names)):
+                if reader.blob_id(record_path("jobs", name)) is None:
+                    raise GitqueueError(f"unknown job {name}")
+                result = read_job_record(reader, "results", name)
+                if result is None or result["status"] != "failure":
+                    has = f"has a {result['status']} result" if result else "has no result"
+                    raise GitqueueError(f"{name} {has}: only failed jobs are retried")
+                chosen.append((name, result))
+        else:
+            store = reader.store
+            for path, sha in reader.walk_files("results"):
+                result = records.load_at("result", store[sha].as_raw_string(), path)
+                if result["status"] == "failure":
+                    chosen.append((result["job"], result))
+            chosen.sort(key=lambda c: c[0])
+        if cutoff is not None:
+            chosen = [(n, r) for n, r in chosen if (epoch(r.get("finished_at")) or 0) >= cutoff]
+        if not chosen:
+            raise GitqueueError("nothing to retry: no failure matches")
+        files: dict[str, bytes | None] = {}
+        at = utc(queue.clock())
+        for name, result in chosen:
+            change, entry = _set_aside(reader, name, "retry", reason, at, result)
+            files.update(change)
+            retries = records.loads("retry", change[record_path("retries", name)], record_path("retries", name))
+            out.append({"job": name, "version": result.get("version"), "worker": result["worker"],
+                        "token": result["token"], "attempts": len(retries["retried"])})
+        shown = ", ".join(n for n, _ in chosen[:3]) + (f" (+{len(chosen) - 3} more)" if len(chosen) > 3 else "")
+        message = f"retry {shown}: {reason}"[:120] + "\n\n" + trailers(
+            {"Action": "retry", "Jobs": len(chosen), "Reason": reason})
+        return Change(files, message)
 
     queue.transact(decide, ADMIN, use_index=False)
     return out

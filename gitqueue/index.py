@@ -12,7 +12,7 @@ import sqlite3
 from . import records
 from .layout import TOP_FILES
 
-INDEX_VERSION = "5"
+INDEX_VERSION = "6"
 
 _SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT);
@@ -33,7 +33,8 @@ CREATE TABLE jobs(
     lease_at REAL
 );
 CREATE TABLE deps(job INTEGER NOT NULL, dep INTEGER NOT NULL, PRIMARY KEY(job, dep)) WITHOUT ROWID;
-CREATE TABLE declines(job INTEGER NOT NULL, worker TEXT NOT NULL, PRIMARY KEY(job, worker));
+-- until: when a transient failure stops holding the job back from the worker; NULL: never offered again
+CREATE TABLE declines(job INTEGER NOT NULL, worker TEXT NOT NULL, until REAL, PRIMARY KEY(job, worker));
 CREATE TABLE speeds(worker TEXT PRIMARY KEY, n INTEGER NOT NULL, total REAL NOT NULL);
 CREATE TABLE mine(job TEXT PRIMARY KEY, worker TEXT NOT NULL, token TEXT NOT NULL);
 """
@@ -48,7 +49,7 @@ _BULK_INDEXES = (
 )
 
 # Changes of the job set, the settings or the lists: recompute everything rather than apply a diff.
-_REBUILD_KINDS = frozenset(("job", *TOP_FILES.values()))
+_REBUILD_KINDS = frozenset(("job", "retry", *TOP_FILES.values()))
 # Records the diff reads; a larger one (gitqueue writes none) sends the index to a rebuild.
 _MAX_RECORD_BYTES = 1 << 24
 # Estimates a measured duration of a sibling (same package path) in this build improves on.
@@ -166,10 +167,8 @@ class Index:
         else:
             self.db.execute("DELETE FROM declines WHERE job=?", (job_id,))
             if record is not None:
-                self.db.executemany(
-                    "INSERT OR IGNORE INTO declines VALUES(?, ?)",
-                    [(job_id, d["worker"]) for d in record["declined"]],
-                )
+                self.db.executemany("INSERT INTO declines VALUES(?, ?, ?)",
+                                    [(job_id, worker, until) for worker, until in decline_rows(record)])
 
     def _learn(self, result, est, pkgpath):
         """A measured success: refine the worker's speed and the estimates of its siblings."""
@@ -275,10 +274,10 @@ class Index:
             def declines():
                 for path, sha in reader.walk_files("declines"):
                     rec = records.load_at("decline", store[sha].as_raw_string(), path)
-                    for d in rec["declined"]:
-                        yield d["worker"], rec["job"]
+                    for worker, until in decline_rows(rec):
+                        yield worker, until, rec["job"]
 
-            db.executemany("INSERT OR IGNORE INTO declines SELECT id, ? FROM jobs WHERE name=?", declines())
+            db.executemany("INSERT OR IGNORE INTO declines SELECT id, ?, ? FROM jobs WHERE name=?", declines())
             db.execute("""UPDATE jobs SET pending = (
                               SELECT COUNT(*) FROM deps d JOIN jobs p ON p.id = d.dep
                                WHERE d.job = jobs.id AND p.result IS NOT 'success')""")
@@ -299,8 +298,9 @@ class Index:
 
     # -- questions ------------------------------------------------------------------------
 
-    def ready(self, worker: str, limit: int):
-        """Up to `limit` ready jobs not declined by `worker`, best first, as scheduler Candidates."""
+    def ready(self, worker: str, limit: int, now: float | None = None):
+        """Up to `limit` ready jobs not declined by `worker` (nor held back from it at `now` after
+        a transient failure of its own), best first, as scheduler Candidates."""
         from .scheduler import Candidate
 
         return [
@@ -308,9 +308,9 @@ class Index:
             for r in self.db.execute(
                 """SELECT name, est, priority FROM jobs
                    WHERE pending = 0 AND result IS NULL AND leased_by IS NULL AND skip IS NULL
-                     AND id NOT IN (SELECT job FROM declines WHERE worker = ?)
+                     AND id NOT IN (SELECT job FROM declines WHERE worker = ? AND (until IS NULL OR until > ?))
                    ORDER BY priority DESC LIMIT ?""",
-                (worker, limit),
+                (worker, float("inf") if now is None else now, limit),
             )
         ]
 
@@ -448,6 +448,29 @@ STATES = (
     "skipped",
     "indirect-skipped",
 )
+
+
+def decline_rows(record: dict) -> list[tuple[str, float | None]]:
+    """(worker, until) of each worker in a declines record: None (never again) for a worker that
+    declined the job, else until when its own transient failure holds the job back from it.
+
+    The time is the one the worker wrote, compared with the same worker's clock when it next
+    claims: a scheduling hint, never a rule the server enforces.
+    """
+    from .lease import transient_backoff
+
+    out: dict[str, float | None] = {}
+    failures = 0
+    for entry in record["declined"]:
+        worker = entry["worker"]
+        if not entry.get("transient"):
+            out[worker] = None
+            continue
+        failures += 1
+        at = records.epoch(entry.get("at"))
+        if at is not None and out.get(worker, 0.0) is not None:
+            out[worker] = max(out.get(worker) or 0.0, at + transient_backoff(failures))
+    return list(out.items())
 
 
 class _NeedsRebuild(Exception):

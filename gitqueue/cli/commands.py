@@ -33,9 +33,12 @@ from .main import cli, context, emit, json_option, queue_option, worker_option
               help="Bytes one worker may keep in the upload areas of its live leases (default 4G; K, M, G).")
 @click.option("--min-heartbeat-seconds", type=click.FloatRange(min=0), metavar="S",
               help="Least time between two heartbeats of a worker the server accepts (default TTL/20, at most 60).")
+@click.option("--max-attempts", type=click.IntRange(min=1, max=100), metavar="N",
+              help="Attempts of a job that end in a transient failure (exit 75) before it fails (default 3).")
 @json_option
 def init_cmd(url, name, arch, os_release, pkgsrc_branch, pkgsrc_revision, lease_ttl, packages_url, admin_keys,
-             max_record_bytes, max_leases, package_files, upload_quota, min_heartbeat_seconds, as_json):
+             max_record_bytes, max_leases, package_files, upload_quota, min_heartbeat_seconds, max_attempts,
+             as_json):
     """Create a queue at URL (a local bare repository is created if missing).
 
     With --admin NAME=FILE.pub the queue is signed: every commit must carry the SSH signature of
@@ -60,7 +63,7 @@ def init_cmd(url, name, arch, os_release, pkgsrc_branch, pkgsrc_revision, lease_
         name = name or os.path.basename(queue.url.rstrip("/")).removesuffix(".git") or "queue"
         limits = {"max_leases": max_leases, "package_files": list(package_files) or None,
                   "upload_quota": _bytes(upload_quota, "--upload-quota") if upload_quota else None,
-                  "min_heartbeat_seconds": min_heartbeat_seconds}
+                  "min_heartbeat_seconds": min_heartbeat_seconds, "max_attempts": max_attempts}
         settings = init_queue(queue, name, arch, os_release, pkgsrc_branch, lease_ttl, packages_url,
                               pkgsrc_revision, admins, max_record_bytes, limits)
         emit(settings, as_json, f"created queue {settings['name']} at {queue.url}")
@@ -171,10 +174,13 @@ def heartbeat_cmd(queue_url, worker, as_json):
 @click.option("--package", "package_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="A built package to upload to the queue's package tree first (repeatable).")
 @click.option("--lease", "token", help="Lease token printed by claim (default: the one this host holds).")
+@click.option("--transient", is_flag=True,
+              help="With --status failure: not the package's fault (a full disk, a lost mount); the job goes back "
+                   "to the queue until the queue's max_attempts.")
 @queue_option
 @worker_option
 @json_option
-def report_cmd(job, status, log_file, duration, package_files, token, queue_url, worker, as_json):
+def report_cmd(job, status, log_file, duration, package_files, token, transient, queue_url, worker, as_json):
     """Record the result of JOB and end its lease.
 
     With --package (and --log), the files are uploaded to incoming/LEASE/ of the queue's
@@ -183,22 +189,61 @@ def report_cmd(job, status, log_file, duration, package_files, token, queue_url,
     The log is recorded (and uploaded) as JOB.log, whatever its file is called. Exit 5 if the
     job is not (or no longer) held by this worker; nothing is recorded then.
 
+    With --transient (a failure only), the lease ends and the job goes back to the queue for
+    any worker (this one after a backoff), until its max_attempts-th transient failure, which
+    is recorded as a failure marked transient.
+
     \b
     Example: gitqueue report gmake-4.4.1 --status success --log build.log --package gmake-4.4.1.tgz
     """
     from ..errors import GitqueueError, PackageRefused
     from ..worker import report_build
 
+    if transient and status != "failure":
+        raise click.BadParameter("only a failure can be transient", param_hint="--transient")
     ctx = context(queue_url, worker)
     settings = ctx.settings()
     with ctx.open() as queue:
         try:
             result = report_build(queue, ctx.worker(), job, status, token=token, duration=duration,
                                   log_file=log_file, package_files=package_files, settings=settings,
-                                  platform=settings.platform())
+                                  platform=settings.platform(), transient=transient)
         except PackageRefused as e:
             raise GitqueueError(f"--package {e}") from None
-    emit(result, as_json, f"{job}: {status}{' (late)' if result.get('late') else ''}")
+    if result.get("requeued"):
+        text = (f"{job}: transient failure, attempt {result['attempt']} of {result['max_attempts']}: "
+                "back to the queue")
+    else:
+        text = f"{job}: {status}{' (late)' if result.get('late') else ''}{' (transient)' if transient else ''}"
+    emit(result, as_json, text)
+
+
+@cli.command("retry")
+@click.argument("jobs", nargs=-1)
+@click.option("--failed", is_flag=True, help="Retry every failed job (with JOBs: those of them).")
+@click.option("--since", metavar="WHEN",
+              help="With --failed: only failures that finished at or after WHEN (YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ).")
+@click.option("--reason", required=True, help="Why (recorded in retries/ and the commit).")
+@queue_option
+@json_option
+def retry_cmd(jobs, failed, since, reason, queue_url, as_json):
+    """Make failed jobs buildable again (administrators): their failures are set aside.
+
+    Each failure result leaves the tree (the history keeps it; retries/XX/JOB.toml names it),
+    so the job is offered again and the jobs it kept from building wait for it again. Exit 1
+    when a JOB has no failure result or nothing matches; nothing is written then.
+
+    \b
+    Example: gitqueue retry --failed --since 2026-11-20 --reason "distfiles mirror was down"
+    """
+    from ..admin import retry_jobs
+
+    if since is not None and not failed and not jobs:
+        raise click.BadParameter("give --failed (or JOBs) with --since", param_hint="--since")
+    with context(queue_url).open() as queue:
+        done = retry_jobs(queue, jobs, failed, since, reason)
+    emit(done, as_json, lambda: "\n".join(
+        f"retry {r['job']} (failed on {r['worker']}; attempt {r['attempts'] + 1} next)" for r in done))
 
 
 @cli.command("release")
