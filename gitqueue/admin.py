@@ -266,3 +266,116 @@ def retry_jobs(queue, names: Sequence[str] = (), failed: bool = False, since: st
 
     queue.transact(decide, ADMIN, use_index=False)
     return out
+
+
+# Fields of a job record that change no build: scheduling hints and what reports show.
+UNBUILT_FIELDS = frozenset(("est_seconds", "est_source", "priority", "weight", "maintainer", "categories"))
+# The records of a job besides its own; a retired job loses them all.
+_JOB_RECORDS = ("leases", "results", "declines", "lapsed", "retries")
+
+
+def _build_facts(job: dict) -> dict:
+    return {k: v for k, v in job.items() if k not in UNBUILT_FIELDS}
+
+
+def plan_update(old_jobs: list[dict], new_jobs: list[dict]) -> dict:
+    """What applying the scan `new_jobs` to a queue holding `old_jobs` does, by name.
+
+    Returns {"added", "retired", "changed", "rebuilt", "kept"} (sorted lists of names): `changed`
+    are the jobs whose version, dependencies or build settings differ (UNBUILT_FIELDS aside);
+    `rebuilt` those and every job that depends on one of them, directly or not (in the new
+    graph); `kept` the jobs of both that are not rebuilt.
+    """
+    old = {job["name"]: job for job in old_jobs}
+    new = {job["name"]: job for job in new_jobs}
+    changed = {name for name, job in new.items() if name in old and _build_facts(old[name]) != _build_facts(job)}
+    dependents: dict[str, list[str]] = {}
+    for job in new_jobs:
+        for dep in job["deps"]:
+            dependents.setdefault(dep, []).append(job["name"])
+    rebuilt = set(changed)
+    stack = list(changed)
+    while stack:
+        for up in dependents.get(stack.pop(), ()):
+            if up not in rebuilt and up in old:
+                rebuilt.add(up)
+                stack.append(up)
+    return {"added": sorted(new.keys() - old.keys()), "retired": sorted(old.keys() - new.keys()),
+            "changed": sorted(changed), "rebuilt": sorted(rebuilt),
+            "kept": sorted((new.keys() & old.keys()) - rebuilt)}
+
+
+def update_jobs(queue, jobs: list[dict], source: str, dry_run: bool = False) -> dict:
+    """Apply a new scan to a live queue in one commit (import --update); return what it did.
+
+    New jobs appear; jobs gone from the scan retire (their records go, the history keeps
+    them); jobs whose version, dependencies or build settings changed, and every job that
+    depends on them, become buildable again: their results are set aside as `retry` does
+    (action "update"), their live leases end, and every lease token they had is fenced. The
+    other jobs keep their results. graph.tsv is rewritten.
+
+    Args:
+        queue: the Queue.
+        jobs: the new scan's job records, already checked (importers.load_graph).
+        source: the scan's file name (for the commit message).
+        dry_run: decide only; write nothing.
+
+    Returns:
+        plan_update's lists, plus "set_aside" (names of the results set aside), "fenced"
+        (names of the jobs whose live lease ended) and "committed".
+    """
+    from .graph import read_jobs
+    from .lease import read_job_record
+    from .records import utc
+
+    out: dict = {}
+    new = {job["name"]: job for job in jobs}
+
+    def decide(tip, reader):
+        queue.settings(reader)
+        old_jobs = read_jobs(reader)
+        plan = plan_update(old_jobs, jobs)
+        old = {job["name"]: job for job in old_jobs}
+        files: dict[str, bytes | None] = {}
+        set_aside, fenced = [], []
+        at = utc(queue.clock())
+        reason = f"update from {os.path.basename(source)}"
+        for name in plan["added"]:
+            files[record_path("jobs", name)] = records.dumps("job", new[name])
+        for name in plan["retired"]:
+            files[record_path("jobs", name)] = None
+            for kind in _JOB_RECORDS:
+                if reader.blob_id(record_path(kind, name)) is not None:
+                    files[record_path(kind, name)] = None
+        for name in plan["kept"] + plan["rebuilt"]:
+            if new[name] != old[name]:
+                files[record_path("jobs", name)] = records.dumps("job", new[name])
+        for name in plan["rebuilt"]:
+            result = read_job_record(reader, "results", name)
+            lease = read_job_record(reader, "leases", name)
+            lapsed = reader.blob_id(record_path("lapsed", name)) is not None
+            if result is None and lease is None and not lapsed:
+                continue  # not built yet, nothing in flight: it will build the new version
+            change, entry = _set_aside(reader, name, "update", reason, at, result, lease)
+            if result is None and lease is None and not entry.get("fenced"):
+                continue  # its reclaimed leases were fenced by an earlier update
+            files.update(change)
+            if result is not None:
+                set_aside.append(name)
+            if lease is not None:
+                fenced.append(name)
+        out.clear()
+        out.update(plan, set_aside=set_aside, fenced=fenced, committed=False)
+        if dry_run or not files:
+            return None
+        message = (f"update from {os.path.basename(source)}: {len(plan['added'])} added, "
+                   f"{len(plan['retired'])} retired, {len(plan['rebuilt'])} rebuilt, {len(plan['kept'])} kept\n\n"
+                   + trailers({"Action": "update", "Added": len(plan["added"]), "Retired": len(plan["retired"]),
+                               "Changed": len(plan["changed"]), "Rebuilt": len(plan["rebuilt"]),
+                               "Kept": len(plan["kept"]), "Set-Aside": len(set_aside), "Fenced": len(fenced),
+                               "Source": os.path.basename(source)}))
+        return Change(with_graph(reader, files, jobs), message)
+
+    commit, _ = queue.transact(decide, ADMIN, use_index=False)
+    out["committed"] = commit is not None
+    return out

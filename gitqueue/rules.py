@@ -678,9 +678,18 @@ class _Check:
                     "it goes back to the queue (a transient entry of declines/)")
         return None
 
+    def _retired(self, name) -> bool:
+        """Whether this commit is an administrator's that removes job `name` (import --update):
+        then every record of the job may go with it."""
+        job = self.parsed.get(record_path("jobs", name))
+        return self.is_admin() and job is not None and job[2] and not job[3]
+
     def _set_aside(self, name, old) -> bool:
         """Whether this commit sets aside the result `old` of `name` as an administrator may: its
-        retries record gains an entry naming the result's token (checked by _retry)."""
+        retries record gains an entry naming the result's token (checked by _retry), or the job
+        itself is retired."""
+        if self._retired(name):
+            return True
         if not self.is_admin() or old is None:
             return False
         entry = self.parsed.get(record_path("retries", name))
@@ -693,6 +702,8 @@ class _Check:
         """retries/: an administrator's, appended to only; each entry names the result this
         commit removes (if any), and the job's declines as the parent has them."""
         if not self._admin_only(path, had, has):
+            return
+        if not has and self._retired(name):
             return
         if not has:
             self.fail("retry", f"retries of {name} removed: they are only ever appended to", path)
@@ -726,6 +737,8 @@ class _Check:
     def _lapsed(self, path, name, old, new, had, has):
         if not self._admin_only(path, had, has):
             return
+        if not has and self._retired(name):
+            return
         if not has:
             self.fail("lapsed", f"lapsed leases of {name} removed: they are only ever appended to", path)
             return
@@ -743,6 +756,8 @@ class _Check:
                                 "reclaims", path)
 
     def _decline(self, path, name, old, new, had, has):
+        if not has and self._retired(name):
+            return
         if not has:
             self.fail("decline", f"declines of {name} removed: they are only ever appended to", path)
             return

@@ -88,19 +88,32 @@ def _bytes(text: str, option: str) -> int:
 @click.option("--history", "histories", multiple=True, metavar="URL-OR-FILE",
               help="Build times of an earlier build: a queue URL or a TSV with pkgpath and duration_s "
                    "(repeatable; later ones win).")
+@click.option("--update", is_flag=True,
+              help="Apply FILE, a new scan, to a live queue: new jobs appear, jobs gone retire, changed jobs and "
+                   "their dependents build again, the others keep their results (admin).")
+@click.option("--dry-run", is_flag=True, help="With --update: print what would happen, write nothing.")
 @json_option
-def import_cmd(url, file, fmt, histories, as_json):
+def import_cmd(url, file, fmt, histories, update, dry_run, as_json):
     """Load a dependency graph into the queue at URL, all or nothing.
 
     FILE is pbulk's presolve output or a JSONL graph, one job per line (the keys and what is
     refused: docs/import.md). Estimates of build time come from --history, else from the graph
     (est_seconds, PBULK_WEIGHT), else a default; they order the build by its critical path.
 
+    With --update the queue may already build: the scan is applied in one commit while workers
+    keep building (docs/layout.md, "Updates"). Jobs whose version, dependencies or build
+    settings changed, and everything that depends on them, become buildable again (their old
+    results stay in the history; their live leases end and are fenced); jobs gone from the scan
+    retire; the rest keep their results. --json names the jobs of each kind.
+
     \b
     Example: gitqueue import /srv/queues/2026Q4-m68k /var/bulk/presolve
     """
-    from ..admin import import_jobs
+    from ..admin import import_jobs, update_jobs
     from ..importers import load_graph
+
+    if dry_run and not update:
+        raise click.BadParameter("--dry-run goes with --update", param_hint="--dry-run")
 
     jobs = load_graph(file, fmt)
     ctx = context()
@@ -114,7 +127,17 @@ def import_cmd(url, file, fmt, histories, as_json):
             from ..durations import apply_times
 
             matched = apply_times(jobs, times)
-        counts = import_jobs(queue, jobs, file)
+        if update:
+            done = update_jobs(queue, jobs, file, dry_run=dry_run)
+        else:
+            counts = import_jobs(queue, jobs, file)
+    if update:
+        verb = "would update" if dry_run else "updated" if done["committed"] else "nothing to update"
+        emit(done, as_json, f"{verb}: {len(done['added'])} added, {len(done['retired'])} retired, "
+                            f"{len(done['rebuilt'])} rebuilt ({len(done['changed'])} changed, "
+                            f"{len(done['set_aside'])} results set aside, {len(done['fenced'])} leases fenced), "
+                            f"{len(done['kept'])} kept")
+        return
     if times:
         counts["estimated_from_history"] = matched
     extra = f", {matched} timed by history" if times else ""
