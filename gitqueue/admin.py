@@ -62,27 +62,43 @@ def init_queue(queue, name: str, arch: str = "", os_release: str = "", pkgsrc_br
     return settings
 
 
-def import_jobs(queue, jobs: list[dict], source: str) -> dict:
+def import_jobs(queue, jobs: list[dict], source: str, reused: dict | None = None, previous: str = "") -> dict:
     """Write one job record per job in one commit; refuse if the queue already has jobs.
 
-    `jobs` must already be checked (see importers.load_graph). Returns counts.
+    `jobs` must already be checked (see importers.load_graph). `reused` ({name: earlier success
+    result}, see reuse.up_to_date) are the jobs an earlier build of the queue `previous` already
+    made: each gets an up-to-date result in the same commit. Returns counts.
     """
-    files = {record_path("jobs", job["name"]): records.dumps("job", job) for job in jobs}
+    files: dict[str, bytes | None] = {record_path("jobs", job["name"]): records.dumps("job", job) for job in jobs}
     prefailed = sum(1 for job in jobs if job.get("prefailed"))
     edges = sum(len(job["deps"]) for job in jobs)
+    if reused:
+        from .records import utc
+        from .reuse import reused_result
+
+        at = utc(queue.clock())
+        by_name = {job["name"]: job for job in jobs}
+        for name, earlier in reused.items():
+            rec = reused_result(by_name[name], earlier, previous, os.urandom(16).hex(), at)
+            files[record_path("results", name)] = records.dumps("result", rec)
 
     def decide(tip, reader):
         queue.settings(reader)
         if reader.tree_id_of("jobs") is not None:
             raise GitqueueError(f"{queue.url}: the queue already has jobs; one queue holds one build")
-        message = f"import {len(jobs)} jobs from {os.path.basename(source)}\n\n" + trailers(
+        also = f", {len(reused)} up to date" if reused else ""
+        message = f"import {len(jobs)} jobs from {os.path.basename(source)}{also}\n\n" + trailers(
             {"Action": "import", "Jobs": len(jobs), "Edges": edges, "Prefailed": prefailed,
+             "Up-To-Date": len(reused) if reused else None, "Previous": previous or None,
              "Source": os.path.basename(source)}
         )
         return Change(with_graph(reader, files, jobs), message)
 
     queue.transact(decide, ADMIN, use_index=False)
-    return {"jobs": len(jobs), "edges": edges, "prefailed": prefailed}
+    counts = {"jobs": len(jobs), "edges": edges, "prefailed": prefailed}
+    if reused is not None:
+        counts["up_to_date"] = len(reused)
+    return counts
 
 
 def with_graph(reader, files: dict, jobs: list[dict] | None = None) -> dict:

@@ -165,6 +165,7 @@ def platform_text(settings: dict) -> str:
 
 SUMMARY_ROWS = (
     ("success", "Successfully built"),
+    ("up-to-date", "Up to date (an earlier build's package)"),
     ("failed", "Failed to build"),
     ("indirect-failed", "Depending on failed package"),
     ("prefailed", "Explicitly broken or masked (prefailed)"),
@@ -181,7 +182,7 @@ def summary_rows(data: dict) -> list[tuple[str, int]]:
     """(label, count) of the summary, leaving out the not-yet-built states once finished."""
     counts = data["counts"]
     return [(label, counts[state]) for state, label in SUMMARY_ROWS
-            if not (state in ("leased", "ready", "waiting") and counts[state] == 0)]
+            if not (state in ("leased", "ready", "waiting", "up-to-date") and counts[state] == 0)]
 
 
 def text(data: dict, breakage_rows: int = 20) -> str:

@@ -12,7 +12,7 @@ import sqlite3
 from . import records
 from .layout import TOP_FILES
 
-INDEX_VERSION = "6"
+INDEX_VERSION = "7"
 
 _SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT);
@@ -28,6 +28,7 @@ CREATE TABLE jobs(
     priority REAL NOT NULL DEFAULT 0,
     pending INTEGER NOT NULL DEFAULT 0,
     result TEXT,
+    up_to_date INTEGER NOT NULL DEFAULT 0,  -- a success that built nothing: the package was up to date
     leased_by TEXT,
     lease_token TEXT,
     lease_at REAL
@@ -157,7 +158,8 @@ class Index:
         elif kind == "result":
             if change.old is not None or record is None:
                 raise _NeedsRebuild()  # results are never rewritten by the protocol
-            self.db.execute("UPDATE jobs SET result=? WHERE id=?", (record["status"], job_id))
+            self.db.execute("UPDATE jobs SET result=?, up_to_date=? WHERE id=?",
+                            (record["status"], 1 if record.get("up_to_date") else 0, job_id))
             if record["status"] == "success":
                 self.db.execute(
                     "UPDATE jobs SET pending = pending - 1 WHERE id IN (SELECT job FROM deps WHERE dep=?)",
@@ -260,9 +262,9 @@ class Index:
                     rec = records.load_at("result", store[sha].as_raw_string(), path)
                     if rec["status"] == "success" and rec.get("duration"):
                         durations[rec["job"]] = (rec["worker"], rec["duration"])
-                    yield rec["status"], rec["job"]
+                    yield rec["status"], 1 if rec.get("up_to_date") else 0, rec["job"]
 
-            db.executemany("UPDATE jobs SET result=? WHERE name=?", results())
+            db.executemany("UPDATE jobs SET result=?, up_to_date=? WHERE name=?", results())
 
             def leases():
                 for path, sha in reader.walk_files("leases"):
@@ -424,6 +426,7 @@ SELECT {columns} FROM jobs j LEFT JOIN worst w ON w.id = j.id
 """
 _STATE = """
 CASE
+    WHEN j.result = 'success' AND j.up_to_date THEN 'up-to-date'
     WHEN j.result = 'success' THEN 'success'
     WHEN j.result = 'failure' THEN 'failed'
     WHEN j.skip_kind = 'p' THEN 'prefailed'
@@ -441,6 +444,7 @@ STATES = (
     "waiting",
     "leased",
     "success",
+    "up-to-date",
     "failed",
     "indirect-failed",
     "prefailed",

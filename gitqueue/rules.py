@@ -590,7 +590,8 @@ class _Check:
             return
         self.verdict.results += 1
         worker = new["worker"]
-        if self.deny_worker(path, worker, "result"):
+        # A reused result names no worker that built it: an administrator's import wrote it.
+        if not ("reused" in new and self.is_admin()) and self.deny_worker(path, worker, "result"):
             return
         self.check_signer_field(new, path)
         job = self.job(name, path, "result")
@@ -601,7 +602,12 @@ class _Check:
             lease = read_record(self.before, "lease", lease_path)
         except GitqueueError:
             lease = None
-        if lease is not None:
+        if "reused" in new:
+            problem = self._reuse_problem(name, new, lease)
+            if problem:
+                self.fail("result", problem, path)
+                return
+        elif lease is not None:
             if lease["worker"] != worker or lease["token"] != new["token"]:
                 held = f"held by {lease['worker']}" if lease["worker"] != worker else "held under another token"
                 self.fail("result", f"result for {name} by {worker}, but the lease is {held}", path)
@@ -649,6 +655,19 @@ class _Check:
         except GitqueueError:
             return False
         return any(e["worker"] == worker and e["token"] == token for e in (lapsed or {}).get("lapsed", ()))
+
+    def _reuse_problem(self, name, result, lease) -> str | None:
+        """Why an up-to-date result taken from an earlier success (import --previous) may not
+        stand, or None: only an administrator writes one, for a job nobody holds, a success
+        marked up_to_date naming packages. (That the package tree holds them with these
+        checksums is checked where the tree is: `verify --packages`, publish.)"""
+        if not self.is_admin():
+            return f"an up-to-date result for {name} reused from an earlier build, written by a worker"
+        if lease is not None:
+            return f"an up-to-date result for {name} reused from an earlier build while {lease['worker']} holds it"
+        if result["status"] != "success" or result.get("up_to_date") is not True or not result.get("packages"):
+            return f"a reused result for {name} is an up-to-date success naming its packages"
+        return None
 
     def _retries_before(self, name):
         try:

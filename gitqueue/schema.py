@@ -224,6 +224,11 @@ SCHEMAS = {
             "transient": {"type": "boolean",
                           "description": "a failure after max_attempts attempts that each failed for a reason not the "
                                          "package's (the build command said so: exit 75 or report --transient)"},
+            "reused": {"type": "object",
+                       "description": "an up-to-date result an administrator's import wrote from an earlier success "
+                                      "(import --previous): the queue it came from and that result's token",
+                       "properties": {"queue": _line(1000), "token": _TOKEN},
+                       "required": ["queue", "token"], "additionalProperties": False},
             "up_to_date": {"type": "boolean",
                            "description": "a success whose build command found the existing package up to date: "
                                           "packages name that file, uploaded only if the tree's All/ lacked it"},

@@ -159,6 +159,7 @@ FULL = {
                "log": {"name": "gmake.log", "size": 1234, "sha256": "ab" * 32}, "log_tail": "*** Error code 1\n",
                "packages": [{"name": "gmake-4.4.1.tgz", "size": 512, "sha256": "cd" * 32}], "platform": PLATFORM,
                "up_to_date": False, "failed_phase": "configure", "transient": True,
+               "reused": {"queue": "/srv/queues/2026Q3-m68k.git", "token": "4a0c2d" + "0" * 26},
                "phase_logs": [{"name": "configure.log", "size": 99, "sha256": "ef" * 32}],
                "installed": [{"name": "glib2-2.84.1.tgz", "sha256": "12" * 32}],
                "signer": "SHA256:" + "A" * 43},
@@ -356,7 +357,13 @@ def _retry_run(tmp_path):
             assert lease.claim(w, worker).job == "t-1"
             lease.report(w, worker, "t-1", "failure", extra={"transient": True})
         assert retry_jobs(w, ["t-1"], reason="disk replaced")[0]["job"] == "t-1"
-    return url
+    # import --previous: an up-to-date result reused from an earlier success
+    earlier = {"job": "t-1", "status": "success", "worker": "w1", "token": "ab" * 16,
+               "packages": [{"name": "t-1.tgz", "size": 1, "sha256": "0" * 64}]}
+    with Queue(str(tmp_path / "reuse.git"), str(tmp_path / "cache-reuse")) as admin:
+        init_queue(admin, "reuse")
+        import_jobs(admin, [job("t-1")], "t.jsonl", reused={"t-1": earlier}, previous=url)
+    return url, str(tmp_path / "reuse.git")
 
 
 def test_every_schema_key_is_written_by_the_code(tmp_path):
@@ -395,7 +402,9 @@ def test_every_schema_key_is_written_by_the_code(tmp_path):
         assert settled.claim is not None
         lease.heartbeat(w, "w1")
     seen = _written_keys(url)
-    for kind, keys in [*_written_keys(_signed_run(tmp_path)).items(), *_written_keys(_retry_run(tmp_path)).items()]:
+    retried, reused = _retry_run(tmp_path)
+    for kind, keys in [*_written_keys(_signed_run(tmp_path)).items(), *_written_keys(retried).items(),
+                       *_written_keys(reused).items()]:
         seen.setdefault(kind, set()).update(keys)
     for kind in PROTOCOL_KINDS:
         written, allowed = seen.get(kind, set()), _properties(kind)

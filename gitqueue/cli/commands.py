@@ -92,8 +92,14 @@ def _bytes(text: str, option: str) -> int:
               help="Apply FILE, a new scan, to a live queue: new jobs appear, jobs gone retire, changed jobs and "
                    "their dependents build again, the others keep their results (admin).")
 @click.option("--dry-run", is_flag=True, help="With --update: print what would happen, write nothing.")
+@click.option("--previous", metavar="OLD_URL",
+              help="An earlier queue (a previous branch's): jobs whose package it built are up to date, if the "
+                   "package tree still holds that package with its checksum.")
+@click.option("--up-to-date-command", metavar="CMD",
+              help="With --previous: a site check run as CMD PKGNAME DEPNAME...; exit 0 means still up to date "
+                   "(pbulk's pkg-up-to-date convention).")
 @json_option
-def import_cmd(url, file, fmt, histories, update, dry_run, as_json):
+def import_cmd(url, file, fmt, histories, update, dry_run, previous, up_to_date_command, as_json):
     """Load a dependency graph into the queue at URL, all or nothing.
 
     FILE is pbulk's presolve output or a JSONL graph, one job per line (the keys and what is
@@ -114,6 +120,11 @@ def import_cmd(url, file, fmt, histories, update, dry_run, as_json):
 
     if dry_run and not update:
         raise click.BadParameter("--dry-run goes with --update", param_hint="--dry-run")
+    if previous and update:
+        raise click.BadParameter("--previous is for a new queue: an update keeps the unchanged jobs' results",
+                                 param_hint="--previous")
+    if up_to_date_command and not previous:
+        raise click.BadParameter("--up-to-date-command goes with --previous", param_hint="--up-to-date-command")
 
     jobs = load_graph(file, fmt)
     ctx = context()
@@ -129,6 +140,9 @@ def import_cmd(url, file, fmt, histories, update, dry_run, as_json):
             matched = apply_times(jobs, times)
         if update:
             done = update_jobs(queue, jobs, file, dry_run=dry_run)
+        elif previous:
+            reused = _up_to_date(ctx, queue, previous, jobs, up_to_date_command)
+            counts = import_jobs(queue, jobs, file, reused, previous)
         else:
             counts = import_jobs(queue, jobs, file)
     if update:
@@ -141,8 +155,29 @@ def import_cmd(url, file, fmt, histories, update, dry_run, as_json):
     if times:
         counts["estimated_from_history"] = matched
     extra = f", {matched} timed by history" if times else ""
+    if previous:
+        extra += f", {counts['up_to_date']} up to date"
     emit(counts, as_json,
          f"imported {counts['jobs']} jobs ({counts['edges']} dependencies, {counts['prefailed']} prefailed{extra})")
+
+
+def _up_to_date(ctx, queue, previous, jobs, command):
+    """The jobs an earlier queue built whose packages the new queue's package tree still holds."""
+    import shlex
+
+    from ..errors import GitqueueError
+    from ..publish import local_tree
+    from ..reuse import previous_successes, up_to_date
+
+    _, reader = queue.fetch()
+    tree = local_tree(queue.settings(reader))
+    if tree is None:
+        raise GitqueueError("--previous needs the queue's packages_url to be a directory on this machine "
+                            "(the package tree is checked for each reused package)")
+    with ctx.open(previous) as old:
+        _, old_reader = old.fetch()
+        successes = previous_successes(old_reader)
+    return up_to_date(jobs, successes, tree, shlex.split(command) if command else None)
 
 
 @cli.command("claim")
