@@ -20,8 +20,9 @@ def build(q, worker, expected, status="success", **kw):
 
 
 def states(q):
-    q.sync()
-    return {name: state for _, name, _, _, _, state, _ in q.index.states()}
+    from test_update import states as checked
+
+    return checked(q)
 
 
 def read(q, kind, name):

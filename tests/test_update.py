@@ -14,8 +14,20 @@ CHAIN = [pkg("a-1.0"), pkg("b-2.0", ["a-1.0"]), pkg("c-3.0", ["b-2.0"]), pkg("d-
 
 
 def states(q):
+    """The states in `q`'s index, brought forward by its diff, after checking that they are those
+    of an index built from nothing at the same commit."""
     q.sync()
-    return {name: state for _, name, _, _, _, state, _ in q.index.states()}
+    got = {name: (state, worker) for _, name, _, _, _, state, worker in q.index.states()}
+    from gitqueue.index import Index
+
+    fresh = Index(q.index.path + ".fresh")
+    try:
+        fresh.rebuild(q.remote, q.index.commit_id())
+        assert {name: (state, worker) for _, name, _, _, _, state, worker in fresh.states()} == got
+        assert [c.name for c in fresh.ready("w-any", 100)] == [c.name for c in q.index.ready("w-any", 100)]
+    finally:
+        fresh.close()
+    return {name: state for name, (state, _) in got.items()}
 
 
 def build_all(q, worker="w1"):
