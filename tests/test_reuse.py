@@ -98,6 +98,11 @@ def test_import_previous_makes_up_to_date_its_own_state(earlier, tmp_path):
             built.append(got.job)
     assert sorted(built) == ["c-1.1", "d-1.0", "e-1.0", "f-1.0"]
     assert gitqueue("verify", new, env=env).returncode == 0
+    # publish takes the reused packages as they are: already in All/ with their checksums.
+    proc = gitqueue("publish", "--queue", new, "--json", env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    published = json.loads(proc.stdout)
+    assert published["mismatch"] == [] and published["unproven"] == [] and published["already"] >= 2
     text = gitqueue("html", str(tmp_path / "html"), "--text", "--queue", new, env=env).stdout
     assert "Up to date (an earlier build's package):" in text
 
