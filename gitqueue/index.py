@@ -111,7 +111,7 @@ class Index:
         from .trees import TreeWalk
 
         store = remote.object_store
-        walk = TreeWalk(store, _MAX_RECORD_BYTES, self._parsed_trees)
+        walk = TreeWalk(store, _MAX_RECORD_BYTES, self._parsed_trees, unread=_REBUILD_KINDS)
         changes = []
         regraph = False
         for change in walk.changes_between(store[old].tree, store[tip].tree):
