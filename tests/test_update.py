@@ -60,7 +60,10 @@ def test_a_version_bump_in_the_middle_of_a_chain_rebuilds_exactly_it_and_its_dep
     proc = gitqueue("verify", url, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     history = gitqueue("history", "c", "--queue", url, env=env).stdout
-    assert history.count("success") >= 2, history  # the result before the update and the one after
+    rows = [line.split() for line in history.splitlines()[1:]]
+    # The result before the update and the one after it, both kept in the history.
+    assert [(r[1], r[2], r[3], r[-1]) for r in rows] == [("c-3.0", "1", "w1", "success"),
+                                                         ("c-3.0", "2", "w2", "success")], history
 
 
 def test_in_flight_and_reclaimed_leases_of_changed_jobs_are_fenced(tmp_path):
