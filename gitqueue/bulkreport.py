@@ -13,7 +13,8 @@ def build(queue) -> dict:
     Returns {"queue", "commit", "settings", "started", "ended", "duration", "finished", "counts",
     "total", "breakage": [{"job", "pkgpath", "state", "breaks", "maintainer"}], "unsuccessful":
     [{"job", "pkgpath", "state", "reason", "maintainer", "breaks", "worker", "log"}], "workers":
-    [...], "attempts": [...] (timeline.Timeline.attempts()), "progress": [[t, success, failed]]}.
+    [...], "attempts": [...] (timeline.Timeline.attempts()), "progress": [[t, success, failed]],
+    "retried": [...] (see `retried`)}.
     Times are epoch seconds from commit times (the workers' clocks); ended is None while the
     build runs.
     """
@@ -99,9 +100,38 @@ def build(queue) -> dict:
         "workers": sorted(workers.values(), key=lambda w: w["worker"]),
         "attempts": [a for a in attempts if a["start"] is not None],
         "progress": progress,
+        "retried": retried(reader, {name: job["state"] for name, job in outcome.jobs.items()}),
         "truncated": history.truncated,
         "generated": queue.clock(),
     }
+
+
+def retried(reader, states: dict[str, str]) -> list[dict]:
+    """The jobs that took more than one attempt, by name: [{"job", "state", "attempts",
+    "set_aside", "transient"}]. `attempts` counts the results an administrator set aside
+    (retries/), the transient failures (declines/) and the current result or lease, if any."""
+    store = reader.store
+    aside: dict[str, dict] = {}
+    for path, sha in reader.walk_files("retries"):
+        rec = records.load_at("retry", store[sha].as_raw_string(), path)
+        aside[rec["job"]] = rec
+    transient: dict[str, int] = {}
+    for path, sha in reader.walk_files("declines"):
+        rec = records.load_at("decline", store[sha].as_raw_string(), path)
+        count = sum(1 for e in rec["declined"] if e.get("transient"))
+        if count:
+            transient[rec["job"]] = count
+    out = []
+    for name in sorted(set(aside) | set(transient)):
+        state = states.get(name)
+        if state is None:
+            continue  # retired by an update
+        set_aside = sum(1 for e in aside.get(name, {}).get("retried", ()) if "token" in e)
+        current = 1 if state in ("success", "failed", "leased") else 0
+        count = transient.get(name, 0)
+        out.append({"job": name, "state": state, "attempts": set_aside + count + current,
+                    "set_aside": set_aside, "transient": count})
+    return out
 
 
 def duration_text(seconds) -> str:
@@ -135,6 +165,7 @@ def platform_text(settings: dict) -> str:
 
 SUMMARY_ROWS = (
     ("success", "Successfully built"),
+    ("up-to-date", "Up to date (an earlier build's package)"),
     ("failed", "Failed to build"),
     ("indirect-failed", "Depending on failed package"),
     ("prefailed", "Explicitly broken or masked (prefailed)"),
@@ -151,7 +182,7 @@ def summary_rows(data: dict) -> list[tuple[str, int]]:
     """(label, count) of the summary, leaving out the not-yet-built states once finished."""
     counts = data["counts"]
     return [(label, counts[state]) for state, label in SUMMARY_ROWS
-            if not (state in ("leased", "ready", "waiting") and counts[state] == 0)]
+            if not (state in ("leased", "ready", "waiting", "up-to-date") and counts[state] == 0)]
 
 
 def text(data: dict, breakage_rows: int = 20) -> str:
@@ -182,6 +213,11 @@ def text(data: dict, breakage_rows: int = 20) -> str:
         for u in failed:
             lines.append(f"{(u['pkgpath'] or u['job']):40} {u['breaks']:6}  {u['maintainer'] or ''}")
             lines.append(f"    {u['job']}: {u['reason']}")
+    if data.get("retried"):
+        lines += ["", "Packages that took more than one attempt:", "",
+                  f"{'Package':40} {'Attempts':>8} {'Retried':>8} {'Transient':>9}  State", "-" * 78]
+        for r in data["retried"]:
+            lines.append(f"{r['job']:40} {r['attempts']:8} {r['set_aside']:8} {r['transient']:9}  {r['state']}")
     if data["workers"]:
         lines += ["", "Workers:", "",
                   f"{'Worker':20} {'built':>6} {'failed':>6} {'released':>8} {'reclaimed':>9} {'busy':>12}"

@@ -197,7 +197,7 @@ def page(data: dict, links: dict | None = None, phase_links: dict | None = None)
     counts = data["counts"]
     title = f"Bulk build report: {data['queue']}"
     state = "finished" if data["finished"] else "in progress"
-    built = counts["success"] + counts["failed"] + counts["indirect-failed"]
+    built = counts["success"] + counts["up-to-date"] + counts["failed"] + counts["indirect-failed"]
     goal = data["total"] - sum(counts[k] for k in ("prefailed", "indirect-prefailed", "skipped", "indirect-skipped"))
     share = built / goal if goal else 1.0
     parts = [

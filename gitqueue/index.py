@@ -12,7 +12,7 @@ import sqlite3
 from . import records
 from .layout import TOP_FILES
 
-INDEX_VERSION = "5"
+INDEX_VERSION = "7"
 
 _SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT);
@@ -28,12 +28,14 @@ CREATE TABLE jobs(
     priority REAL NOT NULL DEFAULT 0,
     pending INTEGER NOT NULL DEFAULT 0,
     result TEXT,
+    up_to_date INTEGER NOT NULL DEFAULT 0,  -- a success that built nothing: the package was up to date
     leased_by TEXT,
     lease_token TEXT,
     lease_at REAL
 );
 CREATE TABLE deps(job INTEGER NOT NULL, dep INTEGER NOT NULL, PRIMARY KEY(job, dep)) WITHOUT ROWID;
-CREATE TABLE declines(job INTEGER NOT NULL, worker TEXT NOT NULL, PRIMARY KEY(job, worker));
+-- until: when a transient failure stops holding the job back from the worker; NULL: never offered again
+CREATE TABLE declines(job INTEGER NOT NULL, worker TEXT NOT NULL, until REAL, PRIMARY KEY(job, worker));
 CREATE TABLE speeds(worker TEXT PRIMARY KEY, n INTEGER NOT NULL, total REAL NOT NULL);
 CREATE TABLE mine(job TEXT PRIMARY KEY, worker TEXT NOT NULL, token TEXT NOT NULL);
 """
@@ -48,7 +50,7 @@ _BULK_INDEXES = (
 )
 
 # Changes of the job set, the settings or the lists: recompute everything rather than apply a diff.
-_REBUILD_KINDS = frozenset(("job", *TOP_FILES.values()))
+_REBUILD_KINDS = frozenset(("job", "retry", *TOP_FILES.values()))
 # Records the diff reads; a larger one (gitqueue writes none) sends the index to a rebuild.
 _MAX_RECORD_BYTES = 1 << 24
 # Estimates a measured duration of a sibling (same package path) in this build improves on.
@@ -109,16 +111,20 @@ class Index:
         from .trees import TreeWalk
 
         store = remote.object_store
-        walk = TreeWalk(store, _MAX_RECORD_BYTES, self._parsed_trees)
+        walk = TreeWalk(store, _MAX_RECORD_BYTES, self._parsed_trees, unread=_REBUILD_KINDS)
         changes = []
+        regraph = False
         for change in walk.changes_between(store[old].tree, store[tip].tree):
             if change.kind in _REBUILD_KINDS:
-                self.rebuild(remote, tip)
-                return
-            changes.append(change)
+                regraph = True
+            elif change.kind in ("lease", "result", "decline"):
+                changes.append(change)
         self._parsed_trees = walk.new_trees
         if walk.problems:  # entries the layout does not allow (a local writer's): the tree decides
             self.rebuild(remote, tip)
+            return
+        if regraph:
+            self._regraph(remote, tip, changes)
             return
         db = self.db
         try:
@@ -133,6 +139,49 @@ class Index:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def _regraph(self, remote, tip, changes) -> None:
+        """An admin commit changed the graph (import --update, retry, priority, ...): load the jobs
+        from the tip's graph.tsv and carry the results, leases and declines over from this index
+        with the commit's own changes of them, instead of parsing every result again (on the
+        29k queue after a whole build: 27k records, seconds on a fast machine). Without a
+        graph.tsv describing the tip, or with a record that does not read, rebuild from the tree."""
+        from . import graph
+        from .errors import RecordInvalid
+
+        reader = remote.reader(tip)
+        rows = graph.current_rows(reader)
+        if rows is None:
+            self.rebuild(remote, tip)
+            return
+        db = self.db
+        results = {n: (r, u) for n, r, u in db.execute(
+            "SELECT name, result, up_to_date FROM jobs WHERE result IS NOT NULL")}
+        leases = {n: (w, t, a) for n, w, t, a in db.execute(
+            "SELECT name, leased_by, lease_token, lease_at FROM jobs WHERE leased_by IS NOT NULL")}
+        declines: dict[str, list] = {}
+        for name, worker, until in db.execute(
+                "SELECT j.name, d.worker, d.until FROM declines d JOIN jobs j ON j.id = d.job"):
+            declines.setdefault(name, []).append((worker, until))
+        try:
+            for change in changes:
+                name = change.name
+                record = None if change.new is None else records.load_at(change.kind, change.data, change.path)
+                if change.kind == "result":
+                    results.pop(name, None)
+                    if record is not None:
+                        results[name] = (record["status"], 1 if record.get("up_to_date") else 0)
+                elif change.kind == "lease":
+                    leases.pop(name, None)
+                    if record is not None:
+                        leases[name] = (record["worker"], record["token"], records.epoch(record.get("claimed_at")))
+                else:
+                    declines.pop(name, None)
+                    if record is not None:
+                        declines[name] = decline_rows(record)
+            self._load(reader, rows, tip, carried=(results, leases, declines))
+        except RecordInvalid:
+            self.rebuild(remote, tip)
 
     def _apply(self, change):
         kind = change.kind
@@ -157,7 +206,8 @@ class Index:
         elif kind == "result":
             if change.old is not None or record is None:
                 raise _NeedsRebuild()  # results are never rewritten by the protocol
-            self.db.execute("UPDATE jobs SET result=? WHERE id=?", (record["status"], job_id))
+            self.db.execute("UPDATE jobs SET result=?, up_to_date=? WHERE id=?",
+                            (record["status"], 1 if record.get("up_to_date") else 0, job_id))
             if record["status"] == "success":
                 self.db.execute(
                     "UPDATE jobs SET pending = pending - 1 WHERE id IN (SELECT job FROM deps WHERE dep=?)",
@@ -167,10 +217,8 @@ class Index:
         else:
             self.db.execute("DELETE FROM declines WHERE job=?", (job_id,))
             if record is not None:
-                self.db.executemany(
-                    "INSERT OR IGNORE INTO declines VALUES(?, ?)",
-                    [(job_id, d["worker"]) for d in record["declined"]],
-                )
+                self.db.executemany("INSERT INTO declines VALUES(?, ?, ?)",
+                                    [(job_id, worker, until) for worker, until in decline_rows(record)])
 
     def _learn(self, result, est, pkgpath):
         """A measured success: refine the worker's speed and the estimates of its siblings."""
@@ -217,7 +265,10 @@ class Index:
         self._load(reader, iter(graph.graph_rows(reader)), tip)
         _return_freed_memory()
 
-    def _load(self, reader, rows, tip) -> None:
+    def _load(self, reader, rows, tip, carried=None) -> None:
+        """Load the jobs of `rows` (graph Rows) and the tree's results, leases and declines; or,
+        with `carried` ({name: (status, up_to_date)}, {name: (worker, token, at)}, {name:
+        [(worker, until)]}), those instead, keeping the learned speeds."""
         from . import scheduler
         from .errors import RecordInvalid
 
@@ -225,7 +276,7 @@ class Index:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
-            for table in ("jobs", "deps", "declines", "speeds"):
+            for table in ("jobs", "deps", "declines") + (() if carried else ("speeds",)):
                 db.execute(f"DELETE FROM {table}")
             for index in _BULK_INDEXES:
                 db.execute(f"DROP INDEX IF EXISTS {index.split()[2]}")
@@ -257,29 +308,38 @@ class Index:
                     rec = records.load_at("result", store[sha].as_raw_string(), path)
                     if rec["status"] == "success" and rec.get("duration"):
                         durations[rec["job"]] = (rec["worker"], rec["duration"])
-                    yield rec["status"], rec["job"]
-
-            db.executemany("UPDATE jobs SET result=? WHERE name=?", results())
+                    yield rec["status"], 1 if rec.get("up_to_date") else 0, rec["job"]
 
             def leases():
                 for path, sha in reader.walk_files("leases"):
                     rec = records.load_at("lease", store[sha].as_raw_string(), path)
                     yield rec["worker"], rec["token"], records.epoch(rec.get("claimed_at")), rec["job"]
 
-            db.executemany("UPDATE jobs SET leased_by=?, lease_token=?, lease_at=? WHERE name=?", leases())
-
             def declines():
                 for path, sha in reader.walk_files("declines"):
                     rec = records.load_at("decline", store[sha].as_raw_string(), path)
-                    for d in rec["declined"]:
-                        yield d["worker"], rec["job"]
+                    for worker, until in decline_rows(rec):
+                        yield worker, until, rec["job"]
 
-            db.executemany("INSERT OR IGNORE INTO declines SELECT id, ? FROM jobs WHERE name=?", declines())
+            if carried:
+                kept_results, kept_leases, kept_declines = carried
+                db.executemany("UPDATE jobs SET result=?, up_to_date=? WHERE name=?",
+                               [(r, u, n) for n, (r, u) in kept_results.items()])
+                db.executemany("UPDATE jobs SET leased_by=?, lease_token=?, lease_at=? WHERE name=?",
+                               [(*v, n) for n, v in kept_leases.items()])
+                db.executemany("INSERT OR IGNORE INTO declines SELECT id, ?, ? FROM jobs WHERE name=?",
+                               [(w, u, n) for n, rows in kept_declines.items() for w, u in rows])
+            else:
+                db.executemany("UPDATE jobs SET result=?, up_to_date=? WHERE name=?", results())
+                db.executemany("UPDATE jobs SET leased_by=?, lease_token=?, lease_at=? WHERE name=?", leases())
+
+            if not carried:
+                db.executemany("INSERT OR IGNORE INTO declines SELECT id, ?, ? FROM jobs WHERE name=?", declines())
             db.execute("""UPDATE jobs SET pending = (
                               SELECT COUNT(*) FROM deps d JOIN jobs p ON p.id = d.dep
                                WHERE d.job = jobs.id AND p.result IS NOT 'success')""")
             speeds = scheduler.Speeds()
-            if durations:
+            if durations and not carried:
                 for name, est in db.execute("SELECT name, est FROM jobs WHERE result = 'success'"):
                     if name in durations:
                         worker, duration = durations[name]
@@ -295,8 +355,9 @@ class Index:
 
     # -- questions ------------------------------------------------------------------------
 
-    def ready(self, worker: str, limit: int):
-        """Up to `limit` ready jobs not declined by `worker`, best first, as scheduler Candidates."""
+    def ready(self, worker: str, limit: int, now: float | None = None):
+        """Up to `limit` ready jobs not declined by `worker` (nor held back from it at `now` after
+        a transient failure of its own), best first, as scheduler Candidates."""
         from .scheduler import Candidate
 
         return [
@@ -304,9 +365,9 @@ class Index:
             for r in self.db.execute(
                 """SELECT name, est, priority FROM jobs
                    WHERE pending = 0 AND result IS NULL AND leased_by IS NULL AND skip IS NULL
-                     AND id NOT IN (SELECT job FROM declines WHERE worker = ?)
+                     AND id NOT IN (SELECT job FROM declines WHERE worker = ? AND (until IS NULL OR until > ?))
                    ORDER BY priority DESC LIMIT ?""",
-                (worker, limit),
+                (worker, float("inf") if now is None else now, limit),
             )
         ]
 
@@ -425,6 +486,7 @@ SELECT {columns} FROM jobs j LEFT JOIN worst w ON w.id = j.id
 """
 _STATE = """
 CASE
+    WHEN j.result = 'success' AND j.up_to_date THEN 'up-to-date'
     WHEN j.result = 'success' THEN 'success'
     WHEN j.result = 'failure' THEN 'failed'
     WHEN j.skip_kind = 'p' THEN 'prefailed'
@@ -442,6 +504,7 @@ STATES = (
     "waiting",
     "leased",
     "success",
+    "up-to-date",
     "failed",
     "indirect-failed",
     "prefailed",
@@ -462,6 +525,29 @@ def _return_freed_memory() -> None:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
+
+
+def decline_rows(record: dict) -> list[tuple[str, float | None]]:
+    """(worker, until) of each worker in a declines record: None (never again) for a worker that
+    declined the job, else until when its own transient failure holds the job back from it.
+
+    The time is the one the worker wrote, compared with the same worker's clock when it next
+    claims: a scheduling hint, never a rule the server enforces.
+    """
+    from .lease import transient_backoff
+
+    out: dict[str, float | None] = {}
+    failures = 0
+    for entry in record["declined"]:
+        worker = entry["worker"]
+        if not entry.get("transient"):
+            out[worker] = None
+            continue
+        failures += 1
+        at = records.epoch(entry.get("at"))
+        if at is not None and out.get(worker, 0.0) is not None:
+            out[worker] = max(out.get(worker) or 0.0, at + transient_backoff(failures))
+    return list(out.items())
 
 
 class _NeedsRebuild(Exception):

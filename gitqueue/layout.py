@@ -6,7 +6,8 @@ This is the one description of the layout that writers, readers, the server's ho
 
     queue.toml  priority.toml  noway.toml       settings and lists (files)
     graph.tsv                                   the job graph derived from them (graph.py)
-    jobs/ leases/ results/ declines/ lapsed/    per-job records: KIND/XX/JOB.toml, XX = shard(JOB)
+    jobs/ leases/ results/ declines/ lapsed/ retries/
+                                                per-job records: KIND/XX/JOB.toml, XX = shard(JOB)
     heartbeats/ workers/                        per-worker records: KIND/WORKER.toml
 
 Job and worker names follow `check_job_name` and `check_worker_name`. Names a worker writes that
@@ -29,9 +30,11 @@ GRAPH = "graph.tsv"
 # Top-level files and the record kind each holds; all administrative. graph.tsv is not TOML.
 TOP_FILES = {SETTINGS: "queue", PRIORITY: "priority", NOWAY: "noway", GRAPH: "graph"}
 # Directories of per-job records (KIND/XX/JOB.toml) and of per-worker records (KIND/NAME.toml).
-JOB_DIRS = {"jobs": "job", "leases": "lease", "results": "result", "declines": "decline", "lapsed": "lapsed"}
+JOB_DIRS = {"jobs": "job", "leases": "lease", "results": "result", "declines": "decline", "lapsed": "lapsed",
+            "retries": "retry"}
 WORKER_DIRS = {"heartbeats": "heartbeat", "workers": "worker"}
-ADMIN_KINDS = {"queue", "priority", "noway", "graph", "job", "worker", "lapsed"}
+ADMIN_KINDS = {"queue", "priority", "noway", "graph", "job", "worker", "lapsed", "retry"}
+DEFAULT_MAX_ATTEMPTS = 3
 # The largest graph.tsv anyone reads: a queue of a million jobs (pkgsrc has 29k) is about 80 MB.
 MAX_GRAPH_BYTES = 128 << 20
 
@@ -242,3 +245,8 @@ def upload_quota(settings: dict | None) -> int:
 def min_heartbeat_seconds(settings: dict) -> float:
     value = settings.get("min_heartbeat_seconds")
     return min(60.0, settings["lease_ttl"] / 20) if value is None else float(value)
+
+
+def max_attempts(settings: dict | None) -> int:
+    """Attempts that end in a transient failure before a job becomes a failure."""
+    return (settings or {}).get("max_attempts") or DEFAULT_MAX_ATTEMPTS

@@ -21,7 +21,15 @@ from .errors import (
     error_to_json,
 )
 from .files import write_json
-from .layout import JOB_DIRS, check_job_name, check_worker_name, heartbeat_path, max_leases, record_path
+from .layout import (
+    JOB_DIRS,
+    check_job_name,
+    check_worker_name,
+    heartbeat_path,
+    max_attempts,
+    max_leases,
+    record_path,
+)
 from .queue import Change, trailers
 from .records import utc
 from .text import printable
@@ -78,10 +86,36 @@ def identity(worker: str) -> str:
     return f"{worker} <{worker}@gitqueue>"
 
 
-def _read(reader, kind_dir, name):
+def read_job_record(reader, kind_dir: str, name: str) -> dict | None:
+    """The parsed record of job `name` in `kind_dir` (jobs, leases, results, ...) of `reader`'s tree, or None."""
     path = record_path(kind_dir, name)
     data = reader.read(path)
     return None if data is None else records.load_at(JOB_DIRS[kind_dir], data, path)
+
+
+_read = read_job_record
+
+
+def fenced_tokens(retries: dict | None) -> set[str]:
+    """The lease tokens an administrator's retry or update fenced (retries record): no result under them is kept."""
+    return {t for e in (retries or {}).get("retried", ()) for t in e.get("fenced", ())}
+
+
+def transient_failures(declines: dict | None, retries: dict | None) -> int:
+    """How many transient failures the job has had since it was last retried or updated."""
+    entries = (declines or {}).get("declined", [])
+    since = max((e["declines"] for e in (retries or {}).get("retried", ())), default=0)
+    return sum(1 for e in entries[since:] if e.get("transient"))
+
+
+def transient_backoff(failures: int) -> float:
+    """Seconds before the worker that had the `failures`-th transient failure is offered the job again.
+
+    Other workers may take it at once; the one that failed waits 5 minutes, then 20, then 80
+    (at most a day): Hydra's doubling, a little steeper, so that a host whose disk filled up does
+    not take the job back before anyone else.
+    """
+    return min(86400.0, 300.0 * 4 ** max(0, failures - 1))
 
 
 def _heartbeat_change(queue, reader, worker, host=None) -> tuple[str, bytes]:
@@ -243,7 +277,7 @@ def _claim_step(queue, batch, worker, host, platform, request=None) -> Claim:
     busy = index.busy(speeds, now, exclude=worker) + [b for b in batch.claimed if b.worker != worker]
     # Jobs claimed earlier in this commit still look ready to the index: look past them.
     limit = scheduler.candidates_needed(factor, busy) + len(batch.claimed)
-    candidates = [c for c in index.ready(worker, limit) if not reader.blob_id(record_path("leases", c.name))]
+    candidates = [c for c in index.ready(worker, limit, now) if not reader.blob_id(record_path("leases", c.name))]
     accepted = scheduler.choose(candidates, factor, busy, now, speeds.measured(worker))
     for cand in accepted:
         name = cand.name
@@ -252,6 +286,8 @@ def _claim_step(queue, batch, worker, host, platform, request=None) -> Claim:
             record_path("results", name)
         ):
             continue  # the index is behind the tree: trust the tree
+        if record_path("declines", name) in reader.files and _held_back(reader, name, worker, now):
+            continue  # given back in this very commit (a transient failure): the index does not know yet
         if not all(_status(reader, d) == "success" for d in job["deps"]):
             continue
         token = os.urandom(16).hex()
@@ -287,6 +323,13 @@ def _claim_step(queue, batch, worker, host, platform, request=None) -> Claim:
     raise QueueFinished("queue finished: every job has a final state")
 
 
+def _held_back(reader, name: str, worker: str, now: float) -> bool:
+    from .index import decline_rows
+
+    until = dict(decline_rows(_read(reader, "declines", name) or {"declined": []})).get(worker, 0.0)
+    return until is None or until > now
+
+
 def _claimed(job, token) -> Claim:
     return Claim(job["name"], job["version"], job.get("pkgpath"), token, job["deps"], job.get("multi_version", {}))
 
@@ -297,7 +340,7 @@ def _status(reader, name):
 
 
 # Fields of a result that a build adds beyond its status, log and packages (see the result schema).
-BUILD_FIELDS = ("up_to_date", "failed_phase", "phase_logs", "installed")
+BUILD_FIELDS = ("up_to_date", "failed_phase", "phase_logs", "installed", "transient")
 
 
 def build_fields(values: dict) -> dict:
@@ -361,6 +404,9 @@ def _report_step(queue, batch, worker, job, status, token=None, duration=None, l
         if not any(e["worker"] == worker and e["token"] == tok for e in (lapsed or {}).get("lapsed", ())):
             raise LeaseLost(f"{job} is not leased by {worker} under token {tok} (nor was such a lease reclaimed); "
                             "nothing recorded")
+        if tok in fenced_tokens(_read(reader, "retries", job)):
+            raise LeaseLost(f"{job}: the lease of {worker} under token {tok} was fenced by an administrator's "
+                            "retry or update; nothing recorded")
         if status != "success":
             raise LeaseLost(f"{job}: the lease of {worker} was reclaimed; a late failure is not recorded")
         late = True
@@ -369,6 +415,15 @@ def _report_step(queue, batch, worker, job, status, token=None, duration=None, l
         raise LeaseLost(f"{job} is leased by {lease['worker']}{other}; nothing recorded")
     else:
         tok = lease["token"]
+    if (extra or {}).get("transient"):
+        if status != "failure":
+            raise GitqueueError(f"{job}: only a failure can be transient")
+        if lease is None:
+            raise LeaseLost(f"{job}: the lease of {worker} was reclaimed; a late failure is not recorded")
+        failures = transient_failures(_read(reader, "declines", job), _read(reader, "retries", job)) + 1
+        cap = max_attempts(queue.settings(reader))
+        if failures < cap:
+            return _requeue(queue, batch, worker, job_rec, lease, failures, cap, log_tail)
     rec = {"job": job, "version": job_rec["version"], "status": status, "worker": worker, "token": tok,
            "finished_at": utc(queue.clock())}
     if duration is not None:
@@ -408,6 +463,27 @@ def _report_step(queue, batch, worker, job, status, token=None, duration=None, l
                "Late": "true" if late else None, "Up-To-Date": "true" if rec.get("up_to_date") else None,
                "Failed-Phase": rec.get("failed_phase")})
     return rec
+
+
+def _requeue(queue, batch, worker, job_rec, lease, failures, cap, log_tail) -> dict:
+    """Decide a transient failure that leaves attempts: the lease ends and the job goes back to
+    the queue, recorded as a transient entry of its declines record (which does not keep the
+    worker from it, only holds it back from that worker for a while: transient_backoff)."""
+    reader = batch.reader
+    job = job_rec["name"]
+    said = [line.strip() for line in (log_tail or "").splitlines() if line.strip()]
+    reason = printable(f"transient failure, attempt {failures} of {cap}" + (f": {said[-1]}" if said else ""))[:1000]
+    declines = _read(reader, "declines", job) or {"job": job, "declined": []}
+    declines["declined"].append({"worker": worker, "reason": reason, "at": utc(queue.clock()), "transient": True})
+    hb_path, hb = _heartbeat_change(queue, reader, worker)
+    batch.leases[worker] = batch.leases.get(worker, 0) - 1
+    batch.add({record_path("leases", job): None, record_path("declines", job): records.dumps("decline", declines),
+               hb_path: hb},
+              f"release {_describe(job_rec)} by {worker}: {reason}"[:200],
+              {"Action": "release", "Job": job, "Version": job_rec["version"], "Worker": worker,
+               "Lease": lease["token"], "Reason": reason, "Declined": "false", "Transient": "true"})
+    return {"job": job, "version": job_rec["version"], "status": "failure", "worker": worker, "token": lease["token"],
+            "transient": True, "requeued": True, "attempt": failures, "max_attempts": cap}
 
 
 def settle(queue, requests: list[dict], identity_of: str) -> list[Outcome]:

@@ -41,7 +41,7 @@ def status(queue, top: int = 5) -> dict:
     base = summary.progress(settings, tip, counts, eta)
     total, finished = base["total"], base["finished"]
     buildable = total - sum(counts[s] for s in NOT_BUILT)
-    built = counts["success"] + counts["failed"] + counts["indirect-failed"]
+    built = counts["success"] + counts["up-to-date"] + counts["failed"] + counts["indirect-failed"]
 
     reports = [e for e in history.events if e.action == "report"]
     claims = [e for e in history.events if e.action == "claim"]

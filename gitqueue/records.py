@@ -125,8 +125,8 @@ def epoch(stamp) -> float | None:
         return None
 
 
-_IDENTITY = {"job": "name", "lease": "job", "result": "job", "decline": "job", "lapsed": "job", "heartbeat": "worker",
-             "worker": "name"}
+_IDENTITY = {"job": "name", "lease": "job", "result": "job", "decline": "job", "lapsed": "job", "retry": "job",
+             "heartbeat": "worker", "worker": "name"}
 
 
 def load_at(kind: str, data: bytes, path: str) -> dict:

@@ -583,12 +583,16 @@ class _Check:
                                f"({self.signer.principal})", path)
 
     def _result(self, path, name, old, new, had, has):
+        if had and not has and self._set_aside(name, old):
+            return
         if had:
-            self.fail("result", f"result of {name} {'rewritten' if has else 'removed'}: a result is final", path)
+            self.fail("result", f"result of {name} {'rewritten' if has else 'removed'}: a result is final (only "
+                                "an administrator's retry or update sets one aside, naming it in retries/)", path)
             return
         self.verdict.results += 1
         worker = new["worker"]
-        if self.deny_worker(path, worker, "result"):
+        # A reused result names no worker that built it: an administrator's import wrote it.
+        if not ("reused" in new and self.is_admin()) and self.deny_worker(path, worker, "result"):
             return
         self.check_signer_field(new, path)
         job = self.job(name, path, "result")
@@ -599,7 +603,12 @@ class _Check:
             lease = read_record(self.before, "lease", lease_path)
         except GitqueueError:
             lease = None
-        if lease is not None:
+        if "reused" in new:
+            problem = self._reuse_problem(name, new, lease)
+            if problem:
+                self.fail("result", problem, path)
+                return
+        elif lease is not None:
             if lease["worker"] != worker or lease["token"] != new["token"]:
                 held = f"held by {lease['worker']}" if lease["worker"] != worker else "held under another token"
                 self.fail("result", f"result for {name} by {worker}, but the lease is {held}", path)
@@ -615,6 +624,10 @@ class _Check:
             self.fail("result", f"late result for {name} by {worker} under token {new['token']}, which is no "
                                 "lease of theirs that was reclaimed", path)
             return
+        elif new["token"] in self._fenced(name):
+            self.fail("result", f"late result for {name} by {worker} under token {new['token']}, which an "
+                                "administrator's retry or update fenced", path)
+            return
         else:
             self.verdict.late += 1
             if self.options.history and self.state.tokens.get(new["token"]) != worker:
@@ -623,7 +636,7 @@ class _Check:
                 return
         if not self.deps_built(job, path, "result"):
             return
-        problem = build_fields_problem(new) or self.installed_problem(job, new)
+        problem = build_fields_problem(new) or self.installed_problem(job, new) or self._transient_problem(name, new)
         if problem:
             self.fail("result", problem, path)
             return
@@ -644,8 +657,107 @@ class _Check:
             return False
         return any(e["worker"] == worker and e["token"] == token for e in (lapsed or {}).get("lapsed", ()))
 
+    def _reuse_problem(self, name, result, lease) -> str | None:
+        """Why an up-to-date result taken from an earlier success (import --previous) may not
+        stand, or None: only an administrator writes one, for a job nobody holds, a success
+        marked up_to_date naming packages. (That the package tree holds them with these
+        checksums is checked where the tree is: `verify --packages`, publish.)"""
+        if not self.is_admin():
+            return f"an up-to-date result for {name} reused from an earlier build, written by a worker"
+        if lease is not None:
+            return f"an up-to-date result for {name} reused from an earlier build while {lease['worker']} holds it"
+        if result["status"] != "success" or result.get("up_to_date") is not True or not result.get("packages"):
+            return f"a reused result for {name} is an up-to-date success naming its packages"
+        return None
+
+    def _retries_before(self, name):
+        try:
+            return read_record(self.before, "retry", record_path("retries", name))
+        except GitqueueError:
+            return None
+
+    def _fenced(self, name) -> set:
+        from .lease import fenced_tokens
+
+        return fenced_tokens(self._retries_before(name))
+
+    def _transient_problem(self, name, result) -> str | None:
+        """Why a failure marked transient comes before the queue's max_attempts, or None."""
+        if not result.get("transient"):
+            return None
+        from .lease import transient_failures
+
+        try:
+            declines = read_record(self.before, "decline", record_path("declines", name))
+        except GitqueueError:
+            declines = None
+        failures = transient_failures(declines, self._retries_before(name)) + 1
+        cap = layout.max_attempts(self.reg.settings)
+        if failures < cap:
+            return (f"a transient failure of {name} marked final at attempt {failures}, before max_attempts ({cap}): "
+                    "it goes back to the queue (a transient entry of declines/)")
+        return None
+
+    def _retired(self, name) -> bool:
+        """Whether this commit is an administrator's that removes job `name` (import --update):
+        then every record of the job may go with it."""
+        job = self.parsed.get(record_path("jobs", name))
+        return self.is_admin() and job is not None and job[2] and not job[3]
+
+    def _set_aside(self, name, old) -> bool:
+        """Whether this commit sets aside the result `old` of `name` as an administrator may: its
+        retries record gains an entry naming the result's token (checked by _retry), or the job
+        itself is retired."""
+        if self._retired(name):
+            return True
+        if not self.is_admin() or old is None:
+            return False
+        entry = self.parsed.get(record_path("retries", name))
+        if entry is None or entry[1] is None:
+            return False
+        before = entry[0]["retried"] if entry[0] else []
+        return any(e.get("token") == old["token"] for e in entry[1]["retried"][len(before):])
+
+    def _retry(self, path, name, old, new, had, has):
+        """retries/: an administrator's, appended to only; each entry names the result this
+        commit removes (if any), and the job's declines as the parent has them."""
+        if not self._admin_only(path, had, has):
+            return
+        if not has and self._retired(name):
+            return
+        if not has:
+            self.fail("retry", f"retries of {name} removed: they are only ever appended to", path)
+            return
+        before = old["retried"] if old else []
+        added = new["retried"][len(before):]
+        if new["retried"][:len(before)] != before or not added:
+            self.fail("retry", f"retries of {name} changed: entries are only appended", path)
+            return
+        if self.job(name, path, "retry") is None:
+            return
+        try:
+            declines = read_record(self.before, "decline", record_path("declines", name))
+        except GitqueueError:
+            declines = None
+        count = len((declines or {}).get("declined", ()))
+        result_path = record_path("results", name)
+        removed = self.parsed.get(result_path)
+        for entry in added:
+            if entry["declines"] != count:
+                self.fail("retry", f"retry of {name} counts {entry['declines']} declines, but the job has {count}",
+                          path)
+                return
+            if "token" in entry:
+                if removed is None or removed[3] or removed[0] is None or removed[0]["token"] != entry["token"] \
+                        or removed[0]["status"] != entry.get("status"):
+                    self.fail("retry", f"retry of {name} names the result under token {entry['token']}, which is not "
+                                       "the result this commit removes", path)
+                    return
+
     def _lapsed(self, path, name, old, new, had, has):
         if not self._admin_only(path, had, has):
+            return
+        if not has and self._retired(name):
             return
         if not has:
             self.fail("lapsed", f"lapsed leases of {name} removed: they are only ever appended to", path)
@@ -664,6 +776,8 @@ class _Check:
                                 "reclaims", path)
 
     def _decline(self, path, name, old, new, had, has):
+        if not has and self._retired(name):
+            return
         if not has:
             self.fail("decline", f"declines of {name} removed: they are only ever appended to", path)
             return
@@ -696,6 +810,8 @@ def build_fields_problem(result: dict) -> str | None:
     status = result["status"]
     if result.get("up_to_date") and status != "success":
         return f"a {status} marked up_to_date: only a success can be up to date"
+    if result.get("transient") and status != "failure":
+        return f"a {status} marked transient: only a failure can be transient"
     if result.get("failed_phase") and status != "failure":
         return f"a {status} naming the failed phase {result['failed_phase']}"
     names = [p["name"] for p in result.get("packages", ())] + [p["name"] for p in result.get("phase_logs", ())]

@@ -120,6 +120,9 @@ SCHEMAS = {
             "min_heartbeat_seconds": {"type": "number", "minimum": 0,
                                       "description": "the least time between two heartbeats of one worker that the "
                                                      "server accepts (default lease_ttl / 20, at most 60)"},
+            "max_attempts": {"type": "integer", "minimum": 1, "maximum": 100,
+                             "description": "attempts of a job that end in a transient failure before it becomes a "
+                                            "failure (default 3)"},
         },
         ["format_version", "name", "lease_ttl"],
     ),
@@ -218,6 +221,14 @@ SCHEMAS = {
                     "additionalProperties": False,
                 },
             },
+            "transient": {"type": "boolean",
+                          "description": "a failure after max_attempts attempts that each failed for a reason not the "
+                                         "package's (the build command said so: exit 75 or report --transient)"},
+            "reused": {"type": "object",
+                       "description": "an up-to-date result an administrator's import wrote from an earlier success "
+                                      "(import --previous): the queue it came from and that result's token",
+                       "properties": {"queue": _line(1000), "token": _TOKEN},
+                       "required": ["queue", "token"], "additionalProperties": False},
             "up_to_date": {"type": "boolean",
                            "description": "a success whose build command found the existing package up to date: "
                                           "packages name that file, uploaded only if the tree's All/ lacked it"},
@@ -261,7 +272,11 @@ SCHEMAS = {
                 "type": "array",
                 "items": {
                     "type": "object",
-                    "properties": {"worker": _WORKER, "reason": _REASON, "at": _TIME},
+                    "properties": {"worker": _WORKER, "reason": _REASON, "at": _TIME,
+                                   "transient": {"type": "boolean",
+                                                 "description": "a transient failure: the job is not the worker's "
+                                                                "fault and goes back to the queue after a backoff; "
+                                                                "the worker is not excluded"}},
                     "required": ["worker", "reason"],
                     "additionalProperties": False,
                 },
@@ -286,6 +301,40 @@ SCHEMAS = {
             },
         },
         ["job", "lapsed"],
+    ),
+    "retry": _record(
+        "retry",
+        "retries/XX/NAME.toml: the results of this job an administrator set aside (retry, import --update), "
+        "oldest first; each old result stays in the history. Appended to only.",
+        {
+            "job": _NAME,
+            "retried": {
+                "type": "array",
+                "maxItems": 1000,
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "action": {"type": "string", "enum": ["retry", "update"]},
+                        "reason": _REASON,
+                        "at": _TIME,
+                        "status": {"type": "string", "enum": ["success", "failure"],
+                                   "description": "the status of the result set aside, if there was one"},
+                        "worker": _WORKER,
+                        "token": {**_TOKEN, "description": "the token of the result set aside"},
+                        "version": _line(200),
+                        "declines": {"type": "integer", "minimum": 0,
+                                     "description": "entries of the job's declines record at the time: transient "
+                                                    "failures before them no longer count"},
+                        "fenced": {"type": "array", "maxItems": 1000, "items": _TOKEN,
+                                   "description": "lease tokens (live or reclaimed) whose result is no longer "
+                                                  "accepted, not even as late"},
+                    },
+                    "required": ["action", "reason", "declines"],
+                    "additionalProperties": False,
+                },
+            },
+        },
+        ["job", "retried"],
     ),
     "priority": _record(
         "priority",

@@ -2,7 +2,8 @@
 
 from . import records
 
-FINAL = ("success", "failed", "indirect-failed", "prefailed", "indirect-prefailed", "skipped", "indirect-skipped")
+FINAL = ("success", "up-to-date", "failed", "indirect-failed", "prefailed", "indirect-prefailed", "skipped",
+         "indirect-skipped")
 
 
 def status(queue) -> dict:

@@ -50,7 +50,7 @@ def log_name(job: str, token: str | None = None) -> str:
 class Built:
     """What one run of the build command left: its status and time, its log, its phase logs'
     directory, the job's packages in the packages directory before it ran, the dependencies'
-    packages it was given."""
+    packages it was given; whether the command said its failure was not the package's fault."""
 
     status: str
     duration: float
@@ -58,6 +58,11 @@ class Built:
     logs: str
     before: dict
     installed: list
+    transient: bool = False
+
+
+# The build command's "not the package's fault, try again" (sysexits.h EX_TEMPFAIL).
+EX_TEMPFAIL = 75
 
 
 def describe_log(path: str, name: str | None = None):
@@ -102,7 +107,8 @@ def transfer_options(queue, settings: WorkerSettings) -> dict:
 
 def report_build(queue, worker: str, job: str, status: str, *, token: str | None = None,
                  duration: float | None = None, log_file: str | None = None, package_files=(),
-                 settings: WorkerSettings | None = None, platform: dict | None = None) -> dict:
+                 settings: WorkerSettings | None = None, platform: dict | None = None,
+                 transient: bool = False) -> dict:
     """Upload a build's packages and log to the queue's package tree, then record its result.
 
     Args:
@@ -116,6 +122,7 @@ def report_build(queue, worker: str, job: str, status: str, *, token: str | None
         package_files: built packages, uploaded into incoming/LEASE/ first (see transfer.upload_build).
         settings: how to reach the package tree (WorkerSettings: rsync_rsh, transfers).
         platform: this worker's description (platform.describe), recorded in the result.
+        transient: a failure that is not the package's fault (see lease.report).
 
     Returns:
         The result record (see lease.report).
@@ -145,7 +152,7 @@ def report_build(queue, worker: str, job: str, status: str, *, token: str | None
             raise TransferError(sent.log_error)
         packages = sent.packages
     return report(queue, worker, job, status, token, duration, log, tail if status == "failure" else None,
-                  packages=packages, platform=platform)
+                  packages=packages, platform=platform, extra={"transient": True} if transient else None)
 
 
 def check_package_names(reader, queue_settings: dict, job: str, package_files) -> None:
@@ -441,6 +448,10 @@ class Worker:
             self.done += 1
             self.trouble = 0
             where = f"; log {self.log_path_of(rep['job'], rep['token'])}" if rep["status"] == "failure" else ""
+            if rep.get("requeued"):
+                where = f" (transient, attempt {rep['attempt']} of {rep['max_attempts']}: back to the queue){where}"
+            elif rep.get("transient"):
+                where = f" (transient, after {rep.get('max_attempts') or 'max_attempts'} attempts){where}"
             self.out(f"{self.name}: {rep['job']} {rep['status']} ({report_req.get('duration') or 0:.1f} s){where}")
         if outcome.claim is not None:
             return outcome.claim, False
@@ -620,7 +631,8 @@ class Worker:
             finally:
                 self.child = None
         status = "success" if code == 0 else "failure"
-        return Built(status, time.monotonic() - start, log_path, logs, before, list(installed))
+        return Built(status, time.monotonic() - start, log_path, logs, before, list(installed),
+                     transient=code == EX_TEMPFAIL)
 
     def _job_record(self, job) -> dict:
         """The job's record, as the tree this host fetched last has it."""
@@ -812,6 +824,8 @@ class Worker:
         log, tail = describe_log(built.log_path)
         logs = self._phase_logs(job, built)
         extra: dict = {"installed": built.installed}
+        if built.transient:
+            extra["transient"] = True
         if status == "failure":
             phase = extra["failed_phase"] = failed_phase([(name, mtime) for _, name, mtime in logs])
             # The failed phase's log says why (pbulk's build script sends all of it there).

@@ -24,8 +24,8 @@ JOBS = [
     pkg("n-1.0", pkgpath="cat/n"),
     pkg("m-1.0", ["n-1.0"], pkgpath="cat/m"),
 ]
-COUNTS = {"ready": 0, "waiting": 0, "leased": 0, "success": 4, "failed": 1, "indirect-failed": 2, "prefailed": 1,
-          "indirect-prefailed": 1, "skipped": 1, "indirect-skipped": 1}
+COUNTS = {"ready": 0, "waiting": 0, "leased": 0, "success": 4, "up-to-date": 0, "failed": 1, "indirect-failed": 2,
+          "prefailed": 1, "indirect-prefailed": 1, "skipped": 1, "indirect-skipped": 1}
 FAIL_TAIL = "cc -c main.c\nmain.c:3: error: unknown type name 'm68k_t'\n*** Error code 1\n"
 LOG = {"name": "c-3.0.log", "size": 64, "sha256": "ab" * 32}
 

@@ -137,7 +137,7 @@ FULL = {
               "admins": [{"name": "alice", "key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKgQ7e"}],
               "max_record_bytes": 65536, "max_leases": 2,
               "package_files": ["{name}.tgz", "{base}-debug-{version}.tgz"],
-              "upload_quota": 1 << 30, "min_heartbeat_seconds": 30.0},
+              "upload_quota": 1 << 30, "min_heartbeat_seconds": 30.0, "max_attempts": 5},
     "worker": {"name": "hp300-1", "key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKgQ7e",
                "owner": "Jane <jane@example.org>",
                "arch": "m68k", "added_at": "2026-10-01T00:00:00Z", "revoked_at": "2026-10-02T00:00:00Z",
@@ -158,12 +158,18 @@ FULL = {
                "token": "3f0c2d" + "0" * 26, "duration": 312.0, "finished_at": "2026-10-01T00:05:12Z", "late": True,
                "log": {"name": "gmake.log", "size": 1234, "sha256": "ab" * 32}, "log_tail": "*** Error code 1\n",
                "packages": [{"name": "gmake-4.4.1.tgz", "size": 512, "sha256": "cd" * 32}], "platform": PLATFORM,
-               "up_to_date": False, "failed_phase": "configure",
+               "up_to_date": False, "failed_phase": "configure", "transient": True,
+               "reused": {"queue": "/srv/queues/2026Q3-m68k.git", "token": "4a0c2d" + "0" * 26},
                "phase_logs": [{"name": "configure.log", "size": 99, "sha256": "ef" * 32}],
                "installed": [{"name": "glib2-2.84.1.tgz", "sha256": "12" * 32}],
                "signer": "SHA256:" + "A" * 43},
     "decline": {"job": "gmake-4.4.1",
-                "declined": [{"worker": "hp300-1", "reason": "my pkgsrc has gmake-4.3", "at": "2026-10-01T00:00:00Z"}]},
+                "declined": [{"worker": "hp300-1", "reason": "my pkgsrc has gmake-4.3", "at": "2026-10-01T00:00:00Z",
+                              "transient": True}]},
+    "retry": {"job": "gmake-4.4.1",
+              "retried": [{"action": "retry", "reason": "the distfile mirror is back", "at": "2026-10-03T00:00:00Z",
+                           "status": "failure", "worker": "hp300-1", "token": "3f0c2d" + "0" * 26,
+                           "version": "4.4.1", "declines": 2, "fenced": ["4a0c2d" + "0" * 26]}]},
     "lapsed": {"job": "gmake-4.4.1",
                "lapsed": [{"worker": "hp300-1", "token": "3f0c2d" + "0" * 26, "at": "2026-10-01T02:00:00Z",
                            "reason": "not heard from for 7300 s (ttl 7200 s)"}]},
@@ -176,7 +182,8 @@ NESTED = {("result", "log"): FULL["result"]["log"], ("decline", "declined"): FUL
           ("lease", "platform"): PLATFORM, ("result", "platform"): PLATFORM,
           ("queue", "admins"): FULL["queue"]["admins"][0], ("lapsed", "lapsed"): FULL["lapsed"]["lapsed"][0],
           ("result", "phase_logs"): FULL["result"]["phase_logs"][0],
-          ("result", "installed"): FULL["result"]["installed"][0]}
+          ("result", "installed"): FULL["result"]["installed"][0],
+          ("retry", "retried"): FULL["retry"]["retried"][0]}
 
 
 def _properties(kind, key=None):
@@ -257,7 +264,7 @@ def _written_keys(url):
     """{kind or (kind, key): set of keys} over every record of every commit of the queue."""
     kinds = {"queue.toml": "queue", "jobs": "job", "leases": "lease", "results": "result", "declines": "decline",
              "heartbeats": "heartbeat", "priority.toml": "priority", "noway.toml": "noway", "workers": "worker",
-             "lapsed": "lapsed"}
+             "lapsed": "lapsed", "retries": "retry"}
     seen = {}
     repo = Repo(url)
     try:
@@ -293,6 +300,9 @@ def _written_keys(url):
                     if kind == "lapsed":
                         for d in record["lapsed"]:
                             seen.setdefault(("lapsed", "lapsed"), set()).update(d)
+                    if kind == "retry":
+                        for d in record["retried"]:
+                            seen.setdefault(("retry", "retried"), set()).update(d)
     finally:
         repo.close()
     return seen
@@ -314,7 +324,7 @@ def _signed_run(tmp_path):
     with Queue(url, str(tmp_path / "cache-alice"), signer=keys["alice"][0]) as admin:
         init_queue(admin, "signed", admins=[{"name": "alice", "key": keys["alice"][1]}], max_record_bytes=4096,
                    limits={"max_leases": 2, "package_files": ["{name}.tgz"], "upload_quota": 1 << 30,
-                           "min_heartbeat_seconds": 0.5})
+                           "min_heartbeat_seconds": 0.5, "max_attempts": 4})
         import_jobs(admin, [job("s-1")], "s.jsonl")
         add_worker(admin, "h1", keys["host"][1], owner="Jane", arch="m68k")
         with Queue(url, str(tmp_path / "cache-host"), signer=keys["host"][0]) as w:
@@ -326,7 +336,34 @@ def _signed_run(tmp_path):
 
 # The records the protocol writes (init, import, claim, report, release, reclaim, heartbeat); the
 # admin lists (priority, noway) are covered by the round trip above.
-PROTOCOL_KINDS = ("queue", "job", "lease", "result", "decline", "lapsed", "heartbeat", "worker")
+PROTOCOL_KINDS = ("queue", "job", "lease", "result", "decline", "lapsed", "heartbeat", "worker", "retry")
+
+
+def _retry_run(tmp_path):
+    """Transient failures up to max_attempts, then a retry of the failure: a reclaimed lease fenced."""
+    from gitqueue.admin import retry_jobs
+
+    url = str(tmp_path / "retry.git")
+    with Queue(url, str(tmp_path / "cache-radmin")) as admin:
+        init_queue(admin, "retry", lease_ttl=10, limits={"max_attempts": 2})
+        import_jobs(admin, [job("t-1"), job("u-1", ["t-1"])], "t.jsonl")
+    with Queue(url, str(tmp_path / "cache-rw"), clock=Clock()) as w, \
+            Queue(url, str(tmp_path / "cache-rcron"), clock=Clock()) as cron:
+        assert lease.claim(w, "w1").job == "t-1"
+        lease.reclaim(cron)
+        cron.clock.t += 11
+        assert [r["job"] for r in lease.reclaim(cron)] == ["t-1"]
+        for worker in ("w2", "w3"):
+            assert lease.claim(w, worker).job == "t-1"
+            lease.report(w, worker, "t-1", "failure", extra={"transient": True})
+        assert retry_jobs(w, ["t-1"], reason="disk replaced")[0]["job"] == "t-1"
+    # import --previous: an up-to-date result reused from an earlier success
+    earlier = {"job": "t-1", "status": "success", "worker": "w1", "token": "ab" * 16,
+               "packages": [{"name": "t-1.tgz", "size": 1, "sha256": "0" * 64}]}
+    with Queue(str(tmp_path / "reuse.git"), str(tmp_path / "cache-reuse")) as admin:
+        init_queue(admin, "reuse")
+        import_jobs(admin, [job("t-1")], "t.jsonl", reused={"t-1": earlier}, previous=url)
+    return url, str(tmp_path / "reuse.git")
 
 
 def test_every_schema_key_is_written_by_the_code(tmp_path):
@@ -365,7 +402,9 @@ def test_every_schema_key_is_written_by_the_code(tmp_path):
         assert settled.claim is not None
         lease.heartbeat(w, "w1")
     seen = _written_keys(url)
-    for kind, keys in _written_keys(_signed_run(tmp_path)).items():
+    retried, reused = _retry_run(tmp_path)
+    for kind, keys in [*_written_keys(_signed_run(tmp_path)).items(), *_written_keys(retried).items(),
+                       *_written_keys(reused).items()]:
         seen.setdefault(kind, set()).update(keys)
     for kind in PROTOCOL_KINDS:
         written, allowed = seen.get(kind, set()), _properties(kind)

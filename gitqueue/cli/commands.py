@@ -33,9 +33,12 @@ from .main import cli, context, emit, json_option, queue_option, worker_option
               help="Bytes one worker may keep in the upload areas of its live leases (default 4G; K, M, G).")
 @click.option("--min-heartbeat-seconds", type=click.FloatRange(min=0), metavar="S",
               help="Least time between two heartbeats of a worker the server accepts (default TTL/20, at most 60).")
+@click.option("--max-attempts", type=click.IntRange(min=1, max=100), metavar="N",
+              help="Attempts of a job that end in a transient failure (exit 75) before it fails (default 3).")
 @json_option
 def init_cmd(url, name, arch, os_release, pkgsrc_branch, pkgsrc_revision, lease_ttl, packages_url, admin_keys,
-             max_record_bytes, max_leases, package_files, upload_quota, min_heartbeat_seconds, as_json):
+             max_record_bytes, max_leases, package_files, upload_quota, min_heartbeat_seconds, max_attempts,
+             as_json):
     """Create a queue at URL (a local bare repository is created if missing).
 
     With --admin NAME=FILE.pub the queue is signed: every commit must carry the SSH signature of
@@ -60,7 +63,7 @@ def init_cmd(url, name, arch, os_release, pkgsrc_branch, pkgsrc_revision, lease_
         name = name or os.path.basename(queue.url.rstrip("/")).removesuffix(".git") or "queue"
         limits = {"max_leases": max_leases, "package_files": list(package_files) or None,
                   "upload_quota": _bytes(upload_quota, "--upload-quota") if upload_quota else None,
-                  "min_heartbeat_seconds": min_heartbeat_seconds}
+                  "min_heartbeat_seconds": min_heartbeat_seconds, "max_attempts": max_attempts}
         settings = init_queue(queue, name, arch, os_release, pkgsrc_branch, lease_ttl, packages_url,
                               pkgsrc_revision, admins, max_record_bytes, limits)
         emit(settings, as_json, f"created queue {settings['name']} at {queue.url}")
@@ -85,19 +88,43 @@ def _bytes(text: str, option: str) -> int:
 @click.option("--history", "histories", multiple=True, metavar="URL-OR-FILE",
               help="Build times of an earlier build: a queue URL or a TSV with pkgpath and duration_s "
                    "(repeatable; later ones win).")
+@click.option("--update", is_flag=True,
+              help="Apply FILE, a new scan, to a live queue: new jobs appear, jobs gone retire, changed jobs and "
+                   "their dependents build again, the others keep their results (admin).")
+@click.option("--dry-run", is_flag=True, help="With --update: print what would happen, write nothing.")
+@click.option("--previous", metavar="OLD_URL",
+              help="An earlier queue (a previous branch's): jobs whose package it built are up to date, if the "
+                   "package tree still holds that package with its checksum.")
+@click.option("--up-to-date-command", metavar="CMD",
+              help="With --previous: a site check run as CMD PKGNAME DEPNAME...; exit 0 means still up to date "
+                   "(pbulk's pkg-up-to-date convention).")
 @json_option
-def import_cmd(url, file, fmt, histories, as_json):
+def import_cmd(url, file, fmt, histories, update, dry_run, previous, up_to_date_command, as_json):
     """Load a dependency graph into the queue at URL, all or nothing.
 
     FILE is pbulk's presolve output or a JSONL graph, one job per line (the keys and what is
     refused: docs/import.md). Estimates of build time come from --history, else from the graph
     (est_seconds, PBULK_WEIGHT), else a default; they order the build by its critical path.
 
+    With --update the queue may already build: the scan is applied in one commit while workers
+    keep building (docs/layout.md, "Updates"). Jobs whose version, dependencies or build
+    settings changed, and everything that depends on them, become buildable again (their old
+    results stay in the history; their live leases end and are fenced); jobs gone from the scan
+    retire; the rest keep their results. --json names the jobs of each kind.
+
     \b
     Example: gitqueue import /srv/queues/2026Q4-m68k /var/bulk/presolve
     """
-    from ..admin import import_jobs
+    from ..admin import import_jobs, update_jobs
     from ..importers import load_graph
+
+    if dry_run and not update:
+        raise click.BadParameter("--dry-run goes with --update", param_hint="--dry-run")
+    if previous and update:
+        raise click.BadParameter("--previous is for a new queue: an update keeps the unchanged jobs' results",
+                                 param_hint="--previous")
+    if up_to_date_command and not previous:
+        raise click.BadParameter("--up-to-date-command goes with --previous", param_hint="--up-to-date-command")
 
     jobs = load_graph(file, fmt)
     ctx = context()
@@ -111,12 +138,46 @@ def import_cmd(url, file, fmt, histories, as_json):
             from ..durations import apply_times
 
             matched = apply_times(jobs, times)
-        counts = import_jobs(queue, jobs, file)
+        if update:
+            done = update_jobs(queue, jobs, file, dry_run=dry_run)
+        elif previous:
+            reused = _up_to_date(ctx, queue, previous, jobs, up_to_date_command)
+            counts = import_jobs(queue, jobs, file, reused, previous)
+        else:
+            counts = import_jobs(queue, jobs, file)
+    if update:
+        verb = "would update" if dry_run else "updated" if done["committed"] else "nothing to update"
+        emit(done, as_json, f"{verb}: {len(done['added'])} added, {len(done['retired'])} retired, "
+                            f"{len(done['rebuilt'])} rebuilt ({len(done['changed'])} changed, "
+                            f"{len(done['set_aside'])} results set aside, {len(done['fenced'])} leases fenced), "
+                            f"{len(done['kept'])} kept")
+        return
     if times:
         counts["estimated_from_history"] = matched
     extra = f", {matched} timed by history" if times else ""
+    if previous:
+        extra += f", {counts['up_to_date']} up to date"
     emit(counts, as_json,
          f"imported {counts['jobs']} jobs ({counts['edges']} dependencies, {counts['prefailed']} prefailed{extra})")
+
+
+def _up_to_date(ctx, queue, previous, jobs, command):
+    """The jobs an earlier queue built whose packages the new queue's package tree still holds."""
+    import shlex
+
+    from ..errors import GitqueueError
+    from ..publish import local_tree
+    from ..reuse import previous_successes, up_to_date
+
+    _, reader = queue.fetch()
+    tree = local_tree(queue.settings(reader))
+    if tree is None:
+        raise GitqueueError("--previous needs the queue's packages_url to be a directory on this machine "
+                            "(the package tree is checked for each reused package)")
+    with ctx.open(previous) as old:
+        _, old_reader = old.fetch()
+        successes = previous_successes(old_reader)
+    return up_to_date(jobs, successes, tree, shlex.split(command) if command else None)
 
 
 @cli.command("claim")
@@ -171,10 +232,13 @@ def heartbeat_cmd(queue_url, worker, as_json):
 @click.option("--package", "package_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="A built package to upload to the queue's package tree first (repeatable).")
 @click.option("--lease", "token", help="Lease token printed by claim (default: the one this host holds).")
+@click.option("--transient", is_flag=True,
+              help="With --status failure: not the package's fault (a full disk, a lost mount); the job goes back "
+                   "to the queue until the queue's max_attempts.")
 @queue_option
 @worker_option
 @json_option
-def report_cmd(job, status, log_file, duration, package_files, token, queue_url, worker, as_json):
+def report_cmd(job, status, log_file, duration, package_files, token, transient, queue_url, worker, as_json):
     """Record the result of JOB and end its lease.
 
     With --package (and --log), the files are uploaded to incoming/LEASE/ of the queue's
@@ -183,22 +247,61 @@ def report_cmd(job, status, log_file, duration, package_files, token, queue_url,
     The log is recorded (and uploaded) as JOB.log, whatever its file is called. Exit 5 if the
     job is not (or no longer) held by this worker; nothing is recorded then.
 
+    With --transient (a failure only), the lease ends and the job goes back to the queue for
+    any worker (this one after a backoff), until its max_attempts-th transient failure, which
+    is recorded as a failure marked transient.
+
     \b
     Example: gitqueue report gmake-4.4.1 --status success --log build.log --package gmake-4.4.1.tgz
     """
     from ..errors import GitqueueError, PackageRefused
     from ..worker import report_build
 
+    if transient and status != "failure":
+        raise click.BadParameter("only a failure can be transient", param_hint="--transient")
     ctx = context(queue_url, worker)
     settings = ctx.settings()
     with ctx.open() as queue:
         try:
             result = report_build(queue, ctx.worker(), job, status, token=token, duration=duration,
                                   log_file=log_file, package_files=package_files, settings=settings,
-                                  platform=settings.platform())
+                                  platform=settings.platform(), transient=transient)
         except PackageRefused as e:
             raise GitqueueError(f"--package {e}") from None
-    emit(result, as_json, f"{job}: {status}{' (late)' if result.get('late') else ''}")
+    if result.get("requeued"):
+        text = (f"{job}: transient failure, attempt {result['attempt']} of {result['max_attempts']}: "
+                "back to the queue")
+    else:
+        text = f"{job}: {status}{' (late)' if result.get('late') else ''}{' (transient)' if transient else ''}"
+    emit(result, as_json, text)
+
+
+@cli.command("retry")
+@click.argument("jobs", nargs=-1)
+@click.option("--failed", is_flag=True, help="Retry every failed job (with JOBs: those of them).")
+@click.option("--since", metavar="WHEN",
+              help="With --failed: only failures that finished at or after WHEN (YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ).")
+@click.option("--reason", required=True, help="Why (recorded in retries/ and the commit).")
+@queue_option
+@json_option
+def retry_cmd(jobs, failed, since, reason, queue_url, as_json):
+    """Make failed jobs buildable again (administrators): their failures are set aside.
+
+    Each failure result leaves the tree (the history keeps it; retries/XX/JOB.toml names it),
+    so the job is offered again and the jobs it kept from building wait for it again. Exit 1
+    when a JOB has no failure result or nothing matches; nothing is written then.
+
+    \b
+    Example: gitqueue retry --failed --since 2026-11-20 --reason "distfiles mirror was down"
+    """
+    from ..admin import retry_jobs
+
+    if since is not None and not failed and not jobs:
+        raise click.BadParameter("give --failed (or JOBs) with --since", param_hint="--since")
+    with context(queue_url).open() as queue:
+        done = retry_jobs(queue, jobs, failed, since, reason)
+    emit(done, as_json, lambda: "\n".join(
+        f"retry {r['job']} (failed on {r['worker']}; attempt {r['attempts'] + 1} next)" for r in done))
 
 
 @cli.command("release")

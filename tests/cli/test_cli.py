@@ -432,7 +432,8 @@ def test_status_text_and_json(gq, tmp_path):
     text = gq("status", "--queue", url).stdout.splitlines()
     assert text[0] == f"queue test: 2/4 done (50.0%), about {data['eta_seconds'] // 60} min to go"
     assert text[1] == "  ".join(f"{state} {n}" for state, n in counts.items())
-    assert text[1].startswith("ready 0  waiting 1  leased 1  success 0  failed 0  indirect-failed 0  prefailed 1  ")
+    assert text[1].startswith("ready 0  waiting 1  leased 1  success 0  up-to-date 0  failed 0  indirect-failed 0  "
+                              "prefailed 1  ")
     assert text[2] == "[" + "." * 40 + "] 0/2 buildable built (0.0%)"
     assert text[3].startswith("rate: ") and "packages/h overall, 0 in the last hour; started " in text[3]
     assert text[4] == "workers:" and text[6].split()[:2] == ["w1", "a-1"]
