@@ -19,6 +19,7 @@ import os
 import stat
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 
 # Only this module imports dulwich (tests/test_gitstore.py): the rest of gitqueue takes the
 # names it annotates with (Commit, ObjectID) from here.
@@ -835,6 +836,24 @@ class _Deadline:
             signal.signal(signal.SIGALRM, self.old)
 
 
+@contextmanager
+def _filter_may_be_ignored(filter_spec: bytes | None):
+    """Around a fetch that asks for a filter: dulwich logs a warning when the server cannot
+    filter, and then sends everything, which is correct here (only slower)."""
+    if filter_spec is None:
+        yield
+        return
+    import logging
+
+    log = logging.getLogger("dulwich.client")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def _TrackingVendor():
     """dulwich's ssh vendor, remembering its processes so a deadline can kill them."""
     from dulwich.client import SubprocessSSHVendor
@@ -936,21 +955,12 @@ class CachedRemote(Remote):
         by one). Needs protocol v2 (sshd's `AcceptEnv GIT_PROTOCOL`) and `uploadpack.allowFilter`
         (`gitqueue hooks install` sets it); else the server sends everything, as before.
         """
-        import logging
-
-        # dulwich logs a warning when the server cannot filter; that case is normal here.
-        log = logging.getLogger("dulwich.client")
-        level = log.level
-        log.setLevel(logging.ERROR)
         # Marked partial first: a process killed after the fetch leaves a cache that knows to
         # fetch what it lacks.
         with open(self._partial_marker, "w") as f:
             f.write("job records are fetched when read (gitstore.CachedRemote._first_fetch)\n")
         self._go_partial()
-        try:
-            tip = self._fetch(None, filter_spec=b"blob:none")
-        finally:
-            log.setLevel(level)
+        tip = self._fetch(None, filter_spec=b"blob:none")
         if tip is None:
             return None
         missing = []
@@ -985,7 +995,7 @@ class CachedRemote(Remote):
         walker = TipWalker(local, self.repo.get_shallow())
         pack = io.BytesIO()
         try:
-            with _Deadline(self.timeout, f"{self.url}: fetch", self.client):
+            with _Deadline(self.timeout, f"{self.url}: fetch", self.client), _filter_may_be_ignored(filter_spec):
                 result = self.client.fetch_pack(
                     self.remote_path,
                     determine_wants,
@@ -1063,15 +1073,7 @@ class CachedRemote(Remote):
             return self.fetch_history()
         if self._commits is None:
             self._commits = _open_cache_repo(os.path.join(os.path.dirname(self.history_path), COMMITS_DIR))
-        import logging
-
-        log = logging.getLogger("dulwich.client")
-        level = log.level
-        log.setLevel(logging.ERROR)  # a server that cannot filter sends everything: fine here
-        try:
-            return self._mirror(self._commits, "fetch commits", b"tree:0")
-        finally:
-            log.setLevel(level)
+        return self._mirror(self._commits, "fetch commits", b"tree:0")
 
     def _mirror(self, repo, what: str, filter_spec: bytes | None):
         local = repo.refs[self.ref] if self.ref in repo.refs else None
@@ -1092,7 +1094,7 @@ class CachedRemote(Remote):
         # A whole build's history is a pack of tens of MB: held in memory only while small.
         with tempfile.SpooledTemporaryFile(16 << 20, dir=repo.path) as pack:
             try:
-                with _Deadline(self.timeout, f"{self.url}: {what}", client):
+                with _Deadline(self.timeout, f"{self.url}: {what}", client), _filter_may_be_ignored(filter_spec):
                     client.fetch_pack(self.remote_path, determine_wants, TipWalker(local, set()), pack.write,
                                       filter_spec=filter_spec)
             except (HangupException, GitProtocolError, OSError) as e:
