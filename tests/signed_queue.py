@@ -54,6 +54,18 @@ class SignedQueue:
         subprocess.run(["git", "init", "-q", "--bare", self.client], check=True)
         Path(self.client, "objects", "info", "alternates").write_text(str(Path(self.path, "objects")) + "\n")
 
+    def install_hook(self) -> "SignedQueue":
+        """Install gitqueue's pre-receive hook in the queue repository (what `gitqueue hooks
+        install` does, with this checkout's gitqueue); returns self."""
+        import sys
+
+        from gitqueue.hook import install
+
+        from helpers import REPO
+
+        install(self.path, sys.executable, package_dir=str(REPO))
+        return self
+
     def queue(self, who: str, url: str | None = None, ssh_command: str | None = None) -> Queue:
         return Queue(url or self.path, str(self.tmp / f"cache-{who}"), ssh_command=ssh_command,
                      signer=self.signers[who])

@@ -204,15 +204,11 @@ def test_the_report_command_and_exit_75_in_work(tmp_path):
 
 @pytest.mark.ssh
 def test_the_hook_lets_only_admins_set_results_aside_and_counts_transient_attempts(tmp_path, sshd):
-    import sys
 
-    from gitqueue.hook import install
 
-    from helpers import REPO
     from signed_queue import SignedQueue, push, result_record
 
-    sq = SignedQueue(tmp_path)
-    install(sq.path, sys.executable, package_dir=str(REPO))
+    sq = SignedQueue(tmp_path).install_hook()
     url = sshd.url(sq.path)
     with sq.queue("k1", url, sshd.ssh_command) as q:
         got = lease.claim(q, "w1")

@@ -122,15 +122,11 @@ def test_the_tree_must_be_a_directory_here(earlier, tmp_path):
 
 @pytest.mark.ssh
 def test_only_an_admin_writes_a_reused_result(tmp_path, sshd):
-    import sys
 
-    from gitqueue.hook import install
 
-    from helpers import REPO
     from signed_queue import SignedQueue, push, result_record
 
-    sq = SignedQueue(tmp_path)
-    install(sq.path, sys.executable, package_dir=str(REPO))
+    sq = SignedQueue(tmp_path).install_hook()
     url = sshd.url(sq.path)
     package = {"name": "a-1.tgz", "size": 3, "sha256": "ab" * 32}
     reused = {"queue": "/srv/queues/old.git", "token": "cd" * 16}

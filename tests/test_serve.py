@@ -27,8 +27,7 @@ def serve_command(*args):
 def served(tmp_path_factory, sshd):
     """A signed queue with the hook; ssh keys for w1 (forced command) and w1-ro (no downloads)."""
     tmp = tmp_path_factory.mktemp("served")
-    sq = SignedQueue(tmp)
-    install(sq.path, sys.executable, package_dir=str(REPO))
+    sq = SignedQueue(tmp).install_hook()
     sq.tree = tmp / "packages"
     (sq.tree / "All").mkdir(parents=True)
     (sq.tree / "All" / "public-1.tgz").write_bytes(b"public\n")

@@ -128,16 +128,12 @@ def test_plan_update_marks_the_dependents_closure():
 
 @pytest.mark.ssh
 def test_an_update_through_the_hook_retires_fences_and_verifies(tmp_path, sshd):
-    import sys
 
-    from gitqueue.hook import install
     from gitqueue.layout import record_path
 
-    from helpers import REPO
     from signed_queue import SignedQueue, push
 
-    sq = SignedQueue(tmp_path)
-    install(sq.path, sys.executable, package_dir=str(REPO))
+    sq = SignedQueue(tmp_path).install_hook()
     url = sshd.url(sq.path)
     with sq.queue("k1", url, sshd.ssh_command) as q:
         built = []

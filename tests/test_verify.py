@@ -9,18 +9,16 @@ import sys
 import pytest
 
 from gitqueue import lease, records
-from gitqueue.hook import install
 from gitqueue.layout import record_path
 
-from helpers import REPO, git_log, gitqueue, job, local_commit, make_queue, open_queue
+from helpers import git_log, gitqueue, job, local_commit, make_queue, open_queue
 from signed_queue import SignedQueue
 
 
 @pytest.mark.ssh
 def test_real_workers_over_ssh_with_the_hook_then_verify_and_git_agree(tmp_path, sshd):
     jobs = [job(f"p{i}-1", [f"p{i - 1}-1"] if i % 3 else []) for i in range(9)]
-    sq = SignedQueue(tmp_path, jobs)
-    install(sq.path, sys.executable, package_dir=str(REPO))
+    sq = SignedQueue(tmp_path, jobs).install_hook()
     url = sshd.url(sq.path)
     procs = []
     for worker, key in (("w1", "k1"), ("w2", "k2")):
