@@ -6,7 +6,7 @@ every process with its own cache (as on N machines sharing a file system) and al
 sharing one cache (N processes on one host, the default). Prints jobs completed per second
 (claim + report) and the share of pushes rejected.
 
-    python bench/contention.py [--jobs 600] [--workers 1,2,4,8,16]
+    python bench/contention.py [--jobs 800] [--workers 1,2,4,8,16]
 """
 
 import argparse
