@@ -21,7 +21,8 @@ and prints each figure of the issue against its goal (stdout), then what every r
   "building" lines appear);
 - a cold `gitqueue status` and a cold `gitqueue claim` (empty cache directory), unconfined;
 - the same first-claim figures for a worker back from a long absence: its cache was made while
-  the queue was fresh, then another worker built many jobs (--absent-results, default 3,000).
+  the queue was fresh, then another worker built many jobs (--absent-results, default 3,000)
+  and the master ran `gitqueue gc`, as README's hourly cron does (--no-gc: not).
 
 Every gitqueue process runs as `python -m gitqueue` with PYTHONPATH=--code (default: the
 repository this script is in), the queue included (it is made by that code), so old and new
@@ -29,7 +30,7 @@ code can be measured side by side. Nothing is left behind: temporary directories
 masters and cgroups are removed at the end, on errors and on Ctrl-C.
 
     python bench/small_machine.py [--code DIR] [--quick] [--runs N] [--confined-runs N]
-        [--confinements none,64M,5%,64M+5%] [--absent-results N] [--timeout S]
+        [--confinements none,64M,5%,64M+5%] [--absent-results N] [--no-gc] [--timeout S]
         [--cgroup auto|v1|v2|none]
 
 --cgroup none (or GITQUEUE_BENCH_NO_CGROUPS=1) pretends that no cgroup is writable: the
@@ -772,6 +773,13 @@ class Bench:
         self.gq("work", "--queue", self.path, "--worker", "others", "--max-jobs", n, "--", "true",
                 cache=self.tmp / "co")
         say(f"another worker built {n} jobs in {time.monotonic() - t:.0f} s")
+        if not self.opts.no_gc:
+            # README's master packs its loose objects hourly (cron: gitqueue gc); an absence of
+            # hours finds them packed, and the server then answers a fetch without first
+            # compressing thousands of loose objects.
+            t = time.monotonic()
+            self.gq("gc", self.path)
+            say(f"the master's gc (its hourly cron) took {time.monotonic() - t:.0f} s")
 
     # -- figures
 
@@ -964,6 +972,8 @@ def main():
     ap.add_argument("--confinements", help="comma-separated among none,64M,5%%,64M+5%% (default all; "
                     "--quick: none,64M)")
     ap.add_argument("--absent-results", type=int, help="jobs built by others during the absence (default 3000)")
+    ap.add_argument("--no-gc", action="store_true",
+                    help="no `gitqueue gc` on the master during the absence (as README's hourly cron would run)")
     ap.add_argument("--timeout", type=float, default=420, help="seconds a confined process may take (default 420)")
     ap.add_argument("--cgroup", choices=("auto", "v1", "v2", "none"), default="auto",
                     help="which cgroups to use; none: skip the confinements [GITQUEUE_BENCH_NO_CGROUPS=1]")

@@ -869,10 +869,40 @@ def _TrackingVendor():
     return TrackingVendor()
 
 
+class _FarBehind(Exception):
+    """The server's pack for a fetch holds more objects than the fetch would take."""
+
+
+def changed_blobs(store, old_tree: bytes, new_tree: bytes, skip: tuple = ()) -> list:
+    """Ids of the files of `new_tree` that differ from `old_tree` and that `store` lacks.
+
+    Compares trees only (equal subtrees are skipped by id), so it reads no file; top-level
+    directories named in `skip` are left out.
+    """
+    missing: list = []
+    pending: list[tuple[bytes | None, bytes, bool]] = [(old_tree, new_tree, True)]
+    while pending:
+        old_id, new_id, top = pending.pop()
+        old = {name: (mode, sha) for name, mode, sha in store[old_id].iteritems()} if old_id else {}
+        for name, mode, sha in store[new_id].iteritems():
+            before = old.get(name)
+            if before is not None and before[1] == sha:
+                continue
+            if stat.S_ISDIR(mode):
+                if not (top and name in skip):
+                    pending.append((before[1] if before and stat.S_ISDIR(before[0]) else None, sha, False))
+            elif sha not in store:
+                missing.append(sha)
+    return missing
+
+
 class CachedRemote(Remote):
     """A remote repository (ssh://, git://, file://) mirrored into a bare cache repository."""
 
     timeout = 600.0  # seconds a fetch or push may take before it is abandoned
+    # A partial cache further behind than this many objects (about ten a commit) catches up
+    # with the tip's trees instead of every commit's (_catch_up).
+    catch_up_objects = 2000
 
     def __init__(self, url: str, cache_path: str, branch: str = "main", ssh_command: str | None = None):
         from dulwich.client import get_transport_and_path
@@ -944,7 +974,29 @@ class CachedRemote(Remote):
         local = self._local_tip()
         if local is None:
             return self._first_fetch()
-        return self._fetch(local)
+        if not self.partial:
+            return self._fetch(local)
+        try:
+            return self._fetch(local, max_objects=self.catch_up_objects)
+        except _FarBehind:
+            return self._catch_up(local)
+
+    def _catch_up(self, local: bytes) -> bytes | None:
+        """Fetch the tip of a queue that moved far since `local`: its trees, then the records
+        that differ from `local`'s, by id.
+
+        A worker back from a long absence would otherwise get every commit since with its
+        rewritten trees (about ten objects a commit: 30k objects for 3,000 results, seconds of
+        dulwich's pack indexing and tens of MiB), when it needs only the tip. A depth-1 fetch
+        without blobs brings the tip's trees (about 540 on the 29k queue, 1.2 MB; the server
+        sends them all, the cache being shallow), then one request the changed records.
+        """
+        tip = self._fetch(local, filter_spec=b"blob:none", depth=1)
+        if tip is None or tip == local:
+            return tip
+        self.fetch_objects(changed_blobs(self.object_store, self.object_store[local].tree,
+                                         self.object_store[tip].tree, skip=(b"jobs",)))
+        return tip
 
     def _first_fetch(self) -> bytes | None:
         """Fetch the tip into an empty cache without the job records, when the server can.
@@ -982,7 +1034,10 @@ class CachedRemote(Remote):
         self.fetch_objects(missing)
         return tip
 
-    def _fetch(self, local, filter_spec: bytes | None = None) -> bytes | None:
+    def _fetch(self, local, filter_spec: bytes | None = None, depth: int | None = None,
+               max_objects: int | None = None) -> bytes | None:
+        """Fetch the tip into the cache (`local`: the cache's tip, None for a first, shallow
+        fetch). With `max_objects`, raises _FarBehind as soon as the server's pack announces more."""
         seen = {}
 
         def determine_wants(refs, depth=None):
@@ -994,14 +1049,24 @@ class CachedRemote(Remote):
 
         walker = TipWalker(local, self.repo.get_shallow())
         pack = io.BytesIO()
+        limit = max_objects if max_objects is not None else -1
+        head = b"" if limit >= 0 else None  # the pack's header: "PACK", version, object count
+
+        def write(data):
+            nonlocal head
+            pack.write(data)
+            if head is not None and len(head) < 12:
+                head += data[:12 - len(head)]
+                if len(head) == 12 and head[:4] == b"PACK" and int.from_bytes(head[8:], "big") > limit:
+                    raise _FarBehind()
         try:
             with _Deadline(self.timeout, f"{self.url}: fetch", self.client), _filter_may_be_ignored(filter_spec):
                 result = self.client.fetch_pack(
                     self.remote_path,
                     determine_wants,
                     walker,
-                    pack.write,
-                    depth=None if local else 1,
+                    write,
+                    depth=depth if local else 1,
                     filter_spec=filter_spec,
                 )
         except (HangupException, GitProtocolError, OSError) as e:

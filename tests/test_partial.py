@@ -141,3 +141,37 @@ def test_the_timeline_fetches_the_commits_only(tmp_path, v2_sshd):
         store, tip = q.remote.fetch_commits()
         tree = store[tip].tree
         assert tree not in store  # commits only
+
+
+@pytest.mark.parametrize("far", [True, False])
+def test_a_worker_far_behind_fetches_the_tip_not_every_commit_since(tmp_path, v2_sshd, far):
+    """Back from an absence, a partial cache catches up with the tip's trees and the changed
+    records (one request), not with the trees of every commit since; close behind, it fetches
+    as always. Either way its index is the one the whole tree gives."""
+    from dulwich.repo import Repo
+
+    url = _queue(tmp_path, [job(f"p{i}-1") for i in range(12)])
+    with open_queue(v2_sshd.url(url), tmp_path, host="absent", ssh_command=v2_sshd.ssh_command) as away:
+        with away.lock():
+            away.sync()
+        with open_queue(url, tmp_path, host="busy") as busy:
+            for _ in range(8):
+                lease.report(busy, "w2", lease.claim(busy, "w2").job, "success")
+        with Repo(url) as master:
+            passed = master[master[master.refs[b"refs/heads/main"]].parents[0]].parents[0]  # two commits back
+            passed_tree = master[passed].tree
+        if far:
+            away.remote.catch_up_objects = 20  # 16 commits since: about 100 objects
+        asked = []
+        fetch_objects = away.remote.fetch_objects
+        away.remote.fetch_objects = lambda ids: (asked.append(len(ids)), fetch_objects(ids))
+        claim = lease.claim(away, "w1")
+        assert _has(away.remote.repo.path, passed_tree) is not far
+        assert asked == ([8 + 1] if far else [])  # the eight results and w2's record; no job record
+        lease.release(away, "w1", claim.job, decline=False)
+        with open_queue(url, tmp_path, host="local") as local:
+            with local.lock():
+                local.sync()
+            with away.lock():
+                away.sync()
+            assert _view(away.index) == _view(local.index)
