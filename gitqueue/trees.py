@@ -39,8 +39,12 @@ class TreeWalk:
     what a push brought).
     """
 
-    def __init__(self, store, max_record_bytes: int, parsed: dict | None = None, unread: frozenset = frozenset()):
+    def __init__(self, store, max_record_bytes: int, parsed: dict | None = None, unread: frozenset = frozenset(),
+                 skip: frozenset = frozenset()):
         self.store = store
+        # Top-level directories (names as bytes) the walk does not enter (a worker's index skips
+        # jobs/ when graph.tsv changed too: it reloads that). The hook and verify never pass any.
+        self.skip = skip
         self.max_record_bytes = max_record_bytes
         # Kinds whose new files the caller does not read (a worker's index skips the job records
         # of an update: it reloads graph.tsv): their changes come without data, their files
@@ -121,6 +125,8 @@ class TreeWalk:
                 if problem is not None:
                     self._fail(path, "layout", f"{_shown(path)}: {problem}")
                     continue
+            if place == ROOT and name in self.skip:
+                continue
             o_tree = o[1] if o is not None and o[0] == TREE_MODE else None  # the old entry's, if a tree
             if n is not None and n[0] == TREE_MODE:
                 yield from self._walk(o_tree, n[1], layout.child_place(place, name), path + "/")
