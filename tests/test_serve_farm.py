@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gitqueue import lease, registry
+from gitqueue import admin, lease, registry
 from gitqueue.queue import Queue
 from gitqueue.serve import ENTRY_COST
 from gitqueue.transfer import TransferError, upload
@@ -94,6 +94,29 @@ def test_an_uploaded_file_is_never_replaced(farm, tmp_path):
         proc = farm.rsync("k1", *options, "-r", f"{tmp_path / 'second'}/", f"{{remote}}:{farm.tree}/incoming/{token}/")
         assert proc.returncode != 0, options
     assert farm.files(farm.tree / "incoming" / token) == {f"{name}.tgz": first.read_bytes()}
+
+
+def test_a_lease_fenced_by_an_update_gets_no_upload_area(make_farm, tmp_path):
+    """w1's lease was reclaimed (it may still upload for a late success), then an administrator's
+    update fenced it: the job has no result and no lease, yet incoming/TOKEN is no longer w1's."""
+    farm = make_farm([job("f1-1")])
+    name, token = claim(farm, "k1", "w1", tmp_path)
+    with farm.admin_queue("cron") as q:
+        lease.reclaim(q, now=1000.0, ttl=1)
+        assert lease.reclaim(q, now=1002.0, ttl=1)[0]["job"] == name
+    first = package(tmp_path / f"{name}.tgz", 100)
+    send(farm, "k1", [first], token)
+    with farm.admin_queue() as q:
+        assert admin.update_jobs(q, [job(name, version="1.1")], "scan.jsonl")["rebuilt"] == [name]
+    before = farm.files()
+    log = package(tmp_path / f"{name}.log", 100)
+    with pytest.raises(TransferError) as e:
+        send(farm, "k1", [log], token)
+    assert str(e.value).endswith(f"failed after 1 attempt: gitqueue serve: refused: rsync: incoming/{token} is "
+                                 "not a lease of w1 (rsync exit 12)")
+    proc = farm.rsync("k1", str(log), f"{{remote}}:{farm.tree}/incoming/{token}/")
+    assert refusals(proc.stderr) == [f"gitqueue serve: refused: rsync: incoming/{token} is not a lease of w1"]
+    assert farm.files() == before
 
 
 def test_uploads_into_incoming_itself_all_or_the_root_are_refused(farm, tmp_path):
