@@ -380,8 +380,10 @@ def _report_step(queue, batch, worker, job, status, token=None, duration=None, l
                  packages=None, platform=None, retried=False, extra=None) -> dict:
     """Decide the result of `job` into `batch` (see report); return the result record.
 
-    With `retried`, a result this worker already recorded under `token` is returned as is: the
-    request may have been settled by a process that died before handing over the outcome.
+    With `retried`, a result this worker already recorded under `token` is returned as is, and so
+    is the outcome of a transient failure that already went back to the queue under `token`: the
+    request may have been settled by a process that died before handing over the outcome, or
+    pushed by one whose reply was lost.
     """
     reader = batch.reader
     tok = token or queue.index.my_claims(worker).get(job)
@@ -389,13 +391,18 @@ def _report_step(queue, batch, worker, job, status, token=None, duration=None, l
     if job_rec is None:
         raise UnknownJob(f"unknown job {job}")
     existing = _read(reader, "results", job)
-    if retried and existing is not None and existing["token"] == token and existing["worker"] == worker:
-        return existing
+    lease = _read(reader, "leases", job)
+    if retried and token is not None:
+        if existing is not None and existing["token"] == token and existing["worker"] == worker:
+            return existing
+        if (extra or {}).get("transient") and status == "failure" and (lease is None or lease["token"] != token):
+            requeued = _requeued(queue, reader, worker, job_rec, token)
+            if requeued is not None:
+                return requeued
     if existing is not None:
         raise LeaseLost(
             f"{job} already has a result ({existing['status']} by {existing['worker']}); nothing recorded"
         )
-    lease = _read(reader, "leases", job)
     late = False
     if lease is None:
         if tok is None:
@@ -474,7 +481,8 @@ def _requeue(queue, batch, worker, job_rec, lease, failures, cap, log_tail) -> d
     said = [line.strip() for line in (log_tail or "").splitlines() if line.strip()]
     reason = printable(f"transient failure, attempt {failures} of {cap}" + (f": {said[-1]}" if said else ""))[:1000]
     declines = _read(reader, "declines", job) or {"job": job, "declined": []}
-    declines["declined"].append({"worker": worker, "reason": reason, "at": utc(queue.clock()), "transient": True})
+    declines["declined"].append({"worker": worker, "reason": reason, "at": utc(queue.clock()), "transient": True,
+                                 "token": lease["token"]})
     hb_path, hb = _heartbeat_change(queue, reader, worker)
     batch.leases[worker] = batch.leases.get(worker, 0) - 1
     batch.add({record_path("leases", job): None, record_path("declines", job): records.dumps("decline", declines),
@@ -482,8 +490,28 @@ def _requeue(queue, batch, worker, job_rec, lease, failures, cap, log_tail) -> d
               f"release {_describe(job_rec)} by {worker}: {reason}"[:200],
               {"Action": "release", "Job": job, "Version": job_rec["version"], "Worker": worker,
                "Lease": lease["token"], "Reason": reason, "Declined": "false", "Transient": "true"})
-    return {"job": job, "version": job_rec["version"], "status": "failure", "worker": worker, "token": lease["token"],
-            "transient": True, "requeued": True, "attempt": failures, "max_attempts": cap}
+    return _requeue_outcome(job_rec, worker, lease["token"], failures, cap)
+
+
+def _requeue_outcome(job_rec, worker, token, failures, cap) -> dict:
+    return {"job": job_rec["name"], "version": job_rec["version"], "status": "failure", "worker": worker,
+            "token": token, "transient": True, "requeued": True, "attempt": failures, "max_attempts": cap}
+
+
+def _requeued(queue, reader, worker, job_rec, token) -> dict | None:
+    """What `_requeue` returned for `worker`'s transient failure under `token`, if its transient
+    entry is in the job's declines record; else None."""
+    job = job_rec["name"]
+    entries = (_read(reader, "declines", job) or {}).get("declined", [])
+    at = next((i for i in reversed(range(len(entries))) if entries[i].get("transient")
+               and entries[i].get("token") == token and entries[i]["worker"] == worker), None)
+    if at is None:
+        return None
+    # Counted as it was then: since the newest retry before the entry.
+    retried = (_read(reader, "retries", job) or {}).get("retried", ())
+    since = max((e["declines"] for e in retried if e["declines"] <= at), default=0)
+    failures = sum(1 for e in entries[since:at + 1] if e.get("transient"))
+    return _requeue_outcome(job_rec, worker, token, failures, max_attempts(queue.settings(reader)))
 
 
 def settle(queue, requests: list[dict], identity_of: str) -> list[Outcome]:

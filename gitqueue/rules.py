@@ -798,6 +798,10 @@ class _Check:
                 self.fail("decline", f"{entry['worker']} declines {name} without giving back its lease in the "
                                      "same commit", path)
                 return
+            if "token" in entry and entry["token"] != released[0]["token"]:
+                self.fail("decline", f"{entry['worker']} declines {name} under token {entry['token']}, which is not "
+                                     "the token of the lease it gives back", path)
+                return
 
 
 def build_fields_problem(result: dict) -> str | None:

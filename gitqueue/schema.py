@@ -276,7 +276,10 @@ SCHEMAS = {
                                    "transient": {"type": "boolean",
                                                  "description": "a transient failure: the job is not the worker's "
                                                                 "fault and goes back to the queue after a backoff; "
-                                                                "the worker is not excluded"}},
+                                                                "the worker is not excluded"},
+                                   "token": {**_TOKEN, "description": "the token of the lease given back (a "
+                                                                      "retried report of a transient failure finds "
+                                                                      "its outcome by it)"}},
                     "required": ["worker", "reason"],
                     "additionalProperties": False,
                 },

@@ -9,8 +9,9 @@ worker's upload quota and removes what a refused or killed upload left.
 
 An upload goes only to `DIR/incoming/TOKEN`, for a TOKEN that is a live lease of the worker, or a
 lapsed lease of the worker whose job has neither a result nor a live lease (a late success uploads
-after its lease was reclaimed). rrsync runs write-only there with `-no-overwrite` (an uploaded file
-is never replaced), `-munge` (an uploaded symlink points nowhere) and `-no-del`.
+after its lease was reclaimed), and that no administrator's retry or update fenced. rrsync runs
+write-only there with `-no-overwrite` (an uploaded file is never replaced), `-munge` (an uploaded
+symlink points nowhere) and `-no-del`.
 """
 
 from __future__ import annotations
@@ -164,9 +165,11 @@ class RepoState:
 
     def upload_tokens(self, worker: str) -> frozenset:
         """The tokens `worker` may upload under: its live leases, and its lapsed leases whose job has
-        neither a result nor a live lease."""
+        neither a result nor a live lease; none that an administrator's retry or update fenced."""
+        from .lease import fenced_tokens
+
         reader = self._tip_reader()
-        tokens = set()
+        mine: dict[str, set] = {}  # job -> the worker's tokens there
         leased = set()
         # Only records that name the worker are parsed (and validated): every upload session reads
         # all leases and lapsed leases, thousands in a big build.
@@ -176,16 +179,21 @@ class RepoState:
             data = reader.store[sha].as_raw_string()
             lease = self._load("lease", path, data) if quoted in data else None
             if lease is not None and lease["worker"] == worker:
-                tokens.add(lease["token"])
+                mine.setdefault(lease["job"], set()).add(lease["token"])
         for path, sha in reader.walk_files("lapsed"):
             data = reader.store[sha].as_raw_string()
             lapsed = self._load("lapsed", path, data) if quoted in data else None
             if lapsed is None or lapsed["job"] in leased:
                 continue
-            mine = [e["token"] for e in lapsed["lapsed"] if e["worker"] == worker]
-            if mine and reader.blob_id(record_path("results", lapsed["job"])) is None:
-                tokens.update(mine)
-        return frozenset(tokens)
+            lapsed_tokens = [e["token"] for e in lapsed["lapsed"] if e["worker"] == worker]
+            if lapsed_tokens and reader.blob_id(record_path("results", lapsed["job"])) is None:
+                mine.setdefault(lapsed["job"], set()).update(lapsed_tokens)
+        # The retries records of these few jobs only: a fenced late worker gets no upload area.
+        allowed = set()
+        for job, tokens in mine.items():
+            path = record_path("retries", job)
+            allowed.update(tokens - fenced_tokens(self._load("retry", path, reader.read(path))))
+        return frozenset(allowed)
 
 
 def decide(original_command: str | None, worker: str, repo: str, packages: str | None, downloads: bool,

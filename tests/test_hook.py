@@ -263,6 +263,17 @@ def test_a_second_lease_on_a_job(hostile, sshd):
     refused(hostile, sshd, sha, "lease on a-1 rewritten")
 
 
+def test_a_decline_naming_another_lease_token(hostile, sshd):
+    """A transient failure's decline entry names the lease it gives back: a retried report is
+    answered by that token, so it must be the released lease's."""
+    path = record_path("declines", "a-1")
+    entry = {"worker": "w1", "reason": "transient failure, attempt 1 of 3", "transient": True, "token": "cd" * 16}
+    declines = records.dumps("decline", {"job": "a-1", "declined": [entry]})
+    sha = hostile.commit({path: declines, record_path("leases", "a-1"): None}, "k1", "release a-1")
+    refused(hostile, sshd, sha, f"{path}: w1 declines a-1 under token {'cd' * 16}, which is not the token of the "
+                                "lease it gives back [decline]")
+
+
 def test_a_schema_invalid_record(hostile, sshd):
     path = "heartbeats/w2.toml"
     sha = hostile.commit({path: b'worker = "w2"\nseq = "many"\n'}, "k2")

@@ -165,7 +165,7 @@ FULL = {
                "signer": "SHA256:" + "A" * 43},
     "decline": {"job": "gmake-4.4.1",
                 "declined": [{"worker": "hp300-1", "reason": "my pkgsrc has gmake-4.3", "at": "2026-10-01T00:00:00Z",
-                              "transient": True}]},
+                              "transient": True, "token": "5b0c2d" + "0" * 26}]},
     "retry": {"job": "gmake-4.4.1",
               "retried": [{"action": "retry", "reason": "the distfile mirror is back", "at": "2026-10-03T00:00:00Z",
                            "status": "failure", "worker": "hp300-1", "token": "3f0c2d" + "0" * 26,

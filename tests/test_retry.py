@@ -168,6 +168,32 @@ def test_a_transient_failure_goes_to_another_worker_and_gives_up_after_max_attem
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_a_retried_transient_report_is_told_the_job_went_back_to_the_queue(tmp_path):
+    """The commit of a transient failure landed but its reply was lost: the same request again
+    (the same report under the same token) gets the same answer, not "lease lost"."""
+    url = make_queue(tmp_path, [pkg("a-1.0")], hook=False)
+    with open_queue(url, tmp_path) as q, open_queue(url, tmp_path, host="h2") as other:
+        transient(other, "w2", "a-1.0")
+        got = lease.claim(q, "w1")
+        request = {"worker": "w1", "report": {"job": "a-1.0", "status": "failure", "token": got.lease,
+                                              "log_tail": "No space left on device\n", "transient": True}}
+        [first] = lease.settle(q, [request], "w1 <w1@gitqueue>")
+        assert first.report_error is None
+        assert (first.result["requeued"], first.result["attempt"], first.result["token"]) == (True, 2, got.lease)
+        assert read(q, "declines", "a-1.0")["declined"][-1]["token"] == got.lease
+        tip = q.fetch()[0]
+        [again] = lease.settle(q, [request], "w1 <w1@gitqueue>")
+        assert (again.report_error, again.result) == (None, first.result)
+        assert q.fetch()[0] == tip  # nothing written twice
+        # So too once another worker holds the job; another report under that token is refused.
+        assert lease.claim(other, "w3").job == "a-1.0"
+        [late] = lease.settle(q, [request], "w1 <w1@gitqueue>")
+        assert (late.report_error, late.result) == (None, first.result)
+        plain = {"worker": "w1", "report": {**request["report"], "transient": False}}
+        [refused] = lease.settle(q, [plain], "w1 <w1@gitqueue>")
+        assert isinstance(refused.report_error, LeaseLost) and refused.result is None
+
+
 def test_max_attempts_is_a_queue_setting(tmp_path):
     url = str(tmp_path / "q.git")
     from gitqueue.queue import Queue

@@ -18,7 +18,8 @@ from helpers import job
 from signed_queue import keypair
 
 TOKENS = {name: f"{i:x}" * 32 for i, name in enumerate(
-    ("live", "other", "lapsed", "taken", "done", "w2-lapsed"), start=10)}
+    ("live", "other", "lapsed", "taken", "done", "w2-lapsed", "fenced", "after-retry", "fenced-live"), start=10)}
+W1_UPLOADS = {TOKENS["live"], TOKENS["lapsed"], TOKENS["after-retry"]}
 QUOTA = 123_456
 
 
@@ -29,7 +30,9 @@ def _write(q, files):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A queue with w1's live lease, w2's live lease, and lapsed leases of w1: one whose job is free
-    (w1 may still upload), one taken by w2 and one that has a result (w1 may not)."""
+    (w1 may still upload), one taken by w2 and one that has a result (w1 may not). g-1 was retried:
+    w1's lapsed lease before the retry is fenced, the one after it is not; w1's live lease on h-1
+    is under a token that h-1's retry fenced (a token used again)."""
     tmp = tmp_path_factory.mktemp("decide")
     keys = {n: Signer.from_key_file(str(keypair(tmp, n))) for n in ("admin", "k1", "k2", "k3", "stranger")}
     repo = str(tmp / "q.git")
@@ -38,7 +41,7 @@ def world(tmp_path_factory):
     with Queue(repo, str(tmp / "cache"), signer=keys["admin"]) as q:
         init_queue(q, "decide", lease_ttl=60, limits={"upload_quota": QUOTA},
                    admins=[{"name": "admin", "key": keys["admin"].public_key}])
-        import_jobs(q, [job(n) for n in ("a-1", "b-1", "c-1", "d-1", "e-1", "f-1")], "g.jsonl")
+        import_jobs(q, [job(n) for n in ("a-1", "b-1", "c-1", "d-1", "e-1", "f-1", "g-1", "h-1")], "g.jsonl")
         for name, key in (("w1", "k1"), ("w2", "k2"), ("w3", "k3")):
             registry.add_worker(q, name, keys[key].public_key)
         registry.revoke_worker(q, "w3", "stolen")
@@ -51,13 +54,19 @@ def world(tmp_path_factory):
             rec = {"job": j, "lapsed": [{"worker": w, "token": tok} for w, tok in entries]}
             return {record_path("lapsed", j): records.dumps("lapsed", rec)}
 
+        def fenced(j, token):
+            entry = {"action": "retry", "reason": "x", "declines": 0, "fenced": [token]}
+            return {record_path("retries", j): records.dumps("retry", {"job": j, "retried": [entry]})}
+
         result = {record_path("results", "e-1"): records.dumps("result", {
             "job": "e-1", "version": "1.0", "status": "success", "worker": "w1", "token": t["done"], "late": True})}
         _write(q, {**lease("a-1", "w1", t["live"]), **lease("b-1", "w2", t["other"]),
                    **lapsed("c-1", ("w1", t["lapsed"])),
                    **lapsed("d-1", ("w1", t["taken"])), **lease("d-1", "w2", "ab" * 16),
                    **lapsed("e-1", ("w1", t["done"])), **result,
-                   **lapsed("f-1", ("w2", t["w2-lapsed"]))})
+                   **lapsed("f-1", ("w2", t["w2-lapsed"])),
+                   **lapsed("g-1", ("w1", t["fenced"]), ("w1", t["after-retry"])), **fenced("g-1", t["fenced"]),
+                   **lease("h-1", "w1", t["fenced-live"]), **fenced("h-1", t["fenced-live"])})
     return {"repo": repo, "tree": str(tree), "keys": keys}
 
 
@@ -76,7 +85,7 @@ DOWNLOAD = "rsync --server --sender -tIRe.LsfxCIvu --timeout=300 --files-from=- 
 
 def test_uploads_go_to_the_workers_own_leases_only(world):
     tree = world["tree"]
-    allowed = {"live", "lapsed"}
+    allowed = {"live", "lapsed", "after-retry"}
     for role, token in TOKENS.items():
         d = serve(world, UPLOAD.format(f"{tree}/incoming/{token}"))
         if role in allowed:
@@ -84,7 +93,7 @@ def test_uploads_go_to_the_workers_own_leases_only(world):
                               f"{tree}/incoming/{token}"), role
             assert d.env == {"SSH_ORIGINAL_COMMAND": "rsync --server -Otre.iLsfxCIvu --timeout=300 --stats . ."}
             assert d.upload.directory == f"{tree}/incoming/{token}" and d.upload.quota == QUOTA
-            assert d.upload.tokens == frozenset({TOKENS["live"], TOKENS["lapsed"]})
+            assert d.upload.tokens == frozenset(W1_UPLOADS)
         else:
             assert d.refusal == f"rsync: incoming/{token} is not a lease of w1", role
     # The post-upload check goes the same way; w2 has its own leases.
@@ -248,7 +257,7 @@ def test_hostile_commands_get_a_refusal_or_an_allowed_command(world, template, w
         assert d.upload is None
     else:
         assert "--sender" not in words and paths == ["."]
-        tokens = {TOKENS["live"], TOKENS["lapsed"]} if worker == "w1" else \
+        tokens = W1_UPLOADS if worker == "w1" else \
             {TOKENS["other"], "ab" * 16, TOKENS["w2-lapsed"]}
         assert d.argv[:-1] == (RRSYNC, "-wo", "-no-overwrite", "-no-del", "-munge", "-no-lock")
         assert d.argv[-1] in {f"{real}/incoming/{t}" for t in tokens}

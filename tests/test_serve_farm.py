@@ -10,9 +10,12 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import tomli_w
 
-from gitqueue import lease, registry
-from gitqueue.queue import Queue
+from gitqueue import admin, lease, records, registry
+from gitqueue.errors import PushRefused
+from gitqueue.layout import record_path
+from gitqueue.queue import Change, Queue
 from gitqueue.serve import ENTRY_COST
 from gitqueue.transfer import TransferError, upload
 
@@ -94,6 +97,78 @@ def test_an_uploaded_file_is_never_replaced(farm, tmp_path):
         proc = farm.rsync("k1", *options, "-r", f"{tmp_path / 'second'}/", f"{{remote}}:{farm.tree}/incoming/{token}/")
         assert proc.returncode != 0, options
     assert farm.files(farm.tree / "incoming" / token) == {f"{name}.tgz": first.read_bytes()}
+
+
+def test_a_lease_fenced_by_an_update_gets_no_upload_area(make_farm, tmp_path):
+    """w1's lease was reclaimed (it may still upload for a late success), then an administrator's
+    update fenced it: the job has no result and no lease, yet incoming/TOKEN is no longer w1's."""
+    farm = make_farm([job("f1-1")])
+    name, token = claim(farm, "k1", "w1", tmp_path)
+    with farm.admin_queue("cron") as q:
+        lease.reclaim(q, now=1000.0, ttl=1)
+        assert lease.reclaim(q, now=1002.0, ttl=1)[0]["job"] == name
+    first = package(tmp_path / f"{name}.tgz", 100)
+    send(farm, "k1", [first], token)
+    with farm.admin_queue() as q:
+        assert admin.update_jobs(q, [job(name, version="1.1")], "scan.jsonl")["rebuilt"] == [name]
+    before = farm.files()
+    log = package(tmp_path / f"{name}.log", 100)
+    with pytest.raises(TransferError) as e:
+        send(farm, "k1", [log], token)
+    assert str(e.value).endswith(f"failed after 1 attempt: gitqueue serve: refused: rsync: incoming/{token} is "
+                                 "not a lease of w1 (rsync exit 12)")
+    proc = farm.rsync("k1", str(log), f"{{remote}}:{farm.tree}/incoming/{token}/")
+    assert refusals(proc.stderr) == [f"gitqueue serve: refused: rsync: incoming/{token} is not a lease of w1"]
+    assert farm.files() == before
+
+
+def test_hostile_build_fields_pushed_through_the_forced_command(make_farm, tmp_path):
+    """Issues 16 and 17's result fields, one hostile value each, in w1's signed report of b-1
+    pushed over ssh through `gitqueue serve`: the hook refuses each in one line, the branch stays."""
+    farm = make_farm([job("a-1"), job("b-1", ["a-1"]), job("c-1")])
+    built = {}
+    with Queue(str(farm.repo), str(tmp_path / "cache-w2"), signer=farm.signers["k2"]) as q:
+        for got in [lease.claim(q, "w2"), lease.claim(q, "w2")]:  # a-1 and c-1: b-1 waits for a-1
+            built[got.job] = {"name": f"{got.job}.tgz", "size": 100, "sha256": got.job[0] * 64}
+            lease.report(q, "w2", got.job, "success", token=got.lease, packages=[built[got.job]])
+    farm.give_back()
+    assert sorted(built) == ["a-1", "c-1"]
+    name, token = claim(farm, "k1", "w1", tmp_path)
+    assert name == "b-1"
+    path = record_path("results", "b-1")
+    base = {"job": "b-1", "version": "1.0", "worker": "w1", "token": token, "signer": farm.signers["k1"].fingerprint}
+    log = {"size": 10, "sha256": "0" * 64}
+    own = {"name": "b-1.tgz", "size": 100, "sha256": "b" * 64}
+    cases = [
+        ({"status": "failure", "phase_logs": [{"name": "../configure.log", **log}]},
+         "phase_logs[0].name: '../configure.log' is not a valid value [schema]"),
+        ({"status": "failure", "failed_phase": "c" * 33}, "failed_phase: longer than 32 characters [schema]"),
+        ({"status": "success", "packages": [own], "installed": [{"name": "c-1.tgz", "sha256": built["c-1"]["sha256"]}]},
+         "b-1 lists c-1.tgz as installed, which no result of its dependencies names with that SHA-256 [result]"),
+        ({"status": "success", "packages": [own], "transient": True},
+         "a success marked transient: only a failure can be transient [result]"),
+        ({"status": "failure", "up_to_date": True},
+         "a failure marked up_to_date: only a success can be up to date [result]"),
+        ({"status": "success", "packages": [own], "up_to_date": True,
+          "reused": {"queue": "/srv/queues/old.git", "token": "ab" * 16}},
+         "an up-to-date result for b-1 reused from an earlier build, written by a worker [result]"),
+    ]
+    tip = farm.tip()
+    with farm.worker_queue("k1", tmp_path / "cache-w1") as q:
+        for fields, expected in cases:
+            # TOML as records.dumps writes it, without its check: the schema's refusals are the hook's.
+            data = tomli_w.dumps({**base, **fields}).encode()
+            with pytest.raises(PushRefused) as e:
+                q.transact(lambda t, r, data=data: Change({path: data, record_path("leases", "b-1"): None},
+                                                          "report b-1 by w1"), lease.identity("w1"))
+            assert "\n" not in str(e.value) and str(e.value).endswith(f" {path}: {expected}"), str(e.value)
+            assert farm.tip() == tip
+        # The same report without a hostile value passes the same way.
+        fine = records.dumps("result", {**base, "status": "success", "packages": [own],
+                                        "installed": [{"name": "a-1.tgz", "sha256": built["a-1"]["sha256"]}]})
+        q.transact(lambda t, r: Change({path: fine, record_path("leases", "b-1"): None}, "report b-1 by w1"),
+                   lease.identity("w1"))
+    assert farm.tip() != tip
 
 
 def test_uploads_into_incoming_itself_all_or_the_root_are_refused(farm, tmp_path):
@@ -297,9 +372,6 @@ def _build_all_three(farm, work):
 
 
 def farm_results(farm):
-    from gitqueue import records
-    from gitqueue.layout import record_path
-
     out = {}
     with Queue(str(farm.repo), str(farm.keys_dir / "cache-results")) as q:
         _, reader = q.fetch()
