@@ -564,6 +564,10 @@ class _Check:
             if job.get("prefailed"):
                 self.fail("lease", f"lease on {name}, which is prefailed ({job['prefailed']})", path)
                 return
+            if new["token"] in self._fenced(name):
+                self.fail("lease", f"lease on {name} under token {new['token']}, which an administrator's retry "
+                                   "or update fenced", path)
+                return
             self.deps_built(job, path, "lease")
             self.verdict.lease_changes.append((name, new["worker"]))
             if self.options.history:

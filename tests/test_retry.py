@@ -287,3 +287,27 @@ def test_the_report_shows_how_many_attempts_a_package_took(failed_chain):
     text = bulkreport.text(data)
     assert "Packages that took more than one attempt:" in text
     assert f"{'b-2.0':40} {3:8} {1:8} {1:9}  success" in text
+
+
+@pytest.mark.ssh
+def test_the_hook_refuses_a_new_lease_under_a_fenced_token(tmp_path, sshd):
+    """An update fenced w1's lease: a result under its token is refused, so a lease under it
+    (which would make such a result the live lease's) is refused too."""
+    from signed_queue import JOBS, SignedQueue, lease_record, push
+
+    sq = SignedQueue(tmp_path).install_hook()
+    url = sshd.url(sq.path)
+    with sq.queue("k1", url, sshd.ssh_command) as q:
+        got = lease.claim(q, "w1")
+    with sq.queue("alice", url, sshd.ssh_command) as q:
+        bumped = [dict(j, version="2") if j["name"] == got.job else j for j in JOBS]
+        assert got.job in admin.update_jobs(q, bumped, "scan2")["rebuilt"]
+        assert got.lease in read(q, "retries", got.job)["retried"][-1]["fenced"]
+    path, data = lease_record(got.job, "w1", got.lease)
+    sha = sq.commit({path: data}, "k1", "claim again")
+    proc = push(sq, url, sha, sshd.ssh_command)
+    assert proc.returncode != 0
+    assert (f"{path}: lease on {got.job} under token {got.lease}, which an administrator's retry or update "
+            "fenced [lease]") in proc.stderr
+    path, data = lease_record(got.job, "w1", "cd" * 16)  # a fresh token is fine
+    assert push(sq, url, sq.commit({path: data}, "k1", "claim"), sshd.ssh_command).returncode == 0
