@@ -989,26 +989,24 @@ class CachedRemote(Remote):
             return self._first_fetch()
         if not self.partial:
             return self._fetch(local)
+        # A worker back from a long absence would get every commit since with its rewritten
+        # trees (about ten objects a commit: 30k objects for 3,000 results, seconds of dulwich's
+        # pack indexing and tens of MiB), when it needs only the tip. So when the server's pack
+        # announces more than catch_up_objects, the fetch is dropped for a depth-1 one without
+        # files: the tip's trees (about 540 on the 29k queue, 1.2 MB; the server sends them all,
+        # the cache being shallow).
         try:
-            return self._fetch(local, max_objects=self.catch_up_objects)
+            tip = self._fetch(local, max_objects=self.catch_up_objects, move_ref=False)
         except _FarBehind:
-            return self._catch_up(local)
-
-    def _catch_up(self, local: bytes) -> bytes | None:
-        """Fetch the tip of a queue that moved far since `local`: its trees, then the records
-        that differ from `local`'s, by id.
-
-        A worker back from a long absence would otherwise get every commit since with its
-        rewritten trees (about ten objects a commit: 30k objects for 3,000 results, seconds of
-        dulwich's pack indexing and tens of MiB), when it needs only the tip. A depth-1 fetch
-        without blobs brings the tip's trees (about 540 on the 29k queue, 1.2 MB; the server
-        sends them all, the cache being shallow), then one request the changed records.
-        """
-        tip = self._fetch(local, filter_spec=b"blob:none", depth=1)
+            tip = self._fetch(local, filter_spec=b"blob:none", depth=1, move_ref=False)
         if tip is None or tip == local:
             return tip
+        # The files that differ from the cache's tip (none after a whole fetch; the changed
+        # records after a catch-up), in one request, before the ref moves: a process stopped
+        # in between fetches them next time, not one by one as the index reads them.
         self.fetch_objects(changed_blobs(self.object_store, self.object_store[local].tree,
                                          self.object_store[tip].tree, skip=(b"jobs",)))
+        _in_cache(lambda: self.repo.refs.__setitem__(self.ref, ObjectID(tip)))
         return tip
 
     def _first_fetch(self) -> bytes | None:
@@ -1048,9 +1046,10 @@ class CachedRemote(Remote):
         return tip
 
     def _fetch(self, local, filter_spec: bytes | None = None, depth: int | None = None,
-               max_objects: int | None = None) -> bytes | None:
+               max_objects: int | None = None, move_ref: bool = True) -> bytes | None:
         """Fetch the tip into the cache (`local`: the cache's tip, None for a first, shallow
-        fetch). With `max_objects`, raises _FarBehind as soon as the server's pack announces more."""
+        fetch) and, with `move_ref`, point the cache's branch at it. With `max_objects`, raises
+        _FarBehind as soon as the server's pack announces more."""
         seen = {}
 
         def determine_wants(refs, depth=None):
@@ -1092,7 +1091,7 @@ class CachedRemote(Remote):
         if tip is None:
             return None
         # dulwich re-reads refs after the transfer; trust only the tip we asked for.
-        if tip != local:
+        if tip != local and move_ref:
             _in_cache(lambda: self.repo.refs.__setitem__(self.ref, tip))
         return tip
 

@@ -7,6 +7,7 @@ import subprocess
 import pytest
 
 from gitqueue import graph, lease
+from gitqueue.errors import RemoteError
 from gitqueue.gitstore import PARTIAL_MARKER
 from gitqueue.hook import configure
 from gitqueue.layout import GRAPH, record_path
@@ -164,10 +165,23 @@ def test_a_worker_far_behind_fetches_the_tip_not_every_commit_since(tmp_path, v2
             away.remote.catch_up_objects = 20  # 16 commits since: about 100 objects
         asked = []
         fetch_objects = away.remote.fetch_objects
-        away.remote.fetch_objects = lambda ids: (asked.append(len(ids)), fetch_objects(ids))
+
+        def cut_once(ids):
+            if ids and not asked:
+                asked.append("cut")
+                raise RemoteError("the connection dropped")
+            asked.append(len(ids))
+            return fetch_objects(ids)
+
+        away.remote.fetch_objects = cut_once
+        if far:  # the connection drops after the trees came: the branch stays where it was
+            with pytest.raises(RemoteError):
+                lease.claim(away, "w1")
+            assert away.remote._local_tip() == away.index.commit_id()
         claim = lease.claim(away, "w1")
         assert _has(away.remote.repo.path, passed_tree) is not far
-        assert asked == ([8 + 1] if far else [])  # the eight results and w2's record; no job record
+        # The eight results and w2's record, in one request; no job record.
+        assert [n for n in asked if n] == (["cut", 8 + 1] if far else [])
         lease.release(away, "w1", claim.job, decline=False)
         with open_queue(url, tmp_path, host="local") as local:
             with local.lock():
