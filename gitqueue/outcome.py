@@ -90,23 +90,16 @@ def from_index(index) -> Outcome:
 
 def details(reader, names) -> dict[str, dict]:
     """{name: job record} of `names` read from the tree (for maintainers and categories)."""
-    out = {}
-    for name in names:
-        data = reader.read(record_path("jobs", name))
-        if data is not None:
-            out[name] = records.load_at("job", data, record_path("jobs", name))
-    return out
+    files = reader.read_many([record_path("jobs", name) for name in names])
+    return {name: records.load_at("job", files[path], path)
+            for name in names if (path := record_path("jobs", name)) in files}
 
 
 def results(reader, names) -> dict[str, dict]:
     """{name: result record} of those of `names` that have a result."""
-    out = {}
-    for name in names:
-        path = record_path("results", name)
-        data = reader.read(path)
-        if data is not None:
-            out[name] = records.load_at("result", data, path)
-    return out
+    files = reader.read_many([record_path("results", name) for name in names])
+    return {name: records.load_at("result", files[path], path)
+            for name in names if (path := record_path("results", name)) in files}
 
 
 def reason(job: dict, result: dict | None) -> str:

@@ -189,3 +189,21 @@ def test_a_worker_far_behind_fetches_the_tip_not_every_commit_since(tmp_path, v2
             with away.lock():
                 away.sync()
             assert _view(away.index) == _view(local.index)
+
+
+def test_the_report_reads_the_records_of_a_partial_cache_in_one_request(tmp_path, v2_sshd):
+    from gitqueue import outcome
+
+    jobs = [job(f"p{i}-1", prefailed="broken", maintainer=f"m{i}@example.org") for i in range(6)] + JOBS
+    url = _queue(tmp_path, jobs)
+    with open_queue(v2_sshd.url(url), tmp_path, host="viewer", ssh_command=v2_sshd.ssh_command) as q:
+        with q.lock():
+            tip, reader = q.sync()
+        store = q.remote.object_store
+        asked = []
+        fetch = store.fetch_missing
+        store.fetch_missing = lambda ids: (asked.append(len(ids)), fetch(ids))
+        names = [f"p{i}-1" for i in range(6)] + ["nothing-1"]
+        got = outcome.details(reader, names)
+        assert asked == [6]
+        assert {n: r["maintainer"] for n, r in got.items()} == {f"p{i}-1": f"m{i}@example.org" for i in range(6)}
