@@ -258,6 +258,7 @@ class Snapshot:
     entries: list = field(default_factory=list)  # (job record or None, result record)
     settings: dict = field(default_factory=dict)  # queue.toml: package_files
     lapsed: dict = field(default_factory=dict)  # job -> the entries of its lapsed/ record
+    fenced: set = field(default_factory=set)  # lease tokens an administrator's retry or update fenced
     leases: dict = field(default_factory=dict)  # lease token -> job, of the live leases
     unreadable: list = field(default_factory=list)  # "PATH: why" of result records failing their schema
     tokens: set = field(default_factory=set)  # lease tokens in records that fail their schema
@@ -485,8 +486,9 @@ class _Run:
         incoming/) are removed. Kept: a live lease's, any result's (removed above once published),
         and a lease's that was reclaimed from a worker that may still report a late success: the
         hook accepts one whenever the job has no result and no other live lease, however late, so
-        such an upload stays until the job has a result. A directory changed since the tip was
-        read may be a lease claimed after that, and is kept too; without `read_at`, all are kept.
+        such an upload stays until the job has a result or an administrator's retry or update fenced
+        its token. A directory changed since the tip was read may be a lease claimed after that, and
+        is kept too; without `read_at`, all are kept.
         """
         snap = self.snapshot
         if snap.read_at is None or snap.queue is None:
@@ -494,7 +496,7 @@ class _Run:
         finished = {result["job"] for _, result in snap.entries}
         kept = set(snap.leases) | snap.tokens | {result.get("token") for _, result in snap.entries}
         kept |= {entry.get("token") for job, entries in snap.lapsed.items() if job not in finished
-                 for entry in entries}
+                 for entry in entries} - snap.fenced
         removed = 0
         for name in os.listdir(incoming):
             mine = _TOKEN.fullmatch(name) and name not in kept and self.uploads.get(name) == snap.queue
@@ -630,6 +632,8 @@ def _unproven(result: dict, snapshot: Snapshot, uses: Counter) -> str | None:
                                       for entry in snapshot.lapsed.get(job, ())):
         return (f"a late result by {worker}, but no lease of {job} reclaimed from {worker} (lapsed/) "
                 f"has its token {token}")
+    if token in snapshot.fenced:
+        return f"its lease token {token} was fenced by an administrator's retry or update"
     return None
 
 
@@ -707,4 +711,7 @@ def read_queue(queue, clock=time.time) -> Snapshot:
     snap.entries.sort(key=lambda pair: pair[1]["job"])
     snap.leases = {lease["token"]: lease["job"] for lease in each("leases", "lease")}
     snap.lapsed = {lapsed["job"]: lapsed["lapsed"] for lapsed in each("lapsed", "lapsed")}
+    from .lease import fenced_tokens
+
+    snap.fenced = {token for retries in each("retries", "retry") for token in fenced_tokens(retries)}
     return snap

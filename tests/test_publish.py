@@ -784,3 +784,31 @@ def test_queues_publishing_into_one_tree_at_once(tmp_path, tree):
             assert proc.returncode == 0, err
         assert len(assert_indexes_list_all_of(tree, pkgpaths)) == 6 * (round_ + 1)
     assert os.listdir(tree / "incoming") == []
+
+
+def test_a_reclaimed_lease_s_upload_goes_once_an_update_fences_it(tmp_path, tree):
+    """A reclaimed lease's upload waits for a late success, but not after an administrator's
+    update fenced its token: no result under it will ever be accepted. A late result under it
+    that a local writer got in anyway is not published."""
+    from gitqueue import admin
+
+    url = package_queue(tmp_path, tree, [job("a-1.0"), job("b-1.0")])
+    with open_queue(url, tmp_path) as q:
+        token = claim_as(q, "w1", "a-1.0")
+        pkg = upload(tree, token, "a-1.0")
+        lease.reclaim(q, now=1000.0, ttl=1)
+        assert [r["job"] for r in lease.reclaim(q, now=1002.0, ttl=1)] == ["a-1.0"]
+        assert publish(str(tree), read_queue(q))["abandoned"] == 0  # a late success may come
+        assert admin.update_jobs(q, [job("a-1.0", version="1.1"), job("b-1.0")], "scan2")["rebuilt"] == ["a-1.0"]
+        now = time.time()
+        snap = read_queue(q, clock=lambda: now)
+    assert token in snap.fenced
+    os.utime(tree / "incoming" / token, (now - 100, now - 100))
+    late = {"job": "a-1.0", "version": "1.0", "status": "success", "worker": "w1", "token": token, "late": True,
+            "packages": [pkg]}
+    got = publish(str(tree), Snapshot(entries=[(records.validate("job", job("a-1.0")), late)],
+                                      lapsed=snap.lapsed, fenced=snap.fenced))
+    assert got["published"] == [] and got["unproven"] == [f"a-1.0: its lease token {token} was fenced by an "
+                                                         "administrator's retry or update"]
+    assert publish(str(tree), snap)["abandoned"] == 1
+    assert token not in os.listdir(tree / "incoming")
