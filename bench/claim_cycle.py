@@ -118,7 +118,13 @@ def main():
             from sshd import SshServer, sshd_available
 
             if sshd_available() is None:
-                server = SshServer(tmp / "sshd").start()
+                # As README deploys a master: sshd passes GIT_PROTOCOL on (protocol v2) and
+                # `hooks install` allows the filters, so a new worker's cache is partial.
+                from gitqueue.hook import configure
+
+                for path in queues.values():
+                    configure(path)
+                server = SshServer(tmp / "sshd", accept_env=["GIT_PROTOCOL"]).start()
                 transports.append(("ssh+reuse", server.url, {"GITQUEUE_SSH_COMMAND": server.ssh_command}))
             else:
                 print("note: no sshd; skipping ssh")
