@@ -6,7 +6,8 @@ commit, as a host's spool settles them), so that `gitqueue verify` can judge the
 The update runs as its own process; its wall time and peak RSS are printed, with the number of
 jobs it marked for rebuilding (read back from the tree: jobs without a result that had one)
 next to the number computed here from the old graph alone, and a worker's claim time before and
-after the update (the first claim after it rebuilds the worker's index from graph.tsv).
+after the update (the first claim after it rebuilds the worker's index from graph.tsv). The master is
+packed after the build, as README's hourly `gitqueue gc` keeps it.
 
     python bench/rolling.py [--graph FILE] [--bumps 500] [--workers 100] [--verify]
 """
@@ -172,6 +173,13 @@ def main():
         t0 = time.perf_counter()
         done = build(url, str(tmp / "cache-build"), opts.workers, LEFT_UNBUILT)
         print(f"instant build: {done} jobs built in {time.perf_counter() - t0:.1f} s, {LEFT_UNBUILT} left ready")
+        # README's master packs its loose objects hourly (cron: gitqueue gc); a build of weeks
+        # meets the update packed, and so do the worker's reads of the local-path queue.
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "gitqueue", "gc", url], check=True, capture_output=True,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                           p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)})
+        print(f"gc of the master (its hourly cron): {time.perf_counter() - t0:.1f} s")
 
         worker_cache = str(tmp / "cache-worker")
         timed_claim(url, worker_cache, "probe")  # the worker's index, made once
