@@ -55,9 +55,33 @@ def ssh_with_reuse(command: str | None, cache_dir: str, *, agent_socket: str | N
         return base  # someone else's directory: no shared sockets
     path = os.path.join(directory, name)
     # Keepalives: a worker behind NAT whose connection silently died gives up after about a
-    # minute and retries, instead of waiting on the dead connection forever.
+    # minute and retries, instead of waiting on the dead connection forever. SendEnv: a session
+    # that gitqueue opens through the master itself (gitstore) passes GIT_PROTOCOL on only when
+    # the master sends it, whatever command started the master (an rsync's ssh sets none).
     return (f"{base} -o ControlMaster=auto -o ControlPath={path} -o ControlPersist=60"
-            " -o ServerAliveInterval=15 -o ServerAliveCountMax=4")
+            " -o ServerAliveInterval=15 -o ServerAliveCountMax=4 -o SendEnv=GIT_PROTOCOL")
+
+
+_REUSED = re.compile(r"(-o ControlPath=[A-Za-z0-9/._+-]+/ssh-[0-9a-f]{12}-)%C(?= )")
+
+
+def for_destination(command: str, user: str | None, host: str, port: int | None) -> tuple[str, str | None]:
+    """`command` with the ControlPath that `ssh_with_reuse` gave it named for user@host:port, and
+    that path (None for a command without it).
+
+    gitqueue opens sessions through the master itself (gitstore), so it must know the socket's
+    name without asking ssh: in place of ssh's %C, the name hashes what %C does, this machine
+    (a home directory may be shared by several) and the user, host and port, but as given rather
+    than as ssh's configuration resolves them. rsync's ssh gets the same name, and shares the
+    master.
+    """
+    match = _REUSED.search(command)
+    if match is None:
+        return command, None
+    where = f"{os.uname().nodename}\0{user or ''}\0{host.strip('[]')}\0{port or ''}"
+    prefix = match.group(1)
+    name = prefix + hashlib.sha256(where.encode()).hexdigest()[:16]
+    return command[:match.start()] + name + command[match.end():], name[len("-o ControlPath="):]
 
 
 def load_signer(spec: str | None, *, agent_socket: str | None = None):

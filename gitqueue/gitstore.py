@@ -878,14 +878,35 @@ def _filter_may_be_ignored(filter_spec: bytes | None):
 
 
 def _TrackingVendor():
-    """dulwich's ssh vendor, remembering its processes so a deadline can kill them."""
-    from dulwich.client import SubprocessSSHVendor
+    """dulwich's ssh vendor, remembering its processes so a deadline can kill them, and opening
+    sessions through a running ControlMaster itself (gitqueue.sshmux) instead of starting ssh."""
+    from dulwich.client import DEFAULT_GIT_PROTOCOL_VERSION_FETCH, SubprocessSSHVendor, SubprocessWrapper
+
+    from . import sshmux
+    from .connection import for_destination
 
     class TrackingVendor(SubprocessSSHVendor):
         procs: list = []
+        sessions = 0  # opened through the master (the rest started ssh)
 
-        def run_command(self, *args, **kwargs):
-            con = super().run_command(*args, **kwargs)
+        def run_command(self, host, command, username=None, port=None, password=None, key_filename=None,
+                        ssh_command=None, protocol_version=None):
+            con: sshmux.Session | SubprocessWrapper | None = None
+            control = None
+            if ssh_command:
+                ssh_command, control = for_destination(ssh_command, username, host, port)
+            if control and password is None and key_filename is None:
+                # as dulwich asks ssh for it (its default for pushes too)
+                version = DEFAULT_GIT_PROTOCOL_VERSION_FETCH if protocol_version is None else protocol_version
+                try:
+                    con = sshmux.open_session(control, command, [f"GIT_PROTOCOL=version={version}"] if version else [])
+                    self.sessions += 1
+                except sshmux.Refused:
+                    pass  # no master yet (this ssh becomes it) or one that would not: start ssh
+            if con is None:
+                con = super().run_command(host, command, username=username, port=port, password=password,
+                                          key_filename=key_filename, ssh_command=ssh_command,
+                                          protocol_version=protocol_version)
             self.procs = [p for p in self.procs if p.poll() is None] + [con.proc]
             return con
 
@@ -919,26 +940,32 @@ def changed_blobs(store, old_tree: bytes, new_tree: bytes, skip: tuple = ()) -> 
     return missing
 
 
+def _client(url: str, ssh_command: str | None, **options):
+    """dulwich's client for `url` and the path on the server; over ssh, with _TrackingVendor."""
+    from dulwich.client import get_transport_and_path
+
+    client, path = get_transport_and_path(url, ssh_command=ssh_command or None, **options)
+    if hasattr(client, "ssh_vendor"):
+        client.ssh_vendor = _TrackingVendor()
+    return client, path
+
+
 class CachedRemote(Remote):
     """A remote repository (ssh://, git://, file://) mirrored into a bare cache repository."""
 
     timeout = 600.0  # seconds a fetch or push may take before it is abandoned
     # A partial cache further behind than this many objects (about ten a commit) catches up
-    # with the tip's trees instead of every commit's (_catch_up).
+    # with the tip's trees instead of every commit's (see fetch).
     catch_up_objects = 2000
 
     def __init__(self, url: str, cache_path: str, branch: str = "main", ssh_command: str | None = None):
-        from dulwich.client import get_transport_and_path
-
         self.url = url
         self.ssh_command = ssh_command
         self.ref = Ref(b"refs/heads/" + branch.encode())
         try:
-            self.client, self.remote_path = get_transport_and_path(url, ssh_command=ssh_command or None)
+            self.client, self.remote_path = _client(url, ssh_command)
         except ValueError as e:
             raise QueueNotFound(f"{url}: {e}") from None
-        if hasattr(self.client, "ssh_vendor"):
-            self.client.ssh_vendor = _TrackingVendor()
         self.repo = _open_cache_repo(cache_path)
         self.object_store = CachingStore(self.repo.object_store)
         if self.partial:
@@ -963,15 +990,10 @@ class CachedRemote(Remote):
         return os.path.exists(self._partial_marker)
 
     def _go_partial(self):
-        from dulwich.client import get_transport_and_path
-
         # The server takes the cache to hold everything its commits reach, so a thin pack may
         # send a new file as a delta against a job record this cache never got: ask for packs
         # that carry their own bases.
-        self.client, self.remote_path = get_transport_and_path(self.url, ssh_command=self.ssh_command or None,
-                                                               thin_packs=False)
-        if hasattr(self.client, "ssh_vendor"):
-            self.client.ssh_vendor = _TrackingVendor()
+        self.client, self.remote_path = _client(self.url, self.ssh_command, thin_packs=False)
         self.object_store.fetch_missing = self.fetch_objects
 
     def ensure(self, ids) -> None:
@@ -1174,10 +1196,8 @@ class CachedRemote(Remote):
 
         client = self.client
         if filter_spec is not None:
-            from dulwich.client import get_transport_and_path
-
             # A filtered mirror lacks what the server takes it to have: no deltas against it.
-            client, _ = get_transport_and_path(self.url, ssh_command=self.ssh_command or None, thin_packs=False)
+            client, _ = _client(self.url, self.ssh_command, thin_packs=False)
         # A whole build's history is a pack of tens of MB: held in memory only while small.
         with tempfile.SpooledTemporaryFile(16 << 20, dir=repo.path) as pack:
             try:

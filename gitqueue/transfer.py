@@ -122,6 +122,12 @@ class Location:
     def rsh(self, rsh: str | None) -> str | None:
         if self.host is None:
             return None
+        if rsh:
+            from .connection import for_destination
+
+            # the socket name gitqueue's own git sessions use for this host: one master for both
+            user, _, host = self.host.rpartition("@")
+            rsh, _ = for_destination(rsh, user or None, host, self.port)
         if self.port is not None:
             return f"{rsh or 'ssh'} -p {self.port}"
         return rsh

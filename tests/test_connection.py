@@ -59,3 +59,25 @@ def test_connections_are_reused_unless_told_not_to(tmp_path):
     assert ssh_with_reuse("ssh -o ControlMaster=no", str(tmp_path)) == "ssh -o ControlMaster=no"
     shared = ssh_with_reuse(None, str(tmp_path))
     assert shared.startswith("ssh -o ControlMaster=auto -o ControlPath=") and "ServerAliveInterval=15" in shared
+
+
+def test_the_control_socket_is_named_for_the_destination(tmp_path):
+    """gitqueue opens sessions through the master itself, so it names the socket, not ssh's %C."""
+    from gitqueue.connection import SOCKET_PATH_MAX, SSH_TEMP_SUFFIX, for_destination, ssh_with_reuse
+
+    shared = ssh_with_reuse("ssh -i /keys/w1", str(tmp_path / ("c" * 200)))
+    command, path = for_destination(shared, "bulk", "master.example.org", 2222)
+    assert f"-o ControlPath={path} " in command and "%C" not in command and "%C" in shared
+    assert len(path) + SSH_TEMP_SUFFIX <= SOCKET_PATH_MAX
+    assert for_destination(shared, "bulk", "master.example.org", 2222) == (command, path)
+    elsewhere = [(None, "master.example.org", 2222), ("bulk", "other.example.org", 2222),
+                 ("bulk", "master.example.org", None)]
+    others = {for_destination(shared, *where)[1] for where in elsewhere}
+    assert len(others) == 3 and path not in others
+    assert for_destination(ssh_with_reuse("ssh -i /keys/w2", str(tmp_path / ("c" * 200))),
+                           "bulk", "master.example.org", 2222)[1] != path  # another identity
+    assert for_destination("ssh -o ControlMaster=no", "bulk", "h", None) == ("ssh -o ControlMaster=no", None)
+    # rsync's ssh to the same place gets the same socket
+    from gitqueue.transfer import parse_tree
+
+    assert f"ControlPath={path} " in parse_tree("ssh://bulk@master.example.org:2222/srv/packages").rsh(shared)

@@ -413,3 +413,18 @@ def test_every_schema_key_is_written_by_the_code(tmp_path):
     for kind, key in NESTED:
         if kind in PROTOCOL_KINDS:
             assert seen.get((kind, key)) == _properties(kind, key), f"{kind}.{key}"
+
+
+def test_record_times_read_back_as_the_schema_writes_them():
+    import subprocess
+    import sys
+
+    assert records.epoch(records.utc(1_800_000_000)) == 1_800_000_000
+    assert records.epoch("1970-01-01T00:00:00Z") == 0
+    for bad in (None, 5, "", "2026-1-02T00:00:00Z", "2026-02-30T00:00:00Z", "2026-01-02T24:00:00Z",
+                "2026-01-02 00:00:00Z", "2026-01-02T00:00:00Z\n", "2026-01-02T00:00:00"):
+        assert records.epoch(bad) is None, bad
+    # strptime's module would cost every worker 0.2 MiB
+    code = "import sys, gitqueue.records as r; r.epoch('2026-01-02T03:04:05Z'); print('_strptime' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                          check=True).stdout == "False\n"

@@ -175,9 +175,10 @@ class Identities:
 
     def master(self, name, operation="check") -> int:
         """`ssh -O check` (or exit) on the shared connection gitqueue gives `name`'s ssh command."""
-        from gitqueue.connection import ssh_with_reuse
+        from gitqueue.connection import for_destination, ssh_with_reuse
 
         command = ssh_with_reuse(self.ssh[name], str(self.cache), agent_socket=os.environ.get("SSH_AUTH_SOCK"))
+        command, _ = for_destination(command, self.sshd.user, self.sshd.host, self.sshd.port)
         argv = [*shlex.split(command), "-O", operation,
                 "-p", str(self.sshd.port), f"{self.sshd.user}@{self.sshd.host}"]
         return subprocess.run(argv, capture_output=True, timeout=30).returncode
