@@ -144,3 +144,12 @@ def job_path(name):
     from gitqueue.layout import shard
 
     return f"{shard(name)}/{name}.toml"
+
+
+def test_a_cycle_or_an_unknown_dependency_is_refused_with_its_names():
+    jobs = [job("a-1", ["b-1"]), job("b-1", ["c-1"]), job("c-1", ["a-1"]), job("d-1", ["c-1"])]
+    with pytest.raises(RecordInvalid, match=r"^jobs: dependency cycle a-1 -> b-1 -> c-1 -> a-1$"):
+        graph.derive(jobs, {}, [], [])
+    # A job on the priority list that needs an unknown one: the unknown job is named.
+    with pytest.raises(RecordInvalid, match=r"^jobs: a-1 depends on unknown job z-1$"):
+        graph.derive([job("a-1", ["z-1"])], {}, ["a-1"], [])
