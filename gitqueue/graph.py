@@ -328,10 +328,17 @@ def _facts(job: dict, noway: list) -> _Facts:
     return _Facts(job["version"], job.get("pkgpath") or None, *_skip(job, noway), tuple(job["deps"]))
 
 
-def problem(reader, data: bytes) -> str | None:
+def problem(reader, data: bytes, since=None) -> str | None:
     """Why graph.tsv's `data` does not describe `reader`'s tree (its records, settings and
     lists), or None. Estimates and priorities are hints of the admin's gitqueue version: only
-    their form is checked; names, versions, package paths, skips and dependencies must be exact."""
+    their form is checked; names, versions, package paths, skips and dependencies must be exact.
+
+    `since`: (reader of the parent's tree, the parent's graph.tsv, {name: new record, or None
+    when removed} of every job record the commit changes), when that graph.tsv is known to match
+    the parent's records (None: the parent has no graph.tsv and no jobs). If it names the
+    parent's own inputs and the settings and lists are unchanged, only the changed records are
+    read; the verdict is the same.
+    """
     try:
         inputs, rows = parse(data)
     except RecordInvalid as e:
@@ -339,13 +346,15 @@ def problem(reader, data: bytes) -> str | None:
     if inputs != inputs_of(reader):
         return "names other trees or files than its own commit's: rewrite it with the records"
     try:
-        settings, _, noway_entries = _settings_and_lists(reader.read)
-        noway = _noway(settings, noway_entries)
-        facts = {}
-        for job in read_jobs(reader):
-            if job["name"] in facts:
-                raise RecordInvalid(f"jobs: {job['name']} is recorded twice")
-            facts[job["name"]] = _facts(job, noway)
+        facts = _facts_since(inputs, reader, *since) if since is not None else None
+        if facts is None:
+            settings, _, noway_entries = _settings_and_lists(reader.read)
+            noway = _noway(settings, noway_entries)
+            facts = {}
+            for job in read_jobs(reader):
+                if job["name"] in facts:
+                    raise RecordInvalid(f"jobs: {job['name']} is recorded twice")
+                facts[job["name"]] = _facts(job, noway)
     except RecordInvalid as e:
         return f"the records it describes are invalid: {e}"
     reason = dependency_problem({name: list(f.deps) for name, f in facts.items()})
@@ -361,6 +370,30 @@ def problem(reader, data: bytes) -> str | None:
                 (name, f.version, f.pkgpath, f.skip_kind, f.skip, " ".join(str(ids[d]) for d in f.deps)):
             return f"job {got.name} does not match its record (version, package path, skip or dependencies)"
     return None
+
+
+def _facts_since(inputs: dict, reader, parent, old_data: bytes | None, changed: dict) -> dict | None:
+    """Each job's _Facts from the parent's graph.tsv `old_data` (which matches the parent's
+    records) and the `changed` records; None when that graph is stale or a setting or list changed."""
+    old_rows: list[Row] = []
+    if old_data is None:
+        old_inputs = inputs_of(parent)
+        if old_inputs["jobs"] != "-":
+            return None
+    else:
+        old_inputs, old_rows = parse(old_data)
+    if old_inputs != inputs_of(parent) or any(old_inputs[k] != inputs[k] for k in INPUTS[1:]):
+        return None
+    names = [row.name for row in old_rows]
+    facts = {row.name: _Facts(row.version, row.pkgpath, row.skip_kind, row.skip,
+                              tuple(names[int(d) - 1] for d in row.deps.split()))
+             for row in old_rows if row.name not in changed}
+    settings, _, noway_entries = _settings_and_lists(reader.read)
+    noway = _noway(settings, noway_entries)
+    for name, job in changed.items():
+        if job is not None:
+            facts[name] = _facts(job, noway)
+    return facts
 
 
 def graph_rows(reader) -> list[Row]:

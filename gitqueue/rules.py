@@ -240,7 +240,8 @@ class State:
     The registry is read again only when queue.toml or workers/ change; with `Options.history`
     the lease tokens seen so far are kept (token -> worker). Parsed records and trees are kept
     by object id, a bounded number of each, so a replay reads each commit's changes, not the
-    records around them again.
+    records around them again; and the graph.tsv blobs found to match their records, so that
+    the next one is judged from the last and the job records its commit changes.
     """
 
     def __init__(self, store, tree_id=None):
@@ -253,6 +254,7 @@ class State:
         self.parsed_trees: dict = {}  # tree id -> entries, for TreeWalk
         self.records = RecordCache(store, RECORD_CACHE)
         self._trees: OrderedDict = OrderedDict()  # tree id -> {name: (mode, id)}, for CachedReader
+        self.checked_graphs: set[bytes] = set()  # graph.tsv blobs found to match the records they name
 
     def reader(self, tree_id) -> CachedReader:
         """A reader of `tree_id` that shares this state's parsed trees and records."""
@@ -636,9 +638,36 @@ class _Check:
             return
         from .graph import problem
 
-        reason = problem(self.after, new)
+        reason = problem(self.after, new, self._graph_since())
         if reason:
             self.fail("graph", reason, path)
+        else:
+            self.state.checked_graphs.add(self.after.blob_id(layout.GRAPH))
+
+    def _graph_since(self):
+        """graph.problem's `since` when the parent's graph.tsv was found to match the records it
+        names (by this State: a replay from the first commit checks every one), or the parent
+        has neither graph.tsv nor jobs; else None."""
+        old_id = self.before.blob_id(layout.GRAPH)
+        if old_id is None:
+            if self.before.tree_id_of("jobs") is not None:
+                return None
+            old = None
+        elif old_id in self.state.checked_graphs:
+            try:
+                old = read_blob(self.store, old_id, layout.MAX_GRAPH_BYTES, layout.GRAPH)
+            except GitqueueError:
+                return None
+        else:
+            return None
+        changed = {}
+        for change in self.changes:
+            if change.path.startswith("jobs/"):
+                if change.kind != "job" or change.name in changed:
+                    return None
+                changed[change.name] = self.parsed[change.path][1]
+        return self.before, old, changed
+
     _worker = _priority
 
     def _heartbeat(self, path, name, old, new, had, has):

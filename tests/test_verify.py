@@ -199,11 +199,40 @@ def test_an_admin_may_clear_what_a_local_writer_left(tmp_path):
     assert len(data["violations"]) == 1 and data["violations"][0].endswith("junk: outside the queue layout [layout]")
 
 
+def test_verify_judges_each_graph_from_the_last_one_it_checked(tmp_path):
+    """The import's graph.tsv is checked against every record; a later one is judged from it and
+    the job records its own commit changes, and still found wrong: a line left stale for a
+    changed job, or records that make a dependency cycle."""
+    from gitqueue import graph
+    from gitqueue.layout import GRAPH
+
+    def stale_commit(name, changes):
+        """A local writer's commit of `changes` with the import's graph.tsv naming the new tree."""
+        url = make_queue(tmp_path, [job("a-1"), job("b-1", ["a-1"]), job("c-1", ["b-1"])], name=name, hook=False)
+        with open_queue(url, tmp_path) as q:
+            reader = q.remote.reader(q.remote.fetch())
+            rows = graph.parse(reader.read(GRAPH))[1]
+            changes[GRAPH] = graph.render(rows, graph.inputs_of(reader, changes))
+        return url, local_commit(url, changes)
+
+    url, bad = stale_commit("q1.git", {record_path("jobs", "b-1"): records.dumps("job", job("b-1", ["a-1"], "2.0"))})
+    proc = gitqueue("verify", url)
+    assert proc.returncode == 1
+    assert proc.stderr == (f"Error: commit {bad} graph.tsv: job b-1 does not match its record (version, package "
+                           "path, skip or dependencies) [graph]\n")
+
+    url, bad = stale_commit("q2.git", {record_path("jobs", "a-1"): records.dumps("job", job("a-1", ["c-1"]))})
+    proc = gitqueue("verify", url)
+    assert proc.returncode == 1
+    assert proc.stderr == (f"Error: commit {bad} graph.tsv: the records it describes are invalid: jobs: dependency "
+                           "cycle a-1 -> c-1 -> b-1 -> a-1 [graph]\n")
+
+
 def test_a_state_carried_through_a_history_judges_as_one_made_from_the_parent(tmp_path):
-    """What a State keeps from commit to commit (parsed records and trees, live leases) changes
-    no verdict: each commit of a history with claims, reports, declines, an update and a local
-    writer's bad commits gets the violations that a State made from its parent's tree alone
-    finds."""
+    """What a State keeps from commit to commit (parsed records and trees, live leases, the
+    graph.tsv it checked) changes no verdict: each commit of a history with claims, reports,
+    declines, an update and a local writer's bad commits gets the violations that a State made
+    from its parent's tree alone finds."""
     from dulwich.repo import Repo
 
     from gitqueue import admin, rules
