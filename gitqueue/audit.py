@@ -91,7 +91,7 @@ def _replay(store, tip, options, packages_dir, tree_fd, stop_at_first) -> Audit:
                                                       record_path("results", job)))
         if stop_at_first and audit.violations:
             break
-        state.advance(commit)
+        state.advance(commit, verdict)
     return audit
 
 

@@ -57,36 +57,77 @@ class Row(NamedTuple):
 def derive(jobs: list[dict], settings: dict, priority_patterns: list[str], noway_entries: list[dict]) -> list[Row]:
     """The rows of `jobs` (checked job records) under these settings and lists, sorted by name.
 
-    Raises RecordInvalid for a dependency on a job that is not there.
+    Raises RecordInvalid for a dependency on a job that is not there, or a dependency cycle.
     """
     from . import lists, scheduler
 
     jobs = sorted(jobs, key=lambda j: j["name"])
+    reason = dependency_problem({job["name"]: job["deps"] for job in jobs})
+    if reason:
+        raise RecordInvalid(reason)
     ids = {job["name"]: i for i, job in enumerate(jobs, 1)}
     estimates = {job["name"]: scheduler.estimate(job) for job in jobs}
     est = {name: e[0] for name, e in estimates.items()}
     boost_rx = lists.compile_patterns(priority_patterns)
     boosted = {job["name"] for job in jobs if lists.matches(boost_rx, job)}
     priority = scheduler.priorities(jobs, est, boosted)
-    noway = [(lists.compile_patterns([e["pattern"]]), e)
-             for e in lists.noway_for(noway_entries, settings.get("arch", ""))]
+    noway = _noway(settings, noway_entries)
     rows = []
     for job in jobs:
         name = job["name"]
-        deps = []
-        for dep in job["deps"]:
-            if dep not in ids:
-                raise RecordInvalid(f"jobs: {name} depends on unknown job {dep}")
-            deps.append(ids[dep])
-        skip: str | None = job.get("prefailed") or None
-        kind: str | None = "p"
-        if not skip:
-            skip = next((f"no way on {e['arch'] or 'any arch'}: {e['reason']}" for rx, e in noway
-                         if lists.matches(rx, job)), None)
-            kind = "s" if skip else None
-        rows.append(Row(name, job["version"], job.get("pkgpath") or None, kind if skip else None, skip,
-                        est[name], estimates[name][1], priority[name], " ".join(map(str, deps))))
+        kind, skip = _skip(job, noway)
+        rows.append(Row(name, job["version"], job.get("pkgpath") or None, kind, skip,
+                        est[name], estimates[name][1], priority[name], " ".join(str(ids[d]) for d in job["deps"])))
     return rows
+
+
+def dependency_problem(deps: dict[str, list[str]]) -> str | None:
+    """Why the dependencies ({job: its dependencies}) cannot be built: the first (by name) on a
+    job that is not there, else a cycle; None when they can."""
+    for name in sorted(deps):
+        for dep in deps[name]:
+            if dep not in deps:
+                return f"jobs: {name} depends on unknown job {dep}"
+    dependents: dict[str, list[str]] = {name: [] for name in deps}
+    waiting = {}
+    for name, needs in deps.items():
+        waiting[name] = len(needs)
+        for dep in needs:
+            dependents[dep].append(name)
+    ready = [name for name, n in waiting.items() if n == 0]
+    while ready:
+        for up in dependents[ready.pop()]:
+            waiting[up] -= 1
+            if waiting[up] == 0:
+                ready.append(up)
+    left = {name for name, n in waiting.items() if n}
+    if not left:
+        return None
+    # Each job left waits on another one left: following those from the first one left comes round.
+    path, at = [], min(left)
+    while at not in path:
+        path.append(at)
+        at = next(d for d in deps[at] if d in left)
+    cycle = path[path.index(at):] + [at]
+    return f"jobs: dependency cycle {' -> '.join(cycle[:6])}{' -> ...' if len(cycle) > 6 else ''}"
+
+
+def _noway(settings: dict, noway_entries: list[dict]) -> list:
+    from . import lists
+
+    return [(lists.compile_patterns([e["pattern"]]), e)
+            for e in lists.noway_for(noway_entries, settings.get("arch", ""))]
+
+
+def _skip(job: dict, noway: list) -> tuple[str | None, str | None]:
+    """(skip kind, reason) of a job: prefailed, no way on this architecture, or (None, None)."""
+    from . import lists
+
+    if job.get("prefailed"):
+        return "p", job["prefailed"]
+    skip = next((f"no way on {e['arch'] or 'any arch'}: {e['reason']}" for rx, e in noway if lists.matches(rx, job)),
+                None)
+    return ("s", skip) if skip else (None, None)
 
 
 def read_jobs(reader) -> list[dict]:
@@ -273,10 +314,31 @@ def current_rows(reader):
     return rows if inputs == inputs_of(reader) else None
 
 
-def problem(reader, data: bytes) -> str | None:
+class _Facts(NamedTuple):
+    """What graph.tsv must say of one job exactly (estimates and priorities are hints)."""
+
+    version: str
+    pkgpath: str | None
+    skip_kind: str | None
+    skip: str | None
+    deps: tuple  # names
+
+
+def _facts(job: dict, noway: list) -> _Facts:
+    return _Facts(job["version"], job.get("pkgpath") or None, *_skip(job, noway), tuple(job["deps"]))
+
+
+def problem(reader, data: bytes, since=None) -> str | None:
     """Why graph.tsv's `data` does not describe `reader`'s tree (its records, settings and
     lists), or None. Estimates and priorities are hints of the admin's gitqueue version: only
-    their form is checked; names, versions, package paths, skips and dependencies must be exact."""
+    their form is checked; names, versions, package paths, skips and dependencies must be exact.
+
+    `since`: (reader of the parent's tree, the parent's graph.tsv, {name: new record, or None
+    when removed} of every job record the commit changes), when that graph.tsv is known to match
+    the parent's records (None: the parent has no graph.tsv and no jobs). If it names the
+    parent's own inputs and the settings and lists are unchanged, only the changed records are
+    read; the verdict is the same.
+    """
     try:
         inputs, rows = parse(data)
     except RecordInvalid as e:
@@ -284,16 +346,54 @@ def problem(reader, data: bytes) -> str | None:
     if inputs != inputs_of(reader):
         return "names other trees or files than its own commit's: rewrite it with the records"
     try:
-        expected = graph_rows(reader)
+        facts = _facts_since(inputs, reader, *since) if since is not None else None
+        if facts is None:
+            settings, _, noway_entries = _settings_and_lists(reader.read)
+            noway = _noway(settings, noway_entries)
+            facts = {}
+            for job in read_jobs(reader):
+                if job["name"] in facts:
+                    raise RecordInvalid(f"jobs: {job['name']} is recorded twice")
+                facts[job["name"]] = _facts(job, noway)
     except RecordInvalid as e:
         return f"the records it describes are invalid: {e}"
-    if len(rows) != len(expected):
-        return f"{len(rows)} jobs, but the records hold {len(expected)}"
-    for got, want in zip(rows, expected, strict=True):
+    reason = dependency_problem({name: list(f.deps) for name, f in facts.items()})
+    if reason:
+        return f"the records it describes are invalid: {reason}"
+    names = sorted(facts)
+    if len(rows) != len(names):
+        return f"{len(rows)} jobs, but the records hold {len(names)}"
+    ids = {name: i for i, name in enumerate(names, 1)}
+    for got, name in zip(rows, names, strict=True):
+        f = facts[name]
         if (got.name, got.version, got.pkgpath, got.skip_kind, got.skip, got.deps) != \
-                (want.name, want.version, want.pkgpath, want.skip_kind, want.skip, want.deps):
+                (name, f.version, f.pkgpath, f.skip_kind, f.skip, " ".join(str(ids[d]) for d in f.deps)):
             return f"job {got.name} does not match its record (version, package path, skip or dependencies)"
     return None
+
+
+def _facts_since(inputs: dict, reader, parent, old_data: bytes | None, changed: dict) -> dict | None:
+    """Each job's _Facts from the parent's graph.tsv `old_data` (which matches the parent's
+    records) and the `changed` records; None when that graph is stale or a setting or list changed."""
+    old_rows: list[Row] = []
+    if old_data is None:
+        old_inputs = inputs_of(parent)
+        if old_inputs["jobs"] != "-":
+            return None
+    else:
+        old_inputs, old_rows = parse(old_data)
+    if old_inputs != inputs_of(parent) or any(old_inputs[k] != inputs[k] for k in INPUTS[1:]):
+        return None
+    names = [row.name for row in old_rows]
+    facts = {row.name: _Facts(row.version, row.pkgpath, row.skip_kind, row.skip,
+                              tuple(names[int(d) - 1] for d in row.deps.split()))
+             for row in old_rows if row.name not in changed}
+    settings, _, noway_entries = _settings_and_lists(reader.read)
+    noway = _noway(settings, noway_entries)
+    for name, job in changed.items():
+        if job is not None:
+            facts[name] = _facts(job, noway)
+    return facts
 
 
 def graph_rows(reader) -> list[Row]:

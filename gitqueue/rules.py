@@ -15,6 +15,8 @@ Only the standard library, dulwich's object store and gitqueue's records are use
 signatures are checked with `signing` (in process with `cryptography` when it is importable).
 """
 
+import stat
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
 from . import layout, records
@@ -26,6 +28,10 @@ from .trees import TreeWalk
 DEFAULT_MAX_RECORD_BYTES = 65536
 MAX_COMMIT_BYTES = 1 << 16  # a commit settling a host's 16 workers is about 10 KB
 MAX_READ_BYTES = 1 << 20  # any record read while judging (queue.toml of a root commit, ...)
+# Parsed records and trees a State keeps: a commit settling 100 workers reads a few thousand
+# records (every dependency's result), most of them read by the commits before it too.
+RECORD_CACHE = 8192
+TREE_CACHE = 1024
 TOML_TOP_KINDS = ("queue", "priority", "noway")
 
 
@@ -120,8 +126,73 @@ def read_record(reader: TreeReader, kind: str, path: str):
     sha = reader.blob_id(path)
     if sha is None:
         return None
-    data = read_blob(reader.store, sha, MAX_READ_BYTES, path)
+    cache = getattr(reader, "records", None)
+    if cache is not None:
+        return cache.get(kind, path, sha)
+    return parse_record(reader.store, kind, path, sha)
+
+
+def parse_record(store, kind: str, path: str, sha: bytes) -> dict:
+    """The `kind` record in blob `sha` at `path` (see read_record)."""
+    data = read_blob(store, sha, MAX_READ_BYTES, path)
     return records.loads(kind, data, path) if kind in TOML_TOP_KINDS else records.load_at(kind, data, path)
+
+
+class RecordCache:
+    """Parsed records by (kind, path, blob id), the most recently used kept: a record's verdict
+    follows from these alone, so a result that many claims depend on is parsed once, not once
+    per dependent. Callers never change the records they get."""
+
+    def __init__(self, store, size: int):
+        self.store = store
+        self.size = size
+        self._items: OrderedDict = OrderedDict()  # key -> record, or the GitqueueError it raised
+
+    def get(self, kind: str, path: str, sha: bytes) -> dict:
+        key = (kind, path, sha)
+        got = self._items.get(key)
+        if got is None:
+            try:
+                got = parse_record(self.store, kind, path, sha)
+            except GitqueueError as e:
+                got = e
+            self.put(key, got)
+        else:
+            self._items.move_to_end(key)
+        if isinstance(got, GitqueueError):
+            raise got.with_traceback(None)
+        return got
+
+    def put(self, key: tuple, record) -> None:
+        self._items[key] = record
+        self._items.move_to_end(key)
+        if len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+
+class CachedReader(TreeReader):
+    """A TreeReader whose lookups go through a State's parsed trees and records."""
+
+    def __init__(self, state: "State", tree_id):
+        super().__init__(state.store, tree_id)
+        self._state = state
+        self.records = state.records
+
+    def _lookup(self, path: str):
+        sha = self.tree_id
+        if sha is None:
+            return None, None
+        mode = stat.S_IFDIR
+        if path == "":
+            return mode, sha
+        for part in path.split("/"):
+            if not stat.S_ISDIR(mode):
+                return None, None
+            entry = self._state.tree_entries(sha).get(part.encode())
+            if entry is None:
+                return None, None
+            mode, sha = entry
+        return mode, sha
 
 
 def read_blob(store, sha: bytes, limit: int, where: str) -> bytes:
@@ -167,7 +238,10 @@ class State:
     """The parent's tree and what was learnt from it, carried from one commit to the next.
 
     The registry is read again only when queue.toml or workers/ change; with `Options.history`
-    the lease tokens seen so far are kept (token -> worker).
+    the lease tokens seen so far are kept (token -> worker). Parsed records and trees are kept
+    by object id, a bounded number of each, so a replay reads each commit's changes, not the
+    records around them again; and the graph.tsv blobs found to match their records, so that
+    the next one is judged from the last and the job records its commit changes.
     """
 
     def __init__(self, store, tree_id=None):
@@ -178,6 +252,29 @@ class State:
         self.tokens: dict[str, str] = {}
         self._leases: dict[str, str] | None = None  # job -> worker of every live lease
         self.parsed_trees: dict = {}  # tree id -> entries, for TreeWalk
+        self.records = RecordCache(store, RECORD_CACHE)
+        self._trees: OrderedDict = OrderedDict()  # tree id -> {name: (mode, id)}, for CachedReader
+        self.checked_graphs: set[bytes] = set()  # graph.tsv blobs found to match the records they name
+
+    def reader(self, tree_id) -> CachedReader:
+        """A reader of `tree_id` that shares this state's parsed trees and records."""
+        return CachedReader(self, tree_id)
+
+    def tree_entries(self, sha: bytes) -> dict:
+        """{name: (mode, id)} of tree `sha`, as dulwich reads it (the last of a repeated name)."""
+        got = self._trees.get(sha)
+        if got is None:
+            walked = self.parsed_trees.get(sha)  # parsed by the walk as git stores it, which dulwich agrees with
+            if walked is not None:
+                got = {name: (int(mode, 8), entry) for mode, name, entry in walked}
+            else:
+                got = {e.path: (e.mode, e.sha) for e in self.store[sha].iteritems()}
+            self._trees[sha] = got
+            if len(self._trees) > TREE_CACHE:
+                self._trees.popitem(last=False)
+        else:
+            self._trees.move_to_end(sha)
+        return got
 
     def leases(self) -> dict[str, str]:
         """{job: worker} of the live leases of the parent's tree (read once, then kept up to date)."""
@@ -185,7 +282,7 @@ class State:
             self._leases = {}
             for path, sha in TreeReader(self.store, self.tree).walk_files("leases"):
                 try:
-                    rec = records.load_at("lease", read_blob(self.store, sha, MAX_READ_BYTES, path), path)
+                    rec = self.records.get("lease", path, sha)
                 except GitqueueError:
                     continue
                 self._leases[rec["job"]] = rec["worker"]
@@ -300,8 +397,8 @@ def check_commit(store, state: State, commit, options: Options | None = None) ->
     if not walk.changes:
         fail("empty", "commit changes nothing")
         return verdict
-    before = TreeReader(store, state.tree)
-    after = TreeReader(store, commit.tree)
+    before = state.reader(state.tree)
+    after = state.reader(commit.tree)
     _Check(store, state, reg, signer, named, walk.changes, before, after, options, verdict, fail,
            commit.message).run()
     kinds = {c.kind for c in walk.changes}
@@ -347,6 +444,10 @@ def _self_signed(commit) -> "Signer | None":
     except SignatureError:
         return None
     return Signer(fingerprint(key_line), None, frozenset(), unregistered=True)
+
+
+# Kinds whose _load checks more than read_record does: never taken from the record cache.
+_UNCACHED = frozenset({"graph", "queue", "worker"})
 
 
 class _Check:
@@ -445,6 +546,7 @@ class _Check:
                 continue
             kind = change.kind
             old_rec = new_rec = None
+            cached = kind not in _UNCACHED
             if new is not None:
                 try:
                     new_rec = self._load(kind, change.data, path)
@@ -452,10 +554,14 @@ class _Check:
                     self.fail("schema", str(e).removeprefix(f"{path}: "), path)
                     ok = False
                     continue
+                if cached and len(change.data) <= MAX_READ_BYTES:
+                    self.state.records.put((kind, path, new[1]), new_rec)
             if old is not None:
                 try:
-                    data = read_blob(self.store, old[1], MAX_READ_BYTES, path)
-                    old_rec = self._load(kind, data, path)
+                    if cached:
+                        old_rec = self.state.records.get(kind, path, old[1])
+                    else:
+                        old_rec = self._load(kind, read_blob(self.store, old[1], MAX_READ_BYTES, path), path)
                 except GitqueueError:
                     old_rec = None  # what a local writer left; it is being replaced or removed
             self.parsed[path] = (old_rec, new_rec, old is not None, new is not None)
@@ -479,8 +585,9 @@ class _Check:
             else:
                 live[job] = worker
         cap = layout.max_leases(self.reg.settings)
+        counts = Counter(live.values())
         for worker in sorted(gained):
-            held = sum(1 for w in live.values() if w == worker)
+            held = counts[worker]
             if held > cap:
                 self.fail("lease", f"{worker} would hold {held} live leases, more than max_leases ({cap})")
 
@@ -531,9 +638,36 @@ class _Check:
             return
         from .graph import problem
 
-        reason = problem(self.after, new)
+        reason = problem(self.after, new, self._graph_since())
         if reason:
             self.fail("graph", reason, path)
+        else:
+            self.state.checked_graphs.add(self.after.blob_id(layout.GRAPH))
+
+    def _graph_since(self):
+        """graph.problem's `since` when the parent's graph.tsv was found to match the records it
+        names (by this State: a replay from the first commit checks every one), or the parent
+        has neither graph.tsv nor jobs; else None."""
+        old_id = self.before.blob_id(layout.GRAPH)
+        if old_id is None:
+            if self.before.tree_id_of("jobs") is not None:
+                return None
+            old = None
+        elif old_id in self.state.checked_graphs:
+            try:
+                old = read_blob(self.store, old_id, layout.MAX_GRAPH_BYTES, layout.GRAPH)
+            except GitqueueError:
+                return None
+        else:
+            return None
+        changed = {}
+        for change in self.changes:
+            if change.path.startswith("jobs/"):
+                if change.kind != "job" or change.name in changed:
+                    return None
+                changed[change.name] = self.parsed[change.path][1]
+        return self.before, old, changed
+
     _worker = _priority
 
     def _heartbeat(self, path, name, old, new, had, has):

@@ -144,3 +144,125 @@ def job_path(name):
     from gitqueue.layout import shard
 
     return f"{shard(name)}/{name}.toml"
+
+
+def test_a_cycle_or_an_unknown_dependency_is_refused_with_its_names():
+    jobs = [job("a-1", ["b-1"]), job("b-1", ["c-1"]), job("c-1", ["a-1"]), job("d-1", ["c-1"])]
+    with pytest.raises(RecordInvalid, match=r"^jobs: dependency cycle a-1 -> b-1 -> c-1 -> a-1$"):
+        graph.derive(jobs, {}, [], [])
+    # A job on the priority list that needs an unknown one: the unknown job is named.
+    with pytest.raises(RecordInvalid, match=r"^jobs: a-1 depends on unknown job z-1$"):
+        graph.derive([job("a-1", ["z-1"])], {}, ["a-1"], [])
+
+
+# -- the check of a commit's graph.tsv from its parent's ----------------------------------------------
+
+_POOL = [f"p{i}-1" for i in range(7)]
+_NOWAY = {"entries": [{"pattern": "p1-*", "arch": "", "reason": "needs rust"}]}
+
+
+def _job_strategy(name, candidates):
+    return st.builds(lambda version, pkgpath, prefailed, deps: {
+        "name": name, "version": version, "deps": deps,
+        **({"pkgpath": pkgpath} if pkgpath else {}), **({"prefailed": prefailed} if prefailed else {})},
+        st.sampled_from(["1", "2"]), st.sampled_from([None, "x/a", "x/b"]), st.sampled_from([None, "broken"]),
+        st.lists(st.sampled_from(candidates), unique=True, max_size=3) if candidates else st.just([]))
+
+
+@st.composite
+def _update(draw):
+    """(parent's jobs, child's jobs, noway of parent, noway of child): the parent's deps point
+    only at earlier names (a graph that derives); the child's anywhere in the pool (unknown
+    jobs, cycles)."""
+    parent = {}
+    for i, name in enumerate(_POOL):
+        if draw(st.booleans()):
+            parent[name] = draw(_job_strategy(name, [n for n in _POOL[:i] if n in parent]))
+    child = {}
+    for name in _POOL:
+        choice = draw(st.sampled_from(["keep", "keep", "drop", "change"]))
+        if choice == "keep" and name in parent:
+            child[name] = parent[name]
+        elif choice == "change":
+            child[name] = draw(_job_strategy(name, [n for n in _POOL if n != name]))
+    noway = draw(st.sampled_from([None, _NOWAY]))
+    return parent, child, noway, draw(st.sampled_from([noway, noway, None, _NOWAY]))
+
+
+def _tree(store, jobs, noway):
+    from gitqueue import records
+    from gitqueue.gitstore import TreeReader, build_tree
+    from gitqueue.layout import NOWAY, record_path
+
+    files = {record_path("jobs", n): records.dumps("job", j) for n, j in jobs.items()}
+    files["queue.toml"] = b'format_version = 1\nname = "t"\nlease_ttl = 3600\n'
+    if noway is not None:
+        files[NOWAY] = records.dumps("noway", noway)
+    tree, objects = build_tree(store, None, files)
+    for o in objects:
+        store.add_object(o)
+    return TreeReader(store, tree)
+
+
+def _graph_of(reader, jobs, noway):
+    return graph.render(graph.derive(list(jobs.values()), {}, [], (noway or {"entries": []})["entries"]),
+                        graph.inputs_of(reader))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_update(), st.integers(0, 3), st.data())
+def test_the_check_from_the_parents_graph_says_what_the_whole_check_says(update, which, data):
+    """A commit's graph.tsv judged from the parent's (known to match the parent's records) and
+    the changed records alone gets the verdict of the check that reads every record."""
+    from dulwich.object_store import MemoryObjectStore
+
+    parent_jobs, child_jobs, parent_noway, child_noway = update
+    store = MemoryObjectStore()
+    parent = _tree(store, parent_jobs, parent_noway)
+    child = _tree(store, child_jobs, child_noway)
+    # What an admin (or a local writer) might write: the child's own graph when it derives, the
+    # parent's left as it was, or the parent's under the child's inputs (stale rows).
+    try:
+        candidates = [_graph_of(child, child_jobs, child_noway)]
+    except RecordInvalid:
+        candidates = []
+    candidates += [_graph_of(parent, parent_jobs, parent_noway)]
+    stale = graph.parse(_graph_of(parent, parent_jobs, parent_noway))[1]
+    candidates += [graph.render(stale, graph.inputs_of(child))]
+    if stale:
+        shuffled = [r._replace(skip_kind=None, skip=None) if i == data.draw(st.integers(0, len(stale) - 1)) else r
+                    for i, r in enumerate(stale)]
+        candidates += [graph.render(shuffled, graph.inputs_of(child))]
+    chosen = candidates[which % len(candidates)]
+    changed = {n: child_jobs.get(n) for n in set(parent_jobs) | set(child_jobs)
+               if parent_jobs.get(n) != child_jobs.get(n)}
+    old = _graph_of(parent, parent_jobs, parent_noway) if parent_jobs or data.draw(st.booleans()) else None
+    assert graph.problem(child, chosen, (parent, old, changed)) == graph.problem(child, chosen)
+
+
+def test_the_check_from_the_parents_graph_reads_no_unchanged_record():
+    from dulwich.object_store import MemoryObjectStore
+
+    from gitqueue.gitstore import TreeReader
+    from gitqueue.layout import record_path
+
+    jobs = {n: job(n, [_POOL[0]] if n != _POOL[0] else []) for n in _POOL}
+    full = MemoryObjectStore()
+    parent = _tree(full, jobs, None)
+    bumped = {**jobs, _POOL[3]: job(_POOL[3], [_POOL[0]], version="2")}
+    child = _tree(full, bumped, None)
+    data = _graph_of(child, bumped, None)
+    old = _graph_of(parent, jobs, None)
+    # The same trees in a store without the records the commit leaves alone.
+    unchanged = {child.blob_id(record_path("jobs", n)) for n in _POOL if n != _POOL[3]}
+    bare = MemoryObjectStore()
+    for sha in full:
+        if sha not in unchanged:
+            bare.add_object(full[sha])
+    parent, child = TreeReader(bare, parent.tree_id), TreeReader(bare, child.tree_id)
+    with pytest.raises(KeyError):
+        graph.problem(child, data)  # the whole check reads them
+    assert graph.problem(child, data, (parent, old, {_POOL[3]: bumped[_POOL[3]]})) is None
+    wrong = data.replace(b"\t2\t", b"\t1\t")
+    assert graph.problem(child, wrong, (parent, old, {_POOL[3]: bumped[_POOL[3]]})) == \
+        f"job {_POOL[3]} does not match its record (version, package path, skip or dependencies)"

@@ -197,3 +197,91 @@ def test_an_admin_may_clear_what_a_local_writer_left(tmp_path):
     data = json.loads(proc.stdout)
     # The junk commit is the one violation; clearing it (an unsigned queue: anyone is an admin) is not.
     assert len(data["violations"]) == 1 and data["violations"][0].endswith("junk: outside the queue layout [layout]")
+
+
+def test_verify_judges_each_graph_from_the_last_one_it_checked(tmp_path):
+    """The import's graph.tsv is checked against every record; a later one is judged from it and
+    the job records its own commit changes, and still found wrong: a line left stale for a
+    changed job, or records that make a dependency cycle."""
+    from gitqueue import graph
+    from gitqueue.layout import GRAPH
+
+    def stale_commit(name, changes):
+        """A local writer's commit of `changes` with the import's graph.tsv naming the new tree."""
+        url = make_queue(tmp_path, [job("a-1"), job("b-1", ["a-1"]), job("c-1", ["b-1"])], name=name, hook=False)
+        with open_queue(url, tmp_path) as q:
+            reader = q.remote.reader(q.remote.fetch())
+            rows = graph.parse(reader.read(GRAPH))[1]
+            changes[GRAPH] = graph.render(rows, graph.inputs_of(reader, changes))
+        return url, local_commit(url, changes)
+
+    url, bad = stale_commit("q1.git", {record_path("jobs", "b-1"): records.dumps("job", job("b-1", ["a-1"], "2.0"))})
+    proc = gitqueue("verify", url)
+    assert proc.returncode == 1
+    assert proc.stderr == (f"Error: commit {bad} graph.tsv: job b-1 does not match its record (version, package "
+                           "path, skip or dependencies) [graph]\n")
+
+    url, bad = stale_commit("q2.git", {record_path("jobs", "a-1"): records.dumps("job", job("a-1", ["c-1"]))})
+    proc = gitqueue("verify", url)
+    assert proc.returncode == 1
+    assert proc.stderr == (f"Error: commit {bad} graph.tsv: the records it describes are invalid: jobs: dependency "
+                           "cycle a-1 -> c-1 -> b-1 -> a-1 [graph]\n")
+
+
+def test_a_state_carried_through_a_history_judges_as_one_made_from_the_parent(tmp_path):
+    """What a State keeps from commit to commit (parsed records and trees, live leases, the
+    graph.tsv it checked) changes no verdict: each commit of a history with claims, reports,
+    declines, an update and a local writer's bad commits gets the violations that a State made
+    from its parent's tree alone finds."""
+    from dulwich.repo import Repo
+
+    from gitqueue import admin, rules
+    from gitqueue.errors import NothingReady, QueueFinished
+
+    jobs = [job("a-1"), job("b-1", ["a-1"]), job("c-1", ["b-1"]), job("d-1"), job("e-1", ["d-1"])]
+    url = make_queue(tmp_path, jobs, hook=False)
+    with open_queue(url, tmp_path) as q:
+        first = lease.claim(q, "w1")
+        lease.release(q, "w1", first.job, decline=True)
+        for _ in range(3):
+            try:
+                got = lease.claim(q, "w2")
+            except (NothingReady, QueueFinished):
+                break
+            lease.report(q, "w2", got.job, "success", duration=1)
+        lease.claim(q, "w3")  # fenced by the update
+        admin.update_jobs(q, [dict(j, version="2.0") if j["name"] == "a-1" else j for j in jobs], "scan2")
+        while (got := lease.claim(q, "w2")).job != "a-1":
+            lease.report(q, "w2", got.job, "success", duration=1)
+        lease.report(q, "w2", "a-1", "failure", duration=1)  # where the update took a success away
+    # A result nobody holds; a claim of a job whose dependency failed, after its success was set
+    # aside (same path, another record); a lease given back by a local writer.
+    local_commit(url, {record_path("results", "c-1"): records.dumps(
+        "result", {"job": "c-1", "version": "1.0", "status": "success", "worker": "w9", "token": "ab" * 16})})
+    local_commit(url, {record_path("leases", "b-1"): records.dumps(
+        "lease", {"job": "b-1", "worker": "w1", "token": "cd" * 16})})
+    local_commit(url, {record_path("leases", "b-1"): None})
+    # A success rewritten into garbage, then a claim that needs it.
+    local_commit(url, {record_path("results", "d-1"): b'job = "d-1"\nstatus = 7\n'})
+    local_commit(url, {record_path("leases", "e-1"): records.dumps(
+        "lease", {"job": "e-1", "worker": "w1", "token": "ef" * 16})})
+    with Repo(url) as repo:
+        store = repo.object_store
+        chain = rules.first_parent_chain(store, None, repo.refs[b"refs/heads/main"])
+        carried = rules.State(store, None)
+        judged = []
+        for commit in chain:
+            verdict = rules.check_commit(store, carried, commit)
+            fresh = rules.State(store, store[commit.parents[0]].tree if commit.parents else None)
+            assert [str(v) for v in verdict.violations] == \
+                [str(v) for v in rules.check_commit(store, fresh, commit).violations], commit.message
+            judged.append([f"{v.path}: {v.message}" for v in verdict.violations])
+            carried.advance(commit, verdict)
+    assert not any(judged[:-5])
+    assert judged[-5:] == [
+        [f"{record_path('results', 'c-1')}: result for c-1 by w9, who does not hold it (without a lease only a "
+         "success marked late = true is kept)"],
+        [f"{record_path('leases', 'b-1')}: b-1 depends on a-1, which has no success result"],
+        [],
+        [f"{record_path('results', 'd-1')}: missing required key 'worker'"],
+        [f"{record_path('leases', 'e-1')}: e-1 depends on d-1, which has no success result"]], judged[-5:]
