@@ -124,6 +124,12 @@ ROOT = ("root",)
 OUTSIDE = "outside the queue layout"
 
 
+def shown(text: str) -> str:
+    """A worker-made name or path as a message shows it: printable, cut short."""
+    text = text if text.isprintable() else repr(text)[1:-1]
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
 def entry_problem(place: tuple, name: bytes, mode: bytes) -> str | None:
     """Why the tree entry `name` (bytes as git stores them) with `mode` may not stand in `place`,
     or None when the layout allows it there."""

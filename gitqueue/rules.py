@@ -49,7 +49,7 @@ class Violation:
     path: str | None = None
 
     def __str__(self):
-        where = f" {self.path}:" if self.path else ""
+        where = f" {layout.shown(self.path)}:" if self.path else ""
         return f"{self.commit[:12]}{where} {self.message} [{self.rule}]"
 
 

@@ -123,7 +123,7 @@ class TreeWalk:
             if n is not None:
                 problem = layout.entry_problem(place, name, n[0])
                 if problem is not None:
-                    self._fail(path, "layout", f"{_shown(path)}: {problem}")
+                    self._fail(path, "layout", f"{layout.shown(path)}: {problem}")
                     continue
             if place == ROOT and name in self.skip:
                 continue
@@ -187,9 +187,3 @@ class TreeWalk:
                     yield FileChange(path, *layout.kind_of(where, name), (mode, sub), None)
                 else:
                     yield FileChange(path, None, None, (mode, sub), None)
-
-
-def _shown(text: str) -> str:
-    """A worker-made name as a message shows it: printable, cut short."""
-    shown = text if text.isprintable() else repr(text)[1:-1]
-    return shown if len(shown) <= 120 else shown[:117] + "..."

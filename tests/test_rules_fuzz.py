@@ -9,7 +9,7 @@ import pytest
 import tomli_w
 from dulwich.objects import Blob, Commit, Tree
 from dulwich.repo import Repo
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gitqueue import lease, rules
@@ -138,6 +138,7 @@ raw_entries = st.lists(st.tuples(st.sampled_from(MODES), st.one_of(st.sampled_fr
 
 @FUZZ
 @given(which=st.sampled_from(["plain", "signed"]), entries=raw_entries, where=st.sampled_from(["heartbeats", "root"]))
+@example(which="plain", entries=[(b"100644", b"\n")], where="heartbeats")  # a violation once showed the raw newline
 def test_any_raw_tree_gets_a_verdict(queues, which, entries, where):
     """Entries with any mode and name bytes, in any order, duplicates included, in the heartbeats/
     directory or the root: a verdict every time, and a refusal unless the tree is exactly what git
