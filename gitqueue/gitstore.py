@@ -103,6 +103,26 @@ def read_object(store, sha: bytes, kind: str, limit: int) -> bytes | str:
             except (zlib.error, ObjectFormatError) as e:
                 return str(e) if isinstance(e, ObjectFormatError) else f"object {sha.decode()}: damaged loose object"
             return body
+    try:
+        found = _packed(store, sha)
+        if found is not None:
+            pack, offset = found
+            # The type of a delta against another pack's object (a fetched pack's bases) is that
+            # object's: known once resolved. Its size is in its own header, checked first.
+            with open(pack.data.path, "rb", buffering=0) as entry:
+                found_kind, size = _packed_header(entry, offset, lambda ref: (kind, 0), 0)
+            problem = _mismatch(found_kind, size, kind, limit)
+            if problem:
+                return problem
+            # From the entry the header came from: dulwich's get_raw would look for it again,
+            # listing the pack directory to do so.
+            try:
+                type_num, chunks = pack.resolve_object(offset, *pack.data.get_object_at(offset))
+            except KeyError:
+                return f"object {sha.decode()}: delta base missing"
+            return _mismatch(TYPE_NAMES.get(type_num, "object"), 0, kind, limit) or b"".join(chunks)
+    except (PackFileDisappeared, FileNotFoundError):
+        pass  # `gitqueue gc` replaced the pack: ask again below, through a fresh listing
     header = object_header(store, sha, loose=False)
     if header is None:
         return f"object {sha.decode()} is missing"
@@ -139,20 +159,14 @@ def object_header(store, sha: bytes, loose: bool = True) -> tuple[str, int] | No
                     return _inflate_header(f, zlib.decompressobj(), sha)[:2]
             except FileNotFoundError:
                 pass
-    for rescan in (False, True):
-        for s in stores:
-            for pack in _packs(s, rescan):
-                try:
-                    offset = pack.index.object_offset(sha)
-                except KeyError:
-                    continue
-                except PackFileDisappeared:
-                    return _whole_object_header(store, sha)
-                try:
-                    with open(pack.data.path, "rb") as f:
-                        return _packed_header(f, offset, lambda ref: object_header(store, ref), 0)
-                except (PackFileDisappeared, FileNotFoundError):
-                    return _whole_object_header(store, sha)
+    try:
+        found = _packed(store, sha)
+        if found is not None:
+            pack, offset = found
+            with open(pack.data.path, "rb", buffering=0) as f:
+                return _packed_header(f, offset, lambda ref: object_header(store, ref), 0)
+    except (PackFileDisappeared, FileNotFoundError):
+        return _whole_object_header(store, sha)
     if not stores or getattr(base, "path", None) is None:
         # Not on disk (a memory store): the object itself is all there is to ask.
         try:
@@ -161,6 +175,42 @@ def object_header(store, sha: bytes, loose: bool = True) -> tuple[str, int] | No
             return None
         return obj.type_name.decode(), len(obj.as_raw_string())
     return None
+
+
+def _packed(store, sha: bytes, rescan: bool = True):
+    """(pack, offset) of object `sha` in a pack of `store`, searching the packs already open
+    first and (`rescan`) then the pack directory; None when no pack holds it."""
+    for again in (False, True) if rescan else (False,):
+        for s in _stores(store):
+            for pack in _packs(s, again):
+                try:
+                    return pack, pack.index.object_offset(sha)
+                except KeyError:
+                    continue
+    return None
+
+
+def lacking(store, ids) -> list:
+    """The ids among `ids` that `store` holds neither loose nor packed, in their order.
+
+    Lists the pack directory once, not once an object as dulwich's `in` does (3,000 objects
+    asked after a long absence: 3,000 listings)."""
+    stores = _stores(store)
+    if not stores or any(getattr(s, "path", None) is None for s in stores):
+        return [sha for sha in ids if sha not in store]  # a memory store: nothing to list
+    cached = getattr(store, "cached", None)
+    for s in stores:
+        _packs(s, True)  # one listing: new packs open
+    out = []
+    for sha in ids:
+        if cached is not None and cached(sha) is not None:
+            continue
+        if _packed(store, sha, rescan=False) is not None:
+            continue
+        if any(os.path.exists(_loose_path(s, sha) or "") for s in stores):
+            continue
+        out.append(sha)
+    return out
 
 
 def _packs(s, rescan: bool) -> list:
@@ -923,7 +973,7 @@ def changed_blobs(store, old_tree: bytes, new_tree: bytes, skip: tuple = ()) -> 
     Compares trees only (equal subtrees are skipped by id), so it reads no file; top-level
     directories named in `skip` are left out.
     """
-    missing: list = []
+    changed: list = []
     pending: list[tuple[bytes | None, bytes, bool]] = [(old_tree, new_tree, True)]
     while pending:
         old_id, new_id, top = pending.pop()
@@ -935,9 +985,9 @@ def changed_blobs(store, old_tree: bytes, new_tree: bytes, skip: tuple = ()) -> 
             if stat.S_ISDIR(mode):
                 if not (top and name in skip):
                     pending.append((before[1] if before and stat.S_ISDIR(before[0]) else None, sha, False))
-            elif sha not in store:
-                missing.append(sha)
-    return missing
+            else:
+                changed.append(sha)
+    return lacking(store, changed)
 
 
 def _client(url: str, ssh_command: str | None, **options):
@@ -1002,7 +1052,7 @@ class CachedRemote(Remote):
 
     def fetch_objects(self, ids) -> None:
         """Fetch the objects `ids` (ones a partial cache left out) by id, in one request."""
-        wanted = [i for i in dict.fromkeys(ids) if i not in self.object_store]
+        wanted = lacking(self.object_store, list(dict.fromkeys(ids)))
         if not wanted:
             return
         pack = io.BytesIO()
@@ -1058,18 +1108,19 @@ class CachedRemote(Remote):
         tip = self._fetch(None, filter_spec=b"blob:none")
         if tip is None:
             return None
-        missing = []
+        files = []
         left_out_jobs = False
         reader = TreeReader(self.object_store, self.object_store[tip].tree)
         for _, mode, sha in reader.entries(""):
-            if not stat.S_ISDIR(mode) and sha not in self.object_store:
-                missing.append(sha)
+            if not stat.S_ISDIR(mode):
+                files.append(sha)
         for top, _, _ in reader.entries(""):
             if top == "jobs":
                 first = next(reader.walk_files("jobs"), None)
-                left_out_jobs = first is not None and first[1] not in self.object_store
+                left_out_jobs = first is not None and bool(lacking(self.object_store, [first[1]]))
                 continue
-            missing.extend(sha for _, sha in reader.walk_files(top) if sha not in self.object_store)
+            files.extend(sha for _, sha in reader.walk_files(top))
+        missing = lacking(self.object_store, files)
         if not missing and not left_out_jobs:  # the server sent everything
             os.unlink(self._partial_marker)
             self.object_store.fetch_missing = None
