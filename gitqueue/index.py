@@ -190,25 +190,30 @@ class Index:
             self.rebuild(remote, tip)
 
     def _apply(self, changes) -> None:
-        """Apply a diff's lease, result and declines changes: parsed one by one, written in a
-        few statements (a worker back from a long absence applies thousands of results)."""
+        """Apply a diff's lease, result and declines changes: parsed in order, written a few
+        statements for each 500 (a worker back from a long absence applies thousands)."""
         from .scheduler import Speeds
 
+        speeds = Speeds({w: (n, t) for w, n, t in self.db.execute("SELECT worker, n, total FROM speeds")})
+        learned: set[str] = set()
+        siblings_measured: set[str] = set()
+        for at in range(0, len(changes), 500):
+            self._apply_some(changes[at:at + 500], speeds, learned, siblings_measured)
+        self.db.executemany("INSERT OR REPLACE INTO speeds VALUES(?, ?, ?)",
+                            [(w, *speeds.sums[w]) for w in learned if w in speeds.sums])
+
+    def _apply_some(self, changes, speeds, learned: set, siblings_measured: set) -> None:
         db = self.db
         jobs: dict[str, list] = {}
         names = list(dict.fromkeys(c.name for c in changes))
-        for at in range(0, len(names), 500):
-            chunk = names[at:at + 500]
-            jobs.update((name, row) for name, *row in db.execute(
-                f"SELECT name, id, est, est_source, pkgpath FROM jobs WHERE name IN ({','.join('?' * len(chunk))})",
-                chunk))
+        jobs.update((name, row) for name, *row in db.execute(
+            f"SELECT name, id, est, est_source, pkgpath FROM jobs WHERE name IN ({','.join('?' * len(names))})",
+            names))
         leases: list[tuple] = []
         results: list[tuple] = []
         successes: list[tuple] = []
         dropped_declines: list[tuple] = []
         declines: list[tuple] = []
-        speeds = Speeds({w: (n, t) for w, n, t in db.execute("SELECT worker, n, total FROM speeds")})
-        learned: set[str] = set()
         # package path -> (the estimate its unbuilt siblings get, the ids of those built before)
         sibling_est: dict[str, tuple[float, list[int]]] = {}
         built: dict[str, list[int]] = {}  # package path -> ids of its jobs with results so far
@@ -235,14 +240,15 @@ class Index:
                 # A measured success refines its worker's speed and its siblings' estimates.
                 worker = record["worker"]
                 if pkgpath in sibling_est and est_source in _WEAK_SOURCES:
-                    est = sibling_est[pkgpath][0]  # an earlier sibling in this diff set it
+                    est = sibling_est[pkgpath][0]  # an earlier sibling in these changes set it
                 factor = speeds.factor(worker) if speeds.measured(worker) else 1.0
                 speeds.observe(worker, duration, est)
                 learned.add(worker)
                 # Other MULTI_VERSION variants of this package build in about the same time;
                 # the first measured one sets the estimate of those not built yet (after it, no
                 # estimate of theirs is weak).
-                if pkgpath and pkgpath not in sibling_est:
+                if pkgpath and pkgpath not in siblings_measured:
+                    siblings_measured.add(pkgpath)
                     sibling_est[pkgpath] = (duration / factor, list(built[pkgpath]))
             else:
                 dropped_declines.append((job_id,))
@@ -266,8 +272,6 @@ class Index:
                        "WHERE id IN (SELECT id FROM temp.countdown)")
             db.execute("DELETE FROM temp.done_now")
             db.execute("DELETE FROM temp.countdown")
-        db.executemany("INSERT OR REPLACE INTO speeds VALUES(?, ?, ?)",
-                       [(w, *speeds.sums[w]) for w in learned if w in speeds.sums])
         db.executemany("DELETE FROM declines WHERE job=?", dropped_declines)
         db.executemany("INSERT INTO declines VALUES(?, ?, ?)", declines)
 
