@@ -509,6 +509,7 @@ class Run:
     peak_split: dict = field(default_factory=dict)
     hwm_kb: int = 0
     window_kb: int | None = None  # peak from the first build on (work runs)
+    window_pss_kb: int = 0  # the PSS at that moment
     window_split: dict = field(default_factory=dict)
     cgroup_peak: int | None = None
     failcnt: int | None = None
@@ -543,7 +544,8 @@ class Run:
                f"peak RSS {self.peak_kb / 1024:.1f} MiB ({split_text(self.peak_split) or '-'})",
                f"PSS at that moment {self.peak_pss_kb / 1024:.1f}", f"sum of VmHWM {self.hwm_kb / 1024:.1f}"]
         if self.window_kb is not None:
-            out.append(f"from the first build on {self.window_kb / 1024:.1f} MiB ({split_text(self.window_split)})")
+            out.append(f"from the first build on {self.window_kb / 1024:.1f} MiB ({split_text(self.window_split)}; "
+                       f"PSS at that moment {self.window_pss_kb / 1024:.1f})")
         if self.cgroup_peak is not None:
             out.append(f"cgroup peak {self.cgroup_peak / MiB:.1f} MiB (page cache included), failcnt {self.failcnt}")
         if self.oom_kills:
@@ -609,7 +611,7 @@ class Runner:
         run.peak_kb, run.peak_pss_kb, run.peak_split, run.hwm_kb = rss, pss, split, tree.hwm_sum()
         run.builds = [t for t, line in run.lines if BUILDING.search(line)]
         if run.builds:
-            run.window_kb, _, run.window_split = tree.peak(since=t0 + run.builds[0])
+            run.window_kb, run.window_pss_kb, run.window_split = tree.peak(since=t0 + run.builds[0])
         if group is not None:
             run.oom_kills = group.oom_kills() - oom0
             run.cgroup_peak, run.failcnt = group.peak_bytes(), group.failcnt()
@@ -822,7 +824,10 @@ class Bench:
             if r.window_kb is None:
                 measured, good = f"no build started: {r.outcome()}", False
             else:
-                measured, good = mib(r.window_kb), r.ok and r.window_kb <= GOAL_WORK_MIB * 1024
+                # PSS beside it: the ssh master maps the same libcrypto and libc as Python, so
+                # the sum of RSS counts those pages twice; the verdict stays on RSS, as asked.
+                measured = f"{mib(r.window_kb)} (PSS {mib(r.window_pss_kb)})"
+                good = r.ok and r.window_kb <= GOAL_WORK_MIB * 1024
             self.figure(f"memory: {what}, peak RSS from its first build on (builds excluded)", measured,
                         f"<= {GOAL_WORK_MIB} MiB", verdict(good))
         quick = self.work("gitqueue work, warm cache, 3 jobs of 0.1 s", cache)
