@@ -1,8 +1,8 @@
 """gitqueue: distributed bulk package builds coordinated through a shared git repository.
 
 The public API (docs/library.md): `open_queue`, `Queue`, `Worker`, `WorkerSettings`, `Claim`,
-`Heartbeat` and the errors. Each is imported on first use, so `import gitqueue` (and the CLI's start-up)
-costs no more than this file.
+`Heartbeat`, `AlreadyRecorded` and the errors. Each is imported on first use, so `import gitqueue`
+(and the CLI's start-up) costs no more than this file.
 """
 
 __version__ = "0.1.0"
@@ -15,6 +15,7 @@ _EXPORTS = {
     "WorkerSettings": "config",
     "Claim": "lease",
     "Heartbeat": "lease",
+    "AlreadyRecorded": "lease",
     "GitqueueError": "errors",
     "InvalidName": "errors",
     "RecordInvalid": "errors",

@@ -348,6 +348,12 @@ def build_fields(values: dict) -> dict:
     return {key: values[key] for key in BUILD_FIELDS if values.get(key)}
 
 
+class AlreadyRecorded(dict):
+    """What `report` returns when the outcome it reports was already in the queue: recorded by an
+    earlier run of the same report (the same worker, lease token and outcome) whose reply was lost.
+    Nothing was written; the dict is the record as the queue has it (or the requeued outcome)."""
+
+
 def report(queue, worker: str, job: str, status: str, token: str | None = None,
            duration: float | None = None, log: dict | None = None, log_tail: str | None = None,
            packages: list[dict] | None = None, platform: dict | None = None, extra: dict | None = None) -> dict:
@@ -357,6 +363,11 @@ def report(queue, worker: str, job: str, status: str, token: str | None = None,
     and nobody holds the job, a late success is kept (marked late); anything else raises LeaseLost
     and writes nothing. `extra` holds BUILD_FIELDS of the result (up_to_date, failed_phase,
     phase_logs, installed).
+
+    Retrying is safe: when this worker's outcome under the lease's token (`token`, else the one
+    this cache remembers from the claim) is already recorded, with the same status (and
+    transient or not), nothing is written and it is returned as an AlreadyRecorded; a different
+    status under that token raises LeaseLost.
     """
     check_worker_name(worker)
     check_job_name(job)
@@ -368,22 +379,47 @@ def report(queue, worker: str, job: str, status: str, token: str | None = None,
         batch = Batch(reader)
         result.clear()
         result.update(_report_step(queue, batch, worker, job, status, token, duration, log, log_tail,
-                                   packages, platform, extra=extra))
+                                   packages, platform, retried=True, extra=extra))
         return batch.change()
 
-    queue.transact(decide, identity(worker))
+    commit, _ = queue.transact(decide, identity(worker))
     queue.index.forget_claim(job)
-    return result
+    return result if commit is not None else AlreadyRecorded(result)
+
+
+def recorded_outcome(queue, reader, worker: str, job: str, token: str) -> dict | None:
+    """What is already recorded for `worker`'s lease on `job` under `token`: its result, or the
+    outcome of a transient failure that sent the job back to the queue; None when neither is."""
+    job_rec = _read(reader, "jobs", job)
+    if job_rec is None:
+        return None
+    return _recorded(queue, reader, worker, job_rec, token, _read(reader, "results", job), _read(reader, "leases", job))
+
+
+def _recorded(queue, reader, worker, job_rec, token, existing, lease) -> dict | None:
+    if existing is not None and existing["token"] == token and existing["worker"] == worker:
+        return existing
+    if lease is not None and lease["token"] == token:
+        return None  # the lease is live: nothing ended it yet
+    # Gone back to the queue under this token; another worker may have claimed or built it since.
+    return _requeued(queue, reader, worker, job_rec, token)
+
+
+def _outcome_text(status: str, transient: bool, requeued: bool = False) -> str:
+    if requeued:
+        return "a transient failure (back to the queue)"
+    return f"a {'transient ' if transient else ''}{status}"
 
 
 def _report_step(queue, batch, worker, job, status, token=None, duration=None, log=None, log_tail=None,
                  packages=None, platform=None, retried=False, extra=None) -> dict:
     """Decide the result of `job` into `batch` (see report); return the result record.
 
-    With `retried`, a result this worker already recorded under `token` is returned as is, and so
-    is the outcome of a transient failure that already went back to the queue under `token`: the
-    request may have been settled by a process that died before handing over the outcome, or
-    pushed by one whose reply was lost.
+    With `retried`, a result this worker already recorded under the lease token (`token`, else the
+    one this cache remembers) is returned as is, and so is the outcome of a transient failure that
+    already went back to the queue under it: the request may have been settled by a process that
+    died before handing over the outcome, or pushed by one whose reply was lost. A different
+    outcome under that token (another status, transient or not) raises LeaseLost.
     """
     reader = batch.reader
     tok = token or queue.index.my_claims(worker).get(job)
@@ -392,13 +428,15 @@ def _report_step(queue, batch, worker, job, status, token=None, duration=None, l
         raise UnknownJob(f"unknown job {job}")
     existing = _read(reader, "results", job)
     lease = _read(reader, "leases", job)
-    if retried and token is not None:
-        if existing is not None and existing["token"] == token and existing["worker"] == worker:
-            return existing
-        if (extra or {}).get("transient") and status == "failure" and (lease is None or lease["token"] != token):
-            requeued = _requeued(queue, reader, worker, job_rec, token)
-            if requeued is not None:
-                return requeued
+    if retried and tok is not None:
+        done = _recorded(queue, reader, worker, job_rec, tok, existing, lease)
+        if done is not None:
+            transient = bool((extra or {}).get("transient"))
+            if (done["status"], bool(done.get("transient"))) != (status, transient):
+                said = _outcome_text(done["status"], bool(done.get("transient")), bool(done.get("requeued")))
+                raise LeaseLost(f"{job}: the lease of {worker} under token {tok} already ended with {said}; this "
+                                f"report of {_outcome_text(status, transient)} differs from it; nothing recorded")
+            return done
     if existing is not None:
         raise LeaseLost(
             f"{job} already has a result ({existing['status']} by {existing['worker']}); nothing recorded"

@@ -927,6 +927,12 @@ class _Check:
         if not added:
             self.fail("decline", f"declines of {name} changed without a new entry", path)
             return
+        if len(added) > 1:
+            # One lease is given back per commit: more entries would count a transient failure twice
+            # against the job's max_attempts (or hold it back from its worker twice).
+            self.fail("decline", f"declines of {name} gain {len(added)} entries: one is appended per lease given "
+                                 "back", path)
+            return
         lease_path = record_path("leases", name)
         released = self.parsed.get(lease_path)
         for entry in added:

@@ -19,7 +19,7 @@ from .backoff import Backoff, jittered
 from .config import WorkerSettings
 from .errors import GitqueueError, LeaseLost, NothingReady, PackageRefused, PushRefused, QueueFinished, RemoteError
 from .layout import min_heartbeat_seconds
-from .lease import Claim, claim, heartbeat, release, report
+from .lease import Claim, claim, heartbeat, recorded_outcome, release, report
 from .text import printable
 
 if TYPE_CHECKING:
@@ -125,12 +125,14 @@ def report_build(queue, worker: str, job: str, status: str, *, token: str | None
         transient: a failure that is not the package's fault (see lease.report).
 
     Returns:
-        The result record (see lease.report).
+        The result record (see lease.report): a lease.AlreadyRecorded when an earlier run of the
+        same report had recorded it (its reply lost); nothing is uploaded or written then.
 
     Raises:
         PackageRefused: a package whose name the queue does not allow for `job` (before any upload).
         TransferError: an upload that failed; nothing is recorded then.
-        LeaseLost: `job` is not (or no longer) held by `worker`.
+        LeaseLost: `job` is not (or no longer) held by `worker`, or its lease already ended with
+            another outcome than this one.
     """
     log, tail = describe_log(log_file, log_name(job)) if log_file else (None, None)
     packages = None
@@ -146,11 +148,14 @@ def report_build(queue, worker: str, job: str, status: str, *, token: str | None
             raise GitqueueError(f"{queue.url}: the queue has no packages_url to upload packages to")
         if not token:
             raise GitqueueError(f"no lease token of {job} on this host: give the token that claim returned")
-        sent = upload_build(tree, token, list(package_files), log_file, log and log["name"],
-                            **transfer_options(queue, settings or WorkerSettings()))
-        if sent.log_error:
-            raise TransferError(sent.log_error)
-        packages = sent.packages
+        # A report run again after its reply was lost: the files went up and the result is in, and
+        # incoming/TOKEN is no longer the lease's to write. report() returns (or refuses) it.
+        if recorded_outcome(queue, reader, worker, job, token) is None:
+            sent = upload_build(tree, token, list(package_files), log_file, log and log["name"],
+                                **transfer_options(queue, settings or WorkerSettings()))
+            if sent.log_error:
+                raise TransferError(sent.log_error)
+            packages = sent.packages
     return report(queue, worker, job, status, token, duration, log, tail if status == "failure" else None,
                   packages=packages, platform=platform, extra={"transient": True} if transient else None)
 

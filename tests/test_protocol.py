@@ -138,8 +138,13 @@ def test_late_reports_are_fenced(tmp_path):
         with pytest.raises(LeaseLost):
             lease.report(slow, "slow", other, "failure", token=tok)
         assert lease.report(slow, "slow", other, "success", token=tok)["late"] is True
+        # Never a second result: the same report again is told it is recorded, writing nothing.
+        before = slow.remote.fetch()
+        again = lease.report(slow, "slow", other, "success", token=tok)
+        assert isinstance(again, lease.AlreadyRecorded) and again["late"] is True
         with pytest.raises(LeaseLost):
-            lease.report(slow, "slow", other, "success", token=tok)  # never a second result
+            lease.report(slow, "slow", other, "failure", token=tok)
+        assert slow.remote.fetch() == before
         lease.report(fast, "fast", taken, "success")
         tip = fast.remote.fetch()
         audit = replay(fast.remote, tip)

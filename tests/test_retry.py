@@ -194,6 +194,25 @@ def test_a_retried_transient_report_is_told_the_job_went_back_to_the_queue(tmp_p
         assert isinstance(refused.report_error, LeaseLost) and refused.result is None
 
 
+def test_a_report_made_again_under_its_token_returns_what_is_recorded(tmp_path):
+    """lease.report (gitqueue report) run again after a lost reply: the same outcome under the same
+    token is returned as AlreadyRecorded, nothing written; another status under it is refused."""
+    url = make_queue(tmp_path, [pkg("a-1.0")], hook=False)
+    with open_queue(url, tmp_path) as q:
+        got = lease.claim(q, "w1")
+        first = lease.report(q, "w1", "a-1.0", "success", token=got.lease, duration=12.5)
+        assert not isinstance(first, lease.AlreadyRecorded)
+        tip = q.fetch()[0]
+        again = lease.report(q, "w1", "a-1.0", "success", token=got.lease, duration=12.5)
+        assert isinstance(again, lease.AlreadyRecorded) and again == first
+        with pytest.raises(LeaseLost, match=f"^a-1.0: the lease of w1 under token {got.lease} already ended with a "
+                                            "success; this report of a failure differs from it; nothing recorded$"):
+            lease.report(q, "w1", "a-1.0", "failure", token=got.lease)
+        with pytest.raises(LeaseLost, match="already has a result"):  # no token: the cache forgot the claim
+            lease.report(q, "w1", "a-1.0", "success")
+        assert q.fetch()[0] == tip
+
+
 def test_max_attempts_is_a_queue_setting(tmp_path):
     url = str(tmp_path / "q.git")
     from gitqueue.queue import Queue

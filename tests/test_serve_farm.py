@@ -171,6 +171,64 @@ def test_hostile_build_fields_pushed_through_the_forced_command(make_farm, tmp_p
     assert farm.tip() != tip
 
 
+def test_hostile_decline_tokens_pushed_through_the_forced_command(make_farm, tmp_path):
+    """A decline entry's token is what a retried report finds its requeued outcome by: w1 gives
+    back its lease naming another token (w2's live lease's, one an administrator's update fenced,
+    one no lease ever had, malformed ones), or its own twice, pushed over ssh through `gitqueue
+    serve`. The hook refuses each in one line and the branch stays; the lease's own token passes."""
+    farm = make_farm([job("a-1"), job("b-1"), job("c-1")])
+    fenced_job, fenced = claim(farm, "k1", "w1", tmp_path)
+    with farm.admin_queue() as q:
+        jobs = [job(n, version="1.1" if n == fenced_job else "1.0") for n in ("a-1", "b-1", "c-1")]
+        assert admin.update_jobs(q, jobs, "scan2.jsonl")["fenced"] == [fenced_job]
+        _, reader = q.fetch()
+        assert fenced in lease.fenced_tokens(lease.read_job_record(reader, "retries", fenced_job))
+    name, token = claim(farm, "k1", "w1", tmp_path)
+    other, theirs = claim(farm, "k2", "w2", tmp_path)
+    assert name != other and len({token, theirs, fenced}) == 3
+    path = record_path("declines", name)
+    leases = record_path("leases", name)
+    entry = {"worker": "w1", "reason": "transient failure, attempt 1 of 3: No space left on device",
+             "at": "2026-01-01T00:00:00Z", "transient": True}
+    mismatch = "w1 declines {} under token {}, which is not the token of the lease it gives back [decline]"
+    cases = [
+        ({**entry, "token": theirs}, mismatch.format(name, theirs)),
+        ({**entry, "token": fenced}, mismatch.format(name, fenced)),
+        ({**entry, "token": "ab" * 16}, mismatch.format(name, "ab" * 16)),
+        ({"worker": "w1", "reason": "not for me", "token": theirs}, mismatch.format(name, theirs)),
+        ({**entry, "token": token + "0"}, mismatch.format(name, token + "0")),
+        ({**entry, "token": "0" * 65}, f"declined[0].token: {'0' * 65!r} is not a valid value [schema]"),
+        ({**entry, "token": token.upper()}, f"declined[0].token: {token.upper()!r} is not a valid value [schema]"),
+        ({**entry, "token": "../" + token}, f"declined[0].token: {'../' + token!r} is not a valid value [schema]"),
+        ({**entry, "token": token[:8] + "\x1b[2J\n" + token[8:]},
+         f"declined[0].token: '{token[:8]}\\x1b[2J\\n{token[8:]}' is not a valid value [schema]"),
+        ({**entry, "token": ""}, "declined[0].token: '' is not a valid value [schema]"),
+        ({**entry, "token": 12345}, "declined[0].token: expected string, got int [schema]"),
+        ({**entry, "worker": "w2", "token": theirs},
+         f"decline of w2: signed by {farm.signers['k1'].fingerprint} (w1), not by w2's key [owner]"),
+        # Its own token twice: two transient failures counted for one lease given back.
+        ([{**entry, "token": token}, {**entry, "token": token}],
+         f"declines of {name} gain 2 entries: one is appended per lease given back [decline]"),
+    ]
+    tip = farm.tip()
+    with farm.worker_queue("k1", tmp_path / "cache-w1-ssh") as q:
+        for hostile, expected in cases:
+            # TOML as a hostile client writes it, without records.dumps's check.
+            entries = hostile if isinstance(hostile, list) else [hostile]
+            data = tomli_w.dumps({"job": name, "declined": entries}).encode()
+            with pytest.raises(PushRefused) as e:
+                q.transact(lambda t, r, data=data: Change({path: data, leases: None}, f"release {name} by w1"),
+                           lease.identity("w1"))
+            said = str(e.value)
+            assert "\n" not in said and "\x1b" not in said, said
+            assert f" {path}: {expected}" in said, said
+            assert farm.tip() == tip
+        # The lease's own token passes the same way.
+        fine = records.dumps("decline", {"job": name, "declined": [{**entry, "token": token}]})
+        q.transact(lambda t, r: Change({path: fine, leases: None}, f"release {name} by w1"), lease.identity("w1"))
+    assert farm.tip() != tip
+
+
 def test_uploads_into_incoming_itself_all_or_the_root_are_refused(farm, tmp_path):
     name, token = claim(farm, "k1", "w1", tmp_path)
     pkg = package(tmp_path / f"{name}.tgz", 100)

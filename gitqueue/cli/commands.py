@@ -251,10 +251,15 @@ def report_cmd(job, status, log_file, duration, package_files, token, transient,
     any worker (this one after a backoff), until its max_attempts-th transient failure, which
     is recorded as a failure marked transient.
 
+    Run again after a lost reply (the connection dropped after the master took the report), the
+    same report by the same worker under the same lease says its outcome was already recorded and
+    exits 0, writing nothing; another status under that lease exits 5.
+
     \b
     Example: gitqueue report gmake-4.4.1 --status success --log build.log --package gmake-4.4.1.tgz
     """
     from ..errors import GitqueueError, PackageRefused
+    from ..lease import AlreadyRecorded
     from ..worker import report_build
 
     if transient and status != "failure":
@@ -273,6 +278,8 @@ def report_cmd(job, status, log_file, duration, package_files, token, transient,
                 "back to the queue")
     else:
         text = f"{job}: {status}{' (late)' if result.get('late') else ''}{' (transient)' if transient else ''}"
+    if isinstance(result, AlreadyRecorded):
+        text += " (already recorded by an earlier run of this report; nothing written)"
     emit(result, as_json, text)
 
 
