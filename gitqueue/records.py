@@ -96,10 +96,133 @@ def validate(kind: str, record: dict, where: str = "") -> dict:
     return record
 
 
+# The plain TOML that dumps() (tomli_w) writes for gitqueue's records, read without tomllib,
+# which costs several times more. Lines are exactly what tomli_w emits: `key = value`, `[name]`,
+# `[[name]]`, blank lines, and arrays written one item a line (`key = [`, `    item,`, `]`).
+# Values are basic strings without escapes or control characters, decimal integers of at most
+# 18 digits, decimal fractions (no exponent, nan or inf), true, false, `[]`, and in arrays
+# inline tables of such scalars. Keys and table names are bare. Anything else (a comment, an
+# escape, other whitespace, CR, a quoted or dotted key, a duplicate key or table...) makes
+# _plain() return None and tomllib reads the text: records are written by volunteers, and what
+# this reader accepts must mean exactly what it means to tomllib (tests/test_records_fast.py).
+_KEY = "[A-Za-z0-9_-]+"
+_CHARS = r'[^"\\\x00-\x1f\x7f]*'  # what a string may hold here: no escape, no control character
+_NUMBER = r"-?(?:0|[1-9][0-9]{0,17})(?:\.[0-9]+)?"
+_SCALAR = '"' + _CHARS + '"|' + _NUMBER + "|true|false"
+_KEY_RX = re.compile(_KEY)
+_SCALAR_RX = re.compile(_SCALAR)
+# key = "string" (group 2) or key = number, true, false, [] or the [ of an array (group 3)
+_KEY_VALUE_RX = re.compile("(" + _KEY + ') = (?:"(' + _CHARS + ')"|(' + _NUMBER + r"|true|false|\[\]?))")
+# key = scalar, then ", " before the next pair or " }" at the end of an inline table
+_INLINE_PAIR_RX = re.compile("(" + _KEY + ") = (" + _SCALAR + r")(, | \})")
+
+
+def _scalar(text: str):
+    """The value of one scalar that _SCALAR_RX matched as a whole."""
+    first = text[0]
+    if first == '"':
+        return text[1:-1]
+    if first == "t":
+        return True
+    if first == "f":
+        return False
+    return float(text) if "." in text else int(text)
+
+
+def _inline_table(text: str) -> dict | None:
+    """`{}` or `{ key = scalar, key = scalar }` exactly, else None."""
+    if text == "{}":
+        return {}
+    if not text.startswith("{ "):
+        return None
+    table: dict = {}
+    pos = 2
+    while True:
+        m = _INLINE_PAIR_RX.match(text, pos)
+        if m is None:
+            return None
+        key, value, separator = m.groups()
+        if key in table:
+            return None
+        table[key] = _scalar(value)
+        pos = m.end()
+        if separator == " }":
+            return table if pos == len(text) else None
+
+
+def _plain(text: str) -> dict | None:
+    """`text` parsed as tomllib would, if it is plain TOML as dumps() writes it; else None."""
+    if not text.endswith("\n"):
+        return None
+    root: dict = {}
+    table = root  # where key lines go: the root, then the table of the last header
+    arrays_of_tables: set[str] = set()  # names defined by [[name]], which may be appended to
+    array: list | None = None  # the array whose item lines are being read
+    key_value = _KEY_VALUE_RX.fullmatch
+    for line in text[:-1].split("\n"):
+        if array is None:
+            m = key_value(line)
+            if m is not None:
+                key, string, value = m.groups()
+                if key in table:
+                    return None
+                if string is not None:
+                    table[key] = string
+                elif value == "[":
+                    table[key] = array = []
+                elif value == "[]":
+                    table[key] = []
+                else:
+                    table[key] = _scalar(value)
+            elif not line:
+                continue
+            elif line.startswith("[[") and line.endswith("]]"):
+                name = line[2:-2]
+                if _KEY_RX.fullmatch(name) is None:
+                    return None
+                table = {}
+                if name in arrays_of_tables:
+                    root[name].append(table)
+                elif name in root:
+                    return None
+                else:
+                    root[name] = [table]
+                    arrays_of_tables.add(name)
+            elif line.startswith("[") and line.endswith("]"):
+                name = line[1:-1]
+                if _KEY_RX.fullmatch(name) is None or name in root:
+                    return None
+                root[name] = table = {}
+            else:
+                return None
+        elif line == "]":
+            array = None
+        elif line.startswith("    ") and line.endswith(","):
+            item = line[4:-1]
+            if item.startswith("{"):
+                inline = _inline_table(item)
+                if inline is None:
+                    return None
+                array.append(inline)
+            elif _SCALAR_RX.fullmatch(item):
+                array.append(_scalar(item))
+            else:
+                return None
+        else:
+            return None
+    return root if array is None else None
+
+
+def _parse(text: str) -> dict:
+    """tomllib.loads(text): the same value, or the same error."""
+    record = _plain(text)
+    return tomllib.loads(text) if record is None else record
+
+
 def loads(kind: str, data: bytes, where: str) -> dict:
     """Parse and validate one TOML record; `where` names it in errors (e.g. its path)."""
     try:
-        record = tomllib.loads(data.decode("utf-8"))
+        record = _parse(data.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise RecordInvalid(f"{where}: malformed TOML: {e}") from None
     return validate(kind, record, where)
