@@ -2,6 +2,7 @@
 
 import re
 import tomllib
+from collections.abc import Callable
 
 from .errors import RecordInvalid
 from .schema import SCHEMAS
@@ -37,9 +38,7 @@ def _check(value, schema, where):
             raise RecordInvalid(f"{where}: longer than {schema['maxLength']} characters")
         pattern = schema.get("pattern")
         if pattern is not None:
-            rx = _pattern_cache.get(pattern)
-            if rx is None:
-                rx = _pattern_cache[pattern] = re.compile(pattern)
+            rx = _compiled_pattern(pattern)
             # JSON Schema's (ECMA's) "$" is the end of the text; Python's also matches before a
             # final newline, which would let "name\n" through.
             m = rx.search(value)
@@ -75,6 +74,13 @@ def _check(value, schema, where):
                 _check(item, sub, _join(where, key))
 
 
+def _compiled_pattern(pattern: str) -> re.Pattern:
+    rx = _pattern_cache.get(pattern)
+    if rx is None:
+        rx = _pattern_cache[pattern] = re.compile(pattern)
+    return rx
+
+
 def _shown(value: str) -> str:
     """A bad value as an error message shows it: repr (no raw control characters), cut short."""
     text = repr(value)
@@ -90,9 +96,107 @@ def _join(where: str, key: str) -> str:
     return f"{where}.{key}"
 
 
+_ABSENT = object()
+
+
+def _compile(schema: dict) -> Callable[[object], bool]:
+    """A function telling whether _check(value, schema, ...) would pass, several times faster.
+
+    It applies the same keywords with the same tests, without following where a value is or
+    building messages: validate() calls _check when it says no, so errors read as they did.
+    """
+    t = schema.get("type")
+    const = schema.get("const", _ABSENT)
+    enum = schema.get("enum", _ABSENT)
+    minimum = schema.get("minimum", _ABSENT)
+
+    def allowed(value) -> bool:  # const, enum and minimum, which _check applies to every type
+        return ((const is _ABSENT or value == const) and (enum is _ABSENT or value in enum)
+                and (minimum is _ABSENT or not value < minimum))
+
+    if const is _ABSENT and enum is _ABSENT and minimum is _ABSENT:
+        allowed = _always
+    if t == "integer":
+        return lambda value: isinstance(value, int) and not isinstance(value, bool) and allowed(value)
+    if t == "number":
+        return lambda value: (isinstance(value, (int, float)) and not isinstance(value, bool)
+                              and value == value and allowed(value))
+    if t is None:
+        return allowed
+    of_type = _TYPES[t]
+    if t == "string":
+        max_length = schema.get("maxLength")
+        pattern = schema.get("pattern")
+        rx = None if pattern is None else _compiled_pattern(pattern)
+        to_the_end = pattern is not None and pattern.endswith("$")
+
+        def string(value) -> bool:
+            if not isinstance(value, str) or not allowed(value):
+                return False
+            if max_length is not None and len(value) > max_length:
+                return False
+            if rx is not None:
+                m = rx.search(value)
+                if m is None or (to_the_end and m.end() != len(value)):
+                    return False
+            return True
+        return string
+    if t == "array":
+        max_items = schema.get("maxItems")
+        items = None if schema.get("items") is None else _compile(schema["items"])
+
+        def array(value) -> bool:
+            if not isinstance(value, list) or not allowed(value):
+                return False
+            if max_items is not None and len(value) > max_items:
+                return False
+            return items is None or all(map(items, value))
+        return array
+    if t == "object":
+        max_properties = schema.get("maxProperties")
+        names = None if schema.get("propertyNames") is None else _compile(schema["propertyNames"])
+        properties = {key: _compile(sub) for key, sub in schema.get("properties", {}).items()}
+        required = tuple(schema.get("required", ()))
+        extra = schema.get("additionalProperties", True)
+        closed = extra is False
+        extra_check = _compile(extra) if isinstance(extra, dict) else None
+
+        def mapping(value) -> bool:
+            if not isinstance(value, dict) or not allowed(value):
+                return False
+            if max_properties is not None and len(value) > max_properties:
+                return False
+            if names is not None and not all(map(names, value)):
+                return False
+            for key in required:
+                if key not in value:
+                    return False
+            for key, item in value.items():
+                check = properties.get(key)
+                if check is None:
+                    if closed or (extra_check is not None and not extra_check(item)):
+                        return False
+                elif not check(item):
+                    return False
+            return True
+        return mapping
+    return lambda value: isinstance(value, of_type) and allowed(value)
+
+
+def _always(value) -> bool:
+    return True
+
+
+_validators: dict[str, Callable[[object], bool]] = {}
+
+
 def validate(kind: str, record: dict, where: str = "") -> dict:
     """Check `record` against the schema of `kind`; return it or raise RecordInvalid."""
-    _check(record, SCHEMAS[kind], where or kind)
+    valid = _validators.get(kind)
+    if valid is None:
+        valid = _validators[kind] = _compile(SCHEMAS[kind])
+    if not valid(record):
+        _check(record, SCHEMAS[kind], where or kind)  # raises, naming the place and the reason
     return record
 
 

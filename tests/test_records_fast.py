@@ -1,9 +1,10 @@
-"""The fast reading of records against tomllib.
+"""The fast reading of records against its references.
 
 records._plain reads the plain TOML that records.dumps (tomli_w) writes and returns None for
-anything else, which tomllib then reads. Records come from possibly hostile volunteers, so what
-the fast path accepts must mean exactly what it means to tomllib: the same dict with the same
-types (1, 1.0 and True differ; so do 0.0 and -0.0), and what tomllib refuses, the same error.
+anything else, which tomllib then reads; records._compile's checks say whether _check would
+accept a value. Records come from possibly hostile volunteers, so what either fast path accepts
+must mean exactly what the reference makes of it: the same dict with the same types (1, 1.0
+and True differ; so do 0.0 and -0.0), the same verdict and the same error.
 """
 
 import math
@@ -18,6 +19,7 @@ from gitqueue import records
 from gitqueue.errors import RecordInvalid
 from gitqueue.schema import SCHEMAS
 
+from test_fuzz import values
 from test_layout import FULL
 
 PROPERTY = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -393,3 +395,131 @@ def test_any_text_reads_as_tomllib_reads_it(text):
 @given(kind=st.sampled_from(sorted(SCHEMAS)), data=st.binary(max_size=200))
 def test_any_bytes_load_as_before(kind, data):
     loads_agrees(kind, data)
+
+
+# --- the compiled schema checks against _check ----------------------------------------------
+
+def _places(value, path=()):
+    """Every (path to a container, key or index) in a record."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield path, key
+            yield from _places(item, (*path, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield path, i
+            yield from _places(item, (*path, i))
+
+
+def _copy(value):
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
+def _verdict(kind, record):
+    """(fast verdict, _check's verdict and message, validate's verdict and message)."""
+    fast = records._compile(SCHEMAS[kind])(record)
+    try:
+        records._check(record, SCHEMAS[kind], kind)
+        reference = None
+    except RecordInvalid as e:
+        reference = str(e)
+    try:
+        records.validate(kind, record)
+        public = None
+    except RecordInvalid as e:
+        public = str(e)
+    return fast, reference, public
+
+
+schema_strings = (st.sampled_from(["", "a", "a\n", "\na", "gmake-4.4.1", "x86_64", "-a", "a b", "success", "failure",
+                                   "3f0c2d" + "0" * 26, "3F0C2D" + "0" * 26, "ab" * 32, "ab" * 32 + "\n", "ab" * 33,
+                                   "SHA256:" + "A" * 43, "2026-10-01T00:00:00Z", "2026-10-01T00:00:00Z\n",
+                                   "gmake.log", "gmake.tgz", "a\u2028b", "a\x85b", "a\tb", "a\x00b", "retry", "update",
+                                   "ssh-ed25519 AAAA", "ssh-ed25519 AAAA==\n", "configure", "{name}.tgz", "*"])
+                  | st.integers(0, 5000).map(lambda n: "a" * n)
+                  | st.text(alphabet="ab09-._+~/ :TZ{}*?[]\n\t\x00\u2028é", max_size=40))
+anything = (values | schema_strings | st.sampled_from([0, -1, 1, 1.5, -0.5, math.nan, math.inf, True, False, None,
+                                                       1023, 1024, 101, [], {}, [{}], ["a"]]))
+
+
+@PROPERTY
+@given(data=st.data(), kind=st.sampled_from(sorted(FULL)))
+def test_the_compiled_check_agrees_with_check(data, kind):
+    record = _copy(FULL[kind])
+    for _ in range(data.draw(st.integers(1, 3))):
+        places = list(_places(record))
+        if not places:
+            break
+        path, key = data.draw(st.sampled_from(places))
+        container = record
+        for step in path:
+            container = container[step]
+        action = data.draw(st.sampled_from(["set", "delete", "add"]))
+        if action == "delete":
+            del container[key]
+        elif action == "add" and isinstance(container, dict):
+            container[data.draw(st.sampled_from(["surprise", "name", "size", *container]) | st.text(max_size=5))] = (
+                _copy(data.draw(anything)))
+        else:
+            container[key] = _copy(data.draw(anything))  # not the strategy's own [] or {}: they are changed later
+    fast, reference, public = _verdict(kind, record)
+    assert fast == (reference is None)
+    assert public == reference
+
+
+@PROPERTY
+@given(kind=st.sampled_from(sorted(SCHEMAS)), record=anything)
+def test_the_compiled_check_agrees_with_check_on_anything(kind, record):
+    fast, reference, public = _verdict(kind, record)
+    assert fast == (reference is None)
+    assert public == reference
+
+
+@pytest.mark.parametrize("kind", sorted(FULL))
+def test_the_full_records_pass_both_checks(kind):
+    assert _verdict(kind, FULL[kind]) == (True, None, None)
+
+
+TRICKY = [None, True, False, 0, 1, -1, 2**64, 0.0, -0.0, 1.5, -0.5, math.nan, math.inf, -math.inf, "", "a", "a\n",
+          "\n", "a\tb", "a\x00", "a\x7f", "a\x85", "a\u2028", "a" * 20, "a" * 65, "a" * 5000, "success", "retry",
+          "ab" * 32, "ab" * 32 + "\n", "3f0c2d" + "0" * 26, "2026-10-01T00:00:00Z", "2026-10-01T00:00:00Z\n",
+          [], [1], ["a"], [{}], {}, {"name": "x"}, {"surprise": 1}]
+
+
+def _variants(value):
+    """Values about the limits of the schema near `value`: arrays of as many items as maxItems
+    allows and one more, objects of as many keys as maxProperties allows and one more, keys
+    that propertyNames refuses."""
+    if isinstance(value, list) and value:
+        for n in (16, 17, 32, 33, 64, 65, 512, 513, 1000, 1001):
+            yield value[:1] * n
+    if isinstance(value, dict):
+        for n in (16, 17, 32, 33):
+            yield {f"K{i}": "v" for i in range(n)}
+        for name in ("1x", "a-b", "a.b", "", "_", "x" * 64, "x" * 65, "é"):
+            yield {name: "v"}
+
+
+@pytest.mark.parametrize("kind", sorted(FULL))
+def test_the_compiled_check_agrees_with_check_everywhere(kind):
+    """Every tricky value in every place of a full record, and every key missing in turn."""
+    for path, key in _places(FULL[kind]):
+        here = FULL[kind]
+        for step in (*path, key):
+            here = here[step]
+        for value in [*TRICKY, *_variants(here), "missing"]:
+            record = _copy(FULL[kind])
+            container = record
+            for step in path:
+                container = container[step]
+            if value == "missing":
+                del container[key]
+            else:
+                container[key] = value
+            fast, reference, public = _verdict(kind, record)
+            assert fast == (reference is None), (path, key, value)
+            assert public == reference
