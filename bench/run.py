@@ -11,7 +11,8 @@ import), contention (many workers on one queue), transfer (a 10 MB package over 
 fault-injection build, long version), longlife (a whole 29k build's history: sizes,
 `gitqueue gc`, a new worker's first claim, claim latency), small_machine (a worker confined by
 cgroups to 64 MiB and 5% of one core: memory, first claim, job overhead, cold starts; about 20
-minutes; the confinements are skipped without writable cgroups), debian_farm (only when named: real
+minutes; the confinements are skipped without writable cgroups), records (reading records: tomllib
+against records.loads; about a minute), debian_farm (only when named: real
 Debian source packages built by three volunteer accounts through sshd, forced commands and the
 hook; needs root and Debian's mirror).
 """
@@ -21,7 +22,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ALL = ["claim_cycle", "lean", "contention", "transfer", "view", "hook", "faults", "longlife", "small_machine"]
+ALL = ["claim_cycle", "lean", "contention", "transfer", "view", "hook", "faults", "longlife", "small_machine",
+       "records"]
 # Run only when named: {name: why not by default}.
 ASKED_ONLY = {"debian_farm": "needs root (it creates accounts, installs packages with apt and changes the apt "
                              "sources) and the network to Debian's mirror; about 30 minutes"}
