@@ -33,6 +33,8 @@ def _check(value, schema, where):
         raise RecordInvalid(f"{where}: must be one of {', '.join(schema['enum'])}, got {value!r}")
     if "minimum" in schema and value < schema["minimum"]:
         raise RecordInvalid(f"{where}: must be at least {schema['minimum']}, got {value!r}")
+    if "maximum" in schema and value > schema["maximum"]:
+        raise RecordInvalid(f"{where}: must be at most {schema['maximum']}, got {value!r}")
     if t == "string":
         if "maxLength" in schema and len(value) > schema["maxLength"]:
             raise RecordInvalid(f"{where}: longer than {schema['maxLength']} characters")
@@ -109,12 +111,13 @@ def _compile(schema: dict) -> Callable[[object], bool]:
     const = schema.get("const", _ABSENT)
     enum = schema.get("enum", _ABSENT)
     minimum = schema.get("minimum", _ABSENT)
+    maximum = schema.get("maximum", _ABSENT)
 
-    def allowed(value) -> bool:  # const, enum and minimum, which _check applies to every type
+    def allowed(value) -> bool:  # const, enum, minimum and maximum, which _check applies to every type
         return ((const is _ABSENT or value == const) and (enum is _ABSENT or value in enum)
-                and (minimum is _ABSENT or not value < minimum))
+                and (minimum is _ABSENT or not value < minimum) and (maximum is _ABSENT or not value > maximum))
 
-    if const is _ABSENT and enum is _ABSENT and minimum is _ABSENT:
+    if const is _ABSENT and enum is _ABSENT and minimum is _ABSENT and maximum is _ABSENT:
         allowed = _always
     if t == "integer":
         return lambda value: isinstance(value, int) and not isinstance(value, bool) and allowed(value)
@@ -328,6 +331,8 @@ def loads(kind: str, data: bytes, where: str) -> dict:
     try:
         record = _parse(data.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise RecordInvalid(f"{where}: malformed TOML: {e}") from None
+    except ValueError as e:  # tomllib's int() of more than 4,300 digits
         raise RecordInvalid(f"{where}: malformed TOML: {e}") from None
     return validate(kind, record, where)
 

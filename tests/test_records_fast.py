@@ -523,3 +523,24 @@ def test_the_compiled_check_agrees_with_check_everywhere(kind):
             fast, reference, public = _verdict(kind, record)
             assert fast == (reference is None), (path, key, value)
             assert public == reference
+
+
+def test_an_integer_too_long_for_python_is_a_malformed_record():
+    # tomllib's int() refuses more than 4,300 digits with a ValueError, which the hook once let
+    # through as a traceback instead of a one-line refusal.
+    data = b'job = "a-1"\nversion = "1"\nstatus = "success"\nduration = ' + b"9" * 5000 + b"\n"
+    with pytest.raises(RecordInvalid, match=r"^results/a0/a-1.toml: malformed TOML: .*digits"):
+        records.loads("result", data, "results/a0/a-1.toml")
+
+
+def test_a_setting_above_its_maximum_is_refused_by_both_checks():
+    settings = {"format_version": 1, "name": "q", "lease_ttl": 60}
+    records.validate("queue", settings)
+    for attempts, good in ((100, True), (101, False)):
+        record = {**settings, "max_attempts": attempts}
+        assert records._compile(SCHEMAS["queue"])(record) is good
+        if good:
+            records.validate("queue", record)
+        else:
+            with pytest.raises(RecordInvalid, match=r"queue.toml: max_attempts: must be at most 100, got 101"):
+                records.validate("queue", record, "queue.toml")
