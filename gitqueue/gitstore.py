@@ -201,13 +201,19 @@ def lacking(store, ids) -> list:
     cached = getattr(store, "cached", None)
     for s in stores:
         _packs(s, True)  # one listing: new packs open
+    loose = []  # (store, the fan-out directories it has): most of 256 are absent after a gc
+    for s in stores:
+        try:
+            loose.append((s, {d.encode() for d in os.listdir(s.path) if len(d) == 2}))
+        except OSError:
+            loose.append((s, set()))
     out = []
     for sha in ids:
         if cached is not None and cached(sha) is not None:
             continue
         if _packed(store, sha, rescan=False) is not None:
             continue
-        if any(os.path.exists(_loose_path(s, sha) or "") for s in stores):
+        if any(sha[:2] in dirs and os.path.exists(_loose_path(s, sha) or "") for s, dirs in loose):
             continue
         out.append(sha)
     return out
