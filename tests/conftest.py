@@ -48,6 +48,15 @@ def _running(server: SshServer) -> Iterator[SshServer]:
 
 
 @pytest.fixture(scope="session")
+def master_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    """An sshd deployed as README asks of a master (AcceptEnv GIT_PROTOCOL), one per session."""
+    reason = sshd_available()
+    if reason is not None:
+        _unavailable(reason)
+    yield from _running(SshServer(tmp_path_factory.mktemp("sshd-master"), accept_env=["GIT_PROTOCOL"]))
+
+
+@pytest.fixture(scope="session")
 def farm_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
     """An sshd whose accounts each have their own authorized_keys (see tests/farm.py)."""
     from farm import unavailable

@@ -13,20 +13,10 @@ from gitqueue.hook import configure
 from gitqueue.layout import GRAPH, record_path
 
 from helpers import job, local_commit, make_queue, open_queue
-from sshd import SshServer, sshd_available
 from test_index import _view
 
 JOBS = [job("a-1", pkgpath="cat/a"), job("b-1", ["a-1"], pkgpath="cat/b"), job("c-1", pkgpath="cat/c"),
         job("d-1", ["b-1", "c-1"])]
-
-
-@pytest.fixture(scope="module")
-def v2_sshd(tmp_path_factory):
-    """An sshd that passes GIT_PROTOCOL on, as README asks of a master (AcceptEnv GIT_PROTOCOL)."""
-    if sshd_available() is not None:
-        pytest.skip(sshd_available())
-    with SshServer(tmp_path_factory.mktemp("sshd-v2"), accept_env=["GIT_PROTOCOL"]) as server:
-        yield server
 
 
 def _queue(tmp_path, jobs=JOBS):
@@ -42,9 +32,9 @@ def _has(cache_repo, sha):
         return sha in repo.object_store
 
 
-def test_a_first_fetch_leaves_the_job_records_out(tmp_path, v2_sshd):
+def test_a_first_fetch_leaves_the_job_records_out(tmp_path, master_sshd):
     url = _queue(tmp_path)
-    with open_queue(v2_sshd.url(url), tmp_path, host="new", ssh_command=v2_sshd.ssh_command) as q:
+    with open_queue(master_sshd.url(url), tmp_path, host="new", ssh_command=master_sshd.ssh_command) as q:
         claim = lease.claim(q, "w1")
         assert claim.job in ("a-1", "c-1") and claim.pkgpath == f"cat/{claim.job[0]}"
         cache = q.remote.repo.path
@@ -81,11 +71,11 @@ def test_a_server_that_cannot_filter_sends_everything(tmp_path, sshd):
         assert all(_has(cache, sha) for _, sha in reader.walk_files("jobs"))
 
 
-def test_a_partial_cache_without_a_usable_graph_fetches_the_records_at_once(tmp_path, v2_sshd):
+def test_a_partial_cache_without_a_usable_graph_fetches_the_records_at_once(tmp_path, master_sshd):
     url = make_queue(tmp_path, JOBS, hook=False)
     configure(url)
     local_commit(url, {GRAPH: None})  # a queue whose admin's gitqueue wrote no graph
-    with open_queue(v2_sshd.url(url), tmp_path, host="new", ssh_command=v2_sshd.ssh_command) as q:
+    with open_queue(master_sshd.url(url), tmp_path, host="new", ssh_command=master_sshd.ssh_command) as q:
         asked = []
         fetch_objects = q.remote.fetch_objects
         q.remote.fetch_objects = lambda ids: (asked.append(len(ids)), fetch_objects(ids))
@@ -98,10 +88,10 @@ def test_a_partial_cache_without_a_usable_graph_fetches_the_records_at_once(tmp_
         assert sorted(s[1] for s in q.index.states()) == ["a-1", "b-1", "c-1", "d-1"]
 
 
-def test_the_cli_claims_from_a_partial_cache(tmp_path, v2_sshd):
+def test_the_cli_claims_from_a_partial_cache(tmp_path, master_sshd):
     url = _queue(tmp_path)
-    env = {**os.environ, "GITQUEUE_CACHE": str(tmp_path / "cache"), "GITQUEUE_SSH_COMMAND": v2_sshd.ssh_command}
-    out = subprocess.run(["python", "-m", "gitqueue", "claim", "--queue", v2_sshd.url(url), "--worker", "w1",
+    env = {**os.environ, "GITQUEUE_CACHE": str(tmp_path / "cache"), "GITQUEUE_SSH_COMMAND": master_sshd.ssh_command}
+    out = subprocess.run(["python", "-m", "gitqueue", "claim", "--queue", master_sshd.url(url), "--worker", "w1",
                           "--json"], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert '"pkgpath": "cat/' in out.stdout
@@ -125,7 +115,7 @@ def test_a_new_worker_of_a_deployed_master_fetches_through_the_forced_command_wi
         assert lease.claim(q, "w1").job != claim.job
 
 
-def test_the_timeline_fetches_the_commits_only(tmp_path, v2_sshd):
+def test_the_timeline_fetches_the_commits_only(tmp_path, master_sshd):
     from gitqueue import timeline
     from gitqueue.gitstore import COMMITS_DIR, HISTORY_DIR
 
@@ -133,7 +123,7 @@ def test_the_timeline_fetches_the_commits_only(tmp_path, v2_sshd):
     with open_queue(url, tmp_path, host="builder") as q:
         for _ in range(2):
             lease.report(q, "w1", lease.claim(q, "w1").job, "success")
-    with open_queue(v2_sshd.url(url), tmp_path, host="viewer", ssh_command=v2_sshd.ssh_command) as q:
+    with open_queue(master_sshd.url(url), tmp_path, host="viewer", ssh_command=master_sshd.ssh_command) as q:
         events = timeline.load(q).events
         assert [e.action for e in events if e.action in ("claim", "report")] == ["claim", "report"] * 2
         beside = os.path.dirname(q.remote.repo.path)
@@ -145,14 +135,14 @@ def test_the_timeline_fetches_the_commits_only(tmp_path, v2_sshd):
 
 
 @pytest.mark.parametrize("far", [True, False])
-def test_a_worker_far_behind_fetches_the_tip_not_every_commit_since(tmp_path, v2_sshd, far):
+def test_a_worker_far_behind_fetches_the_tip_not_every_commit_since(tmp_path, master_sshd, far):
     """Back from an absence, a partial cache catches up with the tip's trees and the changed
     records (one request), not with the trees of every commit since; close behind, it fetches
     as always. Either way its index is the one the whole tree gives."""
     from dulwich.repo import Repo
 
     url = _queue(tmp_path, [job(f"p{i}-1") for i in range(12)])
-    with open_queue(v2_sshd.url(url), tmp_path, host="absent", ssh_command=v2_sshd.ssh_command) as away:
+    with open_queue(master_sshd.url(url), tmp_path, host="absent", ssh_command=master_sshd.ssh_command) as away:
         with away.lock():
             away.sync()
         with open_queue(url, tmp_path, host="busy") as busy:
@@ -191,12 +181,12 @@ def test_a_worker_far_behind_fetches_the_tip_not_every_commit_since(tmp_path, v2
             assert _view(away.index) == _view(local.index)
 
 
-def test_the_report_reads_the_records_of_a_partial_cache_in_one_request(tmp_path, v2_sshd):
+def test_the_report_reads_the_records_of_a_partial_cache_in_one_request(tmp_path, master_sshd):
     from gitqueue import outcome
 
     jobs = [job(f"p{i}-1", prefailed="broken", maintainer=f"m{i}@example.org") for i in range(6)] + JOBS
     url = _queue(tmp_path, jobs)
-    with open_queue(v2_sshd.url(url), tmp_path, host="viewer", ssh_command=v2_sshd.ssh_command) as q:
+    with open_queue(master_sshd.url(url), tmp_path, host="viewer", ssh_command=master_sshd.ssh_command) as q:
         with q.lock():
             tip, reader = q.sync()
         store = q.remote.object_store

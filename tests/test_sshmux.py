@@ -16,20 +16,16 @@ from gitqueue.gitstore import PARTIAL_MARKER, CachedRemote
 from gitqueue.hook import configure
 
 from helpers import gitqueue, job, make_queue
-from sshd import SshServer, sshd_available
 
 pytestmark = pytest.mark.ssh
 
 JOBS = [job("a-1"), job("b-1", ["a-1"]), job("c-1")]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """An sshd deployed as README asks of a master (AcceptEnv GIT_PROTOCOL)."""
-    if sshd_available() is not None:
-        pytest.skip(sshd_available())
-    with SshServer(tmp_path_factory.mktemp("sshd-mux"), accept_env=["GIT_PROTOCOL"]) as running:
-        yield running
+@pytest.fixture
+def server(master_sshd):
+    """The session's sshd deployed as a master (conftest.py)."""
+    return master_sshd
 
 
 class Ssh:
