@@ -392,7 +392,7 @@ class TreeReader:
         it lacks in one request, not one each as `read` would."""
         ids = {path: self.blob_id(path) for path in paths}
         fetch = getattr(self.store, "fetch_missing", None)
-        missing = [sha for sha in ids.values() if sha is not None and sha not in self.store]
+        missing = lacking(self.store, [sha for sha in ids.values() if sha is not None])
         if missing and fetch is not None:
             fetch(missing)
         return {path: self.store[sha].as_raw_string() for path, sha in ids.items() if sha is not None}
