@@ -330,9 +330,7 @@ def loads(kind: str, data: bytes, where: str) -> dict:
     """Parse and validate one TOML record; `where` names it in errors (e.g. its path)."""
     try:
         record = _parse(data.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise RecordInvalid(f"{where}: malformed TOML: {e}") from None
-    except ValueError as e:  # tomllib's int() of more than 4,300 digits
+    except ValueError as e:  # undecodable UTF-8, a TOMLDecodeError, or int() of more than 4,300 digits
         raise RecordInvalid(f"{where}: malformed TOML: {e}") from None
     return validate(kind, record, where)
 
