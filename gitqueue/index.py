@@ -206,11 +206,10 @@ class Index:
 
     def _apply_some(self, changes, speeds, learned: set, siblings_measured: set, successes: list) -> None:
         db = self.db
-        jobs: dict[str, list] = {}
         names = list(dict.fromkeys(c.name for c in changes))
-        jobs.update((name, row) for name, *row in db.execute(
+        jobs = {name: row for name, *row in db.execute(
             f"SELECT name, id, est, est_source, pkgpath FROM jobs WHERE name IN ({','.join('?' * len(names))})",
-            names))
+            names)}
         leases: list[tuple] = []
         results: list[tuple] = []
         dropped_declines: list[tuple] = []
