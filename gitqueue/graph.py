@@ -256,40 +256,114 @@ _DEPS = re.compile(r"(?:[1-9][0-9]{0,8}(?: [1-9][0-9]{0,8})*)?")
 
 
 def _lines(stream, where: str, first: int):
-    from .layout import check_job_name
-
     previous = ""
     for n, raw in enumerate(stream, first):
-        at = f"{where}:{n}"
-        if not raw.endswith(b"\n"):
-            raise RecordInvalid(f"{at}: the last line does not end in a newline")
-        try:
-            f = raw[:-1].decode("utf-8").split("\t")
-        except UnicodeDecodeError:
-            raise RecordInvalid(f"{at}: not UTF-8") from None
-        if len(f) != _FIELDS:
-            raise RecordInvalid(f"{at}: {len(f)} fields, not {_FIELDS}")
-        name = _unescape(f[0], at)
-        try:
-            check_job_name(name, at)
-        except InvalidName as e:
-            raise RecordInvalid(str(e)) from None
-        if name <= previous:
-            raise RecordInvalid(f"{at}: job {name} out of order or given twice (lines are sorted by name)")
-        previous = name
-        kind = f[3] or None
-        if kind not in (None, "p", "s") or (kind is None) != (f[4] == ""):
-            raise RecordInvalid(f"{at}: skip kind {f[3][:10]!r} with reason {f[4][:40]!r}")
-        try:
-            est, priority = float(f[5]), float(f[7])
-        except ValueError:
-            raise RecordInvalid(f"{at}: estimate or priority is not a number") from None
-        if not (math.isfinite(est) and est >= 0 and math.isfinite(priority) and priority >= 0):
-            raise RecordInvalid(f"{at}: estimate and priority are finite numbers, at least 0")
-        if not _DEPS.fullmatch(f[8]):
-            raise RecordInvalid(f"{at}: dependencies are line numbers separated by spaces")
-        yield Row(name, _unescape(f[1], at), _unescape(f[2], at) or None, kind, _unescape(f[4], at) or None,
-                   est, _SOURCES.get(f[6]) or _unescape(f[6], at), priority, f[8])
+        row = _row(raw, f"{where}:{n}")
+        if row.name <= previous:
+            raise RecordInvalid(f"{where}:{n}: job {row.name} out of order or given twice (lines are sorted by name)")
+        previous = row.name
+        yield row
+
+
+def _row(raw: bytes, at: str) -> Row:
+    """The Row of one line of graph.tsv (`at`: file and line number, for the error)."""
+    from .layout import check_job_name
+
+    if not raw.endswith(b"\n"):
+        raise RecordInvalid(f"{at}: the last line does not end in a newline")
+    try:
+        f = raw[:-1].decode("utf-8").split("\t")
+    except UnicodeDecodeError:
+        raise RecordInvalid(f"{at}: not UTF-8") from None
+    if len(f) != _FIELDS:
+        raise RecordInvalid(f"{at}: {len(f)} fields, not {_FIELDS}")
+    name = _unescape(f[0], at)
+    try:
+        check_job_name(name, at)
+    except InvalidName as e:
+        raise RecordInvalid(str(e)) from None
+    kind = f[3] or None
+    if kind not in (None, "p", "s") or (kind is None) != (f[4] == ""):
+        raise RecordInvalid(f"{at}: skip kind {f[3][:10]!r} with reason {f[4][:40]!r}")
+    try:
+        est, priority = float(f[5]), float(f[7])
+    except ValueError:
+        raise RecordInvalid(f"{at}: estimate or priority is not a number") from None
+    if not (math.isfinite(est) and est >= 0 and math.isfinite(priority) and priority >= 0):
+        raise RecordInvalid(f"{at}: estimate and priority are finite numbers, at least 0")
+    if not _DEPS.fullmatch(f[8]):
+        raise RecordInvalid(f"{at}: dependencies are line numbers separated by spaces")
+    return Row(name, _unescape(f[1], at), _unescape(f[2], at) or None, kind, _unescape(f[4], at) or None,
+               est, _SOURCES.get(f[6]) or _unescape(f[6], at), priority, f[8])
+
+
+class Difference(NamedTuple):
+    """What changed from one graph.tsv to the next."""
+
+    gone: list[str]  # names of the jobs no longer there
+    rows: list[tuple[Row, list[str]]]  # (row, names of its dependencies) of each job added or changed
+    jobs: int  # how many jobs the new one has
+
+
+def difference(old: bytes, new: bytes, where: str = GRAPH) -> Difference:
+    """What changed from graph.tsv `old` to graph.tsv `new` (both with headers checked), the rows
+    in new's order. A line whose text is the same but for the line numbers of dependencies naming
+    the same jobs is unchanged: an update that adds or retires a few jobs renumbers most lines,
+    yet a worker's index then rewrites only what the update changed (bench/rolling.py).
+
+    Raises RecordInvalid (where and what) for a changed line that does not read, names out of
+    order or given twice, or a dependency that is not another line."""
+    skip = len(INPUTS) + 1
+    old_lines = old.split(b"\n")[skip:-1]
+    new_lines = new.split(b"\n")[skip:-1]
+    if not new.endswith(b"\n"):
+        raise RecordInvalid(f"{where}: the last line does not end in a newline")
+    old_names = [line[:line.find(b"\t")] for line in old_lines]
+    new_names = [line[:line.find(b"\t")] for line in new_lines]
+    for n in range(1, len(new_names)):
+        if new_names[n] <= new_names[n - 1]:
+            shown = new_names[n][:80].decode("utf-8", "replace")
+            raise RecordInvalid(f"{where}:{n + skip + 1}: job {shown!r} out of order or given twice "
+                                "(lines are sorted by name)")
+    changed: list[int] = []
+    if old_names == new_names:
+        changed = [n for n, (a, b) in enumerate(zip(old_lines, new_lines)) if a != b]
+    else:
+        number = {name: str(n).encode() for n, name in enumerate(new_names, 1)}
+        # old line number -> new line number of the same job (None: gone), both as the text has them
+        renumber = {str(n).encode(): number.get(name) for n, name in enumerate(old_names, 1)}
+        moved = {old_number for old_number, new_number in renumber.items() if new_number != old_number}
+        old_by_name = dict(zip(old_names, old_lines))
+        for n, (name, line) in enumerate(zip(new_names, new_lines)):
+            before = old_by_name.get(name)
+            if before is None:
+                changed.append(n)
+                continue
+            if line == before and not moved.intersection(line[line.rfind(b"\t") + 1:].split(b" ")):
+                continue
+            head, _, line_deps = line.rpartition(b"\t")
+            old_head, _, old_deps = before.rpartition(b"\t")
+            if head != old_head:
+                changed.append(n)
+                continue
+            try:
+                now = [renumber[d] for d in old_deps.split(b" ")] if old_deps else []
+            except KeyError:
+                changed.append(n)  # not what this worker's index was loaded from: the new line decides
+                continue
+            if None in now or b" ".join(now) != line_deps:  # type: ignore[arg-type]
+                changed.append(n)
+    names = [name.decode("ascii", "replace") for name in new_names]
+    out = []
+    for n in changed:
+        at = f"{where}:{n + skip + 1}"
+        row = _row(new_lines[n] + b"\n", at)
+        numbers = [int(d) for d in row.deps.split(" ")] if row.deps else []
+        if any(d == n + 1 or d > len(names) for d in numbers) or len(set(numbers)) != len(numbers):
+            raise RecordInvalid(f"{at}: a dependency that is not another line of the graph")
+        out.append((row, [names[d - 1] for d in numbers]))
+    gone = sorted(set(old_names) - set(new_names))
+    return Difference([name.decode("ascii", "replace") for name in gone], out, len(new_names))
 
 
 # One string object each for the estimate sources of 29k lines, not 29k copies.
@@ -304,14 +378,20 @@ def current_rows(reader):
     """An iterator of the Rows of `reader`'s graph.tsv if it describes `reader`'s own tree, else
     None (no graph, a stale one or one whose header is unreadable: derive from the records then).
     The lines are checked as they come (see `read`)."""
+    data = current_data(reader)
+    return None if data is None else read(data)[1]
+
+
+def current_data(reader) -> bytes | None:
+    """The bytes of `reader`'s graph.tsv if its header reads and names `reader`'s own tree, else None."""
     data = reader.read(GRAPH)
     if data is None:
         return None
     try:
-        inputs, rows = read(data)
+        inputs, _ = read(data)
     except RecordInvalid:
         return None
-    return rows if inputs == inputs_of(reader) else None
+    return data if inputs == inputs_of(reader) else None
 
 
 class _Facts(NamedTuple):

@@ -98,3 +98,24 @@ def gitqueue(*args, env=None, check=False, timeout=120, cwd=None):
 def git_log(url, fmt="%s", ref="main"):
     return subprocess.run(["git", "-C", url, "log", f"--format={fmt}", ref], capture_output=True, text=True,
                           check=True).stdout
+
+
+def index_view(index):
+    """Everything an index says of each job, by name (its ids are keys only): the graph's facts,
+    pending count, result, lease, declines and dependencies. An estimate this build learned from
+    a sibling's measured time is left out: only an index that followed the build knows it."""
+    db = index.db
+    names = dict(db.execute("SELECT id, name FROM jobs"))
+    deps: dict = {}
+    for job_id, dep in db.execute("SELECT job, dep FROM deps"):
+        deps.setdefault(names[job_id], []).append(names[dep])
+    declines: dict = {}
+    for job_id, worker, until in db.execute("SELECT job, worker, until FROM declines"):
+        declines.setdefault(names[job_id], []).append((worker, until))
+    return {name: (version, pkgpath, skip, skip_kind, None if source == "this build" else (est, source), priority,
+                   pending, result, up_to_date, leased_by, token, lease_at, sorted(deps.get(name, [])),
+                   sorted(declines.get(name, [])))
+            for name, version, pkgpath, skip, skip_kind, est, source, priority, pending, result, up_to_date,
+            leased_by, token, lease_at in db.execute(
+                "SELECT name, version, pkgpath, skip, skip_kind, est, est_source, priority, pending, result, "
+                "up_to_date, leased_by, lease_token, lease_at FROM jobs")}

@@ -266,3 +266,72 @@ def test_the_check_from_the_parents_graph_reads_no_unchanged_record():
     wrong = data.replace(b"\t2\t", b"\t1\t")
     assert graph.problem(child, wrong, (parent, old, {_POOL[3]: bumped[_POOL[3]]})) == \
         f"job {_POOL[3]} does not match its record (version, package path, skip or dependencies)"
+
+
+def _by_name(rows):
+    """{name: (the line's facts but its dependencies, the names of those)} of graph rows."""
+    return {r.name: (r[1:-1], sorted(rows[int(d) - 1].name for d in r.deps.split())) for r in rows}
+
+
+@st.composite
+def _two_graphs(draw):
+    """Two graphs over one pool of names: some jobs stay as they were, some change, come or go."""
+    pool = sorted(draw(st.sets(_NAME, min_size=1, max_size=10)))
+    old_names = draw(st.sets(st.sampled_from(pool), min_size=1))
+    new_names = draw(st.sets(st.sampled_from(pool), min_size=1))
+    facts = {name: graph.Row(name, "1", None, None, None, 1.0, "default", 1.0, "") for name in pool}
+    deps = {name: draw(st.sets(st.sampled_from(pool))) - {name} for name in pool}
+
+    def rows(names, changed):
+        names = sorted(names)
+        out = []
+        for name in names:
+            row = facts[name]
+            row_deps = deps[name]
+            if name in changed:
+                row = row._replace(version=draw(st.sampled_from(["1", "2"])), priority=draw(_NUMBER))
+                row_deps = draw(st.sets(st.sampled_from(pool))) - {name}
+            out.append(row._replace(deps=" ".join(str(names.index(d) + 1) for d in sorted(row_deps) if d in names)))
+        return out
+
+    return rows(old_names, set()), rows(new_names, draw(st.sets(st.sampled_from(pool))))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_two_graphs())
+def test_the_difference_of_two_graphs_is_what_changed_by_name(graphs):
+    old, new = graphs
+    diff = graph.difference(graph.render(old, _INPUTS), graph.render(new, _INPUTS))
+    before, after = _by_name(old), _by_name(new)
+    assert diff.jobs == len(new)
+    assert diff.gone == sorted(set(before) - set(after))
+    # every job added or changed, each once, and none that only moved to another line
+    assert [row.name for row, _ in diff.rows] == sorted(n for n in after if before.get(n) != after[n])
+    for row, dep_names in diff.rows:
+        assert (row[1:-1], sorted(dep_names)) == after[row.name]
+
+
+def test_a_changed_line_that_does_not_read_is_refused_by_the_difference():
+    old = [graph.Row("a-1", "1", None, None, None, 1.0, "default", 1.0, ""),
+           graph.Row("b-1", "1", None, None, None, 1.0, "default", 1.0, "1")]
+    good = graph.render(old, _INPUTS)
+    for bad, says in ((good.replace(b"\t1\n", b"\t9\n"), "graph.tsv:7: a dependency that is not another line"),
+                      (good.replace(b"b-1\t", b"a-1\t"), "graph.tsv:7: job 'a-1' out of order or given twice"),
+                      (good.replace(b"b-1\t1\t", b"b-1\t2\t\t\t\tnan\t"), "graph.tsv:7: 13 fields, not 9")):
+        with pytest.raises(RecordInvalid) as e:
+            graph.difference(good, bad)
+        assert str(e.value).startswith(says)
+
+
+def test_a_worker_back_at_a_broken_graph_takes_the_records(tmp_path):
+    url = make_queue(tmp_path, [job("a-1"), job("b-1", ["a-1"])], hook=False)
+    with open_queue(url, tmp_path) as q:
+        with q.lock():
+            q.sync()
+        good = q.remote.reader(q.remote.fetch()).read(GRAPH)
+        # a local writer rewrites b-1's line, naming a line that is not there
+        local_commit(url, {GRAPH: good.replace(b"\t1\n", b"\t9\n")})
+        with q.lock():
+            q.sync()
+        assert q.index.dependencies() and sorted(s[1] for s in q.index.states()) == ["a-1", "b-1"]
+        assert [c.name for c in q.index.ready("w", 10)] == ["a-1"]

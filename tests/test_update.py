@@ -7,7 +7,7 @@ import pytest
 from gitqueue import admin, lease
 from gitqueue.errors import LeaseLost, UnknownJob
 
-from helpers import gitqueue, job, make_queue, open_queue, pkg, write_jsonl
+from helpers import gitqueue, index_view, job, make_queue, open_queue, pkg, write_jsonl
 
 CHAIN = [pkg("a-1.0"), pkg("b-2.0", ["a-1.0"]), pkg("c-3.0", ["b-2.0"]), pkg("d-1.0", ["c-3.0"]),
          pkg("x-1.0"), pkg("y-1.0", ["x-1.0"])]
@@ -24,6 +24,7 @@ def states(q):
     try:
         fresh.rebuild(q.remote, q.index.commit_id())
         assert {name: (state, worker) for _, name, _, _, _, state, worker in fresh.states()} == got
+        assert index_view(fresh) == index_view(q.index)
         assert [c.name for c in fresh.ready("w-any", 100)] == [c.name for c in q.index.ready("w-any", 100)]
     finally:
         fresh.close()
@@ -64,6 +65,23 @@ def test_a_version_bump_in_the_middle_of_a_chain_rebuilds_exactly_it_and_its_dep
     # The result before the update and the one after it, both kept in the history.
     assert [(r[1], r[2], r[3], r[-1]) for r in rows] == [("c-3.0", "1", "w1", "success"),
                                                          ("c-3.0", "2", "w2", "success")], history
+
+
+def test_a_worker_follows_an_update_that_renumbers_every_line_job_by_job(tmp_path):
+    url = make_queue(tmp_path, CHAIN, hook=False)
+    with open_queue(url, tmp_path) as q:
+        build_all(q)
+        ids = {name: job_id for job_id, name, *_ in q.index.states()}
+        # "0lib-1.0" sorts first: every line of graph.tsv gets another number, and c-3.0 with it
+        # depends on it now.
+        update = [pkg("0lib-1.0"), *CHAIN[:2], pkg("c-3.0", ["b-2.0", "0lib-1.0"]), *CHAIN[3:]]
+        admin.update_jobs(q, update, "presolve-2")
+        assert states(q) == {"0lib-1.0": "ready", "a-1.0": "success", "b-2.0": "success", "c-3.0": "waiting",
+                             "d-1.0": "waiting", "x-1.0": "success", "y-1.0": "success"}
+        after = {name: job_id for job_id, name, *_ in q.index.states()}
+        # the index changed the jobs the update changed, not all of them (it kept their ids)
+        assert {n: after[n] for n in ids} == ids and after["0lib-1.0"] not in ids.values()
+        assert build_all(q, "w2") == ["0lib-1.0", "c-3.0", "d-1.0"]
 
 
 def test_in_flight_and_reclaimed_leases_of_changed_jobs_are_fenced(tmp_path):
