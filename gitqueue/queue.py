@@ -161,7 +161,12 @@ class Queue:
 
     def _sync(self):
         tip, reader = self._fetch()
-        self.index.update(self.remote, tip)
+        try:
+            self.index.update(self.remote, tip)
+        finally:
+            forget = getattr(self.remote.object_store, "forget_fetched", None)
+            if forget is not None:
+                forget()  # what the fetch brought is in the index now; the rest is read from packs
         return tip, reader
 
     # -- writing ---------------------------------------------------------------------------
