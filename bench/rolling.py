@@ -6,7 +6,7 @@ commit, as a host's spool settles them), so that `gitqueue verify` can judge the
 The update runs as its own process; its wall time and peak RSS are printed, with the number of
 jobs it marked for rebuilding (read back from the tree: jobs without a result that had one)
 next to the number computed here from the old graph alone, and a worker's claim time before and
-after the update (the first claim after it rebuilds the worker's index from graph.tsv). The master is
+after the update (the first claim after it brings the worker's index over the update). The master is
 packed after the build, as README's hourly `gitqueue gc` keeps it.
 
     python bench/rolling.py [--graph FILE] [--bumps 500] [--workers 100] [--verify]
@@ -225,7 +225,7 @@ def main():
               f"old graph): {len(must_rebuild)}; same set: {unbuilt_now == must_rebuild}")
         print(f"  dependents of the bumped packages in the old graph: {len(all_up)}")
         print(f"claim on a warm worker: before the update {before * 1000:.0f} ms; first after it "
-              f"{first * 1000:.0f} ms (the index reloads graph.tsv); then {warm * 1000:.0f} ms")
+              f"{first * 1000:.0f} ms (the index follows the update's graph.tsv); then {warm * 1000:.0f} ms")
         if opts.verify:
             t0 = time.perf_counter()
             proc = subprocess.run([sys.executable, "-m", "gitqueue", "verify", url], env=env, capture_output=True,
