@@ -536,6 +536,9 @@ def _write_all_loose(object_store, objects) -> None:
 
 
 UNPACK_LIMIT = 100  # objects; as git's fetch.unpackLimit
+# ... or bytes: a loose object is compressed again as it is written, and a new worker's first
+# fetch brings graph.tsv (3.3 MB on the 29k queue, 0.13 s to compress) among a few records.
+UNPACK_LIMIT_BYTES = 256 << 10
 # Larger fetched packs go to dulwich's indexer, which holds less than their inflated contents
 # (a first fetch from a server that cannot filter is 8.6 MB of 29k job records).
 _MAX_READ_PACK = 2 << 20
@@ -553,15 +556,16 @@ def _add_fetched(object_store, data: bytes) -> dict | None:
     from io import BytesIO
 
     count = int.from_bytes(data[8:12], "big") if data[:4] == b"PACK" and len(data) >= 12 else UNPACK_LIMIT
-    if count >= UNPACK_LIMIT:
+    if count >= UNPACK_LIMIT or len(data) >= UNPACK_LIMIT_BYTES:
         path = getattr(object_store, "path", None)
         read = read_fetched_pack(data) if isinstance(path, str) and len(data) <= _MAX_READ_PACK else None
         if read is None or not isinstance(path, str):  # thin, or not one read here: dulwich indexes it
             object_store.add_thin_pack(BytesIO(data).read, None)
             return None
         _move_in_pack(os.path.join(path, "pack"), data, read)
-        # The records, for the index update that reads them next; not the trees (the 29k
-        # queue's jobs/ trees are most of a catch-up's 1.8 MB, and the update skips them).
+        # The records (and graph.tsv), for the index update that reads them next; not the
+        # trees (the 29k queue's jobs/ trees are most of a catch-up's 1.8 MB, and the update
+        # skips them).
         return {sha: (type_num, body) for sha, (type_num, body, _, _) in read.items() if type_num == 3}
     from dulwich.object_format import SHA1
     from dulwich.pack import PackData, PackInflater

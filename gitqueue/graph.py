@@ -255,10 +255,27 @@ def read(data: bytes, where: str = GRAPH):
 _DEPS = re.compile(r"(?:[1-9][0-9]{0,8}(?: [1-9][0-9]{0,8})*)?")
 
 
+# A line with nothing escaped and every field in its plainest form (what gitqueue writes for
+# pkgsrc): read by one match, not field by field (29k lines: 0.2 s to 0.1 s). Anything else
+# goes through _row, which says what is wrong.
+_PLAIN = re.compile(r"([A-Za-z0-9][A-Za-z0-9._+~-]{0,199})\t([^\t\\]*)\t([^\t\\]*)\t(?:([ps])\t([^\t\\]+)|\t)"
+                    r"\t([0-9]+\.[0-9]+(?:e[+-]?[0-9]+)?)\t([^\t\\]*)\t([0-9]+\.[0-9]+(?:e[+-]?[0-9]+)?)\t"
+                    r"((?:[1-9][0-9]{0,8}(?: [1-9][0-9]{0,8})*)?)")
+
+
 def _lines(stream, where: str, first: int):
     previous = ""
+    plain = _PLAIN.fullmatch
     for n, raw in enumerate(stream, first):
-        row = _row(raw, f"{where}:{n}")
+        try:
+            m = plain(raw[:-1].decode("utf-8")) if raw.endswith(b"\n") else None
+        except UnicodeDecodeError:
+            m = None
+        if m is not None and math.isfinite(est := float(m[6])) and math.isfinite(priority := float(m[8])):
+            version, pkgpath, kind, skip, source = m[2], m[3], m[4], m[5], m[7]
+            row = Row(m[1], version, pkgpath or None, kind, skip, est, _SOURCES.get(source) or source, priority, m[9])
+        else:
+            row = _row(raw, f"{where}:{n}")
         if row.name <= previous:
             raise RecordInvalid(f"{where}:{n}: job {row.name} out of order or given twice (lines are sorted by name)")
         previous = row.name

@@ -422,7 +422,10 @@ class Index:
             db.executemany("INSERT INTO temp.staging VALUES(?,?,?,?,?,?,?,?,?,?)",
                            ((jid, *row) for jid, row in enumerate(rows, 1)))
             columns = "id, name, version, pkgpath, skip, skip_kind, est, est_source, priority"
-            db.execute(f"INSERT INTO jobs({columns}) SELECT {columns} FROM temp.staging")
+            # pending starts as the number of dependencies (deps' key refuses one named twice);
+            # the successes among them are counted down once the results are in
+            db.execute(f"INSERT INTO jobs({columns}, pending) SELECT {columns}, CASE WHEN deps = '' THEN 0 "
+                       "ELSE length(deps) - length(replace(deps, ' ', '')) + 1 END FROM temp.staging")
             try:
                 db.execute("INSERT INTO deps SELECT s.id, CAST(j.value AS INTEGER) FROM temp.staging s, "
                            "json_each('[' || replace(s.deps, ' ', ',') || ']') j WHERE s.deps != ''")
@@ -467,9 +470,7 @@ class Index:
 
             if not carried:
                 db.executemany("INSERT OR IGNORE INTO declines SELECT id, ?, ? FROM jobs WHERE name=?", declines())
-            db.execute("""UPDATE jobs SET pending = (
-                              SELECT COUNT(*) FROM deps d JOIN jobs p ON p.id = d.dep
-                               WHERE d.job = jobs.id AND p.result IS NOT 'success')""")
+            self._count_down(db.execute("SELECT id FROM jobs WHERE result = 'success'").fetchall())
             speeds = scheduler.Speeds()
             if durations and not carried:
                 for name, est in db.execute("SELECT name, est FROM jobs WHERE result = 'success'"):
