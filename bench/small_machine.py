@@ -1014,6 +1014,10 @@ def main():
     tmp = Path(tempfile.mkdtemp(prefix="gqsm-", dir="/tmp"))
     server = bench = None
     started = time.monotonic()
+    # `python -m gitqueue` puts the current directory first on sys.path: run from a checkout, every
+    # process would run that checkout's gitqueue, not --code's.
+    here = os.getcwd()
+    os.chdir(tmp)
     try:
         server = SshServer(tmp / "sshd", accept_env=["GIT_PROTOCOL"]).start()
         bench = Bench(opts, code, tmp, server, cgroups)
@@ -1040,6 +1044,7 @@ def main():
             server.stop()
         cgroups.remove_all()
         reap_strays()
+        os.chdir(here)
         shutil.rmtree(tmp, ignore_errors=True)
         if bench is not None and bench.figures:
             print_table(bench.figures, bench.run.runs, header + f"; {time.monotonic() - started:.0f} s in all")

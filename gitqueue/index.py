@@ -54,6 +54,10 @@ _BULK_INDEXES = (
 _REBUILD_KINDS = frozenset(("job", "retry", *TOP_FILES.values()))
 # Records the diff reads; a larger one (gitqueue writes none) sends the index to a rebuild.
 _MAX_RECORD_BYTES = 1 << 24
+# KiB of SQLite's page cache, which also bounds the memory of a sort (a report's countdown of
+# dependents): its default of 2 MB made every report 2 MB larger for a moment. The claim, the
+# report and a rebuild measured no slower with this (bench/README.md, "A small machine").
+_CACHE_KIB = 256
 # Estimates a measured duration of a sibling (same package path) in this build improves on.
 _WEAK_SOURCES = ("default", "weight")
 
@@ -74,6 +78,7 @@ class Index:
             version = db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
             if version and version[0] == INDEX_VERSION:
                 db.execute("PRAGMA synchronous=NORMAL")
+                db.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
                 return db
             db.close()
         except sqlite3.DatabaseError:
@@ -88,12 +93,18 @@ class Index:
         # transactions, never the file's consistency (the index is a cache of the tree anyway).
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
         db.executescript(_SCHEMA + ";".join(_BULK_INDEXES) + ";")
         db.execute("INSERT INTO meta VALUES('version', ?)", (INDEX_VERSION,))
         return db
 
     def close(self):
         self.db.close()
+
+    def shrink(self) -> None:
+        """Free SQLite's page caches (the index's and its temporary tables'), which the next
+        statements refill as far as they need."""
+        self.db.execute("PRAGMA shrink_memory")
 
     # -- bringing the index to a commit ---------------------------------------------------
 
@@ -383,19 +394,20 @@ class Index:
         """
         from . import graph
         from .errors import RecordInvalid
+        from .memory import give_back
 
         reader = remote.reader(tip)
         rows = graph.current_rows(reader) if tip is not None else None
         if rows is not None:
             try:
                 self._load(reader, rows, tip)
-                _return_freed_memory()
+                give_back()
                 return
             except RecordInvalid:
                 pass  # a graph.tsv that does not read: the records decide
         remote.ensure([sha for _, sha in reader.walk_files("jobs")])  # a partial cache lacks them
         self._load(reader, iter(graph.graph_rows(reader)), tip)
-        _return_freed_memory()
+        give_back()
 
     def _load(self, reader, rows, tip, carried=None) -> None:
         """Load the jobs of `rows` (graph Rows) and the tree's results, leases and declines; or,
@@ -645,19 +657,6 @@ STATES = (
     "skipped",
     "indirect-skipped",
 )
-
-
-def _return_freed_memory() -> None:
-    """Give the heap a rebuild used back to the system: glibc's malloc keeps freed memory for the
-    process, and a small machine's `gitqueue work` runs for weeks after its first index build."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def decline_rows(record: dict) -> list[tuple[str, float | None]]:

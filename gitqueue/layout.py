@@ -50,6 +50,7 @@ MAX_LOG_NAME = 128
 DEFAULT_PACKAGE_FILES = ("{name}.tgz",)
 DEFAULT_MAX_LEASES = 4
 DEFAULT_UPLOAD_QUOTA = 4 << 30
+DEFAULT_MAX_RECORD_BYTES = 65536
 
 
 # -- job and worker names, and the paths of their records ------------------------------------------

@@ -22,6 +22,7 @@ from .errors import (
 )
 from .files import write_json
 from .layout import (
+    DEFAULT_MAX_RECORD_BYTES,
     JOB_DIRS,
     check_job_name,
     check_worker_name,
@@ -486,8 +487,6 @@ def _report_step(queue, batch, worker, job, status, token=None, duration=None, l
     rec.update(build_fields(extra or {}))
     if queue.signer is not None:
         rec["signer"] = queue.signer.fingerprint
-    from .rules import DEFAULT_MAX_RECORD_BYTES
-
     data = records.dumps("result", rec)
     if rec.get("installed") and len(data) > 1024 and len(data) > queue.settings(reader).get(
             "max_record_bytes", DEFAULT_MAX_RECORD_BYTES):

@@ -100,6 +100,20 @@ class Queue:
             self._remote.close()
             self._remote = None
 
+    def rest(self):
+        """Hold as little memory as possible until the next use: the index keeps its connection
+        but not its page cache, the cache repository (its pack maps, its parsed objects) is
+        closed and reopens when used, and the freed heap goes back to the system. A worker rests
+        while its build runs: on a small machine that memory is the build's."""
+        if self._index is not None:
+            self._index.shrink()
+        if self._remote is not None:
+            self._remote.close()
+            self._remote = None
+        from .memory import give_back
+
+        give_back()
+
     def __enter__(self):
         return self
 

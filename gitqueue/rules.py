@@ -22,10 +22,9 @@ from dataclasses import dataclass, field
 from . import layout, records
 from .errors import GitqueueError
 from .gitstore import Commit, TreeReader, object_header, read_object
-from .layout import SETTINGS, record_path, worker_path
+from .layout import DEFAULT_MAX_RECORD_BYTES, SETTINGS, record_path, worker_path
 from .trees import TreeWalk
 
-DEFAULT_MAX_RECORD_BYTES = 65536
 MAX_COMMIT_BYTES = 1 << 16  # a commit settling a host's 16 workers is about 10 KB
 MAX_READ_BYTES = 1 << 20  # any record read while judging (queue.toml of a root commit, ...)
 # Parsed records and trees a State keeps: a commit settling 100 workers reads a few thousand

@@ -397,6 +397,7 @@ class Worker:
                 job = None
                 time.sleep(jittered(idle.first))
                 continue
+            self.queue.rest()  # from here on, until the next heartbeat, the memory is the build's
             self.out(f"{self.name}: building {job.job}")
             try:
                 outcome = self._build(job, every, installed)
@@ -610,6 +611,7 @@ class Worker:
         env = job_environment(job)
         env.update(GITQUEUE_OUTPUT=output, GITQUEUE_PACKAGES=self.packages_dir, GITQUEUE_BUILD_INFO=info,
                    GITQUEUE_BULKLOG=bulklog, GITQUEUE_LOGS=logs)
+        self.queue.rest()  # reading the job's record opened the cache repository again
         start = time.monotonic()
         with open(log_path, "wb") as log, open(info, "rb") as stdin:
             try:
@@ -629,7 +631,9 @@ class Worker:
                     except subprocess.TimeoutExpired:
                         if self.stop_signal is not None:
                             continue
-                        if not self._still_held(job):
+                        held = self._still_held(job)
+                        self.queue.rest()  # what the heartbeat opened
+                        if not held:
                             os.killpg(child.pid, signal.SIGKILL)
                             child.wait()
                             return None
