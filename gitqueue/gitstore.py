@@ -277,6 +277,30 @@ def _varint_delta_sizes(data: bytes) -> list[int]:
     return sizes
 
 
+def _entry_header(buf, at: int) -> tuple[int, int, int, int | None]:
+    """(type number, size, where the entry's data starts, and for an OFS delta how far back its
+    base is, else None) of the pack entry whose header starts at buf[at]; IndexError when `buf`
+    ends inside the header."""
+    c = buf[at]
+    at += 1
+    type_num, size, shift = (c >> 4) & 7, c & 15, 4
+    while c & 0x80:
+        c = buf[at]
+        at += 1
+        size |= (c & 0x7F) << shift
+        shift += 7
+    distance = None
+    if type_num == _OFS_DELTA:
+        c = buf[at]
+        at += 1
+        distance = c & 0x7F
+        while c & 0x80:
+            c = buf[at]
+            at += 1
+            distance = ((distance + 1) << 7) | (c & 0x7F)
+    return type_num, size, at, distance
+
+
 def _packed_header(f, offset: int, lookup, depth: int) -> tuple[str, int]:
     import zlib
 
@@ -286,23 +310,13 @@ def _packed_header(f, offset: int, lookup, depth: int) -> tuple[str, int]:
     head = f.read(64)
     if not head:
         raise ObjectFormatError(f"pack entry at {offset}: beyond the end of the pack")
-    c = head[0]
-    type_num, size, shift, i = (c >> 4) & 7, c & 15, 4, 1
-    while c & 0x80 and i < len(head):
-        c = head[i]
-        size |= (c & 0x7F) << shift
-        shift += 7
-        i += 1
+    try:
+        type_num, size, i, distance = _entry_header(head, 0)
+    except IndexError:
+        raise ObjectFormatError(f"pack entry at {offset}: truncated header") from None
     if type_num in TYPE_NAMES:
         return TYPE_NAMES[type_num], size
-    if type_num == _OFS_DELTA:
-        c = head[i]
-        i += 1
-        distance = c & 0x7F
-        while c & 0x80:
-            c = head[i]
-            i += 1
-            distance = ((distance + 1) << 7) | (c & 0x7F)
+    if distance is not None:
         base = _packed_header(f, offset - distance, lookup, depth + 1)
     elif type_num == _REF_DELTA:
         from binascii import hexlify
@@ -609,23 +623,9 @@ def read_fetched_pack(data: bytes) -> dict | None:
     try:
         for _ in range(count):
             start = at
-            c = data[at]
-            at += 1
-            type_num, size, shift = (c >> 4) & 7, c & 15, 4
-            while c & 0x80:
-                c = data[at]
-                at += 1
-                size |= (c & 0x7F) << shift
-                shift += 7
+            type_num, size, at, distance = _entry_header(data, at)
             base: object = None
-            if type_num == _OFS_DELTA:
-                c = data[at]
-                at += 1
-                distance = c & 0x7F
-                while c & 0x80:
-                    c = data[at]
-                    at += 1
-                    distance = ((distance + 1) << 7) | (c & 0x7F)
+            if distance is not None:
                 base = start - distance
             elif type_num == _REF_DELTA:
                 base = bytes(data[at:at + 20])
@@ -687,37 +687,52 @@ def read_fetched_pack(data: bytes) -> dict | None:
 
 def _move_in_pack(packdir: str, data: bytes, objects: dict) -> None:
     """Write the pack `data` (read by read_fetched_pack into `objects`) and its index into
-    `packdir` as write_pack does: temporary names, fsynced, the index renamed in last."""
+    `packdir` as write_pack does."""
     from binascii import unhexlify
-
-    from dulwich.pack import write_pack_index
 
     entries = sorted((unhexlify(sha), start, crc) for sha, (_, _, start, crc) in objects.items())
     base = os.path.join(packdir, "pack-" + data[-20:].hex())
     if os.path.exists(base + ".idx"):
         return
-    tmp = os.path.join(packdir, f"tmp_fetch_{os.getpid()}_{time.monotonic_ns()}")
-    tmp_pack, tmp_idx = tmp + "_pack", tmp + "_idx"
+    tmp_pack = os.path.join(packdir, f"tmp_fetch_{os.getpid()}_{time.monotonic_ns()}_pack")
     try:
         with open(tmp_pack, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException:
+        _unlink_quietly(tmp_pack)
+        raise
+    _install_pack(tmp_pack, entries, data[-20:], base)
+
+
+def _install_pack(tmp_pack: str, entries: list, checksum: bytes, base: str) -> None:
+    """Index the complete pack at `tmp_pack` (its `entries`, sorted (sha, offset, crc)) and move
+    both to `base`.pack and .idx: fsynced, the pack first, its index last (git and dulwich use
+    a pack only once its index exists). Nothing is left under a temporary name."""
+    from dulwich.pack import write_pack_index
+
+    tmp_idx = tmp_pack.removesuffix("_pack") + "_idx"
+    try:
         with open(tmp_idx, "wb") as f:
-            write_pack_index(f, entries, data[-20:], version=2)
+            write_pack_index(f, entries, checksum, version=2)
             f.flush()
             os.fsync(f.fileno())
         for name in (tmp_pack, tmp_idx):
             os.chmod(name, 0o444)
         os.replace(tmp_pack, base + ".pack")
         os.replace(tmp_idx, base + ".idx")
-        fsync_dir(packdir)
+        fsync_dir(os.path.dirname(base))
     finally:
-        for name in (tmp_pack, tmp_idx):
-            try:
-                os.unlink(name)
-            except FileNotFoundError:
-                pass
+        _unlink_quietly(tmp_pack, tmp_idx)
+
+
+def _unlink_quietly(*paths: str) -> None:
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
 
 def _write_loose(root: str, obj) -> None:
@@ -764,7 +779,6 @@ def write_pack(packdir: str, objects) -> list[str]:
     import hashlib
     import zlib
 
-    from dulwich.pack import write_pack_index
 
     os.makedirs(packdir, exist_ok=True)
     # No ".pack"/".idx" suffix while incomplete: dulwich takes any X.pack beside an X.idx for a pack.
@@ -805,22 +819,10 @@ def write_pack(packdir: str, objects) -> list[str]:
             os.unlink(tmp_pack)
             return []
         entries.sort()
-        with open(tmp_idx, "wb") as f:
-            write_pack_index(f, entries, checksum, version=2)
-            f.flush()
-            os.fsync(f.fileno())
-        base = os.path.join(packdir, "pack-" + hashlib.sha1(b"".join(e[0] for e in entries)).hexdigest())
-        for name in (tmp_pack, tmp_idx):
-            os.chmod(name, 0o444)
-        os.replace(tmp_pack, base + ".pack")
-        os.replace(tmp_idx, base + ".idx")
-        fsync_dir(packdir)
+        _install_pack(tmp_pack, entries, checksum,
+                      os.path.join(packdir, "pack-" + hashlib.sha1(b"".join(e[0] for e in entries)).hexdigest()))
     finally:
-        for name in (tmp_pack, tmp_idx):
-            try:
-                os.unlink(name)
-            except FileNotFoundError:
-                pass
+        _unlink_quietly(tmp_pack, tmp_idx)
     return [e[0].hex() for e in entries]
 
 

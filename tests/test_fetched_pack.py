@@ -10,7 +10,7 @@ from dulwich.repo import Repo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gitqueue.gitstore import CachingStore, _add_fetched, read_fetched_pack, read_object
+from gitqueue.gitstore import CachingStore, _add_fetched, _pack_entry_header, read_fetched_pack, read_object
 
 TYPES = {"commit": 1, "tree": 2, "blob": 3, "tag": 4}
 
@@ -97,16 +97,7 @@ def test_a_stored_pack_is_read_by_git_and_through_the_cache(tmp_path):
 
 
 def _entry(type_num, body, declared=None):
-    size = len(body) if declared is None else declared
-    head = bytearray()
-    c = (type_num << 4) | (size & 15)
-    size >>= 4
-    while size:
-        head.append(c | 0x80)
-        c = size & 0x7F
-        size >>= 7
-    head.append(c)
-    return bytes(head) + zlib.compress(body)
+    return _pack_entry_header(type_num, len(body) if declared is None else declared) + zlib.compress(body)
 
 
 def _whole(entries):
