@@ -33,6 +33,7 @@ OWN_TROUBLE_TO_STOP = 3
 SAME_CAUSE_TO_DECLINE = 2
 
 LOG_TAIL = 4000
+REST_AFTER = 1.0  # seconds a build runs before the worker gives its own memory back (Queue.rest)
 MAX_LEFT_OUT = 10  # lines naming the output files a job does not upload; then a count
 DEFAULT_PKGNAME_COMMAND = "bmake show-var VARNAME=PKGNAME"
 
@@ -295,6 +296,9 @@ class Worker:
         self.spool: Spool | None = None
         self.refusals = 0
         self.trouble = 0  # jobs given back in a row because of this worker's own trouble
+        # Whether the last build ran REST_AFTER or longer: then the next one starts with the
+        # worker at rest. True at first: a new worker's first claim built its index.
+        self.builds_take_long = True
         self.given_back: dict[tuple[str, str], int] = {}  # (job, cause) -> times given back for it
 
     def _on_signal(self, signum, frame):
@@ -397,7 +401,6 @@ class Worker:
                 job = None
                 time.sleep(jittered(idle.first))
                 continue
-            self.queue.rest()  # from here on, until the next heartbeat, the memory is the build's
             self.out(f"{self.name}: building {job.job}")
             try:
                 outcome = self._build(job, every, installed)
@@ -611,7 +614,9 @@ class Worker:
         env = job_environment(job)
         env.update(GITQUEUE_OUTPUT=output, GITQUEUE_PACKAGES=self.packages_dir, GITQUEUE_BUILD_INFO=info,
                    GITQUEUE_BULKLOG=bulklog, GITQUEUE_LOGS=logs)
-        self.queue.rest()  # reading the job's record opened the cache repository again
+        rested = self.builds_take_long
+        if rested:
+            self.queue.rest()  # reading the job's record opened the cache repository again
         start = time.monotonic()
         with open(log_path, "wb") as log, open(info, "rb") as stdin:
             try:
@@ -624,11 +629,22 @@ class Worker:
                 log.write(f"gitqueue: cannot run {self.command[0]}: {e}\n".encode())
                 return Built("failure", time.monotonic() - start, log_path, logs, before, list(installed))
             try:
+                # While a build runs, until the next heartbeat, the memory is the build's
+                # (Queue.rest): from its start when the builds take long, else once it has run
+                # REST_AFTER. Resting costs a collection and opening the cache again, which a
+                # queue of instant builds paid on every job (bench/contention.py: 3x the CPU).
+                rest_at = start + min(REST_AFTER, every)
+                beat_at = start + every
                 while True:
                     try:
-                        code = child.wait(timeout=every)
+                        code = child.wait(timeout=max(0.0, (beat_at if rested else rest_at) - time.monotonic()))
                         break
                     except subprocess.TimeoutExpired:
+                        if not rested:
+                            rested = True
+                            self.queue.rest()
+                            continue
+                        beat_at = time.monotonic() + every
                         if self.stop_signal is not None:
                             continue
                         held = self._still_held(job)
@@ -639,6 +655,7 @@ class Worker:
                             return None
             finally:
                 self.child = None
+                self.builds_take_long = time.monotonic() - start >= REST_AFTER
         status = "success" if code == 0 else "failure"
         return Built(status, time.monotonic() - start, log_path, logs, before, list(installed),
                      transient=code == EX_TEMPFAIL)
