@@ -55,9 +55,10 @@ _REBUILD_KINDS = frozenset(("job", "retry", *TOP_FILES.values()))
 # Records the diff reads; a larger one (gitqueue writes none) sends the index to a rebuild.
 _MAX_RECORD_BYTES = 1 << 24
 # KiB of SQLite's page cache, which also bounds the memory of a sort (a report's countdown of
-# dependents): its default of 2 MB made every report 2 MB larger for a moment. The claim, the
-# report and a rebuild measured no slower with this (bench/README.md, "A small machine").
-_CACHE_KIB = 256
+# dependents); None: SQLite's 2 MB. `gitqueue work` takes 256 (memory.lean_worker): a worker
+# that waits on builds for weeks holds it the whole time. A short-lived claim or report keeps
+# the default: with 256 KiB its queries read pages again, +5-10% CPU per claim and report cycle.
+page_cache_kib: int | None = None
 # Estimates a measured duration of a sibling (same package path) in this build improves on.
 _WEAK_SOURCES = ("default", "weight")
 
@@ -78,7 +79,7 @@ class Index:
             version = db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
             if version and version[0] == INDEX_VERSION:
                 db.execute("PRAGMA synchronous=NORMAL")
-                db.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
+                _size_cache(db)
                 return db
             db.close()
         except sqlite3.DatabaseError:
@@ -93,7 +94,7 @@ class Index:
         # transactions, never the file's consistency (the index is a cache of the tree anyway).
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
-        db.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
+        _size_cache(db)
         db.executescript(_SCHEMA + ";".join(_BULK_INDEXES) + ";")
         db.execute("INSERT INTO meta VALUES('version', ?)", (INDEX_VERSION,))
         return db
@@ -657,6 +658,11 @@ STATES = (
     "skipped",
     "indirect-skipped",
 )
+
+
+def _size_cache(db) -> None:
+    if page_cache_kib is not None:
+        db.execute(f"PRAGMA cache_size=-{int(page_cache_kib)}")
 
 
 def decline_rows(record: dict) -> list[tuple[str, float | None]]:

@@ -41,3 +41,12 @@ def builtin_hashes() -> bool:
     # `import _hashlib` then fails, and hashlib takes _sha1 and the others
     sys.modules["_hashlib"] = None  # type: ignore[assignment]
     return True
+
+
+def lean_worker() -> None:
+    """What a long-running `gitqueue work` gives up for memory: OpenSSL's hashes (builtin_hashes)
+    and most of SQLite's page cache for its index (index.page_cache_kib)."""
+    builtin_hashes()
+    from . import index
+
+    index.page_cache_kib = 256

@@ -85,3 +85,16 @@ def test_builtin_hashes_leave_openssl_out_and_hash_as_git_does(tmp_path):
     late = "import hashlib\nfrom gitqueue.memory import builtin_hashes\nprint(builtin_hashes())\n"
     assert subprocess.run([sys.executable, "-c", late], capture_output=True, text=True,
                           check=True).stdout.split() == ["False"]
+
+
+def test_only_the_worker_loop_takes_a_small_index_cache(tmp_path):
+    code = ("import sys\n"
+            "from gitqueue import memory\n"
+            "from gitqueue.index import Index\n"
+            "if sys.argv[1] == 'work':\n"
+            "    memory.lean_worker()\n"
+            "index = Index(sys.argv[2])\n"
+            "print(index.db.execute('PRAGMA cache_size').fetchone()[0])\n")
+    sizes = [subprocess.run([sys.executable, "-c", code, kind, str(tmp_path / f"{kind}.sqlite")], capture_output=True,
+                            text=True, check=True).stdout.strip() for kind in ("claim", "work")]
+    assert sizes == ["-2000", "-256"]  # SQLite's default for a claim or a report, 256 KiB for `gitqueue work`

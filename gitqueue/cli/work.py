@@ -38,9 +38,9 @@ def work_cmd(queue_url, worker, once, max_jobs, command, **options):
     \b
     Example: gitqueue work --worker hp300-1 -- /usr/pbulk/libexec/pbulk/pkg-build
     """
-    from ..memory import builtin_hashes
+    from ..memory import lean_worker
 
-    builtin_hashes()  # before anything imports hashlib: the worker runs for weeks on small machines
+    lean_worker()  # before anything imports hashlib: the worker runs for weeks on small machines
     from ..config import options as option_fields
     from ..errors import SettingInvalid
     from ..worker import Worker
