@@ -213,9 +213,7 @@ class Index:
             dep_rows = [(ids[r.name], ids[d]) for r, deps in rows for d in deps]
         except KeyError:
             raise _NeedsRebuild() from None  # a dependency on a line this index never loaded
-        db.execute("CREATE TEMP TABLE IF NOT EXISTS touched(id INTEGER PRIMARY KEY)")
-        db.execute("DELETE FROM temp.touched")
-        db.executemany("INSERT INTO temp.touched VALUES(?)", ((i,) for i in touched))
+        self._id_table("touched", touched)
         db.execute("DELETE FROM deps WHERE job IN temp.touched")
         db.executemany("INSERT INTO deps VALUES(?, ?)", dep_rows)
         results: list[tuple] = []
@@ -228,23 +226,16 @@ class Index:
                 continue  # a record of a job gone in this commit
             record = None if change.new is None else records.load_at(change.kind, change.data, change.path)
             if change.kind == "result":
-                results.append((None, 0, job_id) if record is None else
-                               (record["status"], 1 if record.get("up_to_date") else 0, job_id))
+                results.append(_result_row(record, job_id))
             elif change.kind == "lease":
-                leases.append((None, None, None, job_id) if record is None else
-                              (record["worker"], record["token"], records.epoch(record.get("claimed_at")), job_id))
+                leases.append(_lease_row(record, job_id))
             else:
                 dropped_declines.append((job_id,))
                 if record is not None:
                     declines.extend((job_id, worker, until) for worker, until in decline_rows(record))
-        db.executemany("UPDATE jobs SET result=?, up_to_date=? WHERE id=?", results)
-        db.executemany("UPDATE jobs SET leased_by=?, lease_token=?, lease_at=? WHERE id=?", leases)
-        db.executemany("DELETE FROM declines WHERE job=?", dropped_declines)
-        db.executemany("INSERT INTO declines VALUES(?, ?, ?)", declines)
+        self._write_rows(leases, results, dropped_declines, declines)
         # The dependents of a job whose result came or went wait on it again, or no longer.
-        db.execute("CREATE TEMP TABLE IF NOT EXISTS decided(id INTEGER PRIMARY KEY)")
-        db.execute("DELETE FROM temp.decided")
-        db.executemany("INSERT OR IGNORE INTO temp.decided VALUES(?)", ((job_id,) for *_, job_id in results))
+        self._id_table("decided", (job_id for *_, job_id in results))
         db.execute("INSERT OR IGNORE INTO temp.touched SELECT d.job FROM temp.decided r JOIN deps d ON d.dep = r.id")
         db.execute("""UPDATE jobs SET pending = (
                           SELECT COUNT(*) FROM deps d JOIN jobs p ON p.id = d.dep
@@ -304,7 +295,7 @@ class Index:
         speeds = Speeds({w: (n, t) for w, n, t in self.db.execute("SELECT worker, n, total FROM speeds")})
         learned: set[str] = set()
         siblings_measured: set[str] = set()
-        successes: list[tuple] = []
+        successes: list[int] = []
         for at in range(0, len(changes), 500):
             self._apply_some(changes[at:at + 500], speeds, learned, siblings_measured, successes)
         self._count_down(successes)
@@ -331,16 +322,15 @@ class Index:
             job_id, est, est_source, pkgpath = jobs[change.name]
             record = None if change.new is None else records.load_at(kind, change.data, change.path)
             if kind == "lease":
-                leases.append((None, None, None, job_id) if record is None else
-                              (record["worker"], record["token"], records.epoch(record.get("claimed_at")), job_id))
+                leases.append(_lease_row(record, job_id))
             elif kind == "result":
                 if change.old is not None or record is None:
                     raise _NeedsRebuild()  # results are never rewritten by the protocol
-                results.append((record["status"], 1 if record.get("up_to_date") else 0, job_id))
+                results.append(_result_row(record, job_id))
                 built.setdefault(pkgpath, []).append(job_id)
                 if record["status"] != "success":
                     continue
-                successes.append((job_id,))
+                successes.append(job_id)
                 duration = record.get("duration")
                 if not duration or duration <= 0:
                     continue
@@ -361,29 +351,40 @@ class Index:
                 dropped_declines.append((job_id,))
                 if record is not None:
                     declines.extend((job_id, worker, until) for worker, until in decline_rows(record))
-        db.executemany("UPDATE jobs SET leased_by=?, lease_token=?, lease_at=? WHERE id=?", leases)
+        # (before the results: the siblings it sets are those still without one)
         db.executemany(
             f"UPDATE jobs SET est=?, est_source='this build' WHERE pkgpath=? AND result IS NULL "
             f"AND est_source IN ({','.join('?' * len(_WEAK_SOURCES))}) AND id NOT IN (SELECT value FROM json_each(?))",
             [(est, pkgpath, *_WEAK_SOURCES, json.dumps(before)) for pkgpath, (est, before) in sibling_est.items()])
+        self._write_rows(leases, results, dropped_declines, declines)
+
+    def _write_rows(self, leases: list, results: list, dropped_declines: list, declines: list) -> None:
+        """Write a diff's lease and result rows (_lease_row, _result_row), the jobs whose
+        declines it dropped ([(id,)]) and their new declines ([(id, worker, until)])."""
+        db = self.db
+        db.executemany("UPDATE jobs SET leased_by=?, lease_token=?, lease_at=? WHERE id=?", leases)
         db.executemany("UPDATE jobs SET result=?, up_to_date=? WHERE id=?", results)
         db.executemany("DELETE FROM declines WHERE job=?", dropped_declines)
         db.executemany("INSERT INTO declines VALUES(?, ?, ?)", declines)
 
-    def _count_down(self, successes: list) -> None:
-        """Lower the pending count of the dependents of the jobs `successes` ([(id,)]) just
+    def _id_table(self, name: str, ids) -> None:
+        """The temporary table `name` holding the job ids `ids` (each once), to join with."""
+        self.db.execute(f"CREATE TEMP TABLE IF NOT EXISTS {name}(id INTEGER PRIMARY KEY)")
+        self.db.execute(f"DELETE FROM temp.{name}")
+        self.db.executemany(f"INSERT OR IGNORE INTO temp.{name} VALUES(?)", ((i,) for i in ids))
+
+    def _count_down(self, successes) -> None:
+        """Lower the pending count of the dependents of the jobs `successes` (ids) just
         succeeded: each dependent once, by all of them (after a long absence, 3,000 successes
         are 180,000 dependencies, and a statement per success took 0.55 s)."""
         db = self.db
         if successes:
-            db.execute("CREATE TEMP TABLE IF NOT EXISTS done_now(id INTEGER PRIMARY KEY)")
+            self._id_table("done_now", successes)
             db.execute("CREATE TEMP TABLE IF NOT EXISTS countdown(id INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
-            db.executemany("INSERT INTO temp.done_now VALUES(?)", successes)
             db.execute("INSERT INTO temp.countdown SELECT d.job, COUNT(*) FROM temp.done_now s "
                        "JOIN deps d ON d.dep = s.id GROUP BY d.job")
             db.execute("UPDATE jobs SET pending = pending - (SELECT n FROM temp.countdown c WHERE c.id = jobs.id) "
                        "WHERE id IN (SELECT id FROM temp.countdown)")
-            db.execute("DELETE FROM temp.done_now")
             db.execute("DELETE FROM temp.countdown")
 
     def rebuild(self, remote, tip: bytes | None) -> None:
@@ -483,7 +484,7 @@ class Index:
 
             if not carried:
                 db.executemany("INSERT OR IGNORE INTO declines SELECT id, ?, ? FROM jobs WHERE name=?", declines())
-            self._count_down(db.execute("SELECT id FROM jobs WHERE result = 'success'").fetchall())
+            self._count_down([i for (i,) in db.execute("SELECT id FROM jobs WHERE result = 'success'")])
             speeds = scheduler.Speeds()
             if durations and not carried:
                 for name, est in db.execute("SELECT name, est FROM jobs WHERE result = 'success'"):
@@ -554,9 +555,7 @@ class Index:
         """(job id, id of a job it depends on) of every dependency, or of those on the jobs `of`."""
         if of is None:
             return self.db.execute("SELECT job, dep FROM deps").fetchall()
-        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS asked(id INTEGER PRIMARY KEY)")
-        self.db.execute("DELETE FROM temp.asked")
-        self.db.executemany("INSERT INTO temp.asked VALUES(?)", ((i,) for i in of))
+        self._id_table("asked", of)
         return self.db.execute("SELECT d.job, d.dep FROM temp.asked a JOIN deps d ON d.dep = a.id").fetchall()
 
     def skipped(self) -> list[tuple[str, str]]:
@@ -658,6 +657,20 @@ STATES = (
     "skipped",
     "indirect-skipped",
 )
+
+
+def _lease_row(record: dict | None, job_id: int) -> tuple:
+    """(worker, token, claimed at, id) of a lease record; Nones without one."""
+    if record is None:
+        return None, None, None, job_id
+    return record["worker"], record["token"], records.epoch(record.get("claimed_at")), job_id
+
+
+def _result_row(record: dict | None, job_id: int) -> tuple:
+    """(status, up to date, id) of a result record; None, 0 without one."""
+    if record is None:
+        return None, 0, job_id
+    return record["status"], 1 if record.get("up_to_date") else 0, job_id
 
 
 def _size_cache(db) -> None:
