@@ -619,12 +619,12 @@ def read_fetched_pack(data: bytes) -> dict | None:
     count = int.from_bytes(data[8:12], "big")
     at = 12
     whole: dict[int, tuple[int, bytes, bytes, int]] = {}  # offset -> (type, contents, sha, crc)
-    deltas: list[tuple[int, object, bytes, int]] = []  # (offset, base offset or sha, delta, crc)
+    deltas: list[tuple[int, int | bytes, bytes, int]] = []  # (offset, base offset or sha, delta, crc)
     try:
         for _ in range(count):
             start = at
             type_num, size, at, distance = _entry_header(data, at)
-            base: object = None
+            base: int | bytes | None = None
             if distance is not None:
                 base = start - distance
             elif type_num == _REF_DELTA:
@@ -652,8 +652,7 @@ def read_fetched_pack(data: bytes) -> dict | None:
             body = b"".join(pieces)
             crc = zlib.crc32(view[start:at])
             if base is None:
-                header = f"{TYPE_NAMES[type_num]} {size}\0".encode()
-                whole[start] = (type_num, body, hashlib.sha1(header + body).digest(), crc)
+                whole[start] = (type_num, body, _object_id(type_num, body), crc)
             else:
                 deltas.append((start, base, body, crc))
         if at != end:
@@ -665,14 +664,13 @@ def read_fetched_pack(data: bytes) -> dict | None:
                 break
             left = []
             for start, base, delta, crc in deltas:
-                at_base = base if isinstance(base, int) else by_sha.get(base) if isinstance(base, bytes) else None
+                at_base = base if isinstance(base, int) else by_sha.get(base)
                 if at_base is None or at_base not in whole:
                     left.append((start, base, delta, crc))
                     continue
                 type_num, source, _, _ = whole[at_base]
                 body = b"".join(apply_delta(source, delta))
-                header = f"{TYPE_NAMES[type_num]} {len(body)}\0".encode()
-                sha = hashlib.sha1(header + body).digest()
+                sha = _object_id(type_num, body)
                 whole[start] = (type_num, body, sha, crc)
                 by_sha[sha] = start
             if len(left) == len(deltas):
@@ -683,6 +681,13 @@ def read_fetched_pack(data: bytes) -> dict | None:
     except (IndexError, zlib.error, ValueError, TypeError):
         return None
     return {hexlify(sha): (type_num, body, start, crc) for start, (type_num, body, sha, crc) in whole.items()}
+
+
+def _object_id(type_num: int, body: bytes) -> bytes:
+    """The binary id git gives an object of this type and contents."""
+    import hashlib
+
+    return hashlib.sha1(f"{TYPE_NAMES[type_num]} {len(body)}\0".encode() + body).digest()
 
 
 def _move_in_pack(packdir: str, data: bytes, objects: dict) -> None:
@@ -778,7 +783,6 @@ def write_pack(packdir: str, objects) -> list[str]:
     """
     import hashlib
     import zlib
-
 
     os.makedirs(packdir, exist_ok=True)
     # No ".pack"/".idx" suffix while incomplete: dulwich takes any X.pack beside an X.idx for a pack.
