@@ -175,11 +175,6 @@ def gc_cache(queue, grace: float = GRACE, keep_logs: int = KEEP_LOGS) -> dict:
         before = measure(path)
         now = time.time()
         pending = _read_superseded(path)
-        removed = 0
-        for name, since in list(pending.items()):
-            if since <= now - grace:
-                removed += files.unlink(os.path.join(path, "objects", name))
-                del pending[name]
         try:
             tip = repo.refs[remote.ref]
         except KeyError:
@@ -187,6 +182,10 @@ def gc_cache(queue, grace: float = GRACE, keep_logs: int = KEEP_LOGS) -> dict:
         kept = 0
         objects_dir = os.path.join(path, "objects")
         if tip is not None:
+            # The tip's objects go into the new pack before any superseded file is removed: a
+            # fetch since the last run may have found an object it brought back already in such
+            # a file and written nothing (objects are content-addressed), so that file can be
+            # the only copy the tip has.
             store = repo.object_store
             names = _reachable(store, tip)
 
@@ -205,10 +204,11 @@ def gc_cache(queue, grace: float = GRACE, keep_logs: int = KEEP_LOGS) -> dict:
                     pending.pop(name, None)
                 else:
                     pending.setdefault(name, now)
-            if not grace:
-                for name in list(pending):
-                    removed += files.unlink(os.path.join(objects_dir, name))
-                    del pending[name]
+        removed = 0
+        for name, since in list(pending.items()):
+            if since <= now - grace:
+                removed += files.unlink(os.path.join(objects_dir, name))
+                del pending[name]
         for fan in _fanout(objects_dir):
             try:
                 os.rmdir(os.path.join(objects_dir, fan))  # only the empty ones

@@ -15,7 +15,7 @@ from gitqueue.errors import RepositoryDamaged
 from gitqueue.gc import GcError, gc_cache, gc_repository, measure
 from gitqueue.queue import Queue
 
-from helpers import git_log, gitqueue, job, make_package_queue, make_queue, open_queue
+from helpers import git_log, gitqueue, job, local_commit, make_package_queue, make_queue, open_queue
 from test_concurrency import check_history, random_dag, start_worker
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
@@ -297,3 +297,39 @@ def test_gc_cache_removes_the_builds_and_old_logs_of_jobs_no_longer_held(tmp_pat
     assert out["outputs"] == {"builds": 2, "build_bytes": 7, "logs": 2, "log_bytes": out["outputs"]["log_bytes"]}
     assert sorted(os.listdir(cache / "build")) == ["notes", "p0-1.0-0badc0de"] and os.listdir(cache / "logs") == []
     assert os.listdir(cache / "bulklog") == []
+
+
+def test_gc_cache_keeps_an_object_a_fetch_brought_back_while_it_waited_for_removal(tmp_path):
+    """An object superseded by one gc run, dropped from the tip, then back in it: the fetch that
+    brings it back finds its old file still there and writes nothing, so the next gc must not
+    remove that file before it has packed what the tip needs."""
+    from gitqueue.layout import record_path
+
+    url = make_queue(tmp_path, [job(f"p{i}-1.0") for i in range(10)])
+    remote_url = f"file://{url}"
+    with open_queue(remote_url, tmp_path, host="far") as q:
+        got = lease.claim(q, "w1")
+        path = record_path("leases", got.job)
+        tip, _ = q.fetch()
+        held = q.remote.reader(tip).read(path)
+        gc_cache(q, grace=3600)  # the lease and its trees: superseded files, and in the new pack
+        local_commit(url, {path: None}, "the lease goes")
+        q.fetch()
+        gc_cache(q, grace=3600)  # the pack that held them is superseded too
+        local_commit(url, {path: held}, "the same lease, the same trees, again")
+        tip, _ = q.fetch()
+        cache_repo = os.path.join(q.cache_dir, "repo.git")
+    # An hour on (the list of superseded files aged by hand), in another process as cron runs
+    # it: the files superseded then are due for removal.
+    listed = os.path.join(cache_repo, "gitqueue-superseded")
+    with open(listed) as f:
+        lines = [line.split(" ", 1) for line in f]
+    with open(listed, "w") as f:
+        f.writelines(f"{int(since) - 3600} {name}" for since, name in lines)
+    with open_queue(remote_url, tmp_path, host="far") as q:
+        out = gc_cache(q, grace=60)
+    assert out["removed"] > 30 and out["after"]["packs"] == 1 and out["after"]["loose"] == 0
+    fsck(cache_repo)
+    with open_queue(remote_url, tmp_path, host="far") as q:
+        assert q.remote.reader(tip).read(path) == held
+        assert lease.claim(q, "w2").job != got.job  # the cache is usable, and the lease holds
