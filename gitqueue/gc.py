@@ -21,6 +21,7 @@ newest logs of those (see gc_outputs).
 """
 
 import hashlib
+import math
 import os
 import re
 import shutil
@@ -206,7 +207,7 @@ def gc_cache(queue, grace: float = GRACE, keep_logs: int = KEEP_LOGS) -> dict:
                     pending.setdefault(name, now)
         removed = 0
         for name, since in list(pending.items()):
-            if since <= now - grace:
+            if not grace or since <= now - grace:
                 removed += files.unlink(os.path.join(objects_dir, name))
                 del pending[name]
         for fan in _fanout(objects_dir):
@@ -411,7 +412,8 @@ def _write_superseded(path, pending):
     if not pending:
         files.unlink(target)
         return
-    files.replace_file(target, "".join(f"{since:.0f} {name}\n" for name, since in sorted(pending.items())))
+    # Whole seconds, rounded up: a file is never removed before its grace period has passed.
+    files.replace_file(target, "".join(f"{math.ceil(since)} {name}\n" for name, since in sorted(pending.items())))
 
 
 def _reachable(store, tip: bytes) -> list[str]:
