@@ -31,7 +31,7 @@ from .layout import (
     max_leases,
     record_path,
 )
-from .queue import Change, trailers
+from .queue import Change, IndexBehind, trailers
 from .records import utc
 from .text import printable
 
@@ -242,7 +242,7 @@ def claim(queue, worker: str, host: str | None = None, platform: dict | None = N
         chosen[:] = [_claim_step(queue, batch, worker, host, platform)]
         return batch.change()
 
-    queue.transact(decide, identity(worker))
+    queue.transact(decide, identity(worker), may_defer=True)
     queue.index.remember_claim(chosen[0].job, worker, chosen[0].lease)
     return chosen[0]
 
@@ -257,6 +257,10 @@ def _claim_step(queue, batch, worker, host, platform, request=None) -> Claim:
 
     reader = batch.reader
     if request is not None:
+        if queue.index_behind:
+            # A lease taken for this request by a process that died before it updated the
+            # index would be missed; with the index at the tip it is not.
+            raise IndexBehind()
         for name in queue.index.leased_to(worker):
             lease = _read(reader, "leases", name)
             if lease is not None and lease.get("request") == request:
@@ -269,6 +273,8 @@ def _claim_step(queue, batch, worker, host, platform, request=None) -> Claim:
     index = queue.index
     held = index.leases_held(worker) + batch.leases.get(worker, 0)
     cap = max_leases(settings)
+    if held >= cap and queue.index_behind:
+        raise IndexBehind()
     if held >= cap:
         raise TooManyLeases(f"{worker} already holds {held} live lease{'s' if held > 1 else ''}, the most this "
                             f"queue allows (max_leases {cap}): report or release one first")
@@ -287,8 +293,9 @@ def _claim_step(queue, batch, worker, host, platform, request=None) -> Claim:
             record_path("results", name)
         ):
             continue  # the index is behind the tree: trust the tree
-        if record_path("declines", name) in reader.files and _held_back(reader, name, worker, now):
-            continue  # given back in this very commit (a transient failure): the index does not know yet
+        if ((queue.index_behind or record_path("declines", name) in reader.files)
+                and _held_back(reader, name, worker, now)):
+            continue  # given back since the index's commit or in this very commit: the index does not know yet
         if not all(_status(reader, d) == "success" for d in job["deps"]):
             continue
         token = os.urandom(16).hex()
@@ -309,6 +316,8 @@ def _claim_step(queue, batch, worker, host, platform, request=None) -> Claim:
                   {"Action": "claim", "Job": name, "Version": job["version"], "Pkgpath": job.get("pkgpath"),
                    "Worker": worker, "Lease": token})
         return _claimed(job, token)
+    if queue.index_behind:
+        raise IndexBehind()  # nothing or nothing ready, as far as an index behind the tip knows
     if candidates and not accepted:
         raise NothingReady(f"nothing for {worker} now: faster workers will finish the "
                            f"{len(candidates)} ready jobs sooner",

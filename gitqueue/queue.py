@@ -32,6 +32,11 @@ class Change:
         self.message = message
 
 
+class IndexBehind(Exception):
+    """Raised by a `decide` that cannot decide with the index left behind the tip (see
+    Queue.transact's `may_defer`): the transaction brings the index to the tip and decides again."""
+
+
 class Queue:
     """One queue repository, with this host's cache directory for it."""
 
@@ -51,6 +56,8 @@ class Queue:
         self._index: Index | None = None
         self._lock: FileLock | None = None
         self.stats = {"pushes": 0, "rejected": 0}
+        # True while a transaction decides with the index behind the tip (see transact)
+        self.index_behind = False
         # signing.Signer: every commit made through this queue is signed with it (docs/trust.md)
         self.signer = signer
         # Where to say what was repaired (the CLI: stderr); the library never prints.
@@ -173,10 +180,14 @@ class Queue:
         """Fetch and bring the index to the tip (caller holds the lock); return (tip, reader)."""
         return self.repairing(self._sync)
 
-    def _sync(self):
+    def _sync(self, defer: bool = False):
         tip, reader = self._fetch()
+        self.index_behind = False
         try:
-            self.index.update(self.remote, tip)
+            if defer and self.index.defer_graph(self.remote, tip):
+                self.index_behind = True
+            else:
+                self.index.update(self.remote, tip)
         finally:
             forget = getattr(self.remote.object_store, "forget_fetched", None)
             if forget is not None:
@@ -194,22 +205,36 @@ class Queue:
         stack.enter_context(self.remote.writer_lock())
         return stack
 
-    def transact(self, decide, identity: str, attempts: int = 200, use_index: bool = True):
+    def transact(self, decide, identity: str, attempts: int = 200, use_index: bool = True,
+                 may_defer: bool = False):
         """Run `decide(tip, reader)` -> Change | None against the freshest tip and push it.
 
         `decide` may raise GitqueueError to stop. Returns (new commit id, the Change) or
         (None, None) when `decide` had nothing to do. Retries with jittered backoff on a
         rejected push; gives up with RemoteError after `attempts` tries.
-        """
-        return self.repairing(lambda: self._transact(decide, identity, attempts, use_index))
 
-    def _transact(self, decide, identity, attempts, use_index):
+        With `may_defer` (claims), an admin commit that changed the graph since the index's
+        commit may be left for the index's next update (see Index.defer_graph): `decide` then
+        runs with `index_behind` set, takes the index's jobs as mere candidates and checks each
+        against the tree, and raises IndexBehind for anything else it would conclude from the
+        index; the index is then brought to the tip and `decide` runs again.
+        """
+        return self.repairing(lambda: self._transact(decide, identity, attempts, use_index, may_defer))
+
+    def _transact(self, decide, identity, attempts, use_index, may_defer=False):
         delays = Backoff(0.005, 1.0)
+        defer = may_defer and use_index
         with self.lock():
             for _ in range(attempts):
                 with self.remote.writer_lock():
-                    tip, reader = self._sync() if use_index else self._fetch()
-                    change = decide(tip, reader)
+                    tip, reader = self._sync(defer) if use_index else self._fetch()
+                    defer = False  # once per transaction at most
+                    try:
+                        change = decide(tip, reader)
+                    except IndexBehind:
+                        continue  # at once, with the index brought to the tip
+                    finally:
+                        behind, self.index_behind = self.index_behind, False
                     if change is None:
                         return None, None
                     tree, objects = build_tree(self.remote.object_store, reader.tree_id, change.files)
@@ -223,7 +248,7 @@ class Queue:
                 if commit is None:
                     time.sleep(delays.next())
                     continue
-                if use_index:
+                if use_index and not behind:
                     self.index.update(self.remote, commit.id)
                 return commit.id, change
         raise RemoteError(f"{self.url}: gave up after {attempts} rejected pushes")

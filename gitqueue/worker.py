@@ -520,9 +520,11 @@ class Worker:
 
         results = []
         with self.queue.lock():  # read under the lock: gc --cache may not remove a pack meanwhile
-            _, reader = self.queue.fetch()
-            # The index knows the whole graph: no job record is read (a new worker's cache has
-            # only the records it claimed; see gitstore.CachedRemote._first_fetch).
+            # Synced, not only fetched: a claim may have left the index behind an update of the
+            # graph (Index.defer_graph), and the index knows the whole graph: no job record is
+            # read (a new worker's cache has only the records it claimed; see
+            # gitstore.CachedRemote._first_fetch).
+            _, reader = self.queue.sync()
             direct = set(job.deps)
             for dep in [*job.deps, *(d for d in self.queue.index.requirements(job.job) if d not in direct)]:
                 data = reader.read(record_path("results", dep))

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from gitqueue import admin, lease
-from gitqueue.errors import LeaseLost, UnknownJob
+from gitqueue.errors import LeaseLost, QueueFinished, UnknownJob
 
 from helpers import gitqueue, index_view, job, make_queue, open_queue, pkg, write_jsonl
 
@@ -113,6 +113,55 @@ def test_in_flight_and_reclaimed_leases_of_changed_jobs_are_fenced(tmp_path):
         assert sorted(build_all(q, "w3")) == ["app", "lib", "tool"]
     proc = gitqueue("verify", url, env={"GITQUEUE_CACHE": str(tmp_path / "cache-v")})
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_a_claim_after_an_update_leaves_the_index_to_catch_up_once_and_trusts_the_tree(tmp_path):
+    """The first claim of a warm worker after an update takes a job the index already offered,
+    checked against the new tree, and leaves the index where it was; the next one brings it over."""
+    url = make_queue(tmp_path, CHAIN, hook=False)
+    with open_queue(url, tmp_path, host="admin") as admin_q, open_queue(url, tmp_path, host="far") as q:
+        for name in ("a-1.0", "b-2.0", "c-3.0", "x-1.0"):
+            got = lease.claim(q, "w1")
+            assert got.job == name or got.job in ("a-1.0", "x-1.0")
+            lease.report(q, "w1", got.job, "success")
+        assert states(q)["d-1.0"] == "ready" and states(q)["y-1.0"] == "ready"
+        before = q.index.commit_id()
+        # Bump x: y-1.0, which the index offers, now waits on x-1.1; d-1.0 stays ready.
+        admin.update_jobs(admin_q, [*CHAIN[:4], pkg("x-1.1"), pkg("y-1.0", ["x-1.1"])], "presolve-2")
+        got = lease.claim(q, "w2")
+        assert got.job == "d-1.0"
+        assert q.index.commit_id() == before  # the update waits for the index's next update
+        assert not q.index.defer_graph(q.remote, q.fetch()[0])
+        # Once only: this claim brings the index over the update (and over the claim above).
+        assert lease.claim(q, "w3").job == "x-1.1"
+        assert q.index.commit_id() == q.fetch()[0]
+        assert states(q) == {"a-1.0": "success", "b-2.0": "success", "c-3.0": "success", "d-1.0": "leased",
+                             "x-1.1": "leased", "y-1.0": "waiting"}
+
+
+def test_a_claim_the_old_index_cannot_decide_waits_for_the_index(tmp_path):
+    """Nothing the index offered is still ready after the update, or the index thinks the queue
+    finished: the claim brings the index over the update and decides again."""
+    url = make_queue(tmp_path, CHAIN, hook=False)
+    with open_queue(url, tmp_path, host="admin") as admin_q, open_queue(url, tmp_path, host="far") as q:
+        build_all(q)
+        with pytest.raises(QueueFinished):
+            lease.claim(q, "w1")
+        # Only new work: a job the old index has never seen.
+        admin.update_jobs(admin_q, [*CHAIN, pkg("z-1.0", ["y-1.0"])], "presolve-2")
+        assert lease.claim(q, "w1").job == "z-1.0"
+    # The jobs the old index offers (d-1.0, y-1.0) both wait after the update.
+    url = make_queue(tmp_path, CHAIN, hook=False, name="q2.git")
+    with open_queue(url, tmp_path, host="admin") as admin_q, open_queue(url, tmp_path, host="far") as q:
+        for _ in range(4):
+            got = lease.claim(q, "w1")
+            assert got.job in ("a-1.0", "b-2.0", "c-3.0", "x-1.0")
+            lease.report(q, "w1", got.job, "success")
+        admin.update_jobs(admin_q, [*CHAIN[:2], pkg("c-3.1", ["b-2.0"]), pkg("d-1.0", ["c-3.1"]),
+                                    pkg("x-1.1"), pkg("y-1.0", ["x-1.1"])], "presolve-2")
+        assert lease.claim(q, "w1").job in ("c-3.1", "x-1.1")
+        assert q.index.commit_id() == q.fetch()[0]
+        assert states(q)["d-1.0"] == states(q)["y-1.0"] == "waiting"
 
 
 def test_import_update_dry_run_and_json(tmp_path):
