@@ -113,18 +113,18 @@ def read_object(store, sha: bytes, kind: str, limit: int) -> bytes | str:
             pack, offset = found
             # The type of a delta against another pack's object (a fetched pack's bases) is that
             # object's: known once resolved. Its size is in its own header, checked first.
-            with open(pack.data.path, "rb", buffering=0) as entry:
+            with open(_pack_path(pack), "rb", buffering=0) as entry:
                 found_kind, size = _packed_header(entry, offset, lambda ref: (kind, 0), 0)
-            problem = _mismatch(found_kind, size, kind, limit)
-            if problem:
-                return problem
-            # From the entry the header came from: dulwich's get_raw would look for it again,
-            # listing the pack directory to do so.
-            try:
-                type_num, chunks = pack.resolve_object(offset, *pack.data.get_object_at(offset))
-            except KeyError:
-                return f"object {sha.decode()}: delta base missing"
-            return _mismatch(TYPE_NAMES.get(type_num, "object"), 0, kind, limit) or b"".join(chunks)
+                problem = _mismatch(found_kind, size, kind, limit)
+                if problem:
+                    return problem
+                # From the entry the header came from: dulwich's get_raw would look for it
+                # again, listing the pack directory to do so.
+                try:
+                    type_num, body = _read_entry(store, entry.fileno(), offset, 0)
+                except KeyError:
+                    return f"object {sha.decode()}: delta base missing"
+            return _mismatch(TYPE_NAMES.get(type_num, "object"), 0, kind, limit) or body
     except (PackFileDisappeared, FileNotFoundError):
         pass  # `gitqueue gc` replaced the pack: ask again below, through a fresh listing
     header = object_header(store, sha, loose=False)
@@ -134,6 +134,82 @@ def read_object(store, sha: bytes, kind: str, limit: int) -> bytes | str:
     if problem:
         return problem
     return store.get_raw(sha)[1]
+
+
+def _pack_path(pack) -> str:
+    """The path of a dulwich Pack's data file, without opening (and mapping) its PackData."""
+    path = getattr(pack, "_data_path", None)
+    return path if isinstance(path, str) else pack.data.path
+
+
+def read_packed(store, pack, offset: int) -> tuple[int, bytes]:
+    """(type number, contents) of the entry at `offset` of `pack` (a pack of `store`), deltas
+    resolved. Raises ObjectFormatError or zlib.error when it is damaged, KeyError when a delta
+    base is missing, FileNotFoundError when gc removed the pack."""
+    with open(_pack_path(pack), "rb", buffering=0) as f:
+        return _read_entry(store, f.fileno(), offset, 0)
+
+
+def _read_entry(store, fd: int, offset: int, depth: int) -> tuple[int, bytes]:
+    """read_packed from the open pack `fd`, with pread. dulwich maps the whole pack: the pages
+    a report and a claim read through that map stay resident until the pack is closed (0.5 MB
+    of a new worker's first pack, in a worker that must stay within 32 MB between builds); what
+    is read here is freed with the bytes."""
+    import zlib
+
+    from dulwich.pack import apply_delta
+
+    if depth > _MAX_DELTA_CHAIN:
+        raise ObjectFormatError(f"pack entry at {offset}: delta chain longer than {_MAX_DELTA_CHAIN}")
+    head = os.pread(fd, 64, offset)
+    try:
+        type_num, size, at, distance = _entry_header(head, 0)
+    except IndexError:
+        raise ObjectFormatError(f"pack entry at {offset}: truncated header") from None
+    ref = None
+    if distance is None and type_num == _REF_DELTA:
+        ref = head[at:at + 20]
+        at += 20
+        if len(ref) != 20:
+            raise ObjectFormatError(f"pack entry at {offset}: truncated header")
+    elif distance is None and type_num not in TYPE_NAMES:
+        raise ObjectFormatError(f"pack entry at {offset}: unknown type {type_num}")
+    inflate = zlib.decompressobj()
+    pieces = []
+    got = 0
+    pos = offset + at
+    step = min(size + 64, 1 << 20)
+    while not inflate.eof:
+        chunk = os.pread(fd, step, pos)
+        if not chunk:
+            raise ObjectFormatError(f"pack entry at {offset}: truncated")
+        piece = inflate.decompress(chunk, size + 1 - got)
+        got += len(piece)
+        pieces.append(piece)
+        if got > size:
+            raise ObjectFormatError(f"pack entry at {offset}: more data than its header says")
+        pos += len(chunk) - len(inflate.unused_data) - len(inflate.unconsumed_tail)
+        step = min(step * 2, 1 << 20)
+    if got != size:
+        raise ObjectFormatError(f"pack entry at {offset}: less data than its header says")
+    body = b"".join(pieces)
+    if ref is None and distance is None:
+        return type_num, body
+    if distance is not None:
+        if not 0 < distance <= offset:
+            raise ObjectFormatError(f"pack entry at {offset}: delta base outside the pack")
+        base_type, base = _read_entry(store, fd, offset - distance, depth + 1)
+    else:
+        from binascii import hexlify
+
+        hexsha = hexlify(ref)  # type: ignore[arg-type]
+        found = _packed(store, hexsha)
+        if found is None:
+            base_type, base = store.get_raw(hexsha)  # loose, or KeyError
+        else:
+            with open(_pack_path(found[0]), "rb", buffering=0) as f:
+                base_type, base = _read_entry(store, f.fileno(), found[1], depth + 1)
+    return base_type, b"".join(apply_delta(base, body))
 
 
 def _mismatch(found: str, size: int, kind: str, limit: int) -> str | None:
@@ -872,6 +948,8 @@ class CachingStore:
             try:
                 obj = self._loose(sha) if self._loose is not None and len(sha) == 40 else None
                 if obj is None:
+                    obj = self._packed(sha)
+                if obj is None:
                     obj = self._store[sha]
             except KeyError:
                 if self.fetch_missing is None:
@@ -895,6 +973,22 @@ class CachingStore:
 
     def __contains__(self, sha):
         return sha in self._cache or sha in self._store
+
+    def _packed(self, sha):
+        """The packed object `sha` read with pread (see read_packed), or None when no pack of
+        this store holds it or its pack went meanwhile (dulwich then looks again)."""
+        if len(sha) != 40 or getattr(self._store, "path", None) is None:
+            return None
+        try:
+            found = _packed(self._store, sha)
+            if found is None:
+                return None
+            type_num, raw = read_packed(self._store, *found)
+        except (PackFileDisappeared, FileNotFoundError):
+            return None
+        except ObjectFormatError as e:
+            raise RepositoryDamaged(f"{self._where()}: object {_hex(sha)} is unreadable ({e})") from None
+        return ShaFile.from_raw_string(type_num, raw, sha)
 
     def cached(self, sha):
         """The parsed object `sha` if this cache holds it, else None (reads nothing)."""

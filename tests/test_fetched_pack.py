@@ -134,3 +134,36 @@ def test_any_damage_gives_the_true_objects_or_none(noise, at, value):
         for sha, (type_num, raw, _, _) in got.items():
             kind = {v: k for k, v in TYPES.items()}[type_num]
             assert hashlib.sha1(f"{kind} {len(raw)}\0".encode() + raw).hexdigest().encode() == sha
+
+
+def test_packed_objects_are_read_without_mapping_the_pack(tmp_path):
+    """A pack of either kind of delta, indexed by git: every object reads true through the cache,
+    and none of the pack's pages is left mapped in the process (dulwich maps the whole pack)."""
+    import pytest
+
+    from gitqueue.errors import RepositoryDamaged
+
+    repo = _history(tmp_path)
+    want = _objects(repo, ["main"])
+    for n, options in enumerate(((), ("--delta-base-offset",))):
+        cache = tmp_path / f"cache{n}.git"
+        Repo.init_bare(str(cache), mkdir=True)
+        pack = cache / "objects" / "pack" / "pack-x.pack"
+        pack.write_bytes(_pack(repo, ["main"], *options))
+        _git(cache, "index-pack", str(pack))
+        caching = CachingStore(Repo(str(cache)).object_store)
+        for sha, (type_num, raw) in want.items():
+            obj = caching[sha]
+            assert (obj.type_num, obj.as_raw_string()) == (type_num, raw)
+        if os.path.exists("/proc/self/maps"):
+            with open("/proc/self/maps") as f:
+                assert str(pack) not in f.read()
+    # A damaged entry is damage to the cache, said as such.
+    data = bytearray(pack.read_bytes())
+    blob = next(sha for sha, (type_num, _) in want.items() if type_num == 3)
+    shown = _git(cache, "verify-pack", "-v", str(pack.with_suffix(".idx"))).decode().splitlines()
+    offset = next(int(line.split()[4]) for line in shown if line.startswith(blob.decode()))
+    data[offset + 4] ^= 0xFF
+    pack.write_bytes(bytes(data))
+    with pytest.raises(RepositoryDamaged, match=blob.decode()):
+        CachingStore(Repo(str(cache)).object_store)[blob]
