@@ -373,6 +373,11 @@ class Worker:
                     self._hold(job)
                     if finished:
                         return 0
+                    if job is not None:
+                        # A claim on its own is the first of this process or one after idling:
+                        # the first builds the index, or brings it over what happened meanwhile.
+                        # What that took goes back before the job's packages are fetched.
+                        self.queue.rest()
                 asked = False
                 if job is None:
                     if self.retry_after is not None:

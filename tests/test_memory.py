@@ -98,3 +98,22 @@ def test_only_the_worker_loop_takes_a_small_index_cache(tmp_path):
     sizes = [subprocess.run([sys.executable, "-c", code, kind, str(tmp_path / f"{kind}.sqlite")], capture_output=True,
                             text=True, check=True).stdout.strip() for kind in ("claim", "work")]
     assert sizes == ["-2000", "-256"]  # SQLite's default for a claim or a report, 256 KiB for `gitqueue work`
+
+
+@pytest.mark.ssh
+def test_a_new_worker_gives_back_its_first_claim_before_it_prepares_the_build(tmp_path, master_sshd):
+    """The first claim builds the index from the whole queue; by the time the job's build is
+    prepared (before_build, the packages of its dependencies), that memory is given back."""
+    path = make_queue(tmp_path, JOBS)
+    config = tmp_path / "config.toml"
+    config.write_text(f"before_build = 'cat /proc/$PPID/maps > {tmp_path}/maps; "
+                      f"ls -l /proc/$PPID/fd > {tmp_path}/fds'\n")
+    env = {**os.environ, "GITQUEUE_CACHE": str(tmp_path / "cache"), "GITQUEUE_CONFIG": str(config),
+           "GITQUEUE_SSH_COMMAND": master_sshd.ssh_command}
+    proc = subprocess.run(
+        [sys.executable, "-m", "gitqueue", "work", "--queue", master_sshd.url(path), "--worker", "w1",
+         "--max-jobs", "1", "--", "true"], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert list((tmp_path / "cache").glob("*/repo.git/objects/pack/pack-*.pack")), "the test needs a pack"
+    maps, fds = (tmp_path / "maps").read_text(), (tmp_path / "fds").read_text()
+    assert ".pack" not in maps + fds and ".idx" not in maps + fds
