@@ -155,8 +155,6 @@ def _read_entry(store, fd: int, offset: int, depth: int) -> tuple[int, bytes]:
     a report and a claim read through that map stay resident until the pack is closed (0.5 MB
     of a new worker's first pack, in a worker that must stay within 32 MB between builds); what
     is read here is freed with the bytes."""
-    import zlib
-
     from dulwich.pack import apply_delta
 
     if depth > _MAX_DELTA_CHAIN:
@@ -174,25 +172,8 @@ def _read_entry(store, fd: int, offset: int, depth: int) -> tuple[int, bytes]:
             raise ObjectFormatError(f"pack entry at {offset}: truncated header")
     elif distance is None and type_num not in TYPE_NAMES:
         raise ObjectFormatError(f"pack entry at {offset}: unknown type {type_num}")
-    inflate = zlib.decompressobj()
-    pieces = []
-    got = 0
-    pos = offset + at
-    step = min(size + 64, 1 << 20)
-    while not inflate.eof:
-        chunk = os.pread(fd, step, pos)
-        if not chunk:
-            raise ObjectFormatError(f"pack entry at {offset}: truncated")
-        piece = inflate.decompress(chunk, size + 1 - got)
-        got += len(piece)
-        pieces.append(piece)
-        if got > size:
-            raise ObjectFormatError(f"pack entry at {offset}: more data than its header says")
-        pos += len(chunk) - len(inflate.unused_data) - len(inflate.unconsumed_tail)
-        step = min(step * 2, 1 << 20)
-    if got != size:
-        raise ObjectFormatError(f"pack entry at {offset}: less data than its header says")
-    body = b"".join(pieces)
+    body, _ = _inflate_exactly(lambda pos, n: os.pread(fd, n, pos), offset + at, size,
+                               f"pack entry at {offset}")
     if ref is None and distance is None:
         return type_num, body
     if distance is not None:
@@ -708,24 +689,7 @@ def read_fetched_pack(data: bytes) -> dict | None:
                 at += 20
             elif type_num not in TYPE_NAMES:
                 return None
-            inflate = zlib.decompressobj()
-            pieces = []
-            got = 0
-            step = size + 64
-            while not inflate.eof:
-                chunk = view[at:min(at + step, end)]
-                if not chunk:
-                    return None
-                piece = inflate.decompress(chunk, size + 1 - got)
-                got += len(piece)
-                pieces.append(piece)
-                if got > size or (inflate.unconsumed_tail and not piece):
-                    return None
-                at += len(chunk) - len(inflate.unused_data) - len(inflate.unconsumed_tail)
-                step *= 2
-            if got != size:
-                return None
-            body = b"".join(pieces)
+            body, at = _inflate_exactly(lambda pos, n: view[pos:min(pos + n, end)], at, size, "entry")
             crc = zlib.crc32(view[start:at])
             if base is None:
                 whole[start] = (type_num, body, _object_id(type_num, body), crc)
@@ -754,9 +718,36 @@ def read_fetched_pack(data: bytes) -> dict | None:
             deltas = left
         if deltas:
             return None
-    except (IndexError, zlib.error, ValueError, TypeError):
+    except (IndexError, zlib.error, ValueError, TypeError, ObjectFormatError):
         return None
     return {hexlify(sha): (type_num, body, start, crc) for start, (type_num, body, sha, crc) in whole.items()}
+
+
+def _inflate_exactly(read, pos: int, size: int, where: str) -> tuple[bytes, int]:
+    """(the zlib stream at `pos` inflated, where the stream ends); `read(pos, n)` gives up to n
+    bytes from pos, nothing at the end. The stream must inflate to exactly `size` bytes, and
+    never more than size + 1 are inflated: else ObjectFormatError (zlib.error when it is not
+    zlib). Reads double from size + 64 bytes, up to 1 MiB at a time."""
+    import zlib
+
+    inflate = zlib.decompressobj()
+    pieces = []
+    got = 0
+    step = min(size + 64, 1 << 20)
+    while not inflate.eof:
+        chunk = read(pos, step)
+        if not chunk:
+            raise ObjectFormatError(f"{where}: truncated")
+        piece = inflate.decompress(chunk, size + 1 - got)
+        got += len(piece)
+        pieces.append(piece)
+        if got > size or (inflate.unconsumed_tail and not piece):
+            raise ObjectFormatError(f"{where}: more data than its header says")
+        pos += len(chunk) - len(inflate.unused_data) - len(inflate.unconsumed_tail)
+        step = min(step * 2, 1 << 20)
+    if got != size:
+        raise ObjectFormatError(f"{where}: less data than its header says")
+    return b"".join(pieces), pos
 
 
 def _object_id(type_num: int, body: bytes) -> bytes:
